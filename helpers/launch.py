@@ -1,0 +1,394 @@
+"""The command line behind ``launch_cluster.sh``: start, stop, status, lab.
+
+``launch_cluster.sh`` prepares the Python environment and hands its arguments
+here (``python -m helpers.launch start -n 4``).  Every refusal is one line on
+stderr and exit status 2; nothing is left running after a refusal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from . import cluster as hc
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class UsageError(Exception):
+    """A bad command line: reported as one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------- arguments
+
+def _engine_count(text: str) -> int:
+    try:
+        return hc.check_n(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster-id", default=None,
+                   help="cluster id (default: $TP_CLUSTER_ID or tp-$USER)")
+    p.add_argument("--profile-dir", default=None,
+                   help="ipyparallel profile dir (default: $TP_PROFILE_DIR or ~/.ipython/profile_tp)")
+
+
+def _add_start_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", type=_engine_count, default=None,
+                   help="number of engines (default: one per visible GPU, else 4 CPU engines)")
+    p.add_argument("--mpi", action="store_true",
+                   help="start engines with mpiexec (ranks = MPI ranks); the default inside a PBS job")
+    p.add_argument("--ppn", type=_engine_count, default=4,
+                   help="engines per node with --mpi/--pbs (default 4: one per Derecho GPU)")
+    p.add_argument("--mpi-args", default=None,
+                   help="extra mpiexec arguments (default: chosen for Cray PALS or MPICH hydra)")
+    p.add_argument("--nccl", action="store_true",
+                   help="refuse to start unless every engine can own a GPU")
+    p.add_argument("--timeout", type=float, default=hc.DEFAULT_START_TIMEOUT,
+                   help="seconds to wait for engines to register (default %(default)s)")
+    pbs = p.add_argument_group("PBS Pro (Derecho): submit a job that runs the cluster")
+    pbs.add_argument("--pbs", action="store_true", help="write a PBS Pro job script and qsub it")
+    pbs.add_argument("--nodes", type=_engine_count, default=1, help="nodes to ask for (default 1)")
+    pbs.add_argument("-A", "--account", default=os.environ.get("TP_PBS_ACCOUNT"),
+                     help="project code for -A (default: $TP_PBS_ACCOUNT)")
+    pbs.add_argument("-q", "--queue", default=os.environ.get("TP_PBS_QUEUE", "main"),
+                     help="queue (default: $TP_PBS_QUEUE or main)")
+    pbs.add_argument("--walltime", default="01:00:00", help="walltime hh:mm:ss (default 01:00:00)")
+    pbs.add_argument("--ncpus", type=int, default=64, help="ncpus per node (default 64)")
+    pbs.add_argument("--ngpus", type=int, default=4, help="ngpus per node (default 4)")
+    pbs.add_argument("--modules", default=os.environ.get("TP_PBS_MODULES", ""),
+                     help="modules to load in the job, e.g. 'ncarenv cray-mpich'")
+    pbs.add_argument("--script-only", action="store_true",
+                     help="write the job script and print its path; do not submit")
+    p.add_argument("--foreground", action="store_true",
+                   help="stay in the foreground and stop the cluster on exit (what a PBS job runs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="launch_cluster.sh",
+        description="Start, inspect and stop the course's ipyparallel cluster, or run JupyterLab on it.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("start", help="start a cluster (returns when every engine has registered)")
+    _add_start_options(p)
+    _add_common(p)
+
+    p = sub.add_parser("stop", help="stop the cluster: no controller or engine is left running")
+    _add_common(p)
+
+    p = sub.add_parser("status", help="list each engine: rank, host, device, pid")
+    _add_common(p)
+
+    p = sub.add_parser("lab", help="start the cluster (if needed) and JupyterLab on notebooks/")
+    p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    p.add_argument("--no-cluster", action="store_true",
+                   help="do not start a cluster; notebooks' connect() starts one")
+    _add_start_options(p)
+    _add_common(p)
+    return parser
+
+
+def _ids(args) -> tuple[str, str]:
+    return (args.cluster_id or hc.default_cluster_id(),
+            os.path.abspath(args.profile_dir or hc.default_profile_dir()))
+
+
+# --------------------------------------------------------------------------- MPI / PBS
+
+def mpi_launch_args(ppn: int, extra: str | None) -> list[str]:
+    """mpiexec and its arguments: Cray PALS on Derecho, MPICH hydra on Debian.
+
+    ``$TP_MPIEXEC`` names another mpiexec (default: the one on PATH).
+    """
+    name = os.environ.get("TP_MPIEXEC", "mpiexec")
+    mpiexec = shutil.which(name)
+    if mpiexec is None:
+        raise UsageError(
+            f"{name} not found: load an MPI (Derecho: module load cray-mpich; "
+            "Debian: apt-get install mpich) or start without --mpi"
+        )
+    if extra is not None:
+        return [mpiexec, *shlex.split(extra)]
+    try:
+        version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True,
+                                 timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        version = ""
+    if "HYDRA" in version:  # MPICH
+        args = ["-ppn", str(ppn)]
+        if os.environ.get("PBS_NODEFILE"):
+            args += ["-f", os.environ["PBS_NODEFILE"]]
+        return [mpiexec, *args]
+    if "Open MPI" in version or "OpenRTE" in version:
+        return [mpiexec, "--npernode", str(ppn), "--bind-to", "none"]
+    return [mpiexec, "--ppn", str(ppn), "--cpu-bind", "none"]  # Cray PALS (Derecho)
+
+
+def _check_mpi4py() -> None:
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "MPI engines need mpi4py: pip install mpi4py (built against this MPI)"
+        ) from None
+
+
+PBS_TEMPLATE = """#!/bin/bash
+# PBS Pro job: an ipyparallel cluster for the tensor-parallel course.
+# Written by launch_cluster.sh start --pbs; the notebook's connect() finds it.
+#PBS -N {name}
+#PBS -A {account}
+#PBS -q {queue}
+#PBS -l select={nodes}:ncpus={ncpus}:ngpus={ngpus}:mpiprocs={ppn}
+#PBS -l walltime={walltime}
+#PBS -j oe
+#PBS -o {log}
+set -euo pipefail
+{modules}export TP_PYTHON={python} PATH={bindir}:$PATH
+export TP_CLUSTER_ID={cluster_id} TP_PROFILE_DIR={profile_dir}
+cd {repo}
+exec ./launch_cluster.sh start --mpi --foreground -n {n} --ppn {ppn}
+"""
+
+
+def write_pbs_script(args, cluster_id: str, profile_dir: str) -> str:
+    if not args.account:
+        raise UsageError("PBS needs a project code: add -A/--account CODE (or set TP_PBS_ACCOUNT)")
+    n = args.n or args.nodes * args.ppn
+    if n != args.nodes * args.ppn:
+        raise UsageError(
+            f"-n {n} does not fill {args.nodes} node(s) x {args.ppn} engines per node; "
+            f"use -n {args.nodes * args.ppn} or change --nodes/--ppn"
+        )
+    os.makedirs(os.path.join(profile_dir, "log"), exist_ok=True)
+    path = os.path.join(profile_dir, "security", f"tp-{cluster_id}.pbs")
+    modules = "".join(f"module load {m}\n" for m in args.modules.split())
+    text = PBS_TEMPLATE.format(
+        name=f"tp-{cluster_id}"[:15], account=args.account, queue=args.queue,
+        nodes=args.nodes, ncpus=args.ncpus, ngpus=args.ngpus, ppn=args.ppn,
+        walltime=args.walltime, log=os.path.join(profile_dir, "log", f"tp-{cluster_id}.pbs.log"),
+        modules=modules, bindir=shlex.quote(os.path.dirname(sys.executable)), python=shlex.quote(sys.executable),
+        cluster_id=shlex.quote(cluster_id), profile_dir=shlex.quote(profile_dir),
+        repo=shlex.quote(REPO), n=n,
+    )
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def _job_file(profile_dir: str, cluster_id: str) -> str:
+    return os.path.join(profile_dir, "security", f"tp-{cluster_id}.job")
+
+
+def submit_pbs(args, cluster_id: str, profile_dir: str) -> int:
+    if hc.is_running(cluster_id, profile_dir):
+        print(f"cluster {cluster_id!r} is already running; nothing started "
+              "(./launch_cluster.sh status to see it)")
+        return 0
+    path = write_pbs_script(args, cluster_id, profile_dir)
+    if args.script_only:
+        print(path)
+        return 0
+    qsub = shutil.which("qsub")
+    if qsub is None:
+        raise UsageError(f"qsub not found: run this on a PBS login node (job script written to {path})")
+    out = subprocess.run([qsub, path], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise UsageError(f"qsub refused the job: {out.stderr.strip() or out.stdout.strip()}")
+    job_id = out.stdout.strip()
+    with open(_job_file(profile_dir, cluster_id), "w") as f:
+        f.write(job_id)
+    print(f"submitted PBS job {job_id} ({path}); waiting for its engines ...")
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if hc.is_running(cluster_id, profile_dir):
+            try:
+                client = hc.ipp.Client(profile_dir=profile_dir, cluster_id=cluster_id, timeout=10)
+                client.wait_for_engines(args.n or args.nodes * args.ppn,
+                                        timeout=max(1, deadline - time.monotonic()),
+                                        interactive=False)
+                client.close()
+                print(f"cluster {cluster_id!r} is up in job {job_id}: "
+                      "connect() in a notebook attaches to it")
+                return 0
+            except Exception:
+                pass
+        time.sleep(1)
+    print(f"job {job_id} has not started its cluster within {args.timeout:.0f} s (queued?); "
+          "connect() attaches once it runs; ./launch_cluster.sh stop cancels it")
+    return 0
+
+
+# --------------------------------------------------------------------------- commands
+
+def cmd_start(args) -> int:
+    cluster_id, profile_dir = _ids(args)
+    if args.pbs:
+        return submit_pbs(args, cluster_id, profile_dir)
+    in_job = bool(os.environ.get("PBS_NODEFILE"))
+    if not in_job and (args.nodes > 1 or args.script_only):
+        raise UsageError(
+            "PBS options need a PBS job: add --pbs to write and submit one, "
+            "or run this inside a job (PBS_NODEFILE set)"
+        )
+    mode = "mpi" if (args.mpi or in_job) else "local"
+    if args.nccl:
+        hc.check_n(args.n or hc.default_n(), backend="nccl")
+    mpi_args, controller_ip = None, "127.0.0.1"
+    if mode == "mpi":
+        mpi_args = mpi_launch_args(args.ppn, args.mpi_args)
+        _check_mpi4py()
+    if in_job:
+        # compute nodes must reach the controller: bind the interface of this host's name
+        controller_ip = socket.gethostbyname(socket.gethostname())
+    if hc.is_running(cluster_id, profile_dir):
+        print(f"cluster {cluster_id!r} is already running; nothing started "
+              "(./launch_cluster.sh status to see it, stop to end it)")
+        return 0
+    if hc.clean_stale(profile_dir, cluster_id):
+        print(f"cleaned up a stale cluster {cluster_id!r} left by a crash")
+    n = args.n or hc.default_n()
+    t0 = time.monotonic()
+    hc.start_cluster(n, mode=mode, cluster_id=cluster_id, profile_dir=profile_dir,
+                     controller_ip=controller_ip, mpi_args=mpi_args, daemon=True,
+                     timeout=args.timeout)
+    print(f"cluster {cluster_id!r} started: {n} {mode} engines in "
+          f"{time.monotonic() - t0:.1f} s (profile {profile_dir})")
+    if args.foreground:
+        return _hold(cluster_id, profile_dir)
+    return 0
+
+
+def _hold(cluster_id: str, profile_dir: str) -> int:
+    """Block until the cluster stops; stop it on SIGTERM/SIGINT (PBS walltime, Ctrl-C)."""
+    stopping = []
+
+    def on_signal(signum, frame):
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stopping and hc.is_running(cluster_id, profile_dir):
+        time.sleep(1)
+    hc.stop_cluster(cluster_id, profile_dir)
+    return 0
+
+
+def cmd_stop(args) -> int:
+    cluster_id, profile_dir = _ids(args)
+    stopped = hc.stop_cluster(cluster_id, profile_dir)
+    job_file = _job_file(profile_dir, cluster_id)
+    if os.path.exists(job_file):
+        with open(job_file) as f:
+            job = f.read().strip()
+        if job and shutil.which("qdel"):
+            subprocess.run(["qdel", job], capture_output=True, timeout=60)
+        os.remove(job_file)
+    print(f"cluster {cluster_id!r} stopped" if stopped else f"no cluster {cluster_id!r} was running")
+    return 0
+
+
+def cmd_status(args) -> int:
+    cluster_id, profile_dir = _ids(args)
+    if not hc.is_running(cluster_id, profile_dir):
+        print(f"no cluster {cluster_id!r} is running (profile {profile_dir})")
+        return 1
+    state = hc.read_state(profile_dir, cluster_id) or {}
+    client = hc.ipp.Client(profile_dir=profile_dir, cluster_id=cluster_id, timeout=10)
+    try:
+        tc = hc.TPCluster(cluster=None, client=client, cluster_id=cluster_id,
+                          profile_dir=profile_dir)
+        infos = tc._probe()
+        backend, engines = hc.plan_ranks(infos)
+        print(f"cluster {cluster_id!r}: {len(engines)} engines ({state.get('mode', '?')} mode, "
+              f"controller on {state.get('host', '?')}), backend {backend}")
+        print(f"{'rank':>4}  {'engine':>6}  {'host':<20} {'device':<8} {'pid':>8}  process group")
+        for e, i in zip(engines, hc._by_engine(infos, engines)):
+            pg = (f"rank {i['rank']}/{i['world_size']} ({i['backend']})"
+                  if i["initialized"] else "not initialized (connect() does it)")
+            print(f"{e.rank:>4}  {e.engine_id:>6}  {e.host:<20} {e.device:<8} {e.pid:>8}  {pg}")
+    finally:
+        client.close()
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cmd_lab(args) -> int:
+    cluster_id, profile_dir = _ids(args)
+    started = False
+    if not args.no_cluster and not hc.is_running(cluster_id, profile_dir):
+        cmd_start(args)
+        started = True
+    token = secrets.token_hex(24)
+    port = args.port or _free_port()
+    env = dict(os.environ, TP_CLUSTER_ID=cluster_id, TP_PROFILE_DIR=profile_dir)
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
+           f"--port={port}", f"--ServerApp.root_dir={os.path.join(REPO, 'notebooks')}",
+           f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0"]
+    lab = subprocess.Popen(cmd, env=env, start_new_session=True)
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda s, f: stop.append(s))
+    url = f"http://127.0.0.1:{port}/lab?token={token}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and lab.poll() is None and not stop:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        if lab.poll() is None and not stop:
+            print(f"\nJupyterLab is running on the cluster {cluster_id!r}:\n    {url}\n"
+                  "Open it in a browser (on Derecho: through an SSH tunnel to this port). "
+                  "Ctrl-C stops JupyterLab" + (" and the cluster." if started else "."),
+                  flush=True)
+        while lab.poll() is None and not stop:
+            time.sleep(0.5)
+    finally:
+        if lab.poll() is None:
+            lab.terminate()
+            try:
+                lab.wait(10)
+            except subprocess.TimeoutExpired:
+                lab.kill()
+        if started:
+            hc.stop_cluster(cluster_id, profile_dir)
+            print(f"cluster {cluster_id!r} stopped")
+    return 0
+
+
+COMMANDS = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "lab": cmd_lab}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, ValueError, RuntimeError) as e:
+        print(f"launch_cluster.sh {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,589 @@
+"""Dense-vs-TP comparison, run in the learner's notebook kernel.
+
+The engines compute shards; the notebook pulls them back by rank (a list, rank 0 first) and
+checks them against a dense reference computed from the same seed::
+
+    Y_shards = cluster.pull("Y")            # [(B, H/p) from rank 0, (B, H/p) from rank 1, ...]
+    compare("Y", Y_shards, Y_dense, layout="shard(-1)")
+    # ✅ Y matches dense  shape (8, 16)  max|Δ| 2.4e-07  (layout shard(-1), 4 ranks)
+
+Layouts use PyTorch's DTensor vocabulary:
+
+``"replicate"``  every rank holds the full tensor (checked: all copies must agree)
+``"shard(d)"``   rank r holds the r-th block along dim d; blocks are concatenated in rank order
+``"partial"``    every rank holds a full-size partial sum; the tensor is their sum
+
+Nothing here runs a collective or imports ipyparallel / torch.distributed: it works on tensors
+(or numpy arrays) that are already in this process. Comparisons are done in float64 on the CPU.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Result",
+    "ComparisonError",
+    "VALID_LAYOUTS",
+    "parse_layout",
+    "reassemble",
+    "compare",
+    "compare_grads",
+    "error_heatmap",
+]
+
+VALID_LAYOUTS = ("replicate", "shard(d)", "partial")
+_LAYOUT_HELP = (
+    "valid layouts: 'replicate' (every rank holds the full tensor), "
+    "'shard(d)' for an integer dim d, e.g. 'shard(0)' or 'shard(-1)' (blocks concatenated along d "
+    "in rank order), 'partial' (every rank holds a partial sum; summed over ranks)"
+)
+_SHARD_RE = re.compile(r"^shard\((-?\d+)\)$")
+
+# Denominator guard for the relative error |tp - dense| / (|dense| + _TINY).
+_TINY = 1e-12
+
+
+# --------------------------------------------------------------------------------------------
+# conversion and layout parsing
+# --------------------------------------------------------------------------------------------
+
+
+def _to_f64(x: Any, what: str) -> torch.Tensor:
+    """Any tensor / ndarray / number -> float64 CPU tensor (detached)."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+        if t.is_complex():
+            raise TypeError(f"{what}: complex tensors are not supported")
+        return t.to(device="cpu", dtype=torch.float64)
+    if isinstance(x, np.ndarray) or np.isscalar(x) or isinstance(x, (list, tuple)):
+        a = np.asarray(x)
+        if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+            raise TypeError(f"{what}: cannot compare values of dtype {a.dtype}")
+        if np.iscomplexobj(a):
+            raise TypeError(f"{what}: complex arrays are not supported")
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
+    raise TypeError(
+        f"{what}: expected a torch.Tensor or numpy array, got {type(x).__name__}"
+    )
+
+
+def _as_shard_list(shards: Any) -> list:
+    """Accept a list/tuple by rank, or a {rank: tensor} dict with keys 0..p-1."""
+    if isinstance(shards, dict):
+        keys = sorted(shards)
+        if keys != list(range(len(keys))):
+            raise ValueError(f"shards dict must be keyed by rank 0..{len(keys) - 1}, got keys {keys}")
+        return [shards[k] for k in keys]
+    if isinstance(shards, (torch.Tensor, np.ndarray)):
+        raise TypeError(
+            "shards must be a list with one tensor per rank (rank 0 first), "
+            f"got a single {type(shards).__name__}; wrap it as [t] for one rank"
+        )
+    try:
+        return list(shards)
+    except TypeError:
+        raise TypeError(
+            f"shards must be a list with one tensor per rank, got {type(shards).__name__}"
+        ) from None
+
+
+def parse_layout(layout: str) -> tuple[str, int | None]:
+    """``"shard(-1)" -> ("shard", -1)``, ``"replicate" -> ("replicate", None)``.
+
+    Case and spaces are ignored. Raises ValueError listing the valid layouts.
+    """
+    if not isinstance(layout, str):
+        raise ValueError(f"layout must be a string, got {layout!r}; {_LAYOUT_HELP}")
+    s = layout.strip().lower().replace(" ", "")
+    if s in ("replicate", "partial"):
+        return s, None
+    m = _SHARD_RE.match(s)
+    if m:
+        return "shard", int(m.group(1))
+    raise ValueError(f"unknown layout {layout!r}; {_LAYOUT_HELP}")
+
+
+def _canon(layout: str) -> str:
+    kind, dim = parse_layout(layout)
+    return f"shard({dim})" if kind == "shard" else kind
+
+
+def _fmt_shape(shape) -> str:
+    return str(tuple(int(s) for s in shape))
+
+
+def _fmt_index(flat: int, shape) -> str:
+    if len(shape) == 0:
+        return "()"
+    return str(tuple(int(i) for i in np.unravel_index(int(flat), tuple(shape))))
+
+
+def _shape_summary(ts: Sequence[torch.Tensor]) -> str:
+    shapes = [_fmt_shape(t.shape) for t in ts]
+    if len(set(shapes)) == 1:
+        return f"{shapes[0]}×{len(shapes)}"
+    return ", ".join(f"rank {r}: {s}" for r, s in enumerate(shapes))
+
+
+# --------------------------------------------------------------------------------------------
+# reassemble
+# --------------------------------------------------------------------------------------------
+
+
+def reassemble(shards, layout: str, *, atol: float = 0.0, rtol: float = 0.0) -> torch.Tensor:
+    """Rebuild the full tensor (float64, CPU) from the per-rank pieces.
+
+    shards: one tensor / ndarray per rank, rank 0 first (or a ``{rank: tensor}`` dict).
+    layout: ``"replicate"``, ``"shard(d)"`` or ``"partial"`` (see the module docstring).
+    atol, rtol: how closely replicated copies must agree (default: exactly).
+
+    Raises ValueError for a bad layout string / empty list / dim out of range, and
+    AssertionError (naming the ranks and numbers) when the pieces are inconsistent: replicas
+    that disagree, or shards whose shapes cannot be concatenated / summed.
+    """
+    kind, dim = parse_layout(layout)
+    pieces = _as_shard_list(shards)
+    if len(pieces) == 0:
+        raise ValueError("shards is empty: expected one tensor per rank")
+    ts = [_to_f64(p, f"shard of rank {r}") for r, p in enumerate(pieces)]
+
+    if kind == "replicate":
+        ref = ts[0]
+        bad_shape = [r for r, t in enumerate(ts) if t.shape != ref.shape]
+        if bad_shape:
+            raise AssertionError(
+                f"layout 'replicate': every rank should hold the same full tensor, but shapes "
+                f"differ: {_shape_summary(ts)}. If each rank holds a block, use 'shard(d)'."
+            )
+        disagree: list[tuple[int, float]] = []
+        for r, t in enumerate(ts[1:], start=1):
+            if not torch.allclose(t, ref, atol=atol, rtol=rtol, equal_nan=True):
+                d = (t - ref).abs()
+                d = torch.where(torch.isnan(d), torch.full_like(d, math.inf), d)
+                disagree.append((r, float(d.max()) if d.numel() else 0.0))
+        if disagree:
+            worst_r, worst = max(disagree, key=lambda x: x[1])
+            ranks = ", ".join(str(r) for r, _ in disagree)
+            hint = (
+                " If these are partial sums (e.g. the output of a row-parallel matmul before "
+                "its all-reduce), use layout 'partial' -- or add the missing all-reduce."
+            )
+            raise AssertionError(
+                f"layout 'replicate': rank(s) {ranks} disagree with rank 0 "
+                f"(max |Δ| {worst:.1e} on rank {worst_r}, tolerance atol {atol:.0e} "
+                f"rtol {rtol:.0e}).{hint}"
+            )
+        return ref.clone()
+
+    if kind == "partial":
+        ref = ts[0]
+        if any(t.shape != ref.shape for t in ts):
+            raise AssertionError(
+                f"layout 'partial': every rank should hold a full-size partial sum of the same "
+                f"shape, but shapes differ: {_shape_summary(ts)}"
+            )
+        return torch.stack(ts).sum(0)
+
+    # shard(d)
+    ndim = ts[0].dim()
+    if any(t.dim() != ndim for t in ts):
+        raise AssertionError(
+            f"layout 'shard({dim})': shards have different numbers of dims: {_shape_summary(ts)}"
+        )
+    if ndim == 0:
+        raise ValueError(f"layout 'shard({dim})' needs shards with at least 1 dim; got 0-d scalars")
+    if not -ndim <= dim < ndim:
+        raise ValueError(
+            f"layout 'shard({dim})': dim {dim} is out of range for {ndim}-d shards "
+            f"(valid: {-ndim}..{ndim - 1})"
+        )
+    d = dim % ndim
+    ref = ts[0].shape
+    for r, t in enumerate(ts):
+        other = [s for i, s in enumerate(t.shape) if i != d]
+        if other != [s for i, s in enumerate(ref) if i != d]:
+            raise AssertionError(
+                f"layout 'shard({dim})': shards must match in every dim except {dim}, "
+                f"but got {_shape_summary(ts)}"
+            )
+    return torch.cat(ts, dim=d)
+
+
+# --------------------------------------------------------------------------------------------
+# Result
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """Outcome of one dense-vs-TP comparison.
+
+    passed:  the outcome was the expected one (``matches`` when expect="match",
+             ``not matches`` when expect="mismatch").
+    matches: torch.allclose(tp, dense, atol, rtol).
+    """
+
+    name: str
+    passed: bool
+    max_abs: float
+    max_rel: float
+    shape: tuple
+    layout: str
+    n_ranks: int = 1
+    matches: bool = True
+    expect: str = "match"
+    atol: float = 1e-5
+    rtol: float = 1e-4
+    argmax: tuple = ()
+    message: str = ""
+    figure: Any = field(default=None, repr=False, compare=False)
+    _shown_in: Any = field(default=None, repr=False, compare=False)
+
+    # -- text ---------------------------------------------------------------------------
+    def _verb(self) -> str:
+        if self.matches:
+            return "matches dense" + (" (expected a mismatch!)" if self.expect == "mismatch" else "")
+        return "differs from dense" + (", as expected" if self.expect == "mismatch" else "")
+
+    def __str__(self) -> str:
+        mark = "✅" if self.passed else "❌"
+        err = f"max|Δ| {self.max_abs:.1e}"
+        if not self.matches:
+            err += f" at {self.argmax}" if self.argmax else ""
+        ranks = f"{self.n_ranks} rank" + ("s" if self.n_ranks != 1 else "")
+        return (
+            f"{mark} {self.name} {self._verb()}  shape {_fmt_shape(self.shape)}  {err}  "
+            f"(layout {self.layout}, {ranks})"
+        )
+
+    def _repr_html_(self) -> str:
+        colour = "#1a7f37" if self.passed else "#cf222e"
+        return (
+            f'<div class="tp-compare-result" data-passed="{str(self.passed).lower()}" '
+            f'style="font-family: monospace; white-space: pre; color: {colour};">'
+            f"{html.escape(str(self))}</div>"
+        )
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(str(self))
+
+    def _ipython_display_(self) -> None:
+        # compare() already displayed this result in the current cell; when the same cell also
+        # ends with the compare(...) call, skip the second (identical) copy of the line.
+        ip = _get_ipython()
+        if ip is not None and self._shown_in is not None and self._shown_in == _cell_id(ip):
+            self._shown_in = None
+            return
+        _display({"text/plain": str(self), "text/html": self._repr_html_()}, raw=True)
+
+    def __bool__(self) -> bool:
+        return bool(self.passed)
+
+
+class ComparisonError(AssertionError):
+    """AssertionError raised by :func:`compare`; ``.result`` holds the :class:`Result`."""
+
+    def __init__(self, message: str, result: Result | None = None):
+        super().__init__(message)
+        self.result = result
+
+
+# --------------------------------------------------------------------------------------------
+# IPython plumbing (module-level so tests can stand in for a notebook)
+# --------------------------------------------------------------------------------------------
+
+
+def _get_ipython():
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is always there in the course env
+        return None
+    return get_ipython()
+
+
+def _in_ipython() -> bool:
+    return _get_ipython() is not None
+
+
+def _cell_id(ip) -> Any:
+    return getattr(ip, "execution_count", None)
+
+
+def _display(obj, **kwargs) -> None:
+    from IPython.display import display
+
+    display(obj, **kwargs)
+
+
+def _show_result(res: Result) -> None:
+    if _in_ipython():
+        ip = _get_ipython()
+        res._shown_in = None
+        _display({"text/plain": str(res), "text/html": res._repr_html_()}, raw=True)
+        res._shown_in = _cell_id(ip) if ip is not None else None
+    else:
+        print(str(res))
+
+
+def _show_figure(fig) -> None:
+    # As PNG bytes, so it shows whatever matplotlib backend the kernel uses (inline, ipympl, none).
+    if fig is not None and _in_ipython():
+        from IPython.display import Image
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=fig.dpi, facecolor="white")
+        _display(Image(data=buf.getvalue(), format="png"))
+
+
+# --------------------------------------------------------------------------------------------
+# compare
+# --------------------------------------------------------------------------------------------
+
+
+def _errors(tp: torch.Tensor, dense: torch.Tensor):
+    """abs and rel error tensors; a NaN/inf where dense is finite counts as an infinite error."""
+    diff = (tp - dense).abs()
+    both_nan = torch.isnan(tp) & torch.isnan(dense)
+    same_inf = torch.isinf(tp) & torch.isinf(dense) & (tp == dense)
+    diff = torch.where(both_nan | same_inf, torch.zeros_like(diff), diff)
+    diff = torch.where(torch.isnan(diff), torch.full_like(diff, math.inf), diff)
+    rel = diff / (dense.abs().nan_to_num(nan=0.0, posinf=0.0) + _TINY)
+    return diff, rel
+
+
+def _hint(tp_pieces: list[torch.Tensor], kind: str, tp: torch.Tensor, dense: torch.Tensor,
+          atol: float, rtol: float) -> str:
+    p = len(tp_pieces)
+    if p > 1 and tp.shape == dense.shape and tp.numel():
+        if torch.allclose(tp, p * dense, atol=atol, rtol=rtol):
+            return (
+                f" Hint: the TP result is {p}× dense (p = {p}): something was summed over "
+                "ranks once too often (an all-reduce on a value that was already complete)."
+            )
+    if kind != "partial" and p > 1 and all(t.shape == dense.shape for t in tp_pieces):
+        if torch.allclose(torch.stack(tp_pieces).sum(0), dense, atol=atol, rtol=rtol):
+            return (
+                " Hint: the shards sum to dense: they are partial sums. Either the all-reduce "
+                "is missing, or the layout is 'partial'."
+            )
+    return ""
+
+
+def _layout_suggestions(ts: list[torch.Tensor], dense_shape) -> list[str]:
+    out = []
+    shapes = {t.shape for t in ts}
+    if len(shapes) == 1 and ts[0].shape == dense_shape:
+        out += ["replicate", "partial"]
+    nd = ts[0].dim()
+    if nd and all(t.dim() == nd for t in ts) and len(dense_shape) == nd:
+        for d in range(nd):
+            if all(
+                [s for i, s in enumerate(t.shape) if i != d]
+                == [s for i, s in enumerate(dense_shape) if i != d]
+                for t in ts
+            ) and sum(t.shape[d] for t in ts) == dense_shape[d]:
+                out.append(f"shard({d})")
+    return out
+
+
+def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
+    """Compare without raising on a (mis)match; returns the Result (figure attached on failure)."""
+    if expect not in ("match", "mismatch"):
+        raise ValueError(f"expect must be 'match' or 'mismatch', got {expect!r}")
+    canon = _canon(layout)
+    kind, _ = parse_layout(layout)
+    pieces = _as_shard_list(shards)
+    dense_t = _to_f64(dense, f"{name}: dense reference")
+    tp = reassemble(pieces, layout, atol=atol, rtol=rtol)
+    n = len(pieces)
+
+    if tp.shape != dense_t.shape:
+        ts = [_to_f64(p, "shard") for p in pieces]
+        sugg = _layout_suggestions(ts, dense_t.shape)
+        hint = f" Layouts that would give the dense shape: {', '.join(sugg)}." if sugg else ""
+        raise ComparisonError(
+            f"{name} (layout {canon}): reassembled shape {_fmt_shape(tp.shape)} from {n} shard(s) "
+            f"[{_shape_summary(ts)}] != dense shape {_fmt_shape(dense_t.shape)}.{hint}"
+        )
+
+    diff, rel = _errors(tp, dense_t)
+    if diff.numel():
+        max_abs = float(diff.max())
+        i_abs = int(diff.argmax())
+        max_rel = float(rel.max())
+        i_rel = int(rel.argmax())
+    else:
+        max_abs = max_rel = 0.0
+        i_abs = i_rel = 0
+    bound = atol + rtol * dense_t.abs().nan_to_num(nan=0.0, posinf=math.inf)
+    bad = ~(diff <= bound)
+    matches = not bool(bad.any())
+    n_bad = int(bad.sum())
+    argmax = tuple(int(i) for i in np.unravel_index(i_abs, tuple(tp.shape))) if diff.numel() else ()
+
+    numbers = (
+        f"{name} (layout {canon}): max abs err {max_abs:.1e} "
+        f"{'>' if max_abs > atol else '<='} atol {atol:.0e} at index {_fmt_index(i_abs, tp.shape)}; "
+        f"max rel err {max_rel:.1e} at index {_fmt_index(i_rel, tp.shape)}; "
+        f"{n_bad} of {diff.numel()} elements fail |tp - dense| <= atol + rtol*|dense| "
+        f"(atol {atol:.0e}, rtol {rtol:.0e})"
+    )
+    passed = matches if expect == "match" else not matches
+    res = Result(
+        name=name, passed=passed, max_abs=max_abs, max_rel=max_rel,
+        shape=tuple(int(s) for s in tp.shape), layout=canon, n_ranks=n, matches=matches,
+        expect=expect, atol=atol, rtol=rtol, argmax=argmax, message=numbers,
+    )
+    if not matches:
+        ts = [_to_f64(p, "shard") for p in pieces]
+        res.message += _hint(ts, kind, tp, dense_t, atol, rtol)
+        if show:
+            res.figure = error_heatmap(tp, dense_t, title=f"{name}: |TP − dense|")
+    if show:
+        _show_result(res)
+        if not matches:
+            if expect == "mismatch":
+                line = f"mismatch, as expected: {res.message}"
+                print(line)
+            _show_figure(res.figure)
+    return res
+
+
+def compare(name: str, shards, dense, layout: str = "replicate", *, atol: float = 1e-5,
+            rtol: float = 1e-4, expect: str = "match", show: bool = True) -> Result:
+    """Reassemble ``shards`` with ``layout`` and check them against ``dense``.
+
+    Pass criterion: ``torch.allclose(tp, dense, atol=atol, rtol=rtol)`` in float64.
+    max_rel is ``max |tp - dense| / (|dense| + 1e-12)``.
+
+    expect="match" (default): returns a passing Result; on a mismatch shows the error heatmap
+    (if show) and raises :class:`ComparisonError` (an AssertionError) with the numbers, e.g.
+    ``Y (layout shard(-1)): max abs err 3.1e-01 > atol 1e-05 at index (2, 7); max rel err ...``.
+
+    expect="mismatch" (for deliberate "break it" cells): passes when they differ (shows the
+    heatmap and prints ``mismatch, as expected: ...``) and raises if they unexpectedly match.
+
+    Shape mismatches raise an AssertionError naming both shapes and the layout. With show=True,
+    the one-line Result is displayed (inside IPython) or printed (elsewhere).
+    """
+    res = _compare(name, shards, dense, layout, atol, rtol, expect, show)
+    if not res.passed:
+        if expect == "match":
+            raise ComparisonError(res.message, res)
+        raise ComparisonError(
+            f"{name} (layout {_canon(layout)}): expected a mismatch (this cell breaks the TP "
+            f"computation on purpose), but TP matches dense: max abs err {res.max_abs:.1e} "
+            f"<= atol {atol:.0e}. Did the cell that breaks it run?", res
+        )
+    return res
+
+
+def compare_grads(pairs, *, atol: float = 1e-5, rtol: float = 1e-4, show: bool = True) -> list[Result]:
+    """Compare several tensors (typically gradients) and report all of them.
+
+    pairs: ``[(name, shards, dense, layout), ...]`` (layout may be omitted: "replicate").
+    Every Result is shown; after the last one, a single AssertionError lists every failure.
+    Returns the list of Results when all match.
+    """
+    results: list[Result] = []
+    failures: list[str] = []
+    for i, item in enumerate(pairs):
+        if not isinstance(item, (tuple, list)) or len(item) not in (3, 4):
+            raise ValueError(
+                f"compare_grads: item {i} must be (name, shards, dense[, layout]), got {item!r:.80}"
+            )
+        name, shards, dense = item[:3]
+        layout = item[3] if len(item) == 4 else "replicate"
+        try:
+            res = _compare(name, shards, dense, layout, atol, rtol, "match", show)
+        except AssertionError as e:  # shape / replica problems: keep going, report at the end
+            failures.append(str(e))
+            if show:
+                print(f"❌ {e}")
+            continue
+        results.append(res)
+        if not res.passed:
+            failures.append(res.message)
+    if failures:
+        raise ComparisonError(
+            f"{len(failures)} of {len(pairs)} comparisons failed:\n"
+            + "\n".join(f"  - {f}" for f in failures)
+        )
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# error heatmap
+# --------------------------------------------------------------------------------------------
+
+
+def _as_2d(t: torch.Tensor) -> torch.Tensor:
+    if t.dim() == 0:
+        return t.reshape(1, 1)
+    if t.dim() == 1:
+        return t.reshape(1, -1)
+    if t.dim() == 2:
+        return t
+    return t.reshape(-1, t.shape[-1])
+
+
+def error_heatmap(tp, dense, title: str | None = None, ax=None):
+    """Draw |tp - dense| as an image and return the matplotlib Figure.
+
+    1-D tensors are drawn as 1×N, >2-D tensors flattened to (prod(leading dims), last dim).
+    A colorbar gives the scale, the worst element is outlined, and a cell grid is drawn when
+    the tensor is small (≤ 32 × 32). Draws into ``ax`` when given (returns ``ax.figure``).
+    """
+    from matplotlib.patches import Rectangle
+
+    tp_t = _to_f64(tp, "tp")
+    dense_t = _to_f64(dense, "dense")
+    if tp_t.shape != dense_t.shape:
+        raise ValueError(
+            f"error_heatmap: tp shape {_fmt_shape(tp_t.shape)} != dense shape "
+            f"{_fmt_shape(dense_t.shape)}"
+        )
+    diff, _ = _errors(tp_t, dense_t)
+    finite_max = float(diff[torch.isfinite(diff)].max()) if torch.isfinite(diff).any() else 0.0
+    img = _as_2d(diff.nan_to_num(posinf=finite_max)).numpy()
+    rows, cols = img.shape
+    max_err = float(diff.max()) if diff.numel() else 0.0
+    idx = int(diff.argmax()) if diff.numel() else 0
+
+    if ax is None:
+        w = min(10.0, max(4.0, 0.25 * cols + 2.0))
+        h = min(8.0, max(1.8, 0.25 * rows + 1.4))
+        from .viz import _new_figure
+
+        fig = _new_figure(w, h, dpi=100, layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+
+    vmax = finite_max if finite_max > 0 else 1.0
+    im = ax.imshow(img, cmap="magma", vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="|TP − dense|", fraction=0.05)
+    if rows <= 32 and cols <= 32:
+        ax.set_xticks(np.arange(-0.5, cols, 1), minor=True)
+        ax.set_yticks(np.arange(-0.5, rows, 1), minor=True)
+        ax.grid(which="minor", color="#808080", linewidth=0.5)
+        ax.tick_params(which="minor", length=0)
+    if diff.numel() and max_err > 0:
+        r2, c2 = np.unravel_index(idx, img.shape)
+        ax.add_patch(Rectangle((c2 - 0.5, r2 - 0.5), 1, 1, fill=False, edgecolor="#00e5ff",
+                               linewidth=2))
+    where = _fmt_index(idx, tuple(tp_t.shape)) if diff.numel() else "()"
+    shape_note = "" if tp_t.dim() in (1, 2) else f" (shape {_fmt_shape(tp_t.shape)} flattened)"
+    ax.set_title(f"{title or '|TP − dense|'}\nmax {max_err:.1e} at {where}{shape_note}", fontsize=10)
+    ax.set_xlabel("column")
+    ax.set_ylabel("row")
+    return fig

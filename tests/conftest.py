@@ -1,0 +1,121 @@
+"""Real clusters for the tests: one session-wide 4-engine gloo cluster, stopped at the end.
+
+Everything here starts real processes (ipyparallel controller and engines,
+torch.distributed over gloo); nothing is mocked.  Every cluster a test starts
+has a cluster id beginning with this session's ``SESSION_PREFIX`` so the session's last check can
+prove none is left running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from helpers import cluster as hc
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(REPO, "launch_cluster.sh")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+# Every cluster id of this test session starts with SESSION_PREFIX, so the final
+# sweep touches only what this session started (not a concurrent session's clusters).
+SESSION_PREFIX = f"pytest{uuid.uuid4().hex[:6]}-"
+
+
+def new_cluster_id(tag: str = "") -> str:
+    return f"{SESSION_PREFIX}{tag}{'-' if tag else ''}{uuid.uuid4().hex[:8]}"
+
+
+def require_tool(name: str, why: str) -> str:
+    """The path of a tool; a failure in CI, a skip on a learner's machine."""
+    path = shutil.which(name)
+    if path is None:
+        msg = f"{name} not found ({why})"
+        if IN_CI:
+            pytest.fail(msg + ": .ci/run must install it")
+        pytest.skip(msg)
+    return path
+
+
+def script_env(cluster_id: str, profile_dir: str, **extra) -> dict:
+    """Environment for running launch_cluster.sh with this test's Python and cluster."""
+    env = dict(os.environ)
+    env.update(
+        VIRTUAL_ENV=sys.prefix,
+        TP_VENV=os.path.join(str(profile_dir), "no-venv"),  # use the active env, make none
+        PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
+        TP_CLUSTER_ID=cluster_id,
+        TP_PROFILE_DIR=str(profile_dir),
+    )
+    env.update(extra)
+    return env
+
+
+def launch(*args, cluster_id: str, profile_dir: str, timeout: float = 180, env=None, **kw):
+    """Run ./launch_cluster.sh ARGS; returns the CompletedProcess (never hangs)."""
+    return subprocess.run(
+        [LAUNCH, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        env=env or script_env(cluster_id, profile_dir), stdin=subprocess.DEVNULL, **kw,
+    )
+
+
+@pytest.fixture(scope="session")
+def cluster_ids():
+    return {"profile": None, "id": new_cluster_id("main")}
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory, cluster_ids):
+    """The session's 4-engine cluster (gloo on CPU), started by connect() itself.
+
+    TP_CLUSTER_ID / TP_PROFILE_DIR point at it, so notebooks executed by the
+    tests attach to it with a plain ``connect()``.
+    """
+    profile = str(tmp_path_factory.mktemp("ipp-profile"))
+    cluster_ids["profile"] = profile
+    os.environ["TP_CLUSTER_ID"] = cluster_ids["id"]
+    os.environ["TP_PROFILE_DIR"] = profile
+    tc = hc.connect(n=4, cluster_id=cluster_ids["id"], profile_dir=profile, timeout=30)
+    try:
+        yield tc
+    finally:
+        tc.shutdown()
+        os.environ.pop("TP_CLUSTER_ID", None)
+        os.environ.pop("TP_PROFILE_DIR", None)
+
+
+@pytest.fixture
+def profile_dir(tmp_path):
+    """A private profile dir; any cluster started in it is stopped after the test."""
+    started: list[str] = []
+    yield str(tmp_path), started
+    for cid in started:
+        hc.stop_cluster(cid, str(tmp_path))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Nothing we started may outlive the suite."""
+    import psutil
+
+    left = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if p.environ().get("IPP_CLUSTER_ID", "").startswith(SESSION_PREFIX):
+                left.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    if left:
+        desc = ", ".join(f"{p.pid} {' '.join(p.info['cmdline'] or [])[:80]}" for p in left)
+        for p in left:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        print(f"\nERROR: {len(left)} cluster processes outlived the tests: {desc}", file=sys.stderr)
+        session.exitstatus = 1
