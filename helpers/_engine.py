@@ -72,16 +72,21 @@ def host_address() -> str:
 
 
 def open_store(addr: str, world_size: int, timeout_s: float) -> int:
-    """Rank 0 only: open the rendezvous TCPStore on a port the OS picks (no race).
+    """Rank 0 only: open the rendezvous TCPStore on ``addr``, a port the OS picks (no race).
 
     The store object stays in the engine namespace as ``_tp_store`` so it lives
     as long as the process group; returns its port for the other ranks.
     """
     import torch.distributed as dist
 
+    # Bind the listening socket ourselves: TCPStore alone listens on every interface.
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind((addr, 0))
+    srv.listen(128)
     store = dist.TCPStore(
-        addr, 0, world_size, is_master=True, timeout=timedelta(seconds=timeout_s),
-        wait_for_workers=False,
+        addr, srv.getsockname()[1], world_size, is_master=True,
+        timeout=timedelta(seconds=timeout_s), wait_for_workers=False,
+        master_listen_fd=srv.detach(),  # the store owns the socket from now on
     )
     _user_ns()["_tp_store"] = store
     return store.port
@@ -125,11 +130,118 @@ def init(rank: int, world_size: int, local_rank: int, addr: str, port: int,
         RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank),
         MASTER_ADDR=addr, MASTER_PORT=str(port),
     )
+    before = set(_socket_inodes())
     dist.init_process_group(
         backend, store=store, rank=rank, world_size=world_size, timeout=timeout,
     )
+    dist.barrier()  # every pair connected now, so its sockets are known
+    _PG_SOCKETS.clear()
+    _PG_SOCKETS.update((set(_socket_inodes()) - before) & _tcp_inodes())
     ns.update(
         torch=torch, dist=dist, rank=rank, world_size=world_size,
         local_rank=local_rank, device=device, backend=backend,
     )
     return {"rank": rank, "device": str(device), "threads": torch.get_num_threads()}
+
+
+# --------------------------------------------------------------------------- faults
+# A rank blocked inside a gloo collective does not see SIGINT until the collective
+# times out (the wait is in C++).  To stop it at once, each engine runs a small
+# watchdog thread that, on request, shuts down the sockets of its process group:
+# the blocked collective then fails immediately ("Connection closed by peer").
+# The group is dead afterwards; cluster.recover() builds a new one.
+
+_PG_SOCKETS: set[int] = set()  # socket inodes opened by init_process_group
+_WATCHDOG: dict = {}
+
+
+def _socket_inodes() -> dict[int, int]:
+    """inode -> fd of every socket this process holds."""
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if link.startswith("socket:["):
+            found[int(link[8:-1])] = int(fd)
+    return found
+
+
+def _tcp_inodes() -> set[int]:
+    """Inodes of established TCP connections (gloo's pairs are such connections)."""
+    found = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if cols[3] == "01":  # ESTABLISHED: never a listener (gloo aborts on those)
+                        found.add(int(cols[9]))
+        except (OSError, StopIteration, IndexError, ValueError):
+            pass
+    return found
+
+
+def abort_collectives() -> int:
+    """Shut down this rank's process-group sockets; returns how many."""
+    n = 0
+    for inode, fd in _socket_inodes().items():
+        if inode in _PG_SOCKETS:
+            try:
+                s = socket.socket(fileno=os.dup(fd))
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+                n += 1
+            except OSError:
+                pass
+    return n
+
+
+def start_watchdog(addr: str, token: str) -> int:
+    """Start (once per engine) the thread that aborts collectives on request; its port."""
+    import threading
+
+    if _WATCHDOG.get("token") == token:
+        return _WATCHDOG["port"]
+    if "sock" in _WATCHDOG:
+        _WATCHDOG["token"] = token
+        return _WATCHDOG["port"]
+    srv = socket.socket()
+    srv.bind((addr, 0))
+    srv.listen(8)
+
+    def serve():
+        while True:
+            conn, _ = srv.accept()
+            with conn:
+                conn.settimeout(5)
+                try:
+                    msg = conn.recv(256).decode().strip()
+                except OSError:
+                    continue
+                if msg == f"{_WATCHDOG['token']} abort":
+                    conn.sendall(f"{abort_collectives()}\n".encode())
+
+    _WATCHDOG.update(sock=srv, port=srv.getsockname()[1], token=token)
+    threading.Thread(target=serve, name="tp-watchdog", daemon=True).start()
+    return _WATCHDOG["port"]
+
+
+# names connect() defines on every engine: not the learner's state
+CONNECT_NAMES = {"torch", "dist", "rank", "world_size", "local_rank", "device", "backend"}
+
+
+def user_names() -> list[str]:
+    """The learner's variables on this engine (what a restart would lose)."""
+    import builtins
+    import types
+
+    ns = _user_ns()
+    hidden = {"In", "Out", "exit", "quit", "get_ipython"} | set(vars(builtins))
+    return sorted(
+        k for k, v in ns.items()
+        if not k.startswith("_") and k not in CONNECT_NAMES and k not in hidden
+        and not isinstance(v, types.ModuleType)
+    )

@@ -23,6 +23,7 @@ Conventions (see DESIGN.md):
 from __future__ import annotations
 
 import getpass
+import secrets
 import json
 import os
 import signal
@@ -161,6 +162,15 @@ def _is_ours(pid: int, cluster_id: str) -> bool:
     return env_id == cluster_id
 
 
+def _pid_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _process_tree(pids: list[int]) -> list:
     import psutil
 
@@ -230,6 +240,9 @@ def _controller_alive(profile_dir: str, cluster_id: str) -> bool:
     if state.get("host") not in (None, socket.gethostname()):
         # Started on another node (a PBS job): ask it over the network.
         return _ping(profile_dir, cluster_id)
+    owner = state.get("owner_pid")
+    if owner and not _pid_alive(owner):
+        return False  # its notebook kernel or lab session crashed: stale
     try:
         with open(_cluster_file(profile_dir, cluster_id)) as f:
             d = json.load(f)
@@ -278,6 +291,7 @@ def start_cluster(
     daemon: bool = True,
     wait: bool = True,
     timeout: float = DEFAULT_START_TIMEOUT,
+    owner_pid: int | None = None,
 ) -> ipp.Cluster:
     """Start a controller and ``n`` engines (``mode='local'`` or ``'mpi'``).
 
@@ -285,6 +299,9 @@ def start_cluster(
     ``launch_cluster.sh start`` wants); ``daemon=False`` stops them at exit.
     A stale cluster of the same id (left by a crash) is cleaned first; a running
     one is an error (``RuntimeError``), so nothing is started twice.
+    ``owner_pid``: the process whose death makes the cluster stale (the notebook
+    kernel that started it, a ``lab`` session), so a crash leaves nothing behind
+    for long: the next start or connect() cleans it up.
     """
     cluster_id = cluster_id or default_cluster_id()
     profile_dir = os.path.abspath(profile_dir or default_profile_dir())
@@ -328,7 +345,7 @@ def start_cluster(
     cluster.start_engines_sync(n)
     _write_state(
         profile_dir, cluster_id, host=socket.gethostname(), mode=mode, n=n,
-        started=time.time(), job_id=os.environ.get("PBS_JOBID"),
+        started=time.time(), job_id=os.environ.get("PBS_JOBID"), owner_pid=owner_pid,
     )
     if wait:
         client = cluster.connect_client_sync()
@@ -452,6 +469,9 @@ class TPCluster:
     timeout: float = DEFAULT_PG_TIMEOUT
     backend: str = "gloo"
     engines: list[EngineInfo] = field(default_factory=list)
+    _px_cells: list[int] = field(default_factory=list, repr=False)  # In[n] of %%px cells run
+    _watchdogs: dict[int, tuple[str, int]] = field(default_factory=dict, repr=False)
+    _token: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
 
     # ---- facts
     @property
@@ -469,6 +489,7 @@ class TPCluster:
 
     @property
     def view(self):
+        self.check_alive()  # a dead rank is named, not a bare KeyError
         view = self.client[self.engine_ids]
         view.block = True
         return view
@@ -487,6 +508,7 @@ class TPCluster:
     # ---- data in and out, by rank
     def pull(self, name: str) -> list:
         """The engine variable ``name`` from every rank, as a list ordered by rank."""
+        self.check_alive()
         futures = [self.client[eid].pull(name, block=False) for eid in self.engine_ids]
         return [f.get() for f in futures]
 
@@ -501,6 +523,7 @@ class TPCluster:
                 f"push_by_rank needs one value per rank: got {len(values)} for "
                 f"{self.world_size} ranks"
             )
+        self.check_alive()
         futures = [
             self.client[eid].push({name: v}, block=False)
             for eid, v in zip(self.engine_ids, values)
@@ -523,7 +546,9 @@ class TPCluster:
         except ImportError:
             return
         if get_ipython() is not None:
-            self.view.activate()
+            from .faults import install_magics
+
+            install_magics(self)
 
     # ---- the process group
     def _probe(self) -> list[dict]:
@@ -563,6 +588,7 @@ class TPCluster:
             and all(i["backend"] == backend for i in infos)
         )
         if adopt:
+            self._start_watchdogs(per_host)
             return
         if threads is None:
             threads = max(1, min(i["cpus"] for i in infos) // max(per_host.values()))
@@ -586,6 +612,119 @@ class TPCluster:
                     f"rank {e.rank} (engine {e.engine_id} on {e.host}) did not join the "
                     f"process group within {self.timeout:.0f} s"
                 ) from None
+        self._start_watchdogs(per_host)
+
+    def _start_watchdogs(self, per_host) -> None:
+        """One watchdog thread per engine (see faults.py); it outlives process groups."""
+        addrs = self.view.apply_sync(_engine.host_address) if len(per_host) > 1 else None
+        try:  # a second notebook attaching reuses the first one's token
+            self._token = self.client[self.engine_ids[0]].pull("_tp_token", block=True)
+        except Exception:
+            pass
+        self.view.push({"_tp_token": self._token}, block=True)
+        futures = []
+        for i, e in enumerate(self.engines):
+            addr = addrs[i] if addrs else "127.0.0.1"
+            futures.append((e.rank, addr, self.client[e.engine_id].apply_async(
+                _engine.start_watchdog, addr, self._token)))
+        self._watchdogs = {r: (addr, f.get(timeout=30)) for r, addr, f in futures}
+
+    # ---- faults (see helpers/faults.py)
+    def dead_ranks(self) -> list[EngineInfo]:
+        """Engines of this cluster that are no longer registered (died, were killed)."""
+        alive = set(self.client.ids)
+        return [e for e in self.engines if e.engine_id not in alive]
+
+    def check_alive(self) -> None:
+        """Raise DeadRankError naming the dead ranks (called before every %%px cell)."""
+        from .faults import RECOVER, DeadRankError
+
+        dead = self.dead_ranks()
+        if dead:
+            who = "; ".join(f"rank {e.rank} (engine {e.engine_id}, pid {e.pid} on {e.host})"
+                            for e in dead)
+            raise DeadRankError(
+                f"{who} died (killed, out of memory, or crashed). Bring the cluster back to "
+                f"{self.world_size} ranks with:  {RECOVER}   (engine variables are lost; "
+                "it tells you which cells to re-run)"
+            )
+
+    def busy_ranks(self) -> list[int]:
+        """Ranks whose engine is still running a task."""
+        try:
+            status = self.client.queue_status(targets=self.engine_ids, verbose=False)
+        except Exception:
+            return []
+        return [e.rank for e in self.engines
+                if isinstance(status.get(e.engine_id), dict) and status[e.engine_id].get("tasks", 0) +
+                status[e.engine_id].get("queue", 0) > 0]
+
+    def abort_collectives(self, timeout: float = 2.0) -> dict[int, int]:
+        """Shut down every rank's process-group sockets: blocked collectives fail at once."""
+        import socket as _socket
+
+        closed = {}
+        for rank, (addr, port) in self._watchdogs.items():
+            try:
+                with _socket.create_connection((addr, port), timeout=timeout) as s:
+                    s.sendall(f"{self._token} abort\n".encode())
+                    closed[rank] = int(s.recv(64).decode().strip() or 0)
+            except (OSError, ValueError):
+                closed[rank] = -1
+        return closed
+
+    def recover(self, timeout: float = DEFAULT_START_TIMEOUT) -> str:
+        """Get back to a working cluster, never touching this notebook's own variables.
+
+        * every engine alive (after a timeout or an interrupted collective): abort
+          what is still blocked, then rebuild only the process group on a fresh
+          port; every engine variable is kept;
+        * an engine died: restart all N engines (ranks 0..N-1, new engine ids) and
+          rebuild the process group; says which engine variables were lost and which
+          ``%%px`` cells to re-run.
+        Returns (and prints) what it did.
+        """
+        from .faults import DeadRankError
+
+        t0 = time.monotonic()
+        dead = self.dead_ranks()
+        if not dead:
+            if self.busy_ranks():
+                self.abort_collectives()
+                deadline = time.monotonic() + 5
+                while self.busy_ranks() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            self.init_distributed(force=True)
+            msg = (f"Process group rebuilt on all {self.world_size} ranks in "
+                   f"{time.monotonic() - t0:.1f} s; every engine variable was kept.")
+        else:
+            survivors = [e for e in self.engines if e not in dead]
+            lost = []
+            if survivors:
+                try:
+                    lost = self.client[survivors[0].engine_id].apply_sync(_engine.user_names)
+                except Exception:
+                    lost = []
+            cells = list(self._px_cells)
+            if self.cluster is None and (read_state(self.profile_dir, self.cluster_id) or {}).get(
+                    "host") not in (None, socket.gethostname()):
+                raise DeadRankError(
+                    "an engine of a cluster on another node died; restart it there: "
+                    "./launch_cluster.sh stop && ./launch_cluster.sh start --pbs ..."
+                )
+            self.restart_engines(timeout=timeout)
+            self._px_cells.clear()
+            ranks = ", ".join(str(e.rank) for e in dead)
+            msg = (f"Rank(s) {ranks} had died: all {self.world_size} engines were restarted "
+                   f"(ranks 0..{self.world_size - 1}, engine ids {self.engine_ids}) with a new "
+                   f"process group in {time.monotonic() - t0:.1f} s.\n"
+                   f"Lost on the engines: {', '.join(lost) if lost else 'their variables'}.\n"
+                   + (f"Rebuild them by re-running the %%px cells In[{'], In['.join(map(str, cells))}] "
+                      "in that order." if cells else
+                      "Rebuild them by re-running the %%px cells after connect()."))
+        self.activate()
+        print(msg)
+        return msg
 
     def restart_engines(self, timeout: float = DEFAULT_START_TIMEOUT) -> list[int]:
         """Replace every engine by a fresh one; ranks stay 0..N-1 (engine ids change).
@@ -695,7 +834,7 @@ def connect(
         try:
             cluster = start_cluster(
                 n, cluster_id=cluster_id, profile_dir=profile_dir, daemon=False,
-                wait=False, timeout=start_timeout,
+                wait=False, timeout=start_timeout, owner_pid=os.getpid(),
             )
         except Exception as e:
             raise RuntimeError(

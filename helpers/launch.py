@@ -266,7 +266,7 @@ def cmd_start(args) -> int:
     t0 = time.monotonic()
     hc.start_cluster(n, mode=mode, cluster_id=cluster_id, profile_dir=profile_dir,
                      controller_ip=controller_ip, mpi_args=mpi_args, daemon=True,
-                     timeout=args.timeout)
+                     timeout=args.timeout, owner_pid=getattr(args, "owner_pid", None))
     print(f"cluster {cluster_id!r} started: {n} {mode} engines in "
           f"{time.monotonic() - t0:.1f} s (profile {profile_dir})")
     if args.foreground:
@@ -337,6 +337,7 @@ def cmd_lab(args) -> int:
     cluster_id, profile_dir = _ids(args)
     started = False
     if not args.no_cluster and not hc.is_running(cluster_id, profile_dir):
+        args.owner_pid = os.getpid()  # if this session crashes, the next start cleans up
         cmd_start(args)
         started = True
     token = secrets.token_hex(24)
@@ -345,6 +346,8 @@ def cmd_lab(args) -> int:
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
            f"--port={port}", f"--ServerApp.root_dir={os.path.join(REPO, 'notebooks')}",
            f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # containers and CI run as root
     lab = subprocess.Popen(cmd, env=env, start_new_session=True)
     stop = []
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -403,8 +403,18 @@ def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
     kind, _ = parse_layout(layout)
     pieces = _as_shard_list(shards)
     dense_t = _to_f64(dense, f"{name}: dense reference")
-    tp = reassemble(pieces, layout, atol=atol, rtol=rtol)
     n = len(pieces)
+    worst_rank = None
+    copies = [_to_f64(p, "shard") for p in pieces] if kind == "replicate" else []
+    if copies and all(c.shape == dense_t.shape for c in copies):
+        # Every rank should hold the dense answer: judge the worst copy, so a
+        # missing all-reduce (copies that disagree) is a mismatch, not a crash.
+        errs = [float((c - dense_t).abs().nan_to_num(nan=math.inf).max()) if c.numel() else 0.0
+                for c in copies]
+        worst_rank = max(range(n), key=lambda r: errs[r])
+        tp = copies[worst_rank]
+    else:
+        tp = reassemble(pieces, layout, atol=atol, rtol=rtol)
 
     if tp.shape != dense_t.shape:
         ts = [_to_f64(p, "shard") for p in pieces]
@@ -445,6 +455,8 @@ def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
     )
     if not matches:
         ts = [_to_f64(p, "shard") for p in pieces]
+        if worst_rank is not None and n > 1:
+            res.message += f"; worst copy: rank {worst_rank}"
         res.message += _hint(ts, kind, tp, dense_t, atol, rtol)
         if show:
             res.figure = error_heatmap(tp, dense_t, title=f"{name}: |TP − dense|")

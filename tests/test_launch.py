@@ -195,3 +195,54 @@ def test_pbs_job_runs_through_a_stand_in_qsub(cid, tmp_path):
 def test_stop_when_nothing_runs(cid, tmp_path):
     out = launch("stop", cluster_id=cid, profile_dir=tmp_path)
     assert out.returncode == 0 and "no cluster" in out.stdout
+
+
+def test_kernel_spec_for_jupyterhub(tmp_path):
+    data = tmp_path / "jupyter-data"
+    env = script_env("x", tmp_path, JUPYTER_DATA_DIR=str(data))
+    out = launch("kernel", "tp-test", cluster_id="x", profile_dir=tmp_path, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    spec = json.loads((data / "kernels" / "tp-test" / "kernel.json").read_text())
+    assert spec["argv"][0] == sys.executable
+    assert spec["display_name"] == "Python (tensor parallel course)"
+
+
+def test_lab_serves_jupyterlab_on_loopback_and_stops_everything(cid, tmp_path):
+    """The README's first command: cluster + JupyterLab, a tokened URL, all gone on Ctrl-C."""
+    import urllib.request
+
+    proc = subprocess.Popen([LAUNCH, "lab", "-n", "2"], cwd=REPO, text=True,
+                            env=script_env(cid, tmp_path, JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
+                                           JUPYTER_CONFIG_DIR=str(tmp_path / "cfg")),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    url, lines = None, []
+    try:
+        deadline = time.monotonic() + 150
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stdout.readline()
+            lines.append(line)
+            m = re.search(r"(http://127\.0\.0\.1:\d+/lab\?token=\w+)", line)
+            url = m.group(1) if m else None
+        assert url, "".join(lines)
+        api = url.replace("/lab?", "/api/contents/00_cluster_setup.ipynb?")
+        with urllib.request.urlopen(api, timeout=30) as r:
+            assert json.load(r)["name"] == "00_cluster_setup.ipynb"  # serves notebooks/
+        no_token = url.split("?")[0].replace("/lab", "/api/contents")
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(no_token, timeout=30)
+        assert len(_leftovers(cid)) >= 3, "lab started the cluster"
+        listening = {c.laddr.ip for p in psutil.Process(proc.pid).children(recursive=True)
+                     for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+        assert listening <= {"127.0.0.1", "::1"}, listening
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    assert _leftovers(cid) == []
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if "jupyterlab" in " ".join(p.info["cmdline"] or []) and str(tmp_path) in
+                " ".join(p.info["cmdline"] or [])]

@@ -220,6 +220,17 @@ def test_compare_expect_mismatch(capsys):
         compare("Y", [y], y, expect="maybe", show=False)
 
 
+def test_compare_replicate_copies_that_disagree_are_a_mismatch(capsys):
+    """A missing all-reduce leaves each rank a different partial sum: a mismatch, not a crash."""
+    dense = torch.arange(6.0).reshape(2, 3)
+    parts = [dense / 4 + r for r in range(4)]  # four different 'copies'
+    res = compare("Y", parts, dense, layout="replicate", expect="mismatch", show=False)
+    assert res.passed and not res.matches
+    assert "worst copy: rank" in res.message
+    with pytest.raises(ComparisonError, match="worst copy: rank 0"):
+        compare("Y", parts, dense, layout="replicate", show=False)
+
+
 def test_compare_nan_is_a_failure():
     y = _y()
     tp = y.clone()

@@ -1,0 +1,718 @@
+"""How the course's cluster compares with plain torchrun (and raw ipyparallel), in one run.
+
+    python benchmarks/bench_cluster.py [-n 4] [--rounds 5] [--sizes 1,64] [--backend gloo|nccl]
+
+Three figures, each a ratio measured in *this* run, the candidate and its baseline
+interleaved round by round (the machine may be shared and noisy: compare only
+numbers from the same run):
+
+1. startup: seconds from launching a fresh Python process to a first finished
+   all-reduce whose result is back where it was asked for.
+     * ours      ``helpers.connect(n, cluster_id=<unique>, profile_dir=<tmp>)`` then
+                 ``cluster.run(all_reduce)`` and ``cluster.pull`` of the (float) result;
+     * baseline  ``python -m torch.distributed.run --standalone --nproc_per_node=n``
+                 running init_process_group + one all_reduce;
+     * also      raw ipyparallel, the naive way: ``ipp.Cluster(n).start_and_connect_sync()``,
+                 import torch on the engines, init_process_group via env://, all_reduce.
+   The child prints a wall-clock timestamp once the result is back; shutdown is not timed.
+   Target: connect() <= 1.3x torchrun.
+2. %%px latency: median time of a trivial ``%%px x = 1`` run through a real IPython
+   InteractiveShell (``shell.run_cell_magic('px', '', 'x = 1')``) vs
+   ``view.execute('x = 1', block=True)`` on the same engines, interleaved.  Target <= 1.1x.
+3. all-reduce bus bandwidth, busbw = 2(n-1)/n * bytes / time, per size: float32 tensor,
+   ``time.perf_counter`` around ``dist.all_reduce`` on every rank (after a barrier; CUDA
+   synchronized on GPUs), max over ranks per iteration, median over iterations, on the
+   engines vs the same function under torchrun with the same torch thread count.
+   Target: >= 0.95x torchrun at 64 MiB.
+
+It is not a test: it always exits 0.  ``--breakdown`` adds instrumented connect() runs that
+show where the startup time goes (engine torch import, registration, heartbeat, probe,
+process-group init); ``--also-helpers DIR`` times connect() from a modified copy of
+``helpers/`` (DIR contains ``helpers/``) in the same rounds, to measure a proposed change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import traceback
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+MiB = 1 << 20
+RUN_ID = f"bench{uuid.uuid4().hex[:6]}"  # every cluster this run starts has an id with this prefix
+CHILD_TIMEOUT = 240.0  # seconds any one child process may take
+
+# --------------------------------------------------------------------------- child scripts
+
+# The all-reduce bandwidth loop: the same source runs on the engines and under torchrun.
+ALLREDUCE_SRC = '''
+def _bench_allreduce(sizes, warmups, iters, dev):
+    """Per-iteration seconds of dist.all_reduce on a float32 tensor of each size (bytes)."""
+    import time
+    import torch
+    import torch.distributed as dist
+
+    dev = torch.device(dev)
+    cuda = dev.type == "cuda"
+    out = {"threads": torch.get_num_threads(), "times": {}}
+    for nbytes, warmup, n in zip(sizes, warmups, iters):
+        x = torch.zeros(nbytes // 4, dtype=torch.float32, device=dev)  # zeros: no overflow
+        times = []
+        for i in range(warmup + n):
+            dist.barrier()
+            if cuda:
+                torch.cuda.synchronize(dev)
+            t = time.perf_counter()
+            dist.all_reduce(x)
+            if cuda:
+                torch.cuda.synchronize(dev)
+            dt = time.perf_counter() - t
+            if i >= warmup:
+                times.append(dt)
+        out["times"][str(nbytes)] = times
+        del x
+    return out
+'''
+
+# 1a. connect() from a fresh process.  argv: cluster_id profile_dir n backend breakdown ts_dir wrapper
+CONNECT_CHILD = r'''
+import json, os, sys, time
+T = {"t_start": time.time()}
+cid, prof, n, backend, breakdown, ts_dir, wrapper = sys.argv[1:8]
+n = int(n)
+import helpers
+from helpers import cluster as hc
+T["t_imported"] = time.time()
+if breakdown == "1":
+    # Instrumented: engines start from a copy of helpers/engine_main.py that logs timestamps,
+    # and the client records when each step of connect() returns.
+    import ipyparallel as ipp
+    os.environ["BENCH_TS_DIR"] = ts_dir
+    hc.ENGINE_CMD = [sys.executable, wrapper]
+
+    def wrap(owner, name, key):
+        orig = getattr(owner, name)
+
+        def inner(*a, **k):
+            r = orig(*a, **k)
+            T.setdefault(key, time.time())
+            return r
+        setattr(owner, name, inner)
+    wrap(hc, "start_cluster", "t_spawned")
+    wrap(ipp.Cluster, "connect_client_sync", "t_client")
+    wrap(ipp.Client, "wait_for_engines", "t_registered")
+    wrap(hc.TPCluster, "_probe", "t_probed")
+    wrap(hc.TPCluster, "init_distributed", "t_pg")
+c = hc.connect(n=n, cluster_id=cid, profile_dir=prof, backend=(backend or None), activate=False)
+T["t_connected"] = time.time()
+c.run("_bench_x = torch.ones(4, device=device); dist.all_reduce(_bench_x); "
+      "_bench_s = float(_bench_x.sum())")
+s = c.pull("_bench_s")
+T["t_done"] = time.time()
+T.update(result=s[0], helpers=os.path.dirname(helpers.__file__),
+         torch_in_client="torch" in sys.modules)
+print("BENCH " + json.dumps(T), flush=True)
+c.shutdown()
+'''
+
+# 1b / 3. the torchrun worker.  argv: startup backend | serve backend threads ctl_dir
+TORCHRUN_CHILD = r'''
+import json, os, sys, time
+T = {"t_start": time.time()}
+import torch
+import torch.distributed as dist
+T["t_imported"] = time.time()
+mode, backend = sys.argv[1:3]
+rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+if backend == "nccl":
+    dev = torch.device("cuda", local_rank)
+    torch.cuda.set_device(dev)
+else:
+    dev = torch.device("cpu")
+dist.init_process_group(backend)
+T["t_pg"] = time.time()
+if mode == "startup":
+    x = torch.ones(4, device=dev)
+    dist.all_reduce(x)
+    T["t_done"] = time.time()
+    T["result"] = float(x.sum())
+    if rank == 0:
+        print("BENCH " + json.dumps(T), flush=True)
+else:  # serve: run the bandwidth loop whenever the benchmark asks (ctl/cmd<k>.json)
+    threads, ctl = sys.argv[3:5]
+    torch.set_num_threads(int(threads))  # what connect() gives each engine
+    exec(ALLREDUCE_SRC)
+    k = 0
+    while True:
+        path = os.path.join(ctl, f"cmd{k}.json")
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        with open(path) as f:
+            cmd = json.load(f)
+        if cmd.get("stop"):
+            break
+        res = _bench_allreduce(cmd["sizes"], cmd["warmups"], cmd["iters"], str(dev))
+        tmp = os.path.join(ctl, f".res{k}-rank{rank}.json")
+        with open(tmp, "w") as f:
+            json.dump(res, f)
+        os.replace(tmp, os.path.join(ctl, f"res{k}-rank{rank}.json"))
+        k += 1
+dist.destroy_process_group()
+'''.replace("exec(ALLREDUCE_SRC)", "exec(" + repr(ALLREDUCE_SRC) + ")")
+
+# 1c. raw ipyparallel, the naive way.  argv: cluster_id profile_dir n backend
+RAW_CHILD = r'''
+import json, os, socket, sys, time
+T = {"t_start": time.time()}
+cid, prof, n, backend = sys.argv[1:5]
+n = int(n)
+import ipyparallel as ipp
+cluster = ipp.Cluster(n=n, cluster_id=cid, profile_dir=prof, log_level=30)
+rc = cluster.start_and_connect_sync()
+T["t_registered"] = time.time()
+view = rc[:]
+view.execute("import os, torch, torch.distributed as dist", block=True)
+T["t_imported"] = time.time()
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+ids = sorted(rc.ids)
+for r, eid in enumerate(ids):
+    rc[eid].push(dict(rank=r), block=True)
+view.execute(
+    f"os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='{port}', WORLD_SIZE='{n}', "
+    "RANK=str(rank), LOCAL_RANK=str(rank)); "
+    f"dist.init_process_group('{backend}', init_method='env://'); "
+    f"dev = torch.device('cuda', rank) if '{backend}' == 'nccl' else torch.device('cpu')",
+    block=True,
+)
+T["t_pg"] = time.time()
+view.execute("x = torch.ones(4, device=dev); dist.all_reduce(x); s = float(x.sum())", block=True)
+T["result"] = rc[ids[0]].pull("s", block=True)
+T["t_done"] = time.time()
+print("BENCH " + json.dumps(T), flush=True)
+cluster.stop_cluster_sync()
+'''
+
+# An instrumented helpers/engine_main.py (for --breakdown only): same imports, plus timestamps.
+ENGINE_WRAPPER = r'''
+import os, time
+def _log(what):
+    with open(os.path.join(os.environ["BENCH_TS_DIR"], f"{os.getpid()}.txt"), "a") as f:
+        f.write(f"{what} {time.time():.4f}\n")
+_log("e_start")
+import torch  # noqa: F401  (as helpers/engine_main.py)
+import torch.distributed  # noqa: F401
+_log("e_torch")
+from ipyparallel.engine import app as _app
+_reg, _done, _ping = _app.IPEngine.register, _app.IPEngine.complete_registration, _app.IPEngine._report_ping
+async def register(self):
+    _log("e_register_sent")
+    return await _reg(self)
+async def complete_registration(self, *a):
+    r = await _done(self, *a)
+    _log("e_register_done")
+    return r
+def report_ping(self, msg):
+    if not getattr(self, "_bench_pinged", False):
+        self._bench_pinged = True
+        _log("e_first_ping")
+    return _ping(self, msg)
+_app.IPEngine.register, _app.IPEngine.complete_registration = register, complete_registration
+_app.IPEngine._report_ping = report_ping
+_app.main()
+'''
+
+
+# --------------------------------------------------------------------------- plumbing
+
+def load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.tmp = tempfile.mkdtemp(prefix=f"{RUN_ID}-")
+        self.started: list[tuple[str, str]] = []  # (cluster_id, profile_dir) of every cluster
+        self.rows: list[tuple] = []
+        self.notes: list[str] = []
+        self.raw: dict = {"run_id": RUN_ID}
+        for name, src in (("connect_child.py", CONNECT_CHILD), ("torchrun_child.py", TORCHRUN_CHILD),
+                          ("raw_child.py", RAW_CHILD), ("engine_wrapper.py", ENGINE_WRAPPER)):
+            with open(os.path.join(self.tmp, name), "w") as f:
+                f.write(src)
+
+    # ---- children
+    def new_cluster(self, tag: str) -> tuple[str, str]:
+        cid = f"{RUN_ID}-{tag}-{uuid.uuid4().hex[:6]}"
+        prof = os.path.join(self.tmp, f"profile-{cid}")
+        os.makedirs(prof)
+        self.started.append((cid, prof))
+        return cid, prof
+
+    def child(self, argv: list[str], *, pythonpath: str = REPO, cwd: str = REPO) -> dict | None:
+        """Run a child; return its BENCH json plus t_launch, or None (and a note) on failure."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = pythonpath + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        for var in ("TP_CLUSTER_ID", "TP_PROFILE_DIR"):
+            env.pop(var, None)
+        t_launch = time.time()
+        p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        try:
+            out, err = p.communicate(timeout=CHILD_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)  # the session this child leads
+            out, err = p.communicate()
+            self.notes.append(f"timed out after {CHILD_TIMEOUT:.0f} s: {' '.join(argv[:4])}")
+            return None
+        t_exit = time.time()
+        for line in out.splitlines():
+            if line.startswith("BENCH "):
+                d = json.loads(line[6:])
+                d["t_launch"], d["t_exit"] = t_launch, t_exit
+                return d
+        tail = "\n    ".join((err or out).strip().splitlines()[-6:])
+        self.notes.append(f"child failed (rc {p.returncode}): {' '.join(argv[:4])}\n    {tail}")
+        return None
+
+    def sweep(self, cid: str, prof: str) -> None:
+        from helpers import cluster as hc
+
+        try:
+            hc.stop_cluster(cid, prof)
+        except Exception as e:  # pragma: no cover - best effort
+            self.notes.append(f"could not stop {cid}: {e}")
+
+    def leftovers(self) -> int:
+        import psutil
+
+        n = 0
+        for p in psutil.process_iter(["pid"]):
+            try:
+                if p.environ().get("IPP_CLUSTER_ID", "").startswith(RUN_ID):
+                    n += 1
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return n
+
+    def torchrun(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={self.args.n}", os.path.join(self.tmp, "torchrun_child.py"), *args]
+
+    # ---- 1. startup
+    def run_connect(self, helpers_root: str, breakdown: bool = False) -> dict | None:
+        cid, prof = self.new_cluster("conn")
+        ts_dir = os.path.join(self.tmp, f"ts-{cid}")
+        os.makedirs(ts_dir)
+        d = self.child([sys.executable, os.path.join(self.tmp, "connect_child.py"), cid, prof,
+                        str(self.args.n), self.args.backend, "1" if breakdown else "0", ts_dir,
+                        os.path.join(self.tmp, "engine_wrapper.py")],
+                       pythonpath=helpers_root, cwd=helpers_root)
+        self.sweep(cid, prof)
+        if d is not None:
+            expect_dir = os.path.join(os.path.realpath(helpers_root), "helpers")
+            if os.path.realpath(d["helpers"]) != expect_dir:
+                self.notes.append(f"connect child imported {d['helpers']}, not {expect_dir}")
+            if breakdown:
+                engines = []
+                for name in os.listdir(ts_dir):
+                    with open(os.path.join(ts_dir, name)) as f:
+                        engines.append(dict((k, float(v)) for k, v in (ln.split() for ln in f)))
+                d["engines"] = engines
+        return d
+
+    def run_torchrun_startup(self) -> dict | None:
+        return self.child(self.torchrun("startup", self.args.backend))
+
+    def run_raw(self) -> dict | None:
+        cid, prof = self.new_cluster("raw")
+        d = self.child([sys.executable, os.path.join(self.tmp, "raw_child.py"), cid, prof,
+                        str(self.args.n), self.args.backend])
+        self.sweep(cid, prof)
+        return d
+
+    def startup(self) -> None:
+        a = self.args
+        expected = 4.0 * a.n
+        kinds = [("connect", lambda: self.run_connect(REPO)),
+                 ("torchrun", self.run_torchrun_startup),
+                 ("raw ipp", self.run_raw)]
+        for path in a.also_helpers:
+            kinds.append((f"connect [{path}]", lambda p=path: self.run_connect(p)))
+        if a.breakdown:
+            kinds.append(("connect (instrumented)", lambda: self.run_connect(REPO, breakdown=True)))
+            for path in a.also_helpers:
+                kinds.append((f"connect [{path}] (instrumented)",
+                              lambda p=path: self.run_connect(p, breakdown=True)))
+        res: dict[str, list] = {k: [] for k, _ in kinds}
+        print(f"\n[1] startup to a first all-reduce: {a.rounds} rounds x {len(kinds)} kinds "
+              f"(load {load()})", flush=True)
+        for r in range(a.rounds):
+            order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]  # rotate: no kind always first
+            line = []
+            for name, fn in order:
+                d = fn()
+                if d is not None and abs(float(d.get("result", -1)) - expected) > 1e-6:
+                    self.notes.append(f"{name}: all-reduce gave {d.get('result')}, expected {expected}")
+                if d is not None:
+                    d["load1"] = os.getloadavg()[0]
+                res[name].append(d)
+                line.append(f"{name} {d['t_done'] - d['t_launch']:.2f}s" if d else f"{name} FAILED")
+            print(f"  round {r + 1}: " + ", ".join(line) + f"  (load {load()})", flush=True)
+        self.raw["startup"] = res
+
+        def secs(name):
+            return med([d["t_done"] - d["t_launch"] for d in res[name] if d])
+
+        base = secs("torchrun")
+        self.row("startup: connect() -> 1st all-reduce", secs("connect"), base, "s", "<=", 1.3)
+        for path in a.also_helpers:
+            self.row(f"startup: connect() from {path}", secs(f"connect [{path}]"), base, "s", "<=", 1.3)
+        self.row("startup: raw ipyparallel (naive)", secs("raw ipp"), base, "s", None, None,
+                 info="issue: ~1.6x")
+        self.startup_phases(res)
+
+    def startup_phases(self, res) -> None:
+        """Median seconds since launch at which each step finished."""
+        def phase_line(name, keys):
+            ds = [d for d in res.get(name, []) if d]
+            if not ds:
+                return
+            parts = []
+            for k in keys:
+                v = med([d[k] - d["t_launch"] for d in ds if k in d])
+                if v is not None:
+                    parts.append(f"{k[2:]} {v:.2f}")
+            print(f"  {name:24s} " + " | ".join(parts))
+
+        print("  median seconds since launch at which each step finished:")
+        phase_line("torchrun", ["t_start", "t_imported", "t_pg", "t_done", "t_exit"])
+        phase_line("raw ipp", ["t_start", "t_registered", "t_imported", "t_pg", "t_done", "t_exit"])
+        phase_line("connect", ["t_start", "t_imported", "t_connected", "t_done", "t_exit"])
+        for name in [k for k in res if k.endswith("(instrumented)")]:
+            ds = [d for d in res[name] if d]
+            for d in ds:  # engine steps: the last engine to get there
+                for k in ("e_start", "e_torch", "e_register_sent", "e_register_done", "e_first_ping"):
+                    vals = [e[k] for e in d.get("engines", []) if k in e]
+                    if vals:
+                        d[k] = max(vals)
+            phase_line(name, ["t_imported", "t_spawned", "t_client", "e_start", "e_torch",
+                              "e_register_sent", "e_register_done", "e_first_ping",
+                              "t_registered", "t_probed", "t_pg", "t_done"])
+            hb = med([d["t_registered"] - d["e_register_done"] for d in ds
+                      if "t_registered" in d and "e_register_done" in d])
+            probe = med([d["t_probed"] - d["t_registered"] for d in ds
+                         if "t_probed" in d and "t_registered" in d])
+            if hb is not None:
+                print(f"  {'':24s} -> last engine registered to client sees all: {hb:.2f} s "
+                      f"(heartbeat wait); engines seen to probe back: {probe:.2f} s; "
+                      f"client imported torch: {any(d.get('torch_in_client') for d in ds)}")
+
+    # ---- 2. %%px latency
+    def px_latency(self, tc) -> None:
+        """%%px as connect() installs it, ipyparallel's own %%px, and DirectView.execute."""
+        from IPython.core.interactiveshell import InteractiveShell
+
+        a = self.args
+        shell = InteractiveShell.instance()
+        view = tc.view  # a blocking DirectView over every rank
+        view.activate("_ipp")  # ipyparallel's own magic, as %%px_ipp
+        tc.activate()  # what connect() does in a notebook: %%px for this cluster
+        if shell.find_cell_magic("px") is None:  # a helpers without its own activation
+            view.activate()
+        product = type(shell.find_cell_magic("px").__self__).__name__
+        print(f"\n[2] %%px latency: {a.px_reps} interleaved repetitions; %%px is {product} "
+              f"(load {load()})", flush=True)
+        cases = {
+            "magic": lambda: shell.run_cell_magic("px", "", "x = 1"),
+            "ipp_magic": lambda: shell.run_cell_magic("px_ipp", "", "x = 1"),
+            "run_cell": lambda: shell.run_cell("%%px\nx = 1"),
+            "execute": lambda: view.execute("x = 1", block=True),
+            # the same plus waiting for every engine's output to be complete (its iopub
+            # 'idle'), which any %%px does before it shows the output
+            "execute_output": lambda: _execute_wait_output(view),
+        }
+        times: dict[str, list] = {k: [] for k in cases}
+        order = list(cases)
+        warm = 20
+        for i in range(a.px_reps + warm):
+            j = i % len(order)
+            for name in order[j:] + order[:j]:  # rotate: no case always first
+                t = time.perf_counter()
+                cases[name]()
+                dt = time.perf_counter() - t
+                if i >= warm:
+                    times[name].append(dt)
+        r = shell.run_cell("%%px\nx = 1")
+        if not r.success:
+            self.notes.append(f"%%px cell failed: {r.error_in_exec!r}")
+        self.raw["px"] = times
+        ms = {k: 1e3 * med(v) for k, v in times.items()}
+        print("  medians: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()) + f" (load {load()})")
+        self.row(f"%%px x = 1 ({product}) vs execute", ms["magic"], ms["execute"], "ms", "<=", 1.1)
+        self.row("%%px x = 1 (ipyparallel's ParallelMagics)", ms["ipp_magic"], ms["execute"], "ms",
+                 None, None, info="info")
+        self.row("%%px x = 1 whole cell (shell.run_cell)", ms["run_cell"], ms["execute"], "ms",
+                 None, None, info="info: + IPython cell")
+        self.row("execute + wait_for_output (no magic)", ms["execute_output"], ms["execute"], "ms",
+                 None, None, info="info: output wait")
+        self.row(f"%%px x = 1 ({product}) vs execute+output", ms["magic"], ms["execute_output"], "ms",
+                 None, None, info="info: magic alone")
+
+    # ---- 3. bus bandwidth
+    def busbw(self, tc) -> None:
+        """Engines and one long-lived torchrun job take turns, chunk by chunk."""
+        a = self.args
+        n = a.n
+        sizes = [int(float(s) * MiB) for s in a.sizes.split(",") if s.strip()]
+        warmups = [1 if s >= 16 * MiB else 3 for s in sizes]  # per chunk
+        iters = [a.iters_large if s >= 16 * MiB else a.iters_small for s in sizes]
+        chunks = 4 * a.rounds  # noisy machines: many short, adjacent chunks
+        engine_threads = tc.apply(_threads)  # what connect() set: cores // engines per host
+        threads = min(engine_threads)  # the torchrun workers get the same
+        tc.run(ALLREDUCE_SRC)
+        call = f"_bench_res = _bench_allreduce({sizes}, {warmups}, {iters}, str(device))"
+        print(f"\n[3] all-reduce busbw: sizes {a.sizes} MiB, {chunks} alternating chunks "
+              f"(engines, then torchrun, or the reverse) of {iters} timed iterations; "
+              f"torch threads per rank {engine_threads} (load {load()})", flush=True)
+
+        ctl = os.path.join(self.tmp, f"bw-{uuid.uuid4().hex[:6]}")
+        os.makedirs(ctl)
+        log = open(os.path.join(ctl, "torchrun.log"), "w")
+        job = subprocess.Popen(self.torchrun("serve", a.backend, str(threads), ctl), cwd=REPO,
+                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               start_new_session=True)
+        ours: dict[int, list] = {s: [] for s in sizes}
+        base: dict[int, list] = {s: [] for s in sizes}
+        thr = {"engines": None, "torchrun": None}
+        k = [0]
+
+        def collect(per_rank, into):
+            for s in sizes:
+                cols = zip(*[r["times"][str(s)] for r in per_rank])
+                into[s].extend(max(c) for c in cols)  # the slowest rank sets the time
+
+        def on_engines():
+            tc.run(call)
+            per_rank = tc.pull("_bench_res")
+            thr["engines"] = [r["threads"] for r in per_rank]
+            collect(per_rank, ours)
+
+        def command(cmd) -> None:
+            tmp = os.path.join(ctl, ".cmd")
+            with open(tmp, "w") as f:
+                json.dump(cmd, f)
+            os.replace(tmp, os.path.join(ctl, f"cmd{k[0]}.json"))
+
+        def under_torchrun():
+            command({"sizes": sizes, "warmups": warmups, "iters": iters})
+            names = [os.path.join(ctl, f"res{k[0]}-rank{r}.json") for r in range(n)]
+            deadline = time.monotonic() + CHILD_TIMEOUT
+            while not all(os.path.exists(f) for f in names):
+                if job.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"torchrun busbw job stopped (rc {job.poll()}); "
+                                       f"see {log.name}")
+                time.sleep(0.005)
+            per_rank = []
+            for name in names:
+                with open(name) as f:
+                    per_rank.append(json.load(f))
+            k[0] += 1
+            thr["torchrun"] = [r["threads"] for r in per_rank]
+            collect(per_rank, base)
+
+        try:
+            for c in range(chunks):
+                steps = [on_engines, under_torchrun] if c % 2 == 0 else [under_torchrun, on_engines]
+                for fn in steps:
+                    fn()
+                if c % 2 == 1:
+                    print(f"  chunks {c}-{c + 1}: " + ", ".join(
+                        f"{s / MiB:g} MiB engines {bw(n, s, med(ours[s][-2 * iters[i]:])):.2f} / "
+                        f"torchrun {bw(n, s, med(base[s][-2 * iters[i]:])):.2f} GB/s"
+                        for i, s in enumerate(sizes)) + f"  (load {load()})", flush=True)
+            command({"stop": True})
+            job.wait(timeout=60)
+        except Exception:
+            self.notes.append("busbw: " + traceback.format_exc().strip().splitlines()[-1])
+            with open(log.name) as f:
+                tail = f.read().strip().splitlines()[-6:]
+            self.notes.append("torchrun log tail:\n    " + "\n    ".join(tail))
+        finally:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)  # the session this job leads
+                job.wait()
+            log.close()
+        print(f"  torch threads per rank: engines {thr['engines']}, torchrun {thr['torchrun']}")
+        self.raw["busbw"] = {"sizes": sizes, "ours": {str(k): v for k, v in ours.items()},
+                             "torchrun": {str(k): v for k, v in base.items()}, "threads": thr}
+        for i, s in enumerate(sizes):
+            # paired: each engines chunk against the torchrun chunk next to it in time
+            m = iters[i]
+            pairs = [med(ours[s][j:j + m]) and med(base[s][j:j + m]) / med(ours[s][j:j + m])
+                     for j in range(0, min(len(ours[s]), len(base[s])), m)]
+            target = 64 * MiB == s
+            self.row(f"busbw {s / MiB:g} MiB all-reduce", bw(n, s, med(ours[s])), bw(n, s, med(base[s])),
+                     "GB/s", ">=" if target else None, 0.95 if target else None, ratio=med(pairs))
+
+    # ---- table
+    def row(self, metric, ours, base, unit, op, target, info="", ratio=None):
+        if ratio is None and ours is not None and base:
+            ratio = ours / base
+        self.rows.append((metric, ours, base, unit, ratio, op, target, info))
+
+    def table(self) -> None:
+        import ipyparallel
+        import torch
+
+        print("\n" + "=" * 100)
+        print(f"machine: {platform.node()} | {cpu_count()} cores | load avg {load()} | "
+              f"python {platform.python_version()} | torch {torch.__version__} | "
+              f"ipyparallel {ipyparallel.__version__} | backend {self.args.backend} | n {self.args.n} | "
+              f"gpus {torch.cuda.device_count() if torch.cuda.is_available() else 0}")
+        hdr = f"{'metric':42s} {'ours':>10s} {'baseline':>10s} {'unit':>5s} {'ratio':>7s} {'target':>8s}  result"
+        print(hdr)
+        print("-" * len(hdr))
+        for metric, ours, base, unit, ratio, op, target, info in self.rows:
+            if ratio is None:
+                verdict = "n/a"
+            elif op == "<=":
+                verdict = "pass" if ratio <= target else f"MISS ({ratio / target - 1:+.0%})"
+            elif op == ">=":
+                verdict = "pass" if ratio >= target else f"MISS ({ratio / target - 1:+.0%})"
+            else:
+                verdict = info or "info"
+            tgt = f"{op}{target:g}x" if op else "-"
+            f = (lambda v: f"{v:10.2f}" if v is not None else f"{'-':>10s}")
+            print(f"{metric:42s} {f(ours)} {f(base)} {unit:>5s} "
+                  f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>7s} {tgt:>8s}  {verdict}")
+        print("baseline: torchrun (startup, busbw), DirectView.execute (%%px). ours/baseline: medians of "
+              "interleaved runs; busbw ratio: median over adjacent engines/torchrun chunk pairs")
+        for note in self.notes:
+            print("note: " + note)
+
+    def cleanup(self) -> None:
+        for cid, prof in self.started:
+            self.sweep(cid, prof)
+        left = self.leftovers()
+        print(f"processes of this run ({RUN_ID}*) still alive: {left}")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _execute_wait_output(view):
+    ar = view.execute("x = 1", block=False)
+    ar.get()
+    ar.wait_for_output(5)
+
+
+def _threads():
+    import torch
+
+    return torch.get_num_threads()
+
+
+def bw(n: int, nbytes: int, seconds) -> float | None:
+    """Bus bandwidth in GB/s (nccl-tests' definition for all-reduce)."""
+    if not seconds:
+        return None
+    return 2 * (n - 1) / n * nbytes / seconds / 1e9
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", type=int, default=None,
+                   help="engines / torchrun processes (default: 4 on CPU, one per GPU with nccl)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--sizes", default="1,64", help="all-reduce sizes in MiB (default 1,64)")
+    p.add_argument("--backend", choices=("gloo", "nccl"), default="gloo",
+                   help="gloo on CPU (default) or nccl, one GPU per rank")
+    p.add_argument("--px-reps", type=int, default=200, help="%%px repetitions (default 200)")
+    p.add_argument("--iters-small", type=int, default=10,
+                   help="timed all-reduces per chunk for sizes < 16 MiB (default 10)")
+    p.add_argument("--iters-large", type=int, default=3,
+                   help="timed all-reduces per chunk for sizes >= 16 MiB (default 3)")
+    p.add_argument("--only", default="startup,px,busbw",
+                   help="comma-separated subset of startup,px,busbw (default: all)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="add instrumented connect() runs: where the startup time goes")
+    p.add_argument("--also-helpers", action="append", default=[], metavar="DIR",
+                   help="also time connect() from DIR/helpers (a modified copy), same rounds")
+    p.add_argument("--json", metavar="PATH", help="write every measurement to PATH")
+    args = p.parse_args(argv)
+    if args.n is None:
+        if args.backend == "nccl":
+            import torch
+
+            args.n = torch.cuda.device_count()
+        else:
+            args.n = 4
+    args.also_helpers = [os.path.abspath(d) for d in args.also_helpers]
+    only = set(args.only.split(","))
+
+    print(f"bench_cluster {RUN_ID}: n={args.n} backend={args.backend} rounds={args.rounds} "
+          f"cores={cpu_count()} load {load()}", flush=True)
+    b = Bench(args)
+    tc = None
+    try:
+        if "startup" in only:
+            b.startup()
+        if only & {"px", "busbw"}:
+            from helpers import connect
+
+            cid, prof = b.new_cluster("main")
+            tc = connect(n=args.n, cluster_id=cid, profile_dir=prof,
+                         backend=args.backend, activate=False)
+            if "px" in only:
+                b.px_latency(tc)
+            if "busbw" in only:
+                b.busbw(tc)
+    except BaseException:  # noqa: BLE001 - a benchmark reports, it does not fail
+        b.notes.append("interrupted by an error:\n" + traceback.format_exc())
+    finally:
+        if tc is not None:
+            try:
+                tc.shutdown()
+            except Exception:
+                pass
+        try:
+            b.table()
+        except Exception:
+            traceback.print_exc()
+        if args.json:
+            b.raw["rows"] = b.rows
+            with open(args.json, "w") as f:
+                json.dump(b.raw, f, default=str)
+        b.cleanup()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

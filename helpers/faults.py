@@ -1,0 +1,180 @@
+"""When a cell goes wrong on the engines: clear messages and a fast way back.
+
+Notebook side only.  Three things a classroom hits all the time:
+
+* a collective that not every rank enters (``if rank == 0: dist.all_reduce(t)``, a
+  ``%%px --targets`` slip) or ranks entering different collectives: the ranks
+  that wait time out after the process-group timeout; :func:`explain` turns the
+  engines' errors into one message naming who waited where and who did not come;
+* the notebook's interrupt during a ``%%px`` cell: SIGINT first; a rank stuck in
+  a collective does not see it, so its process-group sockets are shut down
+  (``helpers._engine.abort_collectives``) and the learner is told the group
+  did not survive;
+* an engine that died: reported by rank before the next ``%%px`` cell runs.
+
+Every message ends with the one call that recovers: ``cluster.recover()``.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import time
+
+from ipyparallel import error as ipp_error
+from ipyparallel.client.magics import ParallelMagics
+
+RECOVER = "cluster.recover()"
+
+# what gloo / NCCL say when a collective could not complete
+_COLLECTIVE_FAILURE = re.compile(
+    r"Timed out waiting|Connection closed by peer|pair closure|Connection reset by peer|"
+    r"NCCL|Broken pipe|timed out|Watchdog caught collective operation timeout|"
+    r"process group has been destroyed|Socket Timeout",
+    re.I,
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ARROW = re.compile(r"^-+>\s*(\d+)\s+(.*\S)\s*$")
+
+
+class CollectiveError(RuntimeError):
+    """A collective could not complete on every rank; the process group is broken."""
+
+
+class DeadRankError(RuntimeError):
+    """An engine (a rank) has died."""
+
+
+def _user_line(traceback_lines: list[str]) -> str | None:
+    """The learner's own line that was running: the first ``----> N code`` in the cell frame."""
+    if isinstance(traceback_lines, str):
+        traceback_lines = [traceback_lines]
+    text = _ANSI.sub("", "\n".join(traceback_lines or []))
+    for line in text.splitlines():
+        m = _ARROW.match(line.strip())
+        if m:
+            return f"`{m.group(2)}` (cell line {m.group(1)})"
+    return None
+
+
+def _short(evalue: str) -> str:
+    evalue = _ANSI.sub("", evalue).strip().splitlines()[0] if evalue else ""
+    evalue = re.sub(r"^\[[^\]]*\]\s*", "", evalue)  # gloo's [file.cc:553] prefix
+    return evalue[:110]
+
+
+def explain(err: ipp_error.CompositeError, rank_of: dict[int, int], targets: list[int],
+            timeout: float) -> CollectiveError | None:
+    """A CollectiveError describing a failed collective, or None if that is not what failed."""
+    failed = {}
+    for ename, evalue, etb, einfo in err.elist:
+        eid = (einfo or {}).get("engine_id")
+        if eid is None or not _COLLECTIVE_FAILURE.search(f"{ename} {evalue}"):
+            return None  # an ordinary error in the learner's code: show it as it is
+        failed[eid] = (ename, evalue, etb)
+    if not failed:
+        return None
+    lines = [f"A collective did not complete on every rank (process-group timeout {timeout:g} s):"]
+    for eid in sorted(targets, key=lambda e: rank_of.get(e, e)):
+        r = rank_of.get(eid, f"engine {eid}")
+        if eid in failed:
+            ename, evalue, etb = failed[eid]
+            where = _user_line(etb) or "a collective"
+            lines.append(f"  rank {r}: waited in {where} and failed: {_short(evalue)}")
+        else:
+            lines.append(f"  rank {r}: finished the cell without entering that collective")
+    absent = [r for e, r in sorted(rank_of.items(), key=lambda x: x[1]) if e not in targets]
+    if absent:
+        lines.append(f"  rank(s) {', '.join(map(str, absent))}: not targeted by this cell "
+                     "(every rank of the group must run the collective)")
+    if any("pair closure" in v or "destroyed" in v for _, v, _ in failed.values()):
+        lines.append("The process group was already broken by an earlier failure.")
+    lines.append(f"The process group is broken on every rank. Recover with:  {RECOVER}"
+                 "   (your engine variables are kept)")
+    return CollectiveError("\n".join(lines))
+
+
+class TPParallelMagics(ParallelMagics):
+    """``%%px`` / ``%px`` with the course's fault handling around ipyparallel's own."""
+
+    # Output is collected, then shown once: a failed collective gets one summary,
+    # not N engine tracebacks streamed before it.
+    interrupt_grace = 0.7  # seconds SIGINT gets before collectives are aborted
+
+    def __init__(self, shell, view, tpc):
+        self.tpc = tpc
+        super().__init__(shell, view)
+
+    def parallel_execute(self, cell, block=None, groupby="type", save_name=None, **kwargs):
+        self.tpc.check_alive()
+        block = self.view.block if block is None else block
+        # submit without blocking: the waiting, the interrupt and the errors are ours
+        result = super().parallel_execute(cell, block=False, groupby=groupby,
+                                          save_name=save_name, stream_output=False)
+        if not block:
+            return result
+        try:
+            while not result.wait(0.1):
+                pass
+            result.get()
+        except KeyboardInterrupt:
+            self._interrupt(result)
+            return None
+        except ipp_error.CompositeError as e:
+            raise self._translate(e) from None
+        finally:
+            if result.ready():
+                result.wait_for_output(1)
+                result.display_outputs(groupby)
+        if self.shell.execution_count not in self.tpc._px_cells:
+            self.tpc._px_cells.append(self.shell.execution_count)
+        return None
+
+    def _translate(self, e):
+        targets = self._targets()
+        rank_of = {eng.engine_id: eng.rank for eng in self.tpc.engines}
+        return explain(e, rank_of, targets, self.tpc.timeout) or e
+
+    def _targets(self) -> list[int]:
+        t = self.view.targets
+        if t is None or t == "all":
+            return list(self.tpc.engine_ids)
+        return [t] if isinstance(t, int) else list(t)
+
+    def _interrupt(self, result) -> None:
+        """Stop every targeted engine within about 2 s; say whether the group survived."""
+        tpc = self.tpc
+        targets = self._targets()
+        t0 = time.monotonic()
+        try:
+            tpc.client.send_signal(signal.SIGINT, targets=targets, block=True)
+        except Exception:
+            pass
+        if result is None or result.wait(self.interrupt_grace):
+            msg = ("Interrupted: every engine stopped on SIGINT. The process group survived "
+                   "(no rank was inside a collective).")
+        else:
+            stuck = tpc.busy_ranks()
+            tpc.abort_collectives()
+            done = result.wait(max(0.1, 2.0 - (time.monotonic() - t0)))
+            stuck_txt = ", ".join(map(str, stuck)) or "some"
+            msg = (f"Interrupted: rank(s) {stuck_txt} were blocked inside a collective, which "
+                   "SIGINT cannot stop, so their process-group connections were closed"
+                   + ("" if done else " (some rank still has not stopped: "
+                      "./launch_cluster.sh status)") +
+                   f". The process group did NOT survive. Recover with:  {RECOVER}"
+                   "   (your engine variables are kept)")
+        print(f"{msg}  [{time.monotonic() - t0:.1f} s]", file=sys.stderr)
+
+
+def install_magics(tpc) -> None:
+    """Register ``%%px`` (with fault handling) for this cluster in the running IPython."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    shell.magics_manager.register(TPParallelMagics(shell, tpc.view, tpc))

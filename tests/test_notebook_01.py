@@ -1,0 +1,189 @@
+"""Notebook 01 runs headless, top to bottom, on the session's real 4-engine gloo cluster.
+
+Two executions (one kernel each): the notebook as committed, with the exercise blanks (the
+checkers must say "❌ not yet" and nothing may raise), and the notebook with each solution from
+its collapsed ``solution-N`` markdown cell substituted into the ``exercise-N`` cell (the
+checkers must say "✅ correct"). The kernel attaches to the session cluster through
+TP_CLUSTER_ID / TP_PROFILE_DIR, which the ``cluster`` fixture exports.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import time
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from conftest import REPO
+
+NB_DIR = os.path.join(REPO, "notebooks")
+NB_PATH = os.path.join(NB_DIR, "01_basic_tensor_parallel.ipynb")
+CELL_TIMEOUT = 180
+EXERCISES = ("1", "2")
+_SOLUTION_RE = re.compile(r"```python\n(.*?)```", re.S)
+
+
+def _tags(cell) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def _cell(nb, tag: str):
+    found = [c for c in nb.cells if tag in _tags(c)]
+    assert len(found) == 1, f"expected exactly one cell tagged {tag!r}, found {len(found)}"
+    return found[0]
+
+
+def solution_code(nb, n: str) -> str:
+    """The ```python block of the collapsed solution cell ``solution-n``."""
+    cell = _cell(nb, f"solution-{n}")
+    assert cell.cell_type == "markdown"
+    assert "<details>" in cell.source and "</details>" in cell.source
+    m = _SOLUTION_RE.search(cell.source)
+    assert m, f"solution-{n} has no ```python block"
+    return m.group(1).strip("\n")
+
+
+def with_solutions(nb):
+    """A copy of ``nb`` whose exercise cells hold the solutions' code."""
+    nb = copy.deepcopy(nb)
+    for n in EXERCISES:
+        _cell(nb, f"exercise-{n}").source = solution_code(nb, n)
+    return nb
+
+
+def execute(nb):
+    t0 = time.monotonic()
+    client = NotebookClient(
+        nb, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=True,
+        resources={"metadata": {"path": NB_DIR}},
+    )
+    client.execute()
+    nb.metadata["_test_seconds"] = time.monotonic() - t0
+    return nb
+
+
+def _text(output) -> str:
+    if output.get("output_type") == "stream":
+        return output.get("text", "")
+    if output.get("output_type") == "error":
+        return "\n".join(output.get("traceback", [])) + output.get("evalue", "")
+    data = output.get("data", {})
+    return data.get("text/plain", "") + data.get("text/html", "")
+
+
+def cell_text(cell) -> str:
+    return "".join(_text(o) for o in cell.get("outputs", []))
+
+
+def assert_clean(nb) -> None:
+    """No error output and no traceback anywhere; every code cell ran."""
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        if cell.get("execution_count") is None:
+            problems.append(f"cell {i} did not run")
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                problems.append(f"cell {i} raised {out.get('ename')}: {out.get('evalue')}"
+                                f"\n  source: {cell.source[:200]!r}")
+            elif out.get("output_type") == "stream" and "Traceback" in out.get("text", ""):
+                problems.append(f"cell {i} printed a traceback: {out['text'][-600:]}")
+    assert not problems, "\n".join(problems)
+
+
+def assert_dense_checks_pass(nb) -> None:
+    """Every compare(...) line outside the exercise checkers is a ✅ (break-it cells included)."""
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or any(t.startswith("check-") for t in _tags(cell)):
+            continue
+        assert "❌" not in cell_text(cell), f"cell {i} reports a failed check:\n{cell_text(cell)}"
+
+
+@pytest.fixture(scope="module")
+def committed():
+    return nbformat.read(NB_PATH, as_version=4)
+
+
+@pytest.fixture(scope="module")
+def run_blank(cluster, committed):
+    return execute(copy.deepcopy(committed))
+
+
+@pytest.fixture(scope="module")
+def run_solved(cluster, committed):
+    return execute(with_solutions(committed))
+
+
+# ------------------------------------------------------------------------------ the file itself
+def test_committed_without_outputs(committed):
+    nbformat.validate(committed)
+    for i, cell in enumerate(committed.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"cell {i} was committed with outputs"
+            assert cell.execution_count is None, f"cell {i} was committed with an execution count"
+
+
+def test_story_structure(committed):
+    cells = committed.cells
+    assert cells[0].cell_type == "markdown" and "able to" in cells[0].source
+    assert cells[1].cell_type == "code" and "connect()" in cells[1].source
+    px = [c for c in cells if c.cell_type == "code" and c.source.startswith("%%px")]
+    assert len(px) >= 10
+    src = "\n".join(c.source for c in cells if c.cell_type == "code")
+    assert "layout_explorer(" in src and "plot_flops(" in src and "shard_figure(" in src
+    assert src.count('expect="mismatch"') == 2  # the two "break it" cells
+    for n in EXERCISES:
+        ex = _cell(committed, f"exercise-{n}")
+        assert ex.cell_type == "code" and ex.source.startswith("%%px")
+        assert "← your code" in ex.source
+        sol = solution_code(committed, n)
+        assert sol.startswith("%%px") and "← your code" not in sol
+        # the checker cell follows the exercise cell
+        i = cells.index(ex)
+        assert "check-" + n in _tags(cells[i + 1])
+    # engine code is device-agnostic: nothing pins a device by name
+    for c in px:
+        assert "cuda:" not in c.source and '"cpu"' not in c.source
+
+
+# ------------------------------------------------------------------------------ executions
+def test_runs_clean_with_blanks(run_blank):
+    assert_clean(run_blank)
+    assert_dense_checks_pass(run_blank)
+    for n in EXERCISES:
+        out = cell_text(_cell(run_blank, f"check-{n}"))
+        assert "❌ not yet" in out, f"checker {n} with the blank said: {out!r}"
+        assert "✅ correct" not in out
+    print(f"\nnotebook 01 with blanks: {run_blank.metadata['_test_seconds']:.1f} s")
+
+
+def test_break_it_cells_show_the_mismatch(run_blank):
+    texts = [cell_text(c) for c in run_blank.cells if c.cell_type == "code"]
+    expected = [t for t in texts if "mismatch, as expected" in t]
+    assert len(expected) == 2, "each break-it cell should report the expected mismatch"
+    for t in expected:
+        assert "differs from dense, as expected" in t
+
+
+def test_figures_are_drawn(run_blank):
+    pngs = sum(1 for c in run_blank.cells if c.cell_type == "code"
+               for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
+    assert pngs >= 6  # shard figures, heatmaps, FLOP/s
+    widgets = [o for c in run_blank.cells if c.cell_type == "code" for o in c.get("outputs", [])
+               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widgets, "the layout explorer was not displayed"
+
+
+def test_solutions_pass_the_checkers(run_solved):
+    assert_clean(run_solved)
+    assert_dense_checks_pass(run_solved)
+    for n in EXERCISES:
+        out = cell_text(_cell(run_solved, f"check-{n}"))
+        assert "✅ correct" in out, f"checker {n} with the solution said: {out!r}"
+        assert "❌" not in out
+    print(f"\nnotebook 01 with solutions: {run_solved.metadata['_test_seconds']:.1f} s")
