@@ -114,7 +114,6 @@ if breakdown == "1":
             return r
         setattr(owner, name, inner)
     wrap(hc, "start_cluster", "t_spawned")
-    wrap(ipp.Cluster, "connect_client_sync", "t_client")
     wrap(ipp.Client, "wait_for_engines", "t_registered")
     wrap(hc.TPCluster, "_probe", "t_probed")
     wrap(hc.TPCluster, "init_distributed", "t_pg")
@@ -423,7 +422,7 @@ class Bench:
                     vals = [e[k] for e in d.get("engines", []) if k in e]
                     if vals:
                         d[k] = max(vals)
-            phase_line(name, ["t_imported", "t_spawned", "t_client", "e_start", "e_torch",
+            phase_line(name, ["t_imported", "t_spawned", "e_start", "e_torch",
                               "e_register_sent", "e_register_done", "e_first_ping",
                               "t_registered", "t_probed", "t_pg", "t_done"])
             hb = med([d["t_registered"] - d["e_register_done"] for d in ds

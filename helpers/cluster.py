@@ -185,7 +185,8 @@ def _process_tree(pids: list[int]) -> list:
     return procs
 
 
-def _kill(procs: list, grace: float = 3.0) -> None:
+def kill_processes(procs: list, grace: float = 3.0) -> None:
+    """Terminate the given psutil processes, wait ``grace`` s, then kill what is left."""
     import psutil
 
     for p in procs:
@@ -269,7 +270,7 @@ def clean_stale(profile_dir: str, cluster_id: str) -> bool:
     leftovers = cluster_processes(cluster_id, profile_dir)
     if not has_files and not leftovers:
         return False
-    _kill(_process_tree([p.pid for p in leftovers]))
+    kill_processes(_process_tree([p.pid for p in leftovers]))
     _remove_files(profile_dir, cluster_id)
     return True
 
@@ -391,7 +392,7 @@ def stop_cluster(cluster_id: str | None = None, profile_dir: str | None = None) 
     pids = [p for p in _pids_in_cluster_file(_cluster_file(profile_dir, cluster_id))
             if _is_ours(p, cluster_id)]
     procs = _process_tree(pids) + cluster_processes(cluster_id, profile_dir)
-    _kill(list({p.pid: p for p in procs}.values()))
+    kill_processes(list({p.pid: p for p in procs}.values()))
     _remove_files(profile_dir, cluster_id)
     return was_running or bool(procs)
 

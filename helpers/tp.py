@@ -28,6 +28,7 @@ __all__ = [
     "copy_to_tp_region", "reduce_from_tp_region", "gather_from_tp_region",
     "scatter_to_tp_region", "ColumnParallelLinear", "RowParallelLinear",
     "ParallelMLP", "DenseMLP", "shard_range", "check_divisible", "valid_degrees",
+    "check_mesh_shape",
     "tp_degree_and_rank",
 ]
 
@@ -55,6 +56,26 @@ def check_divisible(name: str, size: int, degree: int) -> int:
         raise ValueError(f"{name}={size} is not divisible by tp degree {degree}; "
                          f"pick a degree in {{{ok}}} or pad {name} to {padded}")
     return size // degree
+
+
+def check_mesh_shape(shape, world_size: int) -> tuple[int, ...]:
+    """Refuse a device-mesh shape whose size is not the world size, before any rank builds it.
+
+    >>> check_mesh_shape((2, 4), 4)
+    Traceback (most recent call last):
+    ValueError: mesh shape (2, 4) needs 8 ranks but world_size is 4; pick (4,) or a 2D shape: (1, 4), (2, 2), (4, 1)
+    """
+    try:
+        dims = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"mesh shape must be a tuple of ints, got {shape!r}") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise ValueError(f"mesh shape {dims} must have positive sizes, e.g. ({world_size},)")
+    if math.prod(dims) != world_size:
+        fits = ", ".join(f"({d}, {world_size // d})" for d in valid_degrees(world_size))
+        raise ValueError(f"mesh shape {dims} needs {math.prod(dims)} ranks but world_size is "
+                         f"{world_size}; pick ({world_size},) or a 2D shape: {fits}")
+    return dims
 
 
 def shard_range(size: int, degree: int, rank: int, name: str = "size") -> tuple[int, int]:

@@ -27,6 +27,7 @@ import psutil
 import pytest
 
 from conftest import REPO, require_tool
+from helpers.cluster import kill_processes
 from helpers.viz import count_rank_colors
 
 pytestmark = pytest.mark.browser
@@ -56,24 +57,6 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-
-
-def _kill_pids(procs: list[psutil.Process], grace: float = 5.0) -> None:
-    """Terminate the given processes (by PID), then kill what is left."""
-    alive = []
-    for p in procs:
-        try:
-            p.terminate()
-            alive.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(alive, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace)
 
 
 def _kernels_of(server_pid: int) -> list[psutil.Process]:
@@ -174,7 +157,7 @@ def lab(cluster, tmp_path):
             except ProcessLookupError:
                 pass
             proc.wait(timeout=10)
-        _kill_pids([p for p in seen.values() if p.is_running()] + _kernels_of(proc.pid))
+        kill_processes([p for p in seen.values() if p.is_running()] + _kernels_of(proc.pid))
         log.close()
 
 
@@ -213,7 +196,7 @@ def browser_page(tmp_path):
             pw.stop()
         except Exception:
             pass
-        _kill_pids([p for p in started.values() if p.is_running()])
+        kill_processes([p for p in started.values() if p.is_running()])
 
 
 # ------------------------------------------------------------------------------------- helpers

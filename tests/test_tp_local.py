@@ -225,3 +225,23 @@ def test_check_divisible_property(size, degree, name):
     assert suggested == [d for d in range(1, size + 1) if size % d == 0]  # all of them
     padded = int(m.group(3))
     assert m.group(2) == name and padded % degree == 0 and size < padded < size + degree
+
+
+@settings(max_examples=100, deadline=None)
+@given(shape=st.lists(st.integers(min_value=-2, max_value=9), min_size=0, max_size=3),
+       world=st.integers(min_value=1, max_value=16))
+def test_mesh_shape_must_match_world_size(shape, world):
+    import math
+
+    if shape and all(d > 0 for d in shape) and math.prod(shape) == world:
+        assert tp.check_mesh_shape(shape, world) == tuple(shape)
+    else:
+        with pytest.raises(ValueError, match=r"mesh shape") as e:
+            tp.check_mesh_shape(shape, world)
+        if shape and all(d > 0 for d in shape):
+            assert f"world_size is {world}" in str(e.value)
+
+
+def test_mesh_shape_refuses_non_numbers():
+    with pytest.raises(TypeError, match="tuple of ints"):
+        tp.check_mesh_shape("2x2", 4)
