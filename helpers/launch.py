@@ -327,6 +327,16 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when this launcher dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: a crashed lab may leave JupyterLab running
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -348,7 +358,7 @@ def cmd_lab(args) -> int:
            f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")  # containers and CI run as root
-    lab = subprocess.Popen(cmd, env=env, start_new_session=True)
+    lab = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
     stop = []
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda s, f: stop.append(s))

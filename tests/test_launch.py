@@ -246,3 +246,28 @@ def test_lab_serves_jupyterlab_on_loopback_and_stops_everything(cid, tmp_path):
     assert not [p for p in psutil.process_iter(["cmdline"])
                 if "jupyterlab" in " ".join(p.info["cmdline"] or []) and str(tmp_path) in
                 " ".join(p.info["cmdline"] or [])]
+
+
+def test_a_crashed_lab_leaves_nothing_the_next_start_cannot_clean(cid, tmp_path):
+    proc = subprocess.Popen([LAUNCH, "lab", "-n", "1"], cwd=REPO, text=True,
+                            env=script_env(cid, tmp_path, JUPYTER_RUNTIME_DIR=str(tmp_path / "rt")),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    lines = []
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and proc.poll() is None:
+        lines.append(proc.stdout.readline())
+        if "/lab?token=" in lines[-1] and "JupyterLab is running" in "".join(lines):
+            break
+    lab_children = psutil.Process(proc.pid).children(recursive=True)
+    assert any("jupyterlab" in " ".join(p.cmdline()) for p in lab_children), "".join(lines)
+    proc.kill()  # the lab session crashes: no cleanup code runs
+    proc.wait(10)
+    gone, alive = psutil.wait_procs(
+        [p for p in lab_children if "jupyterlab" in " ".join(p.cmdline())], timeout=20)
+    assert not alive, "JupyterLab outlived its crashed launcher"
+    assert not hc.is_running(cid, str(tmp_path)), "the cluster of a dead lab counts as stale"
+    out = launch("start", "-n", "1", cluster_id=cid, profile_dir=tmp_path)
+    assert out.returncode == 0 and "stale" in out.stdout, out.stdout + out.stderr
+    assert launch("stop", cluster_id=cid, profile_dir=tmp_path).returncode == 0
+    assert _leftovers(cid) == []
