@@ -17,8 +17,12 @@ numbers from the same run):
    The child prints a wall-clock timestamp once the result is back; shutdown is not timed.
    Target: connect() <= 1.3x torchrun.
 2. %%px latency: median time of a trivial ``%%px x = 1`` run through a real IPython
-   InteractiveShell (``shell.run_cell_magic('px', '', 'x = 1')``) vs
-   ``view.execute('x = 1', block=True)`` on the same engines, interleaved.  Target <= 1.1x.
+   InteractiveShell (``shell.run_cell_magic('px', '', 'x = 1')``, the %%px that
+   ``cluster.activate()`` installs, as ``connect()`` does in a notebook) vs
+   ``view.execute('x = 1', block=True)`` on the same engines, interleaved repetition by
+   repetition.  Target <= 1.1x.  Also shown: ipyparallel's own %%px, a whole cell through
+   ``shell.run_cell``, and ``execute(silent=False)`` + ``wait_for_output`` (what any %%px
+   has to do to show ``Out[...]`` and printed output).
 3. all-reduce bus bandwidth, busbw = 2(n-1)/n * bytes / time, per size: float32 tensor,
    ``time.perf_counter`` around ``dist.all_reduce`` on every rank (after a barrier; CUDA
    synchronized on GPUs), max over ranks per iteration, median over iterations, on the
@@ -39,19 +43,16 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import traceback
 import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+HELPERS_ROOT = REPO  # the directory holding the helpers/ under test (--helpers changes it)
 
 MiB = 1 << 20
 RUN_ID = f"bench{uuid.uuid4().hex[:6]}"  # every cluster this run starts has an id with this prefix
@@ -99,8 +100,8 @@ import helpers
 from helpers import cluster as hc
 T["t_imported"] = time.time()
 if breakdown == "1":
-    # Instrumented: engines start from a copy of helpers/engine_main.py that logs timestamps,
-    # and the client records when each step of connect() returns.
+    # Instrumented: engines start from a wrapper that runs helpers/engine_main.py and logs
+    # timestamps, and the client records when each step of connect() returns.
     import ipyparallel as ipp
     os.environ["BENCH_TS_DIR"] = ts_dir
     hc.ENGINE_CMD = [sys.executable, wrapper]
@@ -206,18 +207,19 @@ print("BENCH " + json.dumps(T), flush=True)
 cluster.stop_cluster_sync()
 '''
 
-# An instrumented helpers/engine_main.py (for --breakdown only): same imports, plus timestamps.
+# --breakdown only: runs the real helpers/engine_main.py, with timestamps around ipengine's steps.
 ENGINE_WRAPPER = r'''
-import os, time
+import os, runpy, time
 def _log(what):
     with open(os.path.join(os.environ["BENCH_TS_DIR"], f"{os.getpid()}.txt"), "a") as f:
         f.write(f"{what} {time.time():.4f}\n")
 _log("e_start")
-import torch  # noqa: F401  (as helpers/engine_main.py)
-import torch.distributed  # noqa: F401
-_log("e_torch")
 from ipyparallel.engine import app as _app
-_reg, _done, _ping = _app.IPEngine.register, _app.IPEngine.complete_registration, _app.IPEngine._report_ping
+_main, _reg, _done, _ping = (_app.main, _app.IPEngine.register,
+                             _app.IPEngine.complete_registration, _app.IPEngine._report_ping)
+def main(*a, **k):
+    _log("e_imported")  # engine_main has done its imports (torch) and starts ipengine
+    return _main(*a, **k)
 async def register(self):
     _log("e_register_sent")
     return await _reg(self)
@@ -230,9 +232,9 @@ def report_ping(self, msg):
         self._bench_pinged = True
         _log("e_first_ping")
     return _ping(self, msg)
-_app.IPEngine.register, _app.IPEngine.complete_registration = register, complete_registration
-_app.IPEngine._report_ping = report_ping
-_app.main()
+_app.main, _app.IPEngine.register = main, register
+_app.IPEngine.complete_registration, _app.IPEngine._report_ping = complete_registration, report_ping
+runpy.run_module("helpers.engine_main", run_name="__main__", alter_sys=True)
 '''
 
 
@@ -275,8 +277,10 @@ class Bench:
         self.started.append((cid, prof))
         return cid, prof
 
-    def child(self, argv: list[str], *, pythonpath: str = REPO, cwd: str = REPO) -> dict | None:
+    def child(self, argv: list[str], *, pythonpath: str | None = None,
+              cwd: str | None = None) -> dict | None:
         """Run a child; return its BENCH json plus t_launch, or None (and a note) on failure."""
+        pythonpath, cwd = pythonpath or HELPERS_ROOT, cwd or HELPERS_ROOT
         env = dict(os.environ)
         env["PYTHONPATH"] = pythonpath + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         for var in ("TP_CLUSTER_ID", "TP_PROFILE_DIR"):
@@ -360,13 +364,14 @@ class Bench:
     def startup(self) -> None:
         a = self.args
         expected = 4.0 * a.n
-        kinds = [("connect", lambda: self.run_connect(REPO)),
+        kinds = [("connect", lambda: self.run_connect(HELPERS_ROOT)),
                  ("torchrun", self.run_torchrun_startup),
                  ("raw ipp", self.run_raw)]
         for path in a.also_helpers:
             kinds.append((f"connect [{path}]", lambda p=path: self.run_connect(p)))
         if a.breakdown:
-            kinds.append(("connect (instrumented)", lambda: self.run_connect(REPO, breakdown=True)))
+            kinds.append(("connect (instrumented)",
+                          lambda: self.run_connect(HELPERS_ROOT, breakdown=True)))
             for path in a.also_helpers:
                 kinds.append((f"connect [{path}] (instrumented)",
                               lambda p=path: self.run_connect(p, breakdown=True)))
@@ -387,15 +392,19 @@ class Bench:
             print(f"  round {r + 1}: " + ", ".join(line) + f"  (load {load()})", flush=True)
         self.raw["startup"] = res
 
-        def secs(name):
-            return med([d["t_done"] - d["t_launch"] for d in res[name] if d])
+        def secs(d):
+            return d["t_done"] - d["t_launch"] if d else None
 
-        base = secs("torchrun")
-        self.row("startup: connect() -> 1st all-reduce", secs("connect"), base, "s", "<=", 1.3)
+        def row(metric, name, op=None, target=None, info=""):
+            ours = med([secs(d) for d in res[name]])
+            pairs = [secs(d) / secs(t) for d, t in zip(res[name], res["torchrun"]) if d and t]
+            self.row(metric, ours, med([secs(t) for t in res["torchrun"]]), "s", op, target,
+                     info=info, ratio=med(pairs))
+
+        row("startup: connect() -> 1st all-reduce", "connect", "<=", 1.3)
         for path in a.also_helpers:
-            self.row(f"startup: connect() from {path}", secs(f"connect [{path}]"), base, "s", "<=", 1.3)
-        self.row("startup: raw ipyparallel (naive)", secs("raw ipp"), base, "s", None, None,
-                 info="issue: ~1.6x")
+            row(f"startup: connect() from {path}", f"connect [{path}]", "<=", 1.3)
+        row("startup: raw ipyparallel (naive)", "raw ipp", info="issue: ~1.6x")
         self.startup_phases(res)
 
     def startup_phases(self, res) -> None:
@@ -408,21 +417,21 @@ class Bench:
             for k in keys:
                 v = med([d[k] - d["t_launch"] for d in ds if k in d])
                 if v is not None:
-                    parts.append(f"{k[2:]} {v:.2f}")
+                    parts.append(f"{'engines ' if k[0] == 'e' else ''}{k[2:]} {v:.2f}")
             print(f"  {name:24s} " + " | ".join(parts))
 
-        print("  median seconds since launch at which each step finished:")
+        print("  median seconds since launch at which each step finished ('engines': the last engine):")
         phase_line("torchrun", ["t_start", "t_imported", "t_pg", "t_done", "t_exit"])
         phase_line("raw ipp", ["t_start", "t_registered", "t_imported", "t_pg", "t_done", "t_exit"])
         phase_line("connect", ["t_start", "t_imported", "t_connected", "t_done", "t_exit"])
         for name in [k for k in res if k.endswith("(instrumented)")]:
             ds = [d for d in res[name] if d]
             for d in ds:  # engine steps: the last engine to get there
-                for k in ("e_start", "e_torch", "e_register_sent", "e_register_done", "e_first_ping"):
+                for k in ("e_start", "e_imported", "e_register_sent", "e_register_done", "e_first_ping"):
                     vals = [e[k] for e in d.get("engines", []) if k in e]
                     if vals:
                         d[k] = max(vals)
-            phase_line(name, ["t_imported", "t_spawned", "e_start", "e_torch",
+            phase_line(name, ["t_imported", "t_spawned", "e_start", "e_imported",
                               "e_register_sent", "e_register_done", "e_first_ping",
                               "t_registered", "t_probed", "t_pg", "t_done"])
             hb = med([d["t_registered"] - d["e_register_done"] for d in ds
@@ -454,8 +463,8 @@ class Bench:
             "ipp_magic": lambda: shell.run_cell_magic("px_ipp", "", "x = 1"),
             "run_cell": lambda: shell.run_cell("%%px\nx = 1"),
             "execute": lambda: view.execute("x = 1", block=True),
-            # the same plus waiting for every engine's output to be complete (its iopub
-            # 'idle'), which any %%px does before it shows the output
+            # what any %%px must do: silent=False (so Out[...] and the execution count come
+            # back) and wait until every engine's output is complete (its iopub 'idle')
             "execute_output": lambda: _execute_wait_output(view),
         }
         times: dict[str, list] = {k: [] for k in cases}
@@ -475,15 +484,17 @@ class Bench:
         self.raw["px"] = times
         ms = {k: 1e3 * med(v) for k, v in times.items()}
         print("  medians: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()) + f" (load {load()})")
-        self.row(f"%%px x = 1 ({product}) vs execute", ms["magic"], ms["execute"], "ms", "<=", 1.1)
-        self.row("%%px x = 1 (ipyparallel's ParallelMagics)", ms["ipp_magic"], ms["execute"], "ms",
-                 None, None, info="info")
-        self.row("%%px x = 1 whole cell (shell.run_cell)", ms["run_cell"], ms["execute"], "ms",
-                 None, None, info="info: + IPython cell")
-        self.row("execute + wait_for_output (no magic)", ms["execute_output"], ms["execute"], "ms",
-                 None, None, info="info: output wait")
-        self.row(f"%%px x = 1 ({product}) vs execute+output", ms["magic"], ms["execute_output"], "ms",
-                 None, None, info="info: magic alone")
+
+        def row(metric, name, base="execute", op=None, target=None, info=""):
+            pairs = [x / y for x, y in zip(times[name], times[base])]  # same repetition
+            self.row(metric, ms[name], ms[base], "ms", op, target, info=info, ratio=med(pairs))
+
+        row("%%px x = 1 vs view.execute", "magic", op="<=", target=1.1)
+        row("  ipyparallel's own %%px vs view.execute", "ipp_magic", info="info")
+        row("  whole cell, shell.run_cell('%%px..')", "run_cell", info="info: + IPython cell")
+        row("  execute(silent=False) + wait_for_output", "execute_output", info="info: %%px's protocol")
+        row("  %%px vs execute(silent=False) + output", "magic", base="execute_output",
+            info="info: the magic's own cost")
 
     # ---- 3. bus bandwidth
     def busbw(self, tc) -> None:
@@ -596,7 +607,7 @@ class Bench:
               f"python {platform.python_version()} | torch {torch.__version__} | "
               f"ipyparallel {ipyparallel.__version__} | backend {self.args.backend} | n {self.args.n} | "
               f"gpus {torch.cuda.device_count() if torch.cuda.is_available() else 0}")
-        hdr = f"{'metric':42s} {'ours':>10s} {'baseline':>10s} {'unit':>5s} {'ratio':>7s} {'target':>8s}  result"
+        hdr = f"{'metric':44s} {'ours':>10s} {'baseline':>10s} {'unit':>5s} {'ratio':>7s} {'target':>8s}  result"
         print(hdr)
         print("-" * len(hdr))
         for metric, ours, base, unit, ratio, op, target, info in self.rows:
@@ -610,10 +621,11 @@ class Bench:
                 verdict = info or "info"
             tgt = f"{op}{target:g}x" if op else "-"
             f = (lambda v: f"{v:10.2f}" if v is not None else f"{'-':>10s}")
-            print(f"{metric:42s} {f(ours)} {f(base)} {unit:>5s} "
+            print(f"{metric:44s} {f(ours)} {f(base)} {unit:>5s} "
                   f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>7s} {tgt:>8s}  {verdict}")
-        print("baseline: torchrun (startup, busbw), DirectView.execute (%%px). ours/baseline: medians of "
-              "interleaved runs; busbw ratio: median over adjacent engines/torchrun chunk pairs")
+        print("ours, baseline: medians. ratio: median of paired ratios (ours / baseline of the same "
+              "round, %%px repetition, or adjacent busbw chunk pair).\nbaseline: torchrun (startup, "
+              "busbw), DirectView.execute (%%px)")
         for note in self.notes:
             print("note: " + note)
 
@@ -626,7 +638,7 @@ class Bench:
 
 
 def _execute_wait_output(view):
-    ar = view.execute("x = 1", block=False)
+    ar = view.execute("x = 1", silent=False, block=False)
     ar.get()
     ar.wait_for_output(5)
 
@@ -665,7 +677,16 @@ def main(argv=None) -> None:
     p.add_argument("--also-helpers", action="append", default=[], metavar="DIR",
                    help="also time connect() from DIR/helpers (a modified copy), same rounds")
     p.add_argument("--json", metavar="PATH", help="write every measurement to PATH")
+    p.add_argument("--helpers", metavar="DIR", default=REPO,
+                   help="use DIR/helpers everywhere instead of this repository's (default: the repo)")
     args = p.parse_args(argv)
+    args.also_helpers = [os.path.abspath(d) for d in args.also_helpers]
+    args.json = args.json and os.path.abspath(args.json)
+    global HELPERS_ROOT
+    HELPERS_ROOT = os.path.abspath(args.helpers)
+    sys.path.insert(0, HELPERS_ROOT)
+    # engines run `python -m helpers.engine_main` in our working directory: that picks the copy
+    os.chdir(HELPERS_ROOT)
     if args.n is None:
         if args.backend == "nccl":
             import torch
@@ -673,11 +694,12 @@ def main(argv=None) -> None:
             args.n = torch.cuda.device_count()
         else:
             args.n = 4
-    args.also_helpers = [os.path.abspath(d) for d in args.also_helpers]
     only = set(args.only.split(","))
 
+    import helpers
+
     print(f"bench_cluster {RUN_ID}: n={args.n} backend={args.backend} rounds={args.rounds} "
-          f"cores={cpu_count()} load {load()}", flush=True)
+          f"cores={cpu_count()} load {load()} helpers={os.path.dirname(helpers.__file__)}", flush=True)
     b = Bench(args)
     tc = None
     try:

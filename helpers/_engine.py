@@ -58,7 +58,8 @@ def probe() -> dict:
         "world_size": dist.get_world_size() if initialized else None,
         "backend": dist.get_backend() if initialized else None,
         "device": str(ns.get("device")) if initialized and "device" in ns else None,
-        "torch": torch.__version__,
+        # a str, not TorchVersion: unpickling it must not import torch in the notebook
+        "torch": str(torch.__version__),
     }
 
 
