@@ -15,7 +15,7 @@ from datetime import timedelta
 
 # Environment variables that carry the MPI rank, by launcher:
 # MPICH/hydra and Cray PALS (Derecho) set PMI_RANK / PALS_RANKID, Open MPI its own.
-_MPI_RANK_VARS = ("PMI_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK", "MPI_LOCALRANKID")
+_MPI_RANK_VARS = ("PMI_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK")
 
 
 def _user_ns() -> dict:
@@ -41,7 +41,7 @@ def probe() -> dict:
     import torch.distributed as dist
 
     mpi_rank = None
-    for var in _MPI_RANK_VARS[:3]:
+    for var in _MPI_RANK_VARS:
         if var in os.environ:
             mpi_rank = int(os.environ[var])
             break
@@ -204,9 +204,7 @@ def start_watchdog(addr: str, token: str) -> int:
     """Start (once per engine) the thread that aborts collectives on request; its port."""
     import threading
 
-    if _WATCHDOG.get("token") == token:
-        return _WATCHDOG["port"]
-    if "sock" in _WATCHDOG:
+    if "sock" in _WATCHDOG:  # already running: a new connect() may bring a new token
         _WATCHDOG["token"] = token
         return _WATCHDOG["port"]
     srv = socket.socket()

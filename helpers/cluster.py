@@ -26,7 +26,6 @@ import getpass
 import secrets
 import json
 import os
-import signal
 import socket
 import sys
 import time
@@ -93,7 +92,7 @@ def check_n(n, *, backend=None) -> int:
                 f"NCCL needs one GPU per engine: asked for {n} engines but this node "
                 f"sees {gpus} GPU(s); use -n {gpus} or the gloo backend"
                 if gpus else
-                f"NCCL needs GPUs but this node sees none; use the gloo backend (CPU engines)"
+                "NCCL needs GPUs but this node sees none; use the gloo backend (CPU engines)"
             )
     return n
 
@@ -415,6 +414,15 @@ class EngineInfo:
     local_rank: int
 
 
+def probe_engines(client) -> list[dict]:
+    """``_engine.probe()`` of every registered engine, with its engine id."""
+    ids = sorted(client.ids)
+    infos = client[ids].apply_sync(_engine.probe) if ids else []
+    for eid, info in zip(ids, infos):
+        info["engine_id"] = eid
+    return infos
+
+
 def plan_ranks(infos: list[dict], backend: str | None = None) -> tuple[str, list[EngineInfo]]:
     """Ranks, local ranks, backend and devices for the probed engines.
 
@@ -556,14 +564,6 @@ class TPCluster:
             install_magics(self)
 
     # ---- the process group
-    def _probe(self) -> list[dict]:
-        ids = sorted(self.client.ids)
-        view = self.client[ids]
-        infos = view.apply_sync(_engine.probe)
-        for eid, info in zip(ids, infos):
-            info["engine_id"] = eid
-        return infos
-
     def init_distributed(self, backend: str | None = None, timeout: float | None = None,
                          threads: int | None = None, force: bool = False) -> None:
         """Initialize (or adopt) torch.distributed on every engine.
@@ -575,7 +575,7 @@ class TPCluster:
             if not timeout > 0:
                 raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
             self.timeout = float(timeout)
-        infos = self._probe()
+        infos = probe_engines(self.client)
         n = len(infos)
         if n == 0:
             raise RuntimeError(

@@ -311,9 +311,7 @@ def cmd_status(args) -> int:
     state = hc.read_state(profile_dir, cluster_id) or {}
     client = hc.ipp.Client(profile_dir=profile_dir, cluster_id=cluster_id, timeout=10)
     try:
-        tc = hc.TPCluster(cluster=None, client=client, cluster_id=cluster_id,
-                          profile_dir=profile_dir)
-        infos = tc._probe()
+        infos = hc.probe_engines(client)
         backend, engines = hc.plan_ranks(infos)
         print(f"cluster {cluster_id!r}: {len(engines)} engines ({state.get('mode', '?')} mode, "
               f"controller on {state.get('host', '?')}), backend {backend}")

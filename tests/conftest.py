@@ -66,22 +66,17 @@ def launch(*args, cluster_id: str, profile_dir: str, timeout: float = 180, env=N
 
 
 @pytest.fixture(scope="session")
-def cluster_ids():
-    return {"profile": None, "id": new_cluster_id("main")}
-
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory, cluster_ids):
+def cluster(tmp_path_factory):
     """The session's 4-engine cluster (gloo on CPU), started by connect() itself.
 
     TP_CLUSTER_ID / TP_PROFILE_DIR point at it, so notebooks executed by the
     tests attach to it with a plain ``connect()``.
     """
     profile = str(tmp_path_factory.mktemp("ipp-profile"))
-    cluster_ids["profile"] = profile
-    os.environ["TP_CLUSTER_ID"] = cluster_ids["id"]
+    cid = new_cluster_id("main")
+    os.environ["TP_CLUSTER_ID"] = cid
     os.environ["TP_PROFILE_DIR"] = profile
-    tc = hc.connect(n=4, cluster_id=cluster_ids["id"], profile_dir=profile, timeout=30)
+    tc = hc.connect(n=4, cluster_id=cid, profile_dir=profile, timeout=30)
     try:
         yield tc
     finally:
@@ -90,13 +85,48 @@ def cluster(tmp_path_factory, cluster_ids):
         os.environ.pop("TP_PROFILE_DIR", None)
 
 
-@pytest.fixture
-def profile_dir(tmp_path):
-    """A private profile dir; any cluster started in it is stopped after the test."""
-    started: list[str] = []
-    yield str(tmp_path), started
-    for cid in started:
-        hc.stop_cluster(cid, str(tmp_path))
+# ------------------------------------------------------------------ notebooks, headless
+def execute_notebook(nb, cell_timeout: float = 180):
+    """Run ``nb`` in a fresh python3 kernel from notebooks/ (errors stay in the outputs)."""
+    import time
+
+    from nbclient import NotebookClient
+
+    t0 = time.monotonic()
+    NotebookClient(nb, timeout=cell_timeout, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}).execute()
+    nb.metadata["_test_seconds"] = time.monotonic() - t0
+    return nb
+
+
+def _text(output) -> str:
+    if output.get("output_type") == "stream":
+        return output.get("text", "")
+    if output.get("output_type") == "error":
+        return "\n".join(output.get("traceback", [])) + output.get("evalue", "")
+    data = output.get("data", {})  # %%px relays engine output as display_data text
+    return data.get("text/plain", "") + data.get("text/html", "")
+
+
+def cell_text(cell) -> str:
+    return "".join(_text(o) for o in cell.get("outputs", []))
+
+
+def assert_clean(nb) -> None:
+    """Every code cell ran; no error output and no traceback anywhere."""
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        if cell.get("execution_count") is None:
+            problems.append(f"cell {i} did not run")
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                problems.append(f"cell {i} raised {out.get('ename')}: {out.get('evalue')}"
+                                f"\n  source: {cell.source[:200]!r}")
+            elif "Traceback" in _text(out):
+                problems.append(f"cell {i} printed a traceback: {_text(out)[-600:]}")
+    assert not problems, "\n".join(problems)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -1,5 +1,7 @@
 """Faults, for real: wrong collectives, interrupts, dead engines, bad input, isolation, teardown.
 
+Two clusters side by side are covered in test_cluster.py.
+
 A cluster of its own (4 engines, a 5 s process-group timeout) so the session
 cluster is never broken.  Interrupts go through a real Jupyter kernel
 (jupyter_client), exactly as the notebook's stop button sends them.
@@ -7,7 +9,6 @@ cluster is never broken.  Interrupts go through a real Jupyter kernel
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -259,17 +260,6 @@ def test_files_are_private_and_nothing_listens_beyond_loopback(fc):
     assert listening
     wide = [x for x in listening if x[1] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
     assert not wide, f"listening beyond loopback: {wide}"
-
-
-def test_two_learners_side_by_side(fc, tmp_path):
-    """A second user's cluster (own id, own profile) runs next to this one."""
-    other = connect(n=2, cluster_id=new_cluster_id("learner2"), profile_dir=str(tmp_path),
-                    activate=False)
-    try:
-        assert healthy(other) and healthy(fc)
-        assert set(other.apply(os.getpid)).isdisjoint(fc.apply(os.getpid))
-    finally:
-        other.shutdown()
 
 
 # ----------------------------------------------------------------- teardown

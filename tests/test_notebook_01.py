@@ -12,13 +12,11 @@ from __future__ import annotations
 import copy
 import os
 import re
-import time
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
-from conftest import REPO
+from conftest import REPO, assert_clean, cell_text, execute_notebook
 
 NB_DIR = os.path.join(REPO, "notebooks")
 NB_PATH = os.path.join(NB_DIR, "01_basic_tensor_parallel.ipynb")
@@ -55,47 +53,6 @@ def with_solutions(nb):
     return nb
 
 
-def execute(nb):
-    t0 = time.monotonic()
-    client = NotebookClient(
-        nb, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=True,
-        resources={"metadata": {"path": NB_DIR}},
-    )
-    client.execute()
-    nb.metadata["_test_seconds"] = time.monotonic() - t0
-    return nb
-
-
-def _text(output) -> str:
-    if output.get("output_type") == "stream":
-        return output.get("text", "")
-    if output.get("output_type") == "error":
-        return "\n".join(output.get("traceback", [])) + output.get("evalue", "")
-    data = output.get("data", {})
-    return data.get("text/plain", "") + data.get("text/html", "")
-
-
-def cell_text(cell) -> str:
-    return "".join(_text(o) for o in cell.get("outputs", []))
-
-
-def assert_clean(nb) -> None:
-    """No error output and no traceback anywhere; every code cell ran."""
-    problems = []
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type != "code":
-            continue
-        if cell.get("execution_count") is None:
-            problems.append(f"cell {i} did not run")
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "error":
-                problems.append(f"cell {i} raised {out.get('ename')}: {out.get('evalue')}"
-                                f"\n  source: {cell.source[:200]!r}")
-            elif out.get("output_type") == "stream" and "Traceback" in out.get("text", ""):
-                problems.append(f"cell {i} printed a traceback: {out['text'][-600:]}")
-    assert not problems, "\n".join(problems)
-
-
 def assert_dense_checks_pass(nb) -> None:
     """Every compare(...) line outside the exercise checkers is a ✅ (break-it cells included)."""
     for i, cell in enumerate(nb.cells):
@@ -111,12 +68,12 @@ def committed():
 
 @pytest.fixture(scope="module")
 def run_blank(cluster, committed):
-    return execute(copy.deepcopy(committed))
+    return execute_notebook(copy.deepcopy(committed), CELL_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
 def run_solved(cluster, committed):
-    return execute(with_solutions(committed))
+    return execute_notebook(with_solutions(committed), CELL_TIMEOUT)
 
 
 # ------------------------------------------------------------------------------ the file itself
