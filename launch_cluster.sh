@@ -11,7 +11,7 @@
 #
 # The Python environment: an active conda env or virtualenv is used as it is
 # (conda users: conda env create -f environment.yml); otherwise a venv is made
-# in .venv from pyproject.toml, once ($TP_PYTHON, if set, is used as it is).  Process management lives in helpers/launch.py.
+# in .venv from pyproject.toml, once ($TP_PYTHON, if set, is used as it is).  Process management lives in helpers/cluster/.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -37,7 +37,7 @@ ensure_env() {
     fi
     if [[ -n "${VIRTUAL_ENV:-}" || -n "${CONDA_PREFIX:-}" ]] && [[ "${VIRTUAL_ENV:-}" != "$VENV" ]]; then
         PY="$(command -v python)"
-        if ! "$PY" -c "import helpers.cluster, torch" >/dev/null 2>&1; then
+        if ! "$PY" -c "import helpers.cluster.session, torch" >/dev/null 2>&1; then
             echo "Installing this project into the active environment ($PY) ..." >&2
             (cd "$REPO" && "$PY" -m pip install -q -e "$spec") || die "pip install -e '$spec' failed in the active environment"
         fi
@@ -84,13 +84,13 @@ case "$cmd" in
             if [[ "$a" == -h || "$a" == --help ]]; then
                 helper_py="$VENV/bin/python"
                 [[ -x "$helper_py" ]] || helper_py="$(command -v python3)"
-                cd "$REPO" && "$helper_py" -m helpers.launch "$cmd" --help 2>/dev/null || usage
+                cd "$REPO" && "$helper_py" -m helpers.cluster.cli "$cmd" --help 2>/dev/null || usage
                 exit 0
             fi
         done
         ensure_env ""
         cd "$REPO"
-        exec "$PY" -m helpers.launch "$cmd" "$@"
+        exec "$PY" -m helpers.cluster.cli "$cmd" "$@"
         ;;
     test)
         shift

@@ -22,12 +22,22 @@ from __future__ import annotations
 import html
 import io
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from .tensors import (
+    VALID_LAYOUTS,
+    as_shard_list,
+    fmt_index,
+    fmt_shape,
+    parse_layout,
+    to_2d,
+    to_f64,
+)
+from .viz.figure import new_figure
 
 __all__ = [
     "Result",
@@ -40,14 +50,6 @@ __all__ = [
     "error_heatmap",
 ]
 
-VALID_LAYOUTS = ("replicate", "shard(d)", "partial")
-_LAYOUT_HELP = (
-    "valid layouts: 'replicate' (every rank holds the full tensor), "
-    "'shard(d)' for an integer dim d, e.g. 'shard(0)' or 'shard(-1)' (blocks concatenated along d "
-    "in rank order), 'partial' (every rank holds a partial sum; summed over ranks)"
-)
-_SHARD_RE = re.compile(r"^shard\((-?\d+)\)$")
-
 # Denominator guard for the relative error |tp - dense| / (|dense| + _TINY).
 _TINY = 1e-12
 
@@ -57,78 +59,13 @@ _TINY = 1e-12
 # --------------------------------------------------------------------------------------------
 
 
-def _to_f64(x: Any, what: str) -> torch.Tensor:
-    """Any tensor / ndarray / number -> float64 CPU tensor (detached)."""
-    if isinstance(x, torch.Tensor):
-        t = x.detach()
-        if t.is_complex():
-            raise TypeError(f"{what}: complex tensors are not supported")
-        return t.to(device="cpu", dtype=torch.float64)
-    if isinstance(x, np.ndarray) or np.isscalar(x) or isinstance(x, (list, tuple)):
-        a = np.asarray(x)
-        if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
-            raise TypeError(f"{what}: cannot compare values of dtype {a.dtype}")
-        if np.iscomplexobj(a):
-            raise TypeError(f"{what}: complex arrays are not supported")
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
-    raise TypeError(
-        f"{what}: expected a torch.Tensor or numpy array, got {type(x).__name__}"
-    )
-
-
-def _as_shard_list(shards: Any) -> list:
-    """Accept a list/tuple by rank, or a {rank: tensor} dict with keys 0..p-1."""
-    if isinstance(shards, dict):
-        keys = sorted(shards)
-        if keys != list(range(len(keys))):
-            raise ValueError(f"shards dict must be keyed by rank 0..{len(keys) - 1}, got keys {keys}")
-        return [shards[k] for k in keys]
-    if isinstance(shards, (torch.Tensor, np.ndarray)):
-        raise TypeError(
-            "shards must be a list with one tensor per rank (rank 0 first), "
-            f"got a single {type(shards).__name__}; wrap it as [t] for one rank"
-        )
-    try:
-        return list(shards)
-    except TypeError:
-        raise TypeError(
-            f"shards must be a list with one tensor per rank, got {type(shards).__name__}"
-        ) from None
-
-
-def parse_layout(layout: str) -> tuple[str, int | None]:
-    """``"shard(-1)" -> ("shard", -1)``, ``"replicate" -> ("replicate", None)``.
-
-    Case and spaces are ignored. Raises ValueError listing the valid layouts.
-    """
-    if not isinstance(layout, str):
-        raise ValueError(f"layout must be a string, got {layout!r}; {_LAYOUT_HELP}")
-    s = layout.strip().lower().replace(" ", "")
-    if s in ("replicate", "partial"):
-        return s, None
-    m = _SHARD_RE.match(s)
-    if m:
-        return "shard", int(m.group(1))
-    raise ValueError(f"unknown layout {layout!r}; {_LAYOUT_HELP}")
-
-
 def _canon(layout: str) -> str:
     kind, dim = parse_layout(layout)
     return f"shard({dim})" if kind == "shard" else kind
 
 
-def _fmt_shape(shape) -> str:
-    return str(tuple(int(s) for s in shape))
-
-
-def _fmt_index(flat: int, shape) -> str:
-    if len(shape) == 0:
-        return "()"
-    return str(tuple(int(i) for i in np.unravel_index(int(flat), tuple(shape))))
-
-
 def _shape_summary(ts: Sequence[torch.Tensor]) -> str:
-    shapes = [_fmt_shape(t.shape) for t in ts]
+    shapes = [fmt_shape(t.shape) for t in ts]
     if len(set(shapes)) == 1:
         return f"{shapes[0]}×{len(shapes)}"
     return ", ".join(f"rank {r}: {s}" for r, s in enumerate(shapes))
@@ -151,10 +88,10 @@ def reassemble(shards, layout: str, *, atol: float = 0.0, rtol: float = 0.0) -> 
     that disagree, or shards whose shapes cannot be concatenated / summed.
     """
     kind, dim = parse_layout(layout)
-    pieces = _as_shard_list(shards)
+    pieces = as_shard_list(shards)
     if len(pieces) == 0:
         raise ValueError("shards is empty: expected one tensor per rank")
-    ts = [_to_f64(p, f"shard of rank {r}") for r, p in enumerate(pieces)]
+    ts = [to_f64(p, f"shard of rank {r}") for r, p in enumerate(pieces)]
 
     if kind == "replicate":
         ref = ts[0]
@@ -261,7 +198,7 @@ class Result:
             err += f" at {self.argmax}" if self.argmax else ""
         ranks = f"{self.n_ranks} rank" + ("s" if self.n_ranks != 1 else "")
         return (
-            f"{mark} {self.name} {self._verb()}  shape {_fmt_shape(self.shape)}  {err}  "
+            f"{mark} {self.name} {self._verb()}  shape {fmt_shape(self.shape)}  {err}  "
             f"(layout {self.layout}, {ranks})"
         )
 
@@ -401,11 +338,11 @@ def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
         raise ValueError(f"expect must be 'match' or 'mismatch', got {expect!r}")
     canon = _canon(layout)
     kind, _ = parse_layout(layout)
-    pieces = _as_shard_list(shards)
-    dense_t = _to_f64(dense, f"{name}: dense reference")
+    pieces = as_shard_list(shards)
+    dense_t = to_f64(dense, f"{name}: dense reference")
     n = len(pieces)
     worst_rank = None
-    copies = [_to_f64(p, "shard") for p in pieces] if kind == "replicate" else []
+    copies = [to_f64(p, "shard") for p in pieces] if kind == "replicate" else []
     if copies and all(c.shape == dense_t.shape for c in copies):
         # Every rank should hold the dense answer: judge the worst copy, so a
         # missing all-reduce (copies that disagree) is a mismatch, not a crash.
@@ -417,12 +354,12 @@ def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
         tp = reassemble(pieces, layout, atol=atol, rtol=rtol)
 
     if tp.shape != dense_t.shape:
-        ts = [_to_f64(p, "shard") for p in pieces]
+        ts = [to_f64(p, "shard") for p in pieces]
         sugg = _layout_suggestions(ts, dense_t.shape)
         hint = f" Layouts that would give the dense shape: {', '.join(sugg)}." if sugg else ""
         raise ComparisonError(
-            f"{name} (layout {canon}): reassembled shape {_fmt_shape(tp.shape)} from {n} shard(s) "
-            f"[{_shape_summary(ts)}] != dense shape {_fmt_shape(dense_t.shape)}.{hint}"
+            f"{name} (layout {canon}): reassembled shape {fmt_shape(tp.shape)} from {n} shard(s) "
+            f"[{_shape_summary(ts)}] != dense shape {fmt_shape(dense_t.shape)}.{hint}"
         )
 
     diff, rel = _errors(tp, dense_t)
@@ -442,8 +379,8 @@ def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
 
     numbers = (
         f"{name} (layout {canon}): max abs err {max_abs:.1e} "
-        f"{'>' if max_abs > atol else '<='} atol {atol:.0e} at index {_fmt_index(i_abs, tp.shape)}; "
-        f"max rel err {max_rel:.1e} at index {_fmt_index(i_rel, tp.shape)}; "
+        f"{'>' if max_abs > atol else '<='} atol {atol:.0e} at index {fmt_index(i_abs, tp.shape)}; "
+        f"max rel err {max_rel:.1e} at index {fmt_index(i_rel, tp.shape)}; "
         f"{n_bad} of {diff.numel()} elements fail |tp - dense| <= atol + rtol*|dense| "
         f"(atol {atol:.0e}, rtol {rtol:.0e})"
     )
@@ -454,7 +391,7 @@ def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
         expect=expect, atol=atol, rtol=rtol, argmax=argmax, message=numbers,
     )
     if not matches:
-        ts = [_to_f64(p, "shard") for p in pieces]
+        ts = [to_f64(p, "shard") for p in pieces]
         if worst_rank is not None and n > 1:
             res.message += f"; worst copy: rank {worst_rank}"
         res.message += _hint(ts, kind, tp, dense_t, atol, rtol)
@@ -538,16 +475,6 @@ def compare_grads(pairs, *, atol: float = 1e-5, rtol: float = 1e-4, show: bool =
 # --------------------------------------------------------------------------------------------
 
 
-def _as_2d(t: torch.Tensor) -> torch.Tensor:
-    if t.dim() == 0:
-        return t.reshape(1, 1)
-    if t.dim() == 1:
-        return t.reshape(1, -1)
-    if t.dim() == 2:
-        return t
-    return t.reshape(-1, t.shape[-1])
-
-
 def error_heatmap(tp, dense, title: str | None = None, ax=None):
     """Draw |tp - dense| as an image and return the matplotlib Figure.
 
@@ -557,16 +484,16 @@ def error_heatmap(tp, dense, title: str | None = None, ax=None):
     """
     from matplotlib.patches import Rectangle
 
-    tp_t = _to_f64(tp, "tp")
-    dense_t = _to_f64(dense, "dense")
+    tp_t = to_f64(tp, "tp")
+    dense_t = to_f64(dense, "dense")
     if tp_t.shape != dense_t.shape:
         raise ValueError(
-            f"error_heatmap: tp shape {_fmt_shape(tp_t.shape)} != dense shape "
-            f"{_fmt_shape(dense_t.shape)}"
+            f"error_heatmap: tp shape {fmt_shape(tp_t.shape)} != dense shape "
+            f"{fmt_shape(dense_t.shape)}"
         )
     diff, _ = _errors(tp_t, dense_t)
     finite_max = float(diff[torch.isfinite(diff)].max()) if torch.isfinite(diff).any() else 0.0
-    img = _as_2d(diff.nan_to_num(posinf=finite_max)).numpy()
+    img = to_2d(diff.nan_to_num(posinf=finite_max)).numpy()
     rows, cols = img.shape
     max_err = float(diff.max()) if diff.numel() else 0.0
     idx = int(diff.argmax()) if diff.numel() else 0
@@ -574,9 +501,7 @@ def error_heatmap(tp, dense, title: str | None = None, ax=None):
     if ax is None:
         w = min(10.0, max(4.0, 0.25 * cols + 2.0))
         h = min(8.0, max(1.8, 0.25 * rows + 1.4))
-        from .viz import _new_figure
-
-        fig = _new_figure(w, h, dpi=100, layout="constrained")
+        fig = new_figure(w, h, dpi=100, layout="constrained")
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -593,8 +518,8 @@ def error_heatmap(tp, dense, title: str | None = None, ax=None):
         r2, c2 = np.unravel_index(idx, img.shape)
         ax.add_patch(Rectangle((c2 - 0.5, r2 - 0.5), 1, 1, fill=False, edgecolor="#00e5ff",
                                linewidth=2))
-    where = _fmt_index(idx, tuple(tp_t.shape)) if diff.numel() else "()"
-    shape_note = "" if tp_t.dim() in (1, 2) else f" (shape {_fmt_shape(tp_t.shape)} flattened)"
+    where = fmt_index(idx, tuple(tp_t.shape)) if diff.numel() else "()"
+    shape_note = "" if tp_t.dim() in (1, 2) else f" (shape {fmt_shape(tp_t.shape)} flattened)"
     ax.set_title(f"{title or '|TP − dense|'}\nmax {max_err:.1e} at {where}{shape_note}", fontsize=10)
     ax.set_xlabel("column")
     ax.set_ylabel("row")

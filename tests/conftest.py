@@ -65,6 +65,45 @@ def launch(*args, cluster_id: str, profile_dir: str, timeout: float = 180, env=N
     )
 
 
+class ClusterFactory:
+    """Starts real clusters for a test (``make(n=2, tag="restart")``); the finalizer stops
+    every one of them and proves that none of their processes is left."""
+
+    def __init__(self, tmp_path_factory):
+        self._tmp = tmp_path_factory
+        self._made = []
+
+    def ref(self, tag: str = "") -> hc.ClusterRef:
+        """A fresh identity for a cluster this test starts (by connect() or launch_cluster.sh)."""
+        ref = hc.ClusterRef(new_cluster_id(tag), str(self._tmp.mktemp(tag or "cluster")))
+        self._made.append((ref, None))
+        return ref
+
+    def make(self, n: int = 2, tag: str = "", **kw) -> "hc.TPCluster":
+        ref = self.ref(tag)
+        kw.setdefault("timeout", 20)
+        kw.setdefault("activate", False)
+        tc = hc.connect(n=n, cluster_id=ref.cluster_id, profile_dir=ref.profile_dir, **kw)
+        self._made[-1] = (ref, tc)
+        return tc
+
+    def finish(self) -> None:
+        left = []
+        for ref, tc in self._made:
+            if tc is not None:
+                tc.shutdown(quiet=True)
+            hc.stop_cluster(ref)
+            left += hc.cluster_processes(ref)
+        assert left == [], f"processes outlived their cluster: {left}"
+
+
+@pytest.fixture
+def cluster_factory(tmp_path_factory):
+    factory = ClusterFactory(tmp_path_factory)
+    yield factory
+    factory.finish()
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     """The session's 4-engine cluster (gloo on CPU), started by connect() itself.
@@ -80,7 +119,7 @@ def cluster(tmp_path_factory):
     try:
         yield tc
     finally:
-        tc.shutdown()
+        tc.shutdown(quiet=True)
         os.environ.pop("TP_CLUSTER_ID", None)
         os.environ.pop("TP_PROFILE_DIR", None)
 

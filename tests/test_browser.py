@@ -24,8 +24,8 @@ import urllib.request
 
 import psutil
 import pytest
-
 from conftest import REPO, require_tool
+
 from helpers.cluster import kill_processes
 from helpers.viz import count_rank_colors
 

@@ -8,11 +8,10 @@ import sys
 import textwrap
 
 import pytest
+from conftest import REPO, new_cluster_id
 
 from helpers import cluster as hc
 from helpers import connect
-
-from conftest import REPO, new_cluster_id
 
 
 def test_engines_know_rank_world_size_device(cluster):
@@ -80,37 +79,26 @@ def test_second_kernel_adopts_the_running_process_group(cluster):
     assert "[4.0, 4.0, 4.0, 4.0] [True, True, True, True] [0, 1, 2, 3]" in out.stdout
 
 
-def test_rank_order_survives_engine_restart(tmp_path):
-    cid = new_cluster_id("restart")
-    tc = connect(n=2, cluster_id=cid, profile_dir=str(tmp_path), timeout=20)
-    try:
-        before = tc.engine_ids
-        after = tc.restart_engines()
-        assert set(after).isdisjoint(before), "ipyparallel gives new ids after a restart"
-        assert after == sorted(after)
-        assert tc.pull("rank") == [0, 1]
-        tc.run("t = torch.ones(1); dist.all_reduce(t); s = t.item()")
-        assert tc.pull("s") == [2.0, 2.0]
-    finally:
-        tc.shutdown()
-    assert hc.cluster_processes(cid) == []
+def test_rank_order_survives_engine_restart(cluster_factory):
+    tc = cluster_factory.make(n=2, tag="restart")
+    before = tc.engine_ids
+    after = tc.restart_engines()
+    assert set(after).isdisjoint(before), "ipyparallel gives new ids after a restart"
+    assert after == sorted(after)
+    assert tc.pull("rank") == [0, 1]
+    tc.run("t = torch.ones(1); dist.all_reduce(t); s = t.item()")
+    assert tc.pull("s") == [2.0, 2.0]
 
 
-def test_two_clusters_side_by_side(cluster, tmp_path):
-    cid = new_cluster_id("second")
-    other = connect(n=2, cluster_id=cid, profile_dir=str(tmp_path), timeout=20, activate=False)
-    try:
-        assert other is not cluster
-        assert set(other.apply(os.getpid)).isdisjoint(cluster.apply(os.getpid))
-        for c in (cluster, other):
-            c.run("import os; t = torch.ones(1); dist.all_reduce(t); s = t.item(); port = os.environ['MASTER_PORT']")
-        assert other.pull("s") == [2.0, 2.0]
-        assert cluster.pull("s") == [4.0] * 4
-        assert set(other.pull("port")).isdisjoint(cluster.pull("port"))
-    finally:
-        other.shutdown()
-    assert hc.cluster_processes(cid) == []
-    cluster.activate()
+def test_two_clusters_side_by_side(cluster, cluster_factory):
+    other = cluster_factory.make(n=2, tag="second")
+    assert other is not cluster
+    assert set(other.apply(os.getpid)).isdisjoint(cluster.apply(os.getpid))
+    for c in (cluster, other):
+        c.run("import os; t = torch.ones(1); dist.all_reduce(t); s = t.item(); port = os.environ['MASTER_PORT']")
+    assert other.pull("s") == [2.0, 2.0]
+    assert cluster.pull("s") == [4.0] * 4
+    assert set(other.pull("port")).isdisjoint(cluster.pull("port"))
 
 
 def test_connect_that_started_the_cluster_stops_it(tmp_path):
@@ -159,16 +147,12 @@ def test_connect_says_what_to_do_when_no_cluster_can_start(tmp_path):
 
 
 @pytest.mark.gpu
-def test_nccl_on_gpus(tmp_path):
+def test_nccl_on_gpus(cluster_factory):
     gpus = hc.visible_gpus()
     if gpus < 1:
         pytest.skip("needs CUDA GPUs")
-    cid = new_cluster_id("gpu")
-    tc = connect(n=gpus, cluster_id=cid, profile_dir=str(tmp_path), activate=False)
-    try:
-        assert tc.backend == "nccl"
-        assert tc.devices == [f"cuda:{i}" for i in range(gpus)]
-        tc.run("t = torch.ones(1, device=device); dist.all_reduce(t); s = t.item()")
-        assert tc.pull("s") == [float(gpus)] * gpus
-    finally:
-        tc.shutdown()
+    tc = cluster_factory.make(n=gpus, tag="gpu")
+    assert tc.backend == "nccl"
+    assert tc.devices == [f"cuda:{i}" for i in range(gpus)]
+    tc.run("t = torch.ones(1, device=device); dist.all_reduce(t); s = t.item()")
+    assert tc.pull("s") == [float(gpus)] * gpus

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+
 import tomllib
-
 import yaml
-
 from conftest import REPO
 
 CONDA_TO_PIP = {"pytorch": "torch"}  # conda-forge names that differ from PyPI's

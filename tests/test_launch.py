@@ -12,11 +12,10 @@ import time
 
 import psutil
 import pytest
+from conftest import LAUNCH, REPO, launch, new_cluster_id, require_tool, script_env
 
 from helpers import cluster as hc
 from helpers import connect
-
-from conftest import LAUNCH, REPO, launch, new_cluster_id, require_tool, script_env
 
 STANDIN = os.path.join(REPO, "tests", "pbs_standin")
 
@@ -29,7 +28,7 @@ def _leftovers(cid: str) -> list:
 def cid(tmp_path):
     cid = new_cluster_id("sh")
     yield cid
-    hc.stop_cluster(cid, str(tmp_path))
+    hc.stop_cluster(hc.ClusterRef(cid, str(tmp_path)))
 
 
 def test_help_for_every_command(tmp_path):
@@ -203,7 +202,8 @@ def test_kernel_spec_for_jupyterhub(tmp_path):
     out = launch("kernel", "tp-test", cluster_id="x", profile_dir=tmp_path, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     spec = json.loads((data / "kernels" / "tp-test" / "kernel.json").read_text())
-    assert spec["argv"][0] == sys.executable
+    # python and python3 may be two links to one interpreter: compare what they point at
+    assert os.path.realpath(spec["argv"][0]) == os.path.realpath(sys.executable)
     assert spec["display_name"] == "Python (tensor parallel course)"
 
 
@@ -248,7 +248,7 @@ def test_lab_serves_jupyterlab_on_loopback_and_stops_everything(cid, tmp_path):
                 " ".join(p.info["cmdline"] or [])]
 
 
-def test_a_crashed_lab_leaves_nothing_the_next_start_cannot_clean(cid, tmp_path):
+def test_a_crashed_lab_leaves_nothing_running(cid, tmp_path):
     proc = subprocess.Popen([LAUNCH, "lab", "-n", "1"], cwd=REPO, text=True,
                             env=script_env(cid, tmp_path, JUPYTER_RUNTIME_DIR=str(tmp_path / "rt")),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -259,15 +259,15 @@ def test_a_crashed_lab_leaves_nothing_the_next_start_cannot_clean(cid, tmp_path)
         lines.append(proc.stdout.readline())
         if "/lab?token=" in lines[-1] and "JupyterLab is running" in "".join(lines):
             break
-    lab_children = psutil.Process(proc.pid).children(recursive=True)
-    assert any("jupyterlab" in " ".join(p.cmdline()) for p in lab_children), "".join(lines)
+    labs = [p for p in psutil.Process(proc.pid).children(recursive=True)
+            if "jupyterlab" in " ".join(p.cmdline())]
+    assert labs, "".join(lines)
     proc.kill()  # the lab session crashes: no cleanup code runs
     proc.wait(10)
-    gone, alive = psutil.wait_procs(
-        [p for p in lab_children if "jupyterlab" in " ".join(p.cmdline())], timeout=20)
+    gone, alive = psutil.wait_procs(labs, timeout=20)
     assert not alive, "JupyterLab outlived its crashed launcher"
-    assert not hc.is_running(cid, str(tmp_path)), "the cluster of a dead lab counts as stale"
-    out = launch("start", "-n", "1", cluster_id=cid, profile_dir=tmp_path)
-    assert out.returncode == 0 and "stale" in out.stdout, out.stdout + out.stderr
-    assert launch("stop", cluster_id=cid, profile_dir=tmp_path).returncode == 0
+    deadline = time.monotonic() + 10  # the cluster's reaper ends it with its owner
+    while _leftovers(cid) and time.monotonic() < deadline:
+        time.sleep(0.25)
     assert _leftovers(cid) == []
+    assert not hc.is_running(hc.ClusterRef(cid, str(tmp_path)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import nbformat
-
 from conftest import REPO, assert_clean, cell_text, execute_notebook
 
 NB = os.path.join(REPO, "notebooks", "00_cluster_setup.ipynb")

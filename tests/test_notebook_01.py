@@ -15,7 +15,6 @@ import re
 
 import nbformat
 import pytest
-
 from conftest import REPO, assert_clean, cell_text, execute_notebook
 
 NB_DIR = os.path.join(REPO, "notebooks")

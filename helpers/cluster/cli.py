@@ -1,7 +1,7 @@
 """The command line behind ``launch_cluster.sh``: start, stop, status, lab.
 
 ``launch_cluster.sh`` prepares the Python environment and hands its arguments
-here (``python -m helpers.launch start -n 4``).  Every refusal is one line on
+here (``python -m helpers.cluster.cli start -n 4``).  Every refusal is one line on
 stderr and exit status 2; nothing is left running after a refusal.
 """
 
@@ -19,9 +19,19 @@ import sys
 import time
 import urllib.request
 
-from . import cluster as hc
+from .lifecycle import (
+    DEFAULT_START_TIMEOUT,
+    clean_stale,
+    is_running,
+    start_cluster,
+    stop_cluster,
+    visible_gpus,
+)
+from .planning import check_n, default_n, plan_ranks
+from .ref import ClusterRef
+from .session import probe_engines
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class UsageError(Exception):
@@ -32,7 +42,7 @@ class UsageError(Exception):
 
 def _engine_count(text: str) -> int:
     try:
-        return hc.check_n(text)
+        return check_n(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -55,7 +65,7 @@ def _add_start_options(p: argparse.ArgumentParser) -> None:
                    help="extra mpiexec arguments (default: chosen for Cray PALS or MPICH hydra)")
     p.add_argument("--nccl", action="store_true",
                    help="refuse to start unless every engine can own a GPU")
-    p.add_argument("--timeout", type=float, default=hc.DEFAULT_START_TIMEOUT,
+    p.add_argument("--timeout", type=float, default=DEFAULT_START_TIMEOUT,
                    help="seconds to wait for engines to register (default %(default)s)")
     pbs = p.add_argument_group("PBS Pro (Derecho): submit a job that runs the cluster")
     pbs.add_argument("--pbs", action="store_true", help="write a PBS Pro job script and qsub it")
@@ -102,9 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _ids(args) -> tuple[str, str]:
-    return (args.cluster_id or hc.default_cluster_id(),
-            os.path.abspath(args.profile_dir or hc.default_profile_dir()))
+def _ref(args) -> ClusterRef:
+    return ClusterRef.of(args.cluster_id, args.profile_dir)
 
 
 # --------------------------------------------------------------------------- MPI / PBS
@@ -165,7 +174,7 @@ exec ./launch_cluster.sh start --mpi --foreground -n {n} --ppn {ppn}
 """
 
 
-def write_pbs_script(args, cluster_id: str, profile_dir: str) -> str:
+def write_pbs_script(args, ref: ClusterRef) -> str:
     if not args.account:
         raise UsageError("PBS needs a project code: add -A/--account CODE (or set TP_PBS_ACCOUNT)")
     n = args.n or args.nodes * args.ppn
@@ -174,15 +183,15 @@ def write_pbs_script(args, cluster_id: str, profile_dir: str) -> str:
             f"-n {n} does not fill {args.nodes} node(s) x {args.ppn} engines per node; "
             f"use -n {args.nodes * args.ppn} or change --nodes/--ppn"
         )
-    os.makedirs(os.path.join(profile_dir, "log"), exist_ok=True)
-    path = os.path.join(profile_dir, "security", f"tp-{cluster_id}.pbs")
+    os.makedirs(ref.log_dir, exist_ok=True)
+    path = ref.pbs_script
     modules = "".join(f"module load {m}\n" for m in args.modules.split())
     text = PBS_TEMPLATE.format(
-        name=f"tp-{cluster_id}"[:15], account=args.account, queue=args.queue,
+        name=f"tp-{ref.cluster_id}"[:15], account=args.account, queue=args.queue,
         nodes=args.nodes, ncpus=args.ncpus, ngpus=args.ngpus, ppn=args.ppn,
-        walltime=args.walltime, log=os.path.join(profile_dir, "log", f"tp-{cluster_id}.pbs.log"),
+        walltime=args.walltime, log=ref.pbs_log,
         modules=modules, bindir=shlex.quote(os.path.dirname(sys.executable)), python=shlex.quote(sys.executable),
-        cluster_id=shlex.quote(cluster_id), profile_dir=shlex.quote(profile_dir),
+        cluster_id=shlex.quote(ref.cluster_id), profile_dir=shlex.quote(ref.profile_dir),
         repo=shlex.quote(REPO), n=n,
     )
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
@@ -191,16 +200,12 @@ def write_pbs_script(args, cluster_id: str, profile_dir: str) -> str:
     return path
 
 
-def _job_file(profile_dir: str, cluster_id: str) -> str:
-    return os.path.join(profile_dir, "security", f"tp-{cluster_id}.job")
-
-
-def submit_pbs(args, cluster_id: str, profile_dir: str) -> int:
-    if hc.is_running(cluster_id, profile_dir):
-        print(f"cluster {cluster_id!r} is already running; nothing started "
+def submit_pbs(args, ref: ClusterRef) -> int:
+    if is_running(ref):
+        print(f"cluster {ref} is already running; nothing started "
               "(./launch_cluster.sh status to see it)")
         return 0
-    path = write_pbs_script(args, cluster_id, profile_dir)
+    path = write_pbs_script(args, ref)
     if args.script_only:
         print(path)
         return 0
@@ -211,19 +216,22 @@ def submit_pbs(args, cluster_id: str, profile_dir: str) -> int:
     if out.returncode != 0:
         raise UsageError(f"qsub refused the job: {out.stderr.strip() or out.stdout.strip()}")
     job_id = out.stdout.strip()
-    with open(_job_file(profile_dir, cluster_id), "w") as f:
+    with open(ref.job_file, "w") as f:
         f.write(job_id)
     print(f"submitted PBS job {job_id} ({path}); waiting for its engines ...")
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        if hc.is_running(cluster_id, profile_dir):
+        if is_running(ref):
             try:
-                client = hc.ipp.Client(profile_dir=profile_dir, cluster_id=cluster_id, timeout=10)
+                import ipyparallel as ipp
+
+                client = ipp.Client(profile_dir=ref.profile_dir, cluster_id=ref.cluster_id,
+                                    timeout=10)
                 client.wait_for_engines(args.n or args.nodes * args.ppn,
                                         timeout=max(1, deadline - time.monotonic()),
                                         interactive=False)
                 client.close()
-                print(f"cluster {cluster_id!r} is up in job {job_id}: "
+                print(f"cluster {ref} is up in job {job_id}: "
                       "connect() in a notebook attaches to it")
                 return 0
             except Exception:
@@ -237,9 +245,9 @@ def submit_pbs(args, cluster_id: str, profile_dir: str) -> int:
 # --------------------------------------------------------------------------- commands
 
 def cmd_start(args) -> int:
-    cluster_id, profile_dir = _ids(args)
+    ref = _ref(args)
     if args.pbs:
-        return submit_pbs(args, cluster_id, profile_dir)
+        return submit_pbs(args, ref)
     in_job = bool(os.environ.get("PBS_NODEFILE"))
     if not in_job and (args.nodes > 1 or args.script_only):
         raise UsageError(
@@ -248,7 +256,8 @@ def cmd_start(args) -> int:
         )
     mode = "mpi" if (args.mpi or in_job) else "local"
     if args.nccl:
-        hc.check_n(args.n or hc.default_n(), backend="nccl")
+        gpus = visible_gpus()
+        check_n(args.n or default_n(gpus), backend="nccl", gpus=gpus)
     mpi_args, controller_ip = None, "127.0.0.1"
     if mode == "mpi":
         mpi_args = mpi_launch_args(args.ppn, args.mpi_args)
@@ -256,25 +265,24 @@ def cmd_start(args) -> int:
     if in_job:
         # compute nodes must reach the controller: bind the interface of this host's name
         controller_ip = socket.gethostbyname(socket.gethostname())
-    if hc.is_running(cluster_id, profile_dir):
-        print(f"cluster {cluster_id!r} is already running; nothing started "
+    if is_running(ref):
+        print(f"cluster {ref} is already running; nothing started "
               "(./launch_cluster.sh status to see it, stop to end it)")
         return 0
-    if hc.clean_stale(profile_dir, cluster_id):
-        print(f"cleaned up a stale cluster {cluster_id!r} left by a crash")
-    n = args.n or hc.default_n()
+    if clean_stale(ref):
+        print(f"cleaned up a stale cluster {ref} left by a crash")
+    n = args.n or default_n(visible_gpus())
     t0 = time.monotonic()
-    hc.start_cluster(n, mode=mode, cluster_id=cluster_id, profile_dir=profile_dir,
-                     controller_ip=controller_ip, mpi_args=mpi_args, daemon=True,
-                     timeout=args.timeout, owner_pid=getattr(args, "owner_pid", None))
-    print(f"cluster {cluster_id!r} started: {n} {mode} engines in "
-          f"{time.monotonic() - t0:.1f} s (profile {profile_dir})")
+    start_cluster(ref, n, mode=mode, controller_ip=controller_ip, mpi_args=mpi_args,
+                  daemon=True, timeout=args.timeout, owner_pid=getattr(args, "owner_pid", None))
+    print(f"cluster {ref} started: {n} {mode} engines in "
+          f"{time.monotonic() - t0:.1f} s (profile {ref.profile_dir})")
     if args.foreground:
-        return _hold(cluster_id, profile_dir)
+        return _hold(ref)
     return 0
 
 
-def _hold(cluster_id: str, profile_dir: str) -> int:
+def _hold(ref: ClusterRef) -> int:
     """Block until the cluster stops; stop it on SIGTERM/SIGINT (PBS walltime, Ctrl-C)."""
     stopping = []
 
@@ -283,40 +291,42 @@ def _hold(cluster_id: str, profile_dir: str) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    while not stopping and hc.is_running(cluster_id, profile_dir):
+    while not stopping and is_running(ref):
         time.sleep(1)
-    hc.stop_cluster(cluster_id, profile_dir)
+    stop_cluster(ref)
     return 0
 
 
 def cmd_stop(args) -> int:
-    cluster_id, profile_dir = _ids(args)
-    stopped = hc.stop_cluster(cluster_id, profile_dir)
-    job_file = _job_file(profile_dir, cluster_id)
-    if os.path.exists(job_file):
-        with open(job_file) as f:
+    ref = _ref(args)
+    report = stop_cluster(ref)
+    if os.path.exists(ref.job_file):
+        with open(ref.job_file) as f:
             job = f.read().strip()
         if job and shutil.which("qdel"):
             subprocess.run(["qdel", job], capture_output=True, timeout=60)
-        os.remove(job_file)
-    print(f"cluster {cluster_id!r} stopped" if stopped else f"no cluster {cluster_id!r} was running")
+        os.remove(ref.job_file)
+    print(report.line(ref))
     return 0
 
 
 def cmd_status(args) -> int:
-    cluster_id, profile_dir = _ids(args)
-    if not hc.is_running(cluster_id, profile_dir):
-        print(f"no cluster {cluster_id!r} is running (profile {profile_dir})")
+    import ipyparallel as ipp
+
+    ref = _ref(args)
+    if not is_running(ref):
+        print(f"no cluster {ref} is running (profile {ref.profile_dir})")
         return 1
-    state = hc.read_state(profile_dir, cluster_id) or {}
-    client = hc.ipp.Client(profile_dir=profile_dir, cluster_id=cluster_id, timeout=10)
+    state = ref.read_state()
+    client = ipp.Client(profile_dir=ref.profile_dir, cluster_id=ref.cluster_id, timeout=10)
     try:
-        infos = hc.probe_engines(client)
-        backend, engines = hc.plan_ranks(infos)
-        print(f"cluster {cluster_id!r}: {len(engines)} engines ({state.get('mode', '?')} mode, "
+        infos = probe_engines(client)
+        backend, engines = plan_ranks(infos)
+        by_id = {i["engine_id"]: i for i in infos}
+        print(f"cluster {ref}: {len(engines)} engines ({state.get('mode', '?')} mode, "
               f"controller on {state.get('host', '?')}), backend {backend}")
         print(f"{'rank':>4}  {'engine':>6}  {'host':<20} {'device':<8} {'pid':>8}  process group")
-        for e, i in zip(engines, hc._by_engine(infos, engines)):
+        for e, i in ((e, by_id[e.engine_id]) for e in engines):
             pg = (f"rank {i['rank']}/{i['world_size']} ({i['backend']})"
                   if i["initialized"] else "not initialized (connect() does it)")
             print(f"{e.rank:>4}  {e.engine_id:>6}  {e.host:<20} {e.device:<8} {e.pid:>8}  {pg}")
@@ -342,15 +352,15 @@ def _free_port() -> int:
 
 
 def cmd_lab(args) -> int:
-    cluster_id, profile_dir = _ids(args)
+    ref = _ref(args)
     started = False
-    if not args.no_cluster and not hc.is_running(cluster_id, profile_dir):
+    if not args.no_cluster and not is_running(ref):
         args.owner_pid = os.getpid()  # if this session crashes, the next start cleans up
         cmd_start(args)
         started = True
     token = secrets.token_hex(24)
     port = args.port or _free_port()
-    env = dict(os.environ, TP_CLUSTER_ID=cluster_id, TP_PROFILE_DIR=profile_dir)
+    env = dict(os.environ, TP_CLUSTER_ID=ref.cluster_id, TP_PROFILE_DIR=ref.profile_dir)
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
            f"--port={port}", f"--ServerApp.root_dir={os.path.join(REPO, 'notebooks')}",
            f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0"]
@@ -370,7 +380,7 @@ def cmd_lab(args) -> int:
             except OSError:
                 time.sleep(0.5)
         if lab.poll() is None and not stop:
-            print(f"\nJupyterLab is running on the cluster {cluster_id!r}:\n    {url}\n"
+            print(f"\nJupyterLab is running on the cluster {ref}:\n    {url}\n"
                   "Open it in a browser (on Derecho: through an SSH tunnel to this port). "
                   "Ctrl-C stops JupyterLab" + (" and the cluster." if started else "."),
                   flush=True)
@@ -384,8 +394,7 @@ def cmd_lab(args) -> int:
             except subprocess.TimeoutExpired:
                 lab.kill()
         if started:
-            hc.stop_cluster(cluster_id, profile_dir)
-            print(f"cluster {cluster_id!r} stopped")
+            print(stop_cluster(ref).line(ref))
     return 0
 
 

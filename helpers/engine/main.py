@@ -1,4 +1,4 @@
-"""Entry point of an engine process: ``python -m helpers.engine_main [ipengine args]``.
+"""Entry point of an engine process: ``python -m helpers.engine.main [ipengine args]``.
 
 Same as ``python -m ipyparallel.engine``, but torch is imported first, while the
 controller is still starting, so ``connect()`` does not wait for N cold imports.

@@ -1,0 +1,421 @@
+"""Starting, finding and stopping a cluster's processes: controller, engines, nannies, reaper.
+
+Everything we start, we stop:
+
+* ``stop_cluster`` asks each engine to exit on its own (exit status 0, nothing printed), then
+  ends whatever is left, and removes the cluster's files;
+* a cluster started for a notebook or a ``lab`` session has an *owner*; a small reaper process
+  (:mod:`helpers.cluster.reaper`) ends the cluster within a second of its owner's death, a
+  crash included;
+* a stale cluster (its owner died before the reaper could act) is cleaned by the next
+  ``start`` or ``connect()``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .planning import check_n, default_n
+from .ref import ClusterRef
+
+DEFAULT_START_TIMEOUT = 120.0  # seconds to wait for engines to register
+ENGINE_CMD = [sys.executable, "-m", "helpers.engine.main"]
+STOP_GRACE = 2.0  # seconds engines get to exit on their own before they are ended
+
+
+def visible_gpus() -> int:
+    """Number of CUDA devices this process sees (0 without torch.cuda)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+# --------------------------------------------------------------------------- processes
+def _pids_in_cluster_file(path: str) -> list[int]:
+    """Every pid an ipyparallel cluster file records (controller, engines, mpiexec)."""
+    import json
+
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return []
+    pids = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if k == "pid" and isinstance(v, int) and v > 0:
+                    pids.append(v)
+                else:
+                    walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(d)
+    return pids
+
+
+def _is_ours(pid: int, ref: ClusterRef) -> bool:
+    """True if pid is a live process of this cluster (guards against reused pids)."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        env = p.environ()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return env.get("IPP_CLUSTER_ID") == ref.cluster_id and env.get(
+        "IPP_PROFILE_DIR", ref.profile_dir) == ref.profile_dir
+
+
+def pid_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _process_tree(pids: list[int]) -> list:
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            procs.append(p)
+            procs.extend(p.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    return procs
+
+
+def kill_processes(procs: list, grace: float = 1.0) -> list:
+    """Terminate the given psutil processes, wait ``grace`` s, then kill what is left.
+
+    Returns the processes that had to be killed (they ignored SIGTERM).
+    """
+    import psutil
+
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+    return alive
+
+
+def cluster_processes(ref_or_id, profile_dir: str | None = None) -> list:
+    """Live processes (on this host) that belong to a cluster.
+
+    ``cluster_processes(ref)``, or ``cluster_processes(cluster_id)`` for every profile dir.
+    """
+    import psutil
+
+    if isinstance(ref_or_id, ClusterRef):
+        cluster_id, profile_dir = ref_or_id.cluster_id, ref_or_id.profile_dir
+    else:
+        cluster_id = ref_or_id
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        if p.pid == os.getpid():
+            continue
+        try:
+            env = p.environ()
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if env.get("IPP_CLUSTER_ID") == cluster_id and (
+                profile_dir is None or env.get("IPP_PROFILE_DIR") == profile_dir):
+            found.append(p)
+    return found
+
+
+def _ping(ref: ClusterRef, timeout: float = 5.0) -> bool:
+    import ipyparallel as ipp
+
+    try:
+        client = ipp.Client(profile_dir=ref.profile_dir, cluster_id=ref.cluster_id,
+                            timeout=timeout)
+    except Exception:
+        return False
+    client.close()
+    return True
+
+
+def on_this_host(ref: ClusterRef) -> bool:
+    """Was the cluster started on this host (not in a PBS job on another node)?"""
+    return ref.read_state().get("host") in (None, socket.gethostname())
+
+
+def is_running(ref: ClusterRef) -> bool:
+    """Is the controller recorded for this cluster running (and reachable)?"""
+    import json
+
+    state = ref.read_state()
+    if not on_this_host(ref):
+        return _ping(ref)  # started on another node (a PBS job): ask it over the network
+    owner = state.get("owner_pid")
+    if owner and not pid_alive(owner):
+        return False  # its notebook kernel or lab session crashed: stale
+    try:
+        with open(ref.cluster_file) as f:
+            pid = json.load(f)["controller"]["state"]["pid"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return _is_ours(pid, ref)
+
+
+def clean_stale(ref: ClusterRef) -> bool:
+    """Remove what a crashed cluster left behind; True if there was something."""
+    leftovers = cluster_processes(ref)
+    if not ref.has_files() and not leftovers:
+        return False
+    kill_processes(_process_tree([p.pid for p in leftovers]))
+    ref.remove_files()
+    return True
+
+
+# --------------------------------------------------------------------------- start
+def start_cluster(
+    ref: ClusterRef,
+    n: int | None = None,
+    *,
+    mode: str = "local",
+    controller_ip: str | None = None,
+    mpi_args: list[str] | None = None,  # mode='mpi': [mpiexec, args...]
+    daemon: bool = True,
+    wait: bool = True,
+    timeout: float = DEFAULT_START_TIMEOUT,
+    owner_pid: int | None = None,
+):
+    """Start a controller and ``n`` engines (``mode='local'`` or ``'mpi'``).
+
+    ``daemon=True`` leaves them running after this process exits (what
+    ``launch_cluster.sh start`` wants); ``daemon=False`` stops them at exit.
+    A stale cluster of the same id (left by a crash) is cleaned first; a running
+    one is an error (``RuntimeError``), so nothing is started twice.
+    ``owner_pid``: the process whose death ends the cluster (the notebook kernel that
+    started it, a ``lab`` session): a reaper watches it.
+    Returns the ``ipyparallel.Cluster``.
+    """
+    import ipyparallel as ipp
+    from traitlets.config import Config
+
+    n = check_n(default_n(visible_gpus()) if n is None else n)
+    if mode not in ("local", "mpi"):
+        raise ValueError(f"mode must be 'local' or 'mpi', got {mode!r}")
+    if is_running(ref):
+        raise RuntimeError(
+            f"cluster {ref} is already running; stop it first with ./launch_cluster.sh stop"
+        )
+    clean_stale(ref)
+    os.makedirs(ref.security_dir, mode=0o700, exist_ok=True)
+
+    config = Config()
+    # torch is imported by the engines while the controller starts (helpers.engine.main).
+    config.EngineLauncher.engine_cmd = list(ENGINE_CMD)
+    # engines stop after this many missed pings: 50 s at 100 ms, as 50 x 1 s before
+    config.EngineLauncher.engine_args = ["--IPEngine.max_heartbeat_misses=500"]
+    if mode == "mpi":
+        # mpi_args: [mpiexec, arg, ...] as chosen by helpers.cluster.cli.mpi_launch_args
+        mpi_cmd, *rest = list(mpi_args or ["mpiexec"])
+        config.MPILauncher.mpi_cmd = [mpi_cmd]
+        config.MPILauncher.mpi_args = rest
+    cluster = ipp.Cluster(
+        n=n,
+        cluster_id=ref.cluster_id,
+        profile_dir=ref.profile_dir,
+        engines="mpi" if mode == "mpi" else "local",
+        controller_ip=controller_ip or "127.0.0.1",
+        # An engine is registered on the 2nd heartbeat after it connects: beat every
+        # 100 ms (not 1 s), with the same tolerance in seconds as before (10 s).
+        controller_args=["--ping=100", "--HeartMonitor.max_heartmonitor_misses=100"],
+        shutdown_atexit=not daemon,
+        delay=0,
+        # engines start at once and wait for the controller's connection file
+        send_engines_connection_env=False,
+        engine_timeout=int(timeout),
+        config=config,
+        # ipyparallel logs a stopped process's output as a warning; we show it only
+        # when something failed (stop_cluster's report)
+        log_level=40,
+    )
+    cluster.start_controller_sync()
+    cluster.start_engines_sync(n)
+    ref.write_state(host=socket.gethostname(), mode=mode, n=n, started=time.time(),
+                    job_id=os.environ.get("PBS_JOBID"), owner_pid=owner_pid)
+    if owner_pid:
+        start_reaper(ref, owner_pid)
+    if wait:
+        client = cluster.connect_client_sync()
+        try:
+            client.wait_for_engines(n, timeout=timeout, interactive=False)
+        except TimeoutError:
+            got = len(client.ids)
+            client.close()
+            log = engine_log_tail(cluster)
+            stop_cluster(ref, cluster=cluster)
+            raise RuntimeError(
+                f"only {got} of {n} engines registered within {timeout:.0f} s; "
+                f"nothing was left running.{log}"
+            ) from None
+        client.close()
+    return cluster
+
+
+def start_reaper(ref: ClusterRef, owner_pid: int) -> None:
+    """Start the process that ends this cluster when ``owner_pid`` dies (see reaper.py)."""
+    env = dict(os.environ, IPP_CLUSTER_ID=ref.cluster_id, IPP_PROFILE_DIR=ref.profile_dir)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    subprocess.Popen(
+        [sys.executable, "-m", "helpers.cluster.reaper", str(owner_pid), ref.cluster_id,
+         ref.profile_dir],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+    )
+
+
+def engine_log_tail(cluster, lines: int = 8) -> str:
+    """The last lines the engines printed (shown when a start or stop failed)."""
+    try:
+        out = "".join(es.get_output() for es in cluster.engines.values())
+    except Exception:
+        return ""
+    tail = out.strip().splitlines()[-lines:]
+    return ("\nlast engine output:\n  " + "\n  ".join(tail)) if tail else ""
+
+
+# --------------------------------------------------------------------------- stop
+@dataclass
+class StopReport:
+    """What :func:`stop_cluster` found and did."""
+
+    was_running: bool = False
+    exited: int = 0  # engines that exited on their own when asked
+    ended: list[int] = field(default_factory=list)  # pids that had to be killed
+    seconds: float = 0.0
+
+    def line(self, ref: ClusterRef) -> str:
+        if not self.was_running and not self.ended:
+            return f"no cluster {ref} was running"
+        extra = (f"; {len(self.ended)} process(es) did not exit and were killed"
+                 if self.ended else "")
+        return f"cluster {ref} stopped in {self.seconds:.1f} s{extra}"
+
+
+def ask_engines_to_exit(client, timeout: float = STOP_GRACE) -> int:
+    """Each engine drops its process group and exits with status 0; how many were asked."""
+    from ..engine.pg import exit_process
+
+    ids = list(client.ids)
+    if not ids:
+        return 0
+    try:
+        client[ids].apply_async(exit_process).get(timeout=timeout)
+    except Exception:
+        pass  # a dead or stuck engine is ended below
+    return len(ids)
+
+
+def stop_cluster(ref: ClusterRef, *, client=None, cluster=None) -> StopReport:
+    """Stop every process of the cluster and remove its files.
+
+    Engines are asked to exit (``client`` when the caller has one, else a new one); what
+    is still running ``STOP_GRACE`` s later is ended.  Never prints; see ``StopReport``.
+    """
+    t0 = time.monotonic()
+    report = StopReport(was_running=is_running(ref))
+    remote = report.was_running and not on_this_host(ref)
+    own_client = None
+    if report.was_running and client is None:
+        try:
+            import ipyparallel as ipp
+
+            client = own_client = ipp.Client(profile_dir=ref.profile_dir,
+                                             cluster_id=ref.cluster_id, timeout=5)
+        except Exception:
+            client = None
+    if client is not None:
+        report.exited = ask_engines_to_exit(client)
+        if remote:  # a PBS job on another node: its controller stops, the job ends
+            try:
+                client.shutdown(hub=True, block=False)
+            except Exception:
+                pass
+    if own_client is not None:
+        own_client.close()
+    pids = [p for p in _pids_in_cluster_file(ref.cluster_file) if _is_ours(p, ref)]
+    procs = {p.pid: p for p in _process_tree(pids) + cluster_processes(ref)}
+    engines = [p for p in procs.values() if _is_engine(p)]
+    if engines and report.exited:
+        import psutil
+
+        psutil.wait_procs(engines, timeout=STOP_GRACE)
+    alive = [p for p in procs.values() if p.is_running() and p.status() != "zombie"]
+    killed = kill_processes(alive, grace=1.0)
+    report.ended = [p.pid for p in killed]
+    if cluster is not None:
+        _forget(cluster)
+    ref.remove_files()
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def _is_engine(p) -> bool:
+    try:
+        return any("engine" in part for part in p.cmdline()[1:4])
+    except Exception:
+        return False
+
+
+def _forget(cluster) -> None:
+    """The in-process ipyparallel.Cluster object: already stopped, do not stop it at exit.
+
+    Its processes are children of this one: collect their exit status (no zombies left).
+    """
+    launchers = [cluster.controller]
+    for es in list(cluster.engines.values()):
+        launchers += [es, *getattr(es, "launchers", {}).values()]
+    for launcher in launchers:
+        popen = getattr(launcher, "_popen_process", None)
+        if popen is not None:
+            try:
+                popen.wait(2)
+            except Exception:
+                pass
+    try:
+        from ipyparallel.cluster import cluster as ipp_cluster
+
+        ipp_cluster._atexit_clusters.discard(cluster)
+        for es in list(cluster.engines.values()):
+            es.get_output(remove=True)
+        if cluster.controller is not None:
+            cluster.controller.get_output(remove=True)
+        cluster.shutdown_atexit = False  # its __del__ would stop it again at interpreter exit
+        cluster.engines = {}
+        cluster.controller = None
+    except Exception:
+        pass

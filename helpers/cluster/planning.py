@@ -1,0 +1,126 @@
+"""Rank planning: who is rank r, on which host and device, over which backend.
+
+Pure functions of what the engines reported (:func:`helpers.engine.pg.probe`): no process,
+no torch, no network, so every branch (several hosts, MPI ranks, NCCL refused) is
+unit-tested on one machine.  Decided on the notebook side, before any rank enters a
+collective.
+
+Conventions (DESIGN.md): rank is not engine id; ranks are 0..N-1 in the order of the
+sorted engine ids, and under MPI they equal the MPI rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_CPU_ENGINES = 4  # the embedded default: a stand-in for one Derecho node (4 GPUs)
+BACKENDS = ("gloo", "nccl")
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """One engine as the course sees it."""
+
+    rank: int
+    engine_id: int
+    host: str
+    pid: int
+    device: str
+    local_rank: int
+    local_world_size: int = 1
+
+
+def default_n(gpus: int) -> int:
+    """One engine per visible GPU; 4 CPU engines where there is none.
+
+    >>> default_n(0), default_n(4)
+    (4, 4)
+    """
+    return gpus or DEFAULT_CPU_ENGINES
+
+
+def check_backend(backend) -> str | None:
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def check_n(n, *, backend: str | None = None, gpus: int = 0) -> int:
+    """Refuse a bad engine count with a message that says what to do.
+
+    >>> check_n("4")
+    4
+    >>> check_n(4, backend="nccl", gpus=2)
+    Traceback (most recent call last):
+    ValueError: NCCL needs one GPU per engine: asked for 4 engines but this node sees 2 GPU(s); use -n 2 or the gloo backend
+    """
+    if isinstance(n, bool) or not isinstance(n, int):
+        try:
+            n = int(str(n), 10)
+        except ValueError:
+            raise ValueError(
+                f"number of engines must be a whole number, got {n!r}; e.g. -n 4"
+            ) from None
+    if n < 1:
+        raise ValueError(f"number of engines must be at least 1, got {n}; e.g. -n 4")
+    if backend == "nccl" and n > gpus:
+        raise ValueError(
+            f"NCCL needs one GPU per engine: asked for {n} engines but this node "
+            f"sees {gpus} GPU(s); use -n {gpus} or the gloo backend"
+            if gpus else
+            "NCCL needs GPUs but this node sees none; use the gloo backend (CPU engines)"
+        )
+    return n
+
+
+def rank_order(infos: list[dict]) -> list[dict]:
+    """The probed engines in rank order: by MPI rank when every engine has a distinct one
+    covering 0..N-1, else by engine id."""
+    infos = sorted(infos, key=lambda i: i["engine_id"])
+    mpi = [i.get("mpi_rank") for i in infos]
+    if None not in mpi and sorted(mpi) == list(range(len(infos))):
+        infos.sort(key=lambda i: i["mpi_rank"])
+    return infos
+
+
+def plan_ranks(infos: list[dict], backend: str | None = None) -> tuple[str, list[EngineInfo]]:
+    """Ranks, local ranks, backend and devices for the probed engines.
+
+    ``infos``: one dict per engine with ``engine_id``, ``host``, ``pid``, ``cuda_count`` and
+    (optionally) ``mpi_rank``.  NCCL is chosen when every engine can own a GPU of its host,
+    and refused, with the host and counts, when asked for where it cannot.
+    """
+    check_backend(backend)
+    infos = rank_order(infos)
+    n = len(infos)
+    hosts = [i["host"] for i in infos]
+    local_rank = [hosts[:r].count(h) for r, h in enumerate(hosts)]
+    per_host = {h: hosts.count(h) for h in hosts}
+    gpus_ok = n > 0 and all(i["cuda_count"] >= per_host[i["host"]] for i in infos)
+    if backend is None:
+        backend = "nccl" if gpus_ok else "gloo"
+    if backend == "nccl" and not gpus_ok:
+        worst = min(infos, key=lambda i: i["cuda_count"] - per_host[i["host"]])
+        raise ValueError(
+            f"backend='nccl' needs one GPU per engine, but host {worst['host']} runs "
+            f"{per_host[worst['host']]} engines and sees {worst['cuda_count']} GPU(s); "
+            "use backend='gloo' or start one engine per GPU"
+        )
+    engines = [
+        EngineInfo(
+            rank=r, engine_id=i["engine_id"], host=i["host"], pid=i["pid"],
+            device=(f"cuda:{local_rank[r]}" if backend == "nccl" else "cpu"),
+            local_rank=local_rank[r], local_world_size=per_host[i["host"]],
+        )
+        for r, i in enumerate(infos)
+    ]
+    return backend, engines
+
+
+def threads_per_engine(cpus: int, engines_on_host: int) -> int:
+    """torch threads per engine so that N engines do not oversubscribe the host's cores.
+
+    >>> threads_per_engine(2, 4), threads_per_engine(64, 4)
+    (1, 16)
+    """
+    return max(1, cpus // max(1, engines_on_host))

@@ -1,0 +1,121 @@
+"""One object for one cluster's identity: :class:`ClusterRef`, and the files it owns.
+
+A cluster is known by its id and its ipyparallel profile dir; every path the course
+writes for it (state, ipyparallel's cluster and connection files, PBS job script and id)
+derives from those two, here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from dataclasses import dataclass
+
+
+def _default_id() -> str:
+    return os.environ.get("TP_CLUSTER_ID") or f"tp-{getpass.getuser()}"
+
+
+def _default_profile_dir() -> str:
+    return os.path.abspath(
+        os.environ.get("TP_PROFILE_DIR")
+        or os.path.join(os.path.expanduser("~"), ".ipython", "profile_tp")
+    )
+
+
+@dataclass(frozen=True)
+class ClusterRef:
+    """Which cluster: ``cluster_id`` and the absolute ``profile_dir`` it lives in.
+
+    >>> ref = ClusterRef("tp-ada", "/home/ada/.ipython/profile_tp")
+    >>> ref.state_file
+    '/home/ada/.ipython/profile_tp/security/tp-tp-ada.json'
+    """
+
+    cluster_id: str
+    profile_dir: str
+
+    def __post_init__(self):
+        if not self.cluster_id or not isinstance(self.cluster_id, str):
+            raise ValueError(f"cluster id must be a non-empty string, got {self.cluster_id!r}")
+        object.__setattr__(self, "profile_dir", os.path.abspath(str(self.profile_dir)))
+
+    @classmethod
+    def of(cls, cluster_id: str | None = None, profile_dir: str | None = None) -> ClusterRef:
+        """The given id / profile dir, or the learner's defaults: ``$TP_CLUSTER_ID`` or
+        ``tp-<user>`` (one cluster per learner on a shared node), ``$TP_PROFILE_DIR`` or
+        ``~/.ipython/profile_tp``."""
+        return cls(cluster_id or _default_id(), profile_dir or _default_profile_dir())
+
+    def __str__(self) -> str:
+        return repr(self.cluster_id)
+
+    # ---- paths
+    @property
+    def security_dir(self) -> str:
+        return os.path.join(self.profile_dir, "security")
+
+    @property
+    def log_dir(self) -> str:
+        return os.path.join(self.profile_dir, "log")
+
+    @property
+    def state_file(self) -> str:
+        """The course's own record: host, mode, n, owner pid, PBS job."""
+        return os.path.join(self.security_dir, f"tp-{self.cluster_id}.json")
+
+    @property
+    def cluster_file(self) -> str:
+        """ipyparallel's record of the cluster (controller and engine pids)."""
+        return os.path.join(self.security_dir, f"cluster-{self.cluster_id}.json")
+
+    @property
+    def job_file(self) -> str:
+        """The PBS job id of a cluster started with ``--pbs``."""
+        return os.path.join(self.security_dir, f"tp-{self.cluster_id}.job")
+
+    @property
+    def pbs_script(self) -> str:
+        return os.path.join(self.security_dir, f"tp-{self.cluster_id}.pbs")
+
+    @property
+    def pbs_log(self) -> str:
+        return os.path.join(self.log_dir, f"tp-{self.cluster_id}.pbs.log")
+
+    @property
+    def engine_log(self) -> str:
+        """Where engines' output goes (shown only when something failed)."""
+        return os.path.join(self.log_dir, f"tp-{self.cluster_id}.engines.log")
+
+    def _files(self) -> list[str]:
+        return [
+            self.cluster_file, self.state_file,
+            os.path.join(self.security_dir, f"ipcontroller-{self.cluster_id}-engine.json"),
+            os.path.join(self.security_dir, f"ipcontroller-{self.cluster_id}-client.json"),
+        ]
+
+    # ---- the state file
+    def write_state(self, **info) -> None:
+        os.makedirs(self.security_dir, mode=0o700, exist_ok=True)
+        fd = os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
+
+    def read_state(self) -> dict:
+        """The state file's contents; ``{}`` when there is none."""
+        try:
+            with open(self.state_file) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def has_files(self) -> bool:
+        return os.path.exists(self.cluster_file) or os.path.exists(self.state_file)
+
+    def remove_files(self) -> None:
+        for path in self._files():
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass

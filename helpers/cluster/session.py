@@ -1,0 +1,436 @@
+"""The notebook's handle on its cluster: :class:`TPCluster` and :func:`connect`.
+
+The first code cell of every notebook is::
+
+    from helpers import connect
+    cluster = connect()   # attach to the cluster launch_cluster.sh started, or start the local default
+
+After it every engine has what a torchrun worker has (``torch``, ``dist``, ``rank``,
+``world_size``, ``local_rank``, ``device``, ``backend``; torchrun's environment variables;
+a script-like ``sys.argv``; the notebook's folder as working directory), and ``%%px`` runs
+a cell on every engine at once.  The learner's kernel never joins the process group.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import ipyparallel as ipp
+
+from ..engine import namespace as engine_ns
+from ..engine import pg as engine_pg
+from ..engine import watchdog as engine_watchdog
+from . import magics
+from .lifecycle import (
+    DEFAULT_START_TIMEOUT,
+    is_running,
+    on_this_host,
+    start_cluster,
+    stop_cluster,
+    visible_gpus,
+)
+from .planning import EngineInfo, check_backend, check_n, default_n, plan_ranks, threads_per_engine
+from .ref import ClusterRef
+
+DEFAULT_PG_TIMEOUT = 30.0  # seconds a collective may wait before it fails (teaching-sized)
+
+
+def probe_engines(client) -> list[dict]:
+    """``helpers.engine.pg.probe()`` of every registered engine, with its engine id."""
+    ids = sorted(client.ids)
+    infos = client[ids].apply_sync(engine_pg.probe) if ids else []
+    for eid, info in zip(ids, infos):
+        info["engine_id"] = eid
+    return infos
+
+
+def _script_name() -> str | None:
+    """The notebook's file name, when Jupyter tells the kernel (``sys.argv[0]`` on engines)."""
+    path = os.environ.get("JPY_SESSION_NAME")
+    return os.path.basename(path) if path else None
+
+
+@dataclass(eq=False)
+class TPCluster:
+    """A connected cluster with torch.distributed initialized on every engine.
+
+    ``view`` is a blocking DirectView over all engines in rank order; ``%%px``
+    runs on it.  ``pull(name)`` returns that engine variable from every rank, as
+    a list ordered by rank: the basis of every dense-reference check.
+    """
+
+    ref: ClusterRef
+    client: ipp.Client
+    cluster: ipp.Cluster | None = None  # set when connect() started it
+    owned: bool = False
+    timeout: float = DEFAULT_PG_TIMEOUT
+    backend: str = "gloo"
+    engines: list[EngineInfo] = field(default_factory=list)
+    _px_cells: list[int] = field(default_factory=list, repr=False)  # In[n] of %%px cells run
+    _watchdogs: dict[int, tuple[str, int]] = field(default_factory=dict, repr=False)
+    _token: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
+    _cwd: str | None = field(default=None, repr=False)  # the folder the engines follow
+
+    # ---- facts
+    @property
+    def cluster_id(self) -> str:
+        return self.ref.cluster_id
+
+    @property
+    def profile_dir(self) -> str:
+        return self.ref.profile_dir
+
+    @property
+    def world_size(self) -> int:
+        return len(self.engines)
+
+    @property
+    def engine_ids(self) -> list[int]:
+        """Engine ids in rank order (``engine_ids[r]`` runs rank r)."""
+        return [e.engine_id for e in self.engines]
+
+    @property
+    def devices(self) -> list[str]:
+        return [e.device for e in self.engines]
+
+    @property
+    def view(self):
+        self.check_alive()  # a dead rank is named, not a bare KeyError
+        view = self.client[self.engine_ids]
+        view.block = True
+        return view
+
+    def info(self) -> list[dict]:
+        """One dict per rank: rank, engine id, host, pid, device, backend."""
+        return [dict(vars(e), backend=self.backend) for e in self.engines]
+
+    def __repr__(self) -> str:
+        hosts = sorted({e.host for e in self.engines})
+        return (
+            f"<TPCluster {self.cluster_id!r}: {self.world_size} ranks, backend "
+            f"{self.backend}, devices {self.devices}, hosts {hosts}>"
+        )
+
+    # ---- data in and out, by rank
+    def pull(self, name: str) -> list:
+        """The engine variable ``name`` from every rank, as a list ordered by rank."""
+        self.check_alive()
+        futures = [self.client[eid].pull(name, block=False) for eid in self.engine_ids]
+        return [f.get() for f in futures]
+
+    def push(self, **values) -> None:
+        """Send the same values to every rank (``cluster.push(x=x)``)."""
+        self.view.push(values, block=True)
+
+    def push_by_rank(self, name: str, values: list) -> None:
+        """Send ``values[r]`` to rank r as ``name``."""
+        if len(values) != self.world_size:
+            raise ValueError(
+                f"push_by_rank needs one value per rank: got {len(values)} for "
+                f"{self.world_size} ranks"
+            )
+        self.check_alive()
+        futures = [
+            self.client[eid].push({name: v}, block=False)
+            for eid, v in zip(self.engine_ids, values)
+        ]
+        for f in futures:
+            f.get()
+
+    def run(self, code: str) -> None:
+        """Run ``code`` on every rank (what a ``%%px`` cell does), raising on error."""
+        self.follow_cwd()
+        self.view.execute(code, block=True)
+
+    def apply(self, func, *args, **kwargs) -> list:
+        """Call ``func(*args, **kwargs)`` on every rank; results ordered by rank."""
+        return self.view.apply_sync(func, *args, **kwargs)
+
+    def activate(self) -> None:
+        """Make ``%%px`` / ``%px`` run on this cluster's engines (inside IPython)."""
+        magics.install_magics(self)
+
+    def follow_cwd(self, folder: str | None = None) -> None:
+        """Engines work in this notebook's folder (``os.getcwd()``) and import from it first.
+
+        Called by ``connect()`` and before every ``%%px`` cell; costs a round trip only
+        when the folder changed (``%cd``).
+        """
+        folder = os.path.abspath(folder or os.getcwd())
+        if folder == self._cwd:
+            return
+        ok = self.view.apply_sync(engine_pg.follow_cwd, folder, self._cwd)
+        self._cwd = folder
+        missing = [e.rank for e, good in zip(self.engines, ok) if not good]
+        if missing:
+            print(f"note: {folder} does not exist on the host(s) of rank(s) "
+                  f"{', '.join(map(str, missing))}; they keep their working directory")
+
+    # ---- the process group
+    def init_distributed(self, backend: str | None = None, timeout: float | None = None,
+                         threads: int | None = None, force: bool = False) -> None:
+        """Initialize (or adopt) torch.distributed on every engine.
+
+        Ranks follow the sorted engine ids (the MPI rank under mpiexec).  An
+        already-initialized group of the right size is adopted, unless ``force``.
+        """
+        if timeout is not None:
+            if not timeout > 0:
+                raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+            self.timeout = float(timeout)
+        infos = probe_engines(self.client)
+        n = len(infos)
+        if n == 0:
+            raise RuntimeError(
+                f"cluster {self.cluster_id!r} has no engines; restart it with "
+                "./launch_cluster.sh stop && ./launch_cluster.sh start"
+            )
+        backend, self.engines = plan_ranks(infos, backend)
+        self.backend = backend
+        per_host = Counter(e.host for e in self.engines)
+        by_id = {i["engine_id"]: i for i in infos}
+        adopt = not force and all(
+            by_id[e.engine_id]["initialized"] and by_id[e.engine_id]["world_size"] == n
+            and by_id[e.engine_id]["rank"] == e.rank and by_id[e.engine_id]["backend"] == backend
+            for e in self.engines)
+        if adopt:
+            self._start_watchdogs(per_host)
+            return
+        if threads is None:
+            threads = threads_per_engine(min(i["cpus"] for i in infos), max(per_host.values()))
+        self.view.apply_sync(engine_pg.destroy)
+        rank0 = self.client[self.engine_ids[0]]
+        addr = "127.0.0.1" if len(per_host) == 1 else rank0.apply_sync(engine_pg.host_address)
+        port = rank0.apply_sync(engine_pg.open_store, addr, n, self.timeout)
+        script = _script_name()
+        futures = [
+            self.client[e.engine_id].apply_async(
+                engine_pg.init, e.rank, n, e.local_rank, e.local_world_size, addr, port,
+                backend, e.device, self.timeout, threads, script,
+            )
+            for e in self.engines
+        ]
+        deadline = time.monotonic() + self.timeout + 30
+        for e, f in zip(self.engines, futures):
+            try:
+                f.get(timeout=max(1.0, deadline - time.monotonic()))
+            except ipp.error.TimeoutError:
+                raise RuntimeError(
+                    f"rank {e.rank} (engine {e.engine_id} on {e.host}) did not join the "
+                    f"process group within {self.timeout:.0f} s"
+                ) from None
+        self._start_watchdogs(per_host)
+
+    def _start_watchdogs(self, per_host) -> None:
+        """One watchdog thread per engine (see helpers.engine.watchdog); it outlives groups."""
+        addrs = self.view.apply_sync(engine_pg.host_address) if len(per_host) > 1 else None
+        # a second notebook attaching reuses the first one's token
+        known = self.client[self.engine_ids[0]].apply_sync(engine_ns.fetch_values, ["_tp_token"])
+        self._token = known.get("_tp_token", self._token)
+        self.view.push({"_tp_token": self._token}, block=True)
+        futures = []
+        for i, e in enumerate(self.engines):
+            addr = addrs[i] if addrs else "127.0.0.1"
+            futures.append((e.rank, addr, self.client[e.engine_id].apply_async(
+                engine_watchdog.start_watchdog, addr, self._token)))
+        self._watchdogs = {r: (addr, f.get(timeout=30)) for r, addr, f in futures}
+
+    # ---- faults: the recovery protocol lives with the %%px magics (magics.py)
+    def dead_ranks(self) -> list[EngineInfo]:
+        """Engines of this cluster that are no longer registered (died, were killed)."""
+        return magics.dead_ranks(self)
+
+    def check_alive(self) -> None:
+        """Raise DeadRankError naming the dead ranks (called before every %%px cell)."""
+        magics.check_alive(self)
+
+    def busy_ranks(self) -> list[int]:
+        """Ranks whose engine is still running a task."""
+        return magics.busy_ranks(self)
+
+    def abort_collectives(self, timeout: float = 2.0) -> dict[int, int]:
+        """Shut down every rank's process-group sockets: blocked collectives fail at once."""
+        return magics.abort_collectives(self, timeout)
+
+    def recover(self, timeout: float = DEFAULT_START_TIMEOUT) -> str:
+        """Get back to a working cluster, never touching this notebook's own variables.
+
+        Every engine alive: the process group is rebuilt and every engine variable kept.
+        An engine died: all N engines restart (ranks 0..N-1) and you are told which
+        variables were lost and which ``%%px`` cells to re-run.  Returns what it did.
+        """
+        return magics.recover(self, timeout)
+
+    def restart_engines(self, timeout: float = DEFAULT_START_TIMEOUT) -> list[int]:
+        """Replace every engine by a fresh one; ranks stay 0..N-1 (engine ids change).
+
+        Engine variables are lost; the process group is rebuilt.  Returns the
+        new engine ids in rank order.
+        """
+        n = self.world_size
+        old = set(self.client.ids)
+        if self.cluster is None:
+            self.cluster = ipp.Cluster.from_file(
+                profile_dir=self.profile_dir, cluster_id=self.cluster_id
+            )
+        self.cluster.restart_engines_sync()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            new = [i for i in self.client.ids if i not in old]
+            if len(new) >= n:
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(
+                f"only {len(new)} of {n} engines came back within {timeout:.0f} s; "
+                "./launch_cluster.sh stop && ./launch_cluster.sh start"
+            )
+        # forget the dead ones so sorted(client.ids) is the new set
+        deadline = time.monotonic() + 15
+        while set(self.client.ids) & old and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self._cwd = None
+        self.init_distributed(force=True)
+        self.follow_cwd()
+        return self.engine_ids
+
+    # ---- teardown
+    def shutdown(self, quiet: bool = False) -> None:
+        """Stop the cluster if ``connect()`` started it; otherwise just disconnect.
+
+        Prints one line (none with ``quiet``); engine output is shown only when an engine
+        had to be ended because it would not exit.
+        """
+        if _CONNECTIONS.get(self.ref) is self:
+            del _CONNECTIONS[self.ref]
+        try:
+            atexit.unregister(self._at_exit)
+        except Exception:
+            pass
+        if not self.owned:
+            self._close_client()
+            if not quiet:
+                print(f"disconnected from cluster {self.ref} (it keeps running: "
+                      "./launch_cluster.sh stop ends it)")
+            return
+        report = stop_cluster(self.ref, client=self.client, cluster=self.cluster)
+        self._close_client()
+        self.owned = False
+        if not quiet:
+            print(report.line(self.ref))
+
+    def _close_client(self) -> None:
+        try:
+            self.client.close()
+        except Exception:
+            pass
+
+    def _at_exit(self) -> None:
+        self.shutdown(quiet=True)
+
+
+_CONNECTIONS: dict[ClusterRef, TPCluster] = {}
+
+
+def connect(
+    n: int | None = None,
+    *,
+    timeout: float = DEFAULT_PG_TIMEOUT,
+    backend: str | None = None,
+    threads: int | None = None,
+    cluster_id: str | None = None,
+    profile_dir: str | None = None,
+    start_timeout: float = DEFAULT_START_TIMEOUT,
+    activate: bool = True,
+) -> TPCluster:
+    """Attach to the cluster ``launch_cluster.sh`` started, or start the local default.
+
+    n:        engines wanted (default: the running cluster's size, or one per
+              visible GPU, or 4 CPU engines).
+    timeout:  seconds any collective may wait before it fails with an error
+              (the process-group timeout); short, so a wrong collective ends fast.
+    backend:  'nccl' when every engine owns a GPU, else 'gloo' (default: chosen).
+    threads:  torch threads per engine (default: this host's cores / engines).
+
+    Calling it again returns the same cluster.  A cluster that ``connect()``
+    started itself is stopped by ``cluster.shutdown()`` or when this kernel exits
+    (a crashed kernel's cluster is ended by a reaper within a second).
+    """
+    ref = ClusterRef.of(cluster_id, profile_dir)
+    check_backend(backend)
+    if n is not None:
+        n = check_n(n, backend=backend, gpus=visible_gpus() if backend == "nccl" else 0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+
+    existing = _CONNECTIONS.get(ref)
+    if existing is not None:
+        if n is not None and n != existing.world_size:
+            raise ValueError(
+                f"this notebook is already connected to {existing.world_size} engines; "
+                f"connect(n={n}) would need a new cluster: call cluster.shutdown() first"
+            )
+        if activate:
+            existing.activate()
+        existing.follow_cwd()
+        return existing
+
+    owned = False
+    cluster = None
+    if is_running(ref):
+        # Started by launch_cluster.sh (maybe in a PBS job on another node).
+        client = ipp.Client(profile_dir=ref.profile_dir, cluster_id=ref.cluster_id, timeout=30)
+        expected = n or ref.read_state().get("n")
+    else:
+        try:
+            cluster = start_cluster(ref, n, daemon=False, wait=False, timeout=start_timeout,
+                                    owner_pid=os.getpid())
+        except Exception as e:
+            raise RuntimeError(
+                f"no cluster {ref} is running and one could not be started: {e}\n"
+                "Start one in a terminal with ./launch_cluster.sh start, then connect() again."
+            ) from e
+        owned = True
+        client = cluster.connect_client_sync()
+        expected = n or default_n(visible_gpus())
+    if expected:
+        try:
+            client.wait_for_engines(expected, timeout=start_timeout, interactive=False)
+        except TimeoutError:
+            got = len(client.ids)
+            client.close()
+            if owned:
+                stop_cluster(ref, cluster=cluster)
+            raise RuntimeError(
+                f"cluster {ref}: only {got} of {expected} engines came up within "
+                f"{start_timeout:.0f} s; check ./launch_cluster.sh status"
+            ) from None
+    if n is not None and len(client.ids) != n:
+        got = len(client.ids)
+        client.close()
+        raise ValueError(
+            f"cluster {ref} runs {got} engines, not n={n}; call connect() "
+            "without n, or restart it: ./launch_cluster.sh stop && "
+            f"./launch_cluster.sh start -n {n}"
+        )
+    tc = TPCluster(ref=ref, client=client, cluster=cluster, owned=owned, timeout=float(timeout))
+    try:
+        tc.init_distributed(backend=backend, timeout=timeout, threads=threads)
+        tc.follow_cwd()
+    except BaseException:
+        tc.shutdown(quiet=True)
+        raise
+    _CONNECTIONS[ref] = tc
+    if owned:
+        atexit.register(tc._at_exit)
+    if activate:
+        tc.activate()
+    return tc
+
+
+__all__ = ["TPCluster", "connect", "probe_engines", "DEFAULT_PG_TIMEOUT", "on_this_host"]

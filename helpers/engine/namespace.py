@@ -1,0 +1,46 @@
+"""The engine's interactive namespace: what ``%%px`` cells see, read and fetched by reference."""
+
+from __future__ import annotations
+
+import builtins
+import types
+
+# names connect() defines on every engine: not the learner's state
+CONNECT_NAMES = {"torch", "dist", "rank", "world_size", "local_rank", "device", "backend"}
+
+
+def user_ns() -> dict:
+    """The engine's interactive namespace (what ``%%px`` cells see)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - engines always have IPython
+        return {}
+    ip = get_ipython()
+    return ip.user_ns if ip is not None else {}
+
+
+def user_names() -> list[str]:
+    """The learner's variables on this engine (what a restart would lose)."""
+    ns = user_ns()
+    hidden = {"In", "Out", "exit", "quit", "get_ipython"} | set(vars(builtins))
+    return sorted(
+        k for k, v in ns.items()
+        if not k.startswith("_") and k not in CONNECT_NAMES and k not in hidden
+        and not isinstance(v, types.ModuleType)
+    )
+
+
+def fetch_values(names: list[str]) -> dict:
+    """The named values of this engine's namespace, tensors detached to the CPU.
+
+    Names that are not defined are left out of the returned dict (never an error).
+    """
+    import torch
+
+    ns = user_ns()
+    out = {}
+    for name in names:
+        if name in ns:
+            value = ns[name]
+            out[name] = value.detach().cpu() if isinstance(value, torch.Tensor) else value
+    return out

@@ -1,0 +1,280 @@
+"""The process group on an engine, set up so that a ``%%px`` cell runs like a torchrun script.
+
+Shipped to the engines by reference (``cluster.apply(pg.init, ...)``), never as strings.
+After :func:`init` an engine has what a torchrun worker has:
+
+* the names ``torch``, ``dist``, ``rank``, ``world_size``, ``local_rank``, ``device``, ``backend``;
+* torchrun's environment: ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``,
+  ``MASTER_ADDR``, ``MASTER_PORT``;
+* ``sys.argv == [script name]``, so ``argparse.ArgumentParser().parse_args()`` gives defaults;
+* the notebook's folder as working directory and first entry of ``sys.path`` (:func:`follow_cwd`);
+* a pasted ``dist.init_process_group(...)`` adopts the course's group when it asks for the same
+  backend and world size, and is refused in one line naming both values when it does not
+  (before any collective, so no rank waits); a pasted ``dist.destroy_process_group()`` keeps
+  the course's group (a batch job would end there; a notebook goes on to the next cell).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from datetime import timedelta
+
+from .namespace import user_ns
+from .watchdog import record_pg_sockets, socket_inodes
+
+# Environment variables that carry the MPI rank, by launcher:
+# MPICH/hydra and Cray PALS (Derecho) set PMI_RANK / PALS_RANKID, Open MPI its own.
+_MPI_RANK_VARS = ("PMI_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK")
+
+#: what ``sys.argv[0]`` is on the engines when the notebook's name is unknown
+SCRIPT_NAME = "px_cell.py"
+
+
+class ProcessGroupMismatch(ValueError):
+    """A pasted ``init_process_group`` asks for another backend or world size than the course's."""
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def probe() -> dict:
+    """Describe this engine: host, pid, MPI rank, GPUs, process-group state."""
+    import torch
+    import torch.distributed as dist
+
+    mpi_rank = None
+    for var in _MPI_RANK_VARS:
+        if var in os.environ:
+            mpi_rank = int(os.environ[var])
+            break
+    ns = user_ns()
+    initialized = dist.is_available() and dist.is_initialized()
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "mpi_rank": mpi_rank,
+        "cuda_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "cpus": _cpu_count(),
+        "initialized": initialized,
+        "rank": dist.get_rank() if initialized else None,
+        "world_size": dist.get_world_size() if initialized else None,
+        "backend": dist.get_backend() if initialized else None,
+        "device": str(ns.get("device")) if initialized and "device" in ns else None,
+        # a str, not TorchVersion: unpickling it must not import torch in the notebook
+        "torch": str(torch.__version__),
+    }
+
+
+def host_address() -> str:
+    """An address of this host that other hosts of the job can reach."""
+    host = socket.gethostname()
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return host
+
+
+def open_store(addr: str, world_size: int, timeout_s: float) -> int:
+    """Rank 0 only: open the rendezvous TCPStore on ``addr``, a port the OS picks (no race).
+
+    The store object stays in the engine namespace as ``_tp_store`` so it lives
+    as long as the process group; returns its port for the other ranks.
+    """
+    import torch.distributed as dist
+
+    # Bind the listening socket ourselves: TCPStore alone listens on every interface.
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind((addr, 0))
+    srv.listen(128)
+    store = dist.TCPStore(
+        addr, srv.getsockname()[1], world_size, is_master=True,
+        timeout=timedelta(seconds=timeout_s), wait_for_workers=False,
+        master_listen_fd=srv.detach(),  # the store owns the socket from now on
+    )
+    user_ns()["_tp_store"] = store
+    return store.port
+
+
+# --------------------------------------------------------------------- the real torch calls
+# Kept before the course replaces them on torch.distributed (see _install_script_hooks).
+_REAL: dict = {}
+
+
+def _real(name: str):
+    if not _REAL:
+        from torch.distributed import distributed_c10d as c10d
+
+        _REAL.update(init_process_group=c10d.init_process_group,
+                     destroy_process_group=c10d.destroy_process_group)
+    return _REAL[name]
+
+
+def destroy() -> bool:
+    """Tear down this engine's process group, if any (keeps every other variable)."""
+    import torch.distributed as dist
+
+    existed = dist.is_available() and dist.is_initialized()
+    if existed:
+        try:
+            _real("destroy_process_group")()
+        except Exception:  # a group killed by a timeout may refuse a clean exit
+            pass
+    user_ns().pop("_tp_store", None)
+    return existed
+
+
+def init(rank: int, world_size: int, local_rank: int, local_world_size: int, addr: str,
+         port: int, backend: str, device: str, timeout_s: float, threads: int,
+         script: str | None = None) -> dict:
+    """Join the process group and make this engine look like a torchrun worker."""
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(max(1, threads))
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    timeout = timedelta(seconds=timeout_s)
+    ns = user_ns()
+    store = ns.get("_tp_store") if rank == 0 else None
+    if store is None:
+        store = dist.TCPStore(addr, port, world_size, is_master=False, timeout=timeout)
+        ns["_tp_store"] = store
+    # torchrun exports these; code that reads them behaves the same here.
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank),
+        LOCAL_WORLD_SIZE=str(local_world_size), MASTER_ADDR=addr, MASTER_PORT=str(port),
+    )
+    sys.argv = [script or SCRIPT_NAME]  # not ipengine's own flags: argparse sees a bare script
+    before = socket_inodes()
+    _real("init_process_group")(backend, store=store, rank=rank, world_size=world_size,
+                                timeout=timeout)
+    dist.barrier()  # every pair connected now, so its sockets are known
+    record_pg_sockets(before)
+    _install_script_hooks()
+    ns.update(
+        torch=torch, dist=dist, rank=rank, world_size=world_size,
+        local_rank=local_rank, device=device, backend=backend,
+    )
+    return {"rank": rank, "device": str(device), "threads": torch.get_num_threads()}
+
+
+def follow_cwd(folder: str, previous: str | None = None) -> bool:
+    """Work in the notebook's ``folder`` and import from it first, as a script beside it would.
+
+    ``previous`` (the folder followed before) leaves ``sys.path``.  False when ``folder``
+    does not exist on this host (an engine on another node without a shared file system).
+    """
+    if not os.path.isdir(folder):
+        return False
+    os.chdir(folder)
+    if previous and previous != folder and previous in sys.path:
+        sys.path.remove(previous)
+    if folder in sys.path:
+        sys.path.remove(folder)
+    sys.path.insert(0, folder)
+    return True
+
+
+# ------------------------------------------------------------ a pasted script's own set-up
+def _backend_names(backend) -> set[str]:
+    """``"cpu:gloo,cuda:nccl"`` -> {"gloo", "nccl"}; ``Backend.GLOO`` -> {"gloo"}."""
+    names = set()
+    for part in str(backend).lower().split(","):
+        names.add(part.split(":")[-1].strip())
+    return names
+
+
+def adopting_init_process_group(backend=None, init_method=None, timeout=None, world_size=-1,
+                                rank=-1, store=None, group_name="", pg_options=None,
+                                device_id=None, **kwargs):
+    """``dist.init_process_group`` as a pasted script calls it, on the course's engines.
+
+    The course's group already exists (``connect()`` built it).  A call asking for the same
+    backend and world size adopts it; any other is refused with both values, on every rank
+    at once, before any collective.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # after a real destroy: behave exactly like torch
+        return _real("init_process_group")(
+            backend, init_method=init_method, timeout=timeout, world_size=world_size,
+            rank=rank, store=store, group_name=group_name, pg_options=pg_options,
+            device_id=device_id, **kwargs)
+    have_backend, have_size = dist.get_backend(), dist.get_world_size()
+    if backend is not None and have_backend not in _backend_names(backend):
+        raise ProcessGroupMismatch(
+            f"init_process_group(backend={str(backend)!r}) but the course's process group "
+            f"is already {have_backend!r} ({_why_backend(have_backend)}); "
+            f"pass backend={have_backend!r}, or drop the call: the group exists")
+    if world_size not in (-1, None) and int(world_size) != have_size:
+        raise ProcessGroupMismatch(
+            f"init_process_group(world_size={world_size}) but this cluster has "
+            f"{have_size} ranks; use world_size={have_size} (or int(os.environ['WORLD_SIZE'])), "
+            f"or connect(n={world_size}) for a cluster of that size")
+    if rank not in (-1, None) and int(rank) != dist.get_rank():
+        raise ProcessGroupMismatch(
+            f"init_process_group(rank={rank}) on the engine that is rank {dist.get_rank()}; "
+            "use rank=int(os.environ['RANK'])")
+    return None  # adopted: the course's group is the default group
+
+
+def _why_backend(backend: str) -> str:
+    import torch
+
+    if backend == "gloo" and not torch.cuda.is_available():
+        return "CPU engines, no GPU"
+    if backend == "gloo":
+        return "engines share GPUs, which NCCL refuses"
+    return "one GPU per engine"
+
+
+def keeping_destroy_process_group(group=None):
+    """``dist.destroy_process_group`` from a pasted script: the course's group is kept.
+
+    A torchrun script ends right after it; a notebook goes on, so the default group stays
+    for the next cell.  Sub-groups (``new_group``, a DeviceMesh's) are destroyed as asked.
+    """
+    import torch.distributed as dist
+
+    if group is None or group is dist.group.WORLD:
+        return None
+    return _real("destroy_process_group")(group)
+
+
+def _install_script_hooks() -> None:
+    """Put the two functions above where a pasted script finds ``init``/``destroy``."""
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d as c10d
+
+    _real("init_process_group")  # remember the real ones first
+    for mod in (dist, c10d):
+        mod.init_process_group = adopting_init_process_group
+        mod.destroy_process_group = keeping_destroy_process_group
+
+
+def exit_process(delay: float = 0.2) -> int:
+    """Leave cleanly on request: drop the process group, then exit with status 0.
+
+    The exit comes ``delay`` s later, after this call's reply has gone back.  ``os._exit``
+    skips interpreter teardown, where a live gloo group can hang.
+    """
+    import threading
+
+    from .watchdog import stop_watchdog
+
+    destroy()
+    stop_watchdog()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    threading.Timer(delay, os._exit, (0,)).start()
+    return os.getpid()

@@ -1,0 +1,116 @@
+"""Interrupting a collective that SIGINT cannot stop.
+
+A rank blocked inside a gloo collective does not see SIGINT until the collective times out
+(the wait is in C++).  To stop it at once, each engine runs a small watchdog thread that, on
+request, shuts down the sockets of its process group: the blocked collective then fails
+immediately ("Connection closed by peer").  The group is dead afterwards;
+``cluster.recover()`` builds a new one.
+
+The sockets are recorded by :func:`record_pg_sockets` right after the group is built.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+_PG_SOCKETS: set[int] = set()  # socket inodes opened by init_process_group
+_WATCHDOG: dict = {}
+
+
+def _socket_inodes() -> dict[int, int]:
+    """inode -> fd of every socket this process holds."""
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if link.startswith("socket:["):
+            found[int(link[8:-1])] = int(fd)
+    return found
+
+
+def _tcp_inodes() -> set[int]:
+    """Inodes of established TCP connections (gloo's pairs are such connections)."""
+    found = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if cols[3] == "01":  # ESTABLISHED: never a listener (gloo aborts on those)
+                        found.add(int(cols[9]))
+        except (OSError, StopIteration, IndexError, ValueError):
+            pass
+    return found
+
+
+def abort_collectives() -> int:
+    """Shut down this rank's process-group sockets; returns how many."""
+    n = 0
+    for inode, fd in _socket_inodes().items():
+        if inode in _PG_SOCKETS:
+            try:
+                s = socket.socket(fileno=os.dup(fd))
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+                n += 1
+            except OSError:
+                pass
+    return n
+
+
+def start_watchdog(addr: str, token: str) -> int:
+    """Start (once per engine) the thread that aborts collectives on request; its port."""
+    import threading
+
+    if "sock" in _WATCHDOG:  # already running: a new connect() may bring a new token
+        _WATCHDOG["token"] = token
+        return _WATCHDOG["port"]
+    srv = socket.socket()
+    srv.bind((addr, 0))
+    srv.listen(8)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:  # closed by stop_watchdog(): the engine is exiting
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    msg = conn.recv(256).decode().strip()
+                except OSError:
+                    continue
+                if msg == f"{_WATCHDOG['token']} abort":
+                    conn.sendall(f"{abort_collectives()}\n".encode())
+
+    _WATCHDOG.update(sock=srv, port=srv.getsockname()[1], token=token)
+    threading.Thread(target=serve, name="tp-watchdog", daemon=True).start()
+    return _WATCHDOG["port"]
+
+
+
+
+def record_pg_sockets(before: set[int]) -> None:
+    """Remember the TCP connections opened since ``before`` (``socket_inodes()``)."""
+    _PG_SOCKETS.clear()
+    _PG_SOCKETS.update((set(_socket_inodes()) - before) & _tcp_inodes())
+
+
+def socket_inodes() -> set[int]:
+    """The inodes of every socket this process holds now."""
+    return set(_socket_inodes())
+
+
+def stop_watchdog() -> None:
+    """Close the watchdog's listening socket (at engine exit)."""
+    sock = _WATCHDOG.pop("sock", None)
+    if sock is not None:
+        try:
+            sock.close()
+        except OSError:
+            pass

@@ -1,0 +1,91 @@
+"""What every exercise checker shares: fetching by rank, comparing, one line of verdict.
+
+Each checker pulls the learner's result from every rank, compares it with the dense reference
+the notebook computed, and prints one line:
+
+    ✅ correct: ...            the TP result matches dense on every rank
+    ❌ not yet: <hint>         what is wrong, and what to try
+
+It returns ``True`` / ``False`` and never raises (an unfinished exercise -- ``Y_ex1 = None`` --
+is a normal state, not an error), so a notebook runs headless with no error output either way.
+
+The engines' values are moved to the CPU *on the engine* (``.detach().cpu()``) before they are
+pulled, so the checkers work the same on gloo/CPU and NCCL/GPU engines. Comparisons are done in
+float64 with the tolerances of :func:`helpers.reference.compare`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..engine.namespace import fetch_values
+
+__all__ = ["fetch", "ATOL", "RTOL", "OK", "NOT_YET", "f64", "close", "max_abs", "say", "shape_of",
+           "per_rank", "run_checker"]
+
+ATOL = 1e-5
+RTOL = 1e-4
+
+OK = "✅ correct"
+NOT_YET = "❌ not yet"
+
+
+# --------------------------------------------------------------------------------- plumbing
+def fetch(cluster, *names: str) -> list[dict]:
+    """``[{name: value}, ...]`` by rank; tensors arrive on the CPU; undefined names are absent."""
+    return cluster.apply(fetch_values, list(names))
+
+
+def f64(t) -> torch.Tensor:
+    return t.detach().to(device="cpu", dtype=torch.float64)
+
+
+def close(a, b) -> bool:
+    a, b = f64(a), f64(b)
+    return a.shape == b.shape and bool(torch.allclose(a, b, atol=ATOL, rtol=RTOL))
+
+
+def max_abs(a, b) -> float:
+    a, b = f64(a), f64(b)
+    if a.shape != b.shape:
+        return float("inf")
+    d = (a - b).abs()
+    return float(d.max()) if d.numel() else 0.0
+
+
+def say(ok: bool, text: str) -> bool:
+    print(f"{OK if ok else NOT_YET}: {text}")
+    return ok
+
+
+def shape_of(t) -> str:
+    return str(tuple(int(s) for s in t.shape))
+
+
+def per_rank(values: list[dict], name: str, shape, what: str):
+    """The tensor ``name`` from every rank, or (None, hint) when one is missing or malformed."""
+    tensors = []
+    for r, vals in enumerate(values):
+        v = vals.get(name)
+        if v is None:
+            state = "is still None" if name in vals else "is not defined"
+            return None, f"{name} {state} on rank {r}. {what}"
+        if not isinstance(v, torch.Tensor):
+            return None, (f"{name} on rank {r} is a {type(v).__name__}, expected a tensor of "
+                          f"shape {tuple(shape)}. {what}")
+        if tuple(v.shape) != tuple(shape):
+            return None, (f"{name} on rank {r} has shape {shape_of(v)}, expected {tuple(shape)} "
+                          f"on every rank. {what}")
+        tensors.append(v)
+    return tensors, ""
+
+
+def run_checker(check, *args) -> bool:
+    """Call ``check`` and turn any unexpected problem into a ❌ line instead of an error."""
+    try:
+        return check(*args)
+    except Exception as e:  # the checker must never raise in the learner's notebook
+        return say(False, f"could not check your result ({type(e).__name__}: {e}). Re-run the "
+                           "cells above this exercise, then your exercise cell, then this one.")
+
+

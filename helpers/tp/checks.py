@@ -1,0 +1,99 @@
+"""Checks done before any collective: divisibility, mesh shapes, group membership.
+
+Torch only (runs on engines and under torchrun). Every refusal names the offending
+numbers and the fix, so no rank is left waiting for a peer that failed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["valid_degrees", "check_divisible", "check_mesh_shape", "shard_range",
+           "tp_degree_and_rank", "check_input"]
+
+
+def valid_degrees(size: int) -> list[int]:
+    """All tp degrees that split ``size`` evenly (the divisors of ``size``)."""
+    return [d for d in range(1, size + 1) if size % d == 0]
+
+
+def check_divisible(name: str, size: int, degree: int) -> int:
+    """Return ``size // degree``; raise ``ValueError`` naming the fix if it does not divide.
+
+    >>> check_divisible("out_features", 10, 4)
+    Traceback (most recent call last):
+    ValueError: out_features=10 is not divisible by tp degree 4; pick a degree in {1, 2, 5, 10} or pad out_features to 12
+    """
+    if size <= 0:
+        raise ValueError(f"{name}={size} must be a positive integer")
+    if degree <= 0:
+        raise ValueError(f"tp degree must be a positive integer, got {degree}")
+    if size % degree:
+        ok = ", ".join(str(d) for d in valid_degrees(size))
+        padded = math.ceil(size / degree) * degree
+        raise ValueError(f"{name}={size} is not divisible by tp degree {degree}; "
+                         f"pick a degree in {{{ok}}} or pad {name} to {padded}")
+    return size // degree
+
+
+def check_mesh_shape(shape, world_size: int) -> tuple[int, ...]:
+    """Refuse a device-mesh shape whose size is not the world size, before any rank builds it.
+
+    >>> check_mesh_shape((2, 4), 4)
+    Traceback (most recent call last):
+    ValueError: mesh shape (2, 4) needs 8 ranks but world_size is 4; pick (4,) or a 2D shape: (1, 4), (2, 2), (4, 1)
+    """
+    try:
+        dims = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"mesh shape must be a tuple of ints, got {shape!r}") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise ValueError(f"mesh shape {dims} must have positive sizes, e.g. ({world_size},)")
+    if math.prod(dims) != world_size:
+        fits = ", ".join(f"({d}, {world_size // d})" for d in valid_degrees(world_size))
+        raise ValueError(f"mesh shape {dims} needs {math.prod(dims)} ranks but world_size is "
+                         f"{world_size}; pick ({world_size},) or a 2D shape: {fits}")
+    return dims
+
+
+def shard_range(size: int, degree: int, rank: int, name: str = "size") -> tuple[int, int]:
+    """(start, stop) of rank's contiguous slice when ``size`` is split into ``degree`` parts."""
+    if not 0 <= rank < degree:
+        raise ValueError(f"rank {rank} is outside 0..{degree - 1} for tp degree {degree}")
+    n = check_divisible(name, size, degree)
+    return rank * n, (rank + 1) * n
+
+
+def tp_degree_and_rank(group=None) -> tuple[int, int]:
+    """(p, rank) of this process inside ``group``; refuses groups it is not part of."""
+    if not dist.is_initialized():
+        raise RuntimeError("torch.distributed is not initialized; call "
+                           "dist.init_process_group(...) (or helpers.connect()) first")
+    if group is dist.GroupMember.NON_GROUP_MEMBER:
+        raise ValueError(f"this process (global rank {dist.get_rank()}) is not a member of "
+                         "the given group; pass the group this rank belongs to")
+    degree, rank = dist.get_world_size(group), dist.get_rank(group)
+    if degree <= 0 or rank < 0:
+        raise ValueError(f"this process (global rank {dist.get_rank()}) is not a member of "
+                         f"the given group (rank {rank}, size {degree}); pass its own group")
+    return degree, rank
+
+
+def check_input(x, last_dim: int, expects: str, weight: torch.Tensor) -> None:
+    """Shape, device and dtype checks on a layer input, done before any collective."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[-1] != last_dim:
+        got = x.shape[-1] if x.dim() else "(none, a scalar)"
+        raise ValueError(f"input has last dim {got} but {expects}")
+    if x.device != weight.device:
+        raise ValueError(f"input is on {x.device} but the weight shard is on {weight.device}; "
+                         f"move it with x.to({str(weight.device)!r})")
+    if x.dtype != weight.dtype:
+        raise ValueError(f"input has dtype {x.dtype} but the weight shard has {weight.dtype}; "
+                         f"cast it with x.to({weight.dtype})")
+
+

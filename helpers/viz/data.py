@@ -1,0 +1,286 @@
+"""Drawings of real data pulled from the engines: shards by rank, FLOP/s, the cluster map.
+
+Each takes what ``cluster.pull(...)`` returned (a list, rank 0 first) and draws it in the
+rank colours of :mod:`helpers.viz.figure`. Nothing here runs a collective.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython's Figure -> PNG formatter)
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyBboxPatch, Rectangle
+
+from ..tensors import as_shard_list, parse_layout, to_2d, to_f64
+from .figure import MAX_DEGREE, MUTED, TEXT, new_figure, rank_color, text_on
+
+__all__ = ["shard_figure", "plot_flops", "cluster_map"]
+
+
+def _np64(x, what: str) -> np.ndarray:
+    return to_f64(x, what).numpy()
+
+
+def _grid(ax, rows: int, cols: int, x0=-0.5, y0=-0.5) -> None:
+    if rows <= 32 and cols <= 32:
+        for i in range(rows + 1):
+            ax.plot([x0, x0 + cols], [y0 + i, y0 + i], color="#ffffff", lw=0.4, alpha=1.0)
+        for j in range(cols + 1):
+            ax.plot([x0 + j, x0 + j], [y0, y0 + rows], color="#ffffff", lw=0.4, alpha=1.0)
+
+
+def shard_figure(shards: Sequence, layout: str, name: str = "W", dense_shape=None) -> Figure:
+    """Draw the actual per-rank values pulled from the engines.
+
+    ``shard(d)``: each rank's block sits at its place in the full tensor; values in a grey
+    colormap (shared scale), a thick ``RANK_COLORS[r]`` border around rank r's block and the
+    label ``rank r: (4, 16)``. ``replicate`` / ``partial``: one panel per rank (every rank has a
+    full-size tensor), framed in the rank's colour; ``partial`` adds the Σ panel.
+    1-D tensors are drawn as 1×N; >2-D tensors are flattened to (prod(leading dims), last dim)
+    (sharding must then be along the first or last dim). ``dense_shape``, if given, is checked
+    against the reassembled shape and stated in the title.
+    """
+
+    kind, dim = parse_layout(layout)
+    pieces = [_np64(s, f"{name}: shard of rank {r}") for r, s in enumerate(as_shard_list(shards))]
+    p = len(pieces)
+    if p == 0:
+        raise ValueError("shards is empty: expected one tensor per rank")
+    if p > MAX_DEGREE:
+        raise ValueError(f"shard_figure draws up to {MAX_DEGREE} ranks, got {p}")
+    finite = [a[np.isfinite(a)] for a in pieces]
+    allv = np.concatenate([f.ravel() for f in finite]) if any(f.size for f in finite) else np.zeros(1)
+    vmin, vmax = float(allv.min()), float(allv.max())
+    if vmin == vmax:
+        vmin, vmax = vmin - 1.0, vmax + 1.0
+    cmap = "Greys_r"
+
+    if kind == "shard":
+        return _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax, cmap)
+    return _shard_panels(pieces, kind, name, dense_shape, vmin, vmax, cmap)
+
+
+def _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax, cmap) -> Figure:
+    p = len(pieces)
+    nd = pieces[0].ndim
+    if nd == 0 or any(a.ndim != nd for a in pieces):
+        raise ValueError(f"layout shard({dim}): shards must all have the same number (>= 1) of dims; "
+                         f"got shapes {[a.shape for a in pieces]}")
+    if not -nd <= dim < nd:
+        raise ValueError(f"layout shard({dim}): dim out of range for {nd}-d shards")
+    d = dim % nd
+    if nd > 2 and d not in (0, nd - 1):
+        raise ValueError(f"shard_figure draws >2-d tensors flattened to 2-d, so the shard dim must be "
+                         f"the first or last; got shard({dim}) of {nd}-d shards")
+    horizontal = (nd == 1) or (d == nd - 1)
+    blocks = [to_2d(a) for a in pieces]
+    try:
+        full = np.concatenate(blocks, axis=1 if horizontal else 0)
+    except ValueError:
+        raise ValueError(f"layout shard({dim}): shard shapes do not fit together: "
+                         f"{[tuple(a.shape) for a in pieces]}") from None
+    full_shape = list(pieces[0].shape)
+    full_shape[d] = sum(a.shape[d] for a in pieces)
+    rows, cols = full.shape
+
+    w = min(11.0, max(4.5, 0.32 * cols + 2.5))
+    h = min(8.0, max(2.4, 0.32 * rows + 1.8))
+    fig = new_figure(w, h)
+    ax = fig.add_axes([0.08, 0.1, 0.72, 0.72])
+    im = ax.imshow(full, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="auto")
+    _grid(ax, rows, cols)
+    start = 0
+    for r, blk in enumerate(blocks):
+        br, bc = blk.shape
+        x0, y0 = (start - 0.5, -0.5) if horizontal else (-0.5, start - 0.5)
+        inset = 0.08
+        ax.add_patch(Rectangle((x0 + inset, y0 + inset), bc - 2 * inset, br - 2 * inset, fill=False,
+                               edgecolor=rank_color(r), linewidth=4, clip_on=False, zorder=3))
+        label = f"rank {r}: {tuple(pieces[r].shape)}"
+        if horizontal:
+            ax.text(x0 + bc / 2, -0.5 - 0.02 * rows - 0.3, label, ha="center", va="bottom", fontsize=8,
+                    color=TEXT, rotation=0 if bc >= 4 or p <= 2 else 30, clip_on=False)
+        else:
+            ax.text(cols - 0.5 + 0.3 + 0.02 * cols, y0 + br / 2, label, ha="left", va="center",
+                    fontsize=8, color=TEXT, clip_on=False)
+        start += bc if horizontal else br
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for s in ax.spines.values():
+        s.set_visible(False)
+    title = f"{name}: shard({dim}) over {p} rank{'s' if p != 1 else ''}, full shape {tuple(full_shape)}"
+    if dense_shape is not None:
+        ds = tuple(int(s) for s in dense_shape)
+        title += ("  = dense" if ds == tuple(full_shape) else f"  ≠ dense {ds}!")
+    fig.suptitle(title, fontsize=10, color=TEXT)
+    cax = fig.add_axes([0.9 if not horizontal else 0.86, 0.1, 0.025, 0.72])
+    fig.colorbar(im, cax=cax)
+    if not horizontal:
+        ax.set_position([0.06, 0.1, 0.62, 0.72])
+    return fig
+
+
+def _shard_panels(pieces, kind, name, dense_shape, vmin, vmax, cmap) -> Figure:
+    p = len(pieces)
+    shapes = {a.shape for a in pieces}
+    if len(shapes) != 1:
+        raise ValueError(f"layout {kind}: every rank should hold a full-size tensor of one shape; "
+                         f"got {[tuple(a.shape) for a in pieces]}")
+    panels = [(f"rank {r}: {'partial ' if kind == 'partial' else ''}{tuple(a.shape)}", a, r)
+              for r, a in enumerate(pieces)]
+    if kind == "partial":
+        total = np.sum(pieces, axis=0)
+        panels.append((f"Σ over ranks: {tuple(total.shape)}", total, None))
+        vmin, vmax = min(vmin, float(np.nanmin(total))), max(vmax, float(np.nanmax(total)))
+    n = len(panels)
+    ncols = min(n, 4)
+    nrows = math.ceil(n / ncols)
+    b2 = to_2d(pieces[0])
+    aspect = b2.shape[0] / max(b2.shape[1], 1)
+    pw = 2.6
+    ph = min(3.0, max(0.9, pw * aspect))
+    fig = new_figure(ncols * pw + 1.0, nrows * (ph + 0.6) + 0.7)
+    gs = fig.add_gridspec(nrows, ncols, left=0.04, right=0.88, top=1 - 0.6 / (nrows * (ph + 0.6) + 0.7),
+                          bottom=0.04, wspace=0.15, hspace=0.45)
+    im = None
+    for i, (label, a, r) in enumerate(panels):
+        ax = fig.add_subplot(gs[i // ncols, i % ncols])
+        a2 = to_2d(a)
+        im = ax.imshow(a2, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="auto")
+        _grid(ax, *a2.shape)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for s in ax.spines.values():
+            s.set_edgecolor(rank_color(r) if r is not None else "#222222")
+            s.set_linewidth(5 if r is not None else 1.5)
+        ax.set_title(label, fontsize=8.5, color=TEXT)
+    note = ""
+    if kind == "replicate":
+        diffs = [float(np.nanmax(np.abs(a - pieces[0]))) if a.size else 0.0 for a in pieces]
+        worst = max(diffs)
+        note = "  (all copies identical)" if worst == 0 else f"  (copies differ: max |Δ| {worst:.1e})"
+    title = f"{name}: {kind} over {p} rank{'s' if p != 1 else ''}{note}"
+    if dense_shape is not None:
+        ds = tuple(int(s) for s in dense_shape)
+        title += "  shape = dense" if ds == tuple(pieces[0].shape) else f"  ≠ dense {ds}!"
+    fig.suptitle(title, fontsize=10, color=TEXT)
+    cax = fig.add_axes([0.91, 0.1, 0.02, 0.75])
+    fig.colorbar(im, cax=cax)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# FLOP/s
+# --------------------------------------------------------------------------------------------
+
+
+def plot_flops(degrees: Sequence[int], flops, title: str = "Achieved GFLOP/s vs TP degree", *,
+               ideal: bool = True, ylabel: str = "achieved GFLOP/s (all ranks)") -> Figure:
+    """Achieved GFLOP/s against TP degree, with the ideal linear-scaling line.
+
+    ``flops``: one value per degree (GFLOP/s), or a ``{label: values}`` dict for several series
+    (e.g. per matrix size). The ideal line extends the first point linearly
+    (``flops[0] · degree / degrees[0]``); each point is annotated with its % of that ideal.
+    """
+    degrees = [int(d) for d in degrees]
+    if not degrees:
+        raise ValueError("degrees is empty")
+    series = dict(flops) if isinstance(flops, dict) else {"measured": flops}
+    for label, vals in series.items():
+        if len(list(vals)) != len(degrees):
+            raise ValueError(f"series {label!r} has {len(list(vals))} values for {len(degrees)} degrees")
+    fig = new_figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    markers = ["o", "s", "^", "D", "v", "P"]
+    greys = ["#111111", "#555555", "#888888", "#333333", "#777777", "#999999"]
+    for i, (label, vals) in enumerate(series.items()):
+        v = np.asarray(list(vals), dtype=float)
+        ax.plot(degrees, v, marker=markers[i % 6], color=greys[i % 6], lw=1.8, label=label)
+        if ideal and v.size and np.isfinite(v[0]) and v[0] > 0:
+            ideal_v = v[0] * np.asarray(degrees, dtype=float) / degrees[0]
+            ax.plot(degrees, ideal_v, ls="--", color=greys[i % 6], lw=1.0, alpha=0.6,
+                    label=f"ideal (linear from degree {degrees[0]})" if len(series) == 1 else None)
+            for d, y, yi in zip(degrees, v, ideal_v):
+                if np.isfinite(y) and yi > 0:
+                    ax.annotate(f"{100 * y / yi:.0f}%", (d, y), textcoords="offset points",
+                                xytext=(0, 7), ha="center", fontsize=7.5, color=MUTED)
+    ax.set_xticks(degrees)
+    ax.set_xlabel("TP degree (ranks sharing the layer)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, color="#dddddd", lw=0.6)
+    ax.legend(fontsize=8, frameon=False)
+    fig.set_layout_engine("constrained")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# cluster map
+# --------------------------------------------------------------------------------------------
+
+
+def cluster_map(infos) -> Figure:
+    """Which rank sits on which host and device.
+
+    infos: one dict per rank (a list, or ``{rank: dict}``) with keys ``rank``, ``host``,
+    ``device``, ``backend`` (missing keys are shown as "?"). Hosts are drawn as boxes, ranks as
+    squares in their rank colour labelled with the rank and device. Ranks >= 8 reuse colours.
+    """
+    if isinstance(infos, dict):
+        infos = [dict(infos[k], rank=infos[k].get("rank", k)) for k in sorted(infos)]
+    infos = [dict(i) for i in infos]
+    if not infos:
+        raise ValueError("infos is empty: expected one dict per rank")
+    for i, info in enumerate(infos):
+        info.setdefault("rank", i)
+    infos.sort(key=lambda d: int(d["rank"]))
+    hosts: dict[str, list[dict]] = {}
+    for info in infos:
+        hosts.setdefault(str(info.get("host", "?")), []).append(info)
+    backends = sorted({str(i.get("backend", "?")) for i in infos})
+
+    per_row = 4
+    sq, gap, pad = 1.3, 0.35, 0.35
+    boxes = []
+    x = 0.0
+    max_h = 0.0
+    for host, ranks in hosts.items():
+        ncol = min(per_row, len(ranks))
+        nrow = math.ceil(len(ranks) / per_row)
+        bw = pad * 2 + ncol * sq + (ncol - 1) * gap
+        bw = max(bw, 0.14 * len(host) + 0.6)
+        bh = pad + 0.55 + nrow * (sq + 0.4) + (nrow - 1) * gap * 0.5 + 0.25
+        boxes.append((host, ranks, x, bw, bh, ncol))
+        x += bw + 0.6
+        max_h = max(max_h, bh)
+    data_w = x - 0.6
+    unit = min(0.8, 11.0 / data_w)
+    fig = new_figure(max(4.0, data_w * unit + 0.6), max_h * unit + 1.0)
+    ax = fig.add_axes([0.3 / (data_w * unit + 0.6), 0.04, data_w * unit / (data_w * unit + 0.6), 0.8])
+    ax.set_xlim(-0.1, data_w + 0.1)
+    ax.set_ylim(max_h + 0.1, -0.1)
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    for host, ranks, x0, bw, bh, ncol in boxes:
+        ax.add_patch(FancyBboxPatch((x0, 0), bw, bh, boxstyle="round,pad=0,rounding_size=0.2",
+                                    facecolor="#f4f4f4", edgecolor="#444444", linewidth=1.2))
+        ax.text(x0 + pad, pad, host, ha="left", va="top", fontsize=10, color=TEXT, fontweight="bold")
+        for k, info in enumerate(ranks):
+            r = int(info["rank"])
+            cx = x0 + pad + (k % ncol) * (sq + gap)
+            cy = pad + 0.55 + (k // per_row) * (sq + 0.5 + gap * 0.5)
+            ax.add_patch(Rectangle((cx, cy), sq, sq, facecolor=rank_color(r), edgecolor="none"))
+            ax.text(cx + sq / 2, cy + sq / 2, f"rank\n{r}", ha="center", va="center", fontsize=9,
+                    color=text_on(r), linespacing=1.1)
+            dev = str(info.get("device", "?"))
+            if len(backends) > 1:
+                dev += f"\n{info.get('backend', '?')}"
+            ax.text(cx + sq / 2, cy + sq + 0.06, dev, ha="center", va="top", fontsize=7.5, color=MUTED)
+    n = len(infos)
+    fig.suptitle(f"{n} rank{'s' if n != 1 else ''} on {len(hosts)} host{'s' if len(hosts) != 1 else ''}"
+                 f"  ·  backend {', '.join(backends)}", fontsize=11, color=TEXT)
+    return fig

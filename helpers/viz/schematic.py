@@ -1,0 +1,427 @@
+"""Schematic TP layouts for learning: which rank owns which block, before any real data.
+
+``layout_figure`` draws X, W and Y of a column-, row- or column+row-parallel layer for a
+degree and sizes; ``layout_explorer`` puts it behind sliders. Nothing here touches tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython's Figure -> PNG formatter)
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+
+from ..tensors import fmt_bytes
+from .figure import (
+    BOX,
+    MAX_DEGREE,
+    MUTED,
+    REPLICATED_GREY,
+    TEXT,
+    figure_to_png,
+    new_figure,
+    rank_color,
+    text_on,
+)
+
+__all__ = ["MODES", "layout_figure", "layout_explorer", "LayoutExplorer"]
+
+MODES = ("column", "row", "column+row")
+
+
+def _divisors_upto(n: int, hi: int) -> list[int]:
+    return [d for d in range(1, hi + 1) if n % d == 0]
+
+
+def _check_int(name: str, v, lo: int, hi: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {v!r}")
+    v = int(v)
+    if v < lo or (hi is not None and v > hi):
+        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name}={v} is out of range ({rng})")
+    return v
+
+
+class _Mat:
+    """A matrix in the schematic: rows × cols, with an ownership pattern."""
+
+    def __init__(self, name, rows, cols, own, p, under=""):
+        self.name, self.rows, self.cols, self.own, self.p, self.under = name, rows, cols, own, p, under
+
+
+def _layout_items(p, d_in, d_out, batch, mode):
+    """Panels left to right: _Mat or ('op', text) or ('comm', text)."""
+    rep = "rep" if p > 1 else "cols"
+    one = p == 1
+    if mode == "column":
+        items = [
+            _Mat("X", batch, d_in, rep, p, "every rank: full copy" if not one else ""),
+            ("op", "·"),
+            _Mat("W", d_in, d_out, "cols", p, f"rank r: W[:, r-th block] ({d_in}, {d_out // p})"),
+            ("op", "="),
+            _Mat("Y_r", batch, d_out, "cols", p, f"rank r: Y_r ({batch}, {d_out // p})"),
+        ]
+        if not one:
+            items += [("comm", "all-gather"), _Mat("Y", batch, d_out, "rep", p, "every rank: full copy")]
+        return items
+    if mode == "row":
+        items = [
+            _Mat("X", batch, d_in, "cols", p, f"rank r: X_r ({batch}, {d_in // p})"),
+            ("op", "·"),
+            _Mat("W", d_in, d_out, "rows", p, f"rank r: W[r-th block, :] ({d_in // p}, {d_out})"),
+            ("op", "="),
+            _Mat("Y_r" if not one else "Y", batch, d_out, "partial" if not one else "cols", p,
+                 f"rank r: partial sum ({batch}, {d_out})" if not one else ""),
+        ]
+        if not one:
+            items += [("comm", "all-reduce\n(sum)"), _Mat("Y", batch, d_out, "rep", p, "every rank: full copy")]
+        return items
+    # column+row: the MLP. in_features = model dim D, out_features = hidden dim H.
+    items = [
+        _Mat("X", batch, d_in, rep, p, "every rank: full copy" if not one else ""),
+        ("op", "·"),
+        _Mat("W1", d_in, d_out, "cols", p, f"column: ({d_in}, {d_out // p})"),
+        ("op", "→ GeLU →"),
+        _Mat("H_r", batch, d_out, "cols", p, f"rank r: H_r ({batch}, {d_out // p})"),
+        ("op", "·"),
+        _Mat("W2", d_out, d_in, "rows", p, f"row: ({d_out // p}, {d_in})"),
+        ("op", "="),
+        _Mat("Y_r" if not one else "Y", batch, d_in, "partial" if not one else "cols", p,
+             f"rank r: partial sum ({batch}, {d_in})" if not one else ""),
+    ]
+    if not one:
+        items += [("comm", "all-reduce\n(sum)"), _Mat("Y", batch, d_in, "rep", p, "every rank: full copy")]
+    return items
+
+
+def _comm_text(p, d_in, d_out, batch, b, mode) -> str:
+    if mode == "column":
+        head = (f"column-parallel: W ({d_in}×{d_out}) split by columns, X replicated → rank r computes "
+                f"Y_r = X·W_r ({batch}×{d_out // p}).")
+    elif mode == "row":
+        head = (f"row-parallel: W ({d_in}×{d_out}) split by rows, X split by columns → rank r computes a "
+                f"full-size partial sum Y_r = X_r·W_r ({batch}×{d_out}); Y = Σ_r Y_r.")
+    else:
+        head = (f"MLP = column then row (in_features = model dim D = {d_in}, out_features = hidden H = "
+                f"{d_out}): W1 (D×H) split by columns, W2 (H×D) split by rows. H_r = GeLU(X·W1_r) "
+                f"stays on rank r and feeds W2_r: no communication in between.")
+    if p == 1:
+        return head + "\nTP degree 1: a single rank holds everything — no communication."
+    if mode == "column":
+        shard = batch * (d_out // p) * b
+        return head + (
+            f"\nforward: all-gather of Y. Each rank contributes Y_r = B·out/p·bytes = "
+            f"{batch}·{d_out}/{p}·{b} = {fmt_bytes(shard)};"
+            f"\nring all-gather: each rank sends (p−1)·B·out/p·bytes = {p - 1}·{fmt_bytes(shard)} = "
+            f"{fmt_bytes((p - 1) * shard)} (and receives as much)."
+            f"\nbackward: all-reduce of dL/dX, B·in·bytes = {fmt_bytes(batch * d_in * b)} per rank."
+        )
+    d_y = d_out if mode == "row" else d_in
+    buf = batch * d_y * b
+    sym = "out" if mode == "row" else "D"
+    ring = 2 * (p - 1) / p * buf
+    text = head + (
+        f"\nforward: {'one ' if mode != 'row' else ''}all-reduce of Y. Buffer per rank = B·{sym}·bytes = "
+        f"{batch}·{d_y}·{b} = {fmt_bytes(buf)};"
+        f"\nring all-reduce: each rank sends 2(p−1)/p·B·{sym}·bytes = {fmt_bytes(ring)} (and receives as much)."
+    )
+    if mode == "row":
+        text += "\nbackward: none (every rank already holds the full dL/dY)."
+    else:
+        text += f"\nbackward: one all-reduce of dL/dX, B·D·bytes = {fmt_bytes(buf)} per rank."
+    return text
+
+
+def _uneven_message(p, d_in, d_out, mode) -> str | None:
+    name, n = ("in_features", d_in) if mode == "row" else ("out_features", d_out)
+    if n % p == 0:
+        return None
+    ok = ", ".join(str(d) for d in _divisors_upto(n, MAX_DEGREE))
+    pad = math.ceil(n / p) * p
+    what = "the hidden dim H" if mode == "column+row" else name
+    return (f"{name}={n} is not divisible by {p}\n"
+            f"({mode} mode splits {what} across the {p} ranks)\n"
+            f"pick a TP degree in {{{ok}}} or pad {name} to {pad}")
+
+
+def layout_figure(degree: int, in_features: int, out_features: int, mode: str, batch: int = 4,
+                  dtype_bytes: int = 4) -> Figure:
+    """Schematic of Y = X·W (W is in_features × out_features) split over ``degree`` ranks.
+
+    mode "column": W split by columns, X replicated, Y_r gathered (all-gather);
+    "row": W split by rows, X split by columns, partial sums all-reduced;
+    "column+row": the Megatron MLP, W1 (in × out) column-parallel then W2 (out × in)
+    row-parallel, one all-reduce, no communication in between.
+
+    Blocks are filled with their owner's ``RANK_COLORS`` entry; grey = every rank holds a full
+    copy; stacked cards = every rank holds a full-size partial sum. Box lengths follow the
+    feature sizes but are clamped so that every rank's block stays visible (the figure says so
+    when it is not to scale). A text box states the communication and the byte formulas.
+    When the split dimension is not divisible by ``degree`` no shards are drawn; the figure shows
+    e.g. "out_features=10 is not divisible by 4" instead.
+    """
+    p = _check_int("degree", degree, 1, MAX_DEGREE)
+    d_in = _check_int("in_features", in_features, 1)
+    d_out = _check_int("out_features", out_features, 1)
+    batch = _check_int("batch", batch, 1)
+    b = _check_int("dtype_bytes", dtype_bytes, 1)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}; got {mode!r}")
+
+    title = f"Y = X·W, {mode}-parallel, TP degree {p}" if mode != "column+row" else \
+        f"MLP  Y = GeLU(X·W1)·W2, column+row parallel, TP degree {p}"
+    msg = _uneven_message(p, d_in, d_out, mode)
+    if msg is not None:
+        fig = new_figure(10, 3.2)
+        fig.suptitle(title, fontsize=12, color=TEXT)
+        fig.text(0.5, 0.48, msg, ha="center", va="center", fontsize=13, color=TEXT,
+                 linespacing=1.6,
+                 bbox=dict(boxstyle="round,pad=0.8", facecolor=BOX, edgecolor="#808080"))
+        return fig
+
+    items = _layout_items(p, d_in, d_out, batch, mode)
+    if p == 1:
+        for it in items:
+            if isinstance(it, _Mat):
+                it.name, it.under = it.name.replace("_r", ""), "rank 0 holds all of it"
+    mats = [it for it in items if isinstance(it, _Mat)]
+    max_dim = max(max(m.rows, m.cols) for m in mats)
+    scale = 4.0 / max_dim
+    clamped = False
+
+    def length(n: int, split: int) -> float:
+        nonlocal clamped
+        lo = max(0.9, 0.36 * split)
+        v = n * scale
+        if v < lo:
+            clamped = True
+            return lo
+        return v
+
+    # geometry: (x, width, height) per item
+    geo = []
+    x = 0.0
+    gap = 0.35
+    for it in items:
+        if isinstance(it, _Mat):
+            w = length(it.cols, it.p if it.own == "cols" else 1)
+            h = length(it.rows, it.p if it.own == "rows" else 1)
+            if it.own == "partial":
+                off = 0.13
+                geo.append((x, w, h, off))
+                x += w + off * (it.p - 1) + gap
+            else:
+                geo.append((x, w, h, 0.0))
+                x += w + gap
+        else:
+            kind, text = it
+            w = 1.9 if kind == "comm" else (1.7 if "GeLU" in text else 0.55)
+            geo.append((x, w, 0.0, 0.0))
+            x += w + gap
+    data_w = x - gap
+    data_h = max(g[2] + g[3] * 8 for g in geo)
+
+    fig_w = 10.0
+    unit_in = min(0.62, (fig_w - 0.4) / (data_w + 0.4))
+    top_pad, label_pad = 0.55, 0.55  # inches: title; shape labels above / captions below
+    draw_h = data_h * unit_in + 2 * label_pad
+    comm = _comm_text(p, d_in, d_out, batch, b, mode)
+    if clamped:
+        comm += "\n(not to scale: small dims are drawn larger so every block stays visible; true shapes in the labels)"
+    comm = "\n".join(textwrap.fill(line, 118, subsequent_indent="   ") for line in comm.split("\n"))
+    n_lines = comm.count("\n") + 1
+    text_h = 0.22 * n_lines + 0.35
+    legend_h = 0.45
+    fig_h = top_pad + draw_h + legend_h + text_h + 0.15
+    fig = new_figure(fig_w, fig_h)
+    fig.suptitle(title, fontsize=12, color=TEXT, y=1 - 0.12 / fig_h, va="top")
+
+    ax_w = (data_w + 0.4) * unit_in
+    ax = fig.add_axes([(fig_w - ax_w) / 2 / fig_w, (legend_h + text_h + 0.15) / fig_h,
+                       ax_w / fig_w, draw_h / fig_h])
+    ax.set_axis_off()
+    ax.set_xlim(-0.2, data_w + 0.2)
+    half = data_h / 2 + label_pad / unit_in
+    ax.set_ylim(half, -half)  # y grows downwards, like matrix rows
+
+    for it, (x0, w, h, off) in zip(items, geo):
+        if not isinstance(it, _Mat):
+            kind, text = it
+            if kind == "comm":
+                ax.annotate("", xy=(x0 + w, 0), xytext=(x0, 0),
+                            arrowprops=dict(arrowstyle="-|>", color=TEXT, lw=1.6))
+                ax.text(x0 + w / 2, -0.15, text, ha="center", va="bottom", fontsize=10,
+                        color=TEXT, fontweight="bold")
+            else:
+                ax.text(x0 + w / 2, 0, text, ha="center", va="center",
+                        fontsize=18 if len(text) == 1 else 10, color=TEXT)
+            continue
+        _draw_mat(ax, it, x0, w, h, off, unit_in)
+
+    # legend: ranks, replicated, partial
+    handles = [Patch(facecolor=rank_color(r), edgecolor="white", label=f"rank {r}") for r in range(p)]
+    if p > 1:
+        handles.append(Patch(facecolor=REPLICATED_GREY, edgecolor="#666666",
+                             label="grey: every rank has a full copy"))
+        if mode != "column":
+            handles.append(Patch(facecolor="white", edgecolor="#666666",
+                                 label="stacked: each rank holds a full-size partial sum"))
+    fig.legend(handles=handles, loc="center", ncol=min(len(handles), 6), frameon=False,
+               fontsize=9, bbox_to_anchor=(0.5, (text_h + 0.15 + legend_h / 2) / fig_h),
+               handlelength=1.2, columnspacing=1.0, labelcolor=TEXT)
+    fig.text(0.5, (text_h + 0.05) / fig_h, comm, ha="center", va="top", fontsize=8.5, color=TEXT,
+             linespacing=1.45, wrap=False,
+             bbox=dict(boxstyle="round,pad=0.5", facecolor=BOX, edgecolor="#999999"))
+    return fig
+
+
+def _draw_mat(ax, m: _Mat, x0: float, w: float, h: float, off: float, unit_in: float) -> None:
+    top = -h / 2
+    p = m.p
+    label_y = top - 0.12
+    if m.own == "partial":
+        # p full-size cards, rank p-1 at the back; rank 0 on top (front, bottom-left).
+        for r in reversed(range(p)):
+            dx, dy = off * r, -off * r
+            ax.add_patch(Rectangle((x0 + dx, top + dy), w, h, facecolor=rank_color(r),
+                                   edgecolor="white", linewidth=1.2))
+        label_y = top - off * (p - 1) - 0.12
+        ax.text(x0 + w / 2, top + h / 2, "Σ", ha="center", va="center", fontsize=12,
+                color=text_on(0))
+    elif m.own == "rep":
+        ax.add_patch(Rectangle((x0, top), w, h, facecolor=REPLICATED_GREY, edgecolor="none"))
+    elif m.own == "cols":
+        bw = w / p
+        for r in range(p):
+            ax.add_patch(Rectangle((x0 + r * bw, top), bw, h, facecolor=rank_color(r),
+                                   edgecolor="white", linewidth=1.0))
+            if bw * unit_in >= 0.16 and p > 1:
+                ax.text(x0 + (r + 0.5) * bw, top + h / 2, str(r), ha="center", va="center",
+                        fontsize=8, color=text_on(r))
+    elif m.own == "rows":
+        bh = h / p
+        for r in range(p):
+            ax.add_patch(Rectangle((x0, top + r * bh), w, bh, facecolor=rank_color(r),
+                                   edgecolor="white", linewidth=1.0))
+            if bh * unit_in >= 0.14 and p > 1:
+                ax.text(x0 + w / 2, top + (r + 0.5) * bh, str(r), ha="center", va="center",
+                        fontsize=8, color=text_on(r))
+    if m.own != "partial":
+        ax.add_patch(Rectangle((x0, top), w, h, fill=False, edgecolor="#333333", linewidth=1.0))
+    ax.text(x0 + w / 2 + (off * (p - 1) / 2 if m.own == "partial" else 0), label_y,
+            f"{m.name}\n({m.rows}, {m.cols})", ha="center", va="bottom", fontsize=9, color=TEXT)
+    if m.under:
+        ax.text(x0 + w / 2, top + h + 0.12, m.under.replace(": ", ":\n", 1), ha="center", va="top",
+                fontsize=7.5, color=MUTED)
+
+
+# --------------------------------------------------------------------------------------------
+# explorer widget
+# --------------------------------------------------------------------------------------------
+
+
+def layout_explorer(degree: int = 4, in_features: int = 16, out_features: int = 32,
+                    mode: str = "column", batch: int = 4, dtype_bytes: int = 4) -> "LayoutExplorer":
+    """Interactive :func:`layout_figure`: sliders for TP degree and feature sizes, a mode menu.
+
+    Returns a :class:`LayoutExplorer` (an ``ipywidgets.VBox`` with the CSS class
+    ``tp-layout-explorer``). The figure is rendered to PNG bytes into an ``ipywidgets.Image``
+    (CSS class ``tp-layout-image``; in the DOM it is the ``<img>`` element itself, with a
+    ``blob:`` src that changes on every redraw). Each change of a control's value redraws exactly
+    once; the figure is closed after rendering. Drawing errors go to an ``Output`` below the image.
+
+    Browser tests: ``.tp-layout-explorer img.tp-layout-image`` is the picture;
+    ``.tp-layout-explorer .tp-degree`` is the TP-degree slider (label text "TP degree"), whose
+    ``.widget-readout`` is contenteditable: click it, select all, type "2", press Enter.
+    Other controls: ``.tp-in-features``, ``.tp-out-features`` (sliders), ``.tp-mode`` (a
+    ``<select>`` inside). Then screenshot the ``<img>`` and call :func:`count_rank_colors`.
+    """
+    return LayoutExplorer(degree=degree, in_features=in_features, out_features=out_features,
+                          mode=mode, batch=batch, dtype_bytes=dtype_bytes)
+
+
+def _explorer_base():
+    import ipywidgets as widgets
+
+    return widgets.VBox
+
+
+class LayoutExplorer(_explorer_base()):  # type: ignore[misc]
+    """The widget returned by :func:`layout_explorer` (see there).
+
+    Attributes: ``degree``, ``in_features``, ``out_features`` (IntSlider), ``mode`` (Dropdown),
+    ``image`` (Image, PNG), ``messages`` (Output), ``redraw_count`` (int), ``png`` (bytes).
+    """
+
+    def __init__(self, degree=4, in_features=16, out_features=32, mode="column", batch=4,
+                 dtype_bytes=4):
+        import ipywidgets as widgets
+
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}; got {mode!r}")
+        self.batch = _check_int("batch", batch, 1)
+        self.dtype_bytes = _check_int("dtype_bytes", dtype_bytes, 1)
+        style = {"description_width": "90px"}
+        lay = widgets.Layout(width="330px")
+        self.degree = widgets.IntSlider(value=_check_int("degree", degree, 1, MAX_DEGREE), min=1,
+                                        max=MAX_DEGREE, step=1, description="TP degree",
+                                        continuous_update=False, style=style, layout=lay)
+        self.in_features = widgets.IntSlider(value=_check_int("in_features", in_features, 8, 64),
+                                             min=8, max=64, step=8, description="in_features",
+                                             continuous_update=False, style=style, layout=lay)
+        self.out_features = widgets.IntSlider(value=_check_int("out_features", out_features, 8, 64),
+                                              min=8, max=64, step=8, description="out_features",
+                                              continuous_update=False, style=style, layout=lay)
+        self.mode = widgets.Dropdown(options=list(MODES), value=mode, description="layout",
+                                     style=style, layout=lay)
+        self.degree.add_class("tp-degree")
+        self.in_features.add_class("tp-in-features")
+        self.out_features.add_class("tp-out-features")
+        self.mode.add_class("tp-mode")
+        self.image = widgets.Image(format="png")
+        self.image.add_class("tp-layout-image")
+        self.messages = widgets.Output()
+        self.redraw_count = 0
+        self.png = b""
+        controls = widgets.HBox([
+            widgets.VBox([self.degree, self.mode]),
+            widgets.VBox([self.in_features, self.out_features]),
+        ])
+        super().__init__([controls, self.image, self.messages])
+        self.add_class("tp-layout-explorer")
+        self.redraw()
+        for w in (self.degree, self.in_features, self.out_features, self.mode):
+            w.observe(self._on_change, names="value")
+
+    def _on_change(self, change) -> None:
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Render the figure for the current control values into ``self.image``."""
+        fig = None
+        try:
+            fig = layout_figure(self.degree.value, self.in_features.value, self.out_features.value,
+                                self.mode.value, batch=self.batch, dtype_bytes=self.dtype_bytes)
+            png = figure_to_png(fig)
+        except Exception as e:  # keep the widget alive; say what went wrong under the picture
+            self.messages.clear_output()
+            self.messages.append_stdout(f"could not draw this layout: {type(e).__name__}: {e}\n")
+            return
+        finally:
+            if fig is not None:
+                plt.close(fig)
+        self.messages.clear_output()
+        self.png = png
+        self.image.value = png
+        self.redraw_count += 1
+
+
+# --------------------------------------------------------------------------------------------
+# real shards
+# --------------------------------------------------------------------------------------------
+
+
