@@ -22,10 +22,9 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from helpers.cluster import CollectiveError, DeadRankError  # noqa: E402
-
 from helpers import cluster as hc  # noqa: E402
 from helpers import connect  # noqa: E402
+from helpers.cluster import CollectiveError, DeadRankError  # noqa: E402
 
 PARTIAL = "t = torch.ones(1)\nif rank != 3:\n    dist.all_reduce(t)\n"
 

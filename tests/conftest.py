@@ -8,7 +8,9 @@ prove none is left running.
 
 from __future__ import annotations
 
+import copy
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -166,6 +168,56 @@ def assert_clean(nb) -> None:
             elif "Traceback" in _text(out):
                 problems.append(f"cell {i} printed a traceback: {_text(out)[-600:]}")
     assert not problems, "\n".join(problems)
+
+
+# ------------------------------------------------------------------ notebook structure
+_SOLUTION_RE = re.compile(r"```python\n(.*?)```", re.S)
+
+
+def tags(cell) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def tagged_cell(nb, tag: str):
+    found = [c for c in nb.cells if tag in tags(c)]
+    assert len(found) == 1, f"expected exactly one cell tagged {tag!r}, found {len(found)}"
+    return found[0]
+
+
+def solution_code(nb, n: str) -> str:
+    """The ```python block of the collapsed solution cell ``solution-n``."""
+    cell = tagged_cell(nb, f"solution-{n}")
+    assert cell.cell_type == "markdown"
+    assert "<details>" in cell.source and "</details>" in cell.source
+    m = _SOLUTION_RE.search(cell.source)
+    assert m, f"solution-{n} has no ```python block"
+    return m.group(1).strip("\n")
+
+
+def with_solutions(nb, exercises):
+    """A copy of ``nb`` whose exercise cells hold the solutions' code."""
+    nb = copy.deepcopy(nb)
+    for n in exercises:
+        tagged_cell(nb, f"exercise-{n}").source = solution_code(nb, n)
+    return nb
+
+
+def assert_dense_checks_pass(nb) -> None:
+    """Every compare(...) line outside the exercise checkers is a ✅ (break-it cells included)."""
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or any(t.startswith("check-") for t in tags(cell)):
+            continue
+        assert "❌" not in cell_text(cell), f"cell {i} reports a failed check:\n{cell_text(cell)}"
+
+
+def assert_committed_without_outputs(nb) -> None:
+    import nbformat
+
+    nbformat.validate(nb)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"cell {i} was committed with outputs"
+            assert cell.execution_count is None, f"cell {i} was committed with an execution count"
 
 
 def pytest_sessionfinish(session, exitstatus):

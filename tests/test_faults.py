@@ -13,19 +13,18 @@ import os
 import queue
 import signal
 import stat
-import sys
 import textwrap
 import time
 
 import psutil
 import pytest
-from conftest import REPO, launch, new_cluster_id
-from helpers.cluster import CollectiveError, DeadRankError
+from conftest import REPO, new_cluster_id
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import cluster as hc
 from helpers import connect
+from helpers.cluster import CollectiveError, DeadRankError
 
 PG_TIMEOUT = 5.0
 pytestmark = pytest.mark.timeout(180)

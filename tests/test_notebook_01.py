@@ -11,53 +11,26 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 
 import nbformat
 import pytest
-from conftest import REPO, assert_clean, cell_text, execute_notebook
+from conftest import (
+    REPO,
+    assert_clean,
+    assert_committed_without_outputs,
+    assert_dense_checks_pass,
+    cell_text,
+    execute_notebook,
+    solution_code,
+    tagged_cell,
+    tags,
+    with_solutions,
+)
 
 NB_DIR = os.path.join(REPO, "notebooks")
 NB_PATH = os.path.join(NB_DIR, "01_basic_tensor_parallel.ipynb")
 CELL_TIMEOUT = 180
 EXERCISES = ("1", "2")
-_SOLUTION_RE = re.compile(r"```python\n(.*?)```", re.S)
-
-
-def _tags(cell) -> list[str]:
-    return list(cell.get("metadata", {}).get("tags", []))
-
-
-def _cell(nb, tag: str):
-    found = [c for c in nb.cells if tag in _tags(c)]
-    assert len(found) == 1, f"expected exactly one cell tagged {tag!r}, found {len(found)}"
-    return found[0]
-
-
-def solution_code(nb, n: str) -> str:
-    """The ```python block of the collapsed solution cell ``solution-n``."""
-    cell = _cell(nb, f"solution-{n}")
-    assert cell.cell_type == "markdown"
-    assert "<details>" in cell.source and "</details>" in cell.source
-    m = _SOLUTION_RE.search(cell.source)
-    assert m, f"solution-{n} has no ```python block"
-    return m.group(1).strip("\n")
-
-
-def with_solutions(nb):
-    """A copy of ``nb`` whose exercise cells hold the solutions' code."""
-    nb = copy.deepcopy(nb)
-    for n in EXERCISES:
-        _cell(nb, f"exercise-{n}").source = solution_code(nb, n)
-    return nb
-
-
-def assert_dense_checks_pass(nb) -> None:
-    """Every compare(...) line outside the exercise checkers is a ✅ (break-it cells included)."""
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type != "code" or any(t.startswith("check-") for t in _tags(cell)):
-            continue
-        assert "❌" not in cell_text(cell), f"cell {i} reports a failed check:\n{cell_text(cell)}"
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +45,12 @@ def run_blank(cluster, committed):
 
 @pytest.fixture(scope="module")
 def run_solved(cluster, committed):
-    return execute_notebook(with_solutions(committed), CELL_TIMEOUT)
+    return execute_notebook(with_solutions(committed, EXERCISES), CELL_TIMEOUT)
 
 
 # ------------------------------------------------------------------------------ the file itself
 def test_committed_without_outputs(committed):
-    nbformat.validate(committed)
-    for i, cell in enumerate(committed.cells):
-        if cell.cell_type == "code":
-            assert cell.outputs == [], f"cell {i} was committed with outputs"
-            assert cell.execution_count is None, f"cell {i} was committed with an execution count"
+    assert_committed_without_outputs(committed)
 
 
 def test_story_structure(committed):
@@ -94,14 +63,14 @@ def test_story_structure(committed):
     assert "layout_explorer(" in src and "plot_flops(" in src and "shard_figure(" in src
     assert src.count('expect="mismatch"') == 2  # the two "break it" cells
     for n in EXERCISES:
-        ex = _cell(committed, f"exercise-{n}")
+        ex = tagged_cell(committed, f"exercise-{n}")
         assert ex.cell_type == "code" and ex.source.startswith("%%px")
         assert "← your code" in ex.source
         sol = solution_code(committed, n)
         assert sol.startswith("%%px") and "← your code" not in sol
         # the checker cell follows the exercise cell
         i = cells.index(ex)
-        assert "check-" + n in _tags(cells[i + 1])
+        assert "check-" + n in tags(cells[i + 1])
     # engine code is device-agnostic: nothing pins a device by name
     for c in px:
         assert "cuda:" not in c.source and '"cpu"' not in c.source
@@ -112,7 +81,7 @@ def test_runs_clean_with_blanks(run_blank):
     assert_clean(run_blank)
     assert_dense_checks_pass(run_blank)
     for n in EXERCISES:
-        out = cell_text(_cell(run_blank, f"check-{n}"))
+        out = cell_text(tagged_cell(run_blank, f"check-{n}"))
         assert "❌ not yet" in out, f"checker {n} with the blank said: {out!r}"
         assert "✅ correct" not in out
     print(f"\nnotebook 01 with blanks: {run_blank.metadata['_test_seconds']:.1f} s")
@@ -139,7 +108,7 @@ def test_solutions_pass_the_checkers(run_solved):
     assert_clean(run_solved)
     assert_dense_checks_pass(run_solved)
     for n in EXERCISES:
-        out = cell_text(_cell(run_solved, f"check-{n}"))
+        out = cell_text(tagged_cell(run_solved, f"check-{n}"))
         assert "✅ correct" in out, f"checker {n} with the solution said: {out!r}"
         assert "❌" not in out
     print(f"\nnotebook 01 with solutions: {run_solved.metadata['_test_seconds']:.1f} s")
