@@ -8,12 +8,15 @@ prove none is left running.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -124,6 +127,48 @@ def cluster(tmp_path_factory):
         tc.shutdown(quiet=True)
         os.environ.pop("TP_CLUSTER_ID", None)
         os.environ.pop("TP_PROFILE_DIR", None)
+
+
+# ------------------------------------------------------------------ a real Jupyter kernel
+def run_in_kernel(kc, code, timeout=60, interrupt_after=None, km=None):
+    """Execute code; optionally interrupt it; returns (reply, text output) and timing."""
+    msg_id = kc.execute(code)
+    t_int = None
+    if interrupt_after is not None:
+        time.sleep(interrupt_after)
+        t_int = time.monotonic()
+        km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=timeout)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = kc.get_shell_msg(timeout=timeout)
+    reply["_interrupt_to_reply"] = (time.monotonic() - t_int) if t_int else None
+    out = []
+    while True:
+        try:
+            m = kc.get_iopub_msg(timeout=2)
+        except queue.Empty:
+            break
+        c = m["content"]
+        out.append(c.get("text", "") + c.get("data", {}).get("text/plain", "")
+                   + "\n".join(c.get("traceback", [])))
+        if m["msg_type"] == "status" and c.get("execution_state") == "idle" \
+                and m["parent_header"].get("msg_id") == msg_id:
+            break
+    return reply, "".join(out)
+
+
+@contextlib.contextmanager
+def jupyter_kernel(cwd: str, **env):
+    """A real python3 kernel in ``cwd`` (as a notebook there would have), stopped at the end."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3", env=dict(os.environ, **env), cwd=str(cwd))
+    try:
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        if km.is_alive():
+            km.shutdown_kernel(now=True)
 
 
 # ------------------------------------------------------------------ notebooks, headless

@@ -156,3 +156,18 @@ def test_nccl_on_gpus(cluster_factory):
     assert tc.devices == [f"cuda:{i}" for i in range(gpus)]
     tc.run("t = torch.ones(1, device=device); dist.all_reduce(t); s = t.item()")
     assert tc.pull("s") == [float(gpus)] * gpus
+
+
+def test_two_simulated_nodes_on_one_host(cluster):
+    again = connect(nodes=2)
+    try:
+        assert again is cluster and cluster.nodes == ["node0", "node0", "node1", "node1"]
+        cluster.run("import os; lr = (local_rank, int(os.environ['LOCAL_RANK']), "
+                    "int(os.environ['LOCAL_WORLD_SIZE'])); t = torch.ones(1); dist.all_reduce(t); s = t.item()")
+        assert cluster.pull("lr") == [(0, 0, 2), (1, 1, 2), (0, 0, 2), (1, 1, 2)]
+        assert cluster.pull("s") == [4.0] * 4
+        with pytest.raises(ValueError, match="nodes=3 does not divide"):
+            connect(n=4, nodes=3)
+    finally:
+        connect(nodes=None)
+    assert cluster.nodes == [cluster.engines[0].host] * 4

@@ -10,7 +10,6 @@ cluster is never broken.  Interrupts go through a real Jupyter kernel
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import stat
 import textwrap
@@ -18,7 +17,7 @@ import time
 
 import psutil
 import pytest
-from conftest import REPO, new_cluster_id
+from conftest import REPO, new_cluster_id, run_in_kernel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -116,33 +115,6 @@ def kernel(fc):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
-
-
-def run_in_kernel(kc, code, timeout=60, interrupt_after=None, km=None):
-    """Execute code; optionally interrupt it; returns (reply, text output) and timing."""
-    msg_id = kc.execute(code)
-    t_int = None
-    if interrupt_after is not None:
-        time.sleep(interrupt_after)
-        t_int = time.monotonic()
-        km.interrupt_kernel()
-    reply = kc.get_shell_msg(timeout=timeout)
-    while reply["parent_header"].get("msg_id") != msg_id:
-        reply = kc.get_shell_msg(timeout=timeout)
-    reply["_interrupt_to_reply"] = (time.monotonic() - t_int) if t_int else None
-    out = []
-    while True:
-        try:
-            m = kc.get_iopub_msg(timeout=2)
-        except queue.Empty:
-            break
-        c = m["content"]
-        out.append(c.get("text", "") + c.get("data", {}).get("text/plain", "")
-                   + "\n".join(c.get("traceback", [])))
-        if m["msg_type"] == "status" and c.get("execution_state") == "idle" \
-                and m["parent_header"].get("msg_id") == msg_id:
-            break
-    return reply, "".join(out)
 
 
 def test_interrupt_inside_a_collective_stops_every_engine_within_2s(fc, kernel):

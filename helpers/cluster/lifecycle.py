@@ -89,7 +89,7 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def _process_tree(pids: list[int]) -> list:
+def process_tree(pids: list[int]) -> list:
     import psutil
 
     procs = []
@@ -192,7 +192,7 @@ def clean_stale(ref: ClusterRef) -> bool:
     leftovers = cluster_processes(ref)
     if not ref.has_files() and not leftovers:
         return False
-    kill_processes(_process_tree([p.pid for p in leftovers]))
+    kill_processes(process_tree([p.pid for p in leftovers]))
     ref.remove_files()
     return True
 
@@ -314,16 +314,24 @@ class StopReport:
     """What :func:`stop_cluster` found and did."""
 
     was_running: bool = False
-    exited: int = 0  # engines that exited on their own when asked
+    exited: int = 0  # engines that were asked to exit
     ended: list[int] = field(default_factory=list)  # pids that had to be killed
+    exit_codes: list[int] = field(default_factory=list)  # of engines this process started
+    log_tail: str = ""  # the engines' last output, kept only when something failed
     seconds: float = 0.0
 
+    @property
+    def failed(self) -> bool:
+        return bool(self.ended) or any(code != 0 for code in self.exit_codes)
+
     def line(self, ref: ClusterRef) -> str:
+        """One line for the learner; the engines' log tail follows only when something failed."""
         if not self.was_running and not self.ended:
             return f"no cluster {ref} was running"
         extra = (f"; {len(self.ended)} process(es) did not exit and were killed"
                  if self.ended else "")
-        return f"cluster {ref} stopped in {self.seconds:.1f} s{extra}"
+        return f"cluster {ref} stopped in {self.seconds:.1f} s{extra}" + (
+            self.log_tail if self.failed else "")
 
 
 def ask_engines_to_exit(client, timeout: float = STOP_GRACE) -> int:
@@ -368,7 +376,7 @@ def stop_cluster(ref: ClusterRef, *, client=None, cluster=None) -> StopReport:
     if own_client is not None:
         own_client.close()
     pids = [p for p in _pids_in_cluster_file(ref.cluster_file) if _is_ours(p, ref)]
-    procs = {p.pid: p for p in _process_tree(pids) + cluster_processes(ref)}
+    procs = {p.pid: p for p in process_tree(pids) + cluster_processes(ref)}
     engines = [p for p in procs.values() if _is_engine(p)]
     if engines and report.exited:
         import psutil
@@ -378,6 +386,9 @@ def stop_cluster(ref: ClusterRef, *, client=None, cluster=None) -> StopReport:
     killed = kill_processes(alive, grace=1.0)
     report.ended = [p.pid for p in killed]
     if cluster is not None:
+        report.exit_codes = _reap(cluster)
+        if report.failed:
+            report.log_tail = engine_log_tail(cluster)
         _forget(cluster)
     ref.remove_files()
     report.seconds = time.monotonic() - t0
@@ -391,21 +402,29 @@ def _is_engine(p) -> bool:
         return False
 
 
-def _forget(cluster) -> None:
-    """The in-process ipyparallel.Cluster object: already stopped, do not stop it at exit.
-
-    Its processes are children of this one: collect their exit status (no zombies left).
-    """
-    launchers = [cluster.controller]
+def _reap(cluster) -> list[int]:
+    """Collect the exit status of the engines this process started (no zombies left);
+    returns the engines' exit codes."""
+    codes = []
     for es in list(cluster.engines.values()):
-        launchers += [es, *getattr(es, "launchers", {}).values()]
-    for launcher in launchers:
-        popen = getattr(launcher, "_popen_process", None)
-        if popen is not None:
-            try:
-                popen.wait(2)
-            except Exception:
-                pass
+        for launcher in getattr(es, "launchers", {}).values():
+            popen = getattr(launcher, "_popen_process", None)
+            if popen is not None:
+                try:
+                    codes.append(popen.wait(2))
+                except Exception:
+                    codes.append(-1)
+    popen = getattr(cluster.controller, "_popen_process", None)
+    if popen is not None:
+        try:
+            popen.wait(2)
+        except Exception:
+            pass
+    return codes
+
+
+def _forget(cluster) -> None:
+    """The in-process ipyparallel.Cluster object: already stopped, do not stop it at exit."""
     try:
         from ipyparallel.cluster import cluster as ipp_cluster
 

@@ -28,6 +28,7 @@ class EngineInfo:
     device: str
     local_rank: int
     local_world_size: int = 1
+    node: str = ""  # the node this rank belongs to: its host, or a simulated node ("node0", ...)
 
 
 def default_n(gpus: int) -> int:
@@ -83,19 +84,57 @@ def rank_order(infos: list[dict]) -> list[dict]:
     return infos
 
 
-def plan_ranks(infos: list[dict], backend: str | None = None) -> tuple[str, list[EngineInfo]]:
+def check_nodes(nodes, hosts: list[str]) -> int:
+    """Refuse a simulated-node count that does not fit the engines (before anything starts).
+
+    >>> check_nodes(3, ["vm"] * 4)
+    Traceback (most recent call last):
+    ValueError: nodes=3 does not divide the 4 engines; pick nodes in {1, 2, 4}
+    """
+    n = len(hosts)
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise ValueError(f"nodes must be a whole number of nodes to simulate, got {nodes!r}; e.g. nodes=2")
+    if len(set(hosts)) > 1:
+        raise ValueError(f"this cluster already spans {len(set(hosts))} real hosts "
+                         f"({', '.join(sorted(set(hosts)))}); nodes= simulates nodes on one host only: "
+                         "drop it")
+    if n % nodes:
+        fits = ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+        raise ValueError(f"nodes={nodes} does not divide the {n} engines; pick nodes in {{{fits}}}")
+    return nodes
+
+
+def node_names(hosts: list[str], nodes: int | None) -> list[str]:
+    """The node of each rank: its host, or ``node0, node1, ...`` in blocks of n/nodes ranks.
+
+    >>> node_names(["vm"] * 4, 2)
+    ['node0', 'node0', 'node1', 'node1']
+    """
+    if nodes is None:
+        return list(hosts)
+    check_nodes(nodes, hosts)
+    per_node = len(hosts) // nodes
+    return [f"node{r // per_node}" for r in range(len(hosts))]
+
+
+def plan_ranks(infos: list[dict], backend: str | None = None,
+               nodes: int | None = None) -> tuple[str, list[EngineInfo]]:
     """Ranks, local ranks, backend and devices for the probed engines.
 
     ``infos``: one dict per engine with ``engine_id``, ``host``, ``pid``, ``cuda_count`` and
     (optionally) ``mpi_rank``.  NCCL is chosen when every engine can own a GPU of its host,
     and refused, with the host and counts, when asked for where it cannot.
+    ``nodes``: simulate that many nodes on one host (ranks in contiguous blocks); local
+    ranks then count within a simulated node, as torchrun's would on a real one.
     """
     check_backend(backend)
     infos = rank_order(infos)
     n = len(infos)
     hosts = [i["host"] for i in infos]
+    node = node_names(hosts, nodes)
     local_rank = [hosts[:r].count(h) for r, h in enumerate(hosts)]
     per_host = {h: hosts.count(h) for h in hosts}
+    node_rank = [node[:r].count(x) for r, x in enumerate(node)]
     gpus_ok = n > 0 and all(i["cuda_count"] >= per_host[i["host"]] for i in infos)
     if backend is None:
         backend = "nccl" if gpus_ok else "gloo"
@@ -110,7 +149,7 @@ def plan_ranks(infos: list[dict], backend: str | None = None) -> tuple[str, list
         EngineInfo(
             rank=r, engine_id=i["engine_id"], host=i["host"], pid=i["pid"],
             device=(f"cuda:{local_rank[r]}" if backend == "nccl" else "cpu"),
-            local_rank=local_rank[r], local_world_size=per_host[i["host"]],
+            local_rank=node_rank[r], local_world_size=node.count(node[r]), node=node[r],
         )
         for r, i in enumerate(infos)
     ]

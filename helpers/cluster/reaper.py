@@ -17,14 +17,14 @@ POLL = 0.25
 
 def main(argv: list[str]) -> int:
     owner, cluster_id, profile_dir = int(argv[0]), argv[1], argv[2]
-    from .lifecycle import _process_tree, cluster_processes, kill_processes, pid_alive
+    from .lifecycle import cluster_processes, kill_processes, pid_alive, process_tree
     from .ref import ClusterRef
 
     ref = ClusterRef(cluster_id, profile_dir)
     while pid_alive(owner):
         time.sleep(POLL)
     procs = cluster_processes(ref)
-    kill_processes(_process_tree([p.pid for p in procs]), grace=1.0)
+    kill_processes(process_tree([p.pid for p in procs]), grace=1.0)
     ref.remove_files()
     return 0
 

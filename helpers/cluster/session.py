@@ -34,7 +34,7 @@ from .lifecycle import (
     stop_cluster,
     visible_gpus,
 )
-from .planning import EngineInfo, check_backend, check_n, default_n, plan_ranks, threads_per_engine
+from .planning import EngineInfo, check_backend, check_n, check_nodes, default_n, plan_ranks, threads_per_engine
 from .ref import ClusterRef
 
 DEFAULT_PG_TIMEOUT = 30.0  # seconds a collective may wait before it fails (teaching-sized)
@@ -75,6 +75,7 @@ class TPCluster:
     _watchdogs: dict[int, tuple[str, int]] = field(default_factory=dict, repr=False)
     _token: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
     _cwd: str | None = field(default=None, repr=False)  # the folder the engines follow
+    simulated_nodes: int | None = None  # connect(nodes=2): 2 nodes simulated on one host
 
     # ---- facts
     @property
@@ -99,6 +100,12 @@ class TPCluster:
         return [e.device for e in self.engines]
 
     @property
+    def nodes(self) -> list[str]:
+        """The node of each rank, by rank: real host names, or ``node0, node1, ...`` when
+        ``connect(nodes=...)`` simulates nodes on one host."""
+        return [e.node for e in self.engines]
+
+    @property
     def view(self):
         self.check_alive()  # a dead rank is named, not a bare KeyError
         view = self.client[self.engine_ids]
@@ -111,9 +118,11 @@ class TPCluster:
 
     def __repr__(self) -> str:
         hosts = sorted({e.host for e in self.engines})
+        sim = (f", {self.simulated_nodes} simulated nodes of {self.world_size // self.simulated_nodes}"
+               if self.simulated_nodes else "")
         return (
             f"<TPCluster {self.cluster_id!r}: {self.world_size} ranks, backend "
-            f"{self.backend}, devices {self.devices}, hosts {hosts}>"
+            f"{self.backend}, devices {self.devices}, hosts {hosts}{sim}>"
         )
 
     # ---- data in and out, by rank
@@ -190,11 +199,11 @@ class TPCluster:
                 f"cluster {self.cluster_id!r} has no engines; restart it with "
                 "./launch_cluster.sh stop && ./launch_cluster.sh start"
             )
-        backend, self.engines = plan_ranks(infos, backend)
+        backend, self.engines = plan_ranks(infos, backend, nodes=self.simulated_nodes)
         self.backend = backend
         per_host = Counter(e.host for e in self.engines)
         by_id = {i["engine_id"]: i for i in infos}
-        adopt = not force and all(
+        adopt = not force and not self.simulated_nodes and all(
             by_id[e.engine_id]["initialized"] and by_id[e.engine_id]["world_size"] == n
             and by_id[e.engine_id]["rank"] == e.rank and by_id[e.engine_id]["backend"] == backend
             for e in self.engines)
@@ -347,6 +356,7 @@ def connect(
     profile_dir: str | None = None,
     start_timeout: float = DEFAULT_START_TIMEOUT,
     activate: bool = True,
+    nodes: int | None = None,
 ) -> TPCluster:
     """Attach to the cluster ``launch_cluster.sh`` started, or start the local default.
 
@@ -356,6 +366,8 @@ def connect(
               (the process-group timeout); short, so a wrong collective ends fast.
     backend:  'nccl' when every engine owns a GPU, else 'gloo' (default: chosen).
     threads:  torch threads per engine (default: this host's cores / engines).
+    nodes:    simulate this many nodes on one host (``connect(n=4, nodes=2)``: 2 nodes x
+              2 ranks); ``cluster.nodes`` and each engine's LOCAL_RANK follow them.
 
     Calling it again returns the same cluster.  A cluster that ``connect()``
     started itself is stopped by ``cluster.shutdown()`` or when this kernel exits
@@ -367,6 +379,8 @@ def connect(
         n = check_n(n, backend=backend, gpus=visible_gpus() if backend == "nccl" else 0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if nodes is not None and n is not None:
+        check_nodes(nodes, ["here"] * n)  # refused before anything starts
 
     existing = _CONNECTIONS.get(ref)
     if existing is not None:
@@ -375,6 +389,9 @@ def connect(
                 f"this notebook is already connected to {existing.world_size} engines; "
                 f"connect(n={n}) would need a new cluster: call cluster.shutdown() first"
             )
+        if nodes != existing.simulated_nodes and (nodes or existing.simulated_nodes):
+            existing.simulated_nodes = nodes
+            existing.init_distributed(force=True)  # the new layout: new local ranks
         if activate:
             existing.activate()
         existing.follow_cwd()
@@ -418,7 +435,8 @@ def connect(
             "without n, or restart it: ./launch_cluster.sh stop && "
             f"./launch_cluster.sh start -n {n}"
         )
-    tc = TPCluster(ref=ref, client=client, cluster=cluster, owned=owned, timeout=float(timeout))
+    tc = TPCluster(ref=ref, client=client, cluster=cluster, owned=owned, timeout=float(timeout),
+                   simulated_nodes=nodes)
     try:
         tc.init_distributed(backend=backend, timeout=timeout, threads=threads)
         tc.follow_cwd()

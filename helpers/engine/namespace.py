@@ -44,3 +44,22 @@ def fetch_values(names: list[str]) -> dict:
             value = ns[name]
             out[name] = value.detach().cpu() if isinstance(value, torch.Tensor) else value
     return out
+
+
+def load_module(name: str, path: str) -> str:
+    """Import the Python file at ``path`` as module ``name`` on this engine.
+
+    For code kept in a file that is not on the engines' import path (a test's engine-side
+    functions, a worker script): afterwards functions of that module can be shipped by
+    reference (``cluster.apply(module.func, ...)``).  Returns ``name``.
+    """
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path!r} as {name!r}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return name

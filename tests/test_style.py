@@ -1,0 +1,70 @@
+"""House rules that a linter can check: ruff is clean, and helpers never use ``assert``."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_ruff_is_clean():
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_helpers_raise_errors_a_learner_understands_never_assert():
+    found = []
+    for path in pathlib.Path(REPO, "helpers").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assert):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not found, "assert in helpers (raise ValueError/RuntimeError with the numbers): " + ", ".join(found)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """helpers' modules and the helpers modules each one imports (at any depth of its code)."""
+    root = pathlib.Path(REPO)
+    files = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (root / "helpers").rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    parts = parts[: len(parts) - node.level + 1]
+                    base = ".".join(parts + ([node.module] if node.module else []))
+                deps.add(base)
+                deps |= {f"{base}.{a.name}" for a in node.names}
+        graph[name] = {d for d in deps if d in files and d != name}
+    return graph
+
+
+def test_no_import_circles_in_helpers():
+    graph = _module_graph()
+    # a package's __init__ may import its own submodules (re-exports); nothing else may loop
+    edges = {m: {d for d in ds if not d.startswith(m + ".")} for m, ds in graph.items()}
+    state, cycles = {}, []
+
+    def visit(m, stack):
+        state[m] = "open"
+        for d in edges[m]:
+            if state.get(d) == "open":
+                cycles.append(stack[stack.index(d):] + [d])
+            elif d not in state:
+                visit(d, stack + [d])
+        state[m] = "done"
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
