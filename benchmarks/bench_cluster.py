@@ -33,6 +33,11 @@ It is not a test: it always exits 0.  ``--breakdown`` adds instrumented connect(
 show where the startup time goes (engine torch import, registration, heartbeat, probe,
 process-group init); ``--also-helpers DIR`` times connect() from a modified copy of
 ``helpers/`` (DIR contains ``helpers/``) in the same rounds, to measure a proposed change.
+
+The child programs (connect(), the torchrun workers, raw ipyparallel, the instrumented engine
+command) and the all-reduce loop are plain functions in ``bench_children.py`` next to this
+file: children run ``python benchmarks/bench_children.py <command> ...``, and the engines get
+the loop with ``cluster.apply`` after ``helpers.engine.namespace.load_module``.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ import time
 import traceback
 import uuid
 
+import bench_children  # benchmarks/ (this script's folder): the children and the engine-side loop
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPERS_ROOT = REPO  # the directory holding the helpers/ under test (--helpers changes it)
 
@@ -58,185 +65,9 @@ MiB = 1 << 20
 RUN_ID = f"bench{uuid.uuid4().hex[:6]}"  # every cluster this run starts has an id with this prefix
 CHILD_TIMEOUT = 240.0  # seconds any one child process may take
 
-# --------------------------------------------------------------------------- child scripts
-
-# The all-reduce bandwidth loop: the same source runs on the engines and under torchrun.
-ALLREDUCE_SRC = '''
-def _bench_allreduce(sizes, warmups, iters, dev):
-    """Per-iteration seconds of dist.all_reduce on a float32 tensor of each size (bytes)."""
-    import time
-    import torch
-    import torch.distributed as dist
-
-    dev = torch.device(dev)
-    cuda = dev.type == "cuda"
-    out = {"threads": torch.get_num_threads(), "times": {}}
-    for nbytes, warmup, n in zip(sizes, warmups, iters):
-        x = torch.zeros(nbytes // 4, dtype=torch.float32, device=dev)  # zeros: no overflow
-        times = []
-        for i in range(warmup + n):
-            dist.barrier()
-            if cuda:
-                torch.cuda.synchronize(dev)
-            t = time.perf_counter()
-            dist.all_reduce(x)
-            if cuda:
-                torch.cuda.synchronize(dev)
-            dt = time.perf_counter() - t
-            if i >= warmup:
-                times.append(dt)
-        out["times"][str(nbytes)] = times
-        del x
-    return out
-'''
-
-# 1a. connect() from a fresh process.  argv: cluster_id profile_dir n backend breakdown ts_dir wrapper
-CONNECT_CHILD = r'''
-import json, os, sys, time
-T = {"t_start": time.time()}
-cid, prof, n, backend, breakdown, ts_dir, wrapper = sys.argv[1:8]
-n = int(n)
-import helpers
-from helpers import cluster as hc
-T["t_imported"] = time.time()
-if breakdown == "1":
-    # Instrumented: engines start from a wrapper that runs helpers/engine_main.py and logs
-    # timestamps, and the client records when each step of connect() returns.
-    import ipyparallel as ipp
-    os.environ["BENCH_TS_DIR"] = ts_dir
-    hc.ENGINE_CMD = [sys.executable, wrapper]
-
-    def wrap(owner, name, key):
-        orig = getattr(owner, name)
-
-        def inner(*a, **k):
-            r = orig(*a, **k)
-            T.setdefault(key, time.time())
-            return r
-        setattr(owner, name, inner)
-    wrap(hc, "start_cluster", "t_spawned")
-    wrap(ipp.Client, "wait_for_engines", "t_registered")
-    wrap(hc.TPCluster, "_probe", "t_probed")
-    wrap(hc.TPCluster, "init_distributed", "t_pg")
-c = hc.connect(n=n, cluster_id=cid, profile_dir=prof, backend=(backend or None), activate=False)
-T["t_connected"] = time.time()
-c.run("_bench_x = torch.ones(4, device=device); dist.all_reduce(_bench_x); "
-      "_bench_s = float(_bench_x.sum())")
-s = c.pull("_bench_s")
-T["t_done"] = time.time()
-T.update(result=s[0], helpers=os.path.dirname(helpers.__file__),
-         torch_in_client="torch" in sys.modules)
-print("BENCH " + json.dumps(T), flush=True)
-c.shutdown()
-'''
-
-# 1b / 3. the torchrun worker.  argv: startup backend | serve backend threads ctl_dir
-TORCHRUN_CHILD = r'''
-import json, os, sys, time
-T = {"t_start": time.time()}
-import torch
-import torch.distributed as dist
-T["t_imported"] = time.time()
-mode, backend = sys.argv[1:3]
-rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-if backend == "nccl":
-    dev = torch.device("cuda", local_rank)
-    torch.cuda.set_device(dev)
-else:
-    dev = torch.device("cpu")
-dist.init_process_group(backend)
-T["t_pg"] = time.time()
-if mode == "startup":
-    x = torch.ones(4, device=dev)
-    dist.all_reduce(x)
-    T["t_done"] = time.time()
-    T["result"] = float(x.sum())
-    if rank == 0:
-        print("BENCH " + json.dumps(T), flush=True)
-else:  # serve: run the bandwidth loop whenever the benchmark asks (ctl/cmd<k>.json)
-    threads, ctl = sys.argv[3:5]
-    torch.set_num_threads(int(threads))  # what connect() gives each engine
-    exec(ALLREDUCE_SRC)
-    k = 0
-    while True:
-        path = os.path.join(ctl, f"cmd{k}.json")
-        while not os.path.exists(path):
-            time.sleep(0.01)
-        with open(path) as f:
-            cmd = json.load(f)
-        if cmd.get("stop"):
-            break
-        res = _bench_allreduce(cmd["sizes"], cmd["warmups"], cmd["iters"], str(dev))
-        tmp = os.path.join(ctl, f".res{k}-rank{rank}.json")
-        with open(tmp, "w") as f:
-            json.dump(res, f)
-        os.replace(tmp, os.path.join(ctl, f"res{k}-rank{rank}.json"))
-        k += 1
-dist.destroy_process_group()
-'''.replace("exec(ALLREDUCE_SRC)", "exec(" + repr(ALLREDUCE_SRC) + ")")
-
-# 1c. raw ipyparallel, the naive way.  argv: cluster_id profile_dir n backend
-RAW_CHILD = r'''
-import json, os, socket, sys, time
-T = {"t_start": time.time()}
-cid, prof, n, backend = sys.argv[1:5]
-n = int(n)
-import ipyparallel as ipp
-cluster = ipp.Cluster(n=n, cluster_id=cid, profile_dir=prof, log_level=30)
-rc = cluster.start_and_connect_sync()
-T["t_registered"] = time.time()
-view = rc[:]
-view.execute("import os, torch, torch.distributed as dist", block=True)
-T["t_imported"] = time.time()
-s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
-ids = sorted(rc.ids)
-for r, eid in enumerate(ids):
-    rc[eid].push(dict(rank=r), block=True)
-view.execute(
-    f"os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='{port}', WORLD_SIZE='{n}', "
-    "RANK=str(rank), LOCAL_RANK=str(rank)); "
-    f"dist.init_process_group('{backend}', init_method='env://'); "
-    f"dev = torch.device('cuda', rank) if '{backend}' == 'nccl' else torch.device('cpu')",
-    block=True,
-)
-T["t_pg"] = time.time()
-view.execute("x = torch.ones(4, device=dev); dist.all_reduce(x); s = float(x.sum())", block=True)
-T["result"] = rc[ids[0]].pull("s", block=True)
-T["t_done"] = time.time()
-print("BENCH " + json.dumps(T), flush=True)
-cluster.stop_cluster_sync()
-'''
-
-# --breakdown only: runs the real helpers/engine_main.py, with timestamps around ipengine's steps.
-ENGINE_WRAPPER = r'''
-import os, runpy, time
-def _log(what):
-    with open(os.path.join(os.environ["BENCH_TS_DIR"], f"{os.getpid()}.txt"), "a") as f:
-        f.write(f"{what} {time.time():.4f}\n")
-_log("e_start")
-from ipyparallel.engine import app as _app
-_main, _reg, _done, _ping = (_app.main, _app.IPEngine.register,
-                             _app.IPEngine.complete_registration, _app.IPEngine._report_ping)
-def main(*a, **k):
-    _log("e_imported")  # engine_main has done its imports (torch) and starts ipengine
-    return _main(*a, **k)
-async def register(self):
-    _log("e_register_sent")
-    return await _reg(self)
-async def complete_registration(self, *a):
-    r = await _done(self, *a)
-    _log("e_register_done")
-    return r
-def report_ping(self, msg):
-    if not getattr(self, "_bench_pinged", False):
-        self._bench_pinged = True
-        _log("e_first_ping")
-    return _ping(self, msg)
-_app.main, _app.IPEngine.register = main, register
-_app.IPEngine.complete_registration, _app.IPEngine._report_ping = complete_registration, report_ping
-runpy.run_module("helpers.engine_main", run_name="__main__", alter_sys=True)
-'''
-
+# The child processes (connect(), torchrun workers, raw ipyparallel, --breakdown's engine
+# command) and the all-reduce loop are real code in bench_children.py, next to this file.
+CHILDREN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_children.py")
 
 # --------------------------------------------------------------------------- plumbing
 
@@ -264,10 +95,6 @@ class Bench:
         self.rows: list[tuple] = []
         self.notes: list[str] = []
         self.raw: dict = {"run_id": RUN_ID}
-        for name, src in (("connect_child.py", CONNECT_CHILD), ("torchrun_child.py", TORCHRUN_CHILD),
-                          ("raw_child.py", RAW_CHILD), ("engine_wrapper.py", ENGINE_WRAPPER)):
-            with open(os.path.join(self.tmp, name), "w") as f:
-                f.write(src)
 
     # ---- children
     def new_cluster(self, tag: str) -> tuple[str, str]:
@@ -309,7 +136,7 @@ class Bench:
         from helpers import cluster as hc
 
         try:
-            hc.stop_cluster(cid, prof)
+            hc.stop_cluster(hc.ClusterRef(cid, prof))
         except Exception as e:  # pragma: no cover - best effort
             self.notes.append(f"could not stop {cid}: {e}")
 
@@ -327,16 +154,15 @@ class Bench:
 
     def torchrun(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={self.args.n}", os.path.join(self.tmp, "torchrun_child.py"), *args]
+                f"--nproc_per_node={self.args.n}", CHILDREN, "torchrun", *args]
 
     # ---- 1. startup
     def run_connect(self, helpers_root: str, breakdown: bool = False) -> dict | None:
         cid, prof = self.new_cluster("conn")
         ts_dir = os.path.join(self.tmp, f"ts-{cid}")
         os.makedirs(ts_dir)
-        d = self.child([sys.executable, os.path.join(self.tmp, "connect_child.py"), cid, prof,
-                        str(self.args.n), self.args.backend, "1" if breakdown else "0", ts_dir,
-                        os.path.join(self.tmp, "engine_wrapper.py")],
+        d = self.child([sys.executable, CHILDREN, "connect", cid, prof,
+                        str(self.args.n), self.args.backend, "1" if breakdown else "0", ts_dir],
                        pythonpath=helpers_root, cwd=helpers_root)
         self.sweep(cid, prof)
         if d is not None:
@@ -356,7 +182,7 @@ class Bench:
 
     def run_raw(self) -> dict | None:
         cid, prof = self.new_cluster("raw")
-        d = self.child([sys.executable, os.path.join(self.tmp, "raw_child.py"), cid, prof,
+        d = self.child([sys.executable, CHILDREN, "raw", cid, prof,
                         str(self.args.n), self.args.backend])
         self.sweep(cid, prof)
         return d
@@ -505,10 +331,13 @@ class Bench:
         warmups = [1 if s >= 16 * MiB else 3 for s in sizes]  # per chunk
         iters = [a.iters_large if s >= 16 * MiB else a.iters_small for s in sizes]
         chunks = 4 * a.rounds  # noisy machines: many short, adjacent chunks
-        engine_threads = tc.apply(_threads)  # what connect() set: cores // engines per host
+        # the loop is bench_children.allreduce_times on both sides: load that file on the
+        # engines, then ship the function by reference (ipyparallel sends its module's name)
+        from helpers.engine.namespace import load_module
+
+        tc.apply(load_module, "bench_children", CHILDREN)
+        engine_threads = tc.apply(bench_children.threads)  # what connect() set: cores // engines per host
         threads = min(engine_threads)  # the torchrun workers get the same
-        tc.run(ALLREDUCE_SRC)
-        call = f"_bench_res = _bench_allreduce({sizes}, {warmups}, {iters}, str(device))"
         print(f"\n[3] all-reduce busbw: sizes {a.sizes} MiB, {chunks} alternating chunks "
               f"(engines, then torchrun, or the reverse) of {iters} timed iterations; "
               f"torch threads per rank {engine_threads} (load {load()})", flush=True)
@@ -530,8 +359,8 @@ class Bench:
                 into[s].extend(max(c) for c in cols)  # the slowest rank sets the time
 
         def on_engines():
-            tc.run(call)
-            per_rank = tc.pull("_bench_res")
+            # each rank on its own device (None: the one connect() gave it), results by rank
+            per_rank = tc.apply(bench_children.allreduce_times, sizes, warmups, iters, None)
             thr["engines"] = [r["threads"] for r in per_rank]
             collect(per_rank, ours)
 
@@ -643,12 +472,6 @@ def _execute_wait_output(view):
     ar.wait_for_output(5)
 
 
-def _threads():
-    import torch
-
-    return torch.get_num_threads()
-
-
 def bw(n: int, nbytes: int, seconds) -> float | None:
     """Bus bandwidth in GB/s (nccl-tests' definition for all-reduce)."""
     if not seconds:
@@ -685,7 +508,7 @@ def main(argv=None) -> None:
     global HELPERS_ROOT
     HELPERS_ROOT = os.path.abspath(args.helpers)
     sys.path.insert(0, HELPERS_ROOT)
-    # engines run `python -m helpers.engine_main` in our working directory: that picks the copy
+    # engines run `python -m helpers.engine.main` in our working directory: that picks the copy
     os.chdir(HELPERS_ROOT)
     if args.n is None:
         if args.backend == "nccl":

@@ -11,14 +11,17 @@ TP degrees 1, 2 and 4 are all exercised on the same 4 ranks:
     degree 2: ``dist.new_group([0, 1])``, ``([2, 3])`` ranks {0, 1} and {2, 3}
     degree 1: ``dist.new_group([r])`` for every r       one rank each
 
-The groups are made once for this module (``new_group`` is collective: every rank creates
-every group, in the same order) and live in the engine variable ``_tpc_groups``
-(``{degree: this rank's group}``).  Engine-side names all start with ``_tpc_``.
+The engine-side code is a real module, tests/tp_cluster_engine.py, loaded once on every
+engine (``helpers.engine.namespace.load_module``) and called by reference:
+``tpc.apply(eng.primitive, ...)`` returns one result per rank, in rank order.  The groups are
+made once for this module by ``eng.setup()`` (``new_group`` is collective: every rank creates
+every group, in the same order) and live in that module on each engine (``eng.GROUPS``,
+``{degree: this rank's group}``); nothing is defined in the engines' interactive namespace.
 
 Each group at degree 2 or 1 is an independent replica of the same TP computation, so each
 group is compared with dense on its own.
 
-Costs: one cluster round trip (push, run, pull) per test or hypothesis example; every
+Costs: one cluster round trip (an apply) per engine call of a test or hypothesis example; every
 test carries its own timeout, and the PG timeout (30 s) ends a stuck collective first.
 """
 
@@ -27,18 +30,21 @@ from __future__ import annotations
 import math
 import os
 import re
-import textwrap
 
 import pytest
 import torch
 import torch.nn as nn
+import tp_cluster_engine as eng  # tests/: the engine-side functions, also loaded on every engine
+import tp_torchrun_worker as worker  # tests/: the torchrun checks, also loaded on every engine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import reference, tp
+from helpers.engine import namespace
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "tp_torchrun_worker.py")
+ENGINE = os.path.join(REPO, "tests", "tp_cluster_engine.py")
 DEGREES = (1, 2, 4)
 WORLD = 4
 
@@ -46,193 +52,25 @@ HYPO = settings(max_examples=10, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 
-# ------------------------------------------------------------------ engine-side code
-# Loaded once per module on every engine (what a notebook's first %%px cells would do).
-# The worker module is loaded from its file path, not imported by name: the engines' cwd
-# and sys.path need not contain the repo root or tests/.
-ENGINE_SETUP = textwrap.dedent("""
-    import importlib.util as _tpc_ilu
-    import os as _tpc_os
-    import sys as _tpc_sys
-    if _tpc_repo not in _tpc_sys.path:
-        _tpc_sys.path.insert(0, _tpc_repo)
-    from helpers import tp as _tpc_tp
-    from torch.distributed.tensor.debug import CommDebugMode as _tpc_CommDebugMode  # slow first import
-    _tpc_spec = _tpc_ilu.spec_from_file_location("_tpc_tp_torchrun_worker", _tpc_worker_path)
-    _tpc_worker = _tpc_ilu.module_from_spec(_tpc_spec)
-    _tpc_spec.loader.exec_module(_tpc_worker)
-    # new_group is collective: every rank creates every group, in the same order.
-    _tpc_pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
-    _tpc_singles = [dist.new_group([r]) for r in range(world_size)]
-    _tpc_groups = {4: None, 2: _tpc_pairs[rank // 2], 1: _tpc_singles[rank]}
-    _tpc_other_pair = _tpc_pairs[1 - rank // 2]  # a group this rank is NOT in
-    _tpc_where = (_tpc_os.path.realpath(_tpc_tp.__file__),
-                  _tpc_os.path.realpath(_tpc_worker.tp.__file__))
-""")
-
-ENGINE_FUNCS = textwrap.dedent('''
-    def _tpc_counts(mode):
-        """{op: n} from a CommDebugMode, e.g. {"allreduce": 1} (the worker's naming)."""
-        return {str(op).split(".")[-1].rstrip("_"): n for op, n in mode.get_comm_counts().items()}
-
-
-    def _tpc_group_facts():
-        out = {}
-        for degree, g in _tpc_groups.items():
-            pg = dist.group.WORLD if g is None else g
-            out[degree] = (dist.get_process_group_ranks(pg), dist.get_rank(g),
-                           dist.get_world_size(g), _tpc_tp.tp_degree_and_rank(g))
-        return out
-
-
-    def _tpc_base(*shape):
-        """1, 2, 3, ... in the given shape (float32, exact small integers)."""
-        n = 1
-        for s in shape:
-            n *= s
-        return torch.arange(1, n + 1, dtype=torch.float32).reshape(*shape)
-
-
-    def _tpc_primitive(name, degree, lead, k):
-        """Run one primitive forward + backward; inputs are hand-computable (see the tests)."""
-        from torch.distributed.tensor.debug import CommDebugMode
-        g = _tpc_groups[degree]
-        p = dist.get_world_size(g)
-        if name == "f":
-            x, dy = _tpc_base(*lead, k), (rank + 1) * _tpc_base(*lead, k)
-            fn = _tpc_tp.copy_to_tp_region
-        elif name == "g":
-            x, dy = (rank + 1) * _tpc_base(*lead, k), 10 * (rank + 1) * _tpc_base(*lead, k)
-            fn = _tpc_tp.reduce_from_tp_region
-        elif name == "gather":
-            x, dy = (rank + 1) * _tpc_base(*lead, k), (rank + 1) * _tpc_base(*lead, k * p)
-            fn = _tpc_tp.gather_from_tp_region
-        elif name == "scatter":
-            x, dy = _tpc_base(*lead, k * p), (rank + 1) * _tpc_base(*lead, k)
-            fn = _tpc_tp.scatter_to_tp_region
-        else:
-            raise ValueError(name)
-        x = x.requires_grad_()
-        with CommDebugMode() as fwd:
-            y = fn(x, group=g)
-        with CommDebugMode() as bwd:
-            y.backward(dy)
-        return dict(y=y.detach().clone(), x_grad=x.grad.clone(),
-                    fwd=_tpc_counts(fwd), bwd=_tpc_counts(bwd))
-
-
-    def _tpc_layer_case(kind, degree, bias, flag, d_in, d_out, seed, x, dy):
-        """Shard a dense layer built from `seed`, run forward + backward; return this rank's
-        output, input grad and parameter grads (shards), for the kernel to compare."""
-        import torch.nn as nn
-        g = _tpc_groups[degree]
-        p, r = _tpc_tp.tp_degree_and_rank(g)
-        torch.manual_seed(seed)          # the same master weights on every rank (and kernel)
-        if kind == "mlp":
-            dense = _tpc_tp.DenseMLP(d_in, d_out, bias=bias)
-            layer = _tpc_tp.ParallelMLP.from_dense(dense.fc1, dense.fc2, group=g)
-        elif kind == "column":
-            dense = nn.Linear(d_in, d_out, bias=bias)
-            layer = _tpc_tp.ColumnParallelLinear.from_linear(dense, gather_output=flag, group=g)
-        elif kind == "row":
-            dense = nn.Linear(d_in, d_out, bias=bias)
-            layer = _tpc_tp.RowParallelLinear.from_linear(dense, input_is_parallel=flag, group=g)
-        else:
-            raise ValueError(kind)
-        del dense                        # the engine keeps its shard only
-        # X: (B, d_in) on every rank; row-parallel with input_is_parallel takes X_r (B, d_in/p)
-        if kind == "row" and flag:
-            w = d_in // p
-            x = x[:, r * w:(r + 1) * w]
-        # dY: (B, d_out); column-parallel without gather_output gets its dY_r (B, d_out/p)
-        if kind == "column" and not flag:
-            w = d_out // p
-            dy = dy[:, r * w:(r + 1) * w]
-        x = x.detach().clone().requires_grad_()
-        y = layer(x)
-        y.backward(dy)
-        return dict(y=y.detach().clone(), x_grad=x.grad.clone(),
-                    grads={n: q.grad.clone() for n, q in layer.named_parameters()})
-
-
-    def _tpc_refusals(degree, cases):
-        """Build each refused thing (expect ValueError on every rank, before any collective),
-        then prove no rank is stuck in a collective: real all-reduces on the group and world."""
-        import torch.nn as nn
-        from torch.distributed.tensor.debug import CommDebugMode
-        g = _tpc_groups[degree]
-        out = []
-        for what, a, b in cases:
-            with CommDebugMode() as mode:
-                try:
-                    if what == "column":
-                        _tpc_tp.ColumnParallelLinear(a, b, group=g)
-                    elif what == "column.from_linear":
-                        _tpc_tp.ColumnParallelLinear.from_linear(nn.Linear(a, b), group=g)
-                    elif what == "row":
-                        _tpc_tp.RowParallelLinear(a, b, group=g)
-                    elif what == "row.from_linear":
-                        _tpc_tp.RowParallelLinear.from_linear(nn.Linear(a, b), group=g)
-                    elif what == "mlp":
-                        _tpc_tp.ParallelMLP(a, b, group=g)
-                    elif what == "mlp.from_dense":
-                        m = _tpc_tp.DenseMLP(a, b)
-                        _tpc_tp.ParallelMLP.from_dense(m.fc1, m.fc2, group=g)
-                    elif what == "scatter":
-                        _tpc_tp.scatter_to_tp_region(torch.ones(2, a, requires_grad=True), group=g)
-                    elif what == "row.forward_full_input":   # input_is_parallel but full X given
-                        _tpc_tp.RowParallelLinear(a, b, group=g)(torch.ones(2, a))
-                    else:
-                        raise KeyError(what)
-                except ValueError as e:
-                    err, msg = "ValueError", str(e)
-                except Exception as e:                      # reported, not raised: see kernel
-                    err, msg = type(e).__name__, str(e)
-                else:
-                    err, msg = None, None
-            out.append(dict(what=what, error=err, msg=msg, comms=_tpc_counts(mode)))
-        t = torch.ones(1)
-        dist.all_reduce(t, group=g)                         # completes: no peer is stuck
-        w = torch.tensor([float(rank)])
-        dist.all_reduce(w)
-        return dict(refusals=out, group_sum=t.item(), world_sum=w.item())
-''')
-
-
-def run_on_engines(cluster, expr: str, **values) -> list:
-    """Push values, evaluate ``expr`` on every rank, pull the result by rank (a list)."""
-    if values:
-        cluster.push(**values)
-    cluster.run(f"_tpc_out = {expr}")
-    return cluster.pull("_tpc_out")
-
-
 @pytest.fixture(scope="module")
 def tpc(cluster):
-    """The session cluster with this module's groups and helpers defined on every engine."""
+    """The session cluster with this module's groups made on every engine (tp_cluster_engine)."""
     if cluster.world_size != WORLD:
         pytest.skip(f"these tests need {WORLD} ranks, the cluster has {cluster.world_size}")
-    cluster.push(_tpc_repo=REPO, _tpc_worker_path=WORKER)
-    cluster.run(ENGINE_SETUP)
-    cluster.run(ENGINE_FUNCS)
-    where = cluster.pull("_tpc_where")
+    names_before = cluster.apply(namespace.user_names)
+    # What a notebook's first %%px cells would do: load the engine-side code, make the groups.
+    cluster.apply(namespace.load_module, "tp_torchrun_worker", WORKER)
+    cluster.apply(namespace.load_module, "tp_cluster_engine", ENGINE)
+    where = cluster.apply(eng.setup)
     mine = os.path.realpath(tp.__file__)
-    assert all(w == (mine, mine) for w in where), (
+    assert all(w == dict(tp=mine, worker_tp=mine) for w in where), (
         f"engines use helpers.tp from {where}, this kernel from {mine}: they must be the same "
         "checkout (an engine cwd in another checkout?)")
     yield cluster
-    # Leave the engines as we found them: no _tpc_ names, our subgroups destroyed (local).
-    cluster.run(textwrap.dedent("""
-        for _g in _tpc_pairs + _tpc_singles:
-            if _g is not dist.GroupMember.NON_GROUP_MEMBER:
-                try:
-                    dist.destroy_process_group(_g)
-                except Exception:
-                    pass
-        for _n in [n for n in list(globals()) if n.startswith("_tpc_") or n == "_g"]:
-            del globals()[_n]
-        del _n
-    """))
+    # Leave the engines as we found them: our subgroups destroyed (local), our modules
+    # unregistered, no new names in the engines' namespace.
+    assert cluster.apply(eng.teardown) == [[]] * WORLD
+    assert cluster.apply(namespace.user_names) == names_before
 
 
 # ------------------------------------------------------------------ kernel-side helpers
@@ -253,7 +91,7 @@ def base(*shape) -> torch.Tensor:
 # ------------------------------------------------------------------ the groups
 @pytest.mark.timeout(120)
 def test_groups_have_the_expected_members_on_every_rank(tpc):
-    facts = run_on_engines(tpc, "_tpc_group_facts()")
+    facts = tpc.apply(eng.group_facts)
     for r, f in enumerate(facts):
         for d in DEGREES:
             ranks, grank, size, dr = f[d]
@@ -264,14 +102,13 @@ def test_groups_have_the_expected_members_on_every_rank(tpc):
 @pytest.mark.timeout(120)
 def test_a_group_this_rank_is_not_in_is_refused(tpc):
     # worker's check_not_member: ColumnParallelLinear(group=other pair) -> "not a member"
-    run_on_engines(tpc, "_tpc_worker.check_not_member(_tpc_other_pair)")
-    tpc.run("_tpc_t = torch.ones(1); dist.all_reduce(_tpc_t); _tpc_out = _tpc_t.item()")
-    assert tpc.pull("_tpc_out") == [4.0] * WORLD  # nobody was left waiting
+    tpc.apply(eng.with_group, worker.check_not_member, "other")
+    assert tpc.apply(eng.world_all_reduce) == [4.0] * WORLD  # nobody was left waiting
 
 
 # ------------------------------------------------------------------ the four primitives
 def expected_primitive(name: str, degree: int, lead: tuple, k: int, r: int) -> dict:
-    """Hand-computed result of one primitive on global rank r (mirrors _tpc_primitive's inputs)."""
+    """Hand-computed result of one primitive on global rank r (mirrors eng.primitive's inputs)."""
     grp, gr, p = members(r, degree), r % degree, degree
     many = p > 1
     if name == "f":        # copy-to: identity forward; backward sums the group's dY
@@ -298,7 +135,7 @@ def expected_primitive(name: str, degree: int, lead: tuple, k: int, r: int) -> d
 @pytest.mark.parametrize("name", ["f", "g", "gather", "scatter"])
 def test_primitive_matches_hand_computed(tpc, name, degree):
     lead, k = (2, 3), 2  # a 3-d tensor: the split/gather is along the last dim only
-    got = run_on_engines(tpc, f"_tpc_primitive({name!r}, {degree}, {lead!r}, {k})")
+    got = tpc.apply(eng.primitive, name, degree, lead, k)
     for r, res in enumerate(got):
         exp = expected_primitive(name, degree, lead, k, r)
         assert torch.equal(res["y"], exp["y"]), (name, degree, r, res["y"], exp["y"])
@@ -314,16 +151,7 @@ def test_primitive_matches_hand_computed(tpc, name, degree):
 @pytest.mark.parametrize("degree", DEGREES)
 def test_layers_match_dense_on_engines(tpc, degree, bias):
     """The torchrun worker's checks, unchanged, on the engines (assert_close there)."""
-    code = textwrap.dedent(f"""
-        _tpc_g = _tpc_groups[{degree}]
-        for _tpc_flag in (True, False):
-            _tpc_worker.check_column(_tpc_g, bias={bias}, gather_output=_tpc_flag, seed=3)
-            _tpc_worker.check_row(_tpc_g, bias={bias}, input_is_parallel=_tpc_flag, seed=4)
-        _tpc_worker.check_mlp(_tpc_g, bias={bias}, seed=5)
-        _tpc_out = "ok"
-    """)
-    tpc.run(code)
-    assert tpc.pull("_tpc_out") == ["ok"] * WORLD
+    assert tpc.apply(eng.check_layers, degree, bias) == ["ok"] * WORLD
 
 
 # ------------------------------------------------------------------ layers, checked in the kernel
@@ -353,9 +181,7 @@ def check_layer_in_kernel(cluster, kind, degree, bias, flag, shape, seed):
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(B, d_in, generator=g)                # X: (B, d_in), pushed to every rank
     dy = torch.randn(B, out_dim, generator=g)            # dY: (B, out), pushed to every rank
-    got = run_on_engines(
-        cluster, "_tpc_layer_case(*_tpc_args, x=_tpc_x, dy=_tpc_dy)",
-        _tpc_args=(kind, degree, bias, flag, d_in, d_out, seed), _tpc_x=x, _tpc_dy=dy)
+    got = cluster.apply(eng.layer_case, kind, degree, bias, flag, d_in, d_out, seed, x=x, dy=dy)
     y, x_grad, grads = dense_reference(kind, bias, d_in, d_out, seed, x, dy)
 
     y_layout = "shard(-1)" if kind == "column" and not flag else "replicate"
@@ -440,8 +266,7 @@ def refusal_cases(size: int):
 
 def check_refusals(cluster, degree, size):
     cases = refusal_cases(size)
-    got = run_on_engines(cluster, "_tpc_refusals(*_tpc_args)",
-                         _tpc_args=(degree, [c for c, _ in cases]))
+    got = cluster.apply(eng.refusals, degree, [c for c, _ in cases])
     for r, res in enumerate(got):
         assert [x["what"] for x in res["refusals"]] == [c[0] for c, _ in cases]
         for rec, (_, name) in zip(res["refusals"], cases):
@@ -468,8 +293,7 @@ def test_uneven_split_refused_for_generated_sizes(tpc, data):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("degree", [2, 4])
 def test_row_parallel_refuses_a_full_input_before_any_collective(tpc, degree):
-    got = run_on_engines(tpc, "_tpc_refusals(*_tpc_args)",
-                         _tpc_args=(degree, [("row.forward_full_input", 8, 3)]))
+    got = tpc.apply(eng.refusals, degree, [("row.forward_full_input", 8, 3)])
     for r, res in enumerate(got):
         (rec,) = res["refusals"]
         assert rec["error"] == "ValueError", (r, rec)
@@ -482,8 +306,7 @@ def test_row_parallel_refuses_a_full_input_before_any_collective(tpc, degree):
 @pytest.mark.timeout(120)
 def test_degree_1_accepts_every_size(tpc):
     """The flip side: a single-rank group splits nothing, so odd sizes are fine."""
-    got = run_on_engines(tpc, "_tpc_refusals(*_tpc_args)",
-                         _tpc_args=(1, [("column", 7, 5), ("row", 5, 7), ("mlp", 3, 7)]))
+    got = tpc.apply(eng.refusals, 1, [("column", 7, 5), ("row", 5, 7), ("mlp", 3, 7)])
     for r, res in enumerate(got):
         assert [x["error"] for x in res["refusals"]] == [None] * 3, (r, res)
         assert all(x["comms"] == {} for x in res["refusals"]), (r, res)
@@ -495,8 +318,8 @@ def test_degree_1_accepts_every_size(tpc):
 @pytest.mark.parametrize("degree", DEGREES)
 def test_parallel_mlp_issues_one_all_reduce_forward_and_one_backward(tpc, degree):
     if degree > 1:  # the worker's own check raises on the engines if the count is off
-        run_on_engines(tpc, f"_tpc_worker.check_mlp_collective_count(_tpc_groups[{degree}])")
-    counts = run_on_engines(tpc, f"_tpc_worker.count_mlp_collectives(_tpc_groups[{degree}])")
+        tpc.apply(eng.with_group, worker.check_mlp_collective_count, degree)
+    counts = tpc.apply(eng.with_group, worker.count_mlp_collectives, degree)
     expected = ({"forward": {"allreduce": 1}, "backward": {"allreduce": 1}} if degree > 1
                 else {"forward": {}, "backward": {}})  # degree 1: no communication at all
     assert counts == [expected] * WORLD
