@@ -135,11 +135,17 @@ def torchrun_child(mode, backend, *rest) -> None:
 
     T["t_imported"] = time.time()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    # the device rule of connect() (helpers.cluster.planning.device_for): own GPU under NCCL,
+    # GPUs shared round-robin under gloo, else CPU; inlined so the child imports only torch
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if backend == "nccl":
         dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
+    elif gpus:
+        dev = torch.device("cuda", local_rank % gpus)
     else:
         dev = torch.device("cpu")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     dist.init_process_group(backend)
     T["t_pg"] = time.time()
     if mode == "startup":

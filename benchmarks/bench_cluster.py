@@ -487,7 +487,7 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--sizes", default="1,64", help="all-reduce sizes in MiB (default 1,64)")
     p.add_argument("--backend", choices=("gloo", "nccl"), default="gloo",
-                   help="gloo on CPU (default) or nccl, one GPU per rank")
+                   help="gloo (default: CPU, or GPUs shared round-robin as connect() does) or nccl, one GPU per rank")
     p.add_argument("--px-reps", type=int, default=200, help="%%px repetitions (default 200)")
     p.add_argument("--iters-small", type=int, default=10,
                    help="timed all-reduces per chunk for sizes < 16 MiB (default 10)")

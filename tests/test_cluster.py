@@ -171,3 +171,39 @@ def test_two_simulated_nodes_on_one_host(cluster):
     finally:
         connect(nodes=None)
     assert cluster.nodes == [cluster.engines[0].host] * 4
+
+
+def test_a_notebook_needing_more_ranks_refuses_before_any_cell(cluster, tmp_path):
+    with pytest.raises(ValueError, match=r"needs at least 5 ranks, but the cluster has 4.*connect\(n=5\)"):
+        connect(min_ranks=5)
+    cid = new_cluster_id("small")
+    with pytest.raises(ValueError, match=r"needs at least 2 ranks, but the cluster has 1"):
+        connect(n=1, min_ranks=2, cluster_id=cid, profile_dir=str(tmp_path))
+    assert hc.cluster_processes(cid) == []  # refused before anything started
+
+
+@pytest.mark.gpu
+def test_four_ranks_share_one_gpu_over_gloo(cluster_factory, capsys):
+    gpus = hc.visible_gpus()
+    if gpus < 1:
+        pytest.skip("needs a CUDA GPU")
+    if gpus >= 4:
+        pytest.skip("4 engines on 4 GPUs do not share")
+    tc = cluster_factory.make(n=4, tag="shared")
+    assert tc.backend == "gloo" and tc.shares_gpus
+    assert tc.devices == [f"cuda:{r % gpus}" for r in range(4)]
+    assert "share" in capsys.readouterr().out  # connect() said so
+    tc.run("t = torch.ones(1 << 20, device=device) * (rank + 1); dist.all_reduce(t); "
+           "parts = [torch.empty(2, device=device) for _ in range(world_size)]; "
+           "dist.all_gather(parts, torch.full((2,), float(rank), device=device)); "
+           "ok = (t[0].item(), torch.cat(parts).tolist(), t.device.type)")
+    assert tc.pull("ok") == [(10.0, [0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0], "cuda")] * 4
+
+
+@pytest.mark.gpu
+def test_the_session_cluster_on_a_small_gpu_machine_shares_it(cluster):
+    """Where 1-3 GPUs are visible, every notebook test of the suite runs in the shared mode."""
+    gpus = hc.visible_gpus()
+    if not 1 <= gpus <= 3:
+        pytest.skip("needs a machine with 1-3 GPUs")
+    assert cluster.shares_gpus and all(d.startswith("cuda") for d in cluster.devices)

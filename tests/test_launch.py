@@ -53,6 +53,8 @@ def test_start_status_stop_leaves_nothing(cid, tmp_path):
 
     status = launch("status", cluster_id=cid, profile_dir=tmp_path)
     assert status.returncode == 0, status.stderr
+    if not hc.visible_gpus():
+        assert "on CPU engines over gloo" in status.stdout, status.stdout  # the layout, plainly
     rows = [line.split() for line in status.stdout.splitlines() if re.match(r"\s+\d+\s+\d+\s", line)]
     assert [r[0] for r in rows] == ["0", "1"]
     assert all(r[3] == "cpu" for r in rows)

@@ -11,7 +11,15 @@ import dataclasses
 import pytest
 
 from helpers.cluster import ClusterRef
-from helpers.cluster.planning import check_n, default_n, plan_ranks, rank_order, threads_per_engine
+from helpers.cluster.planning import (
+    check_min_ranks,
+    check_n,
+    default_n,
+    layout_note,
+    plan_ranks,
+    rank_order,
+    threads_per_engine,
+)
 
 
 def probe(eid, host="node0", gpus=0, mpi=None, pid=None):
@@ -116,3 +124,43 @@ def test_simulated_nodes_refused_with_the_numbers(nodes, hosts, msg):
 def test_real_hosts_are_the_nodes_without_simulation():
     _, engines = plan_ranks([probe(i, host=f"dec{i // 2}") for i in range(4)])
     assert [e.node for e in engines] == ["dec0", "dec0", "dec1", "dec1"]
+
+
+@pytest.mark.parametrize("gpus, devices", [
+    (1, ["cuda:0"] * 4),
+    (2, ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]),
+    (0, ["cpu"] * 4),
+])
+def test_engines_share_gpus_round_robin_over_gloo(gpus, devices):
+    backend, engines = plan_ranks([probe(i, host="laptop", gpus=gpus) for i in range(4)])
+    assert backend == "gloo"
+    assert [e.device for e in engines] == devices
+
+
+def test_nccl_keeps_one_gpu_per_engine_and_refuses_sharing():
+    backend, engines = plan_ranks([probe(i, gpus=4) for i in range(4)])
+    assert backend == "nccl" and [e.device for e in engines] == [f"cuda:{i}" for i in range(4)]
+    with pytest.raises(ValueError, match="runs 4 engines and sees 1 GPU"):
+        plan_ranks([probe(i, gpus=1) for i in range(4)], backend="nccl")
+
+
+def test_layout_is_said_plainly():
+    def note(gpus, n=4):
+        backend, engines = plan_ranks([probe(i, gpus=gpus) for i in range(n)])
+        return layout_note(backend, engines)
+    assert note(1) == "4 ranks share 1 GPU over gloo: right for learning, slower than NCCL"
+    assert note(2) == "4 ranks share 2 GPUs over gloo: right for learning, slower than NCCL"
+    assert note(4) == "4 ranks, one GPU each, over NCCL"
+    assert note(0) == "4 ranks on CPU engines over gloo"
+    assert note(1, n=1) == "1 rank, one GPU each, over NCCL"
+
+
+def test_one_to_three_gpus_default_to_four_sharing_engines():
+    assert [default_n(g) for g in range(6)] == [4, 4, 4, 4, 4, 5]
+
+
+def test_a_notebook_refuses_a_one_rank_cluster_with_the_fix():
+    with pytest.raises(ValueError, match=r"needs at least 2 ranks, but the cluster has 1.*connect\(n=4\)"):
+        check_min_ranks(1, 2)
+    check_min_ranks(4, 2)
+    check_min_ranks(1, None)

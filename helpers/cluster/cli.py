@@ -27,7 +27,7 @@ from .lifecycle import (
     stop_cluster,
     visible_gpus,
 )
-from .planning import check_n, default_n, plan_ranks
+from .planning import check_n, default_n, layout_note, plan_ranks
 from .ref import ClusterRef
 from .session import probe_engines
 
@@ -56,7 +56,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_start_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", type=_engine_count, default=None,
-                   help="number of engines (default: one per visible GPU, else 4 CPU engines)")
+                   help="number of engines (default: one per GPU with 4 or more GPUs; else 4, "
+                        "sharing the GPUs over gloo, or 4 CPU engines)")
     p.add_argument("--mpi", action="store_true",
                    help="start engines with mpiexec (ranks = MPI ranks); the default inside a PBS job")
     p.add_argument("--ppn", type=_engine_count, default=4,
@@ -325,6 +326,7 @@ def cmd_status(args) -> int:
         by_id = {i["engine_id"]: i for i in infos}
         print(f"cluster {ref}: {len(engines)} engines ({state.get('mode', '?')} mode, "
               f"controller on {state.get('host', '?')}), backend {backend}")
+        print(f"  {layout_note(backend, engines)}")
         print(f"{'rank':>4}  {'engine':>6}  {'host':<20} {'device':<8} {'pid':>8}  process group")
         for e, i in ((e, by_id[e.engine_id]) for e in engines):
             pg = (f"rank {i['rank']}/{i['world_size']} ({i['backend']})"

@@ -32,12 +32,62 @@ class EngineInfo:
 
 
 def default_n(gpus: int) -> int:
-    """One engine per visible GPU; 4 CPU engines where there is none.
+    """One engine per GPU on a machine with 4 or more; else 4 engines (sharing 1-3 GPUs, or CPU).
 
-    >>> default_n(0), default_n(4)
-    (4, 4)
+    A course about splitting layers needs more than one rank: on a one-GPU laptop or
+    JupyterHub slot, 4 ranks share the GPU.
+
+    >>> default_n(0), default_n(1), default_n(4), default_n(8)
+    (4, 4, 4, 8)
     """
-    return gpus or DEFAULT_CPU_ENGINES
+    return gpus if gpus >= DEFAULT_CPU_ENGINES else DEFAULT_CPU_ENGINES
+
+
+def device_for(backend: str, host_local_rank: int, gpus: int) -> str:
+    """The device of a rank: its own GPU under NCCL; under gloo GPUs are shared round-robin
+    (``cuda:(local_rank % gpus)``); CPU where there is none.
+
+    >>> [device_for("gloo", r, 1) for r in range(4)]
+    ['cuda:0', 'cuda:0', 'cuda:0', 'cuda:0']
+    >>> device_for("nccl", 2, 4), device_for("gloo", 3, 2), device_for("gloo", 3, 0)
+    ('cuda:2', 'cuda:1', 'cpu')
+    """
+    if backend == "nccl":
+        return f"cuda:{host_local_rank}"
+    return f"cuda:{host_local_rank % gpus}" if gpus > 0 else "cpu"
+
+
+def layout_note(backend: str, engines: list[EngineInfo]) -> str:
+    """One plain sentence on how the ranks map onto devices (shown by connect() and status).
+
+    >>> e = [EngineInfo(r, r, "laptop", 0, "cuda:0", r) for r in range(4)]
+    >>> layout_note("gloo", e)
+    '4 ranks share 1 GPU over gloo: right for learning, slower than NCCL'
+    """
+    n = len(engines)
+    gpus = {(e.host, e.device) for e in engines if e.device.startswith("cuda")}
+    ranks = f"{n} rank{'s' if n != 1 else ''}"
+    if not gpus:
+        return f"{ranks} on CPU engines over gloo"
+    if len(gpus) < n:
+        return (f"{ranks} share {len(gpus)} GPU{'s' if len(gpus) != 1 else ''} over gloo: "
+                "right for learning, slower than NCCL")
+    return f"{ranks}, one GPU each, over {'NCCL' if backend == 'nccl' else backend}"
+
+
+def check_min_ranks(world_size: int, min_ranks: int | None, note: str = "") -> None:
+    """Refuse a cluster too small for a notebook, with the fix, before any cell runs.
+
+    >>> check_min_ranks(1, 2, "one GPU, NCCL")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: this notebook needs at least 2 ranks, but the cluster has 1 (one GPU, NCCL); use connect(n=4) ...
+    """
+    if min_ranks is not None and world_size < min_ranks:
+        k = max(min_ranks, DEFAULT_CPU_ENGINES)
+        raise ValueError(
+            f"this notebook needs at least {min_ranks} ranks, but the cluster has {world_size}"
+            + (f" ({note})" if note else "")
+            + f"; use connect(n={k}) ({k} ranks; where there are fewer GPUs they share them over gloo)")
 
 
 def check_backend(backend) -> str | None:
@@ -123,7 +173,8 @@ def plan_ranks(infos: list[dict], backend: str | None = None,
 
     ``infos``: one dict per engine with ``engine_id``, ``host``, ``pid``, ``cuda_count`` and
     (optionally) ``mpi_rank``.  NCCL is chosen when every engine can own a GPU of its host,
-    and refused, with the host and counts, when asked for where it cannot.
+    and refused, with the host and counts, when asked for where it cannot (NCCL refuses two
+    ranks on one GPU).  Otherwise gloo, with GPUs shared round-robin where a host has any.
     ``nodes``: simulate that many nodes on one host (ranks in contiguous blocks); local
     ranks then count within a simulated node, as torchrun's would on a real one.
     """
@@ -148,7 +199,7 @@ def plan_ranks(infos: list[dict], backend: str | None = None,
     engines = [
         EngineInfo(
             rank=r, engine_id=i["engine_id"], host=i["host"], pid=i["pid"],
-            device=(f"cuda:{local_rank[r]}" if backend == "nccl" else "cpu"),
+            device=device_for(backend, local_rank[r], i["cuda_count"]),
             local_rank=node_rank[r], local_world_size=node.count(node[r]), node=node[r],
         )
         for r, i in enumerate(infos)

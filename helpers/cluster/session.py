@@ -34,7 +34,17 @@ from .lifecycle import (
     stop_cluster,
     visible_gpus,
 )
-from .planning import EngineInfo, check_backend, check_n, check_nodes, default_n, plan_ranks, threads_per_engine
+from .planning import (
+    EngineInfo,
+    check_backend,
+    check_min_ranks,
+    check_n,
+    check_nodes,
+    default_n,
+    layout_note,
+    plan_ranks,
+    threads_per_engine,
+)
 from .ref import ClusterRef
 
 DEFAULT_PG_TIMEOUT = 30.0  # seconds a collective may wait before it fails (teaching-sized)
@@ -100,6 +110,16 @@ class TPCluster:
         return [e.device for e in self.engines]
 
     @property
+    def layout_note(self) -> str:
+        """How the ranks map onto devices, in one sentence ("4 ranks share 1 GPU over gloo: ...")."""
+        return layout_note(self.backend, self.engines)
+
+    @property
+    def shares_gpus(self) -> bool:
+        gpus = {(e.host, e.device) for e in self.engines if e.device.startswith("cuda")}
+        return 0 < len(gpus) < self.world_size
+
+    @property
     def nodes(self) -> list[str]:
         """The node of each rank, by rank: real host names, or ``node0, node1, ...`` when
         ``connect(nodes=...)`` simulates nodes on one host."""
@@ -121,8 +141,8 @@ class TPCluster:
         sim = (f", {self.simulated_nodes} simulated nodes of {self.world_size // self.simulated_nodes}"
                if self.simulated_nodes else "")
         return (
-            f"<TPCluster {self.cluster_id!r}: {self.world_size} ranks, backend "
-            f"{self.backend}, devices {self.devices}, hosts {hosts}{sim}>"
+            f"<TPCluster {self.cluster_id!r}: {self.layout_note}; devices {self.devices}, "
+            f"hosts {hosts}{sim}>"
         )
 
     # ---- data in and out, by rank
@@ -357,6 +377,7 @@ def connect(
     start_timeout: float = DEFAULT_START_TIMEOUT,
     activate: bool = True,
     nodes: int | None = None,
+    min_ranks: int | None = None,
 ) -> TPCluster:
     """Attach to the cluster ``launch_cluster.sh`` started, or start the local default.
 
@@ -368,6 +389,11 @@ def connect(
     threads:  torch threads per engine (default: this host's cores / engines).
     nodes:    simulate this many nodes on one host (``connect(n=4, nodes=2)``: 2 nodes x
               2 ranks); ``cluster.nodes`` and each engine's LOCAL_RANK follow them.
+    min_ranks: the fewest ranks the notebook needs; a smaller cluster is refused with the
+              fix (``connect(n=4)``) before any cell runs.
+
+    With fewer GPUs than engines (a one-GPU laptop), the engines share the GPUs over gloo
+    (``cuda:(local_rank % gpus)``), and connect() says so in one line.
 
     Calling it again returns the same cluster.  A cluster that ``connect()``
     started itself is stopped by ``cluster.shutdown()`` or when this kernel exits
@@ -381,6 +407,8 @@ def connect(
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     if nodes is not None and n is not None:
         check_nodes(nodes, ["here"] * n)  # refused before anything starts
+    if n is not None:
+        check_min_ranks(n, min_ranks)
 
     existing = _CONNECTIONS.get(ref)
     if existing is not None:
@@ -392,6 +420,7 @@ def connect(
         if nodes != existing.simulated_nodes and (nodes or existing.simulated_nodes):
             existing.simulated_nodes = nodes
             existing.init_distributed(force=True)  # the new layout: new local ranks
+        check_min_ranks(existing.world_size, min_ranks, existing.layout_note)
         if activate:
             existing.activate()
         existing.follow_cwd()
@@ -427,6 +456,12 @@ def connect(
                 f"cluster {ref}: only {got} of {expected} engines came up within "
                 f"{start_timeout:.0f} s; check ./launch_cluster.sh status"
             ) from None
+    if min_ranks is not None and len(client.ids) < min_ranks:
+        got = len(client.ids)
+        client.close()
+        if owned:
+            stop_cluster(ref, cluster=cluster)
+        check_min_ranks(got, min_ranks, f"cluster {ref}")
     if n is not None and len(client.ids) != n:
         got = len(client.ids)
         client.close()
@@ -446,6 +481,8 @@ def connect(
     _CONNECTIONS[ref] = tc
     if owned:
         atexit.register(tc._at_exit)
+    if tc.shares_gpus:
+        print(tc.layout_note)
     if activate:
         tc.activate()
     return tc
