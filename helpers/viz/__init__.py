@@ -2,7 +2,9 @@
 
 * :mod:`helpers.viz.figure` -- the contract: rank colours, PNG output, colour counting;
 * :mod:`helpers.viz.schematic` -- layouts for learning (no real data), the layout explorer;
-* :mod:`helpers.viz.data` -- drawings of real shards, FLOP/s and the cluster map.
+* :mod:`helpers.viz.data` -- drawings of real shards, FLOP/s and the cluster map;
+* :mod:`helpers.viz.grid2d` -- 2D tensor parallelism: blocks on a grid, SUMMA step by step, the
+  1D-vs-2D layout explorer, the communication model.
 
 ``from helpers.viz import layout_explorer, shard_figure, ...`` keeps working.
 """
@@ -18,10 +20,25 @@ from .figure import (
                      figure_to_rgba,
                      rank_color,
 )
+from .grid2d import (
+                     GRID_MODES,
+                     GridLayoutExplorer,
+                     SummaStepper,
+                     comm_model_figure,
+                     comm_time_figure,
+                     grid_blocks_figure,
+                     grid_layout_explorer,
+                     grid_layout_figure,
+                     summa_step_figure,
+                     summa_stepper,
+)
 from .schematic import MODES, LayoutExplorer, layout_explorer, layout_figure
 
 __all__ = [
     "RANK_COLORS", "RANK_COLORS_HEX", "TPFigure", "REPLICATED_GREY", "MODES", "rank_color",
     "count_rank_colors", "figure_to_png", "figure_to_rgba", "layout_figure", "layout_explorer",
-    "LayoutExplorer", "shard_figure", "plot_flops", "cluster_map",
+    "LayoutExplorer", "shard_figure", "plot_flops", "cluster_map", "GRID_MODES",
+    "grid_blocks_figure", "summa_step_figure", "summa_stepper", "SummaStepper",
+    "grid_layout_figure", "grid_layout_explorer", "GridLayoutExplorer", "comm_model_figure",
+    "comm_time_figure",
 ]

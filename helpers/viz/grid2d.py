@@ -1,0 +1,402 @@
+"""Drawings for 2D tensor parallelism (notebook 04): blocks on an s × s grid, SUMMA step by step,
+the 1D-vs-2D layout explorer, and the communication model.
+
+Rank r is drawn in ``RANK_COLORS[r]`` (see :mod:`.figure`); grey = every rank holds a full copy.
+Blocks are laid out row-major: the rank at grid position (i, j) is ``i·s + j``. The byte
+numbers come from the formulas in :mod:`helpers.tp.commcount` (pure functions, no collective).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython's Figure -> PNG formatter)
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+
+from ..tensors import fmt_bytes, to_f64
+from ..tp.commcount import COMM_FORMULAS
+from .figure import BOX, MUTED, REPLICATED_GREY, TEXT, figure_to_png, new_figure, rank_color, text_on
+
+__all__ = ["grid_blocks_figure", "summa_step_figure", "summa_stepper", "SummaStepper",
+           "GRID_MODES", "grid_layout_figure", "grid_layout_explorer", "GridLayoutExplorer",
+           "comm_model_figure", "comm_time_figure"]
+
+GRID_MODES = tuple(COMM_FORMULAS)  # ("1D column", "1D row", "2D SUMMA")
+
+
+def _np(t) -> np.ndarray:
+    a = to_f64(t, "block").numpy()
+    return a.reshape(1, -1) if a.ndim == 1 else a
+
+
+def _frame(ax, color, lw=5):
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for sp in ax.spines.values():
+        sp.set_edgecolor(color)
+        sp.set_linewidth(lw)
+
+
+def _side(n: int, what: str) -> int:
+    s = math.isqrt(n)
+    if s * s != n:
+        raise ValueError(f"{what}: {n} blocks do not make a square grid")
+    return s
+
+
+# --------------------------------------------------------------------------------------------
+# the chapter's figure, from real blocks
+# --------------------------------------------------------------------------------------------
+def grid_blocks_figure(blocks: Sequence, name: str = "A", dims=("K", "N")) -> Figure:
+    """The chapter's "A [K × N] on a 2×2 grid", drawn from the blocks pulled by rank.
+
+    ``blocks``: one 2-D tensor per rank, rank 0 first, row-major on an s × s grid. Each panel
+    shows the real values (shared grey scale), framed in the rank's colour, and names the slice
+    both ways: ``A[0:K/2, 0:N/2]`` and ``A[0:4, 0:6]``.
+    """
+    arrs = [_np(b) for b in blocks]
+    s = _side(len(arrs), "grid_blocks_figure")
+    r, c = arrs[0].shape
+    R, C = r * s, c * s
+    vmin = min(float(a.min()) for a in arrs)
+    vmax = max(float(a.max()) for a in arrs)
+    fig = new_figure(2.9 * s + 1.2, 2.5 * s + 0.9)
+    gs = fig.add_gridspec(s, s, left=0.04, right=0.86, top=0.84, bottom=0.04, wspace=0.12,
+                          hspace=0.42)
+    im = None
+    for rank, a in enumerate(arrs):
+        i, j = divmod(rank, s)
+        ax = fig.add_subplot(gs[i, j])
+        im = ax.imshow(a, cmap="Greys_r", vmin=vmin, vmax=vmax, aspect="auto",
+                       interpolation="nearest")
+        _frame(ax, rank_color(rank))
+        sym = (f"{name}[{_frac(i, s, dims[0])}:{_frac(i + 1, s, dims[0])}, "
+               f"{_frac(j, s, dims[1])}:{_frac(j + 1, s, dims[1])}]")
+        ax.set_title(f"GPU ({i},{j}) = rank {rank}\n{sym} = {name}[{i * r}:{(i + 1) * r}, "
+                     f"{j * c}:{(j + 1) * c}]", fontsize=8.5, color=TEXT)
+    fig.suptitle(f"{name} [{dims[0]} × {dims[1]}] = ({R}, {C}) on a {s}×{s} grid: each rank holds "
+                 f"one ({r}, {c}) block", fontsize=10, color=TEXT)
+    fig.colorbar(im, cax=fig.add_axes([0.9, 0.1, 0.025, 0.7]))
+    return fig
+
+
+def _frac(n: int, s: int, sym: str) -> str:
+    if n == 0:
+        return "0"
+    if n == s:
+        return sym
+    g = math.gcd(n, s)
+    num, den = n // g, s // g
+    return f"{'' if num == 1 else num}{sym}/{den}"
+
+
+# --------------------------------------------------------------------------------------------
+# SUMMA, one step at a time
+# --------------------------------------------------------------------------------------------
+def summa_step_figure(traces: Sequence[Sequence[dict]], k: int, X=None, W=None) -> Figure:
+    """What every rank received and accumulated after SUMMA step ``k`` (0-based).
+
+    ``traces``: ``cluster.pull`` of :func:`helpers.tp.summa.summa_trace` (one list of step dicts
+    per rank). One panel group per rank, laid out as the grid: the X block it received (framed
+    in its owner's colour), the W block it received (owner's colour), and its Y block so far
+    (its own colour). With the full ``X``, ``W`` the title of each Y block gives
+    max|Δ| against the dense partial sum Σ_{t≤k} X_it·W_tj.
+    """
+    n = len(traces)
+    s = _side(n, "summa_step_figure")
+    if not 0 <= k < s:
+        raise ValueError(f"step k={k} is outside 0..{s - 1} for a {s}×{s} grid")
+    fig = new_figure(4.2 * s + 0.4, 2.3 * s + 1.0)
+    outer = fig.add_gridspec(s, s, left=0.02, right=0.98, top=0.8, bottom=0.03, wspace=0.12,
+                             hspace=0.55)
+    Xd = to_f64(X, "X").numpy() if X is not None else None
+    Wd = to_f64(W, "W").numpy() if W is not None else None
+    for rank, steps in enumerate(traces):
+        st = steps[k]
+        i, j = st["coords"]
+        inner = outer[i, j].subgridspec(1, 3, wspace=0.35, width_ratios=[1, 1, 1])
+        xi, xj = st["x_from"]
+        wi, wj = st["w_from"]
+        x_owner, w_owner = xi * s + xj, wi * s + wj
+        acc = _np(st["acc"])
+        note = ""
+        if Xd is not None and Wd is not None:
+            mb, kb = st["x"].shape
+            nb = st["w"].shape[1]
+            dense = sum(Xd[i * mb:(i + 1) * mb, t * kb:(t + 1) * kb]
+                        @ Wd[t * kb:(t + 1) * kb, j * nb:(j + 1) * nb] for t in range(k + 1))
+            note = f"\nmax|Δ| {float(np.abs(acc - dense).max()):.0e}"
+        for col, (a, owner, label) in enumerate([
+                (_np(st["x"]), x_owner, f"X[{xi},{xj}]\nfrom rank {x_owner}"),
+                (_np(st["w"]), w_owner, f"W[{wi},{wj}]\nfrom rank {w_owner}"),
+                (acc, rank, f"rank {rank}: Y[{i},{j}]\n= Σ t≤{k}{note}")]):
+            ax = fig.add_subplot(inner[0, col])
+            ax.imshow(a, cmap="Greys_r", aspect="auto", interpolation="nearest")
+            _frame(ax, rank_color(owner), lw=4)
+            ax.set_title(label, fontsize=7.5, color=TEXT)
+    fig.suptitle(f"SUMMA step {k + 1} of {s}: X blocks of grid column {k} travel along the rows, "
+                 f"W blocks of grid row {k} down the columns;\nevery rank adds X[i,{k}]·W[{k},j] "
+                 "to its Y[i,j] (frames: the block's owner)", fontsize=9.5, color=TEXT)
+    return fig
+
+
+def summa_stepper(traces, X=None, W=None) -> "SummaStepper":
+    """A slider over SUMMA's steps that redraws :func:`summa_step_figure`."""
+    return SummaStepper(traces, X, W)
+
+
+def _vbox():
+    import ipywidgets as widgets
+
+    return widgets.VBox
+
+
+class SummaStepper(_vbox()):  # type: ignore[misc]
+    """The widget of :func:`summa_stepper`: ``step`` (IntSlider, 1-based), ``image``, ``messages``."""
+
+    def __init__(self, traces, X=None, W=None):
+        import ipywidgets as widgets
+
+        self.traces, self.X, self.W = traces, X, W
+        s = _side(len(traces), "summa_stepper")
+        self.step = widgets.IntSlider(value=1, min=1, max=s, description="SUMMA step",
+                                      continuous_update=False,
+                                      style={"description_width": "90px"})
+        self.step.add_class("tp-summa-step")
+        self.image = widgets.Image(format="png")
+        self.messages = widgets.Output()
+        self.redraw_count = 0
+        super().__init__([self.step, self.image, self.messages])
+        self.add_class("tp-summa-stepper")
+        self.redraw()
+        self.step.observe(lambda _change: self.redraw(), names="value")
+
+    def redraw(self) -> None:
+        fig = None
+        try:
+            fig = summa_step_figure(self.traces, self.step.value - 1, self.X, self.W)
+            self.image.value = figure_to_png(fig)
+            self.messages.clear_output()
+            self.redraw_count += 1
+        except Exception as e:  # keep the widget alive; say what went wrong
+            self.messages.clear_output()
+            self.messages.append_stdout(f"could not draw this step: {type(e).__name__}: {e}\n")
+        finally:
+            if fig is not None:
+                plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# 1D vs 2D layouts: schematic and explorer
+# --------------------------------------------------------------------------------------------
+def _owners(mode: str, p: int, which: str, s: int):
+    """(kind, n_row_blocks, n_col_blocks) for matrix X, W or Y in ``mode``."""
+    if mode == "1D column":
+        return {"X": ("rep", 1, 1), "W": ("grid", 1, p), "Y": ("grid", 1, p)}[which]
+    if mode == "1D row":
+        return {"X": ("grid", 1, p), "W": ("grid", p, 1), "Y": ("partial", 1, 1)}[which]
+    return ("grid", s, s)
+
+
+def _problem(mode, p, M, K, N) -> str | None:
+    if mode == "2D SUMMA":
+        s = math.isqrt(p)
+        if s * s != p:
+            return (f"p={p} is not a square: SUMMA as built here needs an s × s grid\n"
+                    f"pick p = {s * s} or {(s + 1) ** 2}, or use a 1D layout")
+        bad = [f"{n}={v}" for n, v in (("M", M), ("K", K), ("N", N)) if v % s]
+        return (f"{', '.join(bad)} not divisible by the grid side {s}" if bad else None)
+    split = {"1D column": ("N", N), "1D row": ("K", K)}[mode]
+    return None if split[1] % p == 0 else f"{split[0]}={split[1]} is not divisible by p={p}"
+
+
+def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA",
+                       dtype_bytes: int = 4) -> Figure:
+    """Who holds what of Y = X·W (X (M, K), W (K, N)) on p ranks, 1D or 2D, and what it costs.
+
+    ``mode``: "1D column" (X replicated, W by columns, all-gather Y), "1D row" (X and W split
+    along K, all-reduce of partial sums) or "2D SUMMA" (X, W, Y in √p × √p blocks). The text
+    box gives the formulas' bytes per rank, the collectives, the synchronisation points and the
+    groups each layout needs.
+    """
+    if mode not in GRID_MODES:
+        raise ValueError(f"mode must be one of {GRID_MODES}, got {mode!r}")
+    for name, v in (("p", p), ("M", M), ("K", K), ("N", N)):
+        if not isinstance(v, (int, np.integer)) or v <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    problem = _problem(mode, p, M, K, N)
+    title = f"Y = X·W on p = {p} ranks, {mode}"
+    if problem:
+        fig = new_figure(9, 2.6)
+        fig.suptitle(title, fontsize=11, color=TEXT)
+        fig.text(0.5, 0.45, problem, ha="center", va="center", fontsize=12, color=TEXT,
+                 bbox=dict(boxstyle="round,pad=0.8", facecolor=BOX, edgecolor="#808080"))
+        return fig
+    s = math.isqrt(p)
+    fig = new_figure(10, 5.2)
+    fig.suptitle(title, fontsize=11, color=TEXT)
+    scale = 2.2 / max(M, K, N)
+    specs = [("X", M, K), ("W", K, N), ("Y", M, N)]
+    for n, (name, rows, cols) in enumerate(specs):
+        ax = fig.add_axes([0.04 + n * 0.33, 0.36, 0.27, 0.52])
+        ax.set_axis_off()
+        h, w = max(rows * scale, 0.5), max(cols * scale, 0.5)
+        ax.set_xlim(-0.1, 2.4)
+        ax.set_ylim(2.4, -0.35)
+        kind, nr, nc = _owners(mode, p, name, s)
+        if kind == "rep":
+            ax.add_patch(Rectangle((0, 0), w, h, facecolor=REPLICATED_GREY, edgecolor="#333333"))
+        elif kind == "partial":
+            for r in reversed(range(p)):
+                off = 0.06 * r
+                ax.add_patch(Rectangle((off, off), w, h, facecolor=rank_color(r), edgecolor="white"))
+            ax.text(w / 2, h / 2, "Σ", ha="center", va="center", color=text_on(0), fontsize=13)
+        else:
+            bh, bw = h / nr, w / nc
+            for bi in range(nr):
+                for bj in range(nc):
+                    r = bi * nc + bj if mode == "2D SUMMA" else (bj if nc > 1 else bi)
+                    ax.add_patch(Rectangle((bj * bw, bi * bh), bw, bh, facecolor=rank_color(r),
+                                           edgecolor="white", linewidth=1.0))
+                    if min(bw, bh) > 0.18:
+                        ax.text((bj + 0.5) * bw, (bi + 0.5) * bh, str(r), ha="center",
+                                va="center", fontsize=8, color=text_on(r))
+        ax.text(0, -0.08, f"{name} ({rows}, {cols})", fontsize=9.5, color=TEXT, va="bottom")
+    fig.text(0.345, 0.62, "·", fontsize=22, ha="center", va="center", color=TEXT)
+    fig.text(0.675, 0.62, "=", fontsize=16, ha="center", va="center", color=TEXT)
+    b = COMM_FORMULAS[mode](M, K, N, p, dtype_bytes)
+    lines = {
+        "1D column": ("one all-gather of Y_r (M, N/p); X must already be on every rank",
+                      "sent = received = (p−1)·M·N/p·bytes", "1 group (all p ranks)"),
+        "1D row": ("one all-reduce of the (M, N) partial sums", "sent = received = 2(p−1)/p·M·N·bytes",
+                   "1 group (all p ranks)"),
+        "2D SUMMA": (f"{2 * s} broadcasts: at each of the {s} steps, X blocks along the rows, "
+                     "W blocks down the columns",
+                     "sent = received = (√p−1)·(M·K + K·N)/p·bytes",
+                     f"{2 * s} groups ({s} grid rows + {s} grid columns); X arrives in blocks"),
+    }[mode]
+    text = (f"forward: {lines[0]}\nformula: {lines[1]} = {fmt_bytes(b['sent'])} per rank "
+            f"(float32)\nsynchronisation points: {b['calls']};  needs: {lines[2]}")
+    fig.text(0.5, 0.05, text, ha="center", va="bottom", fontsize=8.5, color=TEXT, linespacing=1.5,
+             bbox=dict(boxstyle="round,pad=0.5", facecolor=BOX, edgecolor="#999999"))
+    handles = [Patch(facecolor=rank_color(r), label=f"rank {r}") for r in range(min(p, 8))]
+    if mode == "1D column":
+        handles.append(Patch(facecolor=REPLICATED_GREY, label="grey: full copy on every rank"))
+    fig.legend(handles=handles, loc="center", ncol=min(len(handles), 9), frameon=False,
+               fontsize=8, bbox_to_anchor=(0.5, 0.3))
+    return fig
+
+
+def grid_layout_explorer(p: int = 4, M: int = 16, K: int = 16, N: int = 16,
+                         mode: str = "2D SUMMA") -> "GridLayoutExplorer":
+    """Notebook 01's layout explorer, extended to 2D grids: p, M, K, N and the layout."""
+    return GridLayoutExplorer(p=p, M=M, K=K, N=N, mode=mode)
+
+
+class GridLayoutExplorer(_vbox()):  # type: ignore[misc]
+    """Widget of :func:`grid_layout_explorer`: ``p`` (Dropdown), ``M``/``K``/``N`` (IntSlider),
+    ``mode`` (Dropdown), ``image`` (PNG), ``messages``, ``redraw_count``."""
+
+    P_CHOICES = (1, 2, 4, 8, 9, 16)
+
+    def __init__(self, p=4, M=16, K=16, N=16, mode="2D SUMMA"):
+        import ipywidgets as widgets
+
+        if mode not in GRID_MODES:
+            raise ValueError(f"mode must be one of {GRID_MODES}, got {mode!r}")
+        if p not in self.P_CHOICES:
+            raise ValueError(f"p must be one of {self.P_CHOICES}, got {p!r}")
+        style, lay = {"description_width": "70px"}, widgets.Layout(width="300px")
+        self.p = widgets.Dropdown(options=list(self.P_CHOICES), value=p, description="ranks p",
+                                  style=style, layout=lay)
+        self.mode = widgets.Dropdown(options=list(GRID_MODES), value=mode, description="layout",
+                                     style=style, layout=lay)
+        self.M, self.K, self.N = (widgets.IntSlider(value=v, min=4, max=64, step=4, description=d,
+                                                    continuous_update=False, style=style, layout=lay)
+                                  for d, v in (("M", M), ("K", K), ("N", N)))
+        for w, cls in ((self.p, "tp-p"), (self.mode, "tp-mode"), (self.M, "tp-m"),
+                       (self.K, "tp-k"), (self.N, "tp-n")):
+            w.add_class(cls)
+        self.image = widgets.Image(format="png")
+        self.image.add_class("tp-layout-image")
+        self.messages = widgets.Output()
+        self.redraw_count = 0
+        controls = widgets.HBox([widgets.VBox([self.p, self.mode]),
+                                 widgets.VBox([self.M, self.K, self.N])])
+        super().__init__([controls, self.image, self.messages])
+        self.add_class("tp-layout-explorer")
+        self.redraw()
+        for w in (self.p, self.mode, self.M, self.K, self.N):
+            w.observe(lambda _change: self.redraw(), names="value")
+
+    def redraw(self) -> None:
+        fig = None
+        try:
+            fig = grid_layout_figure(self.p.value, self.M.value, self.K.value, self.N.value,
+                                     self.mode.value)
+            self.image.value = figure_to_png(fig)
+            self.messages.clear_output()
+            self.redraw_count += 1
+        except Exception as e:
+            self.messages.clear_output()
+            self.messages.append_stdout(f"could not draw this layout: {type(e).__name__}: {e}\n")
+        finally:
+            if fig is not None:
+                plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# communication: measured at p, the model beyond
+# --------------------------------------------------------------------------------------------
+def comm_model_figure(M: int, K: int, N: int, measured: dict | None = None, measured_p: int = 4,
+                      ps: Sequence[int] = (4, 16, 64, 256), dtype_bytes: int = 4) -> Figure:
+    """Bytes sent per rank for Y = X·W, 1D column / 1D row / 2D SUMMA, against p.
+
+    Lines: the formulas of :mod:`helpers.tp.commcount` -- a **model**, labelled so. Markers:
+    ``measured`` (``{mode: bytes sent per rank}``) at ``measured_p``, counted on the cluster.
+    """
+    ps = [int(p) for p in ps]
+    fig = new_figure(6.8, 4.2)
+    ax = fig.add_subplot()
+    styles = {"1D column": ("-", "o"), "1D row": ("--", "s"), "2D SUMMA": ("-.", "^")}
+    greys = {"1D column": "#111111", "1D row": "#666666", "2D SUMMA": "#999999"}
+    for mode, f in COMM_FORMULAS.items():
+        ys = [f(M, K, N, p, dtype_bytes)["sent"] for p in ps]
+        ls, mk = styles[mode]
+        ax.plot(ps, ys, ls=ls, color=greys[mode], lw=1.6, label=f"{mode} (model: formula)")
+        if measured and mode in measured:
+            ax.plot([measured_p], [measured[mode]], marker=mk, ms=10, ls="none",
+                    markerfacecolor="white", markeredgecolor=greys[mode], markeredgewidth=2,
+                    label=f"{mode}: measured at p={measured_p}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(ps, [str(p) for p in ps])
+    ax.set_xlabel("ranks p")
+    ax.set_ylabel("bytes sent per rank, one forward")
+    ax.set_title(f"Y = X·W, X ({M}, {K}), W ({K}, {N}), float32\nlines: MODEL (formulas); "
+                 f"markers: counted on this cluster at p={measured_p}", fontsize=9.5)
+    ax.grid(True, which="both", color="#e4e4e4", lw=0.6)
+    ax.legend(fontsize=7.5, frameon=False)
+    fig.set_layout_engine("constrained")
+    return fig
+
+
+def comm_time_figure(times: dict, p: int = 4, what: str = "forward, ms",
+                     how: str = "slowest rank, best of 15 runs") -> Figure:
+    """Bars of measured times per layout (``{mode: milliseconds}``), measured on this cluster."""
+    fig = new_figure(6.0, 3.0)
+    ax = fig.add_subplot()
+    names = list(times)
+    vals = [float(times[n]) for n in names]
+    ax.barh(names, vals, color=["#333333", "#777777", "#aaaaaa"][:len(names)])
+    for y, v in enumerate(vals):
+        ax.text(v, y, f" {v:.2f}", va="center", fontsize=8.5, color=MUTED)
+    ax.invert_yaxis()
+    ax.set_xlabel(what)
+    ax.set_title(f"Y = X·W at p={p}, measured on this cluster ({how})",
+                 fontsize=9.5)
+    fig.set_layout_engine("constrained")
+    return fig

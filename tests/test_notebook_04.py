@@ -1,0 +1,111 @@
+"""Notebook 04 (1D vs 2D tensor parallelism, SUMMA) runs headless on the session's real
+4-engine gloo cluster: as committed (the exercise checker must say "❌ not yet", nothing may
+raise) and with the collapsed solution substituted (the checker must say "✅ correct").
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import nbformat
+import pytest
+from conftest import (
+    REPO,
+    assert_clean,
+    assert_committed_without_outputs,
+    assert_dense_checks_pass,
+    cell_text,
+    execute_notebook,
+    solution_code,
+    tagged_cell,
+    tags,
+    with_solutions,
+)
+
+NB_PATH = os.path.join(REPO, "notebooks", "04_2d_tensor_parallel.ipynb")
+CELL_TIMEOUT = 180
+EXERCISES = ("1",)
+
+
+@pytest.fixture(scope="module")
+def committed():
+    return nbformat.read(NB_PATH, as_version=4)
+
+
+@pytest.fixture(scope="module")
+def run_blank(cluster, committed):
+    return execute_notebook(copy.deepcopy(committed), CELL_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def run_solved(cluster, committed):
+    return execute_notebook(with_solutions(committed, EXERCISES), CELL_TIMEOUT)
+
+
+# ------------------------------------------------------------------------------ the file itself
+def test_committed_without_outputs(committed):
+    assert_committed_without_outputs(committed)
+
+
+def test_story_structure(committed):
+    cells = committed.cells
+    assert cells[0].cell_type == "markdown" and "able to" in cells[0].source
+    assert cells[1].cell_type == "code" and "connect()" in cells[1].source
+    assert "4 ranks" in cells[1].source  # says what it needs when it connects
+    px = [c for c in cells if c.cell_type == "code" and c.source.startswith("%%px")]
+    assert len(px) >= 8
+    src = "\n".join(c.source for c in cells if c.cell_type == "code")
+    for needed in ("grid_layout_explorer(", "grid_blocks_figure(", "summa_stepper(",
+                   "comm_model_figure(", "comm_time_figure(", "compare_grads(", "make_grid(("):
+        assert needed in src, needed
+    assert src.count('expect="mismatch"') == 1  # the break-it cell
+    ex = tagged_cell(committed, "exercise-1")
+    assert ex.cell_type == "code" and ex.source.startswith("%%px") and "← your code" in ex.source
+    sol = solution_code(committed, "1")
+    assert sol.startswith("%%px") and "← your code" not in sol
+    assert "check-1" in tags(cells[cells.index(ex) + 1])
+    for c in px:  # device-agnostic engine code
+        assert "cuda:" not in c.source and '"cpu"' not in c.source
+    text = "\n".join(c.source for c in cells if c.cell_type == "markdown")
+    assert "van de Geijn" in text and "model" in text
+
+
+# ------------------------------------------------------------------------------ executions
+def test_runs_clean_with_blank(run_blank):
+    assert_clean(run_blank)
+    assert_dense_checks_pass(run_blank)
+    out = cell_text(tagged_cell(run_blank, "check-1"))
+    assert "❌ not yet" in out and "✅ correct" not in out, out
+    print(f"\nnotebook 04 with blanks: {run_blank.metadata['_test_seconds']:.1f} s")
+
+
+def test_measurements_match_formulas(run_blank):
+    texts = [cell_text(c) for c in run_blank.cells if c.cell_type == "code"]
+    lines = [ln for t in texts for ln in t.splitlines() if "KiB sent per rank" in ln]
+    assert len(lines) == 6, lines  # 3 layouts × 2 shapes, each measured == formula
+    assert all(ln.lstrip().startswith("✅") for ln in lines), lines
+    print("\n" + "\n".join(ln for t in texts for ln in t.splitlines()
+                           if "KiB sent per rank" in ln or "× the bytes of" in ln))
+
+
+def test_break_it_shows_the_mismatch(run_blank):
+    texts = [cell_text(c) for c in run_blank.cells if c.cell_type == "code"]
+    assert sum("mismatch, as expected" in t for t in texts) == 1
+
+
+def test_figures_and_widgets(run_blank):
+    pngs = sum(1 for c in run_blank.cells if c.cell_type == "code"
+               for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
+    assert pngs >= 6  # blocks, heatmap, 2 models, 2 timings
+    widgets = [o for c in run_blank.cells if c.cell_type == "code" for o in c.get("outputs", [])
+               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(widgets) >= 2, "the layout explorer and the SUMMA stepper were not displayed"
+
+
+def test_solution_passes_the_checker(run_solved):
+    assert_clean(run_solved)
+    assert_dense_checks_pass(run_solved)
+    out = cell_text(tagged_cell(run_solved, "check-1"))
+    assert "✅ correct" in out and "❌" not in out, out
+    print(f"\nnotebook 04 with solutions: {run_solved.metadata['_test_seconds']:.1f} s")
