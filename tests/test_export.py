@@ -71,6 +71,13 @@ def launch_export(*args, tmp_path) -> subprocess.CompletedProcess:
 CONNECT = "from helpers import connect\ncluster = connect()\n"
 
 
+def ranks_asked_for(notebook: str) -> int:
+    """The ranks a notebook asks for (``connect(n=2)``), else 4: the CPU stand-in for a node."""
+    with open(notebook) as f:
+        m = re.search(r"connect\(\s*n\s*=\s*(\d+)", f.read())
+    return int(m.group(1)) if m else 4
+
+
 # ------------------------------------------------------------------- every course notebook
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=os.path.basename)
 def test_notebook_runs_as_a_checked_torchrun_job(notebook, tmp_path, capsys):
@@ -80,14 +87,15 @@ def test_notebook_runs_as_a_checked_torchrun_job(notebook, tmp_path, capsys):
     assert rc == 0, err
     assert f"wrote {script}" in out
 
-    run, seconds = torchrun(script)
+    nproc = ranks_asked_for(notebook)
+    run, seconds = torchrun(script, nproc=nproc)
     text = run.stdout + run.stderr
     with capsys.disabled():
-        print(f"\n{stem}: torchrun 4 ranks {seconds:.1f} s")
+        print(f"\n{stem}: torchrun {nproc} ranks {seconds:.1f} s")
     assert run.returncode == 0, text[-4000:]
     assert "✅" in run.stdout, "the notebook's checks printed nothing"
     assert "Traceback" not in text and "❌" not in text, text[-4000:]
-    assert "done: the notebook ran to its end on 4 ranks" in run.stdout
+    assert f"done: the notebook ran to its end on {nproc} ranks" in run.stdout
     for name in re.findall(r"^figure saved: (\S+)$", run.stdout, re.M):
         with open(tmp_path / name, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n", name

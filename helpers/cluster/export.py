@@ -9,6 +9,8 @@ runtime :mod:`helpers.engine.batch` (read its docstring for what runs where):
   its own (the kernel's), on every rank, printed by rank 0; its checks (``compare``) end the
   job with status 1 when they fail;
 * a ``%%px --local`` cell goes in both ways, engine first;
+* a ``%%px`` cell's last expression shows nothing (a script's expression statements never
+  do; the notebook shows ``Out[0:N]``): print what a batch job should show;
 * markdown and raw cells, empty cells and cells tagged ``export-skip`` are left out.
 
 Notebook authors: tag a cell ``export-skip`` (cell metadata ``"tags": ["export-skip"]``) when it
