@@ -5,6 +5,7 @@
 #   ./launch_cluster.sh start [-n N]     start a cluster (one engine per GPU; 4 CPU engines without)
 #   ./launch_cluster.sh status           list each engine: rank, host, device, pid
 #   ./launch_cluster.sh stop             stop it: no controller or engine is left running
+#   ./launch_cluster.sh export NB.ipynb  write the notebook as a torchrun job (--pbs: a Derecho job too)
 #   ./launch_cluster.sh test [ARGS]      set up the test environment and run the test suite
 #   ./launch_cluster.sh kernel           install a JupyterHub kernel spec for this environment
 #   ./launch_cluster.sh COMMAND --help   the options of each command
@@ -20,7 +21,7 @@ VENV="${TP_VENV:-$REPO/.venv}"
 TP_TORCH_CPU="${TP_TORCH_CPU:-torch==2.13.0}"
 
 usage() {
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 die() { echo "launch_cluster.sh: $*" >&2; exit 2; }
@@ -77,7 +78,7 @@ case "$cmd" in
         usage
         [[ -n "$cmd" ]] && exit 0 || exit 2
         ;;
-    start|stop|status|lab)
+    start|stop|status|lab|export)
         shift
         # --help sets nothing up and starts nothing
         for a in "$@"; do
@@ -89,6 +90,10 @@ case "$cmd" in
             fi
         done
         ensure_env ""
+        if [[ "$cmd" == export ]]; then
+            # its paths are the caller's: run from here, with this project importable
+            PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" -m helpers.cluster.cli export "$@"
+        fi
         cd "$REPO"
         exec "$PY" -m helpers.cluster.cli "$cmd" "$@"
         ;;
@@ -117,6 +122,6 @@ case "$cmd" in
         exec "$PY" -m ipykernel install --user --name "$name" --display-name "Python (tensor parallel course)"
         ;;
     *)
-        die "unknown command '$cmd'; one of: lab, start, stop, status, test, kernel (--help lists them)"
+        die "unknown command '$cmd'; one of: lab, start, stop, status, export, test, kernel (--help lists them)"
         ;;
 esac

@@ -1,4 +1,4 @@
-"""The command line behind ``launch_cluster.sh``: start, stop, status, lab.
+"""The command line behind ``launch_cluster.sh``: start, stop, status, lab, export.
 
 ``launch_cluster.sh`` prepares the Python environment and hands its arguments
 here (``python -m helpers.cluster.cli start -n 4``).  Every refusal is one line on
@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.request
 
+from .export import export_notebook
 from .lifecycle import (
     DEFAULT_START_TIMEOUT,
     clean_stale,
@@ -68,8 +69,18 @@ def _add_start_options(p: argparse.ArgumentParser) -> None:
                    help="refuse to start unless every engine can own a GPU")
     p.add_argument("--timeout", type=float, default=DEFAULT_START_TIMEOUT,
                    help="seconds to wait for engines to register (default %(default)s)")
-    pbs = p.add_argument_group("PBS Pro (Derecho): submit a job that runs the cluster")
-    pbs.add_argument("--pbs", action="store_true", help="write a PBS Pro job script and qsub it")
+    pbs = _add_pbs_options(p, "PBS Pro (Derecho): submit a job that runs the cluster",
+                           "write a PBS Pro job script and qsub it")
+    pbs.add_argument("--script-only", action="store_true",
+                     help="write the job script and print its path; do not submit")
+    p.add_argument("--foreground", action="store_true",
+                   help="stay in the foreground and stop the cluster on exit (what a PBS job runs)")
+
+
+def _add_pbs_options(p: argparse.ArgumentParser, title: str, pbs_help: str):
+    """The PBS Pro options that ``start --pbs`` and ``export --pbs`` share."""
+    pbs = p.add_argument_group(title)
+    pbs.add_argument("--pbs", action="store_true", help=pbs_help)
     pbs.add_argument("--nodes", type=_engine_count, default=1, help="nodes to ask for (default 1)")
     pbs.add_argument("-A", "--account", default=os.environ.get("TP_PBS_ACCOUNT"),
                      help="project code for -A (default: $TP_PBS_ACCOUNT)")
@@ -80,10 +91,31 @@ def _add_start_options(p: argparse.ArgumentParser) -> None:
     pbs.add_argument("--ngpus", type=int, default=4, help="ngpus per node (default 4)")
     pbs.add_argument("--modules", default=os.environ.get("TP_PBS_MODULES", ""),
                      help="modules to load in the job, e.g. 'ncarenv cray-mpich'")
-    pbs.add_argument("--script-only", action="store_true",
-                     help="write the job script and print its path; do not submit")
-    p.add_argument("--foreground", action="store_true",
-                   help="stay in the foreground and stop the cluster on exit (what a PBS job runs)")
+    return pbs
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _add_export_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("notebook", help="the notebook, e.g. notebooks/01_basic_tensor_parallel.ipynb")
+    p.add_argument("-o", "--output", default=None,
+                   help="the script to write (default: next to the notebook, NN_name.py)")
+    p.add_argument("--solutions", action="store_true",
+                   help="run each exercise's collapsed solution in place of the exercise cell")
+    p.add_argument("--timeout", type=_seconds, default=None,
+                   help="seconds a collective may wait in the job before it fails (default 120)")
+    p.add_argument("--ppn", type=_engine_count, default=4,
+                   help="ranks per node in the PBS job (torchrun --nproc_per_node; default 4, one per GPU)")
+    _add_pbs_options(p, "PBS Pro (Derecho): a job that runs the script with torchrun",
+                     "also write a PBS Pro job next to the script (submit it with qsub)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="list each engine: rank, host, device, pid")
     _add_common(p)
+
+    p = sub.add_parser("export", help="write a notebook as a torchrun batch job; its checks decide "
+                       "the job's exit status (--pbs: and a PBS Pro job for Derecho)")
+    _add_export_options(p)
 
     p = sub.add_parser("lab", help="start the cluster (if needed) and JupyterLab on notebooks/")
     p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
@@ -157,10 +193,9 @@ def _check_mpi4py() -> None:
         ) from None
 
 
-PBS_TEMPLATE = """#!/bin/bash
-# PBS Pro job: an ipyparallel cluster for the tensor-parallel course.
-# Written by launch_cluster.sh start --pbs; the notebook's connect() finds it.
-#PBS -N {name}
+# A PBS Pro job's head (Derecho is PBS Pro: no Torque "#PBS -t" line), then a body per use.
+PBS_HEADER = """#!/bin/bash
+{purpose}#PBS -N {name}
 #PBS -A {account}
 #PBS -q {queue}
 #PBS -l select={nodes}:ncpus={ncpus}:ngpus={ngpus}:mpiprocs={ppn}
@@ -169,15 +204,78 @@ PBS_TEMPLATE = """#!/bin/bash
 #PBS -o {log}
 set -euo pipefail
 {modules}export TP_PYTHON={python} PATH={bindir}:$PATH
-export TP_CLUSTER_ID={cluster_id} TP_PROFILE_DIR={profile_dir}
+"""
+
+CLUSTER_PURPOSE = """# PBS Pro job: an ipyparallel cluster for the tensor-parallel course.
+# Written by launch_cluster.sh start --pbs; the notebook's connect() finds it.
+"""
+
+CLUSTER_BODY = """export TP_CLUSTER_ID={cluster_id} TP_PROFILE_DIR={profile_dir}
 cd {repo}
 exec ./launch_cluster.sh start --mpi --foreground -n {n} --ppn {ppn}
 """
 
+TORCHRUN_PURPOSE = """# PBS Pro job: {notebook} as a torchrun batch job (its checks decide the exit status).
+# Written by launch_cluster.sh export --pbs; submit it with qsub.
+"""
 
-def write_pbs_script(args, ref: ClusterRef) -> str:
+# What the job exports for NCCL on Slingshot, and where each setting comes from, is in its comments.
+TORCHRUN_BODY = """# NCCL on Derecho's Slingshot network (HPE CXI, reached through libfabric), as set by NCAR's
+# "NCCL Tuning Guide for Derecho" (https://gh.astrobox.top/negin513/distributed-pytorch-hpc,
+# docs/guide/nccl_tuning.md: required settings, "Runtime Settings for OFI Transport"); the GDR
+# level as CSCS sets it for aws-ofi-nccl on Slingshot (docs.cscs.ch, software/communication/nccl).
+export NCCL_SOCKET_IFNAME=hsn            # the Slingshot interfaces hsn0..3, not the management Ethernet
+export NCCL_IB_DISABLE=1                 # Slingshot is reached through libfabric (OFI), not InfiniBand
+export NCCL_NET="AWS Libfabric"          # the aws-ofi-nccl plugin (native Slingshot, GPU Direct RDMA); NCCL
+                                         # fails fast without it: delete this line for a generic pip torch
+export NCCL_CROSS_NIC=1                  # rings and trees may span NICs
+export NCCL_NET_GDR_LEVEL=PHB            # GPU Direct RDMA where GPU and NIC share a PCI host bridge
+export FI_CXI_DISABLE_HOST_REGISTER=1    # CUDA allocations must not deadlock with CXI host registration
+export FI_MR_CACHE_MONITOR=userfaultfd   # libfabric's memory-registration cache monitor
+export FI_CXI_DEFAULT_CQ_SIZE=131072     # a larger completion queue for large jobs
+export PYTHONPATH={repo}${{PYTHONPATH:+:$PYTHONPATH}}
+head_node=$(head -n 1 "$PBS_NODEFILE")   # the c10d rendezvous runs on the job's first node
+cd {workdir}
+# one torchrun per node (Cray PALS: mpiexec --ppn 1); each starts {ppn} ranks, one per GPU
+mpiexec -n {nodes} --ppn 1 --cpu-bind none \\
+    torchrun --nnodes {nodes} --nproc_per_node {ppn} --rdzv_backend c10d \\
+    --rdzv_id "$PBS_JOBID" --rdzv_endpoint "$head_node:29500" {script}
+"""
+
+
+def _check_account(args) -> None:
     if not args.account:
         raise UsageError("PBS needs a project code: add -A/--account CODE (or set TP_PBS_ACCOUNT)")
+
+
+def pbs_header(args, *, name: str, log: str, purpose: str) -> str:
+    """The ``#PBS`` lines and environment of a job: select, -A, -q, walltime, modules, python."""
+    _check_account(args)
+    modules = "".join(f"module load {m}\n" for m in args.modules.split())
+    return PBS_HEADER.format(
+        purpose=purpose, name=name[:15], account=args.account, queue=args.queue,
+        nodes=args.nodes, ncpus=args.ncpus, ngpus=args.ngpus, ppn=args.ppn,
+        walltime=args.walltime, log=log, modules=modules,
+        bindir=shlex.quote(os.path.dirname(sys.executable)), python=shlex.quote(sys.executable),
+    )
+
+
+def write_torchrun_pbs(args, script: str) -> str:
+    """A PBS Pro job next to ``script`` that runs it with torchrun on ``args.nodes`` nodes."""
+    script = os.path.abspath(script)
+    stem = os.path.splitext(script)[0]
+    head = pbs_header(args, name=f"tp-{os.path.basename(stem)}", log=stem + ".log",
+                      purpose=TORCHRUN_PURPOSE.format(notebook=os.path.basename(stem)))
+    body = TORCHRUN_BODY.format(repo=shlex.quote(REPO), workdir=shlex.quote(os.path.dirname(script)),
+                                nodes=args.nodes, ppn=args.ppn, script=shlex.quote(script))
+    path = stem + ".pbs"
+    with open(path, "w") as f:
+        f.write(head + body)
+    return path
+
+
+def write_pbs_script(args, ref: ClusterRef) -> str:
+    _check_account(args)
     n = args.n or args.nodes * args.ppn
     if n != args.nodes * args.ppn:
         raise UsageError(
@@ -186,15 +284,10 @@ def write_pbs_script(args, ref: ClusterRef) -> str:
         )
     os.makedirs(ref.log_dir, exist_ok=True)
     path = ref.pbs_script
-    modules = "".join(f"module load {m}\n" for m in args.modules.split())
-    text = PBS_TEMPLATE.format(
-        name=f"tp-{ref.cluster_id}"[:15], account=args.account, queue=args.queue,
-        nodes=args.nodes, ncpus=args.ncpus, ngpus=args.ngpus, ppn=args.ppn,
-        walltime=args.walltime, log=ref.pbs_log,
-        modules=modules, bindir=shlex.quote(os.path.dirname(sys.executable)), python=shlex.quote(sys.executable),
-        cluster_id=shlex.quote(ref.cluster_id), profile_dir=shlex.quote(ref.profile_dir),
-        repo=shlex.quote(REPO), n=n,
-    )
+    text = pbs_header(args, name=f"tp-{ref.cluster_id}", log=ref.pbs_log, purpose=CLUSTER_PURPOSE)
+    text += CLUSTER_BODY.format(cluster_id=shlex.quote(ref.cluster_id),
+                                profile_dir=shlex.quote(ref.profile_dir), repo=shlex.quote(REPO),
+                                n=n, ppn=args.ppn)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     with open(path, "w") as f:
         f.write(text)
@@ -400,7 +493,22 @@ def cmd_lab(args) -> int:
     return 0
 
 
-COMMANDS = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "lab": cmd_lab}
+def cmd_export(args) -> int:
+    """Write the notebook as a torchrun script (helpers.cluster.export), and with --pbs a PBS job."""
+    if args.pbs:
+        _check_account(args)  # refused before anything is written
+    done = export_notebook(args.notebook, args.output, solutions=args.solutions, timeout=args.timeout)
+    print(done.summary())
+    if args.pbs:
+        job = write_torchrun_pbs(args, done.script)
+        print(f"wrote {job} ({args.nodes} node(s) x {args.ppn} ranks): qsub {shlex.quote(job)}")
+    else:
+        print(f"run it: torchrun --standalone --nproc_per_node=4 {shlex.quote(done.script)}")
+    return 0
+
+
+COMMANDS = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "lab": cmd_lab,
+            "export": cmd_export}
 
 
 def main(argv=None) -> int:

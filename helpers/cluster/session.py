@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import ipyparallel as ipp
 
+from ..engine import batch as engine_batch
 from ..engine import namespace as engine_ns
 from ..engine import pg as engine_pg
 from ..engine import watchdog as engine_watchdog
@@ -398,7 +399,11 @@ def connect(
     Calling it again returns the same cluster.  A cluster that ``connect()``
     started itself is stopped by ``cluster.shutdown()`` or when this kernel exits
     (a crashed kernel's cluster is ended by a reaper within a second).
+    In a batch job written by ``launch_cluster.sh export`` it returns that job's cluster.
     """
+    job = engine_batch.active_job()
+    if job is not None:  # a notebook running as a torchrun job (helpers.engine.batch)
+        return job.connect(n=n, backend=backend)
     ref = ClusterRef.of(cluster_id, profile_dir)
     check_backend(backend)
     if n is not None:

@@ -9,14 +9,32 @@ import types
 CONNECT_NAMES = {"torch", "dist", "rank", "world_size", "local_rank", "device", "backend"}
 
 
+# a torchrun script's globals, when it runs a notebook as a batch job (helpers.engine.batch)
+_SCRIPT_NS: dict | None = None
+
+
+def use_script_namespace(ns: dict | None) -> None:
+    """Make ``ns`` (a batch script's ``globals()``) the engine namespace where there is no IPython.
+
+    In a job written by ``launch_cluster.sh export`` the ``%%px`` cells are the script's top
+    level, so its globals are what those cells see; engine-side helpers (``fetch_values``, the
+    exercise checkers) read them through :func:`user_ns` as they read an engine's.
+    """
+    global _SCRIPT_NS
+    _SCRIPT_NS = ns
+
+
 def user_ns() -> dict:
-    """The engine's interactive namespace (what ``%%px`` cells see)."""
+    """The engine's interactive namespace (what ``%%px`` cells see); in a batch job without
+    IPython, the script's globals (:func:`use_script_namespace`)."""
     try:
         from IPython import get_ipython
     except ImportError:  # pragma: no cover - engines always have IPython
-        return {}
+        get_ipython = lambda: None  # noqa: E731
     ip = get_ipython()
-    return ip.user_ns if ip is not None else {}
+    if ip is not None:
+        return ip.user_ns
+    return _SCRIPT_NS if _SCRIPT_NS is not None else {}
 
 
 def user_names() -> list[str]:

@@ -102,7 +102,7 @@ def open_store(addr: str, world_size: int, timeout_s: float) -> int:
 
 
 # --------------------------------------------------------------------- the real torch calls
-# Kept before the course replaces them on torch.distributed (see _install_script_hooks).
+# Kept before the course replaces them on torch.distributed (see install_script_hooks).
 _REAL: dict = {}
 
 
@@ -157,7 +157,7 @@ def init(rank: int, world_size: int, local_rank: int, local_world_size: int, add
                                 timeout=timeout)
     dist.barrier()  # every pair connected now, so its sockets are known
     record_pg_sockets(before)
-    _install_script_hooks()
+    install_script_hooks()
     ns.update(
         torch=torch, dist=dist, rank=rank, world_size=world_size,
         local_rank=local_rank, device=device, backend=backend,
@@ -248,8 +248,9 @@ def keeping_destroy_process_group(group=None):
     return _real("destroy_process_group")(group)
 
 
-def _install_script_hooks() -> None:
-    """Put the two functions above where a pasted script finds ``init``/``destroy``."""
+def install_script_hooks() -> None:
+    """Put the two functions above where a pasted script finds ``init``/``destroy``
+    (after :func:`init`, and in a batch job: :mod:`helpers.engine.batch`)."""
     import torch.distributed as dist
     from torch.distributed import distributed_c10d as c10d
 

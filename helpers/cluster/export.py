@@ -1,0 +1,283 @@
+"""A notebook as a torchrun batch job: ``./launch_cluster.sh export notebooks/NN_….ipynb``.
+
+The script written here runs the notebook's code cells in order under torchrun, with the
+runtime :mod:`helpers.engine.batch` (read its docstring for what runs where):
+
+* a ``%%px`` cell's body goes into the script **verbatim, at top level**: the script's globals
+  are the engines' namespace, so a ``%%px`` cell is exactly the body of a torchrun script;
+* a notebook cell goes in as ``_job.notebook(N, r'''<its source>''')``: run in a namespace of
+  its own (the kernel's), on every rank, printed by rank 0; its checks (``compare``) end the
+  job with status 1 when they fail;
+* a ``%%px --local`` cell goes in both ways, engine first;
+* a ``%%px`` cell's last expression shows nothing (a script's expression statements never
+  do; the notebook shows ``Out[0:N]``): print what a batch job should show;
+* markdown and raw cells, empty cells and cells tagged ``export-skip`` are left out.
+
+Notebook authors: tag a cell ``export-skip`` (cell metadata ``"tags": ["export-skip"]``) when it
+only makes sense in Jupyter.  Cells that cannot run outside Jupyter make the export fail with
+one line naming the cell (its 0-based position among all cells, and its first line) unless so
+tagged: IPython magics and ``!shell`` lines, ``%px`` line magics, ``%%px`` with options other than
+``--local``, ``get_ipython()``.
+
+``solutions=True`` (``--solutions``) puts each exercise's collapsed solution (the ```python
+block of the markdown cell tagged ``solution-N``) in place of the cell tagged ``exercise-N``: the
+whole course then runs as a checked job (what the tests do).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from dataclasses import dataclass
+
+SKIP_TAG = "export-skip"
+PX = "%%px"
+
+_GET_IPYTHON = re.compile(r"\bget_ipython\s*\(")
+_SOLUTION = re.compile(r"```python\n(.*?)```", re.S)
+
+
+class ExportError(ValueError):
+    """The notebook cannot be written as a batch job; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One code cell to export: where it runs, and its body (without the ``%%px`` line)."""
+
+    index: int      # position among all the notebook's cells, from 0
+    kind: str       # "px", "local" (%%px --local) or "notebook"
+    body: str
+    first_line: str
+
+    @property
+    def on_engines(self) -> bool:
+        return self.kind in ("px", "local")
+
+    @property
+    def in_kernel(self) -> bool:
+        return self.kind in ("local", "notebook")
+
+
+# ------------------------------------------------------------------------------ reading
+def read_notebook(path: str) -> dict:
+    """The notebook's JSON, or an ExportError that says what is wrong with ``path``."""
+    if not os.path.exists(path):
+        raise ExportError(f"{path}: no such notebook")
+    if os.path.isdir(path) or not path.endswith(".ipynb"):
+        raise ExportError(f"{path} is not a notebook (.ipynb file); e.g. "
+                          "./launch_cluster.sh export notebooks/01_basic_tensor_parallel.ipynb")
+    try:
+        with open(path, encoding="utf-8") as f:
+            nb = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExportError(f"{path} is not a notebook: it cannot be read as JSON ({e})") from None
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise ExportError(f"{path} is not a notebook: it has no list of cells (nbformat 4)")
+    return nb
+
+
+def _source(cell: dict) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else str(src)
+
+
+def _tags(cell: dict) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def _first_line(source: str) -> str:
+    line = next((s for s in source.splitlines() if s.strip()), "")
+    return line if len(line) <= 60 else line[:57] + "..."
+
+
+# ---------------------------------------------------------------------------- solutions
+def with_solutions(nb: dict) -> dict:
+    """A copy of ``nb`` whose ``exercise-N`` cells hold the code of their ``solution-N`` cell."""
+    cells = [dict(c) for c in nb["cells"]]
+    solutions = {}
+    for c in cells:
+        for tag in _tags(c):
+            if tag.startswith("solution-"):
+                m = _SOLUTION.search(_source(c))
+                if m:
+                    solutions[tag.removeprefix("solution-")] = m.group(1).strip("\n") + "\n"
+    for i, c in enumerate(cells):
+        for tag in _tags(c):
+            if tag.startswith("exercise-"):
+                n = tag.removeprefix("exercise-")
+                if n not in solutions:
+                    raise ExportError(f"cell {i} is tagged {tag} but no markdown cell tagged "
+                                      f"solution-{n} holds a ```python block; export without "
+                                      "--solutions")
+                c["source"] = solutions[n]
+    return dict(nb, cells=cells)
+
+
+# ------------------------------------------------------------------------- classifying
+def _jupyter_only(source: str) -> str | None:
+    """The first line of ``source`` that only IPython can run (a magic, ``!shell``), if any."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    plain = source if source.endswith("\n") else source + "\n"
+    transformed = TransformerManager().transform_cell(plain)
+    if transformed == plain:
+        match = _GET_IPYTHON.search(source)
+        return source[: match.start()].count("\n") if match else None
+    lines, new = plain.splitlines(), transformed.splitlines()
+    for k, (a, b) in enumerate(zip(lines, new)):
+        if a != b:
+            return k
+    return min(len(lines), len(new)) - 1
+
+
+def _refuse(index: int, source: str, why: str) -> ExportError:
+    return ExportError(f"cell {index} ({_first_line(source)!r}) {why}; tag the cell "
+                       f"{SKIP_TAG} (cell metadata tags) to leave it out of the batch job")
+
+
+def classify(index: int, source: str) -> Cell:
+    """Where cell ``index`` runs in the batch job; ExportError if it cannot run outside Jupyter."""
+    lines = source.splitlines()
+    kind, body = "notebook", source
+    if lines and lines[0].split()[:1] == [PX]:
+        options = shlex.split(lines[0].strip())[1:]
+        if options not in ([], ["--local"]):
+            raise _refuse(index, source, f"uses %%px {' '.join(options)}: only %%px and "
+                                         "%%px --local have a batch equivalent")
+        kind = "local" if options else "px"
+        body = "\n".join(lines[1:]) + ("\n" if len(lines) > 1 else "")
+    bad = _jupyter_only(body)
+    if bad is not None:
+        line = body.splitlines()[bad].strip() if body.splitlines() else ""
+        raise _refuse(index, source, f"has {line[:40]!r}, which only IPython can run "
+                                     "(a magic, a !shell line or get_ipython())")
+    try:
+        compile(body, f"<cell {index}>", "exec")
+    except SyntaxError as e:
+        raise _refuse(index, source, f"is not valid Python (line {e.lineno}: {e.msg})") from None
+    return Cell(index, kind, body, _first_line(source))
+
+
+def plan_cells(nb: dict) -> tuple[list[Cell], list[int]]:
+    """(cells to export in order, indices of code cells left out with export-skip)."""
+    cells, skipped = [], []
+    for i, c in enumerate(nb["cells"]):
+        if c.get("cell_type") != "code":
+            continue
+        source = _source(c)
+        if SKIP_TAG in _tags(c):
+            skipped.append(i)
+            continue
+        if not source.strip():
+            continue
+        cells.append(classify(i, source))
+    return cells, skipped
+
+
+# ---------------------------------------------------------------------------- writing
+def _literal(source: str) -> str:
+    """A Python literal of ``source``: a raw triple-quoted string when it can be one.
+
+    It ends with a newline, so a quote or backslash at the end of the cell is harmless.
+    """
+    text = source if source.endswith("\n") else source + "\n"
+    for quote in ("'''", '"""'):
+        if quote not in text:
+            return f"r{quote}{text}{quote}"
+    return repr(text)
+
+
+def render_script(cells: list[Cell], *, notebook: str, script: str, skipped: list[int],
+                  timeout: float) -> str:
+    """The torchrun script's text (paths: the notebook's and the script's, as written)."""
+    from ..engine.batch import FIGURES_SUFFIX
+
+    name = os.path.basename(notebook)
+    stem = os.path.splitext(os.path.basename(script))[0]
+    nb_dir = os.path.dirname(os.path.abspath(notebook))
+    rel = os.path.relpath(nb_dir, os.path.dirname(os.path.abspath(script)))
+    nb_dir = nb_dir if rel.startswith("..") else rel  # relative when the script sits at or above it
+    out = [
+        "#!/usr/bin/env python",
+        "# ruff: noqa",
+        "# flake8: noqa",
+        f'"""{name} as a torchrun batch job, written by ./launch_cluster.sh export.',
+        "",
+        "Edit the notebook, not this file, and export again.  Run it with",
+        f"    torchrun --standalone --nproc_per_node=4 {os.path.basename(script)}",
+        "%%px cells are this script's top level (its globals are the engines' namespace); notebook",
+        "cells run through _job.notebook(...) in a namespace of their own, on every rank, printed",
+        f"by rank 0.  Figures go to {stem}{FIGURES_SUFFIX}/cell_NN.png.  See helpers/engine/batch.py.",
+        '"""',
+        "from helpers.engine import batch as _batch",
+        "",
+        f"_job = _batch.start(globals(), notebook_dir={nb_dir!r}, timeout={float(timeout)!r})",
+    ]
+    if skipped:
+        out.append(f"# left out ({SKIP_TAG}): cells {', '.join(map(str, skipped))}")
+    for cell in cells:
+        out += ["", f"# ── cell {cell.index} · {_label(cell)}"]
+        if cell.on_engines:
+            out.append(f"_job.px({cell.index}{', local=True' if cell.kind == 'local' else ''})")
+            out.append(cell.body.rstrip("\n"))
+        if cell.in_kernel:
+            out.append(f"_job.notebook({cell.index}, {_literal(cell.body)})")
+    out += ["", "_job.finish()", ""]
+    return "\n".join(out)
+
+
+def _label(cell: Cell) -> str:
+    return {"px": "%%px", "local": "%%px --local", "notebook": "notebook"}[cell.kind]
+
+
+def default_output(notebook: str) -> str:
+    """``notebooks/01_x.ipynb`` -> ``notebooks/01_x.py`` (next to the notebook)."""
+    return os.path.splitext(notebook)[0] + ".py"
+
+
+@dataclass(frozen=True)
+class Exported:
+    script: str
+    cells: list[Cell]
+    skipped: list[int]
+
+    def summary(self) -> str:
+        px = sum(c.kind == "px" for c in self.cells)
+        local = sum(c.kind == "local" for c in self.cells)
+        kernel = sum(c.kind == "notebook" for c in self.cells)
+        left = f"; left out ({SKIP_TAG}): cells {', '.join(map(str, self.skipped))}" if self.skipped else ""
+        return (f"wrote {self.script}: {px} %%px, {local} %%px --local and {kernel} notebook "
+                f"cells{left}")
+
+
+def export_notebook(notebook: str, output: str | None = None, *, solutions: bool = False,
+                    timeout: float | None = None) -> Exported:
+    """Write ``notebook`` as a torchrun script (default: next to it, ``.py``); nothing is
+    written when a cell cannot be exported."""
+    from ..engine.batch import DEFAULT_TIMEOUT
+
+    nb = read_notebook(notebook)
+    if solutions:
+        nb = with_solutions(nb)
+    cells, skipped = plan_cells(nb)
+    script = output or default_output(notebook)
+    if os.path.abspath(script) == os.path.abspath(notebook):
+        raise ExportError(f"-o {script} would overwrite the notebook; pick a .py name")
+    text = render_script(cells, notebook=notebook, script=script, skipped=skipped,
+                         timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+    try:
+        compile(text, script, "exec")
+    except SyntaxError as e:  # e.g. a `from __future__` import in a %%px cell
+        raise ExportError(f"the script would not compile (line {e.lineno}: {e.msg}); tag the "
+                          f"cell at fault {SKIP_TAG}") from None
+    os.makedirs(os.path.dirname(os.path.abspath(script)), exist_ok=True)
+    with open(script, "w", encoding="utf-8") as f:
+        f.write(text)
+    return Exported(script, cells, skipped)
+
+
+__all__ = ["SKIP_TAG", "ExportError", "Cell", "Exported", "read_notebook", "with_solutions",
+           "classify", "plan_cells", "render_script", "default_output", "export_notebook"]

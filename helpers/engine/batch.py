@@ -1,0 +1,505 @@
+"""A notebook as a torchrun job: the runtime that every script written by
+``./launch_cluster.sh export`` imports (the converter is :mod:`helpers.cluster.export`).
+
+It runs on every torchrun rank and imports torch (never ipyparallel).  An exported script
+reads like this::
+
+    from helpers.engine import batch as _batch
+    _job = _batch.start(globals(), notebook_dir="../notebooks", timeout=120.0)
+
+    # ── cell 3 · %%px
+    _job.px(3)
+    print(f"rank {rank} of {world_size}")      # the %%px cell's body, verbatim, at top level
+
+    # ── cell 5 · notebook
+    _job.notebook(5, r'''cluster_map(cluster.info())
+    ''')
+
+    _job.finish()
+
+Two namespaces, as in Jupyter:
+
+* the **engine namespace** is the script's globals: a ``%%px`` cell *is* the body of a
+  torchrun script.  :func:`start` puts there what ``connect()`` gives an engine (``torch``,
+  ``dist``, ``rank``, ``world_size``, ``local_rank``, ``device``, ``backend``) after
+  ``init_process_group`` from torchrun's environment: NCCL when every local rank can own a
+  GPU; otherwise gloo, on ``cuda:(local_rank % gpus)`` when there are fewer GPUs than ranks,
+  else on the CPU.  Engine-side helpers that read the engine namespace
+  (:func:`helpers.engine.namespace.user_ns`) see these globals.
+* the **kernel namespace** is a dict of its own, where notebook cells run
+  (:meth:`BatchJob.notebook`).  ``from helpers import connect; connect()`` there returns a
+  :class:`BatchCluster` with the ``TPCluster`` API.  Notebook cells run on **every** rank --
+  ``cluster.pull`` is a collective here (``all_gather_object``) -- but only rank 0 prints.
+  ``%%px --local`` cells run in both namespaces, engine first (as ipyparallel does).
+
+A notebook cell's last expression (not ended by ``;``) and ``display(...)`` calls are shown the
+batch way, by rank 0: a matplotlib figure (or anything with ``_repr_png_``) is saved as
+``<script stem>_figures/cell_NN.png`` (``cell_NN_2.png``... for more); pyplot figures still open
+at the end of a cell are saved and closed, as the inline backend does; ipywidgets are left out
+(interactive only); a ``compare()`` result is not printed twice (compare printed it), its error
+heatmap is saved; anything else is pretty-printed.  ``display`` in a ``%%px`` cell does the same
+on every rank (``cell_NN_rankR.png``).
+
+A notebook cell that raises on any rank -- a failing ``compare()`` (``ComparisonError``) above
+all -- ends the job: rank 0 prints which cell failed on which ranks and why (a traceback too
+unless it is a failed check), every rank leaves the process group and exits with status 1.
+After each notebook cell the ranks exchange their outcome (one small collective), so a cell
+that fails on one rank only does not leave the others waiting in the next collective.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import contextlib
+import io
+import linecache
+import os
+import pprint
+import socket
+import sys
+import tokenize
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+
+from . import pg
+from .namespace import fetch_values, use_script_namespace
+
+DEFAULT_TIMEOUT = 120.0  # seconds a collective may wait (longer than a notebook's: jobs start slower)
+FIGURES_SUFFIX = "_figures"
+
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_ACTIVE: BatchJob | None = None
+
+
+def active_job() -> BatchJob | None:
+    """The batch job running in this process, if any (``connect()`` returns its cluster)."""
+    return _ACTIVE
+
+
+def plan_device(local_rank: int, local_world_size: int, gpus: int) -> tuple[str, str]:
+    """(backend, device) for one torchrun rank, as the course's cluster would choose.
+
+    >>> plan_device(1, 4, 4)
+    ('nccl', 'cuda:1')
+    >>> plan_device(3, 4, 2)
+    ('gloo', 'cuda:1')
+    >>> plan_device(3, 4, 0)
+    ('gloo', 'cpu')
+    """
+    if gpus >= local_world_size:
+        return "nccl", f"cuda:{local_rank}"
+    if gpus > 0:
+        return "gloo", f"cuda:{local_rank % gpus}"
+    return "gloo", "cpu"
+
+
+def _torchrun_env() -> dict[str, int]:
+    missing = [v for v in _TORCHRUN_VARS if v not in os.environ]
+    if missing:
+        script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "this_script.py"
+        raise RuntimeError(
+            f"this script runs a notebook on torchrun's ranks, but {', '.join(missing)} "
+            f"is not set; start it with torchrun --standalone --nproc_per_node=4 {script}"
+        )
+    return {v.lower(): int(os.environ[v]) for v in _TORCHRUN_VARS[:4]}
+
+
+def start(script_globals: dict, *, notebook_dir: str | None = None,
+          timeout: float = DEFAULT_TIMEOUT) -> BatchJob:
+    """Join torchrun's process group and make ``script_globals`` the engine namespace.
+
+    notebook_dir: the notebook's folder, relative to the script's; the job works there and
+    imports from it first, as the engines do (kept where that folder does not exist).
+    """
+    global _ACTIVE
+    if _ACTIVE is not None:
+        raise RuntimeError("a notebook batch job is already running in this process")
+    env = _torchrun_env()
+    os.environ["MPLBACKEND"] = "Agg"  # figures are saved, never shown
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(line_buffering=True)  # rank 0's lines in order with stderr's
+    import torch
+    import torch.distributed as dist
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    backend, device_name = plan_device(env["local_rank"], env["local_world_size"], gpus)
+    device = torch.device(device_name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+    pg.install_script_hooks()  # a pasted init_process_group adopts this group, as on the engines
+    script_globals.update(torch=torch, dist=dist, rank=env["rank"], world_size=env["world_size"],
+                          local_rank=env["local_rank"], device=device, backend=backend)
+    use_script_namespace(script_globals)
+    script = script_globals.get("__file__") or sys.argv[0]
+    _follow_notebook(script, notebook_dir)
+    _ACTIVE = BatchJob(script_globals, script, backend, device, float(timeout), env["local_rank"],
+                       env["local_world_size"])
+    return _ACTIVE
+
+
+def _follow_notebook(script: str, notebook_dir: str | None) -> None:
+    if notebook_dir is None:
+        return
+    folder = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(script)), notebook_dir))
+    pg.follow_cwd(folder)  # False (and no change) when the folder is not on this host
+
+
+# ------------------------------------------------------------------------- the cluster object
+def _gather(obj) -> list:
+    """``obj`` from every rank, by rank (a collective: every rank must call it)."""
+    import torch.distributed as dist
+
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _ranks(ranks: list[int]) -> str:
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
+
+
+@dataclass(frozen=True)
+class _RankInfo:
+    host: str
+    pid: int
+    device: str
+    local_rank: int
+    local_world_size: int
+
+
+class BatchCluster:
+    """``cluster`` in a batch job: the ``TPCluster`` API over torchrun's ranks.
+
+    Every method is called by every rank (notebook cells run on all of them); the ones that
+    return something per rank gather it with ``all_gather_object``.  Engine ids are the ranks.
+    """
+
+    def __init__(self, job: BatchJob, infos: list[_RankInfo]):
+        self._job = job
+        self._infos = infos
+        self.backend = job.backend
+        self.timeout = job.timeout
+
+    # ---- facts
+    @property
+    def world_size(self) -> int:
+        return len(self._infos)
+
+    @property
+    def engine_ids(self) -> list[int]:
+        return list(range(self.world_size))
+
+    @property
+    def devices(self) -> list[str]:
+        return [i.device for i in self._infos]
+
+    @property
+    def nodes(self) -> list[str]:
+        return [i.host for i in self._infos]
+
+    def info(self) -> list[dict]:
+        """One dict per rank: rank, engine id (= rank), host, pid, device, backend."""
+        return [dict(rank=r, engine_id=r, host=i.host, pid=i.pid, device=i.device,
+                     local_rank=i.local_rank, local_world_size=i.local_world_size, node=i.host,
+                     backend=self.backend) for r, i in enumerate(self._infos)]
+
+    def __repr__(self) -> str:
+        return (f"<BatchCluster (torchrun): {self.world_size} ranks, backend {self.backend}, "
+                f"devices {self.devices}, hosts {sorted(set(self.nodes))}>")
+
+    # ---- data in and out, by rank
+    def pull(self, name: str) -> list:
+        """The engine variable ``name`` from every rank, by rank (tensors on the CPU)."""
+        values = _gather(fetch_values([name]))
+        missing = [r for r, v in enumerate(values) if name not in v]
+        if missing:
+            raise NameError(f"{name!r} is not defined on {_ranks(missing)}: the %%px cell "
+                            "that defines it did not run (or was left out with export-skip)")
+        return [v[name] for v in values]
+
+    def push(self, **values) -> None:
+        """The same values on every rank (every rank runs this cell with the same values)."""
+        self._job.engine_ns.update(values)
+
+    def push_by_rank(self, name: str, values: list) -> None:
+        """``values[r]`` to rank r as ``name``."""
+        if len(values) != self.world_size:
+            raise ValueError(f"push_by_rank needs one value per rank: got {len(values)} for "
+                             f"{self.world_size} ranks")
+        self._job.engine_ns[name] = values[self._job.rank]
+
+    def run(self, code: str) -> None:
+        """Run ``code`` in the engine namespace of every rank (what a ``%%px`` cell does)."""
+        exec(compile(code, "<cluster.run>", "exec"), self._job.engine_ns)
+
+    def apply(self, func, *args, **kwargs) -> list:
+        """``func(*args, **kwargs)`` on every rank; results by rank.  An error on any rank
+        is raised on every rank (after the results are exchanged: nobody is left waiting)."""
+        try:
+            outcome = (True, func(*args, **kwargs))
+        except Exception as e:
+            outcome = (False, f"{type(e).__name__}: {e}")
+        outcomes = _gather(outcome)
+        failed = [r for r, (ok, _) in enumerate(outcomes) if not ok]
+        if failed:
+            raise RuntimeError(f"{getattr(func, '__name__', func)} failed on {_ranks(failed)}: "
+                               f"{outcomes[failed[0]][1]}")
+        return [value for _, value in outcomes]
+
+    # ---- what a notebook may call that has nothing to do here
+    def activate(self) -> None:
+        """No ``%%px`` magic in a batch job: its cells are the script's top level."""
+
+    def follow_cwd(self, folder: str | None = None) -> None:
+        """The job already works in the notebook's folder."""
+
+    def shutdown(self, quiet: bool = False) -> None:
+        """Nothing to stop: the job ends when the script does (:meth:`BatchJob.finish`)."""
+
+
+# ----------------------------------------------------------------------------- the job
+def _ends_with_semicolon(source: str) -> bool:
+    """IPython's rule: a cell whose last token is ``;`` shows no value."""
+    last = None
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.ENDMARKER, tokenize.INDENT,
+            tokenize.DEDENT}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type not in skip:
+                last = tok.string
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    return last == ";"
+
+
+def _compile_cell(source: str, filename: str):
+    """(code to exec, code to eval for the shown value or None), as IPython splits a cell."""
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    tree = ast.parse(source, filename)
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr) and not _ends_with_semicolon(source):
+        last = compile(ast.Expression(tree.body.pop().value), filename, "eval")
+    return compile(tree, filename, "exec"), last
+
+
+def _loaded_type(module: str, name: str):
+    """A class from a module only if that module is loaded (a value cannot be of a type whose
+    module was never imported): no import just to check."""
+    mod = sys.modules.get(module)
+    return getattr(mod, name, None) if mod is not None else None
+
+
+def _isinstance(value, module: str, name: str) -> bool:
+    cls = _loaded_type(module, name)
+    return cls is not None and isinstance(value, cls)
+
+
+@dataclass(frozen=True)
+class _CellError:
+    kind: str         # the exception's class name
+    message: str
+    traceback: str
+    is_check: bool    # an AssertionError (compare's ComparisonError): the message says it all
+    where: str        # "line 3: compare(...)", the cell's line that raised
+
+
+def _where(error: BaseException, filename: str) -> str:
+    """The innermost line of the cell ``filename`` in ``error``'s traceback."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == filename]
+    if not frames:
+        return ""
+    return f"line {frames[-1].lineno}: {(frames[-1].line or '').strip()[:80]}"
+
+
+class BatchJob:
+    """One notebook running as a torchrun job (made by :func:`start`)."""
+
+    def __init__(self, engine_ns: dict, script: str, backend: str, device, timeout: float,
+                 local_rank: int, local_world_size: int):
+        import torch.distributed as dist
+
+        self.engine_ns = engine_ns
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.backend = backend
+        self.device = device
+        self.timeout = timeout
+        stem = os.path.splitext(os.path.abspath(script))[0]
+        self.figures_dir = stem + FIGURES_SUFFIX
+        self.script_dir = os.path.dirname(stem)
+        self.kernel_ns: dict = {"__name__": "__main__", "__builtins__": builtins,
+                                "display": self.display}
+        engine_ns.setdefault("display", self.display_on_every_rank)
+        self.cell: int | None = None
+        self._figures: dict[tuple[int | None, str], int] = {}
+        self._saved = 0
+        mine = _RankInfo(socket.gethostname(), os.getpid(), str(device), local_rank, local_world_size)
+        self.cluster = BatchCluster(self, _gather(mine))
+        if self.rank == 0:
+            self._clear_old_figures()
+            print(f"notebook batch job: {self.world_size} ranks, backend {backend}, "
+                  f"devices {self.cluster.devices}", flush=True)
+
+    # ---- what the script calls
+    def connect(self, n: int | None = None, backend: str | None = None) -> BatchCluster:
+        """``connect()`` in a batch job: this job's cluster (n and backend must fit it)."""
+        if n is not None and n != self.world_size:
+            raise ValueError(f"the notebook asks for connect(n={n}) but this torchrun job has "
+                             f"{self.world_size} ranks; start it with {n} ranks in all "
+                             "(--nnodes x --nproc_per_node)")
+        if backend is not None and backend != self.backend:
+            raise ValueError(f"the notebook asks for backend {backend!r} but this job runs "
+                             f"{self.backend!r} (chosen from its GPUs: NCCL needs one per rank)")
+        return self.cluster
+
+    def px(self, cell: int, local: bool = False) -> None:
+        """Marks the start of ``%%px`` cell ``cell``; its body follows at the script's top level.
+
+        A barrier after rank 0's header line keeps the cell's output below it in the log.
+        """
+        import torch.distributed as dist
+
+        self.cell = cell
+        self._header(cell, "%%px --local" if local else "%%px")
+        dist.barrier()
+
+    def notebook(self, cell: int, source: str) -> None:
+        """Run notebook cell ``cell`` in the kernel namespace, on every rank; only rank 0 prints.
+
+        Ends the job (exit status 1) when the cell raised on any rank.
+        """
+        self.cell = cell
+        self._header(cell, "notebook")
+        with self._muted():
+            error = self._run_kernel_cell(cell, source)
+        errors = _gather(error)
+        if any(errors):
+            self._fail(cell, source, errors)
+
+    def finish(self) -> None:
+        """The notebook ran to its end: leave the process group (the real destroy)."""
+        global _ACTIVE
+        saved = _gather(self._saved)
+        pg.destroy()
+        use_script_namespace(None)
+        _ACTIVE = None
+        if self.rank == 0:
+            where = f"; {sum(saved)} figure(s) in {self.figures_dir}" if sum(saved) else ""
+            print(f"done: the notebook ran to its end on {self.world_size} ranks{where}", flush=True)
+
+    # ---- display, the batch way
+    def display(self, *values) -> None:
+        """``display(...)`` in a notebook cell: shown by rank 0 (see the module docstring)."""
+        if self.rank == 0:
+            for value in values:
+                self._show(value, suffix="")
+
+    def display_on_every_rank(self, *values) -> None:
+        """``display(...)`` in a ``%%px`` cell: every rank shows its own."""
+        for value in values:
+            self._show(value, suffix=f"_rank{self.rank}")
+
+    def _show(self, value, suffix: str) -> None:
+        if value is None:
+            return
+        if _isinstance(value, "ipywidgets", "Widget"):
+            print(f"(cell {self.cell}: {type(value).__name__} widget left out: interactive only)")
+        elif _isinstance(value, "helpers.reference", "Result"):
+            if value.figure is not None:  # compare() printed its line; keep its heatmap
+                self._save_figure(value.figure, suffix)
+        elif _isinstance(value, "matplotlib.figure", "Figure"):
+            self._save_figure(value, suffix)
+        elif callable(getattr(value, "_repr_png_", None)):
+            self._save_png(value._repr_png_(), suffix)
+        else:
+            print(pprint.pformat(value))
+
+    def _figure_path(self, suffix: str) -> str:
+        key = (self.cell, suffix)
+        self._figures[key] = self._figures.get(key, 0) + 1
+        k = self._figures[key]
+        name = f"cell_{self.cell:02d}{suffix}" if self.cell is not None else f"figure{suffix}"
+        os.makedirs(self.figures_dir, exist_ok=True)
+        return os.path.join(self.figures_dir, name + (f"_{k}" if k > 1 else "") + ".png")
+
+    def _save_figure(self, fig, suffix: str) -> None:
+        path = self._figure_path(suffix)
+        fig.savefig(path, format="png", dpi=fig.dpi, facecolor="white")
+        self._announce(path)
+
+    def _save_png(self, data: bytes, suffix: str) -> None:
+        path = self._figure_path(suffix)
+        with open(path, "wb") as f:
+            f.write(data)
+        self._announce(path)
+
+    def _announce(self, path: str) -> None:
+        self._saved += 1
+        print(f"figure saved: {os.path.relpath(path, self.script_dir)}")
+
+    def _save_pyplot_figures(self) -> None:
+        """pyplot figures still open after a cell: saved (rank 0) and closed, as inline does."""
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is None:
+            return
+        if self.rank == 0:
+            for num in plt.get_fignums():
+                self._save_figure(plt.figure(num), "")
+        plt.close("all")
+
+    def _clear_old_figures(self) -> None:
+        """A re-run's figures must not mix with the last run's (only our cell_*.png go)."""
+        if os.path.isdir(self.figures_dir):
+            for name in os.listdir(self.figures_dir):
+                if name.startswith("cell_") and name.endswith(".png"):
+                    os.remove(os.path.join(self.figures_dir, name))
+
+    # ---- running and failing
+    def _header(self, cell: int, kind: str) -> None:
+        if self.rank == 0:
+            print(f"── cell {cell} · {kind}", flush=True)
+
+    @contextlib.contextmanager
+    def _muted(self):
+        """Ranks other than 0 run notebook cells silently (their errors are gathered)."""
+        if self.rank == 0:
+            yield
+            return
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), \
+                contextlib.redirect_stderr(sink):
+            yield
+
+    def _run_kernel_cell(self, cell: int, source: str) -> _CellError | None:
+        filename = f"<notebook cell {cell}>"
+        try:
+            body, last = _compile_cell(source, filename)
+            exec(body, self.kernel_ns)
+            if last is not None:
+                self.display(eval(last, self.kernel_ns))
+            self._save_pyplot_figures()
+        except Exception as e:
+            return _CellError(type(e).__name__, str(e), traceback.format_exc(),
+                              isinstance(e, AssertionError), _where(e, filename))
+        finally:
+            sys.stdout.flush()
+        return None
+
+    def _fail(self, cell: int, source: str, errors: list) -> None:
+        failed = [r for r, e in enumerate(errors) if e]
+        first: _CellError = errors[failed[0]]
+        if self.rank == 0:
+            if not first.is_check:
+                print(first.traceback, file=sys.stderr, end="")
+            every = "every rank" if len(failed) == self.world_size else _ranks(failed)
+            print(f"❌ notebook cell {cell} failed on {every}: {first.kind}: {first.message}"
+                  + (f"\n   (cell {cell}, {first.where})" if first.where else ""),
+                  file=sys.stderr, flush=True)
+        pg.destroy()
+        raise SystemExit(1)
+
+
+__all__ = ["start", "active_job", "plan_device", "BatchJob", "BatchCluster", "DEFAULT_TIMEOUT",
+           "FIGURES_SUFFIX"]
