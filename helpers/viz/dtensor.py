@@ -84,9 +84,13 @@ def draw_dtensor(view, title: str | None = None, values: bool | None = None) -> 
                         ax.text(c0 + b + 0.5, r0 + a + 0.5, f"{local[a, b]:.1f}", ha="center", va="center",
                                 fontsize=6.5, color=text_on(r))
         for x in range(1, cols_t):
-            ax.plot([x, x], [0, rows_t], color="#dddddd" if local is None or not c0 < x < c1 else "white", lw=0.5)
+            ax.plot([x, x], [0, rows_t], color="#dddddd", lw=0.5)
+            if local is not None and c0 < x < c1:
+                ax.plot([x, x], [r0, r1], color="white", lw=0.5)
         for y in range(1, rows_t):
             ax.plot([0, cols_t], [y, y], color="#dddddd", lw=0.5)
+            if local is not None and r0 < y < r1:
+                ax.plot([c0, c1], [y, y], color="white", lw=0.5)
         ax.add_patch(Rectangle((0, 0), cols_t, rows_t, fill=False, edgecolor="#999999", lw=1.0, clip_on=False,
                                zorder=4))
         lshape = tuple(view.local_shards[r].shape)
