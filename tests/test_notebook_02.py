@@ -114,6 +114,8 @@ def test_what_the_notebook_shows(run_blank):
     # by hand and with parallelize_module: equal shards, one all-reduce forward each
     assert text.count("✅ equal shards on every rank") == 2
     assert "by hand: {'all_reduce': 1} · parallelize_module: {'all_reduce': 1}" in text
+    # the plan the wrong way round: still right, but two collectives and a bigger all-reduce
+    assert "swapped: {'all_gather': 1, 'all_reduce': 1}" in text
     # every parameter gradient of the block was checked
     for p in ("attn.q.weight", "attn.k.bias", "attn.v.weight", "attn.out.weight", "attn.out.bias",
               "ffn.w1.weight", "ffn.w2.weight", "ffn.w2.bias"):
