@@ -9,16 +9,16 @@
 """
 
 from .lifecycle import (
-                        DEFAULT_START_TIMEOUT,
-                        ENGINE_CMD,
-                        StopReport,
-                        clean_stale,
-                        cluster_processes,
-                        is_running,
-                        kill_processes,
-                        start_cluster,
-                        stop_cluster,
-                        visible_gpus,
+    DEFAULT_START_TIMEOUT,
+    ENGINE_CMD,
+    StopReport,
+    clean_stale,
+    cluster_processes,
+    is_running,
+    kill_processes,
+    start_cluster,
+    stop_cluster,
+    visible_gpus,
 )
 from .magics import CollectiveError, CourseError, DeadRankError, ProcessGroupError
 from .planning import BACKENDS, DEFAULT_CPU_ENGINES, EngineInfo, check_n, default_n, plan_ranks

@@ -3,6 +3,8 @@
 * :mod:`helpers.viz.figure` -- the contract: rank colours, PNG output, colour counting;
 * :mod:`helpers.viz.schematic` -- layouts for learning (no real data), the layout explorer;
 * :mod:`helpers.viz.data` -- drawings of real shards, FLOP/s and the cluster map;
+* :mod:`helpers.viz.dtensor` -- DTensors' real shards by rank, collectives per module;
+* :mod:`helpers.viz.mesh` -- the DeviceMesh map (groups, hosts, devices).
 * :mod:`helpers.viz.grid2d` -- 2D tensor parallelism: blocks on a grid, SUMMA step by step, the
   1D-vs-2D layout explorer, the communication model.
 
@@ -10,34 +12,37 @@
 """
 
 from .data import cluster_map, plot_flops, shard_figure
+from .dtensor import comm_chart, draw_dtensor
 from .figure import (
-                     RANK_COLORS,
-                     RANK_COLORS_HEX,
-                     REPLICATED_GREY,
-                     TPFigure,
-                     count_rank_colors,
-                     figure_to_png,
-                     figure_to_rgba,
-                     rank_color,
+    RANK_COLORS,
+    RANK_COLORS_HEX,
+    REPLICATED_GREY,
+    TPFigure,
+    count_rank_colors,
+    figure_to_png,
+    figure_to_rgba,
+    rank_color,
 )
 from .grid2d import (
-                     GRID_MODES,
-                     GridLayoutExplorer,
-                     SummaStepper,
-                     comm_model_figure,
-                     comm_time_figure,
-                     grid_blocks_figure,
-                     grid_layout_explorer,
-                     grid_layout_figure,
-                     summa_step_figure,
-                     summa_stepper,
+    GRID_MODES,
+    GridLayoutExplorer,
+    SummaStepper,
+    comm_model_figure,
+    comm_time_figure,
+    grid_blocks_figure,
+    grid_layout_explorer,
+    grid_layout_figure,
+    summa_step_figure,
+    summa_stepper,
 )
+from .mesh import mesh_map
 from .schematic import MODES, LayoutExplorer, layout_explorer, layout_figure
 
 __all__ = [
     "RANK_COLORS", "RANK_COLORS_HEX", "TPFigure", "REPLICATED_GREY", "MODES", "rank_color",
     "count_rank_colors", "figure_to_png", "figure_to_rgba", "layout_figure", "layout_explorer",
-    "LayoutExplorer", "shard_figure", "plot_flops", "cluster_map", "GRID_MODES",
+    "LayoutExplorer", "shard_figure", "plot_flops", "cluster_map", "draw_dtensor", "comm_chart", "mesh_map",
+    "GRID_MODES",
     "grid_blocks_figure", "summa_step_figure", "summa_stepper", "SummaStepper",
     "grid_layout_figure", "grid_layout_explorer", "GridLayoutExplorer", "comm_model_figure",
     "comm_time_figure",
