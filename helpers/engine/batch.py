@@ -231,6 +231,13 @@ class BatchCluster:
                              f"{self.world_size} ranks")
         self._job.engine_ns[name] = values[self._job.rank]
 
+    def pull_dtensor(self, name: str):
+        """The DTensor ``name`` from every rank, as the notebook's view of it (same as
+        ``TPCluster.pull_dtensor``: helpers.cluster.dtensor, torch only)."""
+        from ..cluster.dtensor import pull_dtensor
+
+        return pull_dtensor(self, name)
+
     def run(self, code: str) -> None:
         """Run ``code`` in the engine namespace of every rank (what a ``%%px`` cell does)."""
         exec(compile(code, "<cluster.run>", "exec"), self._job.engine_ns)
