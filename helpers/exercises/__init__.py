@@ -7,5 +7,7 @@ True/False and never raises, so a notebook with an unfinished exercise still run
 
 from .common import ATOL, RTOL, fetch
 from .nb01 import check_mlp_backward, check_row_forward
+from .nb05 import check_sp_block_plan, check_vocab_masking
 
-__all__ = ["fetch", "check_row_forward", "check_mlp_backward", "ATOL", "RTOL"]
+__all__ = ["fetch", "check_row_forward", "check_mlp_backward", "check_vocab_masking",
+           "check_sp_block_plan", "ATOL", "RTOL"]

@@ -27,6 +27,7 @@ from .ops import (
                      reduce_from_tp_region,
                      scatter_to_tp_region,
 )
+from .vocab import VocabParallelEmbedding, pad_embedding, vocab_mask
 
 __all__ = [
     "CopyToModelParallelRegion", "ReduceFromModelParallelRegion",
@@ -35,6 +36,6 @@ __all__ = [
     "scatter_to_tp_region", "ColumnParallelLinear", "RowParallelLinear",
     "ParallelMLP", "DenseMLP", "shard_range", "check_divisible", "valid_degrees",
     "check_mesh_shape",
-    "tp_degree_and_rank",
+    "tp_degree_and_rank", "VocabParallelEmbedding", "pad_embedding", "vocab_mask",
 ]
 

@@ -2,7 +2,8 @@
 
 * :mod:`helpers.viz.figure` -- the contract: rank colours, PNG output, colour counting;
 * :mod:`helpers.viz.schematic` -- layouts for learning (no real data), the layout explorer;
-* :mod:`helpers.viz.data` -- drawings of real shards, FLOP/s and the cluster map.
+* :mod:`helpers.viz.data` -- drawings of real shards, FLOP/s and the cluster map;
+* :mod:`helpers.viz.lm` -- notebook 05: loss curves, bytes, activation memory, collectives.
 
 ``from helpers.viz import layout_explorer, shard_figure, ...`` keeps working.
 """
@@ -18,10 +19,12 @@ from .figure import (
                      figure_to_rgba,
                      rank_color,
 )
+from .lm import plot_activation_memory, plot_bytes, plot_collectives, plot_loss_curves
 from .schematic import MODES, LayoutExplorer, layout_explorer, layout_figure
 
 __all__ = [
     "RANK_COLORS", "RANK_COLORS_HEX", "TPFigure", "REPLICATED_GREY", "MODES", "rank_color",
     "count_rank_colors", "figure_to_png", "figure_to_rgba", "layout_figure", "layout_explorer",
-    "LayoutExplorer", "shard_figure", "plot_flops", "cluster_map",
+    "LayoutExplorer", "shard_figure", "plot_flops", "cluster_map", "plot_loss_curves", "plot_bytes",
+    "plot_activation_memory", "plot_collectives",
 ]
