@@ -97,6 +97,8 @@ def test_loss_curves_match(run_blank):
     assert m, "the training cell did not report the loss difference"
     assert float(m.group(1)) <= LOSS_TOL
     assert "✅ loss curve (20 steps) matches dense" in text
+    assert "✅ gradient norm before clipping matches dense" in text
+    assert not re.search(r"clipped \(norm > 0.5\) at 0 of 20 steps", text)
     assert "same tokens on every rank and as dense: True" in text
 
 

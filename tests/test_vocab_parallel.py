@@ -149,4 +149,6 @@ def test_vocab_parallel_and_lm_under_torchrun():
                                   f"stderr:\n{proc.stderr[-6000:]}")
     assert "all vocab/lm checks passed" in proc.stdout
     assert "max |TP+SP − dense|" in proc.stdout
-    print("\n" + "\n".join(line for line in proc.stdout.splitlines() if "loss curves" in line))
+    assert "clip_grad_norm_ on DTensors: same total norm as dense" in proc.stdout
+    print("\n" + "\n".join(line for line in proc.stdout.splitlines()
+                            if "loss curves" in line or "clip_grad_norm_" in line))

@@ -117,8 +117,9 @@ def refusals() -> dict:
     return messages
 
 
-def train_losses(steps: int = 20, seed: int = 0) -> tuple[list, list]:
-    """(dense losses, TP + SP losses) over ``steps`` AdamW steps on the shipped corpus."""
+def train_losses(steps: int = 20, seed: int = 0, max_norm: float = 0.5) -> tuple[list, list, list, list]:
+    """(dense losses, TP + SP losses, dense grad norms, TP + SP grad norms) over ``steps`` AdamW
+    steps on the shipped corpus, gradients clipped at ``max_norm`` (clip_grad_norm_ on DTensors)."""
     from torch.distributed.tensor.parallel import loss_parallel
 
     from helpers.data import CharTokenizer, get_batch, load_corpus
@@ -132,18 +133,19 @@ def train_losses(steps: int = 20, seed: int = 0) -> tuple[list, list]:
     tp = parallelize_tiny_gpt(copy.deepcopy(dense), _mesh())
     opt_d = torch.optim.AdamW(dense.parameters(), lr=3e-3)
     opt_t = torch.optim.AdamW(tp.parameters(), lr=3e-3)
-    ld, lt = [], []
+    ld, lt, nd, nt = [], [], [], []
     for step in range(steps):
         x, y = get_batch(ids, 8, cfg.seq_len, step, seed)
-        for model, opt, out in ((dense, opt_d, ld), (tp, opt_t, lt)):
+        for model, opt, out, norms in ((dense, opt_d, ld, nd), (tp, opt_t, lt, nt)):
             opt.zero_grad()
             with loss_parallel():
                 loss = lm_loss(model(x), y)
                 loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
             opt.step()
             out.append(float(to_local(loss).detach()))
-    return ld, lt
+    return ld, lt, nd, nt
 
 
 def main():
@@ -166,10 +168,17 @@ def main():
         if rank == 0:
             for k, m in msgs.items():
                 print(f"refused {k}: {m}", flush=True)
-        ld, lt = train_losses()
+        ld, lt, nd, nt = train_losses()
         worst = max(abs(a - b) for a, b in zip(ld, lt))
         if worst > LOSS_TOL:
             raise AssertionError(f"loss curves differ by {worst:.1e} > {LOSS_TOL:.0e}: {ld} vs {lt}")
+        assert_close(torch.tensor(nt), torch.tensor(nd), rtol=1e-4, atol=1e-5)   # the norm over all shards
+        clipped = sum(n > 0.5 for n in nd)
+        if clipped == 0:
+            raise AssertionError(f"clipping never acted (grad norms {nd}); the check proves nothing")
+        if rank == 0:
+            print(f"clip_grad_norm_ on DTensors: same total norm as dense at every step, "
+                  f"clipped {clipped} of {len(nd)} steps", flush=True)
         if rank == 0:
             print(f"loss curves: {ld[0]:.3f} → {ld[-1]:.3f}, max |TP+SP − dense| {worst:.1e}", flush=True)
     except Exception:

@@ -106,5 +106,10 @@ def _check_sp_block_plan(cluster, dense_block, x, y_name, dx_name, comm_name) ->
         return say(False, "the forward is right but dL/dx is not this rank's slice of the dense gradient; "
                            "keep the lines below the plan as they are and re-run the cell.")
     kinds = ", ".join(f"{v} {k}" for k, v in sorted(comm.items()))
+    extra = ""
+    if comm.get("all_gather", 0) > comm.get("reduce_scatter", 0):
+        extra = (" It works, with more all-gathers than needed: PrepareModuleInput on attn and mlp "
+                 "gathers the sequence once for wq, wk and wv together instead of once per projection.")
     return say(True, f"every rank's slice of the block output and of dL/dx matches dense "
-                      f"(max|Δ| {max(max_abs(a, b) for a, b in zip(ys, want)):.1e}); forward collectives: {kinds}.")
+                      f"(max|Δ| {max(max_abs(a, b) for a, b in zip(ys, want)):.1e}); forward collectives: "
+                      f"{kinds}.{extra}")
