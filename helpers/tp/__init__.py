@@ -30,6 +30,7 @@ from .ops import (
     scatter_to_tp_region,
 )
 from .plan import check_plan, local_heads
+from .vocab import VocabParallelEmbedding, pad_embedding, vocab_mask
 
 __all__ = [
     "CopyToModelParallelRegion", "ReduceFromModelParallelRegion",
@@ -41,5 +42,6 @@ __all__ = [
     "tp_degree_and_rank", "TransformerBlock", "Attention", "FeedForward", "GatedFeedForward",
     "interleave_qkv", "check_plan", "local_heads", "mesh_groups", "tp_groups_across_hosts",
     "warn_if_tp_crosses_hosts", "TPLayoutWarning", "check_placements",
+    "VocabParallelEmbedding", "pad_embedding", "vocab_mask",
 ]
 

@@ -7,6 +7,7 @@
 * :mod:`helpers.viz.mesh` -- the DeviceMesh map (groups, hosts, devices).
 * :mod:`helpers.viz.grid2d` -- 2D tensor parallelism: blocks on a grid, SUMMA step by step, the
   1D-vs-2D layout explorer, the communication model.
+* :mod:`helpers.viz.lm` -- notebook 05: loss curves, bytes, activation memory, collectives.
 
 ``from helpers.viz import layout_explorer, shard_figure, ...`` keeps working.
 """
@@ -35,6 +36,7 @@ from .grid2d import (
     summa_step_figure,
     summa_stepper,
 )
+from .lm import plot_activation_memory, plot_bytes, plot_collectives, plot_loss_curves
 from .mesh import mesh_map
 from .schematic import MODES, LayoutExplorer, layout_explorer, layout_figure
 
@@ -46,4 +48,5 @@ __all__ = [
     "grid_blocks_figure", "summa_step_figure", "summa_stepper", "SummaStepper",
     "grid_layout_figure", "grid_layout_explorer", "GridLayoutExplorer", "comm_model_figure",
     "comm_time_figure",
+    "plot_loss_curves", "plot_bytes", "plot_activation_memory", "plot_collectives",
 ]
