@@ -130,7 +130,7 @@ def test_layers_that_fit_by_hand():
 
 # ------------------------------------------------------------------------------ refusals
 def test_refusals_name_the_numbers():
-    with pytest.raises(ValueError, match=r"tp=3 does not divide n_heads=4.*\{1, 2, 4\}"):
+    with pytest.raises(ValueError, match=r"tp=3 does not divide n_heads=8.*\{1, 2, 4, 8\}"):
         check_setup(TINY, Setup("x", tp=3))
     with pytest.raises(ValueError, match=r"tp=16 does not divide n_kv_heads=8"):
         check_setup(LLAMA2_70B, Setup("x", tp=16))

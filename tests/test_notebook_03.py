@@ -71,7 +71,8 @@ def test_story_structure(committed):
     px = [c for c in cells if c.cell_type == "code" and c.source.startswith("%%px")]
     assert len(px) >= 8
     src = "\n".join(c.source for c in cells if c.cell_type == "code")
-    for name in ("memory_bars(", "fit_grid(", "training_curves(", "comm_bars(", "fully_shard",
+    for name in ("memory_bars(", "fit_grid(", "training_curves(", "comm_bars(", "mesh_map(", "node_boxes=True",
+                 "tp_groups_across_hosts(", "fully_shard",
                  "parallelize_module", 'mesh_dim_names=("fsdp", "tp")', 'mesh_dim_names=("tp", "fsdp")',
                  "clip_grad_norm_", "CommDebugMode", "measure_training_step"):
         assert name in src, name
@@ -103,15 +104,17 @@ def test_nodes_mesh_memory_training_and_comm(run_blank):
     assert "rank 0: TP group [0, 2] spans ['node0', 'node1']" in text     # the swapped dims
     assert "check_tp_in_node refuses it" in text
     for setup in ("dense", "TP only", "FSDP only", "TP × FSDP"):
-        assert f"✅ bytes per rank [params, grads, AdamW, activations], {setup} matches dense" in text
+        assert f"✅ {setup:>10}: measured = formula on all 4 ranks" in text
     assert "✅ loss, 5 steps matches dense" in text
     assert "first-step gradients match dense" in text and "weights match dense after 5 steps" in text
     assert "mismatch, as expected" in text
-    assert "✅ TP all-reduces per layer [forward, backward] matches dense" in text
+    assert ("✅ CommDebugMode counted, per layer, 2 all-reduces in the forward and 2 in the backward on every "
+            "rank; the cost model says 2 and 2") in text
+    assert "❗ the TP group of ranks [0, 2] crosses node0 and node1" in text
     assert "measured  here: TP=2 inside node0" in text and "modelled  Derecho TP=8" in text
     pngs = sum(1 for c in run_blank.cells if c.cell_type == "code"
                for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
-    assert pngs >= 5   # memory bars, fit grid, training curves, break-it heatmap, comm bars
+    assert pngs >= 8   # 3 mesh maps, memory bars, fit grid, training curves, break-it heatmap, comm bars
 
 
 def test_solution_passes_the_checker(run_solved):
@@ -153,3 +156,61 @@ def test_refusal_on_the_engines_comes_before_any_collective(two_nodes):
                       "check_tp_in_node((1, 4), ('fsdp', 'tp'), ranks_per_node=2)")
     two_nodes.run("t = torch.ones(1); dist.all_reduce(t)")
     assert [float(t) for t in two_nodes.pull("t")] == [4.0] * 4
+
+
+def test_mesh_map_draws_the_node_boundaries():
+    from matplotlib.patches import FancyBboxPatch
+
+    from helpers.viz import mesh_map
+
+    nodes = ["node0", "node0", "node1", "node1"]
+    fig = mesh_map((2, 2), ("fsdp", "tp"), hosts=nodes, node_boxes=True)
+    boxes = [p for p in fig.axes[0].patches if isinstance(p, FancyBboxPatch)]
+    assert len(boxes) == 2 + 2          # two node boxes, two TP groups
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert labels.count("node0") == 1 + 2 and labels.count("node1") == 1 + 2   # box label + under each rank
+
+
+_EX_SETUP = """
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.fsdp import fully_shard
+from helpers.tp.hybrid import TinyTransformer, micro_batch
+torch.manual_seed(0)
+X = torch.randn(8, 8, 32)
+torch.manual_seed(1)
+ex_model = TinyTransformer(d_model=32, n_heads=4, d_ff=64, n_layers=1)
+ex_mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names={names})
+plan = {{"blocks.0.attn.wq": ColwiseParallel(), "blocks.0.attn.wk": ColwiseParallel(),
+        "blocks.0.attn.wv": ColwiseParallel(), "blocks.0.attn.wo": RowwiseParallel()}}
+if {mlp}:
+    plan.update({{"blocks.0.mlp.w1": ColwiseParallel(), "blocks.0.mlp.w2": RowwiseParallel()}})
+parallelize_module(ex_model, ex_mesh["tp"], plan)
+if {shard}:
+    fully_shard(ex_model.blocks[0], mesh=ex_mesh["fsdp"])
+    fully_shard(ex_model, mesh=ex_mesh["fsdp"])
+ex_out = ex_model(micro_batch(X, ex_mesh["fsdp"].get_local_rank(), 2))
+"""
+
+
+@pytest.mark.parametrize("names, mlp, shard, verdict", [
+    ('("fsdp", "tp")', True, True, "✅ correct"),
+    ('("tp", "fsdp")', True, True, "crosses the node boundary"),
+    ('("fsdp", "tp")', False, True, "blocks.0.mlp.w1.weight is not split by TP"),   # runs: the MLP stays whole
+    ('("fsdp", "tp")', True, False, "is not sharded by FSDP"),
+])
+def test_checker_names_the_slip(two_nodes, capsys, names, mlp, shard, verdict):
+    from helpers.exercises import check_hybrid_plan
+    from helpers.tp.hybrid import TinyTransformer
+
+    if two_nodes.simulated_nodes != 2:           # the notebook's layout (also when run alone)
+        two_nodes.simulated_nodes = 2
+        two_nodes.init_distributed(force=True)
+    two_nodes.run(_EX_SETUP.format(names=names, mlp=mlp, shard=shard))
+    torch.manual_seed(0)
+    X = torch.randn(8, 8, 32)
+    torch.manual_seed(1)
+    ok = check_hybrid_plan(two_nodes, TinyTransformer(d_model=32, n_heads=4, d_ff=64, n_layers=1), X)
+    out = capsys.readouterr().out
+    assert verdict in out, out
+    assert ok == (verdict == "✅ correct")

@@ -22,8 +22,10 @@ ROW = ("attn.wo.weight", "mlp.w2.weight")
 
 # ------------------------------------------------------------------ engine side
 def _placement(pl) -> str:
-    if pl.is_shard():
-        return f"shard({pl.dim})"
+    from torch.distributed.tensor import Shard
+
+    if isinstance(pl, Shard) or pl.is_shard() or "StridedShard" in type(pl).__name__:
+        return f"shard({pl.dim})"          # FSDP on a TP shard is a _StridedShard (torch 2.13: not a Shard)
     if pl.is_replicate():
         return "replicate"
     return "partial"

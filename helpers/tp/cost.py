@@ -112,8 +112,8 @@ class ModelDims:
         return self.kv_heads * self.head_dim
 
 
-#: notebook 03's model: 2 blocks, d_model 32, 4 heads, d_ff 128, no embedding
-TINY = ModelDims("tiny (notebook 03)", d_model=32, n_layers=2, n_heads=4, d_ff=128)
+#: notebook 03's model: 2 blocks, d_model 32, 8 heads, d_ff 128, no embedding
+TINY = ModelDims("tiny (notebook 03)", d_model=32, n_layers=2, n_heads=8, d_ff=128)
 # Llama 2 shapes: Touvron et al. 2023, "Llama 2", arXiv:2307.09288, Table 1 and §2.2, and the
 # released config.json files (hidden_size, num_hidden_layers, num_attention_heads,
 # num_key_value_heads, intermediate_size, vocab_size 32000).
@@ -224,7 +224,7 @@ def check_setup(dims: ModelDims, setup: Setup, batch: int | None = None) -> None
 
     >>> check_setup(TINY, Setup("x", tp=3))
     Traceback (most recent call last):
-    ValueError: tp=3 does not divide n_heads=4 (each TP rank needs whole heads); pick tp in {1, 2, 4}
+    ValueError: tp=3 does not divide n_heads=8 (each TP rank needs whole heads); pick tp in {1, 2, 4, 8}
     >>> check_setup(TINY, Setup("x", fsdp=4), batch=6)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ValueError: the global batch of 6 samples is not divisible by the FSDP degree 4: ... use a batch of 8 (or 4, 12, ...)
@@ -304,7 +304,7 @@ def activation_elements_per_layer(dims: ModelDims, setup: Setup, batch: int, seq
     the b·(h/p)·s² probabilities, as a fused (flash) attention kernel keeps none.
 
     >>> activation_elements_per_layer(TINY, Setup("dense"), batch=4, seq_len=8)
-    17536
+    18560
     """
     check_setup(dims, setup, batch)
     b, s, d, f, h, p = batch // setup.fsdp, seq_len, dims.d_model, dims.d_ff, dims.n_heads, setup.tp
@@ -345,7 +345,7 @@ def memory_per_rank(dims: ModelDims, setup: Setup, precision="fp32", *, batch: i
 
     >>> m = memory_per_rank(TINY, Setup("dense"), batch=4, seq_len=8)
     >>> m.params, m.grads, m.optimizer, m.activations
-    (101376, 101376, 202872, 140288)
+    (101376, 101376, 202872, 148480)
     """
     check_setup(dims, setup, batch)
     p = _precision(precision)

@@ -85,9 +85,8 @@ def fit_grid(rows: Sequence[str], cols: Sequence[str], fits, totals, note: str =
     ax.set_xticks(range(len(cols)), cols, fontsize=8.5)
     ax.set_yticks(range(len(rows)), rows, fontsize=9)
     ax.tick_params(length=0)
-    ax.set_title("A MODEL, not a measurement: blocks that fit in one A100 40 GB", fontsize=10)
-    if note:
-        fig.text(0.01, 0.01, note, fontsize=7, color=MUTED, ha="left", va="bottom", wrap=True)
+    ax.set_title("A MODEL, not a measurement: blocks that fit in one A100 40 GB"
+                 + (f"\n{note}" if note else ""), fontsize=10 if not note else 9)
     fig.set_layout_engine("constrained")
     return fig
 
