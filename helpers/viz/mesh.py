@@ -23,7 +23,7 @@ _NODE = "#e8edf5"   # a node's box behind its ranks (node_boxes=True)
 
 
 def mesh_map(mesh_shape, dim_names, hosts=None, devices=None, group_dim: str | None = None,
-             title: str | None = None, node_boxes: bool = False) -> Figure:
+             title: str | None = None, node_boxes: bool = False, flag_crossing: bool = True) -> Figure:
     """Ranks laid out as on the mesh (1-D: a row; 2-D: rows = dim 0), each in its rank colour.
 
     hosts / devices: one string per rank (rank 0 first), written under each rank.
@@ -31,6 +31,8 @@ def mesh_map(mesh_shape, dim_names, hosts=None, devices=None, group_dim: str | N
     last dim); with ``hosts``, a group on more than one host is outlined in dashed red.
     node_boxes: with ``hosts``, draw each host (node) as a shaded box behind its ranks, labelled
     with its name: the node boundaries.
+    flag_crossing: outline groups on several hosts in dashed red (turn off for groups that are
+    meant to cross nodes, e.g. FSDP's).
     """
     shape = tuple(int(s) for s in mesh_shape)
     if len(shape) not in (1, 2):
@@ -44,7 +46,7 @@ def mesh_map(mesh_shape, dim_names, hosts=None, devices=None, group_dim: str | N
     if group_dim not in names:
         raise ValueError(f"group_dim {group_dim!r} is not a dim of this mesh; its dims are {names}")
     groups = mesh_groups(shape, names)[group_dim]
-    crossing = tp_groups_across_hosts(shape, names, hosts, group_dim) if hosts is not None else []
+    crossing = tp_groups_across_hosts(shape, names, hosts, group_dim) if hosts is not None and flag_crossing else []
     crossing_sets = [set(g["ranks"]) for g in crossing]
 
     nrow, ncol = (1, shape[0]) if len(shape) == 1 else shape
