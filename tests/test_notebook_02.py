@@ -65,7 +65,7 @@ def test_story_structure(committed):
                    "Replicate()", "Partial()", "DTensor.from_local", "redistribute", "CommDebugMode",
                    "parallelize_module", "ColwiseParallel", "RowwiseParallel", "check_plan", "local_heads",
                    "interleave_qkv", "ParallelMLP", "pull_dtensor(", "draw_dtensor(", "mesh_map(",
-                   "comm_chart(", "warn_if_tp_crosses_hosts(", "compare_grads("):
+                   "comm_chart(", "warn_if_tp_crosses_hosts(", "compare_grads(", "visualize_sharding("):
         assert needed in src, f"the notebook does not use {needed}"
     assert src.count('expect="mismatch"') == 2   # the two silent-bug break-it cells
     for n in EXERCISES:

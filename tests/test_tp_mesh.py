@@ -160,3 +160,31 @@ def torch_arange_rows(n):
     import torch
 
     return torch.arange(n, dtype=torch.float32).reshape(n, 1)
+
+
+# ------------------------------------------------------------------ the drawings built on these groups
+def test_mesh_map_shows_every_rank_in_its_colour_and_refuses_bad_input():
+    from helpers.viz import count_rank_colors, mesh_map
+
+    assert count_rank_colors(mesh_map((4,), ("tp",))) == {0, 1, 2, 3}
+    fig = mesh_map((2, 2), ("tp", "dp"), hosts=TWO_NODES, devices=["cpu"] * 4)
+    assert count_rank_colors(fig) == {0, 1, 2, 3}
+    assert "cross hosts" in "".join(t.get_text() for t in fig.texts)
+    with pytest.raises(ValueError, match="one entry per rank"):
+        mesh_map((2, 2), ("dp", "tp"), hosts=["a"])
+    with pytest.raises(ValueError, match="not a dim of this mesh"):
+        mesh_map((2, 2), ("dp", "tp"), group_dim="pp")
+
+
+def test_comm_chart_orders_modules_and_uses_no_rank_colour():
+    from helpers.viz import comm_chart, count_rank_colors
+
+    trace = {"Block": {"forward": {"all_reduce": 2}, "backward": {"all_reduce": 4}},
+             "Block.ffn.w2": {"forward": {"all_reduce": 1}, "backward": {}},
+             "Block.attn.q": {"forward": {}, "backward": {"all_reduce": 1}}}
+    fig = comm_chart(trace, order=["", "attn.q", "ffn.w2"])
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["Block (whole)", "attn.q", "ffn.w2"]
+    assert count_rank_colors(fig) == set()
+    with pytest.raises(ValueError, match="empty"):
+        comm_chart({})
