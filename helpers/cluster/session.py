@@ -409,7 +409,7 @@ def connect(
     """
     job = engine_batch.active_job()
     if job is not None:  # a notebook running as a torchrun job (helpers.engine.batch)
-        return job.connect(n=n, backend=backend)
+        return job.connect(n=n, backend=backend, nodes=nodes, min_ranks=min_ranks)
     ref = ClusterRef.of(cluster_id, profile_dir)
     check_backend(backend)
     if n is not None:

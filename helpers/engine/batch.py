@@ -180,6 +180,7 @@ class BatchCluster:
     def __init__(self, job: BatchJob, infos: list[_RankInfo]):
         self._job = job
         self._infos = infos
+        self._nodes: list[str] | None = None  # connect(nodes=...): simulated nodes
         self.backend = job.backend
         self.timeout = job.timeout
 
@@ -198,7 +199,8 @@ class BatchCluster:
 
     @property
     def nodes(self) -> list[str]:
-        return [i.host for i in self._infos]
+        """Each rank's node: its host, or the simulated nodes of ``connect(nodes=...)``."""
+        return list(self._nodes) if self._nodes else [i.host for i in self._infos]
 
     def info(self) -> list[dict]:
         """One dict per rank: rank, engine id (= rank), host, pid, device, backend."""
@@ -351,8 +353,13 @@ class BatchJob:
                   f"devices {self.cluster.devices}", flush=True)
 
     # ---- what the script calls
-    def connect(self, n: int | None = None, backend: str | None = None) -> BatchCluster:
-        """``connect()`` in a batch job: this job's cluster (n and backend must fit it)."""
+    def connect(self, n: int | None = None, backend: str | None = None,
+                nodes: int | None = None, min_ranks: int | None = None) -> BatchCluster:
+        """``connect()`` in a batch job: this job's cluster (n, backend and min_ranks must fit
+        it; ``nodes`` simulates nodes on one host as on the engines)."""
+        if min_ranks is not None and self.world_size < min_ranks:
+            raise ValueError(f"this notebook needs at least {min_ranks} ranks but this torchrun job "
+                             f"has {self.world_size}; start it with --nproc_per_node {min_ranks} or more")
         if n is not None and n != self.world_size:
             raise ValueError(f"the notebook asks for connect(n={n}) but this torchrun job has "
                              f"{self.world_size} ranks; start it with {n} ranks in all "
@@ -360,6 +367,11 @@ class BatchJob:
         if backend is not None and backend != self.backend:
             raise ValueError(f"the notebook asks for backend {backend!r} but this job runs "
                              f"{self.backend!r} (chosen from its GPUs: NCCL needs one per rank)")
+        if nodes is not None:
+            from ..cluster.planning import node_names  # pure; refuses a count that does not fit
+
+        self.cluster._nodes = (node_names([i.host for i in self.cluster._infos], nodes)
+                               if nodes is not None else None)
         return self.cluster
 
     def px(self, cell: int, local: bool = False) -> None:

@@ -1,27 +1,35 @@
-"""Activation memory on an engine: what a forward pass keeps for the backward.
+"""What a rank really holds: bytes of parameters, gradients, optimizer state and activations.
 
-Imports only torch (runs on engines and under torchrun). On the CPU there is no allocator
-counter, so :func:`saved_activation_bytes` adds up the *storages* autograd saves for the
-backward (each storage once, DTensors by their local shard); on a GPU it also reports
-``torch.cuda.max_memory_allocated`` above the level before the forward.
+Runs on an engine (torch only; torchrun too). Every number is a **storage size**: the bytes of
+the memory blocks behind the tensors, each block counted once (a view, a DTensor's local shard,
+a waiting collective's result, FSDP2's gradients in one flat buffer are not counted twice). On a
+GPU, ``torch.cuda.max_memory_allocated`` gives the allocator's own peak beside it.
 
-    with saved_activation_bytes() as mem:
-        loss = model(x).sum()
-    mem.saved_bytes   # bytes held for the backward by this rank
+Activations are the tensors autograd saves for the backward (``saved_tensors_hooks``), counted
+when they are saved, minus the parameters (autograd saves the weights too, but those are
+parameters)::
+
+    with saved_activation_bytes(device, params=block.parameters()) as mem:
+        loss = block(x).sum()
+    mem.saved_bytes   # bytes this rank holds for the backward; mem.peak_bytes on a GPU
+
+    m = measure_training_step(model, opt, x, lambda out: F.mse_loss(out, y))
+    # {'parameters': ..., 'gradients': ..., 'optimizer state': ..., 'activations': ...,
+    #  'peak_allocated': None}
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-__all__ = ["saved_activation_bytes", "ActivationMemory", "tensor_bytes"]
+__all__ = ["local_tensor", "storage_bytes", "tensor_bytes", "param_bytes", "grad_bytes",
+           "optimizer_state_bytes", "SavedActivations", "saved_activation_bytes",
+           "measure_training_step"]
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The plain tensor that owns the memory: a DTensor's local shard, a waiting collective's
-    result (``AsyncCollectiveTensor.elem``)."""
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The plain tensor that owns the memory: a DTensor's local shard (FSDP2 and TP parameters
+    are DTensors), a waiting collective's result (``AsyncCollectiveTensor.elem``), or ``t``."""
     for _ in range(4):
         inner = getattr(t, "_local_tensor", None)
         if not isinstance(inner, torch.Tensor):
@@ -32,57 +40,133 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _key(t: torch.Tensor):
+def _storage_key(t: torch.Tensor):
+    """((device, storage address), bytes) of ``t``'s storage; (None, 0) for a tensor without one."""
     try:
-        return t.untyped_storage().data_ptr(), t.device
-    except RuntimeError:          # a tensor without real storage (e.g. a wrapper subclass)
-        return None
+        s = t.untyped_storage()
+    except RuntimeError:  # a wrapper subclass without real storage
+        return None, 0
+    return (t.device.type, t.device.index, s.data_ptr()), s.nbytes()
+
+
+def storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (DTensors: their local shards)."""
+    seen = {}
+    for t in tensors:
+        if t is None:
+            continue
+        key, nbytes = _storage_key(local_tensor(t))
+        if key is not None and nbytes:
+            seen[key] = nbytes
+    return sum(seen.values())
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
     """Bytes of the storage behind ``t`` (a DTensor: its local shard)."""
-    t = _local(t)
-    return t.untyped_storage().nbytes()
+    return storage_bytes([t])
 
 
-class ActivationMemory:
-    def __init__(self, device: torch.device):
-        self.device = torch.device(device)
-        self.saved_bytes = 0           # storages saved for backward, each counted once
-        self.n_saved = 0
-        self.peak_bytes = None         # GPU only: max_memory_allocated above the start level
-        self._seen: set = set()
+def param_bytes(model: torch.nn.Module) -> int:
+    return storage_bytes(p for p in model.parameters())
 
-    def _pack(self, t: torch.Tensor):
-        local = _local(t)
-        key = _key(local)
-        if key is not None and key not in self._seen and not isinstance(t, torch.nn.Parameter):
-            self._seen.add(key)
-            self.saved_bytes += local.untyped_storage().nbytes()
-            self.n_saved += 1
+
+def grad_bytes(model: torch.nn.Module) -> int:
+    return storage_bytes(p.grad for p in model.parameters())
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """AdamW's ``exp_avg`` and ``exp_avg_sq`` (and its 4-byte ``step`` counters), as stored."""
+    return storage_bytes(v for state in optimizer.state.values() for v in state.values()
+                         if isinstance(v, torch.Tensor))
+
+
+class SavedActivations:
+    """Context manager: bytes of the tensors autograd saves for the backward inside it.
+
+    ``exclude``: a module whose parameters are not counted (read at each save, so FSDP2's
+    gathered weights are recognised too); ``params``: more tensors not to count.
+    ``device``: on a GPU, ``peak_bytes`` is the allocator's peak above the level at entry.
+    """
+
+    def __init__(self, exclude: torch.nn.Module | None = None, params=(), device=None):
+        self.exclude = exclude
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.seen: dict = {}
+        self.peak_bytes: int | None = None
+        self._fixed = {_storage_key(local_tensor(p))[0] for p in params}
+        self._hooks = None
+        self._base = 0
+
+    @property
+    def saved_bytes(self) -> int:
+        return sum(self.seen.values())
+
+    bytes = saved_bytes
+
+    @property
+    def n_saved(self) -> int:
+        return len(self.seen)
+
+    def _param_keys(self) -> set:
+        if self.exclude is None:
+            return self._fixed
+        return self._fixed | {_storage_key(local_tensor(p))[0] for p in self.exclude.parameters()}
+
+    def _pack(self, t):
+        if not isinstance(t, torch.nn.Parameter):
+            key, nbytes = _storage_key(local_tensor(t))
+            if key is not None and nbytes and key not in self.seen and key not in self._param_keys():
+                self.seen[key] = nbytes
         return t
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
+        return False
 
     def __repr__(self) -> str:
         peak = "" if self.peak_bytes is None else f", peak {self.peak_bytes} B"
-        return f"ActivationMemory(saved {self.saved_bytes} B in {self.n_saved} storages{peak})"
+        return f"SavedActivations(saved {self.saved_bytes} B in {self.n_saved} storages{peak})"
 
 
-@contextlib.contextmanager
-def saved_activation_bytes(device=None, params=()):
-    """Count what autograd saves inside the block (parameters in ``params`` are not counted)."""
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    mem = ActivationMemory(device)
-    for p in params:                      # weights are saved too, but they are not activations
-        key = _key(_local(p))
-        if key is not None:
-            mem._seen.add(key)
-    cuda = device.type == "cuda"
+def saved_activation_bytes(device=None, params=()) -> SavedActivations:
+    """``with saved_activation_bytes(device, params=...) as mem:`` -- what autograd saves inside
+    the block, the tensors in ``params`` (the weights) not counted."""
+    return SavedActivations(params=params, device=device)
+
+
+def measure_training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs, loss_fn,
+                          device: torch.device | None = None) -> dict:
+    """Run one training step (forward, backward, optimizer step) and measure this rank's memory.
+
+    Activations are watched during ``model(inputs)`` only (the loss's own saved tensors are left
+    out); the loss is ``loss_fn(output)``.
+    Returns ``{"parameters", "gradients", "optimizer state", "activations", "peak_allocated"}`` in
+    bytes; ``peak_allocated`` is ``torch.cuda.max_memory_allocated`` on a GPU, else None.
+    """
+    cuda = device is not None and torch.device(device).type == "cuda"
     if cuda:
-        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    with torch.autograd.graph.saved_tensors_hooks(mem._pack, lambda t: t):
-        yield mem
-    if cuda:
-        torch.cuda.synchronize(device)
-        mem.peak_bytes = torch.cuda.max_memory_allocated(device) - base
+    optimizer.zero_grad(set_to_none=True)
+    with SavedActivations(exclude=model) as acts:
+        out = model(inputs)
+    loss_fn(out).backward()
+    optimizer.step()
+    return {
+        "parameters": param_bytes(model),
+        "gradients": grad_bytes(model),
+        "optimizer state": optimizer_state_bytes(optimizer),
+        "activations": acts.saved_bytes,
+        "peak_allocated": torch.cuda.max_memory_allocated(device) if cuda else None,
+    }

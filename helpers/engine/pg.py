@@ -155,6 +155,7 @@ def init(rank: int, world_size: int, local_rank: int, local_world_size: int, add
     before = socket_inodes()
     _real("init_process_group")(backend, store=store, rank=rank, world_size=world_size,
                                 timeout=timeout)
+    _forget_dtensor_caches()
     dist.barrier()  # every pair connected now, so its sockets are known
     record_pg_sockets(before)
     install_script_hooks()
@@ -163,6 +164,21 @@ def init(rank: int, world_size: int, local_rank: int, local_world_size: int, add
         local_rank=local_rank, device=device, backend=backend,
     )
     return {"rank": rank, "device": str(device), "threads": torch.get_num_threads()}
+
+
+def _forget_dtensor_caches() -> None:
+    """DTensor caches its sharding decisions keyed by the mesh's *value* (ranks, dim names), and
+    a cached result holds its mesh. After a new process group, a new mesh equals an old one, so a
+    cache hit would hand back the old mesh and its dead groups ("Could not resolve the process
+    group registered under the name 19"). A new group starts with empty caches."""
+    try:
+        from torch.distributed.tensor.debug import _clear_sharding_prop_cache
+    except ImportError:  # older torch: no such cache API
+        return
+    try:
+        _clear_sharding_prop_cache()
+    except Exception:
+        pass
 
 
 def follow_cwd(folder: str, previous: str | None = None) -> bool:

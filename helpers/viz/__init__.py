@@ -4,14 +4,16 @@
 * :mod:`helpers.viz.schematic` -- layouts for learning (no real data), the layout explorer;
 * :mod:`helpers.viz.data` -- drawings of real shards, FLOP/s and the cluster map;
 * :mod:`helpers.viz.dtensor` -- DTensors' real shards by rank, collectives per module;
-* :mod:`helpers.viz.mesh` -- the DeviceMesh map (groups, hosts, devices).
+* :mod:`helpers.viz.mesh` -- the DeviceMesh map (groups, hosts, devices);
 * :mod:`helpers.viz.grid2d` -- 2D tensor parallelism: blocks on a grid, SUMMA step by step, the
-  1D-vs-2D layout explorer, the communication model.
-* :mod:`helpers.viz.lm` -- notebook 05: loss curves, bytes, activation memory, collectives.
+  1D-vs-2D layout explorer, the communication model;
+* :mod:`helpers.viz.lm` -- notebook 05: loss curves, bytes, activation memory, collectives;
+* :mod:`helpers.viz.costs` -- memory per rank, what fits a GPU, training curves, collective times.
 
 ``from helpers.viz import layout_explorer, shard_figure, ...`` keeps working.
 """
 
+from .costs import MEMORY_COLORS, comm_bars, fit_grid, memory_bars, training_curves
 from .data import cluster_map, plot_flops, shard_figure
 from .dtensor import comm_chart, draw_dtensor
 from .figure import (
@@ -49,4 +51,5 @@ __all__ = [
     "grid_layout_figure", "grid_layout_explorer", "GridLayoutExplorer", "comm_model_figure",
     "comm_time_figure",
     "plot_loss_curves", "plot_bytes", "plot_activation_memory", "plot_collectives",
+    "MEMORY_COLORS", "memory_bars", "fit_grid", "training_curves", "comm_bars",
 ]

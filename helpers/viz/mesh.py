@@ -19,15 +19,20 @@ from .figure import MUTED, TEXT, new_figure, rank_color, text_on
 __all__ = ["mesh_map"]
 
 _CROSS = "#cf222e"  # a group that crosses hosts (red, not a rank colour: dashed outline only)
+_NODE = "#e8edf5"   # a node's box behind its ranks (node_boxes=True)
 
 
 def mesh_map(mesh_shape, dim_names, hosts=None, devices=None, group_dim: str | None = None,
-             title: str | None = None) -> Figure:
+             title: str | None = None, node_boxes: bool = False, flag_crossing: bool = True) -> Figure:
     """Ranks laid out as on the mesh (1-D: a row; 2-D: rows = dim 0), each in its rank colour.
 
     hosts / devices: one string per rank (rank 0 first), written under each rank.
     group_dim: the dim whose groups are outlined (default ``"tp"`` if the mesh has one, else the
     last dim); with ``hosts``, a group on more than one host is outlined in dashed red.
+    node_boxes: with ``hosts``, draw each host (node) as a shaded box behind its ranks, labelled
+    with its name: the node boundaries.
+    flag_crossing: outline groups on several hosts in dashed red (turn off for groups that are
+    meant to cross nodes, e.g. FSDP's).
     """
     shape = tuple(int(s) for s in mesh_shape)
     if len(shape) not in (1, 2):
@@ -41,7 +46,7 @@ def mesh_map(mesh_shape, dim_names, hosts=None, devices=None, group_dim: str | N
     if group_dim not in names:
         raise ValueError(f"group_dim {group_dim!r} is not a dim of this mesh; its dims are {names}")
     groups = mesh_groups(shape, names)[group_dim]
-    crossing = tp_groups_across_hosts(shape, names, hosts, group_dim) if hosts is not None else []
+    crossing = tp_groups_across_hosts(shape, names, hosts, group_dim) if hosts is not None and flag_crossing else []
     crossing_sets = [set(g["ranks"]) for g in crossing]
 
     nrow, ncol = (1, shape[0]) if len(shape) == 1 else shape
@@ -54,10 +59,20 @@ def mesh_map(mesh_shape, dim_names, hosts=None, devices=None, group_dim: str | N
     H = nrow * (sq + gap + 0.25) - gap
     fig = new_figure(max(3.6, 1.25 * W + 1.6), 1.25 * H + 1.6)
     ax = fig.add_axes([0.05, 0.04, 0.9, 0.78])
-    ax.set_xlim(-0.6, W + 0.6)
-    ax.set_ylim(H + 0.5, -0.6)
+    m = 0.3 if node_boxes else 0.0
+    ax.set_xlim(-0.6 - m, W + 0.6 + m)
+    ax.set_ylim(H + 0.5 + m, -0.6 - m)
     ax.set_aspect("equal")
     ax.set_axis_off()
+    if node_boxes and hosts is not None:
+        for host in dict.fromkeys(map(str, hosts)):
+            on = [r for r in range(n) if str(hosts[r]) == host]
+            xs, ys = [pos[r][0] for r in on], [pos[r][1] for r in on]
+            ax.add_patch(FancyBboxPatch((min(xs) - 0.4, min(ys) - 0.38), max(xs) - min(xs) + sq + 0.8,
+                                        max(ys) - min(ys) + sq + 0.83, boxstyle="round,pad=0,rounding_size=0.2",
+                                        facecolor=_NODE, edgecolor="#8a9bb8", linewidth=1.0, zorder=0))
+            ax.text(min(xs) - 0.33, min(ys) - 0.33, host, ha="left", va="top", fontsize=7, color=TEXT,
+                    fontweight="bold", zorder=0.5)
     for g in groups:
         xs = [pos[r][0] for r in g]
         ys = [pos[r][1] for r in g]
