@@ -49,22 +49,23 @@ def test_module_is_torch_free():
 
 # ------------------------------------------------------------------------------ parameters
 def test_small_block_parameters_by_hand():
-    # norms 2·(8+8) = 32; wq, wk, wv, wo: 4·(8·8 + 8) = 288; w1: 16·8 + 16 = 144; w2: 8·16 + 8 = 136
-    assert sum(s.numel for s in layer_param_specs(SMALL)) == 32 + 288 + 144 + 136 == 600
-    assert param_count(SMALL) == 3 * 600
+    # norms 2·(8+8) = 32; wq, wv, wo: 3·(8·8 + 8) = 216; wk (no bias): 64; w1: 16·8 + 16 = 144; w2: 8·16 + 8 = 136
+    assert sum(s.numel for s in layer_param_specs(SMALL)) == 32 + 216 + 64 + 144 + 136 == 592
+    assert param_count(SMALL) == 3 * 592
+    assert [s.name for s in layer_param_specs(SMALL)].count("attn.wk.bias") == 0
 
 
 def test_tp_splits_columns_and_rows_but_not_norms_or_row_biases():
-    # tp=2: norms 32 whole; wq,wk,wv (4·8 + 4) = 3·36 = 108; wo 8·4 + 8 = 40; w1 8·8 + 8 = 72; w2 8·8 + 8 = 72
-    assert param_elements_per_rank(SMALL, Setup("tp", tp=2)) == 32 + 108 + 40 + 72 + 72 == 324
+    # tp=2: norms 32 whole; wq, wv 2·(4·8 + 4) = 72; wk 4·8 = 32; wo 8·4 + 8 = 40; w1 8·8 + 8 = 72; w2 8·8 + 8 = 72
+    assert param_elements_per_rank(SMALL, Setup("tp", tp=2)) == 32 + 72 + 32 + 40 + 72 + 72 == 320
 
 
 def test_fsdp_cuts_dim0_of_every_local_tensor_with_padding():
-    # fsdp=2: every tensor's dim 0 halves (all even here): 600 / 2
-    assert param_elements_per_rank(SMALL, Setup("f", fsdp=2)) == 300
+    # fsdp=2: every tensor's dim 0 halves (all even here): 592 / 2
+    assert param_elements_per_rank(SMALL, Setup("f", fsdp=2)) == 296
     # fsdp=3: dim 0 padded up to a multiple of 3: norms (8→3 rows) 4·3 = 12; wq..wo weights 4·(3·8) = 96,
-    # their biases 4·3 = 12; w1 (16→6 rows)·8 = 48, bias 6; w2 3·16 = 48, bias 3
-    assert param_elements_per_rank(SMALL, Setup("f", fsdp=3)) == 12 + 96 + 12 + 48 + 6 + 48 + 3 == 225
+    # the biases of wq, wv, wo 3·3 = 9; w1 (16→6 rows)·8 = 48, bias 6; w2 3·16 = 48, bias 3
+    assert param_elements_per_rank(SMALL, Setup("f", fsdp=3)) == 12 + 96 + 9 + 48 + 6 + 48 + 3 == 222
 
 
 def test_tp_times_fsdp_on_the_tiny_model():
@@ -85,8 +86,8 @@ def test_llama_sizes_match_their_names():
 
 
 def test_param_bytes_follow_the_precision():
-    assert param_bytes(SMALL, Setup("d")) == 3 * 600 * 4
-    assert param_bytes(SMALL, Setup("d"), "bf16-mixed", layers=1) == 600 * 2
+    assert param_bytes(SMALL, Setup("d")) == 3 * 592 * 4
+    assert param_bytes(SMALL, Setup("d"), "bf16-mixed", layers=1) == 592 * 2
 
 
 # ------------------------------------------------------------------------------ activations and totals
@@ -101,9 +102,9 @@ def test_activations_by_hand():
 
 def test_memory_per_rank_fp32_adamw():
     m = memory_per_rank(SMALL, Setup("d"), batch=2, seq_len=4)
-    assert m.params == m.grads == 3 * 600 * 4
-    # two moments of 4 B each, plus AdamW's 4-byte step counter per tensor (16 tensors per block)
-    assert m.optimizer == 3 * (600 * 8 + 16 * 4)
+    assert m.params == m.grads == 3 * 592 * 4
+    # two moments of 4 B each, plus AdamW's 4-byte step counter per tensor (15 tensors per block)
+    assert m.optimizer == 3 * (592 * 8 + 15 * 4)
     assert m.activations == 3 * 864 * 4
     assert m.total == m.params + m.grads + m.optimizer + m.activations
     assert list(m.as_dict()) == ["parameters", "gradients", "optimizer state", "activations"]

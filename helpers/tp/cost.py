@@ -145,6 +145,10 @@ class ParamSpec:
 def layer_param_specs(dims: ModelDims) -> list[ParamSpec]:
     """The weights of one block, in order: norm, wq, wk, wv, wo, norm, w1 (w3), w2.
 
+    ``bias`` puts a bias on every linear layer except wk: adding the same vector to every key
+    shifts all of a query's scores equally, which softmax ignores, so a key bias never learns
+    (its gradient is zero up to rounding, and Adam would turn that rounding into updates).
+
     >>> [(s.name, s.split) for s in layer_param_specs(TINY)][:4]
     [('attn_norm.weight', 'rep'), ('attn_norm.bias', 'rep'), ('attn.wq.weight', 'col'), ('attn.wq.bias', 'col')]
     """
@@ -156,14 +160,14 @@ def layer_param_specs(dims: ModelDims) -> list[ParamSpec]:
         if dims.bias:
             specs.append(ParamSpec(f"{name}.bias", (d,), "rep"))
 
-    def linear(name, out_f, in_f, split):
+    def linear(name, out_f, in_f, split, bias=dims.bias):
         specs.append(ParamSpec(f"{name}.weight", (out_f, in_f), split))
-        if dims.bias:
+        if bias:
             specs.append(ParamSpec(f"{name}.bias", (out_f,), "col" if split == "col" else "rep"))
 
     norm("attn_norm")
     linear("attn.wq", d, d, "col")
-    linear("attn.wk", kv, d, "col")
+    linear("attn.wk", kv, d, "col", bias=False)   # softmax ignores a shift shared by all keys
     linear("attn.wv", kv, d, "col")
     linear("attn.wo", d, d, "row")
     norm("mlp_norm")
@@ -177,8 +181,8 @@ def layer_param_specs(dims: ModelDims) -> list[ParamSpec]:
 def param_count(dims: ModelDims, *, embeddings: bool = True) -> int:
     """Parameters of the whole model: n_layers blocks (+ embedding, output head and final norm).
 
-    >>> param_count(TINY)   # 2 blocks × (2 norms 4·32 + wq,wk,wv,wo 4·(32·32+32) + w1 128·32+128 + w2 32·128+32)
-    25408
+    >>> param_count(TINY)   # 2 × (norms 4·32 + wq,wk,wv,wo 4·32·32 + 3 biases·32 + w1 128·32+128 + w2 32·128+32)
+    25344
     >>> round(param_count(LLAMA2_7B) / 1e9, 2)
     6.74
     """
@@ -260,7 +264,7 @@ def param_elements_per_rank(dims: ModelDims, setup: Setup) -> int:
     dim 0 of every local tensor into ``fsdp`` pieces, padding dim 0 up to a multiple of ``fsdp``.
 
     >>> param_elements_per_rank(TINY, Setup("dense")), param_elements_per_rank(TINY, Setup("tp", tp=4))
-    (12704, 3320)
+    (12672, 3312)
     """
     check_setup(dims, setup)
     total = 0
@@ -274,8 +278,8 @@ def param_elements_per_rank(dims: ModelDims, setup: Setup) -> int:
 def param_bytes(dims: ModelDims, setup: Setup, precision="fp32", *, layers: int | None = None) -> int:
     """Bytes of the weights one rank stores for ``layers`` blocks (default: all of them).
 
-    >>> param_bytes(TINY, Setup("dense"))      # 25408 parameters × 4 B
-    101632
+    >>> param_bytes(TINY, Setup("dense"))      # 25344 parameters × 4 B
+    101376
     """
     p = _precision(precision)
     n = dims.n_layers if layers is None else layers
@@ -337,7 +341,7 @@ def memory_per_rank(dims: ModelDims, setup: Setup, precision="fp32", *, batch: i
 
     >>> m = memory_per_rank(TINY, Setup("dense"), batch=4, seq_len=8)
     >>> m.params, m.grads, m.optimizer, m.activations
-    (101632, 101632, 203392, 140288)
+    (101376, 101376, 202872, 140288)
     """
     check_setup(dims, setup, batch)
     p = _precision(precision)
