@@ -96,6 +96,8 @@ def test_activations_by_hand():
     assert activation_elements_per_layer(SMALL, Setup("d"), batch=2, seq_len=4) == 256 + 32 + 256 + 64 + 256
     # tp=2: the split part halves (128 + 32 + 128), the replicated part (288) does not
     assert activation_elements_per_layer(SMALL, Setup("t", tp=2), batch=2, seq_len=4) == 288 + 128 + 32 + 128
+    # a fused (flash) attention keeps no b·h·s² scores
+    assert activation_elements_per_layer(SMALL, Setup("d"), batch=2, seq_len=4, attention_scores=False) == 864 - 64
     # fsdp=2: each rank holds half the batch: everything halves
     assert activation_elements_per_layer(SMALL, Setup("f", fsdp=2), batch=2, seq_len=4) == 432
 

@@ -171,6 +171,12 @@ class TPCluster:
         for f in futures:
             f.get()
 
+    def pull_dtensor(self, name: str):
+        """The DTensor ``name`` from every rank, as a notebook-side view (see helpers.cluster.dtensor)."""
+        from .dtensor import pull_dtensor
+
+        return pull_dtensor(self, name)
+
     def run(self, code: str) -> None:
         """Run ``code`` on every rank (what a ``%%px`` cell does), raising on error."""
         self.follow_cwd()

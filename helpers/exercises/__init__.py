@@ -7,5 +7,8 @@ True/False and never raises, so a notebook with an unfinished exercise still run
 
 from .common import ATOL, RTOL, fetch
 from .nb01 import check_mlp_backward, check_row_forward
+from .nb02 import check_llama_plan, check_one_all_gather
+from .nb03 import check_hybrid_plan
 
-__all__ = ["fetch", "check_row_forward", "check_mlp_backward", "ATOL", "RTOL"]
+__all__ = ["fetch", "check_row_forward", "check_mlp_backward", "check_llama_plan",
+           "check_one_all_gather", "check_hybrid_plan", "ATOL", "RTOL"]

@@ -286,7 +286,8 @@ def param_bytes(dims: ModelDims, setup: Setup, precision="fp32", *, layers: int 
     return n * param_elements_per_rank(dims, setup) * p.param
 
 
-def activation_elements_per_layer(dims: ModelDims, setup: Setup, batch: int, seq_len: int) -> int:
+def activation_elements_per_layer(dims: ModelDims, setup: Setup, batch: int, seq_len: int, *,
+                                  attention_scores: bool = True) -> int:
     """Elements autograd keeps for the backward of ONE block, per rank (notebook 03's block).
 
     The block (pre-norm, explicit-matmul attention, GELU MLP), with b = batch / fsdp samples on
@@ -299,7 +300,8 @@ def activation_elements_per_layer(dims: ModelDims, setup: Setup, batch: int, seq
       2·b·s·f/p.
 
     Weights are not counted (they are parameters). Korthikanti et al. 2022 (arXiv:2205.05198,
-    §4.1) count the same way for a 16-bit block with dropout.
+    §4.1) count the same way for a 16-bit block with dropout. ``attention_scores=False`` leaves out
+    the b·(h/p)·s² probabilities, as a fused (flash) attention kernel keeps none.
 
     >>> activation_elements_per_layer(TINY, Setup("dense"), batch=4, seq_len=8)
     17536
@@ -307,7 +309,8 @@ def activation_elements_per_layer(dims: ModelDims, setup: Setup, batch: int, seq
     check_setup(dims, setup, batch)
     b, s, d, f, h, p = batch // setup.fsdp, seq_len, dims.d_model, dims.d_ff, dims.n_heads, setup.tp
     replicated = 4 * b * s * d + 4 * b * s
-    split = 4 * b * s * d // p + b * (h // p) * s * s + 2 * b * s * f // p
+    scores = b * (h // p) * s * s if attention_scores else 0
+    split = 4 * b * s * d // p + scores + 2 * b * s * f // p
     return replicated + split
 
 
@@ -331,7 +334,8 @@ class MemoryBreakdown:
 
 
 def memory_per_rank(dims: ModelDims, setup: Setup, precision="fp32", *, batch: int, seq_len: int,
-                    layers: int | None = None, optimizer_steps_counted: bool = True) -> MemoryBreakdown:
+                    layers: int | None = None, optimizer_steps_counted: bool = True,
+                    attention_scores: bool = True) -> MemoryBreakdown:
     """Bytes one rank holds for ``layers`` blocks (default all) during a training step with AdamW.
 
     parameters and gradients: :func:`param_elements_per_rank` × the precision's bytes; optimizer
@@ -352,13 +356,14 @@ def memory_per_rank(dims: ModelDims, setup: Setup, precision="fp32", *, batch: i
         params=n * elems * p.param,
         grads=n * elems * p.grad,
         optimizer=n * (elems * p.optim + steps),
-        activations=n * activation_elements_per_layer(dims, setup, batch, seq_len) * p.act,
+        activations=n * activation_elements_per_layer(dims, setup, batch, seq_len,
+                                                      attention_scores=attention_scores) * p.act,
         setup=setup,
     )
 
 
 def layers_that_fit(dims: ModelDims, setup: Setup, capacity_bytes: float, precision="bf16-mixed", *,
-                    batch: int, seq_len: int) -> int:
+                    batch: int, seq_len: int, attention_scores: bool = True) -> int:
     """How many of the model's blocks fit in ``capacity_bytes`` per GPU (at most ``n_layers``),
     after the embedding and output head (sharded the same way as the blocks) are placed.
 
@@ -370,7 +375,7 @@ def layers_that_fit(dims: ModelDims, setup: Setup, capacity_bytes: float, precis
     """
     p = _precision(precision)
     one = memory_per_rank(dims, setup, p, batch=batch, seq_len=seq_len, layers=1,
-                          optimizer_steps_counted=False).total
+                          optimizer_steps_counted=False, attention_scores=attention_scores).total
     extra_params = (2 * dims.vocab * dims.d_model) // setup.ranks if dims.vocab else 0
     extra = extra_params * (p.param + p.grad + p.optim)
     if extra >= capacity_bytes:

@@ -1,0 +1,189 @@
+"""The notebook's view of a DTensor that lives on the engines: ``cluster.pull_dtensor(name)``.
+
+Every rank describes its own piece (:func:`helpers.engine.dtensor.describe`: placements, global
+shape, mesh, its coordinate and its real local tensor on the CPU); the notebook keeps them by
+rank and reassembles the global tensor itself, by the placements -- no collective runs::
+
+    W = cluster.pull_dtensor("W")
+    W.placements        # ('Shard(0)', 'Replicate()')
+    W.mesh_shape        # (2, 2)
+    W.local_shards      # [rank 0's tensor, rank 1's, ...]
+    W.full()            # the global tensor, float64 on the CPU
+
+Shards follow torch's rule (``torch.chunk``): a dim of size n split over k ranks gives pieces of
+ceil(n / k), the last ones shorter or empty. Several Shard placements on one tensor dim split it
+in mesh-dim order. Partial placements are summed, Replicate ones read from coordinate 0.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..engine import dtensor as engine_dtensor
+
+__all__ = ["DTensorView", "pull_dtensor", "chunk_range", "placement_str"]
+
+
+def chunk_range(size: int, parts: int, index: int) -> tuple[int, int]:
+    """(start, stop) of piece ``index`` when ``torch.chunk`` splits ``size`` into ``parts``."""
+    step = math.ceil(size / parts) if size else 0
+    start = min(index * step, size)
+    return start, min(start + step, size)
+
+
+def placement_str(p: dict) -> str:
+    if p["kind"] == "shard":
+        return f"Shard({p['dim']})"
+    if p["kind"] == "replicate":
+        return "Replicate()"
+    if p["kind"] == "partial":
+        return f"Partial({p.get('op', 'sum')})"
+    return p["kind"]
+
+
+@dataclass
+class DTensorView:
+    """One DTensor as the notebook sees it: every rank's real local shard and the facts to rebuild it."""
+
+    name: str
+    shape: tuple                      # the global shape
+    placements: tuple                 # ("Shard(0)", "Replicate()"), one per mesh dim
+    mesh_shape: tuple                 # (4,) or (2, 2)
+    mesh_dim_names: tuple | None
+    mesh_ranks: list                  # the rank grid, e.g. [[0, 1], [2, 3]]
+    coordinates: list                 # coordinates[r]: rank r's coordinate on the mesh
+    local_shards: list = field(repr=False)  # local_shards[r]: rank r's local tensor (CPU)
+    placement_data: list = field(default_factory=list, repr=False)
+
+    # ---- building
+    @classmethod
+    def from_descriptions(cls, name: str, descs: list[dict]) -> "DTensorView":
+        """From every rank's :func:`helpers.engine.dtensor.describe` (rank 0 first)."""
+        first = descs[0]
+        for r, d in enumerate(descs[1:], start=1):
+            for key in ("shape", "placements"):
+                if d[key] != first[key]:
+                    raise ValueError(f"{name}: rank {r} has {key} {d[key]} but rank 0 has {first[key]}; "
+                                     "every rank must describe the same DTensor")
+            if d["mesh"]["ranks"] != first["mesh"]["ranks"]:
+                raise ValueError(f"{name}: rank {r} is on mesh {d['mesh']['ranks']} but rank 0 on "
+                                 f"{first['mesh']['ranks']}")
+        mesh = first["mesh"]
+        view = cls(
+            name=name, shape=tuple(first["shape"]),
+            placements=tuple(placement_str(p) for p in first["placements"]),
+            mesh_shape=tuple(mesh["shape"]), mesh_dim_names=mesh["dim_names"], mesh_ranks=mesh["ranks"],
+            coordinates=[tuple(d["mesh"]["coordinate"]) for d in descs],
+            local_shards=[d["local"] for d in descs], placement_data=list(first["placements"]),
+        )
+        view._check_local_shapes()
+        return view
+
+    # ---- facts
+    @property
+    def world_size(self) -> int:
+        return len(self.local_shards)
+
+    @property
+    def spec(self) -> str:
+        """The placements as one string: ``"Shard(0), Replicate()"``."""
+        return ", ".join(self.placements)
+
+    @property
+    def layout(self) -> str | None:
+        """The ``compare`` layout of a DTensor on a 1-D mesh ("shard(0)", "replicate", "partial")."""
+        if len(self.placement_data) != 1:
+            return None
+        p = self.placement_data[0]
+        return f"shard({p['dim']})" if p["kind"] == "shard" else p["kind"]
+
+    def region(self, rank: int) -> tuple[slice, ...]:
+        """The slices of the global tensor that rank ``rank``'s local shard covers."""
+        ranges = [[0, n] for n in self.shape]
+        coord = self.coordinates[rank]
+        for mdim, p in enumerate(self.placement_data):
+            if p["kind"] == "shard":
+                d = p["dim"] % len(self.shape)
+                lo, hi = ranges[d]
+                a, b = chunk_range(hi - lo, self.mesh_shape[mdim], coord[mdim])
+                ranges[d] = [lo + a, lo + b]
+        return tuple(slice(lo, hi) for lo, hi in ranges)
+
+    def owners(self) -> list[int]:
+        """Ranks whose shards together make up the tensor (Replicate mesh dims: coordinate 0 only)."""
+        rep = [i for i, p in enumerate(self.placement_data) if p["kind"] == "replicate"]
+        return [r for r, c in enumerate(self.coordinates) if all(c[i] == 0 for i in rep)]
+
+    def _check_local_shapes(self) -> None:
+        for r, t in enumerate(self.local_shards):
+            want = tuple(s.stop - s.start for s in self.region(r))
+            if tuple(t.shape) != want:
+                raise ValueError(f"{self.name}: rank {r}'s local shard has shape {tuple(t.shape)} but placements "
+                                 f"{self.placements} on mesh {self.mesh_shape} give it {want}")
+
+    def full(self) -> torch.Tensor:
+        """The global tensor (float64, CPU), rebuilt from the local shards by the placements."""
+        out = torch.zeros(self.shape, dtype=torch.float64)
+        for r in self.owners():
+            out[self.region(r)] += self.local_shards[r].detach().to(torch.float64)
+        return out
+
+    def __repr__(self) -> str:
+        names = f" {self.mesh_dim_names}" if self.mesh_dim_names else ""
+        shapes = ", ".join(f"r{r}: {tuple(t.shape)}" for r, t in enumerate(self.local_shards))
+        return (f"<DTensor {self.name}: shape {self.shape}, placements {self.placements}, "
+                f"mesh {self.mesh_shape}{names}; local {shapes}>")
+
+
+def _what(desc: dict) -> str:
+    kind = desc["kind"]
+    if kind == "dtensor":
+        return "a DTensor"
+    if kind == "dict":
+        return "a dict of DTensors"
+    if kind == "missing":
+        return "not defined"
+    return desc.get("type", "something else")
+
+
+def _refuse(name: str, descs: list[dict]) -> None:
+    by_what: dict[str, list[int]] = {}
+    for r, d in enumerate(descs):
+        by_what.setdefault(_what(d), []).append(r)
+    parts = "; ".join(f"rank{'s' if len(rs) > 1 else ''} {', '.join(map(str, rs))}: {w}"
+                      for w, rs in by_what.items())
+    raise ValueError(f"{name!r} is not a DTensor on every rank ({parts}). Make it one on every rank, e.g. "
+                     f"{name} = distribute_tensor(t, mesh, [Shard(0)]) or DTensor.from_local(t, mesh, [Partial()])")
+
+
+def views_from_descriptions(name: str, descs: list[dict]):
+    """A :class:`DTensorView` (or ``{key: DTensorView}``) from every rank's description."""
+    kinds = {d["kind"] for d in descs}
+    if kinds == {"dtensor"}:
+        return DTensorView.from_descriptions(name, descs)
+    if kinds == {"dict"}:
+        keys = list(descs[0]["items"])
+        for r, d in enumerate(descs):
+            if list(d["items"]) != keys:
+                raise ValueError(f"{name!r}: rank {r} has keys {list(d['items'])} but rank 0 has {keys}")
+        return {k: DTensorView.from_descriptions(f"{name}[{k!r}]", [d["items"][k] for d in descs]) for k in keys}
+    _refuse(name, descs)
+
+
+def pull_dtensor(tpc, name: str):
+    """``name`` from every rank as a :class:`DTensorView` (a dict of views for a dict of DTensors).
+
+    Raises ``ValueError`` saying which ranks have what when ``name`` is not a DTensor everywhere.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"pull_dtensor needs the name of an engine variable, got {name!r}")
+    return views_from_descriptions(name, tpc.apply(engine_dtensor.describe, name))
+
+
+def all_coordinates(mesh_shape) -> list[tuple[int, ...]]:
+    """Coordinates of ranks 0..n-1 on a row-major mesh (what ``init_device_mesh`` does)."""
+    return list(itertools.product(*[range(n) for n in mesh_shape]))

@@ -1,0 +1,78 @@
+"""Checkers for notebook 02's exercises (a TP plan for a Llama MLP; placements for one all-gather)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..cluster.dtensor import views_from_descriptions
+from ..engine import dtensor as engine_dtensor
+from .common import close, f64, fetch, max_abs, per_rank, run_checker, say
+
+__all__ = ["check_llama_plan", "check_one_all_gather"]
+
+
+# ------------------------------------------------------------ exercise 1: the plan of a SwiGLU MLP
+_WANT = {"w1.weight": "Shard(0)", "w3.weight": "Shard(0)", "w2.weight": "Shard(1)"}
+
+
+def check_llama_plan(cluster, dense_ffn, X, module: str = "ffn_ex1", name: str = "Y_ex1") -> bool:
+    """Exercise 1: ``module`` was parallelized column-wise on w1 and w3, row-wise on w2, and
+    ``name`` (its output on X) equals the dense ``dense_ffn(X)`` on every rank."""
+    return run_checker(_check_llama_plan, cluster, dense_ffn, X, module, name)
+
+
+def _check_llama_plan(cluster, dense_ffn, X, module, name) -> bool:
+    placed = cluster.apply(engine_dtensor.param_placements, module)
+    if not placed[0]:
+        return say(False, f"{module} is not defined on the engines: run the exercise cell first.")
+    got = {k: placed[0].get(k, "?") for k in _WANT}
+    if all(v == "dense" for v in got.values()):
+        return say(False, "no weight is sharded yet: the plan is empty. Map 'w1', 'w3' and 'w2' to "
+                          "ColwiseParallel() or RowwiseParallel().")
+    for param, want in _WANT.items():
+        if got[param] != want:
+            layer = param.split(".")[0]
+            style = "ColwiseParallel()" if want == "Shard(0)" else "RowwiseParallel()"
+            role = ("its output features feed the element-wise SiLU(w1·x) * w3·x, which must stay local"
+                    if want == "Shard(0)" else "it consumes the hidden features each rank already holds "
+                    "and ends with the block's one all-reduce")
+            return say(False, f"{layer}.weight is {got[param]}, expected {want}: give {layer!r} {style} -- {role}.")
+    with torch.no_grad():
+        dense = f64(dense_ffn(X))
+    ys, hint = per_rank(fetch(cluster, name), name, dense.shape, "Run the exercise cell again.")
+    if ys is None:
+        return say(False, hint)
+    if not all(close(y, dense) for y in ys):
+        worst = max(max_abs(y, dense) for y in ys)
+        return say(False, f"the weights are placed right, but {name} differs from dense by up to {worst:.1e}.")
+    return say(True, f"w1, w3 column-wise, w2 row-wise; {name} matches the dense MLP on all "
+                     f"{cluster.world_size} ranks (max|Δ| {max(max_abs(y, dense) for y in ys):.1e}).")
+
+
+# ------------------------------------------------------------ exercise 2: exactly one all-gather
+def check_one_all_gather(cluster, A_dense, name: str = "B_ex2", comm: str = "comm_ex2") -> bool:
+    """Exercise 2: ``name`` is ``A`` redistributed so that each tp group holds whole rows of its dp
+    shard (tp dim not sharded, dp dim still Shard(0)), at the price of exactly one all-gather."""
+    return run_checker(_check_one_all_gather, cluster, A_dense, name, comm)
+
+
+def _check_one_all_gather(cluster, A_dense, name, comm) -> bool:
+    counts = fetch(cluster, comm)[0].get(comm)
+    if not isinstance(counts, dict):
+        return say(False, f"{comm} is not defined: run the exercise cell first.")
+    descs = cluster.apply(engine_dtensor.describe, name)
+    if any(d["kind"] != "dtensor" for d in descs):
+        return say(False, f"{name} is not a DTensor on every rank: keep `{name} = A_ex2.redistribute(...)`.")
+    view = views_from_descriptions(name, descs)
+    placements = tuple(view.placements)
+    if not close(view.full(), A_dense):
+        return say(False, f"{name} does not hold the same numbers as A (max|Δ| {max_abs(view.full(), A_dense):.1e}).")
+    if placements[0] != "Shard(0)":
+        return say(False, f"{name} has placements {placements}: the dp dim (mesh dim 0) must stay Shard(0) "
+                          "-- each dp replica keeps only its own rows.")
+    if placements[1] != "Replicate()":
+        return say(False, f"{name} has placements {placements}: the tp dim (mesh dim 1) is still "
+                          f"{placements[1]}; every rank of a tp group should hold the whole rows.")
+    if counts != {"all_gather": 1}:
+        return say(False, f"the redistribution ran {counts or 'no collective'}; it should cost exactly one all_gather.")
+    return say(True, f"{name} is {placements}: one all_gather over the tp dim, the dp shards untouched.")

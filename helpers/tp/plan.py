@@ -1,0 +1,75 @@
+"""Checks on a ``parallelize_module`` plan, done before any rank enters a collective.
+
+``parallelize_module`` only *warns* when a plan names a submodule that does not exist (the entry
+is skipped and the layer stays dense), and a head count that does not split over the ranks shows
+up much later as wrong numbers. :func:`check_plan` refuses both, with the names and numbers.
+Torch only (runs on engines and under torchrun).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+
+import torch.nn as nn
+
+from .checks import check_divisible
+
+__all__ = ["check_plan", "local_heads"]
+
+
+def local_heads(n_heads: int, degree: int, name: str = "n_heads") -> int:
+    """Heads per rank, ``n_heads // degree``; refuses a head count that does not divide."""
+    return check_divisible(name, n_heads, degree)
+
+
+def _matches(module: nn.Module, key: str) -> list[str]:
+    names = [n for n, _ in module.named_modules() if n]
+    if "*" in key:
+        return [n for n in names if fnmatch.fnmatchcase(n, key) and n.count(".") == key.count(".")]
+    return [key] if key in names else []
+
+
+def check_plan(module: nn.Module, plan: dict, degree: int | None = None) -> dict:
+    """Refuse a plan that ``parallelize_module(module, mesh, plan)`` would apply wrongly.
+
+    * every key names a submodule (``"attn.q"``; ``*`` matches one level, ``"layers.*.ffn"``);
+      otherwise ``ValueError`` listing the module's submodule names;
+    * every value is a ``ParallelStyle`` (``ColwiseParallel()``, ``RowwiseParallel()``, ...);
+    * with ``degree``: a column-wise ``nn.Linear`` needs ``out_features``, a row-wise one
+      ``in_features`` divisible by it, and the parent of a planned layer that has an
+      ``n_heads`` attribute needs ``n_heads`` divisible by it.
+
+    Returns the plan, so ``parallelize_module(m, mesh, check_plan(m, plan, mesh.size()))`` reads.
+    """
+    from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel
+
+    if not isinstance(plan, dict):
+        raise TypeError(f"a TP plan is a dict {{submodule name: ParallelStyle}}, got {type(plan).__name__}")
+    names = [n for n, _ in module.named_modules() if n]
+    for key, style in plan.items():
+        if not isinstance(key, str):
+            raise TypeError(f"plan key {key!r} must be a submodule name (a string like 'attn.q')")
+        found = _matches(module, key)
+        if not found:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"the plan names {key!r}, but {type(module).__name__} has no such submodule.{hint} "
+                             f"Its submodules: {', '.join(names) or '(none)'}")
+        if not isinstance(style, ParallelStyle):
+            raise TypeError(f"plan[{key!r}] is {style!r}; expected a ParallelStyle such as "
+                            "ColwiseParallel() or RowwiseParallel() (note the parentheses)")
+        if degree is None:
+            continue
+        for name in found:
+            sub = module.get_submodule(name)
+            if isinstance(sub, nn.Linear) and isinstance(style, ColwiseParallel):
+                check_divisible(f"{name}.out_features", sub.out_features, degree)
+            elif isinstance(sub, nn.Linear) and isinstance(style, RowwiseParallel):
+                check_divisible(f"{name}.in_features", sub.in_features, degree)
+            parent_name = name.rpartition(".")[0]
+            parent = module.get_submodule(parent_name) if parent_name else module
+            n_heads = getattr(parent, "n_heads", None)
+            if isinstance(n_heads, int):
+                local_heads(n_heads, degree, f"{parent_name or type(module).__name__}.n_heads")
+    return plan

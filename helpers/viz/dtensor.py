@@ -1,0 +1,175 @@
+"""Drawings of DTensors and of the collectives they ran: the real shards, the comm trace.
+
+``draw_dtensor(view)`` takes what ``cluster.pull_dtensor(name)`` returned and draws, for every
+rank (laid out as on its mesh), the global tensor with the cells that rank really holds filled in
+its rank colour (solid for Shard / Replicate, with a Σ for a Partial piece). ``comm_chart(trace)``
+draws the collectives per module, forward vs backward, from ``helpers.engine.dtensor.comm_trace``.
+Nothing here runs a collective.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython's Figure -> PNG formatter)
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from .figure import MUTED, TEXT, new_figure, rank_color, text_on
+
+__all__ = ["draw_dtensor", "comm_chart"]
+
+_MAX_VALUES = 64  # print the numbers in the cells when the tensor has at most this many
+
+
+def _panel_grid(mesh_shape) -> tuple[int, int]:
+    if len(mesh_shape) == 1:
+        n = mesh_shape[0]
+        cols = min(n, 4)
+        return math.ceil(n / cols), cols
+    if len(mesh_shape) == 2:
+        return mesh_shape[0], mesh_shape[1]
+    raise ValueError(f"draw_dtensor draws DTensors on 1-D and 2-D meshes; this one is {tuple(mesh_shape)}")
+
+
+def _panel_of(view, rank: int, cols: int) -> tuple[int, int]:
+    c = view.coordinates[rank]
+    if len(view.mesh_shape) == 1:
+        return divmod(c[0], cols)
+    return c[0], c[1]
+
+
+def draw_dtensor(view, title: str | None = None, values: bool | None = None) -> Figure:
+    """One panel per rank, placed as on the mesh: the global tensor, rank r's cells in its colour.
+
+    view: a :class:`helpers.cluster.dtensor.DTensorView`. 1-D tensors are drawn as 1×N. The
+    numbers of the rank's local shard are written in its cells when the tensor is small
+    (``values``: force on/off). An empty shard (uneven split) leaves its panel blank.
+    """
+    shape = tuple(view.shape)
+    if len(shape) not in (1, 2):
+        raise ValueError(f"draw_dtensor draws 1-D and 2-D tensors; {view.name} has shape {shape}")
+    rows_t, cols_t = (1, shape[0]) if len(shape) == 1 else shape
+    nrow, ncol = _panel_grid(view.mesh_shape)
+    if values is None:
+        values = rows_t * cols_t <= _MAX_VALUES
+    cell = min(0.42, 2.6 / max(cols_t, 1), 2.2 / max(rows_t, 1))
+    pw, ph = max(cols_t * cell, 1.2), max(rows_t * cell, 0.4)
+    names = f" ({', '.join(f'{n}={s}' for n, s in zip(view.mesh_dim_names, view.mesh_shape))})" \
+        if view.mesh_dim_names else f" {tuple(view.mesh_shape)}"
+    head = f"{title or view.name}: ({', '.join(view.placements)}) on mesh{names}, global {shape}"
+    fig = new_figure(max(ncol * (pw + 0.5) + 0.4, 0.085 * len(head) + 0.6), nrow * (ph + 0.75) + 0.7)
+    gs = fig.add_gridspec(nrow, ncol, left=0.03, right=0.97, bottom=0.04,
+                          top=1 - 0.6 / (nrow * (ph + 0.75) + 0.7), wspace=0.25, hspace=0.55)
+    partial_dims = [i for i, p in enumerate(view.placement_data) if p["kind"] == "partial"]
+    for r in range(view.world_size):
+        i, j = _panel_of(view, r, ncol)
+        ax = fig.add_subplot(gs[i, j])
+        ax.set_xlim(0, cols_t)
+        ax.set_ylim(rows_t, 0)
+        ax.set_aspect("equal")
+        ax.set_axis_off()
+        ax.add_patch(Rectangle((0, 0), cols_t, rows_t, facecolor="white", edgecolor="none"))
+        reg = view.region(r)
+        if len(shape) == 1:
+            (r0, r1), (c0, c1) = (0, 1), (reg[0].start, reg[0].stop)
+        else:
+            (r0, r1), (c0, c1) = (reg[0].start, reg[0].stop), (reg[1].start, reg[1].stop)
+        local = view.local_shards[r].detach().double().reshape(r1 - r0, c1 - c0).numpy() if r1 > r0 and c1 > c0 else None
+        if local is not None:
+            ax.add_patch(Rectangle((c0, r0), c1 - c0, r1 - r0, facecolor=rank_color(r), edgecolor="none"))
+            if values:
+                for a in range(r1 - r0):
+                    for b in range(c1 - c0):
+                        ax.text(c0 + b + 0.5, r0 + a + 0.5, f"{local[a, b]:.1f}", ha="center", va="center",
+                                fontsize=6.5, color=text_on(r))
+        for x in range(1, cols_t):
+            ax.plot([x, x], [0, rows_t], color="#dddddd", lw=0.5)
+            if local is not None and c0 < x < c1:
+                ax.plot([x, x], [r0, r1], color="white", lw=0.5)
+        for y in range(1, rows_t):
+            ax.plot([0, cols_t], [y, y], color="#dddddd", lw=0.5)
+            if local is not None and r0 < y < r1:
+                ax.plot([c0, c1], [y, y], color="white", lw=0.5)
+        ax.add_patch(Rectangle((0, 0), cols_t, rows_t, fill=False, edgecolor="#999999", lw=1.0, clip_on=False,
+                               zorder=4))
+        lshape = tuple(view.local_shards[r].shape)
+        note = " empty" if local is None else (" partial Σ" if partial_dims else "")
+        coord = view.coordinates[r]
+        where = f" {tuple(coord)}" if len(view.mesh_shape) > 1 else ""
+        ax.set_title(f"rank {r}{where}: local {lshape}{note}", fontsize=8, color=TEXT)
+    fig.suptitle(head, fontsize=10, color=TEXT)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# the comm trace
+# --------------------------------------------------------------------------------------------
+
+_OP_GREYS = {"all_reduce": "#333333", "all_gather": "#777777", "reduce_scatter": "#aaaaaa",
+             "all_to_all": "#555555"}
+
+
+def _short_names(modules: list[str], keep_root: bool = False) -> list[str]:
+    """Module paths without the model's class name: ``"Block.attn.q" -> "attn.q"``; the model itself
+    becomes ``"Block (whole)"`` (or ``""`` with ``keep_root``, as ``named_modules()`` calls it)."""
+    roots = {m.split(".")[0] for m in modules}
+    if len(roots) != 1:
+        return modules
+    root = roots.pop()
+    whole = "" if keep_root else f"{root} (whole)"
+    return [m[len(root) + 1:] if m != root else whole for m in modules]
+
+
+def comm_chart(trace: dict, title: str = "Collectives per module", leaves_only: bool = False,
+               order=None) -> Figure:
+    """Horizontal bars: for each module, its collectives in the forward (solid) and backward (hatched).
+
+    trace: ``{module: {"forward": {"all_reduce": 1}, "backward": {...}}}`` as returned by
+    :func:`helpers.engine.dtensor.comm_trace` (pull it from one rank). Counts include the module's
+    children (a block counts its layers' collectives); ``leaves_only`` keeps the innermost modules.
+    order: module names in the order to draw them, e.g. ``[n for n, _ in model.named_modules()]``
+    ("" is the whole model); default: sorted by name.
+    """
+    modules = sorted(trace)
+    if order is not None:
+        rank_of = {name: i for i, name in enumerate(order)}
+        short = dict(zip(modules, _short_names(modules, keep_root=True)))
+        modules.sort(key=lambda m: rank_of.get(short[m], len(rank_of)))
+    if leaves_only:
+        modules = [m for m in modules if not any(o.startswith(m + ".") for o in modules)]
+    if not modules:
+        raise ValueError("the trace is empty: run the forward and backward inside `with CommDebugMode() as comm:`")
+    ops = sorted({op for m in modules for p in ("forward", "backward") for op in trace[m].get(p, {})})
+    labels = _short_names(modules)
+    fig = new_figure(7.0, 0.55 * len(modules) + 1.4)
+    ax = fig.add_subplot()
+    h = 0.38
+    for k, m in enumerate(modules):
+        for off, p, hatch in ((-h / 2, "forward", None), (h / 2, "backward", "////")):
+            left = 0
+            for op in ops:
+                n = trace[m].get(p, {}).get(op, 0)
+                if n:
+                    ax.barh(k + off, n, left=left, height=h, color=_OP_GREYS.get(op, "#888888"),
+                            hatch=hatch, edgecolor="white", linewidth=0.5)
+                    left += n
+            if left:
+                ax.text(left + 0.05, k + off, f"{left} {'fwd' if p == 'forward' else 'bwd'}", va="center",
+                        fontsize=7.5, color=MUTED)
+    ax.set_yticks(range(len(modules)), labels, fontsize=8.5)
+    ax.invert_yaxis()
+    ax.set_xlabel("collectives (count)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_title(title, fontsize=11, color=TEXT)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=_OP_GREYS.get(op, "#888888"), label=op) for op in ops]
+    handles += [Patch(facecolor="white", edgecolor="#555555", label="forward"),
+                Patch(facecolor="white", edgecolor="#555555", hatch="////", label="backward")]
+    ax.legend(handles=handles, fontsize=8, frameon=False, loc="lower right")
+    ax.grid(True, axis="x", color="#dddddd", lw=0.6)
+    xmax = max([1] + [sum(trace[m].get(p, {}).values()) for m in modules for p in ("forward", "backward")])
+    ax.set_xlim(0, xmax + 1.2)
+    fig.set_layout_engine("constrained")
+    return fig

@@ -1,0 +1,87 @@
+"""The mesh map: ranks in their DeviceMesh grid, in rank colours, with their groups and hosts.
+
+Pure drawing from plain data (a mesh shape, dim names, each rank's host and device); the groups
+come from :func:`helpers.tp.mesh.mesh_groups`, so the picture and the warning about TP groups
+that cross hosts (:func:`helpers.tp.mesh.tp_groups_across_hosts`) agree. Nothing runs a collective.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython's Figure -> PNG formatter)
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyBboxPatch, Rectangle
+
+from ..tp.mesh import mesh_groups, tp_groups_across_hosts
+from .figure import MUTED, TEXT, new_figure, rank_color, text_on
+
+__all__ = ["mesh_map"]
+
+_CROSS = "#cf222e"  # a group that crosses hosts (red, not a rank colour: dashed outline only)
+
+
+def mesh_map(mesh_shape, dim_names, hosts=None, devices=None, group_dim: str | None = None,
+             title: str | None = None) -> Figure:
+    """Ranks laid out as on the mesh (1-D: a row; 2-D: rows = dim 0), each in its rank colour.
+
+    hosts / devices: one string per rank (rank 0 first), written under each rank.
+    group_dim: the dim whose groups are outlined (default ``"tp"`` if the mesh has one, else the
+    last dim); with ``hosts``, a group on more than one host is outlined in dashed red.
+    """
+    shape = tuple(int(s) for s in mesh_shape)
+    if len(shape) not in (1, 2):
+        raise ValueError(f"mesh_map draws 1-D and 2-D meshes, got shape {shape}")
+    names = tuple(dim_names) if dim_names else tuple(f"dim{i}" for i in range(len(shape)))
+    n = math.prod(shape)
+    for what, seq in (("hosts", hosts), ("devices", devices)):
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"{what} needs one entry per rank: got {len(seq)} for a mesh of {n} ranks")
+    group_dim = group_dim or ("tp" if "tp" in names else names[-1])
+    if group_dim not in names:
+        raise ValueError(f"group_dim {group_dim!r} is not a dim of this mesh; its dims are {names}")
+    groups = mesh_groups(shape, names)[group_dim]
+    crossing = tp_groups_across_hosts(shape, names, hosts, group_dim) if hosts is not None else []
+    crossing_sets = [set(g["ranks"]) for g in crossing]
+
+    nrow, ncol = (1, shape[0]) if len(shape) == 1 else shape
+    sq, gap = 1.0, 0.7
+    pos = {}
+    for r in range(n):
+        i, j = divmod(r, ncol)
+        pos[r] = (j * (sq + gap), i * (sq + gap + 0.25))
+    W = ncol * (sq + gap) - gap
+    H = nrow * (sq + gap + 0.25) - gap
+    fig = new_figure(max(3.6, 1.25 * W + 1.6), 1.25 * H + 1.6)
+    ax = fig.add_axes([0.05, 0.04, 0.9, 0.78])
+    ax.set_xlim(-0.6, W + 0.6)
+    ax.set_ylim(H + 0.5, -0.6)
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    for g in groups:
+        xs = [pos[r][0] for r in g]
+        ys = [pos[r][1] for r in g]
+        bad = set(g) in crossing_sets
+        ax.add_patch(FancyBboxPatch((min(xs) - 0.22, min(ys) - 0.22), max(xs) - min(xs) + sq + 0.44,
+                                    max(ys) - min(ys) + sq + 0.62, boxstyle="round,pad=0,rounding_size=0.15",
+                                    fill=False, edgecolor=_CROSS if bad else "#444444",
+                                    linestyle="--" if bad else "-", linewidth=2.0 if bad else 1.3))
+    for r in range(n):
+        x, y = pos[r]
+        ax.add_patch(Rectangle((x, y), sq, sq, facecolor=rank_color(r), edgecolor="none"))
+        ax.text(x + sq / 2, y + sq / 2, f"rank {r}", ha="center", va="center", fontsize=8.5, color=text_on(r))
+        under = [s for s in ((hosts[r] if hosts is not None else None),
+                             (devices[r] if devices is not None else None)) if s]
+        if under:
+            ax.text(x + sq / 2, y + sq + 0.05, "\n".join(map(str, under)), ha="center", va="top",
+                    fontsize=6.5, color=MUTED, linespacing=1.0)
+    dims = " × ".join(f"{nm}={s}" for nm, s in zip(names, shape))
+    head = title or f"DeviceMesh ({dims})"
+    sub = f"outlined: the {group_dim!r} groups " + ", ".join(str(g) for g in groups)
+    if crossing:
+        sub += f"\n{len(crossing)} {group_dim!r} group(s) cross hosts (dashed red)"
+    if len(shape) == 2:
+        sub += f"\nrows: {names[0]} coordinate · columns: {names[1]} coordinate"
+    fig.suptitle(head, fontsize=10.5, color=TEXT, y=0.99)
+    fig.text(0.5, 0.9, sub, ha="center", va="top", fontsize=7.5, color=MUTED)
+    return fig

@@ -1,0 +1,128 @@
+"""Notebook 02 (DeviceMesh, DTensor, parallelize_module) runs headless on the session's real cluster.
+
+As for notebook 01: one execution as committed (the exercise checkers say "❌ not yet", nothing
+raises) and one with each collapsed solution substituted into its exercise cell (the checkers
+say "✅ correct"). Every dense check of the notebook must pass in both, break-it cells included.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import nbformat
+import pytest
+from conftest import (
+    REPO,
+    assert_clean,
+    assert_committed_without_outputs,
+    assert_dense_checks_pass,
+    cell_text,
+    execute_notebook,
+    solution_code,
+    tagged_cell,
+    tags,
+    with_solutions,
+)
+
+NB_PATH = os.path.join(REPO, "notebooks", "02_device_mesh_and_dtensor.ipynb")
+CELL_TIMEOUT = 180
+EXERCISES = ("1", "2")
+
+
+@pytest.fixture(scope="module")
+def committed():
+    return nbformat.read(NB_PATH, as_version=4)
+
+
+@pytest.fixture(scope="module")
+def run_blank(cluster, committed):
+    return execute_notebook(copy.deepcopy(committed), CELL_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def run_solved(cluster, committed):
+    return execute_notebook(with_solutions(committed, EXERCISES), CELL_TIMEOUT)
+
+
+def _code(nb) -> str:
+    return "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+
+
+# ------------------------------------------------------------------------------ the file itself
+def test_committed_without_outputs(committed):
+    assert_committed_without_outputs(committed)
+
+
+def test_story_structure(committed):
+    cells = committed.cells
+    assert cells[0].cell_type == "markdown" and "able to" in cells[0].source
+    assert cells[1].cell_type == "code" and "connect()" in cells[1].source
+    px = [c for c in cells if c.cell_type == "code" and c.source.startswith("%%px")]
+    assert len(px) >= 15
+    src = _code(committed)
+    for needed in ("init_device_mesh", 'mesh_2d["tp"]', "distribute_tensor", "Shard(0)", "Shard(1)",
+                   "Replicate()", "Partial()", "DTensor.from_local", "redistribute", "CommDebugMode",
+                   "parallelize_module", "ColwiseParallel", "RowwiseParallel", "check_plan", "local_heads",
+                   "interleave_qkv", "ParallelMLP", "pull_dtensor(", "draw_dtensor(", "mesh_map(",
+                   "comm_chart(", "warn_if_tp_crosses_hosts(", "compare_grads("):
+        assert needed in src, f"the notebook does not use {needed}"
+    assert src.count('expect="mismatch"') == 2   # the two silent-bug break-it cells
+    for n in EXERCISES:
+        ex = tagged_cell(committed, f"exercise-{n}")
+        assert ex.cell_type == "code" and ex.source.startswith("%%px")
+        assert "← your code" in ex.source
+        sol = solution_code(committed, n)
+        assert sol.startswith("%%px") and "← your code" not in sol
+        i = cells.index(ex)
+        assert "check-" + n in tags(cells[i + 1])
+    for c in px:  # engine code is device-agnostic
+        assert "cuda:" not in c.source and '"cpu"' not in c.source
+
+
+# ------------------------------------------------------------------------------ executions
+def test_runs_clean_with_blanks(run_blank):
+    assert_clean(run_blank)
+    assert_dense_checks_pass(run_blank)
+    for n in EXERCISES:
+        out = cell_text(tagged_cell(run_blank, f"check-{n}"))
+        assert "❌ not yet" in out, f"checker {n} with the blank said: {out!r}"
+        assert "✅ correct" not in out
+    print(f"\nnotebook 02 with blanks: {run_blank.metadata['_test_seconds']:.1f} s")
+
+
+def test_solutions_pass_the_checkers(run_solved):
+    assert_clean(run_solved)
+    assert_dense_checks_pass(run_solved)
+    for n in EXERCISES:
+        out = cell_text(tagged_cell(run_solved, f"check-{n}"))
+        assert "✅ correct" in out, f"checker {n} with the solution said: {out!r}"
+        assert "❌" not in out
+    print(f"\nnotebook 02 with solutions: {run_solved.metadata['_test_seconds']:.1f} s")
+
+
+def test_what_the_notebook_shows(run_blank):
+    text = "\n".join(cell_text(c) for c in run_blank.cells if c.cell_type == "code")
+    # the sub-mesh and the mesh-ordering mistake
+    assert "✅ agree" in text and "TPLayoutWarning" in text and "ranks [0, 2] span node0, node1" in text
+    # each redistribution's collective, counted by CommDebugMode
+    assert "{'all_gather': 1}" in text and "{'all_reduce': 1}" in text and "{'reduce_scatter': 1}" in text
+    # the break-it cells: two silent mismatches, and refusals (with the numbers) before any collective
+    assert text.count("mismatch, as expected") == 2
+    assert "attn.n_heads=6 is not divisible by tp degree 4" in text
+    assert "Its submodules: attn, attn.q" in text and "Shard(2) but the tensor has shape (6, 4)" in text
+    # by hand and with parallelize_module: equal shards, one all-reduce forward each
+    assert text.count("✅ equal shards on every rank") == 2
+    assert "by hand: {'all_reduce': 1} · parallelize_module: {'all_reduce': 1}" in text
+    # the plan the wrong way round: still right, but two collectives and a bigger all-reduce
+    assert "swapped: {'all_gather': 1, 'all_reduce': 1}" in text
+    # every parameter gradient of the block was checked
+    for p in ("attn.q.weight", "attn.k.bias", "attn.v.weight", "attn.out.weight", "attn.out.bias",
+              "ffn.w1.weight", "ffn.w2.weight", "ffn.w2.bias"):
+        assert f"dL/d{p}" in text
+
+
+def test_figures_are_drawn(run_blank):
+    pngs = sum(1 for c in run_blank.cells if c.cell_type == "code"
+               for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
+    assert pngs >= 14   # mesh maps, DTensor drawings, heatmaps, the comm chart
