@@ -63,6 +63,12 @@ def test_story_structure(committed):
         assert "cuda:" not in c.source and '"cpu"' not in c.source
 
 
+def test_notebook_01_points_here_for_the_price_with_communication():
+    nb01 = nbformat.read(os.path.join(REPO, "notebooks", "01_basic_tensor_parallel.ipynb"), as_version=4)
+    price = [c.source for c in nb01.cells if c.cell_type == "markdown" and "The price" in c.source]
+    assert price and "Notebook 06" in price[0] and "above 100 %" in price[0]
+
+
 # ------------------------------------------------------------------------------ the execution
 def test_runs_clean(run):
     assert_clean(run)
