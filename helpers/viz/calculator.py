@@ -1,0 +1,241 @@
+"""Notebook 06's TP calculator widget: inputs on the left, the plan of
+:func:`helpers.tp.calculator.plan` on the right, recomputed on every change.
+
+Nothing here computes a result: the widget reads its fields into
+:class:`~helpers.tp.calculator.CalculatorInputs`, asks :func:`~helpers.tp.calculator.check_inputs`
+for problems (shown as sentences, never a traceback), and shows the :class:`Plan`.
+
+Browser tests: ``.tp-calculator`` is the widget; each field has a class ``tp-calc-<name>``
+(``tp-calc-tp``, ``tp-calc-gpu_memory_gb``, ``tp-calc-d_model``, ...) with an ``<input>`` inside;
+``.tp-calc-message`` holds the problems (empty when there are none), ``.tp-calc-result`` the
+plan (its first line is ``TP calculator: <n> updates``), ``img.tp-calc-image`` the bar chart.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import fields, replace
+
+import matplotlib.pyplot as plt
+
+from ..tp.calculator import DTYPES, PRESETS, CalculatorInputs, Plan, check_inputs, derecho_inputs, plan
+from .figure import TEXT, figure_to_png, new_figure
+from .timing import PART_COLORS
+
+__all__ = ["TPCalculator", "tp_calculator", "plan_html", "plan_figure"]
+
+_LABELS = {
+    "d_model": "d_model", "n_layers": "layers", "n_heads": "heads", "n_kv_heads": "kv heads (0: =heads)",
+    "d_ff": "d_ff", "vocab": "vocab (0: none)", "batch": "sequences", "seq_len": "seq length",
+    "gpu_memory_gb": "GPU memory (GB)", "gpus_per_node": "GPUs per node",
+    "intra_node_gb_s": "intra-node GB/s", "inter_node_gb_s": "inter-node GB/s", "tp": "TP degree to try",
+    "matmul_tflops": "TFLOP/s at TP=1 (0 = ref)",
+}
+_INTS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab", "batch", "seq_len",
+         "gpus_per_node", "tp")
+_FLOATS = ("gpu_memory_gb", "intra_node_gb_s", "inter_node_gb_s", "matmul_tflops")
+_MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab")
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:,.1f} GB"
+
+
+def plan_html(pl: Plan) -> str:
+    """The plan as HTML: the verdicts, the recommendation, a row per TP degree."""
+    inp = pl.inputs
+    r1 = pl.row(1)
+    yes = {True: "<b style='color:#1a7f37'>fits</b>", False: "<b style='color:#a40000'>does not fit</b>"}
+    cap = _gb(inp.gpu_memory_gb * 1e9)
+    head = [
+        f"<b>Without TP</b> ({cap} per GPU): one layer {_gb(r1.layer_bytes)} {yes[r1.layer_fits]}; "
+        f"the whole model {_gb(r1.model_bytes)} {yes[r1.model_fits]}.",
+        "<b>Smallest TP degree that fits</b>: one layer "
+        f"{pl.smallest_tp_for_layer or 'none'}; the whole model on the TP group alone "
+        f"{pl.smallest_tp_for_model or 'none'}; with FSDP across the rest {pl.smallest_tp_with_fsdp or 'none'}.",
+    ]
+    rec = "".join(f"<li>{html.escape(line)}</li>" for line in pl.recommendation)
+    rows = []
+    for r in pl.rows:
+        style = " style='background:#fff3d6'" if r.tp == inp.tp else ""
+        rows.append(
+            f"<tr{style}><td>{r.tp}</td><td>{'yes' if r.within_node else 'no'}</td><td>{_gb(r.layer_bytes)}</td>"
+            f"<td>{_gb(r.model_bytes)}</td><td>{_gb(r.fsdp_floor_bytes)}</td>"
+            f"<td>{1e3 * r.compute_s:.2f}</td><td>{1e3 * r.comm_s:.2f}</td><td><b>{r.comm_share:.0%}</b></td>"
+            f"<td>{r.efficiency:.0%}</td></tr>")
+    table = ("<table class='tp-calc-table'><tr><th>TP</th><th>in one node</th><th>layer / GPU</th>"
+             "<th>model / GPU (TP only)</th><th>FSDP floor / GPU</th><th>compute ms</th><th>comm ms</th>"
+             "<th>comm share</th><th>matmul eff.</th></tr>" + "".join(rows) + "</table>")
+    note = (f"<small>Per layer and training step; no overlap of communication and compute. Efficiency: "
+            f"{html.escape(pl.efficiency_source)}. Memory: notebook 03's model (AdamW, no activation "
+            f"checkpointing, no allocator overhead). Links: Derecho's, cited in helpers.tp.cost.</small>")
+    return "<br>".join(head) + f"<ul>{rec}</ul>" + table + note
+
+
+def plan_figure(pl: Plan):
+    """One layer's step time per TP degree: compute and communication, the considered degree framed."""
+    fig = new_figure(5.6, 2.9)
+    ax = fig.add_subplot()
+    xs = list(range(len(pl.rows)))
+    comp = [1e3 * r.compute_s for r in pl.rows]
+    comm = [1e3 * r.comm_s for r in pl.rows]
+    ax.bar(xs, comp, color=PART_COLORS["matmul"], width=0.6, label="compute")
+    ax.bar(xs, comm, bottom=comp, color=PART_COLORS["communication"], width=0.6, label="TP all-reduces")
+    for x, r, c in zip(xs, pl.rows, comp):
+        ax.text(x, c + 1e3 * r.comm_s, f"{r.comm_share:.0%}", ha="center", va="bottom", fontsize=8, color=TEXT)
+    ax.set_xticks(xs, [f"{r.tp}" + ("" if r.within_node else "\n(2+ nodes)") for r in pl.rows])
+    ax.set_xlabel("TP degree")
+    ax.set_ylabel("ms per layer-step")
+    ax.set_ylim(0, max(a + b for a, b in zip(comp, comm)) * 1.25)
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title("One layer's training step (% = communication share)", fontsize=10)
+    fig.set_layout_engine("constrained")
+    return fig
+
+
+def tp_calculator(inputs: CalculatorInputs | None = None, *, measured: dict | None = None,
+                  measured_label: str = "measured here") -> "TPCalculator":
+    """The calculator widget, starting from ``inputs`` (default: Llama 2 70B on Derecho).
+    ``measured``: an efficiency curve {p: rate relative to p=1} offered next to the reference."""
+    return TPCalculator(inputs or derecho_inputs(), measured=measured, measured_label=measured_label)
+
+
+def _base():
+    import ipywidgets as widgets
+
+    return widgets.HBox
+
+
+class TPCalculator(_base()):  # type: ignore[misc]
+    """The widget returned by :func:`tp_calculator` (see the module docstring).
+
+    Attributes: ``fields`` ({name: widget}), ``preset``, ``dtype``, ``efficiency`` (Dropdowns),
+    ``message``, ``result`` (HTML), ``image`` (Image), ``plan`` (the last Plan or None),
+    ``updates`` (int).
+    """
+
+    def __init__(self, inputs: CalculatorInputs, measured: dict | None = None,
+                 measured_label: str = "measured here"):
+        import ipywidgets as widgets
+
+        self._inputs = inputs
+        self._measured = dict(measured) if measured else None
+        self._measured_label = measured_label
+        style = {"description_width": "160px"}
+        lay = widgets.Layout(width="310px")
+        self.preset = widgets.Dropdown(options=[*PRESETS, "custom"], value=self._preset_of(inputs),
+                                       description="model", style=style, layout=lay)
+        self.preset.add_class("tp-calc-preset")
+        self.fields = {}
+        for f in fields(CalculatorInputs):
+            if f.name in ("dtype", "gated_mlp", "bias", "flash_attention"):
+                continue
+            v = getattr(inputs, f.name)
+            if f.name in _INTS:
+                w = widgets.IntText(value=int(v or 0), description=_LABELS[f.name], style=style, layout=lay)
+            else:
+                w = widgets.FloatText(value=float(v or 0), description=_LABELS[f.name], style=style, layout=lay)
+            w.add_class(f"tp-calc-{f.name}")
+            self.fields[f.name] = w
+        self.gated = widgets.Checkbox(value=inputs.gated_mlp, description="SwiGLU MLP",
+                                      style=style, layout=lay)
+        self.flash = widgets.Checkbox(value=inputs.flash_attention, description="flash attention",
+                                      style=style, layout=lay)
+        self.flash.add_class("tp-calc-flash")
+        self.dtype = widgets.Dropdown(options=sorted(DTYPES), value=inputs.dtype, description="dtype",
+                                      style=style, layout=lay)
+        self.dtype.add_class("tp-calc-dtype")
+        options = ["reference (H100 table)"] + ([measured_label] if self._measured else [])
+        self.efficiency = widgets.Dropdown(options=options, value=options[0], description="efficiency curve",
+                                           style=style, layout=lay)
+        self.efficiency.add_class("tp-calc-efficiency")
+        self.message = widgets.HTML("")
+        self.message.add_class("tp-calc-message")
+        self.result = widgets.HTML("")
+        self.result.add_class("tp-calc-result")
+        self.image = widgets.Image(format="png")
+        self.image.add_class("tp-calc-image")
+        self.plan: Plan | None = None
+        self.updates = 0
+        left = widgets.VBox([self.preset, *[self.fields[k] for k in _MODEL_FIELDS], self.gated,
+                             *[self.fields[k] for k in ("batch", "seq_len")], self.flash, self.dtype,
+                             *[self.fields[k] for k in ("gpu_memory_gb", "gpus_per_node", "intra_node_gb_s",
+                                                        "inter_node_gb_s", "tp", "matmul_tflops")],
+                             self.efficiency])
+        right = widgets.VBox([self.message, self.result, self.image],
+                             layout=widgets.Layout(width="760px"))
+        super().__init__([left, right])
+        self.add_class("tp-calculator")
+        self._filling = False
+        self.update()
+        self.preset.observe(self._on_preset, names="value")
+        for w in (*self.fields.values(), self.gated, self.flash, self.dtype, self.efficiency):
+            w.observe(self._on_change, names="value")
+
+    # ---------------------------------------------------------------- reading the fields
+    @staticmethod
+    def _preset_of(inp: CalculatorInputs) -> str:
+        for name, m in PRESETS.items():
+            if all(getattr(inp, k) == getattr(m, k) for k in ("d_model", "n_layers", "n_heads", "d_ff")):
+                return name
+        return "custom"
+
+    def inputs(self) -> CalculatorInputs:
+        """The fields as :class:`CalculatorInputs` (0 means "none" for kv heads and TFLOP/s)."""
+        vals = {k: w.value for k, w in self.fields.items()}
+        vals["n_kv_heads"] = vals["n_kv_heads"] or None
+        vals["matmul_tflops"] = vals["matmul_tflops"] or None
+        model = PRESETS.get(self.preset.value)
+        bias = model.bias if model is not None else self._inputs.bias
+        return replace(self._inputs, **vals, dtype=self.dtype.value, gated_mlp=self.gated.value, bias=bias,
+                       flash_attention=self.flash.value)
+
+    # ---------------------------------------------------------------- events
+    def _on_preset(self, change) -> None:
+        model = PRESETS.get(change["new"])
+        if model is None:
+            return
+        self._filling = True                    # one update for the whole preset, not one per field
+        try:
+            for k in _MODEL_FIELDS:
+                self.fields[k].value = int(getattr(model, k) or 0)
+            self.gated.value = model.gated_mlp
+        finally:
+            self._filling = False
+        self.update()
+
+    def _on_change(self, change) -> None:
+        if not self._filling:
+            self.update()
+
+    def update(self) -> None:
+        """Recompute the plan from the fields; problems become a message, never a traceback."""
+        self.updates += 1
+        try:
+            inp = self.inputs()
+            problems = check_inputs(inp)
+            if problems:
+                self._show_problems(problems)
+                return
+            use_measured = self._measured and self.efficiency.value == self._measured_label
+            pl = plan(inp, efficiency=self._measured if use_measured else None,
+                      efficiency_source=self._measured_label if use_measured else None)
+            fig = plan_figure(pl)
+            try:
+                png = figure_to_png(fig)
+            finally:
+                plt.close(fig)
+        except Exception as e:  # keep the widget alive and say what went wrong
+            self._show_problems([f"could not compute this plan: {type(e).__name__}: {e}"])
+            return
+        self.plan = pl
+        self.message.value = ""
+        self.result.value = f"<small>TP calculator: {self.updates} updates</small><br>" + plan_html(pl)
+        self.image.value = png
+
+    def _show_problems(self, problems: list[str]) -> None:
+        self.plan = None
+        items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
+        self.message.value = (f"<div style='color:#a40000'><b>Please check the inputs:</b>"
+                              f"<ul>{items}</ul></div>")
+        self.result.value = f"<small>TP calculator: {self.updates} updates</small><br>(no plan until the inputs make sense)"
