@@ -8,27 +8,33 @@
 * :mod:`.cli` -- the command line behind ``launch_cluster.sh``.
 """
 
-from .lifecycle import (
-    DEFAULT_START_TIMEOUT,
-    ENGINE_CMD,
-    StopReport,
-    clean_stale,
-    cluster_processes,
-    is_running,
-    kill_processes,
-    start_cluster,
-    stop_cluster,
-    visible_gpus,
-)
-from .magics import CollectiveError, CourseError, DeadRankError, ProcessGroupError
-from .planning import BACKENDS, DEFAULT_CPU_ENGINES, EngineInfo, check_n, default_n, plan_ranks
-from .ref import ClusterRef
-from .session import DEFAULT_PG_TIMEOUT, TPCluster, connect, probe_engines
+from __future__ import annotations
 
-__all__ = [
-    "ClusterRef", "connect", "TPCluster", "probe_engines", "start_cluster", "stop_cluster",
-    "StopReport", "is_running", "clean_stale", "cluster_processes", "kill_processes",
-    "visible_gpus", "check_n", "default_n", "plan_ranks", "EngineInfo", "CollectiveError",
-    "DeadRankError", "ProcessGroupError", "CourseError", "BACKENDS", "DEFAULT_CPU_ENGINES",
-    "DEFAULT_PG_TIMEOUT", "DEFAULT_START_TIMEOUT", "ENGINE_CMD",
-]
+import importlib
+
+# Loaded on first use (PEP 562): the reaper and the CLI's light commands import one module of
+# this package without paying for ipyparallel and IPython.
+_EXPORTS = {
+    ".lifecycle": ("DEFAULT_START_TIMEOUT", "ENGINE_CMD", "StopReport", "clean_stale",
+                   "cluster_processes", "is_running", "kill_processes", "start_cluster",
+                   "stop_cluster", "visible_gpus"),
+    ".magics": ("CollectiveError", "CourseError", "DeadRankError", "ProcessGroupError"),
+    ".planning": ("BACKENDS", "DEFAULT_CPU_ENGINES", "EngineInfo", "check_n", "default_n", "plan_ranks"),
+    ".ref": ("ClusterRef",),
+    ".session": ("DEFAULT_PG_TIMEOUT", "TPCluster", "connect", "probe_engines"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -170,7 +170,11 @@ def _forget_dtensor_caches() -> None:
     """DTensor caches its sharding decisions keyed by the mesh's *value* (ranks, dim names), and
     a cached result holds its mesh. After a new process group, a new mesh equals an old one, so a
     cache hit would hand back the old mesh and its dead groups ("Could not resolve the process
-    group registered under the name 19"). A new group starts with empty caches."""
+    group registered under the name 19"). A new group starts with empty caches.
+
+    Only where DTensor was used: importing it costs seconds per engine at start-up."""
+    if "torch.distributed.tensor" not in sys.modules:
+        return
     try:
         from torch.distributed.tensor.debug import _clear_sharding_prop_cache
     except ImportError:  # older torch: no such cache API
