@@ -199,11 +199,28 @@ def browser_page(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- helpers
+_STARTED_JS = """
+() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
+        .some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))
+"""
+
+
 def _run_all(page) -> None:
-    """Run → Run All Cells, from the menu bar (with the notebook focused)."""
-    page.locator(".jp-NotebookPanel .jp-Notebook").first.click(position={"x": 5, "y": 5})
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    """Run → Run All Cells, from the menu bar (with the notebook focused); clicked again if no
+    cell has started 30 s later (seen once here: a click that landed while JupyterLab was still
+    attaching the kernel was lost, and every cell stayed ``[ ]``)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(3):
+        page.locator(".jp-NotebookPanel .jp-Notebook").first.click(position={"x": 5, "y": 5})
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        try:
+            page.wait_for_function(_STARTED_JS, timeout=30_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
 
 
 # Done when every code cell has an execution count, or as soon as one shows a traceback
