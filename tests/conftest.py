@@ -255,6 +255,39 @@ def assert_dense_checks_pass(nb) -> None:
         assert "❌" not in cell_text(cell), f"cell {i} reports a failed check:\n{cell_text(cell)}"
 
 
+def assert_run(nb, exercises, *, solved: bool, label: str) -> float:
+    """A headless run is clean, every dense check passes (break-it cells included), and each
+    exercise checker says "❌ not yet" (blanks) or "✅ correct" (solutions). Prints and returns
+    the run's seconds."""
+    assert_clean(nb)
+    assert_dense_checks_pass(nb)
+    for n in exercises:
+        out = cell_text(tagged_cell(nb, f"check-{n}"))
+        if solved:
+            assert "✅ correct" in out and "❌" not in out, f"checker {n} with the solution said: {out!r}"
+        else:
+            assert "❌ not yet" in out and "✅ correct" not in out, f"checker {n} with the blank said: {out!r}"
+    seconds = nb.metadata["_test_seconds"]
+    print(f"\nnotebook {label} with {'solutions' if solved else 'blanks'}: {seconds:.1f} s")
+    return seconds
+
+
+def assert_exercises_and_engine_cells(nb, exercises) -> None:
+    """Each exercise is a %%px cell with a blank, a collapsed solution and a checker cell right
+    after it; no %%px cell pins a device by name (the same cells run on CPU and GPU)."""
+    cells = nb.cells
+    for n in exercises:
+        ex = tagged_cell(nb, f"exercise-{n}")
+        assert ex.cell_type == "code" and ex.source.startswith("%%px")
+        assert "← your code" in ex.source
+        sol = solution_code(nb, n)
+        assert sol.startswith("%%px") and "← your code" not in sol
+        assert "check-" + n in tags(cells[cells.index(ex) + 1])
+    for c in cells:
+        if c.cell_type == "code" and c.source.startswith("%%px"):
+            assert "cuda:" not in c.source and '"cpu"' not in c.source, c.source[:80]
+
+
 def assert_committed_without_outputs(nb) -> None:
     import nbformat
 

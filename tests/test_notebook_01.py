@@ -16,14 +16,11 @@ import nbformat
 import pytest
 from conftest import (
     REPO,
-    assert_clean,
     assert_committed_without_outputs,
-    assert_dense_checks_pass,
+    assert_exercises_and_engine_cells,
+    assert_run,
     cell_text,
     execute_notebook,
-    solution_code,
-    tagged_cell,
-    tags,
     with_solutions,
 )
 
@@ -62,29 +59,12 @@ def test_story_structure(committed):
     src = "\n".join(c.source for c in cells if c.cell_type == "code")
     assert "layout_explorer(" in src and "plot_flops(" in src and "shard_figure(" in src
     assert src.count('expect="mismatch"') == 2  # the two "break it" cells
-    for n in EXERCISES:
-        ex = tagged_cell(committed, f"exercise-{n}")
-        assert ex.cell_type == "code" and ex.source.startswith("%%px")
-        assert "← your code" in ex.source
-        sol = solution_code(committed, n)
-        assert sol.startswith("%%px") and "← your code" not in sol
-        # the checker cell follows the exercise cell
-        i = cells.index(ex)
-        assert "check-" + n in tags(cells[i + 1])
-    # engine code is device-agnostic: nothing pins a device by name
-    for c in px:
-        assert "cuda:" not in c.source and '"cpu"' not in c.source
+    assert_exercises_and_engine_cells(committed, EXERCISES)
 
 
 # ------------------------------------------------------------------------------ executions
 def test_runs_clean_with_blanks(run_blank):
-    assert_clean(run_blank)
-    assert_dense_checks_pass(run_blank)
-    for n in EXERCISES:
-        out = cell_text(tagged_cell(run_blank, f"check-{n}"))
-        assert "❌ not yet" in out, f"checker {n} with the blank said: {out!r}"
-        assert "✅ correct" not in out
-    print(f"\nnotebook 01 with blanks: {run_blank.metadata['_test_seconds']:.1f} s")
+    assert_run(run_blank, EXERCISES, solved=False, label="01")
 
 
 def test_break_it_cells_show_the_mismatch(run_blank):
@@ -105,10 +85,4 @@ def test_figures_are_drawn(run_blank):
 
 
 def test_solutions_pass_the_checkers(run_solved):
-    assert_clean(run_solved)
-    assert_dense_checks_pass(run_solved)
-    for n in EXERCISES:
-        out = cell_text(tagged_cell(run_solved, f"check-{n}"))
-        assert "✅ correct" in out, f"checker {n} with the solution said: {out!r}"
-        assert "❌" not in out
-    print(f"\nnotebook 01 with solutions: {run_solved.metadata['_test_seconds']:.1f} s")
+    assert_run(run_solved, EXERCISES, solved=True, label="01")

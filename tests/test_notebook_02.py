@@ -14,14 +14,11 @@ import nbformat
 import pytest
 from conftest import (
     REPO,
-    assert_clean,
     assert_committed_without_outputs,
-    assert_dense_checks_pass,
+    assert_exercises_and_engine_cells,
+    assert_run,
     cell_text,
     execute_notebook,
-    solution_code,
-    tagged_cell,
-    tags,
     with_solutions,
 )
 
@@ -68,37 +65,16 @@ def test_story_structure(committed):
                    "comm_chart(", "warn_if_tp_crosses_hosts(", "compare_grads(", "visualize_sharding("):
         assert needed in src, f"the notebook does not use {needed}"
     assert src.count('expect="mismatch"') == 2   # the two silent-bug break-it cells
-    for n in EXERCISES:
-        ex = tagged_cell(committed, f"exercise-{n}")
-        assert ex.cell_type == "code" and ex.source.startswith("%%px")
-        assert "← your code" in ex.source
-        sol = solution_code(committed, n)
-        assert sol.startswith("%%px") and "← your code" not in sol
-        i = cells.index(ex)
-        assert "check-" + n in tags(cells[i + 1])
-    for c in px:  # engine code is device-agnostic
-        assert "cuda:" not in c.source and '"cpu"' not in c.source
+    assert_exercises_and_engine_cells(committed, EXERCISES)
 
 
 # ------------------------------------------------------------------------------ executions
 def test_runs_clean_with_blanks(run_blank):
-    assert_clean(run_blank)
-    assert_dense_checks_pass(run_blank)
-    for n in EXERCISES:
-        out = cell_text(tagged_cell(run_blank, f"check-{n}"))
-        assert "❌ not yet" in out, f"checker {n} with the blank said: {out!r}"
-        assert "✅ correct" not in out
-    print(f"\nnotebook 02 with blanks: {run_blank.metadata['_test_seconds']:.1f} s")
+    assert_run(run_blank, EXERCISES, solved=False, label="02")
 
 
 def test_solutions_pass_the_checkers(run_solved):
-    assert_clean(run_solved)
-    assert_dense_checks_pass(run_solved)
-    for n in EXERCISES:
-        out = cell_text(tagged_cell(run_solved, f"check-{n}"))
-        assert "✅ correct" in out, f"checker {n} with the solution said: {out!r}"
-        assert "❌" not in out
-    print(f"\nnotebook 02 with solutions: {run_solved.metadata['_test_seconds']:.1f} s")
+    assert_run(run_solved, EXERCISES, solved=True, label="02")
 
 
 def test_what_the_notebook_shows(run_blank):

@@ -16,9 +16,8 @@ import pytest
 import torch
 from conftest import (
     REPO,
-    assert_clean,
     assert_committed_without_outputs,
-    assert_dense_checks_pass,
+    assert_run,
     cell_text,
     execute_notebook,
     solution_code,
@@ -88,12 +87,7 @@ def test_story_structure(committed):
 
 # ------------------------------------------------------------------------------ executions
 def test_runs_clean_with_blanks(run_blank):
-    assert_clean(run_blank)
-    assert_dense_checks_pass(run_blank)
-    out = cell_text(tagged_cell(run_blank, "check-1"))
-    assert "❌ not yet" in out and "✅ correct" not in out, out
-    seconds = run_blank.metadata["_test_seconds"]
-    print(f"\nnotebook 03 with blanks: {seconds:.1f} s headless")
+    seconds = assert_run(run_blank, EXERCISES, solved=False, label="03")
     assert seconds < HEADLESS_BUDGET_S
 
 
@@ -118,11 +112,7 @@ def test_nodes_mesh_memory_training_and_comm(run_blank):
 
 
 def test_solution_passes_the_checker(run_solved):
-    assert_clean(run_solved)
-    assert_dense_checks_pass(run_solved)
-    out = cell_text(tagged_cell(run_solved, "check-1"))
-    assert "✅ correct" in out and "❌" not in out, out
-    print(f"\nnotebook 03 with solutions: {run_solved.metadata['_test_seconds']:.1f} s headless")
+    assert_run(run_solved, EXERCISES, solved=True, label="03")
 
 
 # ------------------------------------------------------------------------------ bad input

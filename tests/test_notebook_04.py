@@ -12,9 +12,8 @@ import nbformat
 import pytest
 from conftest import (
     REPO,
-    assert_clean,
     assert_committed_without_outputs,
-    assert_dense_checks_pass,
+    assert_run,
     cell_text,
     execute_notebook,
     solution_code,
@@ -73,11 +72,7 @@ def test_story_structure(committed):
 
 # ------------------------------------------------------------------------------ executions
 def test_runs_clean_with_blank(run_blank):
-    assert_clean(run_blank)
-    assert_dense_checks_pass(run_blank)
-    out = cell_text(tagged_cell(run_blank, "check-1"))
-    assert "❌ not yet" in out and "✅ correct" not in out, out
-    print(f"\nnotebook 04 with blanks: {run_blank.metadata['_test_seconds']:.1f} s")
+    assert_run(run_blank, EXERCISES, solved=False, label="04")
 
 
 def test_measurements_match_formulas(run_blank):
@@ -104,8 +99,4 @@ def test_figures_and_widgets(run_blank):
 
 
 def test_solution_passes_the_checker(run_solved):
-    assert_clean(run_solved)
-    assert_dense_checks_pass(run_solved)
-    out = cell_text(tagged_cell(run_solved, "check-1"))
-    assert "✅ correct" in out and "❌" not in out, out
-    print(f"\nnotebook 04 with solutions: {run_solved.metadata['_test_seconds']:.1f} s")
+    assert_run(run_solved, EXERCISES, solved=True, label="04")
