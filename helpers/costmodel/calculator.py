@@ -1,0 +1,346 @@
+"""Does my model need TP, and what will it cost? A pure function (no torch) behind notebook 06's
+calculator widget.
+
+:func:`plan` takes :class:`CalculatorInputs` (a transformer's shapes, the tokens of one
+micro-batch, the precision, the GPU and its links) and returns a :class:`Plan`:
+
+* memory per GPU, from notebook 03's model (:mod:`.memory`): one layer, the whole model,
+  and FSDP's floor (what every GPU keeps however many GPUs shard the rest: its activations and
+  one all-gathered layer), at each TP degree;
+* the time of one layer's training step at each degree: compute (the layer's FLOPs over p GPUs
+  (:func:`.flops.block_flops`) at a matmul rate times an efficiency curve -- measured in the
+  notebook, or the H100 :data:`.hardware.REFERENCE` table) plus TP's four all-reduces on the link
+  the TP group uses (NVLink inside a node, the network across: :mod:`.collectives`), no overlap;
+* the recommendation, in the chapter's terms: TP within the node, FSDP across.
+
+Input problems never raise from :func:`check_inputs`: it returns the messages (the widget shows
+them). :func:`plan` raises one ``ValueError`` listing them all.
+
+Also here, for notebook 06's extrapolation to degrees the cluster does not have:
+:func:`interpolate_efficiency` (the link fit is :func:`.collectives.fit_link`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from .collectives import tp_comm_time_per_layer
+from .dims import LLAMA2_70B, PRECISIONS, PRESETS, ModelDims, Setup
+from .flops import block_flops
+from .hardware import DERECHO, REFERENCE_SOURCE, Link, reference_curve
+from .memory import memory_per_rank, param_elements_per_rank
+
+__all__ = ["DTYPES", "CalculatorInputs", "DegreeRow", "Plan", "check_inputs", "plan", "interpolate_efficiency",
+           "derecho_inputs"]
+
+GB = 1e9
+
+#: the calculator's dtype names -> notebook 03's training precisions
+DTYPES = {"bf16": "bf16-mixed", "fp32": "fp32"}
+
+
+def interpolate_efficiency(curve: dict[int, float], p: int) -> float:
+    """The efficiency at degree ``p``: linear in log2(p) between the curve's points; below its
+    first point 1.0, beyond its last point the last value (held, not extrapolated).
+
+    >>> interpolate_efficiency({1: 1.0, 2: 0.9, 8: 0.6}, 4)    # log2: halfway from 2 to 8
+    0.75
+    >>> interpolate_efficiency({1: 1.0, 2: 0.9}, 16)
+    0.9
+    """
+    pts = sorted((int(k), float(v)) for k, v in curve.items())
+    if not pts:
+        return 1.0
+    if p <= pts[0][0]:
+        return pts[0][1] if p == pts[0][0] else 1.0
+    for (p0, e0), (p1, e1) in zip(pts, pts[1:]):
+        if p0 <= p <= p1:
+            w = (math.log2(p) - math.log2(p0)) / (math.log2(p1) - math.log2(p0))
+            return round(e0 + w * (e1 - e0), 12)
+    return pts[-1][1]
+
+
+# ------------------------------------------------------------------------------ inputs
+@dataclass(frozen=True)
+class CalculatorInputs:
+    """What the calculator needs. Defaults: Llama 2 70B on Derecho (4 A100 40 GB per node,
+    NVLink 300 GB/s and Slingshot 25 GB/s per GPU and direction: :data:`.hardware.DERECHO`).
+
+    batch × seq_len = the tokens of one micro-batch (what one TP group processes per step).
+    ``tp``: the degree you are considering. ``matmul_tflops``: the achieved rate of one GPU at
+    TP=1 (None: the :data:`.hardware.REFERENCE` row nearest in tokens -- an H100, faster than an A100).
+    ``flash_attention``: a fused attention kernel keeps no (heads × s × s) score matrix for the
+    backward (notebook 03's model keeps it by default).
+    """
+
+    d_model: int = LLAMA2_70B.d_model
+    n_layers: int = LLAMA2_70B.n_layers
+    n_heads: int = LLAMA2_70B.n_heads
+    d_ff: int = LLAMA2_70B.d_ff
+    n_kv_heads: int | None = LLAMA2_70B.n_kv_heads
+    vocab: int = LLAMA2_70B.vocab
+    gated_mlp: bool = LLAMA2_70B.gated_mlp
+    bias: bool = LLAMA2_70B.bias
+    batch: int = 1
+    seq_len: int = 2048
+    dtype: str = "bf16"
+    gpu_memory_gb: float = DERECHO.gpu_memory / GB
+    gpus_per_node: int = DERECHO.gpus_per_node
+    intra_node_gb_s: float = DERECHO.nvlink.bandwidth / GB
+    inter_node_gb_s: float = DERECHO.slingshot.bandwidth / GB
+    tp: int = DERECHO.gpus_per_node
+    matmul_tflops: float | None = None
+    flash_attention: bool = False
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq_len
+
+
+def derecho_inputs(model: ModelDims = LLAMA2_70B, **changes) -> CalculatorInputs:
+    """:class:`CalculatorInputs` for ``model`` on Derecho's defaults, with ``changes`` applied."""
+    base = CalculatorInputs(d_model=model.d_model, n_layers=model.n_layers, n_heads=model.n_heads,
+                            d_ff=model.d_ff, n_kv_heads=model.n_kv_heads, vocab=model.vocab,
+                            gated_mlp=model.gated_mlp, bias=model.bias)
+    return replace(base, **changes)
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_inputs(inp: CalculatorInputs) -> list[str]:
+    """Every problem with ``inp``, as sentences a learner can act on (empty: all fine).
+
+    >>> check_inputs(derecho_inputs(tp=8))  # doctest: +ELLIPSIS
+    ['TP degree 8 is above the 4 GPUs of a node: its all-reduces would cross the node boundary ...']
+    """
+    problems = []
+    for name in ("d_model", "n_layers", "n_heads", "d_ff", "batch", "seq_len", "gpus_per_node", "tp"):
+        v = getattr(inp, name)
+        if not _whole(v) or v < 1:
+            problems.append(f"{name} must be a positive whole number, got {v!r}")
+    if not (_whole(inp.vocab) and inp.vocab >= 0):
+        problems.append(f"vocab must be a whole number >= 0 (0: no embedding), got {inp.vocab!r}")
+    if inp.n_kv_heads is not None and (not _whole(inp.n_kv_heads) or inp.n_kv_heads < 1):
+        problems.append(f"n_kv_heads must be a positive whole number (or empty), got {inp.n_kv_heads!r}")
+    for name, unit in (("gpu_memory_gb", "GB"), ("intra_node_gb_s", "GB/s"), ("inter_node_gb_s", "GB/s")):
+        v = getattr(inp, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):
+            problems.append(f"{name} must be a positive number of {unit}, got {v!r}")
+    if inp.matmul_tflops is not None and (isinstance(inp.matmul_tflops, bool) or not isinstance(
+            inp.matmul_tflops, (int, float)) or not inp.matmul_tflops > 0):
+        problems.append(f"matmul_tflops must be a positive number (or empty for the reference), "
+                        f"got {inp.matmul_tflops!r}")
+    if inp.dtype not in DTYPES:
+        problems.append(f"dtype must be one of {', '.join(sorted(DTYPES))}, got {inp.dtype!r}")
+    if problems:
+        return problems
+    try:
+        dims = _dims(inp)
+    except ValueError as e:
+        return [str(e)]
+    if inp.tp > inp.gpus_per_node:
+        problems.append(f"TP degree {inp.tp} is above the {inp.gpus_per_node} GPUs of a node: its "
+                        "all-reduces would cross the node boundary (the chapter: avoid). Pick a TP "
+                        f"degree of at most {inp.gpus_per_node} and use FSDP across nodes.")
+    elif not _splits(dims, inp.tp):
+        ok = ", ".join(str(t) for t in range(1, inp.gpus_per_node + 1) if _splits(dims, t))
+        problems.append(f"TP degree {inp.tp} does not divide the heads ({dims.n_heads}, key/value "
+                        f"heads {dims.kv_heads}) and d_ff ({dims.d_ff}) evenly; within a node pick one "
+                        f"of {{{ok}}}")
+    return problems
+
+
+def _dims(inp: CalculatorInputs) -> ModelDims:
+    return ModelDims("your model", inp.d_model, inp.n_layers, inp.n_heads, inp.d_ff, vocab=inp.vocab,
+                     n_kv_heads=inp.n_kv_heads, gated_mlp=inp.gated_mlp, bias=inp.bias)
+
+
+def _splits(dims: ModelDims, t: int) -> bool:
+    return dims.n_heads % t == 0 and dims.kv_heads % t == 0 and dims.d_ff % t == 0
+
+
+# ------------------------------------------------------------------------------ the plan
+@dataclass(frozen=True)
+class DegreeRow:
+    """One TP degree: memory per GPU (bytes), one layer's step time (s), where TP communicates."""
+
+    tp: int
+    layer_bytes: float
+    gathered_layer_bytes: float
+    model_bytes: float
+    fsdp_floor_bytes: float
+    layer_fits: bool
+    model_fits: bool
+    fsdp_fits: bool
+    link: str
+    within_node: bool
+    compute_s: float
+    comm_s: float
+    efficiency: float
+
+    @property
+    def step_s(self) -> float:
+        return self.compute_s + self.comm_s
+
+    @property
+    def comm_share(self) -> float:
+        return self.comm_s / self.step_s if self.step_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    inputs: CalculatorInputs
+    rows: list[DegreeRow]
+    rate_tflops: float
+    efficiency_source: str
+    recommendation: list[str] = field(default_factory=list)
+
+    def row(self, tp: int) -> DegreeRow:
+        for r in self.rows:
+            if r.tp == tp:
+                return r
+        raise KeyError(f"no row for TP degree {tp}; degrees: {[r.tp for r in self.rows]}")
+
+    @property
+    def layer_fits_without_tp(self) -> bool:
+        return self.row(1).layer_fits
+
+    @property
+    def model_fits_without_tp(self) -> bool:
+        return self.row(1).model_fits
+
+    @property
+    def smallest_tp_for_layer(self) -> int | None:
+        return next((r.tp for r in self.rows if r.layer_fits), None)
+
+    @property
+    def smallest_tp_for_model(self) -> int | None:
+        return next((r.tp for r in self.rows if r.model_fits), None)
+
+    @property
+    def smallest_tp_with_fsdp(self) -> int | None:
+        """The smallest TP degree at which FSDP (across the other GPUs) can hold the model."""
+        return next((r.tp for r in self.rows if r.fsdp_fits), None)
+
+
+def _links(inp: CalculatorInputs) -> tuple[Link, Link]:
+    intra = Link(f"intra-node ({inp.intra_node_gb_s:g} GB/s)", inp.intra_node_gb_s * GB,
+                 DERECHO.nvlink.latency, DERECHO.nvlink.source)
+    inter = Link(f"inter-node ({inp.inter_node_gb_s:g} GB/s)", inp.inter_node_gb_s * GB,
+                 DERECHO.slingshot.latency, DERECHO.slingshot.source)
+    return intra, inter
+
+
+def _degree_row(dims, inp, t, rate, curve, intra, inter) -> DegreeRow:
+    precision = DTYPES[inp.dtype]
+    cap = inp.gpu_memory_gb * GB
+    setup = Setup(f"TP={t}", tp=t)
+    one = memory_per_rank(dims, setup, precision, batch=inp.batch, seq_len=inp.seq_len, layers=1,
+                          optimizer_steps_counted=False, attention_scores=not inp.flash_attention)
+    prec = PRECISIONS[precision]
+    embed = (2 * dims.vocab * dims.d_model) // t * (prec.param + prec.grad + prec.optim) if dims.vocab else 0
+    model = embed + dims.n_layers * one.total
+    # FSDP's floor: the rest sharded away, each GPU still keeps every layer's activations and
+    # one layer all-gathered (its weights and their full gradients before the reduce-scatter)
+    gathered = param_elements_per_rank(dims, setup) * (prec.param + prec.grad)
+    floor = dims.n_layers * one.activations + gathered
+    link = intra if t <= inp.gpus_per_node else inter
+    comm = tp_comm_time_per_layer(dims, t, batch=inp.batch, seq_len=inp.seq_len, precision=precision,
+                                  link=link)["step"]
+    eff = interpolate_efficiency(curve, t)
+    compute = block_flops(dims, inp.tokens, inp.seq_len) / t / (rate * 1e12 * eff)
+    return DegreeRow(t, one.total, gathered, model, floor, one.total <= cap, model <= cap, floor <= cap,
+                     link.name, t <= inp.gpus_per_node, compute, comm, eff)
+
+
+def plan(inp: CalculatorInputs, efficiency: dict[int, float] | None = None,
+         efficiency_source: str | None = None) -> Plan:
+    """Memory, step time and a recommendation at every TP degree that splits the model evenly,
+    up to 4 nodes' worth of GPUs (see the module docstring). ``efficiency``: {p: rate relative
+    to p=1} (None: the :data:`.hardware.REFERENCE` row nearest in tokens and dtype).
+
+    >>> p = plan(derecho_inputs())                 # Llama 2 70B, 2048 tokens, bf16, Derecho
+    >>> p.model_fits_without_tp, p.layer_fits_without_tp, p.smallest_tp_with_fsdp
+    (False, True, 4)
+    """
+    problems = check_inputs(inp)
+    if problems:
+        raise ValueError("; ".join(problems))
+    dims = _dims(inp)
+    ref_rate, ref_curve, ref_tokens = reference_curve(inp.dtype, inp.tokens)
+    rate = inp.matmul_tflops or ref_rate
+    if efficiency:
+        curve = {int(k): float(v) for k, v in efficiency.items()}
+        source = efficiency_source or "measured"
+    else:
+        curve = ref_curve
+        source = efficiency_source or f"reference: H100, {inp.dtype}, {ref_tokens} tokens ({REFERENCE_SOURCE})"
+    if not inp.matmul_tflops:
+        source += f"; rate at TP=1: {ref_rate:g} TFLOP/s (reference, {ref_tokens} tokens)"
+    intra, inter = _links(inp)
+    top = max(16, 4 * inp.gpus_per_node)
+    degrees = sorted({t for t in [2 ** k for k in range(int(math.log2(top)) + 1)] + [inp.gpus_per_node, inp.tp]
+                      if t <= top and _splits(dims, t)})
+    rows = [_degree_row(dims, inp, t, rate, curve, intra, inter) for t in degrees]
+    result = Plan(inp, rows, rate, source)
+    return replace(result, recommendation=_recommend(result))
+
+
+def _gb(x: float) -> str:
+    return f"{x / GB:.1f} GB"
+
+
+def _recommend(pl: Plan) -> list[str]:
+    inp = pl.inputs
+    cap = inp.gpu_memory_gb * GB
+    r1 = pl.row(1)
+    lines = []
+    tp2 = next((r for r in pl.rows if r.tp > 1), None)
+    if r1.model_fits:
+        lines.append(f"The whole model fits one GPU ({_gb(r1.model_bytes)} of {_gb(cap)}): no TP. Train "
+                     "with data parallelism (DDP, or FSDP to save memory).")
+        if tp2:
+            lines.append(f"TP={tp2.tp} would only add communication: {tp2.comm_share:.0%} of each step.")
+        return lines
+    if r1.fsdp_fits:
+        lines.append(f"The model does not fit one GPU ({_gb(r1.model_bytes)}), but FSDP can hold it: "
+                     f"its floor (every layer's activations + one all-gathered layer) is "
+                     f"{_gb(r1.fsdp_floor_bytes)} per GPU, however many GPUs share the rest. Use FSDP "
+                     "across GPUs, no TP.")
+        if tp2:
+            lines.append(f"TP={tp2.tp} would add communication: {tp2.comm_share:.0%} of each step.")
+        return lines
+    if r1.gathered_layer_bytes > cap:
+        lines.append(f"One layer's weights and gradients alone need {_gb(r1.gathered_layer_bytes)} on one "
+                     f"GPU, more than its {_gb(cap)}: a single layer is too large for one GPU, the first "
+                     "reason to use TP.")
+    else:
+        lines.append(f"FSDP alone fails: even with everything else sharded away, each GPU needs "
+                     f"{_gb(r1.fsdp_floor_bytes)} (every layer's activations and one all-gathered layer) "
+                     f"> {_gb(cap)}: FSDP's temporary all-gather runs out of memory, the second reason "
+                     "to use TP.")
+    in_node = [r for r in pl.rows if r.within_node]
+    across = next((r for r in pl.rows if not r.within_node), None)
+    best = next((r for r in in_node if r.model_fits or r.fsdp_fits), None)
+    if best is None:
+        top = in_node[-1]
+        lines.append(f"Even TP={top.tp} (a whole node) leaves {_gb(top.fsdp_floor_bytes)} per GPU > "
+                     f"{_gb(cap)}. TP across nodes is the chapter's 'avoid'"
+                     + (f" (its all-reduces would take {across.comm_share:.0%} of the step over the "
+                        f"{across.link} link)" if across else "")
+                     + ": use fewer tokens per micro-batch, a fused (flash) attention, or recompute "
+                     "activations (activation checkpointing), then check again.")
+        return lines
+    if best.model_fits:
+        where, need = "it holds the whole model", best.model_bytes
+    else:
+        where, need = "with FSDP across nodes for the rest", best.fsdp_floor_bytes
+    lines.append(f"Use TP={best.tp} within the node ({best.link}), {where}: {_gb(need)} per GPU; "
+                 f"communication is {best.comm_share:.0%} of each step.")
+    if across:
+        lines.append(f"Do not stretch TP across nodes: at TP={across.tp} the all-reduces run over the "
+                     f"{across.link} link and take {across.comm_share:.0%} of the step.")
+    return lines

@@ -1,0 +1,275 @@
+"""What a collective sends, and how long it takes: ONE byte convention, pure Python, no torch.
+
+**The convention.** ``n`` is the bytes of the *full* (unsharded) tensor; every function answers
+"bytes sent (or received) per rank", on ``p`` ranks, under the algorithm stated here. The
+recorder of :mod:`helpers.measure.comm`, the formulas of notebooks 03 and 04 and the calculator
+all call :func:`bytes_sent` / :func:`bytes_received`, so measured == formula exactly whenever
+the code issues the collectives it should.
+
+===============  =====================================  ======================  ======================  ========
+collective       n (bytes of the full tensor)           sent per rank           received per rank       steps
+===============  =====================================  ======================  ======================  ========
+all_reduce       the tensor every rank holds            2(p-1)/p · n            2(p-1)/p · n            2(p-1)
+all_gather       the gathered result (p shards of n/p)  (p-1)/p · n             (p-1)/p · n             p-1
+reduce_scatter   the input every rank holds             (p-1)/p · n             (p-1)/p · n             p-1
+all_to_all       one rank's whole input                 (p-1)/p · n             (p-1)/p · n             p-1
+broadcast        the tensor                             root (p-1)·n, others 0  root 0, others n        p-1
+reduce (sum)     the tensor                             root 0, others n        root (p-1)·n, others 0  p-1
+===============  =====================================  ======================  ======================  ========
+
+all_reduce, all_gather, reduce_scatter: a ring (an all-reduce is a reduce-scatter, then an
+all-gather); broadcast and reduce: the root talks to each other rank directly. Real libraries pick
+other algorithms (trees, pipelines) whose per-rank bytes differ by small factors; the ratios
+between layouts do not depend on that choice.
+
+Also here: the alpha-beta time of a collective (:func:`collective_time`) and its inverse, a link's
+latency and bandwidth fitted to measured all-reduces (:func:`fit_link`); what Megatron-style TP
+moves per block (:func:`tp_collectives_per_layer`, :func:`tp_bytes_per_layer`,
+:func:`tp_comm_time_per_layer`); and notebook 04's three layouts of Y = X·W (:data:`COMM_FORMULAS`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from .dims import ModelDims, precision_of
+from .hardware import Link, tp_link
+
+__all__ = ["KINDS", "bytes_sent", "bytes_received", "steps", "collective_time", "fit_link",
+           "tp_collectives_per_layer", "tp_bytes_per_layer", "tp_comm_time_per_layer",
+           "grid_side", "bytes_1d_column", "bytes_1d_row", "bytes_summa", "COMM_FORMULAS"]
+
+KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "reduce")
+
+
+def _check(kind: str, p: int) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if isinstance(p, bool) or not isinstance(p, int) or p < 1:
+        raise ValueError(f"p must be a positive whole number of ranks, got {p!r}")
+
+
+def bytes_sent(kind: str, n: float, p: int, *, root: bool = False) -> float:
+    """Bytes one rank sends in collective ``kind`` of a full tensor of ``n`` bytes over ``p`` ranks
+    (``root``: this rank is the root of a broadcast or reduce). See the module's table.
+
+    >>> bytes_sent("all_reduce", 1000, 4), bytes_sent("all_gather", 1000, 4), bytes_sent("broadcast", 1000, 4, root=True)
+    (1500.0, 750.0, 3000.0)
+    """
+    _check(kind, p)
+    if p == 1:
+        return 0.0
+    if kind == "all_reduce":
+        return 2 * (p - 1) * n / p
+    if kind == "broadcast":
+        return float((p - 1) * n) if root else 0.0
+    if kind == "reduce":
+        return 0.0 if root else float(n)
+    return (p - 1) * n / p
+
+
+def bytes_received(kind: str, n: float, p: int, *, root: bool = False) -> float:
+    """Bytes one rank receives; the mirror of :func:`bytes_sent` (equal to it for the ring kinds).
+
+    >>> bytes_received("broadcast", 1000, 4), bytes_received("reduce", 1000, 4, root=True)
+    (1000.0, 3000.0)
+    """
+    _check(kind, p)
+    if kind == "broadcast":
+        return 0.0 if root or p == 1 else float(n)
+    if kind == "reduce":
+        return float((p - 1) * n) if root else 0.0
+    return bytes_sent(kind, n, p)
+
+
+def steps(kind: str, p: int) -> int:
+    """Latency-bound steps of one collective: 2(p-1) for an all-reduce, p-1 for the others."""
+    _check(kind, p)
+    return 2 * (p - 1) if kind == "all_reduce" else p - 1
+
+
+def collective_time(nbytes: float, bandwidth: float, latency: float = 0.0, kind: str = "all_reduce",
+                    p: int = 2) -> float:
+    """Seconds for one collective (the alpha-beta model): every one of its :func:`steps` pays the
+    link's latency, and the busiest rank pushes its bytes (:func:`bytes_sent`, or received at a
+    reduce's root) through its link. ``nbytes``: the full tensor (the module's convention);
+    ``bandwidth``: bytes/s in one direction on the slowest link; ``latency``: s per step.
+
+    >>> collective_time(1e6, 1e9, 0.0, "all_reduce", 4)   # 1.5 MB over 1 GB/s
+    0.0015
+    >>> round(collective_time(1e6, 1e9, 1e-6, "all_reduce", 4), 7)   # + 6 steps × 1 µs
+    0.001506
+    """
+    if not bandwidth > 0:
+        raise ValueError(f"bandwidth must be a positive number of bytes/s, got {bandwidth!r}")
+    if latency < 0:
+        raise ValueError(f"latency must be >= 0 seconds, got {latency!r}")
+    if p == 1:
+        return 0.0
+    busiest = max(bytes_sent(kind, nbytes, p, root=True), bytes_received(kind, nbytes, p, root=True))
+    return steps(kind, p) * latency + busiest / bandwidth
+
+
+def fit_link(times: dict[int, float], nbytes: float, name: str = "fitted") -> Link:
+    """A ring all-reduce's latency α (per step) and bandwidth β that best explain measured
+    all-reduce seconds ``times[p]`` of an ``nbytes`` message (least squares, both >= 0):
+    t(p) = 2(p-1)·α + bytes_sent(p)/β (:func:`collective_time`). When the best unconstrained fit
+    needs a negative α or β, the better of "latency only" and "bandwidth only" (smaller squared
+    error) is used; a single measurement fits the bandwidth only.
+
+    >>> link = fit_link({2: 2e-6 * 2 + 1000 / 1e9, 4: 2e-6 * 6 + 1500 / 1e9}, 1000)
+    >>> round(link.latency * 1e6, 3), round(link.bandwidth / 1e9, 3)
+    (2.0, 1.0)
+    """
+    pts = [(steps("all_reduce", p), bytes_sent("all_reduce", nbytes, p), t)
+           for p, t in times.items() if p > 1 and t > 0]
+    if not pts:
+        raise ValueError("fit_link needs the time of at least one all-reduce on 2 or more ranks")
+
+    def error(alpha, w):
+        return sum((a * alpha + x * w - t) ** 2 for a, x, t in pts)
+
+    # w = 1/β; "bandwidth only" and "latency only" least squares
+    bandwidth_only = (0.0, sum(x * t for _, x, t in pts) / sum(x * x for _, x, _t in pts))
+    latency_only = (sum(a * t for a, _, t in pts) / sum(a * a for a, _, _t in pts), 0.0)
+    candidates = [bandwidth_only] if len(pts) == 1 else [bandwidth_only, latency_only]
+    if len(pts) > 1:
+        saa = sum(a * a for a, _, _ in pts)
+        sxx = sum(x * x for _, x, _ in pts)
+        sax = sum(a * x for a, x, _ in pts)
+        sat = sum(a * t for a, _, t in pts)
+        sxt = sum(x * t for _, x, t in pts)
+        det = saa * sxx - sax * sax
+        if det:
+            both = ((sat * sxx - sax * sxt) / det, (saa * sxt - sax * sat) / det)
+            if both[0] >= 0 and both[1] > 0:
+                candidates = [both]
+    alpha, w = min(candidates, key=lambda c: error(*c))
+    bandwidth = 1.0 / w if w > 0 else math.inf
+    return Link(name, bandwidth, alpha, "fitted to the all-reduces measured in notebook 06")
+
+
+# ------------------------------------------------------------------------------ TP per block
+def tp_collectives_per_layer(dims: ModelDims, tp: int, *, batch: int, seq_len: int,
+                             precision="fp32") -> list[dict]:
+    """The collectives Megatron-style TP runs in ONE block, per training step.
+
+    Forward: one all-reduce after each row layer (attention's wo, the MLP's w2: the paper's g).
+    Backward: one all-reduce of dL/dx before each group of column layers (the paper's f).
+    Each moves the activation x of shape (b, s, d), b = the TP group's micro-batch.
+    With tp = 1 there is none.
+
+    >>> from .dims import TINY
+    >>> for c in tp_collectives_per_layer(TINY, 2, batch=2, seq_len=8):
+    ...     print(c["phase"], c["where"], c["bytes"])
+    forward attention out (g) 2048
+    forward MLP out (g) 2048
+    backward attention in (f) 2048
+    backward MLP in (f) 2048
+    """
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise ValueError(f"tp degree must be a positive whole number, got {tp!r}")
+    if tp == 1:
+        return []
+    nbytes = batch * seq_len * dims.d_model * precision_of(precision).act
+    where = [("forward", "attention out (g)"), ("forward", "MLP out (g)"),
+             ("backward", "attention in (f)"), ("backward", "MLP in (f)")]
+    return [{"phase": ph, "where": w, "kind": "all_reduce", "bytes": nbytes, "p": tp} for ph, w in where]
+
+
+def tp_bytes_per_layer(dims: ModelDims, tp: int, *, batch: int, seq_len: int, precision="fp32") -> dict:
+    """What TP's collectives move in ONE block per step: message bytes and bytes sent by each rank
+    (through its link), forward and backward.
+
+    >>> from .dims import TINY
+    >>> b = tp_bytes_per_layer(TINY, 4, batch=2, seq_len=8)
+    >>> b["collectives"], b["message_bytes"], b["forward_wire_bytes"], b["wire_bytes"]
+    (4, 8192, 6144.0, 12288.0)
+    """
+    colls = tp_collectives_per_layer(dims, tp, batch=batch, seq_len=seq_len, precision=precision)
+    fwd = sum(bytes_sent(c["kind"], c["bytes"], tp) for c in colls if c["phase"] == "forward")
+    bwd = sum(bytes_sent(c["kind"], c["bytes"], tp) for c in colls if c["phase"] == "backward")
+    return {"collectives": len(colls), "message_bytes": sum(c["bytes"] for c in colls),
+            "forward_wire_bytes": float(fwd), "backward_wire_bytes": float(bwd), "wire_bytes": float(fwd + bwd)}
+
+
+def tp_comm_time_per_layer(dims: ModelDims, tp: int, *, batch: int, seq_len: int, precision="bf16-mixed",
+                           link: Link | None = None) -> dict:
+    """Modelled seconds of TP's collectives in ONE block per step (forward, backward, both) on
+    ``link`` (default: :func:`~helpers.costmodel.hardware.tp_link` of ``tp`` on Derecho).
+
+    >>> from .dims import LLAMA2_13B
+    >>> t = tp_comm_time_per_layer(LLAMA2_13B, 4, batch=1, seq_len=4096)
+    >>> round(t["step"] * 1e3, 3)    # ms: 4 all-reduces of 42 MB over NVLink
+    0.839
+    """
+    link = link or tp_link(tp)
+    out = {"forward": 0.0, "backward": 0.0}
+    for c in tp_collectives_per_layer(dims, tp, batch=batch, seq_len=seq_len, precision=precision):
+        out[c["phase"]] += collective_time(c["bytes"], link.bandwidth, link.latency, c["kind"], tp)
+    out["step"] = out["forward"] + out["backward"]
+    out["link"] = link.name
+    return out
+
+
+# ------------------------------------------------------------------------------ 1D vs 2D (notebook 04)
+def _check_dims(M, K, N, p, dtype_bytes):
+    for name, v in (("M", M), ("K", K), ("N", N), ("p", p), ("dtype_bytes", dtype_bytes)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+def grid_side(p: int) -> int:
+    """s with s × s = p; ``ValueError`` when p is not a perfect square."""
+    s = math.isqrt(p)
+    if s * s != p:
+        lo, hi = s * s, (s + 1) ** 2
+        raise ValueError(f"2D SUMMA here needs a square grid, but p={p} is not a perfect square; "
+                         f"pick p = {lo} ({s}×{s}) or {hi} ({s + 1}×{s + 1})")
+    return s
+
+
+def _result(sent, received, calls) -> dict:
+    return {"sent": sent, "received": received, "calls": calls}
+
+
+def bytes_1d_column(M: int, K: int, N: int, p: int, dtype_bytes: int = 4) -> dict:
+    """Forward of Y = X·W, W split by columns: one all-gather of Y (M, N) from its p column blocks.
+
+    sent = received = (p-1)/p · M·N · bytes. X (M, K) must already be on every rank.
+    """
+    _check_dims(M, K, N, p, dtype_bytes)
+    n = M * N * dtype_bytes
+    return _result(bytes_sent("all_gather", n, p), bytes_received("all_gather", n, p), int(p > 1))
+
+
+def bytes_1d_row(M: int, K: int, N: int, p: int, dtype_bytes: int = 4) -> dict:
+    """Forward of Y = X·W, W split by rows: one all-reduce of the partial sum (M, N).
+
+    sent = received = 2(p-1)/p · M·N · bytes.
+    """
+    _check_dims(M, K, N, p, dtype_bytes)
+    n = M * N * dtype_bytes
+    return _result(bytes_sent("all_reduce", n, p), bytes_received("all_reduce", n, p), int(p > 1))
+
+
+def bytes_summa(M: int, K: int, N: int, p: int, dtype_bytes: int = 4) -> dict:
+    """Forward of Y = X·W by SUMMA on an s × s grid (s = √p): per rank, over s steps,
+
+    sent = received = (s-1) · (M/s·K/s + K/s·N/s) · bytes
+
+    At each step k the X block (M/s, K/s) is broadcast along every grid row from column k and
+    the W block (K/s, N/s) along every grid column from row k (groups of s ranks); a rank is the
+    root once in s steps for each, and receives in the other s-1. Calls: 2s broadcasts.
+    """
+    _check_dims(M, K, N, p, dtype_bytes)
+    s = grid_side(p)
+    sent = received = 0.0
+    for blk in (M * K * dtype_bytes / p, K * N * dtype_bytes / p):     # one X block, one W block
+        sent += bytes_sent("broadcast", blk, s, root=True)              # my one turn as the root
+        received += (s - 1) * bytes_received("broadcast", blk, s)       # the other s-1 steps
+    return _result(sent, received, 2 * s if p > 1 else 0)
+
+
+#: The three layouts of notebook 04, by name.
+COMM_FORMULAS = {"1D column": bytes_1d_column, "1D row": bytes_1d_row, "2D SUMMA": bytes_summa}

@@ -1,0 +1,189 @@
+"""Memory per rank during a training step, as formulas: pure Python, no torch.
+
+Checked by hand in the tests and against storage sizes measured on the engines
+(:mod:`helpers.measure.memory`) in notebooks 03 and 05:
+
+* :func:`param_elements_per_rank`, :func:`param_bytes` -- the weights one rank stores (dense, TP,
+  FSDP, TP × FSDP);
+* :func:`activation_elements_per_layer` -- what autograd keeps for one block's backward (TP, and
+  sequence parallelism); :func:`block_activation_bytes` -- the same for notebook 05's block;
+* :func:`memory_per_rank` -- parameters, gradients, AdamW state and activations, in bytes;
+* :func:`layers_that_fit` -- how many blocks fit in one GPU's memory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .dims import LLAMA2_7B, TINY, ModelDims, ParamSpec, Setup, check_setup, layer_param_specs, precision_of
+
+__all__ = ["param_elements_per_rank", "param_bytes", "activation_elements_per_layer",
+           "block_activation_bytes", "MemoryBreakdown", "memory_per_rank", "layers_that_fit"]
+
+
+def _local_shape(spec: ParamSpec, tp: int) -> tuple[int, ...]:
+    shape = list(spec.shape)
+    if spec.split == "col":
+        shape[0] //= tp
+    elif spec.split == "row":
+        shape[1] //= tp
+    return tuple(shape)
+
+
+def param_elements_per_rank(dims: ModelDims, setup: Setup) -> int:
+    """Parameter elements one rank stores for ONE block.
+
+    TP divides the split weights by ``tp`` (norms and row biases stay whole); FSDP2 then cuts
+    dim 0 of every local tensor into ``fsdp`` pieces, padding dim 0 up to a multiple of ``fsdp``.
+
+    >>> param_elements_per_rank(TINY, Setup("dense")), param_elements_per_rank(TINY, Setup("tp", tp=4))
+    (12672, 3312)
+    """
+    check_setup(dims, setup)
+    total = 0
+    for spec in layer_param_specs(dims):
+        shape = _local_shape(spec, setup.tp)
+        rows = math.ceil(shape[0] / setup.fsdp)
+        total += rows * math.prod(shape[1:])
+    return total
+
+
+def param_bytes(dims: ModelDims, setup: Setup, precision="fp32", *, layers: int | None = None) -> int:
+    """Bytes of the weights one rank stores for ``layers`` blocks (default: all of them).
+
+    >>> param_bytes(TINY, Setup("dense"))      # 25344 parameters × 4 B
+    101376
+    """
+    p = precision_of(precision)
+    n = dims.n_layers if layers is None else layers
+    return n * param_elements_per_rank(dims, setup) * p.param
+
+
+def activation_elements_per_layer(dims: ModelDims, setup: Setup, batch: int, seq_len: int, *,
+                                  attention_scores: bool = True, norm_stats: bool = True,
+                                  sequence_parallel: bool = False) -> int:
+    """Elements autograd keeps for the backward of ONE block, per rank.
+
+    The block (pre-norm, explicit-matmul attention, GELU MLP), with b = batch / fsdp samples on
+    this rank, s tokens, d = d_model, f = d_ff, h = n_heads, and p = tp:
+
+    * whole on every TP rank: the block input and the residual (the norms' inputs), both norms'
+      outputs (the inputs of the column layers): 4·b·s·d, plus each norm's mean and 1/std: 4·b·s;
+    * split by TP: q, k, v and the attention output (the row layer's input): 4·b·s·d/p;
+      the softmax probabilities: b·(h/p)·s²; the MLP's hidden activation before and after GELU:
+      2·b·s·f/p.
+
+    ``sequence_parallel``: the norms run on s/p positions, so their inputs (2·b·s·d) and
+    statistics are split too; their outputs, all-gathered for the column layers, are still kept
+    whole. Megatron-LM goes further (Korthikanti et al. 2022, §4.2.2): it keeps the s/p slice and
+    all-gathers it again in the backward, so every term is divided by p.
+
+    Weights are not counted (they are parameters). Korthikanti et al. 2022 (arXiv:2205.05198,
+    §4.1) count the same way for a 16-bit block with dropout. ``attention_scores=False`` leaves out
+    the b·(h/p)·s² probabilities, as a fused (flash) attention kernel keeps none;
+    ``norm_stats=False`` leaves out the norms' statistics (a few KB).
+
+    >>> activation_elements_per_layer(TINY, Setup("dense"), batch=4, seq_len=8)
+    18560
+    """
+    check_setup(dims, setup, batch)
+    b, s, d, f, h, p = batch // setup.fsdp, seq_len, dims.d_model, dims.d_ff, dims.n_heads, setup.tp
+    stats = 4 * b * s if norm_stats else 0
+    norm_in = 2 * b * s * d                      # the block input and the residual
+    replicated = 2 * b * s * d + (0 if sequence_parallel else norm_in + stats)
+    scores = b * (h // p) * s * s if attention_scores else 0
+    split = (4 * b * s * d + 2 * b * s * f + (norm_in + stats if sequence_parallel else 0)) // p + scores
+    return replicated + split
+
+
+def block_activation_bytes(B: int, T: int, cfg, p: int = 1, mode: str = "dense",
+                           bytes_per_el: int = 4) -> int:
+    """What one block of notebook 05's model saves for its backward, in bytes, counted tensor by
+    tensor (:func:`activation_elements_per_layer` without the norms' statistics). ``cfg``: anything
+    with ``d_model``, ``n_heads`` and ``d_ff``. N = B·T·D elements, A = B·heads·T² (attention scores):
+
+        dense   16 N + A            (d_ff = 4 D: w1 out and gelu out are 4 N each)
+        TP      4 N + 12 N/p + A/p  norms' inputs/outputs replicated, the rest split
+        TP+SP   2 N + 14 N/p + A/p  norms on T/p; the all-gathered inputs of q/k/v and w1 kept whole
+
+    >>> from types import SimpleNamespace
+    >>> cfg = SimpleNamespace(d_model=32, n_heads=4, d_ff=128)
+    >>> [block_activation_bytes(8, 16, cfg, 4, m) for m in ("dense", "tp", "tp+sp")]
+    [294912, 122880, 98304]
+    """
+    if mode not in ("dense", "tp", "tp+sp"):
+        raise ValueError(f"mode must be 'dense', 'tp' or 'tp+sp', got {mode!r}")
+    dims = ModelDims("block", cfg.d_model, 1, cfg.n_heads, cfg.d_ff)
+    setup = Setup(mode, tp=1 if mode == "dense" else p)
+    return bytes_per_el * activation_elements_per_layer(dims, setup, B, T, norm_stats=False,
+                                                        sequence_parallel=mode == "tp+sp")
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes per rank, by kind."""
+
+    params: int
+    grads: int
+    optimizer: int
+    activations: int
+    setup: Setup = field(default=Setup("dense"), compare=False)
+
+    @property
+    def total(self) -> int:
+        return self.params + self.grads + self.optimizer + self.activations
+
+    def as_dict(self) -> dict[str, int]:
+        return {"parameters": self.params, "gradients": self.grads,
+                "optimizer state": self.optimizer, "activations": self.activations}
+
+
+def memory_per_rank(dims: ModelDims, setup: Setup, precision="fp32", *, batch: int, seq_len: int,
+                    layers: int | None = None, optimizer_steps_counted: bool = True,
+                    attention_scores: bool = True) -> MemoryBreakdown:
+    """Bytes one rank holds for ``layers`` blocks (default all) during a training step with AdamW.
+
+    parameters and gradients: :func:`param_elements_per_rank` × the precision's bytes; optimizer
+    state: AdamW's two moments (plus, in fp32, ``torch.optim.AdamW``'s 4-byte ``step`` counter per
+    weight tensor when ``optimizer_steps_counted``); activations: what autograd keeps for the
+    backward (:func:`activation_elements_per_layer`), at its peak, right after the forward.
+
+    >>> m = memory_per_rank(TINY, Setup("dense"), batch=4, seq_len=8)
+    >>> m.params, m.grads, m.optimizer, m.activations
+    (101376, 101376, 202872, 148480)
+    """
+    check_setup(dims, setup, batch)
+    p = precision_of(precision)
+    n = dims.n_layers if layers is None else layers
+    elems = param_elements_per_rank(dims, setup)
+    steps = 4 * len(layer_param_specs(dims)) if optimizer_steps_counted else 0
+    return MemoryBreakdown(
+        params=n * elems * p.param,
+        grads=n * elems * p.grad,
+        optimizer=n * (elems * p.optim + steps),
+        activations=n * activation_elements_per_layer(dims, setup, batch, seq_len,
+                                                      attention_scores=attention_scores) * p.act,
+        setup=setup,
+    )
+
+
+def layers_that_fit(dims: ModelDims, setup: Setup, capacity_bytes: float, precision="bf16-mixed", *,
+                    batch: int, seq_len: int, attention_scores: bool = True) -> int:
+    """How many of the model's blocks fit in ``capacity_bytes`` per GPU (at most ``n_layers``),
+    after the embedding and output head (sharded the same way as the blocks) are placed.
+
+    A model, not a measurement: no allocator fragmentation, no temporary buffers (FSDP's
+    all-gathered layer, the collectives' buffers), no CUDA context (~0.5 GB).
+
+    >>> layers_that_fit(LLAMA2_7B, Setup("dense"), 40e9, batch=1, seq_len=4096)
+    7
+    """
+    p = precision_of(precision)
+    one = memory_per_rank(dims, setup, p, batch=batch, seq_len=seq_len, layers=1,
+                          optimizer_steps_counted=False, attention_scores=attention_scores).total
+    extra_params = (2 * dims.vocab * dims.d_model) // setup.ranks if dims.vocab else 0
+    extra = extra_params * (p.param + p.grad + p.optim)
+    if extra >= capacity_bytes:
+        return 0
+    return int(min(dims.n_layers, (capacity_bytes - extra) // one))
