@@ -17,9 +17,12 @@ import torch.distributed as dist
 from torch.testing import assert_close
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from helpers.tp import commcount as cc  # noqa: E402
+from summa_check import default_grid, dense_case, summa_case  # noqa: E402
+
+from helpers.costmodel.collectives import COMM_FORMULAS  # noqa: E402
+from helpers.measure.comm import CommRecorder  # noqa: E402
 from helpers.tp import summa  # noqa: E402
-from helpers.tp.summa_check import default_grid, dense_case, summa_case  # noqa: E402
+from helpers.tp.ops import all_gather, all_reduce  # noqa: E402
 
 CASES = [(4, 6, 8, True), (2, 2, 2, False), (6, 4, 10, True), (8, 8, 8, True)]
 
@@ -33,7 +36,7 @@ def check_against_dense(M, K, N, bias, seed=0):
     if bias:
         lo, hi = c[1] * N // 2, (c[1] + 1) * N // 2
         assert_close(got["db"], want["db"][lo:hi])
-    formula = cc.bytes_summa(M, K, N, 4)
+    formula = COMM_FORMULAS["2D SUMMA"](M, K, N, 4)
     fwd = got["forward"]
     if (fwd["sent"], fwd["received"], fwd["calls"]) != (formula["sent"], formula["received"],
                                                        formula["calls"]):
@@ -44,15 +47,15 @@ def check_1d_bytes(M=4, K=8, N=12):
     p, r = dist.get_world_size(), dist.get_rank()
     torch.manual_seed(0)
     X, W = torch.randn(M, K), torch.randn(K, N)
-    col, row = cc.CommCounter(), cc.CommCounter()
+    col, row = CommRecorder(), CommRecorder()
     n = N // p
-    Y = cc.all_gather(X @ W[:, r * n:(r + 1) * n], counter=col)     # 1D column
+    Y = all_gather(X @ W[:, r * n:(r + 1) * n], counter=col)     # 1D column
     assert_close(Y, X @ W)
     k = K // p
-    Y = cc.all_reduce(X[:, r * k:(r + 1) * k] @ W[r * k:(r + 1) * k], counter=row)   # 1D row
+    Y = all_reduce(X[:, r * k:(r + 1) * k] @ W[r * k:(r + 1) * k], counter=row)   # 1D row
     assert_close(Y, X @ W)
     for name, c in (("1D column", col), ("1D row", row)):
-        f = cc.COMM_FORMULAS[name](M, K, N, p)
+        f = COMM_FORMULAS[name](M, K, N, p)
         if (c.sent, c.received, c.calls) != (f["sent"], f["received"], f["calls"]):
             raise AssertionError(f"{name}: measured {c.summary()} != formula {f}")
 

@@ -1,4 +1,4 @@
-"""Notebook 06's TP calculator (helpers/tp/calculator.py) against cases computed by hand.
+"""Notebook 06's TP calculator (helpers/costmodel/calculator.py) against cases computed by hand.
 
 Pure functions: no torch, no process. Each expected number is worked out in the comment beside it.
 """
@@ -10,19 +10,11 @@ from dataclasses import replace
 
 import pytest
 
-from helpers.tp.calculator import (
-    REFERENCE,
-    REFERENCE_SOURCE,
-    CalculatorInputs,
-    check_inputs,
-    derecho_inputs,
-    fit_link,
-    interpolate_efficiency,
-    layer_flops,
-    plan,
-    reference_curve,
-)
-from helpers.tp.cost import DERECHO, TINY, ModelDims, collective_time
+from helpers.costmodel.calculator import CalculatorInputs, check_inputs, derecho_inputs, interpolate_efficiency, plan
+from helpers.costmodel.collectives import collective_time, fit_link
+from helpers.costmodel.dims import TINY, ModelDims
+from helpers.costmodel.flops import block_flops
+from helpers.costmodel.hardware import DERECHO, REFERENCE, REFERENCE_SOURCE, reference_curve
 
 # One wide layer, no bias, no gating, no embedding: d = 16384, f = 65536, 128 heads; fp32
 # (4 B weight + 4 B gradient + 8 B AdamW moments = 16 B per parameter, 4 B per activation);
@@ -39,7 +31,7 @@ def test_a_layer_too_big_for_40_gb_at_tp1_fits_at_tp4():
     p = plan(big_inputs())
     # TP=1 weights: 2 norms 2·16384 + wq,wk,wv,wo 4·16384² + w1,w2 2·16384·65536
     #   = 32,768 + 1,073,741,824 + 2,147,483,648 = 3,221,258,240 parameters × 16 B = 51,540,131,840 B
-    # activations (cost.activation_elements_per_layer, b = s = 1, p = 1):
+    # activations (costmodel.memory.activation_elements_per_layer, b = s = 1, p = 1):
     #   4·d + 4 + 4·d + 128·1 + 2·f = 65,540 + 65,536 + 128 + 131,072 = 262,276 × 4 B = 1,049,104 B
     assert p.row(1).layer_bytes == 51_540_131_840 + 1_049_104
     assert not p.layer_fits_without_tp
@@ -113,7 +105,7 @@ def test_comm_share_by_hand():
     assert p.row(2).comm_s == pytest.approx(0.016)
     # compute: linear weights 4·1000² + 2·1000·4000 = 12e6; FLOPs = 3·(2·1000·12e6 + 2·2·1000·1000·1000)
     #   = 3·(24e9 + 4e9) = 84e9; at TP=2: 42e9 FLOPs at 1 TFLOP/s × 0.5 = 84 ms
-    assert layer_flops(dims, 1000, 1000) == 84e9
+    assert block_flops(dims, 1000, 1000) == 84e9
     assert p.row(2).compute_s == pytest.approx(0.084)
     assert p.row(2).comm_share == pytest.approx(0.016 / 0.100)
     assert p.row(1).compute_s == pytest.approx(0.084) and p.row(1).comm_s == 0

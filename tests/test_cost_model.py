@@ -1,50 +1,93 @@
-"""The memory and communication formulas (helpers/tp/cost.py) against cases computed by hand.
+"""The cost model (helpers/costmodel: shapes, memory, collectives, hardware) against cases computed by hand.
 
 Pure functions: no torch, no process. Each expected number is worked out in the comment beside it.
 """
 
 from __future__ import annotations
 
+import ast
 import math
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from helpers.tp import cost
-from helpers.tp.cost import (
-    DERECHO,
+from helpers.costmodel.collectives import (
+    bytes_received,
+    bytes_sent,
+    collective_time,
+    tp_bytes_per_layer,
+    tp_collectives_per_layer,
+    tp_comm_time_per_layer,
+)
+from helpers.costmodel.dims import (
     LLAMA2_7B,
     LLAMA2_13B,
     LLAMA2_70B,
     TINY,
     ModelDims,
     Setup,
-    activation_elements_per_layer,
     check_setup,
-    collective_time,
     layer_param_specs,
+    param_count,
+)
+from helpers.costmodel.hardware import DERECHO, tp_link
+from helpers.costmodel.memory import (
+    activation_elements_per_layer,
+    block_activation_bytes,
     layers_that_fit,
     memory_per_rank,
     param_bytes,
-    param_count,
     param_elements_per_rank,
-    tp_bytes_per_layer,
-    tp_collectives_per_layer,
-    tp_comm_time_per_layer,
-    tp_link,
-    wire_bytes,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 SMALL = ModelDims("small", d_model=8, n_layers=3, n_heads=2, d_ff=16)
 
 
-def test_module_is_torch_free():
-    import ast
-    import pathlib
+def test_costmodel_imports_with_torch_unimportable():
+    # a fresh interpreter where `import torch` fails: every module of the cost model still imports
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import helpers.costmodel.calculator, helpers.costmodel.collectives, helpers.costmodel.flops\n"
+            "import helpers.costmodel.hardware, helpers.costmodel.memory, helpers.costmodel.dims\n"
+            "import helpers.viz.calculator, helpers.tp\n"
+            "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+            "print('torch-free')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "torch-free" in out.stdout, out.stderr[-3000:]
+    # and by its source: the standard library and helpers.common only
+    for path in (REPO / "helpers" / "costmodel").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        mods = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        mods |= {("." * n.level) + (n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        outside = {m for m in mods if m.startswith("..") and not m.startswith("..common")}
+        outside |= {m for m in mods if not m.startswith(".") and m.split(".")[0] not in sys.stdlib_module_names}
+        assert not outside, f"{path.name} imports {outside}"
 
-    tree = ast.parse(pathlib.Path(cost.__file__).read_text())
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert imported <= {"__future__", "math", "dataclasses"}
+
+# The byte convention, by hand: n = bytes of the full tensor, p = 4 ranks (or 1).
+# (kind, n, p, root, sent per rank, received per rank)
+BYTE_CASES = [
+    ("all_reduce", 1000, 4, False, 1500, 1500),        # 2·3/4·1000: reduce-scatter, then all-gather
+    ("all_gather", 1000, 4, False, 750, 750),          # the gathered tensor: 4 shards of 250, 3 go out
+    ("reduce_scatter", 1000, 4, False, 750, 750),      # the input: 3 of its 4 blocks go out
+    ("all_to_all", 1000, 4, False, 750, 750),          # 3 of this rank's 4 blocks go to the others
+    ("broadcast", 1000, 4, True, 3000, 0),             # the root sends the tensor to 3 others
+    ("broadcast", 1000, 4, False, 0, 1000),
+    ("reduce", 1000, 4, True, 0, 3000),                # the root receives 3 tensors
+    ("reduce", 1000, 4, False, 1000, 0),
+    ("all_reduce", 1000, 1, False, 0, 0),              # one rank: nothing on the wire
+    ("all_gather", 800, 2, False, 400, 400),
+    ("all_reduce", 800, 8, False, 1400, 1400),         # 2·7/8·800
+]
+
+
+@pytest.mark.parametrize("kind, n, p, root, sent, received", BYTE_CASES)
+def test_byte_convention_by_hand(kind, n, p, root, sent, received):
+    assert bytes_sent(kind, n, p, root=root) == sent
+    assert bytes_received(kind, n, p, root=root) == received
 
 
 # ------------------------------------------------------------------------------ parameters
@@ -143,7 +186,7 @@ def test_refusals_name_the_numbers():
     with pytest.raises(ValueError, match="precision must be one of"):
         param_bytes(TINY, Setup("d"), "fp8")
     with pytest.raises(ValueError, match="kind must be one of"):
-        wire_bytes("broadcast", 1, 2)
+        bytes_sent("gather", 1, 2)
     with pytest.raises(ValueError, match="bandwidth must be a positive"):
         collective_time(1, 0)
 
@@ -157,8 +200,8 @@ def test_megatron_block_has_two_all_reduces_each_way():
 
 
 def test_ring_wire_bytes_and_time_by_hand():
-    assert wire_bytes("all_reduce", 800, 8) == 2 * 7 / 8 * 800 == 1400
-    assert wire_bytes("reduce_scatter", 800, 2) == 400
+    assert bytes_sent("all_reduce", 800, 8) == 2 * 7 / 8 * 800 == 1400
+    assert bytes_sent("reduce_scatter", 800, 2) == 400
     # 2(p-1) = 6 latency steps of 2 µs + 1.5 MB at 1 GB/s
     assert math.isclose(collective_time(1e6, 1e9, 2e-6, "all_reduce", 4), 6 * 2e-6 + 1.5e-3)
     assert math.isclose(collective_time(1e6, 1e9, 2e-6, "all_gather", 4), 3 * 2e-6 + 0.75e-3)
@@ -180,3 +223,17 @@ def test_derecho_links_and_the_node_boundary():
     t8 = tp_comm_time_per_layer(LLAMA2_13B, 8, batch=1, seq_len=4096)
     assert math.isclose(t8["step"], 4 * (14 * 2.6e-6 + 2 * 7 / 8 * m / 25e9))
     assert t8["step"] > 10 * t4["step"]
+
+
+def test_activation_formula_orders_dense_tp_sp():
+    # notebook 05's block: d 32, 4 heads, d_ff 128; N = B·T·D = 4096, A = B·heads·T² = 8192,
+    # the MLP's two hidden tensors 2·B·T·F = 32768 (fp32: ×4)
+    cfg = SimpleNamespace(d_model=32, n_heads=4, d_ff=128)
+    dense, tp, sp = (block_activation_bytes(8, 16, cfg, 4, m) for m in ("dense", "tp", "tp+sp"))
+    assert dense == 4 * (8 * 4096 + 32768 + 8192)                        # 16 N + A
+    assert tp == 4 * (4 * 4096 + (4 * 4096 + 32768 + 8192) // 4)          # 4 N + 12 N/p + A/p
+    assert sp == 4 * (2 * 4096 + (6 * 4096 + 32768 + 8192) // 4)          # 2 N + 14 N/p + A/p
+    assert dense > tp > sp
+    assert block_activation_bytes(8, 16, cfg, 1, "tp") == dense == block_activation_bytes(8, 16, cfg, 1, "tp+sp")
+    with pytest.raises(ValueError, match="mode must be 'dense', 'tp' or 'tp\\+sp'"):
+        block_activation_bytes(8, 16, cfg, 4, "sp")

@@ -62,7 +62,7 @@ def test_story_structure(committed):
     assert len(px) >= 12
     src = "\n".join(c.source for c in cells if c.cell_type == "code")
     for needle in ("VocabParallelEmbedding.from_embedding", "RowwiseParallel(input_layouts=Replicate()",
-                   "SequenceParallel", "PrepareModuleInput", "loss_parallel()", "CommBytes",
+                   "SequenceParallel", "PrepareModuleInput", "loss_parallel()", "CommRecorder",
                    "saved_activation_bytes", "plot_loss_curves(", "greedy(", 'expect="mismatch"'):
         assert needle in src, needle
     assert_exercises_and_engine_cells(committed, EXERCISES)

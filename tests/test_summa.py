@@ -1,4 +1,5 @@
-"""helpers.tp.summa (2D tensor parallelism, SUMMA) and helpers.tp.commcount.
+"""helpers.tp.summa (2D tensor parallelism, SUMMA), its byte formulas (helpers.costmodel.collectives)
+and the recorder that counts them (helpers.measure.comm).
 
 * pure: the byte formulas, grid-shape refusals, block cutting and reassembly (hypothesis);
 * on the session's real 4-engine gloo cluster: SUMMA forward and backward against dense on
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +21,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from summa_check import dense_case, summa_case
 
+from helpers.costmodel import collectives as cc
 from helpers.reference import compare
-from helpers.tp import commcount as cc
 from helpers.tp import summa
-from helpers.tp.summa_check import dense_case, summa_case
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "summa_torchrun_worker.py"
@@ -67,10 +69,12 @@ def test_formula_refusals():
 
 
 def test_collective_models():
-    assert cc.broadcast_model(10, 4, True) == (30, 0) and cc.broadcast_model(10, 4, False) == (0, 10)
-    assert cc.reduce_model(10, 4, True) == (0, 30) and cc.reduce_model(10, 4, False) == (10, 0)
-    assert cc.all_gather_model(10, 4) == (30, 30)
-    assert cc.all_reduce_model(10, 4) == (15, 15)
+    def both(kind, n, root=False):
+        return cc.bytes_sent(kind, n, 4, root=root), cc.bytes_received(kind, n, 4, root=root)
+    assert both("broadcast", 10, True) == (30, 0) and both("broadcast", 10) == (0, 10)
+    assert both("reduce", 10, True) == (0, 30) and both("reduce", 10) == (10, 0)
+    assert both("all_gather", 40) == (30, 30)      # n = the gathered tensor: 4 shards of 10 bytes
+    assert both("all_reduce", 10) == (15, 15)
 
 
 # ------------------------------------------------------------------ grid and blocks (pure)
@@ -143,6 +147,7 @@ def _compare_case(results, M, K, N, bias, seed):
        seed=st.integers(0, 1000))
 def test_summa_matches_dense_on_cluster(cluster, M, K, N, bias, seed):
     M, K, N = 2 * M, 2 * K, 2 * N  # divisible by the grid side
+    cluster.apply(site.addsitedir, str(REPO / "tests"))   # the engines import summa_check
     results = cluster.apply(summa_case, M, K, N, bias, seed)
     _compare_case(results, M, K, N, bias, seed)
     formula = cc.bytes_summa(M, K, N, 4)

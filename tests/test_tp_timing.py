@@ -9,8 +9,11 @@ import torch
 import torch.distributed as dist
 from torch.testing import assert_close
 
-from helpers.tp.timed_block import DenseBlock, ParallelBlock, block_flops
-from helpers.tp.timing import StepTimer, matmul_tflops, timing_degrees
+from helpers.costmodel.dims import ModelDims
+from helpers.costmodel.flops import block_flops
+from helpers.measure.timer import StepTimer, matmul_tflops, timing_degrees
+from helpers.tp.ops import copy_to_tp_region, reduce_from_tp_region
+from helpers.tp.timed_block import DenseBlock, ParallelBlock
 
 
 @pytest.fixture(scope="module")
@@ -62,4 +65,24 @@ def test_timer_needs_a_step_and_helpers_give_positive_rates():
     with pytest.raises(RuntimeError, match="no step was timed"):
         StepTimer("cpu").split()
     assert matmul_tflops(8, 16, 16, repeats=1, min_time=0.001) > 0
-    assert block_flops(tokens=2, d_model=4, d_ff=8, seq_len=2) == 1728
+    # DenseBlock(d_model 4, d_ff 8): 3 · (2·2·(4·16 + 2·32) + 2·2·2·2·4) = 3 · 576
+    assert block_flops(ModelDims("t", 4, 1, 1, 8, bias=False), tokens=2, seq_len=2) == 1728
+
+
+def test_tp_ops_time_their_collective_when_given_a_timer(world1):
+    # tp.ops' f and g, applied directly (a group of 1 would skip them): the collective runs in a span
+    from helpers.tp.ops import CopyToModelParallelRegion, ReduceFromModelParallelRegion
+
+    timer = StepTimer("cpu")
+    x = torch.randn(2, 3, requires_grad=True)
+    with timer.step():
+        y = ReduceFromModelParallelRegion.apply(CopyToModelParallelRegion.apply(x, None, timer, "in"),
+                                                None, timer, "out")
+        y.sum().backward()
+    spans = [(k, n) for k, n, _ in timer.split()["spans"]]
+    assert spans == [("communication", "out (g, forward all-reduce)"),
+                     ("communication", "in (f, backward all-reduce)")]
+    assert_close(x.grad, torch.ones(2, 3))
+    # the public functions take the timer keyword-only, and at degree 1 run no collective at all
+    assert copy_to_tp_region(x, None, timer=timer, name="f") is x
+    assert reduce_from_tp_region(x, timer=timer) is x

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from helpers.data import CORPUS_PATH, CharTokenizer, get_batch, load_corpus, padded_size
 from helpers.tp import pad_embedding, vocab_mask
-from helpers.tp.tiny_gpt import GPTConfig, block_activation_bytes, check_ids, check_tp_config
+from helpers.tp.tiny_gpt import GPTConfig, check_ids, check_tp_config
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
@@ -85,13 +85,6 @@ def test_ids_are_checked_with_the_numbers():
     check_ids(torch.zeros(2, 10, dtype=torch.long), 40, p=4, sequence_parallel=False)   # TP alone: fine
     with pytest.raises(TypeError):
         check_ids(torch.zeros(2, 8), 40)
-
-
-def test_activation_formula_orders_dense_tp_sp():
-    cfg = GPTConfig(vocab_size=40)
-    dense, tp, sp = (block_activation_bytes(8, 16, cfg, 4, m) for m in ("dense", "tp", "tp+sp"))
-    assert dense > tp > sp
-    assert block_activation_bytes(8, 16, cfg, 1, "tp") == dense == block_activation_bytes(8, 16, cfg, 1, "tp+sp")
 
 
 # ------------------------------------------------------------------------------ on the cluster

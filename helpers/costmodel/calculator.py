@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from .collectives import tp_comm_time_per_layer
-from .dims import LLAMA2_70B, PRECISIONS, PRESETS, ModelDims, Setup
+from .dims import LLAMA2_70B, PRECISIONS, ModelDims, Setup
 from .flops import block_flops
 from .hardware import DERECHO, REFERENCE_SOURCE, Link, reference_curve
 from .memory import memory_per_rank, param_elements_per_rank

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .dims import LLAMA2_7B, TINY, ModelDims, ParamSpec, Setup, check_setup, layer_param_specs, precision_of
+from .dims import ModelDims, ParamSpec, Setup, check_setup, layer_param_specs, precision_of
 
 __all__ = ["param_elements_per_rank", "param_bytes", "activation_elements_per_layer",
            "block_activation_bytes", "MemoryBreakdown", "memory_per_rank", "layers_that_fit"]
@@ -37,6 +37,7 @@ def param_elements_per_rank(dims: ModelDims, setup: Setup) -> int:
     TP divides the split weights by ``tp`` (norms and row biases stay whole); FSDP2 then cuts
     dim 0 of every local tensor into ``fsdp`` pieces, padding dim 0 up to a multiple of ``fsdp``.
 
+    >>> from .dims import TINY
     >>> param_elements_per_rank(TINY, Setup("dense")), param_elements_per_rank(TINY, Setup("tp", tp=4))
     (12672, 3312)
     """
@@ -52,6 +53,7 @@ def param_elements_per_rank(dims: ModelDims, setup: Setup) -> int:
 def param_bytes(dims: ModelDims, setup: Setup, precision="fp32", *, layers: int | None = None) -> int:
     """Bytes of the weights one rank stores for ``layers`` blocks (default: all of them).
 
+    >>> from .dims import TINY
     >>> param_bytes(TINY, Setup("dense"))      # 25344 parameters × 4 B
     101376
     """
@@ -84,6 +86,7 @@ def activation_elements_per_layer(dims: ModelDims, setup: Setup, batch: int, seq
     the b·(h/p)·s² probabilities, as a fused (flash) attention kernel keeps none;
     ``norm_stats=False`` leaves out the norms' statistics (a few KB).
 
+    >>> from .dims import TINY
     >>> activation_elements_per_layer(TINY, Setup("dense"), batch=4, seq_len=8)
     18560
     """
@@ -149,6 +152,7 @@ def memory_per_rank(dims: ModelDims, setup: Setup, precision="fp32", *, batch: i
     weight tensor when ``optimizer_steps_counted``); activations: what autograd keeps for the
     backward (:func:`activation_elements_per_layer`), at its peak, right after the forward.
 
+    >>> from .dims import TINY
     >>> m = memory_per_rank(TINY, Setup("dense"), batch=4, seq_len=8)
     >>> m.params, m.grads, m.optimizer, m.activations
     (101376, 101376, 202872, 148480)
@@ -176,6 +180,7 @@ def layers_that_fit(dims: ModelDims, setup: Setup, capacity_bytes: float, precis
     A model, not a measurement: no allocator fragmentation, no temporary buffers (FSDP's
     all-gathered layer, the collectives' buffers), no CUDA context (~0.5 GB).
 
+    >>> from .dims import LLAMA2_7B
     >>> layers_that_fit(LLAMA2_7B, Setup("dense"), 40e9, batch=1, seq_len=4096)
     7
     """

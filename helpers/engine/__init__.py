@@ -6,7 +6,5 @@ as code in strings; a torchrun script can import them too.
 * :mod:`.pg` -- probe, the process group, torchrun's names, environment and ``sys.argv``;
 * :mod:`.watchdog` -- aborting a collective that SIGINT cannot stop;
 * :mod:`.namespace` -- the ``%%px`` namespace: the learner's names, fetching values;
-* :mod:`.memory` -- activation memory a forward keeps for the backward (CPU storages, CUDA peak);
-* :mod:`.comm` -- ``CommDebugMode`` that also weighs each collective (payload, ring bytes sent);
 * :mod:`.main` -- the engine process's entry point.
 """

@@ -1,4 +1,4 @@
-"""Engine side of ``cluster.pull_dtensor(name)`` and of the comm traces: DTensors as plain data.
+"""Engine side of ``cluster.pull_dtensor(name)``: DTensors as plain data.
 
 Shipped by reference (``cluster.apply(describe, "W")``); imports only torch. Nothing here runs a
 collective: a DTensor's local shard, placements and mesh are facts each rank already holds.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .namespace import user_ns
 
-__all__ = ["placement_data", "placement_text", "describe_mesh", "describe_dtensor", "describe", "comm_counts", "comm_trace",
+__all__ = ["placement_data", "placement_text", "describe_mesh", "describe_dtensor", "describe",
            "param_placements"]
 
 
@@ -87,42 +87,6 @@ def _rank() -> int:
     import torch.distributed as dist
 
     return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _op_name(op) -> str:
-    """``c10d_functional.all_gather_into_tensor`` -> ``all_gather``; ``c10d.allreduce_`` -> ``all_reduce``."""
-    s = str(op).split(".")[-1].strip("_").replace("allreduce", "all_reduce").replace("allgather", "all_gather")
-    for short in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "scatter"):
-        if s.startswith(short):
-            return short
-    return s
-
-
-def comm_counts(comm_mode) -> dict[str, int]:
-    """``{"all_reduce": 2, ...}``: every collective a ``CommDebugMode`` saw, by short name."""
-    out: dict[str, int] = {}
-    for op, n in comm_mode.get_comm_counts().items():
-        out[_op_name(op)] = out.get(_op_name(op), 0) + int(n)
-    return out
-
-
-def comm_trace(comm_mode) -> dict[str, dict[str, dict[str, int]]]:
-    """``{module: {"forward": {"all_reduce": 1}, "backward": {...}}}`` from a ``CommDebugMode``.
-
-    Modules are named by their path (``"Block.attn.q"``), in the order the forward met them;
-    ``"Global"`` (the whole region) is left out.
-    """
-    out = {}
-    for module, passes in comm_mode.comm_module_counts.items():
-        if module == "Global":
-            continue
-        out[str(module)] = {}
-        for p in ("forward", "backward"):
-            counts: dict[str, int] = {}
-            for op, n in passes.get(p, {}).items():
-                counts[_op_name(op)] = counts.get(_op_name(op), 0) + int(n)
-            out[str(module)][p] = counts
-    return out
 
 
 def param_placements(name: str) -> dict:

@@ -15,33 +15,33 @@ User errors (uneven splits, wrong shapes, wrong device) raise ``ValueError``/``T
 
 from __future__ import annotations
 
-from .block import Attention, FeedForward, GatedFeedForward, TransformerBlock, interleave_qkv
-from .checks import check_divisible, check_mesh_shape, shard_range, tp_degree_and_rank, valid_degrees
-from .layers import ColumnParallelLinear, DenseMLP, ParallelMLP, RowParallelLinear
-from .mesh import TPLayoutWarning, check_placements, mesh_groups, tp_groups_across_hosts, warn_if_tp_crosses_hosts
-from .ops import (
-    CopyToModelParallelRegion,
-    GatherFromModelParallelRegion,
-    ReduceFromModelParallelRegion,
-    ScatterToModelParallelRegion,
-    copy_to_tp_region,
-    gather_from_tp_region,
-    reduce_from_tp_region,
-    scatter_to_tp_region,
-)
-from .plan import check_plan, local_heads
-from .vocab import VocabParallelEmbedding, pad_embedding, vocab_mask
+import importlib
 
-__all__ = [
-    "CopyToModelParallelRegion", "ReduceFromModelParallelRegion",
-    "GatherFromModelParallelRegion", "ScatterToModelParallelRegion",
-    "copy_to_tp_region", "reduce_from_tp_region", "gather_from_tp_region",
-    "scatter_to_tp_region", "ColumnParallelLinear", "RowParallelLinear",
-    "ParallelMLP", "DenseMLP", "shard_range", "check_divisible", "valid_degrees",
-    "check_mesh_shape",
-    "tp_degree_and_rank", "TransformerBlock", "Attention", "FeedForward", "GatedFeedForward",
-    "interleave_qkv", "check_plan", "local_heads", "mesh_groups", "tp_groups_across_hosts",
-    "warn_if_tp_crosses_hosts", "TPLayoutWarning", "check_placements",
-    "VocabParallelEmbedding", "pad_embedding", "vocab_mask",
-]
+# Loaded on first use (PEP 562): ``import helpers.tp`` does not import torch until a name is used.
+_EXPORTS = {
+    ".block": ("Attention", "FeedForward", "GatedFeedForward", "TransformerBlock", "interleave_qkv"),
+    ".checks": ("check_divisible", "check_mesh_shape", "shard_range", "tp_degree_and_rank", "valid_degrees"),
+    ".layers": ("ColumnParallelLinear", "DenseMLP", "ParallelMLP", "RowParallelLinear"),
+    ".mesh": ("TPLayoutWarning", "check_placements", "mesh_groups", "tp_groups_across_hosts",
+              "warn_if_tp_crosses_hosts"),
+    ".ops": ("CopyToModelParallelRegion", "GatherFromModelParallelRegion", "ReduceFromModelParallelRegion",
+             "ScatterToModelParallelRegion", "copy_to_tp_region", "gather_from_tp_region",
+             "reduce_from_tp_region", "scatter_to_tp_region"),
+    ".plan": ("check_plan", "local_heads"),
+    ".vocab": ("VocabParallelEmbedding", "pad_embedding", "vocab_mask"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
 
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -1,12 +1,24 @@
-"""Megatron's communication operators as autograd Functions, one per role.
+"""Megatron's communication operators as autograd Functions, one per role, and the collectives
+under them.
 
 Shoeybi et al. 2019, "Megatron-LM: Training Multi-Billion Parameter Language Models
 Using Model Parallelism", arXiv:1909.08053, Section 3 and Figure 3: *f* (identity
 forward, all-reduce backward) and *g* (all-reduce forward, identity backward), plus
 the gather/scatter pair of a column-parallel layer that gathers its output.
+
+Two optional instruments, both duck-typed (nothing here imports them):
+
+* ``counter=`` on :func:`all_reduce`, :func:`all_gather`, :func:`broadcast`, :func:`reduce`:
+  anything with ``record(op, n, p, *, root, phase)`` (:class:`helpers.measure.comm.CommRecorder`),
+  told each collective with n = the bytes of the full tensor;
+* ``timer=`` on the ``*_tp_region`` functions: anything with ``span(kind, name)``
+  (:class:`helpers.measure.timer.StepTimer`); the collective inside the autograd Function runs
+  inside ``timer.span("communication", ...)``.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.distributed as dist
@@ -17,21 +29,57 @@ __all__ = [
     "CopyToModelParallelRegion", "ReduceFromModelParallelRegion",
     "GatherFromModelParallelRegion", "ScatterToModelParallelRegion",
     "copy_to_tp_region", "reduce_from_tp_region", "gather_from_tp_region",
-    "scatter_to_tp_region",
+    "scatter_to_tp_region", "all_reduce", "all_gather", "broadcast", "reduce",
 ]
 
 
-def _all_reduce(x, group):
-    out = x.contiguous().clone()  # all_reduce is in place: never touch autograd's tensor
+# ------------------------------------------------------------------ collectives (optionally counted)
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _record(counter, op, group, n, phase, root=False):
+    if counter is not None:
+        counter.record(op, n, dist.get_world_size(group), root=root, phase=phase)
+
+
+def all_reduce(t: torch.Tensor, group=None, counter=None, phase: str = "forward") -> torch.Tensor:
+    """Sum ``t`` over the ranks (a new tensor: all_reduce is in place, autograd's ``t`` is left alone)."""
+    out = t.contiguous().clone()
     dist.all_reduce(out, group=group)
+    _record(counter, "all_reduce", group, _nbytes(out), phase)
     return out
 
 
-def _all_gather_last(x, group):
-    x = x.contiguous()
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, x, group=group)  # list form: works on gloo and NCCL
-    return torch.cat(parts, dim=-1)
+def all_gather(t: torch.Tensor, group=None, dim: int = -1, counter=None, phase: str = "forward") -> torch.Tensor:
+    """Concatenate every rank's ``t`` along ``dim`` (rank order)."""
+    t = t.contiguous()
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, t, group=group)  # list form: works on gloo and NCCL
+    _record(counter, "all_gather", group, _nbytes(t) * len(parts), phase)
+    return torch.cat(parts, dim=dim)
+
+
+def broadcast(t: torch.Tensor, src: int, group=None, counter=None, phase: str = "forward") -> torch.Tensor:
+    """``dist.broadcast`` (in place; ``src`` is a global rank); returns ``t``."""
+    dist.broadcast(t, src=src, group=group)
+    _record(counter, "broadcast", group, _nbytes(t), phase, root=dist.get_rank() == src)
+    return t
+
+
+def reduce(t: torch.Tensor, dst: int, group=None, counter=None, phase: str = "forward") -> torch.Tensor:
+    """Sum ``t`` over ``group`` onto global rank ``dst`` (in place there); returns ``t``.
+
+    gloo reduces CPU tensors only; a CUDA tensor on gloo goes through a CPU copy.
+    """
+    if t.device.type != "cpu" and dist.get_backend(group) == "gloo":
+        buf = t.cpu()
+        dist.reduce(buf, dst=dst, group=group)
+        t.copy_(buf)
+    else:
+        dist.reduce(t, dst=dst, group=group)
+    _record(counter, "reduce", group, _nbytes(t), phase, root=dist.get_rank() == dst)
+    return t
 
 
 def _split_last(x, group):
@@ -40,6 +88,11 @@ def _split_last(x, group):
     return x[..., start:stop].contiguous()
 
 
+def _span(timer, name):
+    return timer.span("communication", name) if timer is not None else contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------ f, g and the gather/scatter pair
 class CopyToModelParallelRegion(torch.autograd.Function):
     """The paper's *f* (Fig. 3a): identity forward, all-reduce backward.
 
@@ -49,13 +102,14 @@ class CopyToModelParallelRegion(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
+    def forward(ctx, x, group, timer=None, name="f"):
+        ctx.group, ctx.timer, ctx.name = group, timer, name
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):
-        return _all_reduce(grad, ctx.group), None
+        with _span(ctx.timer, f"{ctx.name} (f, backward all-reduce)"):
+            return all_reduce(grad, ctx.group), None, None, None
 
 
 class ReduceFromModelParallelRegion(torch.autograd.Function):
@@ -66,12 +120,13 @@ class ReduceFromModelParallelRegion(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, group):
-        return _all_reduce(x, group)
+    def forward(ctx, x, group, timer=None, name="g"):
+        with _span(timer, f"{name} (g, forward all-reduce)"):
+            return all_reduce(x, group)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None
+        return grad, None, None, None
 
 
 class GatherFromModelParallelRegion(torch.autograd.Function):
@@ -82,13 +137,14 @@ class GatherFromModelParallelRegion(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, group):
+    def forward(ctx, x, group, timer=None, name="gather"):
         ctx.group = group
-        return _all_gather_last(x, group)
+        with _span(timer, f"{name} (forward all-gather)"):
+            return all_gather(x, group)
 
     @staticmethod
     def backward(ctx, grad):
-        return _split_last(grad, ctx.group), None
+        return _split_last(grad, ctx.group), None, None, None
 
 
 class ScatterToModelParallelRegion(torch.autograd.Function):
@@ -99,39 +155,38 @@ class ScatterToModelParallelRegion(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
+    def forward(ctx, x, group, timer=None, name="scatter"):
+        ctx.group, ctx.timer, ctx.name = group, timer, name
         return _split_last(x, group)
 
     @staticmethod
     def backward(ctx, grad):
-        return _all_gather_last(grad, ctx.group), None
+        with _span(ctx.timer, f"{ctx.name} (backward all-gather)"):
+            return all_gather(grad, ctx.group), None, None, None
 
 
-def _apply(fn, x, group):
+def _apply(fn, x, group, timer, name):
     degree, _ = tp_degree_and_rank(group)
-    return x if degree == 1 else fn.apply(x, group)  # degree 1: no collective at all
+    return x if degree == 1 else fn.apply(x, group, timer, name)  # degree 1: no collective at all
 
 
-def copy_to_tp_region(x, group=None):
-    """*f*: identity forward, all-reduce backward."""
-    return _apply(CopyToModelParallelRegion, x, group)
+def copy_to_tp_region(x, group=None, *, timer=None, name: str = "f"):
+    """*f*: identity forward, all-reduce backward (timed as ``name`` when a timer is given)."""
+    return _apply(CopyToModelParallelRegion, x, group, timer, name)
 
 
-def reduce_from_tp_region(x, group=None):
-    """*g*: all-reduce forward, identity backward."""
-    return _apply(ReduceFromModelParallelRegion, x, group)
+def reduce_from_tp_region(x, group=None, *, timer=None, name: str = "g"):
+    """*g*: all-reduce forward, identity backward (timed as ``name`` when a timer is given)."""
+    return _apply(ReduceFromModelParallelRegion, x, group, timer, name)
 
 
-def gather_from_tp_region(x, group=None):
+def gather_from_tp_region(x, group=None, *, timer=None, name: str = "gather"):
     """All-gather along the last dim forward, split backward."""
-    return _apply(GatherFromModelParallelRegion, x, group)
+    return _apply(GatherFromModelParallelRegion, x, group, timer, name)
 
 
-def scatter_to_tp_region(x, group=None):
+def scatter_to_tp_region(x, group=None, *, timer=None, name: str = "scatter"):
     """Split along the last dim forward, all-gather backward (checks divisibility first)."""
     degree, _ = tp_degree_and_rank(group)
     check_divisible("input last dim", x.shape[-1], degree)
-    return _apply(ScatterToModelParallelRegion, x, group)
-
-
+    return _apply(ScatterToModelParallelRegion, x, group, timer, name)

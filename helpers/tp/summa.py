@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .checks import check_divisible, check_mesh_shape, shard_range, valid_degrees
-from .commcount import CommCounter, all_reduce, broadcast, reduce
+from .ops import all_reduce, broadcast, reduce
 
 __all__ = ["SummaGrid", "BlockTag", "check_grid_shape", "make_grid", "block_slices",
            "cut_block", "cut_blocks", "assemble_blocks", "block_of", "row_broadcast",
@@ -231,7 +231,7 @@ def _check_block(x, grid: SummaGrid, cols: int, what: str) -> None:
 
 # ------------------------------------------------------------------ one step, by hand
 def row_broadcast(x_blk: torch.Tensor, grid: SummaGrid, k: int,
-                  counter: CommCounter | None = None, phase: str = "forward") -> torch.Tensor:
+                  counter=None, phase: str = "forward") -> torch.Tensor:
     """Step k: X_ik, broadcast along my grid row from its owner, the rank at (i, k).
 
     Returns X_ik on every rank of row i (the owner's own block, a fresh buffer elsewhere).
@@ -242,7 +242,7 @@ def row_broadcast(x_blk: torch.Tensor, grid: SummaGrid, k: int,
 
 
 def col_broadcast(w_blk: torch.Tensor, grid: SummaGrid, k: int,
-                  counter: CommCounter | None = None, phase: str = "forward") -> torch.Tensor:
+                  counter=None, phase: str = "forward") -> torch.Tensor:
     """Step k: W_kj, broadcast along my grid column from its owner, the rank at (k, j)."""
     src = grid.rank_at(k, grid.j)
     buf = w_blk.detach().contiguous().clone() if grid.i == k else torch.empty_like(w_blk)
@@ -250,7 +250,7 @@ def col_broadcast(w_blk: torch.Tensor, grid: SummaGrid, k: int,
 
 
 def summa_step(acc: torch.Tensor, x_blk, w_blk, grid: SummaGrid, k: int,
-               counter: CommCounter | None = None):
+               counter=None):
     """One SUMMA step: receive X_ik and W_kj, return (acc + X_ik · W_kj, X_ik, W_kj)."""
     x_k = row_broadcast(x_blk, grid, k, counter)      # X_ik: (M/s, K/s)
     w_k = col_broadcast(w_blk, grid, k, counter)      # W_kj: (K/s, N/s)
@@ -353,7 +353,7 @@ class SummaLinear(nn.Module):
 
     Input: this rank's block X_ij (M/s, K/s) (cut it with :func:`block_of`); output: Y_ij
     (M/s, N/s). ``weight`` is in the chapter's orientation (a block of W = dense.weight.T).
-    ``counter`` (a :class:`CommCounter`) records the bytes of every collective, if given.
+    ``counter`` (a :class:`helpers.measure.comm.CommRecorder`) records the bytes of every collective, if given.
 
     Example::
 
@@ -364,7 +364,7 @@ class SummaLinear(nn.Module):
 
     def __init__(self, weight_block: torch.Tensor, bias_block: torch.Tensor | None,
                  grid: SummaGrid, in_features: int, out_features: int,
-                 counter: CommCounter | None = None):
+                 counter=None):
         super().__init__()
         self.grid, self.counter = grid, counter
         self.in_features, self.out_features = in_features, out_features
@@ -372,7 +372,7 @@ class SummaLinear(nn.Module):
         self.bias = nn.Parameter(bias_block) if bias_block is not None else None   # b_j: (N/s,)
 
     @classmethod
-    def from_linear(cls, dense: nn.Linear, grid: SummaGrid, counter: CommCounter | None = None):
+    def from_linear(cls, dense: nn.Linear, grid: SummaGrid, counter=None):
         """Cut ``dense`` (nn.Linear(K, N), weight (N, K)) into this rank's W_ij and b_j."""
         if not isinstance(dense, nn.Linear):
             raise TypeError(f"SummaLinear.from_linear needs an nn.Linear, got {type(dense).__name__}")

@@ -5,7 +5,7 @@ Pre-norm, as in GPT-2 and Llama: ``x + attn(ln1(x))``, then ``+ mlp(ln2(x))``.
 column-parallel (each rank keeps whole heads), the output projection row-parallel, the MLP
 Megatron's column → GELU → row. One *g* after each row layer in forward, one *f* before each
 group of column layers in backward: four all-reduces per training step (Shoeybi et al. 2019,
-arXiv:1909.08053, Fig. 3). Its forward takes an optional :class:`~helpers.tp.timing.StepTimer`
+arXiv:1909.08053, Fig. 3). Its forward takes an optional :class:`~helpers.measure.timer.StepTimer`
 that times every local matmul and every collective.
 """
 
@@ -14,11 +14,12 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..measure.timer import timed_linear
 from .checks import check_divisible, tp_degree_and_rank
 from .layers import ColumnParallelLinear, DenseMLP, ParallelMLP, RowParallelLinear
-from .timing import timed_copy_to_tp_region, timed_linear, timed_reduce_from_tp_region
+from .ops import copy_to_tp_region, reduce_from_tp_region
 
-__all__ = ["DenseBlock", "ParallelBlock", "block_flops"]
+__all__ = ["DenseBlock", "ParallelBlock"]
 
 
 def _attention(q, k, v, n_heads):
@@ -84,28 +85,15 @@ class ParallelBlock(nn.Module):
 
     def forward(self, x, timer=None):                         # x: (B, S, D) on every rank of the group
         g, t = self.group, timer
-        h = timed_copy_to_tp_region(self.ln1(x), g, t, "attention in")          # f
+        h = copy_to_tp_region(self.ln1(x), g, timer=t, name="attention in")          # f
         q, k, v = (timed_linear(h, m.weight, m.bias, t, name)                  # (B, S, D/p) each
                    for m, name in ((self.q, "q"), (self.k, "k"), (self.v, "v")))
         a = _attention(q, k, v, self.n_heads)                                  # this rank's heads
         y = timed_linear(a, self.o.weight, None, t, "o")                       # (B, S, D), partial sum
-        x = x + timed_reduce_from_tp_region(y, g, t, "attention out") + self.o.bias   # g
-        h = timed_copy_to_tp_region(self.ln2(x), g, t, "MLP in")               # f
+        x = x + reduce_from_tp_region(y, g, timer=t, name="attention out") + self.o.bias   # g
+        h = copy_to_tp_region(self.ln2(x), g, timer=t, name="MLP in")               # f
         fc1, fc2 = self.mlp.fc1, self.mlp.fc2
         z = F.gelu(timed_linear(h, fc1.weight, fc1.bias, t, "fc1"))            # (B, S, F/p)
         y = timed_linear(z, fc2.weight, None, t, "fc2")                        # (B, S, D), partial sum
-        return x + timed_reduce_from_tp_region(y, g, t, "MLP out") + fc2.bias  # g
+        return x + reduce_from_tp_region(y, g, timer=t, name="MLP out") + fc2.bias  # g
 
-
-def block_flops(tokens: int, d_model: int, d_ff: int, seq_len: int) -> int:
-    """FLOPs of one training step (forward + backward = 3 × forward) of :class:`DenseBlock`.
-
-    Forward: the linear layers 2·tokens·(4·D² + 2·D·F), attention's two batched matmuls
-    (scores and weighted values) 2·2·tokens·S·D (no causal saving counted).
-
-    >>> block_flops(tokens=2, d_model=4, d_ff=8, seq_len=2)
-    1728
-    """
-    linear = 2 * tokens * (4 * d_model * d_model + 2 * d_model * d_ff)
-    attention = 2 * 2 * tokens * seq_len * d_model
-    return 3 * (linear + attention)

@@ -32,7 +32,7 @@ from .checks import check_divisible
 
 __all__ = ["GPTConfig", "TinyGPT", "Block", "Attention", "MLP", "block_plan", "model_plan",
            "parallelize_tiny_gpt", "check_tp_config", "check_ids", "lm_loss", "greedy", "to_local",
-           "layout_of", "local_grads", "block_activation_bytes"]
+           "layout_of", "local_grads"]
 
 
 @dataclass(frozen=True)
@@ -287,30 +287,3 @@ def local_grads(model) -> dict:
         out[name] = (to_local(g).detach().cpu(), layout_of(g))
     return out
 
-
-def block_activation_bytes(B: int, T: int, cfg: GPTConfig, p: int = 1, mode: str = "dense",
-                           bytes_per_el: int = 4) -> int:
-    """What one Block saves for its backward, counted tensor by tensor (LayerNorm statistics and
-    the causal mask, a few KB, left out). N = B·T·D elements, A = B·heads·T² (attention scores).
-
-        saved:  ln1 in, ln1 out (= q/k/v input), q, k, v, attention probs (A), attn out (= wo input),
-                ln2 in, ln2 out (= w1 input), w1 out, gelu out (= w2 input)
-        dense   16 N + A                                   (d_ff = 4 D: w1 out and gelu out are 4 N each)
-        TP      4 N + 12 N/p + A/p                          norms' inputs/outputs replicated, the rest split
-        TP+SP   2 N + 14 N/p + A/p                          norms on T/p; the all-gathered inputs of
-                                                            q/k/v and w1 are still saved whole
-    Megatron-LM goes further (Korthikanti et al. 2022, Sec. 4.2.2): it saves the (T/p) shard and
-    all-gathers again in the backward, so every term is divided by p.
-    """
-    N = B * T * cfg.d_model
-    A = B * cfg.n_heads * T * T
-    ff = 2 * B * T * cfg.d_ff                           # w1 out and gelu out
-    if mode == "dense":
-        n = 8 * N + ff + A
-    elif mode == "tp":
-        n = 4 * N + (4 * N + ff + A) / p
-    elif mode == "tp+sp":
-        n = 2 * N + (6 * N + ff + A) / p
-    else:
-        raise ValueError(f"mode must be 'dense', 'tp' or 'tp+sp', got {mode!r}")
-    return int(n * bytes_per_el)

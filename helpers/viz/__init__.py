@@ -10,46 +10,37 @@
 * :mod:`helpers.viz.lm` -- notebook 05: loss curves, bytes, activation memory, collectives;
 * :mod:`helpers.viz.costs` -- memory per rank, what fits a GPU, training curves, collective times.
 
-``from helpers.viz import layout_explorer, shard_figure, ...`` keeps working.
+``from helpers.viz import layout_explorer, shard_figure, ...`` keeps working; each module is loaded
+on first use (PEP 562), so a torch-free one (``helpers.viz.calculator``) imports without torch.
 """
 
-from .costs import MEMORY_COLORS, comm_bars, fit_grid, memory_bars, training_curves
-from .data import cluster_map, plot_flops, shard_figure
-from .dtensor import comm_chart, draw_dtensor
-from .figure import (
-    RANK_COLORS,
-    RANK_COLORS_HEX,
-    REPLICATED_GREY,
-    TPFigure,
-    count_rank_colors,
-    figure_to_png,
-    figure_to_rgba,
-    rank_color,
-)
-from .grid2d import (
-    GRID_MODES,
-    GridLayoutExplorer,
-    SummaStepper,
-    comm_model_figure,
-    comm_time_figure,
-    grid_blocks_figure,
-    grid_layout_explorer,
-    grid_layout_figure,
-    summa_step_figure,
-    summa_stepper,
-)
-from .lm import plot_activation_memory, plot_bytes, plot_collectives, plot_loss_curves
-from .mesh import mesh_map
-from .schematic import MODES, LayoutExplorer, layout_explorer, layout_figure
+import importlib
 
-__all__ = [
-    "RANK_COLORS", "RANK_COLORS_HEX", "TPFigure", "REPLICATED_GREY", "MODES", "rank_color",
-    "count_rank_colors", "figure_to_png", "figure_to_rgba", "layout_figure", "layout_explorer",
-    "LayoutExplorer", "shard_figure", "plot_flops", "cluster_map", "draw_dtensor", "comm_chart", "mesh_map",
-    "GRID_MODES",
-    "grid_blocks_figure", "summa_step_figure", "summa_stepper", "SummaStepper",
-    "grid_layout_figure", "grid_layout_explorer", "GridLayoutExplorer", "comm_model_figure",
-    "comm_time_figure",
-    "plot_loss_curves", "plot_bytes", "plot_activation_memory", "plot_collectives",
-    "MEMORY_COLORS", "memory_bars", "fit_grid", "training_curves", "comm_bars",
-]
+_EXPORTS = {
+    ".costs": ("MEMORY_COLORS", "comm_bars", "fit_grid", "memory_bars", "training_curves"),
+    ".data": ("cluster_map", "plot_flops", "shard_figure"),
+    ".dtensor": ("comm_chart", "draw_dtensor"),
+    ".figure": ("RANK_COLORS", "RANK_COLORS_HEX", "REPLICATED_GREY", "TPFigure", "count_rank_colors",
+                "figure_to_png", "figure_to_rgba", "rank_color"),
+    ".grid2d": ("GRID_MODES", "GridLayoutExplorer", "SummaStepper", "comm_model_figure", "comm_time_figure",
+                "grid_blocks_figure", "grid_layout_explorer", "grid_layout_figure", "summa_step_figure",
+                "summa_stepper"),
+    ".lm": ("plot_activation_memory", "plot_bytes", "plot_collectives", "plot_loss_curves"),
+    ".mesh": ("mesh_map",),
+    ".schematic": ("MODES", "LayoutExplorer", "layout_explorer", "layout_figure"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -1,8 +1,8 @@
 """Notebook 06's TP calculator widget: inputs on the left, the plan of
-:func:`helpers.tp.calculator.plan` on the right, recomputed on every change.
+:func:`helpers.costmodel.calculator.plan` on the right, recomputed on every change.
 
 Nothing here computes a result: the widget reads its fields into
-:class:`~helpers.tp.calculator.CalculatorInputs`, asks :func:`~helpers.tp.calculator.check_inputs`
+:class:`~helpers.costmodel.calculator.CalculatorInputs`, asks :func:`~helpers.costmodel.calculator.check_inputs`
 for problems (shown as sentences, never a traceback), and shows the :class:`Plan`.
 
 Browser tests: ``.tp-calculator`` is the widget; each field has a class ``tp-calc-<name>``
@@ -18,7 +18,8 @@ from dataclasses import fields, replace
 
 import matplotlib.pyplot as plt
 
-from ..tp.calculator import DTYPES, PRESETS, CalculatorInputs, Plan, check_inputs, derecho_inputs, plan
+from ..costmodel.calculator import DTYPES, CalculatorInputs, Plan, check_inputs, derecho_inputs, plan
+from ..costmodel.dims import PRESETS
 from .figure import TEXT, figure_to_png, new_figure
 from .timing import PART_COLORS
 
@@ -68,7 +69,7 @@ def plan_html(pl: Plan) -> str:
              "<th>comm share</th><th>matmul eff.</th></tr>" + "".join(rows) + "</table>")
     note = (f"<small>Per layer and training step; no overlap of communication and compute. Efficiency: "
             f"{html.escape(pl.efficiency_source)}. Memory: notebook 03's model (AdamW, no activation "
-            f"checkpointing, no allocator overhead). Links: Derecho's, cited in helpers.tp.cost.</small>")
+            f"checkpointing, no allocator overhead). Links: Derecho's, cited in helpers.costmodel.hardware.</small>")
     return "<br>".join(head) + f"<ul>{rec}</ul>" + table + note
 
 

@@ -56,7 +56,7 @@ def memory_bars(measured: dict, modelled: dict, title: str = "Memory per rank, o
     ax.set_ylabel("KiB per rank")
     ax.set_title(title, fontsize=11)
     handles = [Patch(facecolor=MEMORY_COLORS[k], label=k) for k in kinds]
-    handles.append(Patch(facecolor="white", edgecolor=MUTED, hatch="///", label="formula (helpers.tp.cost)"))
+    handles.append(Patch(facecolor="white", edgecolor=MUTED, hatch="///", label="formula (helpers.costmodel)"))
     ax.legend(handles=handles, fontsize=8, frameon=False, loc="upper right")
     ax.grid(True, axis="y", color="#e0e0e0", lw=0.6)
     ax.set_axisbelow(True)

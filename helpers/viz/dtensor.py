@@ -3,7 +3,7 @@
 ``draw_dtensor(view)`` takes what ``cluster.pull_dtensor(name)`` returned and draws, for every
 rank (laid out as on its mesh), the global tensor with the cells that rank really holds filled in
 its rank colour (solid for Shard / Replicate, with a Σ for a Partial piece). ``comm_chart(trace)``
-draws the collectives per module, forward vs backward, from ``helpers.engine.dtensor.comm_trace``.
+draws the collectives per module, forward vs backward, from ``helpers.measure.comm.comm_trace``.
 Nothing here runs a collective.
 """
 
@@ -126,7 +126,7 @@ def comm_chart(trace: dict, title: str = "Collectives per module", leaves_only: 
     """Horizontal bars: for each module, its collectives in the forward (solid) and backward (hatched).
 
     trace: ``{module: {"forward": {"all_reduce": 1}, "backward": {...}}}`` as returned by
-    :func:`helpers.engine.dtensor.comm_trace` (pull it from one rank). Counts include the module's
+    :func:`helpers.measure.comm.comm_trace` (pull it from one rank). Counts include the module's
     children (a block counts its layers' collectives); ``leaves_only`` keeps the innermost modules.
     order: module names in the order to draw them, e.g. ``[n for n, _ in model.named_modules()]``
     ("" is the whole model); default: sorted by name.

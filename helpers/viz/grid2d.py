@@ -3,7 +3,7 @@ the 1D-vs-2D layout explorer, and the communication model.
 
 Rank r is drawn in ``RANK_COLORS[r]`` (see :mod:`.figure`); grey = every rank holds a full copy.
 Blocks are laid out row-major: the rank at grid position (i, j) is ``i·s + j``. The byte
-numbers come from the formulas in :mod:`helpers.tp.commcount` (pure functions, no collective).
+numbers come from the formulas in :mod:`helpers.costmodel.collectives` (pure functions, no collective).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from ..common.numbers import fmt_bytes
+from ..costmodel.collectives import COMM_FORMULAS
 from ..tensors import to_f64
-from ..tp.commcount import COMM_FORMULAS
 from .figure import BOX, MUTED, REPLICATED_GREY, TEXT, figure_to_png, new_figure, rank_color, text_on
 
 __all__ = ["grid_blocks_figure", "summa_step_figure", "summa_stepper", "SummaStepper",
@@ -356,7 +356,7 @@ def comm_model_figure(M: int, K: int, N: int, measured: dict | None = None, meas
                       ps: Sequence[int] = (4, 16, 64, 256), dtype_bytes: int = 4) -> Figure:
     """Bytes sent per rank for Y = X·W, 1D column / 1D row / 2D SUMMA, against p.
 
-    Lines: the formulas of :mod:`helpers.tp.commcount` -- a **model**, labelled so. Markers:
+    Lines: the formulas of :mod:`helpers.costmodel.collectives` -- a **model**, labelled so. Markers:
     ``measured`` (``{mode: bytes sent per rank}``) at ``measured_p``, counted on the cluster.
     """
     ps = [int(p) for p in ps]

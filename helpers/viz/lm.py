@@ -98,7 +98,7 @@ def plot_collectives(summaries: Mapping[str, Mapping[str, Mapping[str, float]]],
     """Three panels: how many collectives of each kind, bytes each rank sends, activation bytes held.
 
     summaries: ``{"TP": {"all_reduce": {"count", "sent", ...}}, "TP + SP": {...}}``
-    (from :class:`helpers.engine.comm.CommBytes`); memory: ``{"TP": bytes, "TP + SP": bytes}``.
+    (from :meth:`helpers.measure.comm.CommRecorder.by_op`); memory: ``{"TP": bytes, "TP + SP": bytes}``.
     """
     kinds = ["all_reduce", "all_gather", "reduce_scatter"]
     greys = {"all_reduce": "#555555", "all_gather": "#9a9a9a", "reduce_scatter": "#d0d0d0"}

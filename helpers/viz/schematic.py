@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from ..common.numbers import divisors, fmt_bytes
+from ..costmodel.collectives import bytes_sent
 from .figure import (
     BOX,
     MAX_DEGREE,
@@ -108,22 +109,22 @@ def _comm_text(p, d_in, d_out, batch, b, mode) -> str:
     if p == 1:
         return head + "\nTP degree 1: a single rank holds everything — no communication."
     if mode == "column":
-        shard = batch * (d_out // p) * b
+        shard, full = batch * (d_out // p) * b, batch * d_out * b
         return head + (
             f"\nforward: all-gather of Y. Each rank contributes Y_r = B·out/p·bytes = "
             f"{batch}·{d_out}/{p}·{b} = {fmt_bytes(shard)};"
             f"\nring all-gather: each rank sends (p−1)·B·out/p·bytes = {p - 1}·{fmt_bytes(shard)} = "
-            f"{fmt_bytes((p - 1) * shard)} (and receives as much)."
+            f"{fmt_bytes(bytes_sent('all_gather', full, p))} (and receives as much)."
             f"\nbackward: all-reduce of dL/dX, B·in·bytes = {fmt_bytes(batch * d_in * b)} per rank."
         )
     d_y = d_out if mode == "row" else d_in
     buf = batch * d_y * b
     sym = "out" if mode == "row" else "D"
-    ring = 2 * (p - 1) / p * buf
     text = head + (
         f"\nforward: {'one ' if mode != 'row' else ''}all-reduce of Y. Buffer per rank = B·{sym}·bytes = "
         f"{batch}·{d_y}·{b} = {fmt_bytes(buf)};"
-        f"\nring all-reduce: each rank sends 2(p−1)/p·B·{sym}·bytes = {fmt_bytes(ring)} (and receives as much)."
+        f"\nring all-reduce: each rank sends 2(p−1)/p·B·{sym}·bytes = "
+        f"{fmt_bytes(bytes_sent('all_reduce', buf, p))} (and receives as much)."
     )
     if mode == "row":
         text += "\nbackward: none (every rank already holds the full dL/dY)."

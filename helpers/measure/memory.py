@@ -1,6 +1,6 @@
 """What a rank really holds: bytes of parameters, gradients, optimizer state and activations.
 
-Runs on an engine (torch only; torchrun too). Every number is a **storage size**: the bytes of
+Runs on a rank (torch only; an engine or torchrun). Every number is a **storage size**: the bytes of
 the memory blocks behind the tensors, each block counted once (a view, a DTensor's local shard,
 a waiting collective's result, FSDP2's gradients in one flat buffer are not counted twice). On a
 GPU, ``torch.cuda.max_memory_allocated`` gives the allocator's own peak beside it.

@@ -7,9 +7,9 @@ timed pieces are autograd Functions, so the backward pass is timed too:
 
 * :func:`timed_linear` -- ``F.linear`` forward, and the two matmuls of its backward
   (dL/dX = dL/dY·W, dL/dW = dL/dYᵀ·X), counted as ``"matmul"``;
-* :func:`timed_copy_to_tp_region` -- Megatron's *f* (identity forward, all-reduce backward);
-* :func:`timed_reduce_from_tp_region` -- Megatron's *g* (all-reduce forward, identity backward);
-  both counted as ``"communication"``. A collective's time includes waiting for the slowest
+* Megatron's *f* and *g* themselves, ``helpers.tp.ops.copy_to_tp_region(x, group, timer=t,
+  name=...)`` and ``reduce_from_tp_region(...)``: their collective runs inside
+  ``timer.span("communication", ...)``. A collective's time includes waiting for the slowest
   rank of the group: that wait is what TP costs in practice.
 
 Everything else in a step (attention's softmax, GELU, the norms, autograd's bookkeeping) is
@@ -29,8 +29,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["StepTimer", "timed_linear", "timed_copy_to_tp_region", "timed_reduce_from_tp_region",
-           "timing_degrees", "tp_subgroup", "turns", "matmul_tflops", "KINDS"]
+from ..common.numbers import divisors
+
+__all__ = ["StepTimer", "timed_linear", "timing_degrees", "tp_subgroup", "turns", "matmul_tflops", "KINDS"]
 
 #: the parts of a step, in the order the figures stack them
 KINDS = ("matmul", "other", "communication")
@@ -136,55 +137,6 @@ def timed_linear(x, weight, bias=None, timer: StepTimer | None = None, name: str
     return _TimedLinear.apply(x, weight, bias, timer, name)
 
 
-# ------------------------------------------------------------------------------ collectives
-def _all_reduce_copy(x, group):
-    out = x.contiguous().clone()   # all_reduce works in place: never touch autograd's tensor
-    dist.all_reduce(out, group=group)
-    return out
-
-
-class _TimedCopy(torch.autograd.Function):
-    """*f*: identity forward, all-reduce of dL/dX backward (timed)."""
-
-    @staticmethod
-    def forward(ctx, x, group, timer, name):
-        ctx.group, ctx.timer, ctx.name = group, timer, name
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        with _span(ctx.timer, "communication", f"{ctx.name} (f, backward all-reduce)"):
-            out = _all_reduce_copy(grad, ctx.group)
-        return out, None, None, None
-
-
-class _TimedReduce(torch.autograd.Function):
-    """*g*: all-reduce of the partial sums forward (timed), identity backward."""
-
-    @staticmethod
-    def forward(ctx, x, group, timer, name):
-        with _span(timer, "communication", f"{name} (g, forward all-reduce)"):
-            return _all_reduce_copy(x, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None, None, None
-
-
-def _degree(group) -> int:
-    return dist.get_world_size(group)
-
-
-def timed_copy_to_tp_region(x, group=None, timer: StepTimer | None = None, name: str = "f"):
-    """Megatron's *f* with its backward all-reduce timed (no collective at all at degree 1)."""
-    return x if _degree(group) == 1 else _TimedCopy.apply(x, group, timer, name)
-
-
-def timed_reduce_from_tp_region(x, group=None, timer: StepTimer | None = None, name: str = "g"):
-    """Megatron's *g* with its forward all-reduce timed (no collective at all at degree 1)."""
-    return x if _degree(group) == 1 else _TimedReduce.apply(x, group, timer, name)
-
-
 # ------------------------------------------------------------------------------ TP groups
 def timing_degrees(world_size: int, limit: int | None = None) -> list[int]:
     """The TP degrees this cluster can time side by side: the divisors of ``world_size``.
@@ -205,7 +157,7 @@ def timing_degrees(world_size: int, limit: int | None = None) -> list[int]:
                          "there would be no collective to time. Start one with "
                          "helpers.connect(n=4) (or launch_cluster.sh start -n 4)")
     top = world_size if limit is None else min(world_size, limit)
-    return [d for d in range(1, top + 1) if world_size % d == 0]
+    return divisors(world_size, upto=top)
 
 
 def tp_subgroup(degree: int):
@@ -217,7 +169,7 @@ def tp_subgroup(degree: int):
     """
     world = dist.get_world_size()
     if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1 or world % degree:
-        ok = ", ".join(str(d) for d in range(1, world + 1) if world % d == 0)
+        ok = ", ".join(str(d) for d in divisors(world))
         raise ValueError(f"tp degree {degree!r} does not divide the {world} ranks into equal groups; "
                          f"pick one of {{{ok}}}")
     if degree == world:

@@ -5,7 +5,8 @@ same numbers on every rank), cuts them for this rank's grid position, runs
 :class:`~helpers.tp.summa.SummaLinear` forward and backward with a byte counter, and returns
 this rank's blocks as CPU tensors. ``dense_case`` computes the full dense answers from the
 same seed, so a caller (the notebook kernel, a test, rank 0 of a batch job) can compare.
-Torch only; an engine calls it by reference (``cluster.apply(summa_case, ...)``).
+Torch only; an engine calls it by reference (``cluster.apply(summa_case, ...)``, with tests/ on
+the engines' path).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .commcount import CommCounter
-from .summa import SummaLinear, block_of, cut_block, make_grid
+from helpers.measure.comm import CommRecorder
+from helpers.tp.summa import SummaLinear, block_of, cut_block, make_grid
 
 __all__ = ["summa_case", "dense_case", "default_grid"]
 
@@ -54,7 +55,7 @@ def summa_case(M: int, K: int, N: int, bias: bool = True, seed: int = 0, grid=No
     grid = grid if grid is not None else default_grid()
     dense, X, dY = _inputs(M, K, N, bias, seed)
     device = torch.device(grid.mesh.device_type) if grid.mesh is not None else torch.device("cpu")
-    counter = CommCounter()
+    counter = CommRecorder()
     layer = SummaLinear.from_linear(dense.to(device), grid, counter=counter)
     x_blk = block_of(X.to(device), grid).requires_grad_()
     y_blk = layer(x_blk)                                           # Y_ij: (M/s, N/s)
