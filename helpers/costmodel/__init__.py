@@ -9,56 +9,12 @@
 * :mod:`.calculator` -- notebook 06's "does my model need TP?" plan.
 """
 
-from .calculator import CalculatorInputs, DegreeRow, Plan, check_inputs, derecho_inputs, interpolate_efficiency, plan
-from .collectives import (
-    COMM_FORMULAS,
-    bytes_1d_column,
-    bytes_1d_row,
-    bytes_received,
-    bytes_sent,
-    bytes_summa,
-    collective_time,
-    fit_link,
-    grid_side,
-    tp_bytes_per_layer,
-    tp_collectives_per_layer,
-    tp_comm_time_per_layer,
-)
-from .dims import (
-    LLAMA2_7B,
-    LLAMA2_13B,
-    LLAMA2_70B,
-    PRECISIONS,
-    PRESETS,
-    REAL_MODELS,
-    SETUPS,
-    TINY,
-    ModelDims,
-    Precision,
-    Setup,
-    check_setup,
-    layer_param_specs,
-    param_count,
-)
-from .flops import block_flops
-from .hardware import DERECHO, REFERENCE, REFERENCE_SHAPE, REFERENCE_SOURCE, Link, reference_curve, tp_link
-from .memory import (
-    MemoryBreakdown,
-    activation_elements_per_layer,
-    block_activation_bytes,
-    layers_that_fit,
-    memory_per_rank,
-    param_bytes,
-    param_elements_per_rank,
-)
+from . import calculator, collectives, dims, flops, hardware, memory
+from .calculator import *  # noqa: F403  (each module's __all__: one flat namespace, ``costmodel.plan``)
+from .collectives import *  # noqa: F403
+from .dims import *  # noqa: F403
+from .flops import *  # noqa: F403
+from .hardware import *  # noqa: F403
+from .memory import *  # noqa: F403
 
-__all__ = [
-    "CalculatorInputs", "DegreeRow", "Plan", "check_inputs", "derecho_inputs", "interpolate_efficiency", "plan",
-    "COMM_FORMULAS", "bytes_1d_column", "bytes_1d_row", "bytes_received", "bytes_sent", "bytes_summa",
-    "collective_time", "fit_link", "grid_side", "tp_bytes_per_layer", "tp_collectives_per_layer",
-    "tp_comm_time_per_layer", "LLAMA2_7B", "LLAMA2_13B", "LLAMA2_70B", "PRECISIONS", "PRESETS", "REAL_MODELS",
-    "SETUPS", "TINY", "ModelDims", "Precision", "Setup", "check_setup", "layer_param_specs", "param_count",
-    "block_flops", "DERECHO", "REFERENCE", "REFERENCE_SHAPE", "REFERENCE_SOURCE", "Link", "reference_curve",
-    "tp_link", "MemoryBreakdown", "activation_elements_per_layer", "block_activation_bytes", "layers_that_fit",
-    "memory_per_rank", "param_bytes", "param_elements_per_rank",
-]
+__all__ = [n for m in (calculator, collectives, dims, flops, hardware, memory) for n in m.__all__]

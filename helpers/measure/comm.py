@@ -137,26 +137,9 @@ class CommRecorder(CommDebugMode):
     def _sel(self, phase):
         return [r for r in self.records if phase is None or r.phase == phase]
 
-    def sent_in(self, phase=None) -> float:
-        return sum(r.sent for r in self._sel(phase))
-
-    def received_in(self, phase=None) -> float:
-        return sum(r.received for r in self._sel(phase))
-
-    def calls_in(self, phase=None) -> int:
-        return len(self._sel(phase))
-
-    @property
-    def sent(self) -> float:
-        return self.sent_in()
-
-    @property
-    def received(self) -> float:
-        return self.received_in()
-
-    @property
-    def calls(self) -> int:
-        return self.calls_in()
+    sent = property(lambda self: self.summary()["sent"])
+    received = property(lambda self: self.summary()["received"])
+    calls = property(lambda self: len(self.records))
 
     def by_op(self, phase=None) -> dict[str, dict]:
         """``{op: {"count", "bytes", "sent", "received"}}`` (picklable, for ``cluster.pull``)."""
@@ -171,8 +154,9 @@ class CommRecorder(CommDebugMode):
 
     def summary(self, phase=None) -> dict:
         """A plain dict: ``{"sent", "received", "calls", "ops": {op: count}}``."""
-        return {"sent": self.sent_in(phase), "received": self.received_in(phase),
-                "calls": self.calls_in(phase), "ops": {k: v["count"] for k, v in self.by_op(phase).items()}}
+        sel = self._sel(phase)
+        return {"sent": sum(r.sent for r in sel), "received": sum(r.received for r in sel), "calls": len(sel),
+                "ops": {k: v["count"] for k, v in self.by_op(phase).items()}}
 
     def trace(self) -> dict[str, dict[str, dict[str, int]]]:
         """:func:`comm_trace` of this recorder."""
