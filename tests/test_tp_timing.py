@@ -9,7 +9,8 @@ import torch
 import torch.distributed as dist
 from torch.testing import assert_close
 
-from helpers.tp.timed_block import DenseBlock, ParallelBlock, block_flops
+from helpers.models import Block
+from helpers.models.parallel_block import ParallelBlock
 from helpers.tp.timing import StepTimer, matmul_tflops, timing_degrees
 
 
@@ -30,7 +31,7 @@ def test_timing_needs_two_ranks_and_says_so():
 
 def test_timed_block_matches_dense_and_is_split(world1):
     torch.manual_seed(0)
-    dense = DenseBlock(32, 4, 64)
+    dense = Block(32, 4, 64, causal=True)
     x = torch.randn(2, 8, 32)
     block = ParallelBlock.from_dense(dense)                 # degree 1: no collective at all
     timer = StepTimer("cpu")
@@ -42,24 +43,25 @@ def test_timed_block_matches_dense_and_is_split(world1):
         yt.pow(2).sum().backward()
     assert_close(yt, yd)
     assert_close(xt.grad, xd.grad)
-    assert_close(block.q.weight.grad, dense.q.weight.grad)
-    assert_close(block.mlp.fc1.bias.grad, dense.mlp.fc1.bias.grad)
+    assert_close(block.attn.wq.weight.grad, dense.attn.wq.weight.grad)
+    assert_close(block.mlp.w1.bias.grad, dense.mlp.w1.bias.grad)
     s = timer.split()
     assert s["communication"] == 0 and s["matmul"] > 0
     assert s["step"] == pytest.approx(s["matmul"] + s["other"] + s["communication"])
     kinds = [(k, n) for k, n, _ in s["spans"]]
     # six linear layers, each with a forward and a backward span
     assert len(kinds) == 12 and {k for k, _ in kinds} == {"matmul"}
-    assert ("matmul", "fc2 backward") in kinds
+    assert ("matmul", "w2 backward") in kinds
 
 
 def test_block_refuses_uneven_heads_before_any_collective(world1):
     with pytest.raises(ValueError, match="d_model=30 is not divisible by n_heads=4"):
-        DenseBlock(30, 4, 64)
+        Block(30, 4, 64)
+    with pytest.raises(TypeError, match="ParallelBlock.from_dense needs a Block"):
+        ParallelBlock.from_dense(Block(32, 4, 64, gated=True))
 
 
 def test_timer_needs_a_step_and_helpers_give_positive_rates():
     with pytest.raises(RuntimeError, match="no step was timed"):
         StepTimer("cpu").split()
     assert matmul_tflops(8, 16, 16, repeats=1, min_time=0.001) > 0
-    assert block_flops(tokens=2, d_model=4, d_ff=8, seq_len=2) == 1728

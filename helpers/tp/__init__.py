@@ -15,10 +15,16 @@ User errors (uneven splits, wrong shapes, wrong device) raise ``ValueError``/``T
 
 from __future__ import annotations
 
-from .block import Attention, FeedForward, GatedFeedForward, TransformerBlock, interleave_qkv
 from .checks import check_divisible, check_mesh_shape, shard_range, tp_degree_and_rank, valid_degrees
-from .layers import ColumnParallelLinear, DenseMLP, ParallelMLP, RowParallelLinear
-from .mesh import TPLayoutWarning, check_placements, mesh_groups, tp_groups_across_hosts, warn_if_tp_crosses_hosts
+from .layers import ColumnParallelLinear, ParallelMLP, RowParallelLinear
+from .mesh import (
+    TPLayoutWarning,
+    check_placements,
+    check_tp_in_node,
+    mesh_groups,
+    tp_groups_across_hosts,
+    warn_if_tp_crosses_hosts,
+)
 from .ops import (
     CopyToModelParallelRegion,
     GatherFromModelParallelRegion,
@@ -29,7 +35,7 @@ from .ops import (
     reduce_from_tp_region,
     scatter_to_tp_region,
 )
-from .plan import check_plan, local_heads
+from .plan import check_plan
 from .vocab import VocabParallelEmbedding, pad_embedding, vocab_mask
 
 __all__ = [
@@ -37,10 +43,9 @@ __all__ = [
     "GatherFromModelParallelRegion", "ScatterToModelParallelRegion",
     "copy_to_tp_region", "reduce_from_tp_region", "gather_from_tp_region",
     "scatter_to_tp_region", "ColumnParallelLinear", "RowParallelLinear",
-    "ParallelMLP", "DenseMLP", "shard_range", "check_divisible", "valid_degrees",
+    "ParallelMLP", "shard_range", "check_divisible", "valid_degrees",
     "check_mesh_shape",
-    "tp_degree_and_rank", "TransformerBlock", "Attention", "FeedForward", "GatedFeedForward",
-    "interleave_qkv", "check_plan", "local_heads", "mesh_groups", "tp_groups_across_hosts",
+    "tp_degree_and_rank", "check_plan", "mesh_groups", "tp_groups_across_hosts", "check_tp_in_node",
     "warn_if_tp_crosses_hosts", "TPLayoutWarning", "check_placements",
     "VocabParallelEmbedding", "pad_embedding", "vocab_mask",
 ]
