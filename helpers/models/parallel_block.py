@@ -11,19 +11,23 @@ matmul and every collective; the attention core is the dense block's own :func:`
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch.nn as nn
 
+from ..tp import ops as _ops
 from ..tp.checks import check_divisible, tp_degree_and_rank
 from ..tp.layers import ColumnParallelLinear, ParallelMLP, RowParallelLinear
 from .parts import MLP, Block, attend
 
-# MERGE: after the merge keep only the first branch (helper A: measure.timer.timed_linear, and
-# tp.ops' copy/reduce taking timer=, name=); the fallback is tp/timing.py, which A deletes.
-try:
+# MERGE: after the merge keep only `from ..measure.timer import timed_linear` and
+# `from ..tp.ops import copy_to_tp_region, reduce_from_tp_region` (helper A: tp.ops take timer=,
+# name=). Until then tp/timing.py's timed copies (A deletes that file) stand in for them.
+
+if "timer" in inspect.signature(_ops.copy_to_tp_region).parameters:
     from ..measure.timer import timed_linear
     from ..tp.ops import copy_to_tp_region, reduce_from_tp_region
-except ImportError:
+else:
     from ..tp.timing import timed_copy_to_tp_region as copy_to_tp_region
     from ..tp.timing import timed_linear
     from ..tp.timing import timed_reduce_from_tp_region as reduce_from_tp_region
