@@ -24,14 +24,15 @@ _BUILT: dict = {}   # (d, h, tokens, device) -> (mlp, x): built once per process
 def _build(d: int, h: int, tokens: int, dev):
     import torch
 
-    from helpers.tp import DenseMLP, ParallelMLP
+    from helpers.models import MLP
+    from helpers.tp import ParallelMLP
 
     key = (d, h, tokens, str(dev))
     if key not in _BUILT:
         torch.manual_seed(0)                               # the same dense weights on every rank and side
-        dense = DenseMLP(d, h)
+        dense = MLP(d, h)
         x = torch.randn(tokens, d)                         # X: (tokens, d) on every rank
-        mlp = ParallelMLP.from_dense(dense.fc1, dense.fc2).to(dev)   # fc1: (h/p, d), fc2: (d, h/p)
+        mlp = ParallelMLP.from_dense(dense.w1, dense.w2).to(dev)     # w1: (h/p, d), w2: (d, h/p)
         _BUILT[key] = (mlp, x.to(dev).requires_grad_())
     return _BUILT[key]
 

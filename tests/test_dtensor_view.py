@@ -93,10 +93,11 @@ def _engine_refuse_then_all_reduce():
     import torch.distributed as dist
     from torch.distributed.tensor.parallel import ColwiseParallel
 
-    from helpers.tp import TransformerBlock, check_plan
+    from helpers.models import Block
+    from helpers.tp import check_plan
 
     try:
-        check_plan(TransformerBlock(d_model=24, n_heads=6, d_ff=48), {"attn.q": ColwiseParallel()}, degree=4)
+        check_plan(Block(24, 6, 48, norms=False), {"attn.wq": ColwiseParallel()}, degree=4)
         msg = "accepted"
     except ValueError as e:
         msg = str(e)

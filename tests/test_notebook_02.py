@@ -60,7 +60,7 @@ def test_story_structure(committed):
     src = _code(committed)
     for needed in ("init_device_mesh", 'mesh_2d["tp"]', "distribute_tensor", "Shard(0)", "Shard(1)",
                    "Replicate()", "Partial()", "DTensor.from_local", "redistribute", "CommDebugMode",
-                   "parallelize_module", "ColwiseParallel", "RowwiseParallel", "check_plan", "local_heads",
+                   "parallelize_module", "ColwiseParallel", "RowwiseParallel", "check_plan", "head_dim",
                    "interleave_qkv", "ParallelMLP", "pull_dtensor(", "draw_dtensor(", "mesh_map(",
                    "comm_chart(", "warn_if_tp_crosses_hosts(", "compare_grads(", "visualize_sharding("):
         assert needed in src, f"the notebook does not use {needed}"
@@ -86,15 +86,15 @@ def test_what_the_notebook_shows(run_blank):
     # the break-it cells: two silent mismatches, and refusals (with the numbers) before any collective
     assert text.count("mismatch, as expected") == 2
     assert "attn.n_heads=6 is not divisible by tp degree 4" in text
-    assert "Its submodules: attn, attn.q" in text and "Shard(2) but the tensor has shape (6, 4)" in text
+    assert "Its submodules: attn_norm, attn, attn.wq" in text and "Shard(2) but the tensor has shape (6, 4)" in text
     # by hand and with parallelize_module: equal shards, one all-reduce forward each
     assert text.count("✅ equal shards on every rank") == 2
     assert "by hand: {'all_reduce': 1} · parallelize_module: {'all_reduce': 1}" in text
     # the plan the wrong way round: still right, but two collectives and a bigger all-reduce
     assert "swapped: {'all_gather': 1, 'all_reduce': 1}" in text
     # every parameter gradient of the block was checked
-    for p in ("attn.q.weight", "attn.k.bias", "attn.v.weight", "attn.out.weight", "attn.out.bias",
-              "ffn.w1.weight", "ffn.w2.weight", "ffn.w2.bias"):
+    for p in ("attn.wq.weight", "attn.wq.bias", "attn.wk.weight", "attn.wv.bias", "attn.wo.weight",
+              "attn.wo.bias", "mlp.w1.weight", "mlp.w2.weight", "mlp.w2.bias"):
         assert f"dL/d{p}" in text
 
 

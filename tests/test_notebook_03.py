@@ -27,7 +27,8 @@ from conftest import (
 )
 
 from helpers import cluster as hc
-from helpers.tp.hybrid import check_tp_in_node, micro_batch
+from helpers.tp.mesh import check_tp_in_node
+from helpers.tp.train import micro_batch
 
 NB_PATH = os.path.join(REPO, "notebooks", "03_tp_and_fsdp.ipynb")
 CELL_TIMEOUT = 180
@@ -142,7 +143,7 @@ def test_simulated_nodes_that_do_not_divide_the_engines_are_refused(tmp_path):
 def test_refusal_on_the_engines_comes_before_any_collective(two_nodes):
     """A bad mesh raises on every rank at once; the process group still works afterwards."""
     with pytest.raises(Exception, match="TP degree 4 does not divide the 2 ranks per node"):
-        two_nodes.run("from helpers.tp.hybrid import check_tp_in_node\n"
+        two_nodes.run("from helpers.tp.mesh import check_tp_in_node\n"
                       "check_tp_in_node((1, 4), ('fsdp', 'tp'), ranks_per_node=2)")
     two_nodes.run("t = torch.ones(1); dist.all_reduce(t)")
     assert [float(t) for t in two_nodes.pull("t")] == [4.0] * 4
@@ -165,7 +166,8 @@ _EX_SETUP = """
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 from torch.distributed.fsdp import fully_shard
-from helpers.tp.hybrid import TinyTransformer, micro_batch
+from helpers.models import TinyTransformer
+from helpers.tp.train import micro_batch
 torch.manual_seed(0)
 X = torch.randn(8, 8, 32)
 torch.manual_seed(1)
@@ -191,7 +193,7 @@ ex_out = ex_model(micro_batch(X, ex_mesh["fsdp"].get_local_rank(), 2))
 ])
 def test_checker_names_the_slip(two_nodes, capsys, names, mlp, shard, verdict):
     from helpers.exercises import check_hybrid_plan
-    from helpers.tp.hybrid import TinyTransformer
+    from helpers.models import TinyTransformer
 
     if two_nodes.simulated_nodes != 2:           # the notebook's layout (also when run alone)
         two_nodes.simulated_nodes = 2

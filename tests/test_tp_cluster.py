@@ -41,6 +41,7 @@ from hypothesis import strategies as st
 
 from helpers import reference, tp
 from helpers.engine import namespace
+from helpers.models import MLP
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "tp_torchrun_worker.py")
@@ -159,15 +160,15 @@ def test_layers_match_dense_on_engines(tpc, degree, bias):
 PARAM_LAYOUTS = {
     "column": {"weight": "shard(0)", "bias": "shard(0)"},
     "row": {"weight": "shard(-1)", "bias": "replicate"},
-    "mlp": {"fc1.weight": "shard(0)", "fc1.bias": "shard(0)",
-            "fc2.weight": "shard(-1)", "fc2.bias": "replicate"},
+    "mlp": {"w1.weight": "shard(0)", "w1.bias": "shard(0)",
+            "w2.weight": "shard(-1)", "w2.bias": "replicate"},
 }
 
 
 def dense_reference(kind, bias, d_in, d_out, seed, x, dy):
     """The kernel's dense layer from the same seed: output, input grad, parameter grads."""
     torch.manual_seed(seed)
-    dense = tp.DenseMLP(d_in, d_out, bias=bias) if kind == "mlp" else nn.Linear(d_in, d_out, bias=bias)
+    dense = MLP(d_in, d_out, bias=bias) if kind == "mlp" else nn.Linear(d_in, d_out, bias=bias)
     x = x.clone().requires_grad_()
     y = dense(x)
     y.backward(dy)
@@ -199,7 +200,7 @@ def check_layer_in_kernel(cluster, kind, degree, bias, flag, shape, seed):
         reference.compare_grads(pairs, show=False)
         # shards really are shards: each rank holds 1/p of the split dim
         if degree > 1 and kind in ("column", "mlp"):
-            w = "weight" if kind == "column" else "fc1.weight"
+            w = "weight" if kind == "column" else "w1.weight"
             assert all(p["grads"][w].shape[0] == grads[w].shape[0] // degree for p in pulled)
 
 

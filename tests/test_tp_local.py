@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from torch.testing import assert_close
 
 from helpers import tp
+from helpers.models import MLP
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +68,11 @@ def test_row_degree1_equals_dense(world1, bias, input_is_parallel):
 
 def test_mlp_degree1_equals_dense(world1):
     torch.manual_seed(0)
-    dense = tp.DenseMLP(8, 32)
-    mlp = tp.ParallelMLP.from_dense(dense.fc1, dense.fc2)
+    dense = MLP(8, 32)
+    mlp = tp.ParallelMLP.from_dense(dense.w1, dense.w2)
     _pair(dense, mlp, (4, 8))
-    assert_close(mlp.fc1.weight.grad, dense.fc1.weight.grad)
-    assert_close(mlp.fc2.bias.grad, dense.fc2.bias.grad)
+    assert_close(mlp.w1.weight.grad, dense.w1.weight.grad)
+    assert_close(mlp.w2.bias.grad, dense.w2.bias.grad)
 
 
 def test_fresh_layers_have_shard_shapes(world1):
@@ -150,7 +151,7 @@ def test_from_linear_rejects_non_linear(world1, make):
 
 
 def test_from_dense_mismatched_hidden(world1):
-    with pytest.raises(ValueError, match="fc1.out_features=16 must equal fc2.in_features=12"):
+    with pytest.raises(ValueError, match="w1.out_features=16 must equal w2.in_features=12"):
         tp.ParallelMLP.from_dense(nn.Linear(8, 16), nn.Linear(12, 8))
 
 

@@ -9,24 +9,25 @@ import torch.nn as nn
 from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
+from helpers.models import MLP, Block, GatedMLP, interleave_qkv
+from helpers.models.plans import block_plan
 from helpers.tp import (
-    FeedForward,
-    GatedFeedForward,
     TPLayoutWarning,
-    TransformerBlock,
     check_mesh_shape,
     check_placements,
     check_plan,
-    interleave_qkv,
-    local_heads,
+    check_tp_in_node,
     mesh_groups,
     tp_groups_across_hosts,
     warn_if_tp_crosses_hosts,
 )
 
 TWO_NODES = ["node0", "node0", "node1", "node1"]
-PLAN = {"attn.q": ColwiseParallel(), "attn.k": ColwiseParallel(), "attn.v": ColwiseParallel(),
-        "attn.out": RowwiseParallel(), "ffn.w1": ColwiseParallel(), "ffn.w2": RowwiseParallel()}
+PLAN = block_plan(sequence_parallel=False, prepare_input=False)   # notebook 02's six-layer plan
+
+
+def plain_block(d_model=16, n_heads=4, d_ff=32, **kw):
+    return Block(d_model, n_heads, d_ff, norms=False, **kw)
 
 
 # ------------------------------------------------------------------ groups of a row-major mesh
@@ -92,6 +93,16 @@ def test_bad_layouts_are_refused_with_the_numbers(args, words):
         assert w in str(e.value)
 
 
+def test_tp_in_node_uses_the_same_groups_as_the_host_check():
+    check_tp_in_node((2, 4), ("fsdp", "tp"), ranks_per_node=4)          # Derecho's (2, 4): fine
+    with pytest.raises(ValueError, match=r"TP degree 4 does not divide the 2 ranks per node.*\{1, 2\}"):
+        check_tp_in_node((1, 4), ("fsdp", "tp"), ranks_per_node=2)
+    with pytest.raises(ValueError, match=r"ranks \[0, 4\] would span nodes \[0, 1\].*\('fsdp', 'tp'\)"):
+        check_tp_in_node((2, 4), ("tp", "fsdp"), ranks_per_node=4)
+    with pytest.raises(ValueError, match="no dim named 'tp'"):
+        check_tp_in_node((2, 2), ("dp", "pp"), ranks_per_node=2)
+
+
 def test_mesh_shape_not_the_world_size():
     with pytest.raises(ValueError, match=r"mesh shape \(2, 4\) needs 8 ranks but world_size is 4"):
         check_mesh_shape((2, 4), 4)
@@ -110,37 +121,40 @@ def test_shard_on_a_dim_the_tensor_lacks():
 # ------------------------------------------------------------------ plans
 def test_plan_naming_a_missing_module_lists_the_submodules():
     with pytest.raises(ValueError) as e:
-        check_plan(TransformerBlock(), {"attn.query": ColwiseParallel()})
+        check_plan(plain_block(), {"attn.query": ColwiseParallel()})
     msg = str(e.value)
-    assert "'attn.query'" in msg and "Did you mean 'attn.q'" in msg
-    assert "attn.q, attn.k, attn.v, attn.out, ffn, ffn.w1, ffn.w2" in msg
+    assert "'attn.query'" in msg and "Did you mean 'attn.wq'" in msg
+    assert "attn_norm, attn, attn.wq, attn.wk, attn.wv, attn.wo, mlp_norm, mlp, mlp.w1, mlp.act, mlp.w2" in msg
 
 
 def test_plan_values_must_be_parallel_styles():
     with pytest.raises(TypeError, match="ParallelStyle"):
-        check_plan(TransformerBlock(), {"attn.q": ColwiseParallel})
+        check_plan(plain_block(), {"attn.wq": ColwiseParallel})
 
 
 def test_heads_not_divisible_by_the_degree():
     with pytest.raises(ValueError, match=r"attn.n_heads=6 is not divisible by tp degree 4; pick a degree in \{1, 2, 3, 6\}"):
-        check_plan(TransformerBlock(d_model=24, n_heads=6, d_ff=48), PLAN, degree=4)
-    with pytest.raises(ValueError, match="n_heads=6 is not divisible by tp degree 4"):
-        local_heads(6, 4)
-    assert local_heads(8, 4) == 2
+        check_plan(plain_block(d_model=24, n_heads=6, d_ff=48), PLAN, degree=4)
+    with pytest.raises(ValueError, match=r"attn.n_kv_heads=2 is not divisible by tp degree 4"):
+        check_plan(plain_block(d_model=32, n_heads=8, d_ff=32, n_kv_heads=2), PLAN, degree=4)
+    check_plan(plain_block(d_model=32, n_heads=8, d_ff=32, n_kv_heads=4), PLAN, degree=4)
 
 
 def test_features_not_divisible_by_the_degree():
     with pytest.raises(ValueError, match=r"w1.out_features=10 is not divisible by tp degree 4"):
-        check_plan(FeedForward(8, 10), {"w1": ColwiseParallel(), "w2": RowwiseParallel()}, degree=4)
+        check_plan(MLP(8, 10), {"w1": ColwiseParallel(), "w2": RowwiseParallel()}, degree=4)
     with pytest.raises(ValueError, match=r"w2.in_features=10 is not divisible by tp degree 4"):
-        check_plan(FeedForward(8, 10), {"w2": RowwiseParallel()}, degree=4)
+        check_plan(MLP(8, 10), {"w2": RowwiseParallel()}, degree=4)
 
 
 def test_good_plans_pass_and_wildcards_match_one_level():
-    block = TransformerBlock()
+    block = plain_block()
     assert check_plan(block, PLAN, degree=4) is PLAN
+    for sp in (False, True):
+        check_plan(Block(16, 4, 32), block_plan(sequence_parallel=sp), degree=4)
+    check_plan(Block(16, 4, 32, gated=True), block_plan(gated=True), degree=4)
     stack = nn.Module()
-    stack.layers = nn.ModuleList([GatedFeedForward(8, 16) for _ in range(2)])
+    stack.layers = nn.ModuleList([GatedMLP(8, 16) for _ in range(2)])
     check_plan(stack, {"layers.*.w1": ColwiseParallel()}, degree=4)
     with pytest.raises(ValueError):
         check_plan(stack, {"layers.*.w9": ColwiseParallel()})

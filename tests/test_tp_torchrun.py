@@ -1,4 +1,4 @@
-"""helpers.tp against dense nn.Linear / DenseMLP on 4 real processes (torchrun, gloo).
+"""helpers.tp against dense nn.Linear / helpers.models.MLP on 4 real processes (torchrun, gloo).
 
 The worker (tests/tp_torchrun_worker.py) checks outputs and gradients for tp degree 4
 (world group) and degree 2 (subgroups [0,1] and [2,3]), bias on and off, and counts the

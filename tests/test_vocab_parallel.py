@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers.data import CORPUS_PATH, CharTokenizer, get_batch, load_corpus, padded_size
+from helpers.models import GPTConfig
+from helpers.models.plans import check_ids, check_tp_config
 from helpers.tp import pad_embedding, vocab_mask
-from helpers.tp.tiny_gpt import GPTConfig, check_ids, check_tp_config
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"

@@ -35,6 +35,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # the engines' cwd and sys.path need not contain this checkout
     sys.path.insert(0, REPO)
 from helpers import tp  # noqa: E402
+from helpers.models import MLP  # noqa: E402
 
 # ------------------------------------------------------------------ state (set by setup)
 GROUPS: dict = {}        # {degree: this rank's group}; None = the world group
@@ -171,8 +172,8 @@ def layer_case(kind, degree, bias, flag, d_in, d_out, seed, x, dy) -> dict:
     p, r = tp.tp_degree_and_rank(g)
     torch.manual_seed(seed)          # the same master weights on every rank (and kernel)
     if kind == "mlp":
-        dense = tp.DenseMLP(d_in, d_out, bias=bias)
-        layer = tp.ParallelMLP.from_dense(dense.fc1, dense.fc2, group=g)
+        dense = MLP(d_in, d_out, bias=bias)
+        layer = tp.ParallelMLP.from_dense(dense.w1, dense.w2, group=g)
     elif kind == "column":
         dense = nn.Linear(d_in, d_out, bias=bias)
         layer = tp.ColumnParallelLinear.from_linear(dense, gather_output=flag, group=g)
@@ -211,8 +212,8 @@ def _build(what, a, b, g) -> None:
     elif what == "mlp":
         tp.ParallelMLP(a, b, group=g)
     elif what == "mlp.from_dense":
-        m = tp.DenseMLP(a, b)
-        tp.ParallelMLP.from_dense(m.fc1, m.fc2, group=g)
+        m = MLP(a, b)
+        tp.ParallelMLP.from_dense(m.w1, m.w2, group=g)
     elif what == "scatter":
         tp.scatter_to_tp_region(torch.ones(2, a, requires_grad=True), group=g)
     elif what == "row.forward_full_input":   # input_is_parallel but full X given

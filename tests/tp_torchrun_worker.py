@@ -19,6 +19,7 @@ from torch.testing import assert_close
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from helpers import tp  # noqa: E402
+from helpers.models import MLP  # noqa: E402
 
 B, D, H = 3, 8, 16  # batch, model dim, hidden dim (divisible by 1, 2 and 4)
 
@@ -76,10 +77,10 @@ def check_row(group=None, bias=True, input_is_parallel=True, seed=0):
 
 
 def check_mlp(group=None, bias=True, seed=0):
-    """ParallelMLP vs DenseMLP: output, input grad, and every shard's grads."""
+    """ParallelMLP vs the dense MLP: output, input grad, and every shard's grads."""
     torch.manual_seed(seed)
-    dense = tp.DenseMLP(D, H, bias=bias)
-    mlp = tp.ParallelMLP.from_dense(dense.fc1, dense.fc2, group=group)
+    dense = MLP(D, H, bias=bias)
+    mlp = tp.ParallelMLP.from_dense(dense.w1, dense.w2, group=group)
     x, x_tp = _input((2, B, D), seed), _input((2, B, D), seed)  # a leading extra dim, too
     rows = _slice(group, H)
     y, y_tp = dense(x), mlp(x_tp)
@@ -87,11 +88,11 @@ def check_mlp(group=None, bias=True, seed=0):
     y.sum().backward()
     y_tp.sum().backward()
     assert_close(x_tp.grad, x.grad)
-    assert_close(mlp.fc1.weight.grad, dense.fc1.weight.grad[rows])
-    assert_close(mlp.fc2.weight.grad, dense.fc2.weight.grad[:, rows])
+    assert_close(mlp.w1.weight.grad, dense.w1.weight.grad[rows])
+    assert_close(mlp.w2.weight.grad, dense.w2.weight.grad[:, rows])
     if bias:
-        assert_close(mlp.fc1.bias.grad, dense.fc1.bias.grad[rows])
-        assert_close(mlp.fc2.bias.grad, dense.fc2.bias.grad)
+        assert_close(mlp.w1.bias.grad, dense.w1.bias.grad[rows])
+        assert_close(mlp.w2.bias.grad, dense.w2.bias.grad)
 
 
 def count_mlp_collectives(group=None):
@@ -103,8 +104,8 @@ def count_mlp_collectives(group=None):
     from torch.distributed.tensor.debug import CommDebugMode
 
     torch.manual_seed(0)
-    dense = tp.DenseMLP(D, H)
-    mlp = tp.ParallelMLP.from_dense(dense.fc1, dense.fc2, group=group)
+    dense = MLP(D, H)
+    mlp = tp.ParallelMLP.from_dense(dense.w1, dense.w2, group=group)
     x = torch.randn(B, D, requires_grad=True)
     counts = {}
     with CommDebugMode() as fwd:

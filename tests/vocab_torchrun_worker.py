@@ -21,8 +21,10 @@ import torch.nn as nn
 from torch.testing import assert_close
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers.models import GPTConfig, TinyGPT, lm_loss  # noqa: E402
+from helpers.models.plans import parallelize_tiny_gpt  # noqa: E402
 from helpers.tp import VocabParallelEmbedding  # noqa: E402
-from helpers.tp.tiny_gpt import GPTConfig, TinyGPT, lm_loss, parallelize_tiny_gpt, to_local  # noqa: E402
+from helpers.tp.dtensor_local import to_local  # noqa: E402
 
 LOSS_TOL = 1e-4
 

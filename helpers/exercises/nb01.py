@@ -65,7 +65,7 @@ def check_mlp_backward(cluster, dense_mlp, X, y_name: str = "Y_ex2",
                        dx_name: str = "dX_ex2") -> bool:
     """Exercise 2: with f and g in place, output and dL/dX match the dense MLP on every rank.
 
-    dense_mlp: the dense ``DenseMLP`` (fc1, act, fc2) the engines' shards came from;
+    dense_mlp: the dense ``helpers.models.MLP`` (w1, act, w2) the engines' shards came from;
     X: the input (B, D). The loss is ``Y.pow(2).sum()``, as in the exercise cell.
     """
     return run_checker(_check_mlp_backward, cluster, dense_mlp, X, y_name, dx_name)
@@ -75,12 +75,12 @@ def _check_mlp_backward(cluster, dense_mlp, X, y_name, dx_name) -> bool:
     x = X.detach().clone().to(next(dense_mlp.parameters()).device).requires_grad_()
     # The reference must not leave gradients in the learner's dense model: use a functional copy.
     with torch.enable_grad():
-        fc1, fc2 = dense_mlp.fc1, dense_mlp.fc2
-        z = dense_mlp.act(torch.nn.functional.linear(x, fc1.weight.detach(), _d(fc1.bias)))
-        y = torch.nn.functional.linear(z, fc2.weight.detach(), _d(fc2.bias))
+        w1, w2 = dense_mlp.w1, dense_mlp.w2
+        z = dense_mlp.act(torch.nn.functional.linear(x, w1.weight.detach(), _d(w1.bias)))
+        y = torch.nn.functional.linear(z, w2.weight.detach(), _d(w2.bias))
         (dx,) = torch.autograd.grad(y.pow(2).sum(), x)
     y_dense, dx_dense = f64(y), f64(dx)
-    b2 = f64(fc2.bias) if fc2.bias is not None else torch.zeros_like(y_dense[0])
+    b2 = f64(w2.bias) if w2.bias is not None else torch.zeros_like(y_dense[0])
     p = cluster.world_size
     values = fetch(cluster, y_name, dx_name)
 

@@ -19,15 +19,14 @@ import importlib
 
 # Loaded on first use (PEP 562): ``import helpers.tp`` does not import torch until a name is used.
 _EXPORTS = {
-    ".block": ("Attention", "FeedForward", "GatedFeedForward", "TransformerBlock", "interleave_qkv"),
     ".checks": ("check_divisible", "check_mesh_shape", "shard_range", "tp_degree_and_rank", "valid_degrees"),
-    ".layers": ("ColumnParallelLinear", "DenseMLP", "ParallelMLP", "RowParallelLinear"),
-    ".mesh": ("TPLayoutWarning", "check_placements", "mesh_groups", "tp_groups_across_hosts",
+    ".layers": ("ColumnParallelLinear", "ParallelMLP", "RowParallelLinear"),
+    ".mesh": ("TPLayoutWarning", "check_placements", "check_tp_in_node", "mesh_groups", "tp_groups_across_hosts",
               "warn_if_tp_crosses_hosts"),
     ".ops": ("CopyToModelParallelRegion", "GatherFromModelParallelRegion", "ReduceFromModelParallelRegion",
              "ScatterToModelParallelRegion", "copy_to_tp_region", "gather_from_tp_region",
              "reduce_from_tp_region", "scatter_to_tp_region"),
-    ".plan": ("check_plan", "local_heads"),
+    ".plan": ("check_plan",),
     ".vocab": ("VocabParallelEmbedding", "pad_embedding", "vocab_mask"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

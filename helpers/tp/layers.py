@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .checks import check_divisible, check_input, shard_range, tp_degree_and_rank
 from .ops import copy_to_tp_region, gather_from_tp_region, reduce_from_tp_region, scatter_to_tp_region
 
-__all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "DenseMLP"]
+__all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP"]
 
 
 def _check_linear(dense, who):
@@ -152,23 +152,10 @@ class RowParallelLinear(nn.Module):
                 f"bias={self.bias is not None}, input_is_parallel={self.input_is_parallel}")
 
 
-class DenseMLP(nn.Module):
-    """The single-device reference: fc1 (D -> H), GELU, fc2 (H -> D)."""
-
-    def __init__(self, d_model, d_hidden, bias=True):
-        super().__init__()
-        self.fc1 = nn.Linear(d_model, d_hidden, bias=bias)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(d_hidden, d_model, bias=bias)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class ParallelMLP(nn.Module):
     """Megatron's MLP block (paper Fig. 3a): column -> activation -> row.
 
-        X (B, D) ──f──> fc1 column shard ──> Z_i (B, H/p) ──GELU──> ──> fc2 row shard ──g──> Y (B, D)
+        X (B, D) ──f──> w1 column shard ──> Z_i (B, H/p) ──GELU──> w2 row shard ──g──> Y (B, D)
 
     The activation is element-wise, so it runs on each shard with no communication. One
     all-reduce in forward (*g*) and one in backward (*f*). ``d_hidden`` must be divisible
@@ -180,26 +167,26 @@ class ParallelMLP(nn.Module):
         super().__init__()
         check_divisible("d_hidden", d_hidden, tp_degree_and_rank(group)[0])
         kw = dict(bias=bias, group=group, device=device, dtype=dtype)
-        self.fc1 = ColumnParallelLinear(d_model, d_hidden, gather_output=False, **kw)
+        self.w1 = ColumnParallelLinear(d_model, d_hidden, gather_output=False, **kw)
         self.act = activation if activation is not None else nn.GELU()
-        self.fc2 = RowParallelLinear(d_hidden, d_model, input_is_parallel=True, **kw)
+        self.w2 = RowParallelLinear(d_hidden, d_model, input_is_parallel=True, **kw)
 
     @classmethod
-    def from_dense(cls, fc1, fc2, activation=None, group=None):
-        """Shard two dense layers (e.g. ``DenseMLP.fc1``, ``.fc2``) onto this rank."""
-        _check_linear(fc1, "ParallelMLP.from_dense (fc1)")
-        _check_linear(fc2, "ParallelMLP.from_dense (fc2)")
-        if fc1.out_features != fc2.in_features:
-            raise ValueError(f"fc1.out_features={fc1.out_features} must equal "
-                             f"fc2.in_features={fc2.in_features}")
-        check_divisible("d_hidden", fc1.out_features, tp_degree_and_rank(group)[0])
+    def from_dense(cls, w1, w2, activation=None, group=None):
+        """Shard two dense layers (e.g. ``helpers.models.MLP``'s ``w1``, ``w2``) onto this rank."""
+        _check_linear(w1, "ParallelMLP.from_dense (w1)")
+        _check_linear(w2, "ParallelMLP.from_dense (w2)")
+        if w1.out_features != w2.in_features:
+            raise ValueError(f"w1.out_features={w1.out_features} must equal "
+                             f"w2.in_features={w2.in_features}")
+        check_divisible("d_hidden", w1.out_features, tp_degree_and_rank(group)[0])
         mlp = cls.__new__(cls)
         nn.Module.__init__(mlp)
-        mlp.fc1 = ColumnParallelLinear.from_linear(fc1, gather_output=False, group=group)
+        mlp.w1 = ColumnParallelLinear.from_linear(w1, gather_output=False, group=group)
         mlp.act = activation if activation is not None else nn.GELU()
-        mlp.fc2 = RowParallelLinear.from_linear(fc2, input_is_parallel=True, group=group)
+        mlp.w2 = RowParallelLinear.from_linear(w2, input_is_parallel=True, group=group)
         return mlp
 
     def forward(self, x):
-        z = self.fc1(x)                                  # Z_i: (..., H/p), no communication yet
-        return self.fc2(self.act(z))                     # Y: (..., D) after one all-reduce
+        z = self.w1(x)                                  # Z_i: (..., H/p), no communication yet
+        return self.w2(self.act(z))                     # Y: (..., D) after one all-reduce

@@ -14,8 +14,10 @@ from __future__ import annotations
 import math
 import warnings
 
+from ..common.numbers import divisors
+
 __all__ = ["TPLayoutWarning", "mesh_groups", "tp_groups_across_hosts", "warn_if_tp_crosses_hosts",
-           "check_placements"]
+           "check_tp_in_node", "check_placements"]
 
 
 class TPLayoutWarning(UserWarning):
@@ -109,6 +111,42 @@ def warn_if_tp_crosses_hosts(shape, dim_names, hosts, tp_dim: str = "tp") -> lis
         warnings.warn(f"{len(crossing)} of the mesh's {tp_dim!r} groups cross hosts ({groups}): "
                       f"every TP all-reduce would leave the node.{fix}", TPLayoutWarning, stacklevel=2)
     return crossing
+
+
+def check_tp_in_node(shape, dim_names, ranks_per_node: int, tp_dim: str = "tp") -> None:
+    """Refuse a mesh whose TP groups would not fit inside a node, before any rank builds it.
+
+    Ranks fill the nodes in order (rank r on node r // ranks_per_node) and the mesh row-major, so
+    the TP groups stay inside the nodes exactly when "tp" is the last dim and its size divides
+    the ranks per node. The groups are :func:`tp_groups_across_hosts`'s.
+
+    >>> check_tp_in_node((2, 2), ("fsdp", "tp"), ranks_per_node=2)
+    >>> check_tp_in_node((1, 4), ("fsdp", "tp"), ranks_per_node=2)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: TP degree 4 does not divide the 2 ranks per node: ... pick a TP degree in {1, 2}
+    >>> check_tp_in_node((2, 2), ("tp", "fsdp"), ranks_per_node=2)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: the TP group of ranks [0, 2] would span nodes [0, 1] ... put it last: mesh_dim_names=('fsdp', 'tp')
+    """
+    dims, names = _check_names(shape, dim_names)
+    if tp_dim not in names:
+        raise ValueError(f"mesh has no dim named {tp_dim!r}; its dims are {names}")
+    if not isinstance(ranks_per_node, int) or ranks_per_node < 1:
+        raise ValueError(f"ranks_per_node must be a positive whole number, got {ranks_per_node!r}")
+    tp = dims[names.index(tp_dim)]
+    if ranks_per_node % tp:
+        ok = ", ".join(str(k) for k in divisors(ranks_per_node))
+        raise ValueError(f"TP degree {tp} does not divide the {ranks_per_node} ranks per node: some TP groups "
+                         f"would cross a node boundary; pick a TP degree in {{{ok}}}")
+    nodes = [r // ranks_per_node for r in range(math.prod(dims))]
+    crossing = tp_groups_across_hosts(dims, names, nodes, tp_dim)
+    if crossing:
+        group = crossing[0]["ranks"]
+        order = tuple(n for n in names if n != tp_dim) + (tp_dim,)
+        raise ValueError(
+            f"the TP group of ranks {group} would span nodes {sorted({nodes[r] for r in group})} "
+            f"({ranks_per_node} ranks per node): ranks fill the mesh's last dim first, and \"{tp_dim}\" is "
+            f"dim {names.index(tp_dim)} of {names}; put it last: mesh_dim_names={order}")
 
 
 def check_placements(shape, placements, mesh_ndim: int) -> None:

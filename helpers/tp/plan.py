@@ -15,12 +15,7 @@ import torch.nn as nn
 
 from .checks import check_divisible
 
-__all__ = ["check_plan", "local_heads"]
-
-
-def local_heads(n_heads: int, degree: int, name: str = "n_heads") -> int:
-    """Heads per rank, ``n_heads // degree``; refuses a head count that does not divide."""
-    return check_divisible(name, n_heads, degree)
+__all__ = ["check_plan"]
 
 
 def _matches(module: nn.Module, key: str) -> list[str]:
@@ -33,12 +28,12 @@ def _matches(module: nn.Module, key: str) -> list[str]:
 def check_plan(module: nn.Module, plan: dict, degree: int | None = None) -> dict:
     """Refuse a plan that ``parallelize_module(module, mesh, plan)`` would apply wrongly.
 
-    * every key names a submodule (``"attn.q"``; ``*`` matches one level, ``"layers.*.ffn"``);
+    * every key names a submodule (``"attn.wq"``; ``*`` matches one level, ``"layers.*.mlp"``);
       otherwise ``ValueError`` listing the module's submodule names;
     * every value is a ``ParallelStyle`` (``ColwiseParallel()``, ``RowwiseParallel()``, ...);
     * with ``degree``: a column-wise ``nn.Linear`` needs ``out_features``, a row-wise one
       ``in_features`` divisible by it, and the parent of a planned layer that has an
-      ``n_heads`` attribute needs ``n_heads`` divisible by it.
+      ``n_heads`` (or ``n_kv_heads``) attribute needs it divisible by it (whole heads per rank).
 
     Returns the plan, so ``parallelize_module(m, mesh, check_plan(m, plan, mesh.size()))`` reads.
     """
@@ -49,7 +44,7 @@ def check_plan(module: nn.Module, plan: dict, degree: int | None = None) -> dict
     names = [n for n, _ in module.named_modules() if n]
     for key, style in plan.items():
         if not isinstance(key, str):
-            raise TypeError(f"plan key {key!r} must be a submodule name (a string like 'attn.q')")
+            raise TypeError(f"plan key {key!r} must be a submodule name (a string like 'attn.wq')")
         found = _matches(module, key)
         if not found:
             close = difflib.get_close_matches(key, names, n=1)
@@ -69,7 +64,7 @@ def check_plan(module: nn.Module, plan: dict, degree: int | None = None) -> dict
                 check_divisible(f"{name}.in_features", sub.in_features, degree)
             parent_name = name.rpartition(".")[0]
             parent = module.get_submodule(parent_name) if parent_name else module
-            n_heads = getattr(parent, "n_heads", None)
-            if isinstance(n_heads, int):
-                local_heads(n_heads, degree, f"{parent_name or type(module).__name__}.n_heads")
+            for attr in ("n_heads", "n_kv_heads"):
+                if isinstance(getattr(parent, attr, None), int):
+                    check_divisible(f"{parent_name or type(module).__name__}.{attr}", getattr(parent, attr), degree)
     return plan

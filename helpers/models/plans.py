@@ -1,0 +1,139 @@
+"""The models' tensor-parallel plans: plain dicts ``{submodule name: ParallelStyle}`` (torchtitan
+style), applied by small ``apply_*`` / ``parallelize_*`` functions that each do one thing.
+
+Megatron-LM (Shoeybi et al. 2019): wq, wk, wv and w1 (and w3) column-parallel, wo and w2
+row-parallel, so each rank keeps whole heads and whole hidden units. Sequence parallelism
+(Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models",
+arXiv:2205.05198) shards the residual stream on the sequence between the sub-layers. Every
+refusal (head count, vocabulary, sequence length, token ids) happens before any collective.
+Torch only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..tp.checks import check_divisible
+
+__all__ = ["block_plan", "model_plan", "tp_plan", "apply_fsdp", "parallelize_tiny_gpt", "check_tp_config",
+           "check_ids"]
+
+
+def block_plan(*, sequence_parallel: bool = True, prepare_input: bool = True, gated: bool = False) -> dict:
+    """The plan for one :class:`~helpers.models.parts.Block`, keyed by submodule name.
+
+    ``prepare_input`` (without SP): a ``PrepareModuleInput`` makes the input of attn and of mlp one
+    Replicate DTensor, so the backward sums dL/dx of q, k and v locally and all-reduces once
+    (Megatron's f) instead of once per projection; ``False`` is the bare six-layer plan.
+    With SP the residual stream between sub-layers is sharded on the sequence (Shard(1)): the
+    norms run on T/p positions; before attention and MLP an all-gather rebuilds the full sequence;
+    the row-parallel layers end in a reduce-scatter back to Shard(1) instead of an all-reduce.
+    """
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        RowwiseParallel,
+        SequenceParallel,
+    )
+
+    out = Shard(1) if sequence_parallel else Replicate()            # after wo/w2: reduce-scatter or all-reduce
+    into = (Shard(1),) if sequence_parallel else (Replicate(),)      # Shard(1) -> Replicate(): all-gather (B, T, D)
+    plan = {}
+    for sub, columns, row in (("attn", ("wq", "wk", "wv"), "wo"), ("mlp", ("w1", "w3") if gated else ("w1",), "w2")):
+        if sequence_parallel:
+            plan[f"{sub}_norm"] = SequenceParallel()                  # (B, T/p, D) in and out
+        if sequence_parallel or prepare_input:
+            plan[sub] = PrepareModuleInput(input_layouts=into, desired_input_layouts=(Replicate(),))
+        plan.update({f"{sub}.{name}": ColwiseParallel() for name in columns})
+        plan[f"{sub}.{row}"] = RowwiseParallel(output_layouts=out)
+    return plan
+
+
+def tp_plan(model, *, sequence_parallel: bool = False) -> dict:
+    """:func:`block_plan` for every block of ``model.blocks``, keys prefixed ``blocks.i.``
+    (notebook 03's :class:`~helpers.models.transformer.TinyTransformer` on its "tp" mesh dim)."""
+    return {f"blocks.{i}.{key}": style for i in range(len(model.blocks))
+            for key, style in block_plan(sequence_parallel=sequence_parallel).items()}
+
+
+def model_plan(*, sequence_parallel: bool = True, loss_parallel: bool = True) -> dict:
+    """The plan for TinyGPT's top level: embedding, final norm, head."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
+
+    seq = Shard(1) if sequence_parallel else Replicate()
+    plan = {
+        # vocab-parallel embedding: rows = vocab; the partial sums are reduce-scattered to Shard(1)
+        "tok_emb": RowwiseParallel(input_layouts=Replicate(), output_layouts=seq),
+        # head: column-parallel on the vocab; logits stay sharded on it for loss_parallel
+        "head": ColwiseParallel(input_layouts=seq,
+                                output_layouts=Shard(-1) if loss_parallel else Replicate(),
+                                use_local_output=not loss_parallel),
+    }
+    if sequence_parallel:
+        plan["norm"] = SequenceParallel()
+    return plan
+
+
+def apply_fsdp(model, fsdp_mesh, **kw):
+    """FSDP2 on the "fsdp" mesh: each block is one unit (gathered just before it runs, freed
+    after), then the root. Call it after ``parallelize_module``: FSDP then shards each TP shard."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.blocks:
+        fully_shard(block, mesh=fsdp_mesh, **kw)
+    fully_shard(model, mesh=fsdp_mesh, **kw)
+    return model
+
+
+def check_tp_config(cfg, p: int) -> None:
+    """Refuse a GPTConfig that cannot be split over ``p`` ranks (heads, kv heads, vocabulary, d_ff)."""
+    check_divisible("n_heads", cfg.n_heads, p)
+    if cfg.n_kv_heads is not None:
+        check_divisible("n_kv_heads", cfg.n_kv_heads, p)
+    check_divisible("vocab_size", cfg.vocab_size, p)
+    check_divisible("d_ff", cfg.d_ff, p)
+
+
+def check_ids(ids, vocab_size: int, p: int = 1, sequence_parallel: bool = False) -> None:
+    """Token ids inside the vocabulary, and a sequence length SP can split, before any collective."""
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"token ids must be an integer tensor (B, T), got "
+                        f"{getattr(ids, 'dtype', type(ids).__name__)}")
+    if ids.dim() != 2:
+        raise ValueError(f"token ids must have shape (B, T), got {tuple(ids.shape)}")
+    if ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is outside the vocabulary 0..{vocab_size - 1} "
+                             f"(vocab_size={vocab_size}); check the tokenizer")
+    if sequence_parallel and ids.shape[1] % p:
+        T = ids.shape[1]
+        raise ValueError(f"sequence length T={T} is not divisible by tp degree {p}: sequence "
+                         f"parallelism gives every rank T/p positions; use T={T - T % p} or "
+                         f"T={T + p - T % p}")
+
+
+def parallelize_tiny_gpt(model, mesh, sequence_parallel: bool = True, loss_parallel: bool = True):
+    """Apply :func:`block_plan` to every block and :func:`model_plan` to the top, in place.
+
+    Refuses (before any collective) a head count / vocabulary / d_ff not divisible by the mesh
+    size; a forward pre-hook refuses token ids outside the vocabulary and, under SP, a
+    sequence length not divisible by the mesh size.
+    """
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    p = mesh.size()
+    check_tp_config(model.cfg, p)
+    for block in model.blocks:
+        parallelize_module(block, mesh, block_plan(sequence_parallel=sequence_parallel))
+    parallelize_module(model, mesh, model_plan(sequence_parallel=sequence_parallel, loss_parallel=loss_parallel))
+    vocab = model.cfg.vocab_size
+
+    def _check(module, args):
+        check_ids(args[0], vocab, p, sequence_parallel)
+
+    model.register_forward_pre_hook(_check)
+    return model

@@ -1,0 +1,49 @@
+"""From a DTensor to what this rank holds: its local shard, its placement as text, its gradients.
+
+Duck-typed (``to_local``, ``placements``), so plain tensors pass through unchanged. Placements are
+spelled as DTensor prints them: ``"Shard(0)"``, ``"Replicate()"``, ``"Partial()"``. Torch only.
+"""
+
+from __future__ import annotations
+
+__all__ = ["to_local", "layout_of", "local_grads"]
+
+# MERGE: helper C's helpers.common.placements spells placements DTensor's way, and C's compare
+# accepts that spelling; until then the fallback gives the spelling today's compare reads.
+try:
+    from ..common.placements import placement_text
+except ImportError:
+    def placement_text(kind: str, dim: int | None = None) -> str:
+        return f"shard({dim})" if kind == "shard" else kind
+
+
+def to_local(t):
+    """A DTensor's local shard (autograd-tracked); any other tensor as it is."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def layout_of(t) -> str:
+    """The placement of a tensor on a 1-D mesh as text (a plain tensor: ``"Replicate()"``)."""
+    placements = getattr(t, "placements", None)
+    pl = placements[0] if placements else None
+    if pl is not None and pl.is_shard():
+        return placement_text("shard", pl.dim)
+    return placement_text("partial" if pl is not None and pl.is_partial() else "replicate")
+
+
+def local_grads(model) -> dict:
+    """{parameter name: (this rank's gradient on the CPU, layout)} for checking against dense.
+
+    A gradient that DTensor left as a pending sum (``Partial``: the norms' weights under SP, whose
+    reduction waits for the optimizer) is reduced here (an all-reduce: call on every rank).
+    """
+    out = {}
+    for name, prm in model.named_parameters():
+        g = prm.grad
+        if g is None:
+            continue
+        if hasattr(g, "placements") and any(pl.is_partial() for pl in g.placements):
+            from torch.distributed.tensor import Replicate
+            g = g.redistribute(placements=[Replicate()] * len(g.placements))
+        out[name] = (to_local(g).detach().cpu(), layout_of(g))
+    return out
