@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 __all__ = ["VALID_LAYOUTS", "to_f64", "as_shard_list", "parse_layout", "fmt_shape",
-           "fmt_index", "fmt_bytes", "to_2d"]
+           "fmt_index", "to_2d"]
 
 VALID_LAYOUTS = ("replicate", "shard(d)", "partial")
 LAYOUT_HELP = (
@@ -87,17 +87,6 @@ def fmt_index(flat: int, shape) -> str:
     if len(shape) == 0:
         return "()"
     return str(tuple(int(i) for i in np.unravel_index(int(flat), tuple(shape))))
-
-
-
-def fmt_bytes(n: float) -> str:
-    """``1536 -> '1.5 KiB'``: a byte count for a label."""
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" or n == int(n) else f"{n:.1f} {unit}"
-        n /= 1024.0
-    return f"{n:.1f} GiB"  # pragma: no cover
 
 
 def to_2d(a):

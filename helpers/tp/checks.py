@@ -11,13 +11,15 @@ import math
 import torch
 import torch.distributed as dist
 
+from ..common.numbers import divisors
+
 __all__ = ["valid_degrees", "check_divisible", "check_mesh_shape", "shard_range",
            "tp_degree_and_rank", "check_input"]
 
 
 def valid_degrees(size: int) -> list[int]:
     """All tp degrees that split ``size`` evenly (the divisors of ``size``)."""
-    return [d for d in range(1, size + 1) if size % d == 0]
+    return divisors(size)
 
 
 def check_divisible(name: str, size: int, degree: int) -> int:

@@ -16,7 +16,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from ..tensors import fmt_bytes, to_f64
+from ..common.numbers import fmt_bytes
+from ..tensors import to_f64
 from ..tp.commcount import COMM_FORMULAS
 from .figure import BOX, MUTED, REPLICATED_GREY, TEXT, figure_to_png, new_figure, rank_color, text_on
 

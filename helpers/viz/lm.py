@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..tensors import fmt_bytes
+from ..common.numbers import fmt_bytes
 from .figure import MUTED, REPLICATED_GREY, new_figure, rank_color
 
 __all__ = ["plot_loss_curves", "plot_bytes", "plot_activation_memory", "plot_collectives"]

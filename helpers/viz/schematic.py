@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from ..tensors import fmt_bytes
+from ..common.numbers import divisors, fmt_bytes
 from .figure import (
     BOX,
     MAX_DEGREE,
@@ -30,10 +30,6 @@ from .figure import (
 __all__ = ["MODES", "layout_figure", "layout_explorer", "LayoutExplorer"]
 
 MODES = ("column", "row", "column+row")
-
-
-def _divisors_upto(n: int, hi: int) -> list[int]:
-    return [d for d in range(1, hi + 1) if n % d == 0]
 
 
 def _check_int(name: str, v, lo: int, hi: int | None = None) -> int:
@@ -140,7 +136,7 @@ def _uneven_message(p, d_in, d_out, mode) -> str | None:
     name, n = ("in_features", d_in) if mode == "row" else ("out_features", d_out)
     if n % p == 0:
         return None
-    ok = ", ".join(str(d) for d in _divisors_upto(n, MAX_DEGREE))
+    ok = ", ".join(str(d) for d in divisors(n, upto=MAX_DEGREE))
     pad = math.ceil(n / p) * p
     what = "the hidden dim H" if mode == "column+row" else name
     return (f"{name}={n} is not divisible by {p}\n"
