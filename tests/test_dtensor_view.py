@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers.cluster.dtensor import DTensorView, chunk_range
+from helpers.reference.dtensor import DTensorView, chunk_range
 from helpers.viz import count_rank_colors, draw_dtensor
 
 MESHES = {(4,): ("tp",), (2, 2): ("dp", "tp")}
@@ -130,7 +130,7 @@ def test_full_equals_dense_for_every_placement_combination(cluster, mesh_shape, 
 
 def test_view_facts_and_uneven_last_shard(cluster):
     view = make(cluster, "_dtv_u", (6, 4), (4,), ("S0",))
-    assert view.placements == ("Shard(0)",) and view.spec == "Shard(0)" and view.layout == "shard(0)"
+    assert view.placements == ("Shard(0)",) and view.spec == "Shard(0)" and view.layout == "Shard(0)"
     assert [tuple(t.shape) for t in view.local_shards] == [(2, 4), (2, 4), (2, 4), (0, 4)]
     assert view.coordinates == [(0,), (1,), (2,), (3,)]
     two = make(cluster, "_dtv_2", (6, 4), (2, 2), ("S0", "R"))

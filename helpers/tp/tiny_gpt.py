@@ -260,14 +260,14 @@ def to_local(t):
 
 
 def layout_of(t) -> str:
-    """helpers.reference's layout string for a DTensor on a 1D mesh ('shard(0)', 'replicate')."""
+    """helpers.reference's layout string for a DTensor on a 1D mesh ('Shard(0)', 'Replicate()')."""
     placements = getattr(t, "placements", None)
     if not placements:
-        return "replicate"
+        return "Replicate()"
     pl = placements[0]
     if pl.is_shard():
-        return f"shard({pl.dim})"
-    return "replicate"
+        return f"Shard({pl.dim})"
+    return "Replicate()"
 
 
 def local_grads(model) -> dict:

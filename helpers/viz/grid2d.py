@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from ..common.numbers import fmt_bytes
-from ..tensors import to_f64
+from ..reference.compare import to_f64
 from ..tp.commcount import COMM_FORMULAS
 from .figure import BOX, MUTED, REPLICATED_GREY, TEXT, figure_to_png, new_figure, rank_color, text_on
 
