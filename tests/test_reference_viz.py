@@ -7,6 +7,7 @@ matplotlib.use("Agg")
 
 import ast
 import io
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -527,3 +528,50 @@ def test_no_cluster_imports(path):
     shows = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
              and isinstance(n.func, ast.Attribute) and n.func.attr == "show"]
     assert not shows, "figure functions must return the Figure, not call plt.show()"
+
+
+# ------------------------------------------------------------------------------------------
+# one spelling of placements; the display injected; a DTensor view keeps its dtype
+# ------------------------------------------------------------------------------------------
+
+
+def test_placements_have_one_spelling_dtensors():
+    from helpers.common.placements import parse_placement, placement_text
+
+    for text, parsed in [("Shard(0)", ("shard", 0)), ("Shard(-1)", ("shard", -1)),
+                         ("Replicate()", ("replicate", None)), ("Partial()", ("partial", None)),
+                         ("Partial(sum)", ("partial", None))]:
+        assert parse_placement(text) == parsed
+        assert placement_text(*parsed) == text.replace("(sum)", "()")
+    for old, new in [("shard(0)", "Shard(0)"), ("replicate", "Replicate()"), ("partial", "Partial()")]:
+        with pytest.raises(ValueError, match=rf"did you mean '{re.escape(new)}'"):
+            compare("Y", [torch.ones(2)], torch.ones(2), layout=old, show=False)
+    res = compare("Y", [torch.ones(2)] * 2, torch.ones(2), show=False)
+    assert res.layout == "Replicate()"
+
+
+def test_compare_shows_through_the_injected_display(capsys):
+    shown = []
+    res = compare("Y", [torch.ones(2)], torch.ones(2), show=shown.append)
+    assert shown == [res] and capsys.readouterr().out == ""
+    previous = set_display(shown.append)
+    try:
+        with pytest.raises(ComparisonError):
+            compare("Y", [torch.zeros(2)], torch.ones(2))
+    finally:
+        set_display(previous)
+    assert len(shown) == 2 and not shown[1].passed and shown[1].figure is not None
+    plt.close(shown[1].figure)
+
+
+def test_dtensor_view_full_keeps_the_dtype():
+    from helpers.reference.dtensor import views_from_descriptions
+
+    t = torch.arange(12, dtype=torch.bfloat16).reshape(4, 3)
+    descs = [{"kind": "dtensor", "placements": ["Shard(0)"], "shape": (4, 3), "local": t.chunk(2)[r],
+              "mesh": {"shape": (2,), "dim_names": None, "ranks": [0, 1], "coordinate": (r,)}}
+             for r in range(2)]
+    view = views_from_descriptions("T", descs)
+    assert view.full().dtype == torch.bfloat16 and torch.equal(view.full(), t)
+    with pytest.raises(NameError, match="'T' is not defined on rank 1"):
+        views_from_descriptions("T", [descs[0], {"kind": "missing", "rank": 1}])
