@@ -1,14 +1,9 @@
 """The one cluster API: what a notebook may call on ``cluster``, live or in a batch job.
 
-Two classes implement it, and one test suite runs the same cases against both
-(``tests/test_cluster_api.py``):
-
-* :class:`helpers.cluster.tpcluster.TPCluster` -- a live ipyparallel cluster, the notebook's kernel
-  outside the process group;
-* :class:`helpers.engine.batch.BatchCluster` -- the notebook run as a torchrun job, where every
-  rank runs the notebook's cells (``pull`` is then a collective every rank calls).
-
-``from helpers import connect; cluster = connect()`` returns whichever fits where it runs.
+:class:`helpers.cluster.tpcluster.TPCluster` (a live ipyparallel cluster) and
+:class:`helpers.engine.batch.BatchCluster` (a notebook run under torchrun, where every rank runs
+the notebook's cells) implement it; ``helpers.connect()`` returns the one that fits, and
+``tests/test_cluster_api.py`` runs the same cases against both.
 """
 
 from __future__ import annotations

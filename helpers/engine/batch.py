@@ -65,7 +65,7 @@ import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 
-from ..common.topology import node_names
+from ..common.topology import device_for, node_names
 from ..reference import display as reference_display
 from . import pg
 from .namespace import fetch_values, pulled, use_script_namespace
@@ -80,23 +80,6 @@ _ACTIVE: BatchJob | None = None
 def active_job() -> BatchJob | None:
     """The batch job running in this process, if any (``connect()`` returns its cluster)."""
     return _ACTIVE
-
-
-def plan_device(local_rank: int, local_world_size: int, gpus: int) -> tuple[str, str]:
-    """(backend, device) for one torchrun rank, as the course's cluster would choose.
-
-    >>> plan_device(1, 4, 4)
-    ('nccl', 'cuda:1')
-    >>> plan_device(3, 4, 2)
-    ('gloo', 'cuda:1')
-    >>> plan_device(3, 4, 0)
-    ('gloo', 'cpu')
-    """
-    if gpus >= local_world_size:
-        return "nccl", f"cuda:{local_rank}"
-    if gpus > 0:
-        return "gloo", f"cuda:{local_rank % gpus}"
-    return "gloo", "cpu"
 
 
 def _torchrun_env() -> dict[str, int]:
@@ -128,7 +111,8 @@ def start(script_globals: dict, *, notebook_dir: str | None = None,
     import torch.distributed as dist
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    backend, device_name = plan_device(env["local_rank"], env["local_world_size"], gpus)
+    backend = "nccl" if gpus >= env["local_world_size"] else "gloo"  # as connect() chooses
+    device_name = device_for(backend, env["local_rank"], gpus)
     device = torch.device(device_name)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -539,5 +523,5 @@ def _exit_now(status: int) -> None:
     os._exit(status)
 
 
-__all__ = ["start", "active_job", "plan_device", "BatchJob", "BatchCluster", "DEFAULT_TIMEOUT",
+__all__ = ["start", "active_job", "BatchJob", "BatchCluster", "DEFAULT_TIMEOUT",
            "FIGURES_SUFFIX"]

@@ -1,17 +1,10 @@
-"""How a comparison is shown: injected, so one ``compare`` serves a notebook, a batch job and a test.
+"""How a comparison is shown, injected: one ``compare`` serves a notebook, a batch job and a test.
 
-``compare(..., show=True)`` hands its :class:`~helpers.reference.compare.Result` to the current
-display, a function ``display(result)``:
-
-* :class:`NotebookDisplay` (the default): inside IPython the one-line result (text and HTML) and,
-  for a mismatch, the error heatmap as a PNG; elsewhere the line is printed;
-* a batch job (:mod:`helpers.engine.batch`) sets its own with :func:`set_display`: rank 0 prints
-  the line and saves the heatmap beside the script;
-* a test passes ``show=shown.append``, or ``set_display(NotebookDisplay(shell=..., emit=...))``
-  to stand in for a notebook kernel.
-
-A result is read duck-typed (``str(result)``, ``_repr_html_()``, ``expect``, ``matches``,
-``message``, ``figure``, ``shown_in``): this module imports nothing of the course.
+``compare(..., show=True)`` hands its result to the current display, a function ``display(result)``:
+:class:`NotebookDisplay` by default (in IPython the line and, on a mismatch, the error heatmap;
+elsewhere the line printed); a batch job sets its own with :func:`set_display` (the line, the
+heatmap saved); a test passes ``show=shown.append`` or a ``NotebookDisplay(shell=..., emit=...)``.
+Results are read duck-typed: this module imports nothing of the course at import time.
 """
 
 from __future__ import annotations
