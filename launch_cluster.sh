@@ -38,7 +38,7 @@ ensure_env() {
     fi
     if [[ -n "${VIRTUAL_ENV:-}" || -n "${CONDA_PREFIX:-}" ]] && [[ "${VIRTUAL_ENV:-}" != "$VENV" ]]; then
         PY="$(command -v python)"
-        if ! "$PY" -c "import helpers.cluster.session, torch" >/dev/null 2>&1; then
+        if ! "$PY" -c "import helpers.cluster.tpcluster, torch" >/dev/null 2>&1; then
             echo "Installing this project into the active environment ($PY) ..." >&2
             (cd "$REPO" && "$PY" -m pip install -q -e "$spec") || die "pip install -e '$spec' failed in the active environment"
         fi

@@ -100,19 +100,19 @@ def connect_child(cid, prof, n, backend, breakdown, ts_dir) -> None:
     if breakdown == "1":
         # Instrumented: engines start from `bench_children.py engine` (the real engine entry
         # point, with timestamps), and this process records when each step of connect()
-        # returns.  Patched where connect() looks them up: session.py imported start_cluster
-        # from lifecycle; init_distributed calls session.probe_engines; start_cluster reads
+        # returns.  Patched where connect() looks them up: tpcluster.py imported start_cluster
+        # from lifecycle; init_distributed calls tpcluster.probe_engines; start_cluster reads
         # lifecycle.ENGINE_CMD.
         import ipyparallel as ipp
 
-        from helpers.cluster import lifecycle, session
+        from helpers.cluster import lifecycle, tpcluster
 
         os.environ["BENCH_TS_DIR"] = ts_dir
         lifecycle.ENGINE_CMD = [sys.executable, HERE, "engine"]
-        _timed(session, "start_cluster", "t_spawned", T)
+        _timed(tpcluster, "start_cluster", "t_spawned", T)
         _timed(ipp.Client, "wait_for_engines", "t_registered", T)
-        _timed(session, "probe_engines", "t_probed", T)
-        _timed(session.TPCluster, "init_distributed", "t_pg", T)
+        _timed(tpcluster, "probe_engines", "t_probed", T)
+        _timed(tpcluster.TPCluster, "init_distributed", "t_pg", T)
     c = hc.connect(n=n, cluster_id=cid, profile_dir=prof, backend=(backend or None), activate=False)
     T["t_connected"] = time.time()
     # what a notebook does: a %%px cell, then the result pulled by rank
@@ -135,7 +135,7 @@ def torchrun_child(mode, backend, *rest) -> None:
 
     T["t_imported"] = time.time()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    # the device rule of connect() (helpers.cluster.planning.device_for): own GPU under NCCL,
+    # the device rule of connect() (helpers.common.topology.device_for): own GPU under NCCL,
     # GPUs shared round-robin under gloo, else CPU; inlined so the child imports only torch
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if backend == "nccl":

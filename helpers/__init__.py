@@ -5,13 +5,23 @@ The notebook kernel imports :func:`connect` from here; the engines import
 so they run under torchrun too.  Map of the package: helpers/README.md.
 """
 
+import sys
+
 __all__ = ["connect"]
 
 
-def __getattr__(name):
-    # Lazy: importing helpers.tp on an engine must not pull in ipyparallel.
-    if name == "connect":
-        from .cluster.session import connect
+def connect(n=None, **kwargs):
+    """The notebook's cluster (a :class:`helpers.common.api.ClusterAPI`).
 
-        return connect
-    raise AttributeError(f"module 'helpers' has no attribute {name!r}")
+    In a notebook: :func:`helpers.cluster.tpcluster.connect` (attach to the cluster that
+    ``launch_cluster.sh`` started, or start the local default; its arguments are documented
+    there).  In a batch job written by ``launch_cluster.sh export``: that job's cluster
+    (:class:`helpers.engine.batch.BatchCluster`), and ipyparallel is never imported.
+    """
+    batch = sys.modules.get("helpers.engine.batch")  # loaded only where a batch job runs
+    job = batch.active_job() if batch is not None else None
+    if job is not None:
+        return job.connect(n, **kwargs)
+    from .cluster.tpcluster import connect as connect_live  # lazy: no ipyparallel on an engine
+
+    return connect_live(n, **kwargs)

@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers.cluster.dtensor import DTensorView, chunk_range
+from helpers.reference.dtensor import DTensorView, chunk_range
 from helpers.viz import count_rank_colors, draw_dtensor
 
 MESHES = {(4,): ("tp",), (2, 2): ("dp", "tp")}
@@ -126,12 +126,13 @@ def test_full_equals_dense_for_every_placement_combination(cluster, mesh_shape, 
     view = make(cluster, "_dtv_x", shape, mesh_shape, kinds)
     assert view.mesh_shape == mesh_shape and view.mesh_dim_names == MESHES[mesh_shape]
     assert view.shape == shape and len(view.local_shards) == 4
-    assert torch.allclose(view.full(), dense(shape, 0).double(), atol=1e-6)
+    assert view.full().dtype == torch.float32, "full() keeps the DTensor's dtype, like full_tensor()"
+    assert torch.allclose(view.full(), dense(shape, 0), atol=1e-6)
 
 
 def test_view_facts_and_uneven_last_shard(cluster):
     view = make(cluster, "_dtv_u", (6, 4), (4,), ("S0",))
-    assert view.placements == ("Shard(0)",) and view.spec == "Shard(0)" and view.layout == "shard(0)"
+    assert view.placements == ("Shard(0)",) and view.spec == "Shard(0)" and view.layout == "Shard(0)"
     assert [tuple(t.shape) for t in view.local_shards] == [(2, 4), (2, 4), (2, 4), (0, 4)]
     assert view.coordinates == [(0,), (1,), (2,), (3,)]
     two = make(cluster, "_dtv_2", (6, 4), (2, 2), ("S0", "R"))
@@ -148,7 +149,7 @@ def test_full_equals_dense_for_random_shapes(cluster, mesh_shape, data):
                   for i in range(len(mesh_shape)))
     seed = data.draw(st.integers(0, 1000), label="seed")
     view = make(cluster, "_dtv_h", shape, mesh_shape, kinds, seed)
-    assert torch.allclose(view.full(), dense(shape, seed).double(), atol=1e-6)
+    assert torch.allclose(view.full(), dense(shape, seed), atol=1e-6)
 
 
 def test_chunk_range_is_torch_chunk():
@@ -176,12 +177,15 @@ def test_draw_dtensor_paints_exactly_the_ranks_that_hold_data(cluster, shape, me
 # ------------------------------------------------------------------ bad input, refused clearly
 def test_pull_dtensor_says_which_ranks_have_what(cluster):
     cluster.apply(_engine_set_mixed, "_dtv_mixed")
+    with pytest.raises(NameError, match="'_dtv_mixed' is not defined on rank 3:"):  # as pull() says it
+        cluster.pull_dtensor("_dtv_mixed")
+    cluster.run("if rank == 3:\n    _dtv_mixed = 'text'")
     with pytest.raises(ValueError) as e:
         cluster.pull_dtensor("_dtv_mixed")
     msg = str(e.value)
     assert "ranks 0, 1: a DTensor" in msg and "rank 2: a plain torch.Tensor of shape (2,)" in msg
-    assert "rank 3: not defined" in msg and "distribute_tensor" in msg
-    with pytest.raises(ValueError, match="not a DTensor on every rank"):
+    assert "rank 3: a str" in msg and "distribute_tensor" in msg
+    with pytest.raises(NameError, match="not defined on ranks 0, 1, 2, 3"):
         cluster.pull_dtensor("_dtv_nothing_here")
 
 
@@ -193,7 +197,7 @@ def test_bad_plan_is_refused_before_any_collective(cluster):
 
 
 def test_inconsistent_descriptions_are_refused():
-    base = {"kind": "dtensor", "placements": [{"kind": "shard", "dim": 0}], "shape": (4,),
+    base = {"kind": "dtensor", "placements": ["Shard(0)"], "shape": (4,),
             "local": torch.ones(1), "mesh": {"shape": (4,), "dim_names": ("tp",), "ranks": [0, 1, 2, 3],
                                              "coordinate": (0,), "device_type": "cpu"}}
     descs = [dict(base, mesh=dict(base["mesh"], coordinate=(r,))) for r in range(4)]

@@ -149,14 +149,14 @@ def test_a_failing_check_fails_the_job(tmp_path, capsys):
         CONNECT,
         "%%px\ny = torch.ones(2) * rank   # wrong on purpose: ranks disagree\n",
         'import torch\nfrom helpers.reference import compare\n'
-        'compare("y", cluster.pull("y"), torch.ones(2), layout="replicate")\n',
+        'compare("y", cluster.pull("y"), torch.ones(2), layout="Replicate()")\n',
         'print("after the failed check")\n',
     ])
     script = tmp_path / "broken.py"
     assert export(capsys, nb, "-o", script)[0] == 0
     run, _ = torchrun(script, nproc=2)
     assert run.returncode != 0
-    assert "❌ notebook cell 2 failed on every rank: ComparisonError: y (layout replicate)" in run.stderr
+    assert "❌ notebook cell 2 failed on every rank: ComparisonError: y (layout Replicate())" in run.stderr
     assert "(cell 2, line 3: compare(\"y\", cluster.pull(\"y\")" in run.stderr
     assert "after the failed check" not in run.stdout
 

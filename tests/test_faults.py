@@ -129,7 +129,7 @@ def test_interrupt_inside_a_collective_stops_every_engine_within_2s(fc, kernel):
         """), interrupt_after=2.0, km=km)
         assert reply["_interrupt_to_reply"] <= 2.5, reply["_interrupt_to_reply"]
         assert "did NOT survive" in out and "cluster.recover()" in out, out
-        assert set(fc.busy_ranks()) == set()
+        assert set(fc.recovery.busy_ranks()) == set()
         reply, out = run_in_kernel(kc, "cluster.recover()")
         assert "every engine variable was kept" in out, out
     finally:

@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 
 from helpers.cluster import ClusterRef
-from helpers.cluster.planning import (
+from helpers.common.topology import (
     check_min_ranks,
     check_n,
     default_n,

@@ -7,6 +7,7 @@ matplotlib.use("Agg")
 
 import ast
 import io
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -16,8 +17,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import reference, viz
-from helpers.reference import ComparisonError, Result, compare, compare_grads, error_heatmap, reassemble
+from helpers import viz
+from helpers.reference import (
+    ComparisonError,
+    NotebookDisplay,
+    Result,
+    compare,
+    compare_grads,
+    error_heatmap,
+    reassemble,
+    set_display,
+)
 from helpers.viz import RANK_COLORS, count_rank_colors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,19 +41,20 @@ def _no_leaked_figures():
 
 
 class FakeShell:
-    """Stands in for a notebook kernel: reference._get_ipython() returns it."""
+    """Stands in for a notebook kernel (its execution_count names the cell)."""
 
     def __init__(self):
         self.execution_count = 5
 
 
 @pytest.fixture
-def notebook(monkeypatch):
+def notebook():
+    """compare()'s display as in a notebook, injected: what it shows is collected in ``shown``."""
     shown = []
     shell = FakeShell()
-    monkeypatch.setattr(reference, "_get_ipython", lambda: shell)
-    monkeypatch.setattr(reference, "_display", lambda obj, **kw: shown.append(obj))
-    return shell, shown
+    previous = set_display(NotebookDisplay(shell=shell, emit=lambda obj, **kw: shown.append(obj)))
+    yield shell, shown
+    set_display(previous)
 
 
 def _texts(fig):
@@ -62,29 +73,29 @@ def _texts(fig):
 
 def test_reassemble_shard_dims():
     t = torch.arange(48.0).reshape(4, 12)
-    assert torch.equal(reassemble(list(t.chunk(3, dim=1)), "shard(-1)"), t.double())
-    assert torch.equal(reassemble(list(t.chunk(3, dim=1)), "shard(1)"), t.double())
-    assert torch.equal(reassemble(list(t.chunk(2, dim=0)), "shard(0)"), t.double())
+    assert torch.equal(reassemble(list(t.chunk(3, dim=1)), "Shard(-1)"), t.double())
+    assert torch.equal(reassemble(list(t.chunk(3, dim=1)), "Shard(1)"), t.double())
+    assert torch.equal(reassemble(list(t.chunk(2, dim=0)), "Shard(0)"), t.double())
     assert torch.equal(reassemble(list(t.chunk(2, dim=0)), " Shard( 0 ) "), t.double())
 
 
 def test_reassemble_numpy_dict_and_dtype():
     t = torch.randn(4, 6, dtype=torch.float32)
     parts = [c.numpy() for c in t.chunk(2, dim=0)]
-    out = reassemble(parts, "shard(0)")
+    out = reassemble(parts, "Shard(0)")
     assert out.dtype == torch.float64 and out.device.type == "cpu"
     assert torch.equal(out, t.double())
-    out = reassemble({1: parts[1], 0: parts[0]}, "shard(0)")
+    out = reassemble({1: parts[1], 0: parts[0]}, "Shard(0)")
     assert torch.equal(out, t.double())
-    bf = reassemble([t.bfloat16(), t.bfloat16()], "replicate")
+    bf = reassemble([t.bfloat16(), t.bfloat16()], "Replicate()")
     assert bf.dtype == torch.float64
 
 
 def test_reassemble_replicate_and_partial():
     t = torch.randn(3, 5)
-    assert torch.equal(reassemble([t, t.clone(), t.clone()], "replicate"), t.double())
+    assert torch.equal(reassemble([t, t.clone(), t.clone()], "Replicate()"), t.double())
     parts = [torch.randn(3, 5) for _ in range(4)]
-    assert torch.allclose(reassemble(parts, "partial"), sum(p.double() for p in parts))
+    assert torch.allclose(reassemble(parts, "Partial()"), sum(p.double() for p in parts))
 
 
 def test_reassemble_replicate_disagreement_names_ranks_and_diff():
@@ -94,14 +105,14 @@ def test_reassemble_replicate_disagreement_names_ranks_and_diff():
     bad3 = t.clone()
     bad3[1, 2] = -2.0
     with pytest.raises(AssertionError) as ei:
-        reassemble([t, bad1, t, bad3], "replicate")
+        reassemble([t, bad1, t, bad3], "Replicate()")
     msg = str(ei.value)
     assert "rank(s) 1, 3" in msg
     assert "2.0e+00 on rank 3" in msg
-    assert "partial" in msg  # points at the likely cause
+    assert "Partial()" in msg  # points at the likely cause
     # a tolerance lets float noise through
     noisy = t + 1e-9
-    reassemble([t, noisy], "replicate", atol=1e-6)
+    reassemble([t, noisy], "Replicate()", atol=1e-6)
 
 
 def test_reassemble_bad_inputs():
@@ -109,18 +120,18 @@ def test_reassemble_bad_inputs():
     with pytest.raises(ValueError) as ei:
         reassemble([t, t], "colwise")
     msg = str(ei.value)
-    for valid in ("'replicate'", "'shard(d)'", "'partial'", "shard(-1)"):
+    for valid in ("'Replicate()'", "'Shard(d)'", "'Partial()'", "Shard(-1)"):
         assert valid in msg
     with pytest.raises(ValueError, match="out of range"):
-        reassemble([t, t], "shard(2)")
+        reassemble([t, t], "Shard(2)")
     with pytest.raises(ValueError, match="empty"):
-        reassemble([], "shard(0)")
+        reassemble([], "Shard(0)")
     with pytest.raises(AssertionError, match="every dim except"):
-        reassemble([torch.zeros(2, 4), torch.zeros(3, 4)], "shard(1)")
+        reassemble([torch.zeros(2, 4), torch.zeros(3, 4)], "Shard(1)")
     with pytest.raises(AssertionError, match="shapes differ"):
-        reassemble([torch.zeros(2, 4), torch.zeros(2, 5)], "partial")
+        reassemble([torch.zeros(2, 4), torch.zeros(2, 5)], "Partial()")
     with pytest.raises(TypeError, match="one tensor per rank"):
-        reassemble(t, "replicate")
+        reassemble(t, "Replicate()")
 
 
 @settings(max_examples=60, deadline=None)
@@ -136,7 +147,7 @@ def test_property_chunk_then_reassemble_roundtrips(shape, degree, dim_seed, nega
     t = torch.randn(*shape, generator=g)
     d = dim_seed % len(shape)
     chunks = list(torch.chunk(t, degree, dim=d))
-    layout = f"shard({d - len(shape) if negative else d})"
+    layout = f"Shard({d - len(shape) if negative else d})"
     assert torch.equal(reassemble(chunks, layout), t.double())
     # and the comparison agrees
     assert compare("T", chunks, t, layout, show=False).passed
@@ -154,13 +165,13 @@ def _y():
 
 def test_compare_pass_prints_one_line(capsys):
     y = _y()
-    res = compare("Y", list(y.chunk(4, dim=-1)), y, layout="shard(-1)")
+    res = compare("Y", list(y.chunk(4, dim=-1)), y, layout="Shard(-1)")
     assert isinstance(res, Result) and res.passed and res.matches and bool(res)
-    assert res.shape == (8, 16) and res.layout == "shard(-1)" and res.n_ranks == 4
+    assert res.shape == (8, 16) and res.layout == "Shard(-1)" and res.n_ranks == 4
     assert res.max_abs == 0.0 and res.figure is None
     line = str(res)
     assert line.startswith("✅ Y matches dense  shape (8, 16)  max|Δ| 0.0e+00")
-    assert line.endswith("(layout shard(-1), 4 ranks)")
+    assert line.endswith("(layout Shard(-1), 4 ranks)")
     assert capsys.readouterr().out.strip() == line
     html = res._repr_html_()
     assert 'data-passed="true"' in html and "Y matches dense" in html
@@ -172,9 +183,9 @@ def test_compare_fail_message_numbers(capsys):
     tp[2, 7] += 0.31
     shards = list(tp.chunk(4, dim=-1))
     with pytest.raises(AssertionError) as ei:
-        compare("Y", shards, y, layout="shard(-1)")
+        compare("Y", shards, y, layout="Shard(-1)")
     msg = str(ei.value)
-    assert msg.startswith("Y (layout shard(-1)): max abs err 3.1e-01 > atol 1e-05 at index (2, 7); max rel err")
+    assert msg.startswith("Y (layout Shard(-1)): max abs err 3.1e-01 > atol 1e-05 at index (2, 7); max rel err")
     assert "1 of 128 elements fail" in msg
     res = ei.value.result
     assert isinstance(ei.value, ComparisonError)
@@ -185,16 +196,16 @@ def test_compare_fail_message_numbers(capsys):
     out = capsys.readouterr().out
     assert "❌ Y differs from dense" in out
     # tolerances are honoured
-    assert compare("Y", shards, y, layout="shard(-1)", atol=0.5, show=False).passed
+    assert compare("Y", shards, y, layout="Shard(-1)", atol=0.5, show=False).passed
 
 
 def test_compare_shape_mismatch_names_shapes_and_layout():
     y = _y()
     with pytest.raises(AssertionError) as ei:
-        compare("Y", list(y.chunk(4, dim=-1)), y, layout="shard(0)", show=False)
+        compare("Y", list(y.chunk(4, dim=-1)), y, layout="Shard(0)", show=False)
     msg = str(ei.value)
-    assert "(32, 4)" in msg and "(8, 16)" in msg and "shard(0)" in msg
-    assert "shard(1)" in msg  # suggests the layout that would fit
+    assert "(32, 4)" in msg and "(8, 16)" in msg and "Shard(0)" in msg
+    assert "Shard(1)" in msg  # suggests the layout that would fit
 
 
 def test_compare_hints_partial_sums():
@@ -203,20 +214,20 @@ def test_compare_hints_partial_sums():
     with pytest.raises(AssertionError, match="disagree|partial"):
         compare("Y", [y / 4, y / 2, y / 8, y / 8], y, show=False)
     with pytest.raises(AssertionError, match="x|×"):
-        compare("Y", [y, y, y, y], 4 * y / 16, layout="partial", show=False)
-    assert compare("Y", parts, y, layout="partial", show=False).passed
+        compare("Y", [y, y, y, y], 4 * y / 16, layout="Partial()", show=False)
+    assert compare("Y", parts, y, layout="Partial()", show=False).passed
 
 
 def test_compare_expect_mismatch(capsys):
     y = _y()
     broken = [c * 0 for c in y.chunk(2, dim=0)]
-    res = compare("Y", broken, y, layout="shard(0)", expect="mismatch")
+    res = compare("Y", broken, y, layout="Shard(0)", expect="mismatch")
     assert res.passed and not res.matches
     out = capsys.readouterr().out
     assert "✅ Y differs from dense, as expected" in out
-    assert "mismatch, as expected: Y (layout shard(0)): max abs err" in out
+    assert "mismatch, as expected: Y (layout Shard(0)): max abs err" in out
     with pytest.raises(AssertionError, match="expected a mismatch"):
-        compare("Y", list(y.chunk(2, dim=0)), y, layout="shard(0)", expect="mismatch", show=False)
+        compare("Y", list(y.chunk(2, dim=0)), y, layout="Shard(0)", expect="mismatch", show=False)
     with pytest.raises(ValueError):
         compare("Y", [y], y, expect="maybe", show=False)
 
@@ -225,11 +236,11 @@ def test_compare_replicate_copies_that_disagree_are_a_mismatch(capsys):
     """A missing all-reduce leaves each rank a different partial sum: a mismatch, not a crash."""
     dense = torch.arange(6.0).reshape(2, 3)
     parts = [dense / 4 + r for r in range(4)]  # four different 'copies'
-    res = compare("Y", parts, dense, layout="replicate", expect="mismatch", show=False)
+    res = compare("Y", parts, dense, layout="Replicate()", expect="mismatch", show=False)
     assert res.passed and not res.matches
     assert "worst copy: rank" in res.message
     with pytest.raises(ComparisonError, match="worst copy: rank 0"):
-        compare("Y", parts, dense, layout="replicate", show=False)
+        compare("Y", parts, dense, layout="Replicate()", show=False)
 
 
 def test_compare_nan_is_a_failure():
@@ -271,20 +282,20 @@ def test_compare_grads_reports_every_failure(capsys):
     bad = w.clone()
     bad[3, 1] += 1.0
     pairs = [
-        ("dY", list(y.chunk(4, dim=-1)), y, "shard(-1)"),
-        ("dW", list(bad.chunk(2, dim=0)), w, "shard(0)"),
+        ("dY", list(y.chunk(4, dim=-1)), y, "Shard(-1)"),
+        ("dW", list(bad.chunk(2, dim=0)), w, "Shard(0)"),
         ("db", [w, w], w),
-        ("dX", [y[:, :3]], y, "replicate"),
+        ("dX", [y[:, :3]], y, "Replicate()"),
     ]
     with pytest.raises(AssertionError) as ei:
         compare_grads(pairs)
     msg = str(ei.value)
     assert msg.startswith("2 of 4 comparisons failed")
-    assert "dW (layout shard(0)): max abs err 1.0e+00 > atol 1e-05 at index (3, 1)" in msg
-    assert "dX (layout replicate): reassembled shape (8, 3)" in msg
+    assert "dW (layout Shard(0)): max abs err 1.0e+00 > atol 1e-05 at index (3, 1)" in msg
+    assert "dX (layout Replicate()): reassembled shape (8, 3)" in msg
     out = capsys.readouterr().out
     assert out.count("✅") == 2 and out.count("❌") == 2
-    ok = compare_grads([("a", [y], y), ("b", list(w.chunk(4, 1)), w, "shard(1)")], show=False)
+    ok = compare_grads([("a", [y], y), ("b", list(w.chunk(4, 1)), w, "Shard(1)")], show=False)
     assert [r.passed for r in ok] == [True, True]
 
 
@@ -443,13 +454,13 @@ def test_layout_explorer_redraws_once_per_change():
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout,split", [("shard(-1)", 1), ("shard(0)", 0), ("replicate", None),
-                                          ("partial", None)])
+@pytest.mark.parametrize("layout,split", [("Shard(-1)", 1), ("Shard(0)", 0), ("Replicate()", None),
+                                          ("Partial()", None)])
 def test_shard_figure_renders_each_rank(layout, split):
     w = torch.randn(8, 16)
     if split is not None:
         shards = list(w.chunk(4, dim=split))
-    elif layout == "replicate":
+    elif layout == "Replicate()":
         shards = [w] * 4
     else:
         shards = [w / 4] * 4
@@ -459,19 +470,19 @@ def test_shard_figure_renders_each_rank(layout, split):
     assert "W" in text and ("rank 3: (8, 4)" in text or split != 1)
     if split == 0:
         assert "rank 0: (2, 16)" in text
-    if layout == "partial":
+    if layout == "Partial()":
         assert "Σ over ranks" in text
 
 
 def test_shard_figure_1d_3d_and_mismatch():
     b = torch.randn(12)
-    fig = viz.shard_figure(list(b.chunk(3)), "shard(0)", name="b", dense_shape=(12,))
+    fig = viz.shard_figure(list(b.chunk(3)), "Shard(0)", name="b", dense_shape=(12,))
     assert count_rank_colors(viz.figure_to_rgba(fig)) == {0, 1, 2}
     t = torch.randn(2, 3, 8)
-    fig = viz.shard_figure(list(t.chunk(2, dim=-1)), "shard(-1)", dense_shape=(2, 3, 10))
+    fig = viz.shard_figure(list(t.chunk(2, dim=-1)), "Shard(-1)", dense_shape=(2, 3, 10))
     assert "≠ dense (2, 3, 10)" in _texts(fig)
     with pytest.raises(ValueError, match="first or last"):
-        viz.shard_figure(list(t.chunk(3, dim=1)), "shard(1)")
+        viz.shard_figure(list(t.chunk(3, dim=1)), "Shard(1)")
 
 
 def test_plot_flops_renders():
@@ -502,7 +513,8 @@ def test_cluster_map_renders_hosts_and_ranks():
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["helpers/reference.py", "helpers/tensors.py", "helpers/viz/figure.py",
+@pytest.mark.parametrize("path", ["helpers/reference/compare.py", "helpers/reference/display.py",
+                                  "helpers/reference/dtensor.py", "helpers/viz/figure.py",
                                   "helpers/viz/schematic.py", "helpers/viz/data.py"])
 def test_no_cluster_imports(path):
     tree = ast.parse((ROOT / path).read_text())
@@ -516,3 +528,50 @@ def test_no_cluster_imports(path):
     shows = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
              and isinstance(n.func, ast.Attribute) and n.func.attr == "show"]
     assert not shows, "figure functions must return the Figure, not call plt.show()"
+
+
+# ------------------------------------------------------------------------------------------
+# one spelling of placements; the display injected; a DTensor view keeps its dtype
+# ------------------------------------------------------------------------------------------
+
+
+def test_placements_have_one_spelling_dtensors():
+    from helpers.common.placements import parse_placement, placement_text
+
+    for text, parsed in [("Shard(0)", ("shard", 0)), ("Shard(-1)", ("shard", -1)),
+                         ("Replicate()", ("replicate", None)), ("Partial()", ("partial", None)),
+                         ("Partial(sum)", ("partial", None))]:
+        assert parse_placement(text) == parsed
+        assert placement_text(*parsed) == text.replace("(sum)", "()")
+    for old, new in [("shard(0)", "Shard(0)"), ("replicate", "Replicate()"), ("partial", "Partial()")]:
+        with pytest.raises(ValueError, match=rf"did you mean '{re.escape(new)}'"):
+            compare("Y", [torch.ones(2)], torch.ones(2), layout=old, show=False)
+    res = compare("Y", [torch.ones(2)] * 2, torch.ones(2), show=False)
+    assert res.layout == "Replicate()"
+
+
+def test_compare_shows_through_the_injected_display(capsys):
+    shown = []
+    res = compare("Y", [torch.ones(2)], torch.ones(2), show=shown.append)
+    assert shown == [res] and capsys.readouterr().out == ""
+    previous = set_display(shown.append)
+    try:
+        with pytest.raises(ComparisonError):
+            compare("Y", [torch.zeros(2)], torch.ones(2))
+    finally:
+        set_display(previous)
+    assert len(shown) == 2 and not shown[1].passed and shown[1].figure is not None
+    plt.close(shown[1].figure)
+
+
+def test_dtensor_view_full_keeps_the_dtype():
+    from helpers.reference.dtensor import views_from_descriptions
+
+    t = torch.arange(12, dtype=torch.bfloat16).reshape(4, 3)
+    descs = [{"kind": "dtensor", "placements": ["Shard(0)"], "shape": (4, 3), "local": t.chunk(2)[r],
+              "mesh": {"shape": (2,), "dim_names": None, "ranks": [0, 1], "coordinate": (r,)}}
+             for r in range(2)]
+    view = views_from_descriptions("T", descs)
+    assert view.full().dtype == torch.bfloat16 and torch.equal(view.full(), t)
+    with pytest.raises(NameError, match="'T' is not defined on rank 1"):
+        views_from_descriptions("T", [descs[0], {"kind": "missing", "rank": 1}])

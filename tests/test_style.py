@@ -68,3 +68,50 @@ def test_no_import_circles_in_helpers():
         if m not in state:
             visit(m, [m])
     assert not cycles, "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+# Which helpers package may import which (DESIGN.md, "one direction of imports"): the notebook's
+# cluster sits on top, the ranks' code below it, the pure pieces at the bottom.  A package not
+# listed here must be added, with the packages it may use.
+ALLOWED = {
+    "common": set(),                                        # pure standard library
+    "data": {"common", "tp"},
+    "costmodel": {"common"},                                # pure Python, no torch
+    "tp": {"common"},                                       # TP math: torch only
+    "models": {"common", "tp"},
+    "measure": {"common", "tp", "engine"},
+    "engine": {"common", "reference"},                      # never the notebook's cluster
+    "reference": {"common", "engine", "viz"},               # engine: DTensor descriptions, by reference
+    "viz": {"common", "reference", "tp", "costmodel"},
+    "exercises": {"common", "engine", "reference", "tp", "models"},
+    "cluster": {"common", "engine", "reference"},
+}
+
+
+def _package(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ALLOWED) else None
+
+
+def test_imports_between_packages_go_one_way():
+    wrong = []
+    for module, deps in _module_graph().items():
+        src = _package(module)
+        if src is None:  # helpers/__init__.py: the lazy connect()
+            continue
+        for dep in sorted(deps):
+            dst = _package(dep)
+            if src not in ALLOWED:
+                wrong.append(f"{module}: package {src!r} is not in ALLOWED")
+            elif dst is not None and dst != src and dst not in ALLOWED[src]:
+                wrong.append(f"{module} imports {dep} ({src} -> {dst})")
+    assert not wrong, "imports against the direction of DESIGN.md:\n" + "\n".join(wrong)
+
+
+def test_common_is_pure_standard_library():
+    for path in pathlib.Path(REPO, "helpers", "common").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            bad = [n for n in names if n.split(".")[0] not in sys.stdlib_module_names]
+            assert not bad, f"{path.relative_to(REPO)} imports {bad}: helpers/common is standard library only"

@@ -158,10 +158,10 @@ def test_layers_match_dense_on_engines(tpc, degree, bias):
 # ------------------------------------------------------------------ layers, checked in the kernel
 # Layouts of what each rank returns (DTensor vocabulary, as in helpers.reference).
 PARAM_LAYOUTS = {
-    "column": {"weight": "shard(0)", "bias": "shard(0)"},
-    "row": {"weight": "shard(-1)", "bias": "replicate"},
-    "mlp": {"w1.weight": "shard(0)", "w1.bias": "shard(0)",
-            "w2.weight": "shard(-1)", "w2.bias": "replicate"},
+    "column": {"weight": "Shard(0)", "bias": "Shard(0)"},
+    "row": {"weight": "Shard(-1)", "bias": "Replicate()"},
+    "mlp": {"w1.weight": "Shard(0)", "w1.bias": "Shard(0)",
+            "w2.weight": "Shard(-1)", "w2.bias": "Replicate()"},
 }
 
 
@@ -185,8 +185,8 @@ def check_layer_in_kernel(cluster, kind, degree, bias, flag, shape, seed):
     got = cluster.apply(eng.layer_case, kind, degree, bias, flag, d_in, d_out, seed, x=x, dy=dy)
     y, x_grad, grads = dense_reference(kind, bias, d_in, d_out, seed, x, dy)
 
-    y_layout = "shard(-1)" if kind == "column" and not flag else "replicate"
-    x_layout = "shard(-1)" if kind == "row" and flag else "replicate"
+    y_layout = "Shard(-1)" if kind == "column" and not flag else "Replicate()"
+    x_layout = "Shard(-1)" if kind == "row" and flag else "Replicate()"
     for grp in groups_of(degree):
         pulled = [got[r] for r in grp]
         assert all(set(p["grads"]) == set(grads) for p in pulled), (

@@ -1,10 +1,10 @@
 """The notebook side of the course's ipyparallel cluster (never imported on an engine).
 
 * :mod:`.ref` -- :class:`ClusterRef`, one cluster's identity and the files it owns;
-* :mod:`.planning` -- pure rank planning: ranks, local ranks, backend, devices;
 * :mod:`.lifecycle` -- starting, finding and stopping processes; the reaper (:mod:`.reaper`);
-* :mod:`.session` -- :class:`TPCluster` and :func:`connect`;
-* :mod:`.magics` -- ``%%px`` with clear errors, interrupts and the recovery protocol;
+* :mod:`.tpcluster` -- :class:`TPCluster` (a :class:`helpers.common.api.ClusterAPI`) and :func:`connect`;
+* :mod:`.magics` -- ``%%px`` with clear errors and interrupts;
+* :mod:`.recovery` -- :class:`Recovery`, the way back from a broken group or a dead engine;
 * :mod:`.cli` -- the command line behind ``launch_cluster.sh``.
 """
 
@@ -18,10 +18,10 @@ _EXPORTS = {
     ".lifecycle": ("DEFAULT_START_TIMEOUT", "ENGINE_CMD", "StopReport", "clean_stale",
                    "cluster_processes", "is_running", "kill_processes", "start_cluster",
                    "stop_cluster", "visible_gpus"),
-    ".magics": ("CollectiveError", "CourseError", "DeadRankError", "ProcessGroupError"),
-    ".planning": ("BACKENDS", "DEFAULT_CPU_ENGINES", "EngineInfo", "check_n", "default_n", "plan_ranks"),
+    ".magics": ("CollectiveError", "ProcessGroupError"),
+    ".recovery": ("CourseError", "DeadRankError", "Recovery"),
     ".ref": ("ClusterRef",),
-    ".session": ("DEFAULT_PG_TIMEOUT", "TPCluster", "connect", "probe_engines"),
+    ".tpcluster": ("DEFAULT_PG_TIMEOUT", "TPCluster", "connect", "probe_engines"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

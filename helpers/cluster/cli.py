@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.request
 
+from ..common.topology import check_n, default_n, layout_note, plan_ranks
 from .export import export_notebook
 from .lifecycle import (
     DEFAULT_START_TIMEOUT,
@@ -28,9 +29,8 @@ from .lifecycle import (
     stop_cluster,
     visible_gpus,
 )
-from .planning import check_n, default_n, layout_note, plan_ranks
 from .ref import ClusterRef
-from .session import probe_engines
+from .tpcluster import probe_engines
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

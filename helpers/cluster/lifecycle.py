@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .planning import check_n, default_n
+from ..common.topology import check_n, default_n
 from .ref import ClusterRef
 
 DEFAULT_START_TIMEOUT = 120.0  # seconds to wait for engines to register

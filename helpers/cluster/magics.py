@@ -1,4 +1,4 @@
-"""``%%px`` for the course, and the recovery protocol: clear messages and a fast way back.
+"""``%%px`` for the course: clear messages, and the interrupt.
 
 Notebook side only.  Three things a classroom hits all the time:
 
@@ -12,25 +12,21 @@ Notebook side only.  Three things a classroom hits all the time:
   did not survive;
 * an engine that died: reported by rank before the next ``%%px`` cell runs.
 
-Every message ends with the one call that recovers: ``cluster.recover()``.
+Every message ends with the one call that recovers: ``cluster.recover()``; the way back is the
+cluster's :class:`~helpers.cluster.recovery.Recovery`, used here through its methods.
 """
 
 from __future__ import annotations
 
 import re
 import signal
-import socket
 import sys
 import time
 
 from ipyparallel import error as ipp_error
 from ipyparallel.client.magics import ParallelMagics
 
-from ..engine.namespace import user_names
-from .lifecycle import DEFAULT_START_TIMEOUT, on_this_host
-from .planning import EngineInfo
-
-RECOVER = "cluster.recover()"
+from .recovery import RECOVER, CourseError
 
 # what gloo / NCCL say when a collective could not complete
 _COLLECTIVE_FAILURE = re.compile(
@@ -43,19 +39,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ARROW = re.compile(r"^-+>\s*(\d+)\s+(.*\S)\s*$")
 
 
-class CourseError(RuntimeError):
-    """An error the course explains itself: shown as its message alone, no traceback."""
-
-    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
-        return [f"{type(self).__name__}: {self}"]
-
-
 class CollectiveError(CourseError):
     """A collective could not complete on every rank; the process group is broken."""
-
-
-class DeadRankError(CourseError):
-    """An engine (a rank) has died."""
 
 
 class ProcessGroupError(CourseError):
@@ -178,8 +163,7 @@ class TPParallelMagics(ParallelMagics):
                 result.wait_for_output(1)
                 if _has_output(result):  # else display_outputs would only parse dates
                     result.display_outputs(groupby)
-        if self.shell.execution_count not in self.tpc._px_cells:
-            self.tpc._px_cells.append(self.shell.execution_count)
+        self.tpc.recovery.note_px_cell(self.shell.execution_count)
         return None
 
     def _translate(self, e):
@@ -207,8 +191,8 @@ class TPParallelMagics(ParallelMagics):
             msg = ("Interrupted: every engine stopped on SIGINT. The process group survived "
                    "(no rank was inside a collective).")
         else:
-            stuck = tpc.busy_ranks()
-            tpc.abort_collectives()
+            stuck = tpc.recovery.busy_ranks()
+            tpc.recovery.abort_collectives()
             done = result.wait(max(0.1, 2.0 - (time.monotonic() - t0)))
             stuck_txt = ", ".join(map(str, stuck)) or "some"
             msg = (f"Interrupted: rank(s) {stuck_txt} were blocked inside a collective, which "
@@ -219,97 +203,6 @@ class TPParallelMagics(ParallelMagics):
                    "   (your engine variables are kept)")
         print(f"{msg}  [{time.monotonic() - t0:.1f} s]", file=sys.stderr)
 
-
-# --------------------------------------------------------------------------- recovery
-def dead_ranks(tpc) -> list[EngineInfo]:
-    """Engines of this cluster that are no longer registered (died, were killed)."""
-    alive = set(tpc.client.ids)
-    return [e for e in tpc.engines if e.engine_id not in alive]
-
-
-def check_alive(tpc) -> None:
-    """Raise DeadRankError naming the dead ranks (called before every %%px cell)."""
-    dead = dead_ranks(tpc)
-    if dead:
-        who = "; ".join(f"rank {e.rank} (engine {e.engine_id}, pid {e.pid} on {e.host})"
-                        for e in dead)
-        raise DeadRankError(
-            f"{who} died (killed, out of memory, or crashed). Bring the cluster back to "
-            f"{tpc.world_size} ranks with:  {RECOVER}   (engine variables are lost; "
-            "it tells you which cells to re-run)"
-        )
-
-def busy_ranks(tpc) -> list[int]:
-    """Ranks whose engine is still running a task."""
-    try:
-        status = tpc.client.queue_status(targets=tpc.engine_ids, verbose=False)
-    except Exception:
-        return []
-    return [e.rank for e in tpc.engines
-            if isinstance(status.get(e.engine_id), dict) and status[e.engine_id].get("tasks", 0) +
-            status[e.engine_id].get("queue", 0) > 0]
-
-def abort_collectives(tpc, timeout: float = 2.0) -> dict[int, int]:
-    """Shut down every rank's process-group sockets: blocked collectives fail at once."""
-    closed = {}
-    for rank, (addr, port) in tpc._watchdogs.items():
-        try:
-            with socket.create_connection((addr, port), timeout=timeout) as s:
-                s.sendall(f"{tpc._token} abort\n".encode())
-                closed[rank] = int(s.recv(64).decode().strip() or 0)
-        except (OSError, ValueError):
-            closed[rank] = -1
-    return closed
-
-def recover(tpc, timeout: float = DEFAULT_START_TIMEOUT) -> str:
-    """Get back to a working cluster, never touching this notebook's own variables.
-
-    * every engine alive (after a timeout or an interrupted collective): abort
-      what is still blocked, then rebuild only the process group on a fresh
-      port; every engine variable is kept;
-    * an engine died: restart all N engines (ranks 0..N-1, new engine ids) and
-      rebuild the process group; says which engine variables were lost and which
-      ``%%px`` cells to re-run.
-    Returns (and prints) what it did.
-    """
-    t0 = time.monotonic()
-    dead = dead_ranks(tpc)
-    if not dead:
-        if busy_ranks(tpc):
-            abort_collectives(tpc)
-            deadline = time.monotonic() + 5
-            while busy_ranks(tpc) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        tpc.init_distributed(force=True)
-        msg = (f"Process group rebuilt on all {tpc.world_size} ranks in "
-               f"{time.monotonic() - t0:.1f} s; every engine variable was kept.")
-    else:
-        survivors = [e for e in tpc.engines if e not in dead]
-        lost = []
-        if survivors:
-            try:
-                lost = tpc.client[survivors[0].engine_id].apply_sync(user_names)
-            except Exception:
-                lost = []
-        cells = list(tpc._px_cells)
-        if tpc.cluster is None and not on_this_host(tpc.ref):
-            raise DeadRankError(
-                "an engine of a cluster on another node died; restart it there: "
-                "./launch_cluster.sh stop && ./launch_cluster.sh start --pbs ..."
-            )
-        tpc.restart_engines(timeout=timeout)
-        tpc._px_cells.clear()
-        ranks = ", ".join(str(e.rank) for e in dead)
-        msg = (f"Rank(s) {ranks} had died: all {tpc.world_size} engines were restarted "
-               f"(ranks 0..{tpc.world_size - 1}, engine ids {tpc.engine_ids}) with a new "
-               f"process group in {time.monotonic() - t0:.1f} s.\n"
-               f"Lost on the engines: {', '.join(lost) if lost else 'their variables'}.\n"
-               + (f"Rebuild them by re-running the %%px cells In[{'], In['.join(map(str, cells))}] "
-                  "in that order." if cells else
-                  "Rebuild them by re-running the %%px cells after connect()."))
-    tpc.activate()
-    print(msg)
-    return msg
 
 def install_magics(tpc) -> None:
     """Register ``%%px`` (with fault handling) for this cluster in the running IPython."""

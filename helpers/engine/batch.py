@@ -28,16 +28,18 @@ Two namespaces, as in Jupyter:
   (:func:`helpers.engine.namespace.user_ns`) see these globals.
 * the **kernel namespace** is a dict of its own, where notebook cells run
   (:meth:`BatchJob.notebook`).  ``from helpers import connect; connect()`` there returns a
-  :class:`BatchCluster` with the ``TPCluster`` API.  Notebook cells run on **every** rank --
-  ``cluster.pull`` is a collective here (``all_gather_object``) -- but only rank 0 prints.
+  :class:`BatchCluster`: the same :class:`helpers.common.api.ClusterAPI` as ``TPCluster``.
+  Notebook cells run on **every** rank -- ``cluster.pull`` is a collective here
+  (``all_gather_object``) -- but only rank 0 prints.
   ``%%px --local`` cells run in both namespaces, engine first (as ipyparallel does).
 
 A notebook cell's last expression (not ended by ``;``) and ``display(...)`` calls are shown the
 batch way, by rank 0: a matplotlib figure (or anything with ``_repr_png_``) is saved as
 ``<script stem>_figures/cell_NN.png`` (``cell_NN_2.png``... for more); pyplot figures still open
 at the end of a cell are saved and closed, as the inline backend does; ipywidgets are left out
-(interactive only); a ``compare()`` result is not printed twice (compare printed it), its error
-heatmap is saved; anything else is pretty-printed.  ``display`` in a ``%%px`` cell does the same
+(interactive only); ``compare()`` shows its result through the job's display (the line, its
+error heatmap saved: :func:`helpers.reference.display.set_display`), not twice; anything else is
+pretty-printed.  ``display`` in a ``%%px`` cell does the same
 on every rank (``cell_NN_rankR.png``).
 
 A notebook cell that raises on any rank -- a failing ``compare()`` (``ComparisonError``) above
@@ -63,8 +65,10 @@ import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 
+from ..common.topology import device_for, node_names
+from ..reference import display as reference_display
 from . import pg
-from .namespace import fetch_values, use_script_namespace
+from .namespace import fetch_values, pulled, use_script_namespace
 
 DEFAULT_TIMEOUT = 120.0  # seconds a collective may wait (longer than a notebook's: jobs start slower)
 FIGURES_SUFFIX = "_figures"
@@ -76,23 +80,6 @@ _ACTIVE: BatchJob | None = None
 def active_job() -> BatchJob | None:
     """The batch job running in this process, if any (``connect()`` returns its cluster)."""
     return _ACTIVE
-
-
-def plan_device(local_rank: int, local_world_size: int, gpus: int) -> tuple[str, str]:
-    """(backend, device) for one torchrun rank, as the course's cluster would choose.
-
-    >>> plan_device(1, 4, 4)
-    ('nccl', 'cuda:1')
-    >>> plan_device(3, 4, 2)
-    ('gloo', 'cuda:1')
-    >>> plan_device(3, 4, 0)
-    ('gloo', 'cpu')
-    """
-    if gpus >= local_world_size:
-        return "nccl", f"cuda:{local_rank}"
-    if gpus > 0:
-        return "gloo", f"cuda:{local_rank % gpus}"
-    return "gloo", "cpu"
 
 
 def _torchrun_env() -> dict[str, int]:
@@ -124,7 +111,8 @@ def start(script_globals: dict, *, notebook_dir: str | None = None,
     import torch.distributed as dist
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    backend, device_name = plan_device(env["local_rank"], env["local_world_size"], gpus)
+    backend = "nccl" if gpus >= env["local_world_size"] else "gloo"  # as connect() chooses
+    device_name = device_for(backend, env["local_rank"], gpus)
     device = torch.device(device_name)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -137,6 +125,7 @@ def start(script_globals: dict, *, notebook_dir: str | None = None,
     _follow_notebook(script, notebook_dir)
     _ACTIVE = BatchJob(script_globals, script, backend, device, float(timeout), env["local_rank"],
                        env["local_world_size"])
+    reference_display.set_display(_ACTIVE.show_comparison)
     return _ACTIVE
 
 
@@ -214,13 +203,9 @@ class BatchCluster:
 
     # ---- data in and out, by rank
     def pull(self, name: str) -> list:
-        """The engine variable ``name`` from every rank, by rank (tensors on the CPU)."""
-        values = _gather(fetch_values([name]))
-        missing = [r for r, v in enumerate(values) if name not in v]
-        if missing:
-            raise NameError(f"{name!r} is not defined on {_ranks(missing)}: the %%px cell "
-                            "that defines it did not run (or was left out with export-skip)")
-        return [v[name] for v in values]
+        """The engine variable ``name`` from every rank, by rank: CPU, detached, own dtype
+        (:func:`helpers.engine.namespace.to_cpu`); ``NameError`` naming the ranks that lack it."""
+        return pulled(name, _gather(fetch_values([name])))
 
     def push(self, **values) -> None:
         """The same values on every rank (every rank runs this cell with the same values)."""
@@ -234,9 +219,9 @@ class BatchCluster:
         self._job.engine_ns[name] = values[self._job.rank]
 
     def pull_dtensor(self, name: str):
-        """The DTensor ``name`` from every rank, as the notebook's view of it (same as
-        ``TPCluster.pull_dtensor``: helpers.cluster.dtensor, torch only)."""
-        from ..cluster.dtensor import pull_dtensor
+        """The DTensor ``name`` from every rank, as the notebook's view of it
+        (:func:`helpers.reference.dtensor.pull_dtensor`, as ``TPCluster.pull_dtensor``)."""
+        from ..reference.dtensor import pull_dtensor
 
         return pull_dtensor(self, name)
 
@@ -353,10 +338,11 @@ class BatchJob:
                   f"devices {self.cluster.devices}", flush=True)
 
     # ---- what the script calls
-    def connect(self, n: int | None = None, backend: str | None = None,
-                nodes: int | None = None, min_ranks: int | None = None) -> BatchCluster:
+    def connect(self, n: int | None = None, *, backend: str | None = None, nodes: int | None = None,
+                min_ranks: int | None = None, **live_only) -> BatchCluster:
         """``connect()`` in a batch job: this job's cluster (n, backend and min_ranks must fit
-        it; ``nodes`` simulates nodes on one host as on the engines)."""
+        it; ``nodes`` simulates nodes on one host as on the engines; the live cluster's other
+        arguments -- timeout, threads, cluster_id... -- have nothing to set here)."""
         if min_ranks is not None and self.world_size < min_ranks:
             raise ValueError(f"this notebook needs at least {min_ranks} ranks but this torchrun job "
                              f"has {self.world_size}; start it with --nproc_per_node {min_ranks} or more")
@@ -367,9 +353,6 @@ class BatchJob:
         if backend is not None and backend != self.backend:
             raise ValueError(f"the notebook asks for backend {backend!r} but this job runs "
                              f"{self.backend!r} (chosen from its GPUs: NCCL needs one per rank)")
-        if nodes is not None:
-            from ..cluster.planning import node_names  # pure; refuses a count that does not fit
-
         self.cluster._nodes = (node_names([i.host for i in self.cluster._infos], nodes)
                                if nodes is not None else None)
         return self.cluster
@@ -404,6 +387,7 @@ class BatchJob:
         saved = _gather(self._saved)
         pg.destroy()
         use_script_namespace(None)
+        reference_display.set_display(None)
         _ACTIVE = None
         if self.rank == 0:
             where = f"; {sum(saved)} figure(s) in {self.figures_dir}" if sum(saved) else ""
@@ -422,14 +406,19 @@ class BatchJob:
         for value in values:
             self._show(value, suffix=f"_rank{self.rank}")
 
+    def show_comparison(self, result) -> None:
+        """``compare()``'s display in a batch job: its line printed, its error heatmap saved."""
+        print(reference_display.text(result))
+        if result.figure is not None and self.rank == 0:
+            self._save_figure(result.figure, "")
+
     def _show(self, value, suffix: str) -> None:
         if value is None:
             return
         if _isinstance(value, "ipywidgets", "Widget"):
             print(f"(cell {self.cell}: {type(value).__name__} widget left out: interactive only)")
-        elif _isinstance(value, "helpers.reference", "Result"):
-            if value.figure is not None:  # compare() printed its line; keep its heatmap
-                self._save_figure(value.figure, suffix)
+        elif _isinstance(value, "helpers.reference.compare", "Result"):
+            pass  # compare() showed it through show_comparison
         elif _isinstance(value, "matplotlib.figure", "Figure"):
             self._save_figure(value, suffix)
         elif callable(getattr(value, "_repr_png_", None)):
@@ -534,5 +523,5 @@ def _exit_now(status: int) -> None:
     os._exit(status)
 
 
-__all__ = ["start", "active_job", "plan_device", "BatchJob", "BatchCluster", "DEFAULT_TIMEOUT",
+__all__ = ["start", "active_job", "BatchJob", "BatchCluster", "DEFAULT_TIMEOUT",
            "FIGURES_SUFFIX"]

@@ -6,32 +6,11 @@ collective: a DTensor's local shard, placements and mesh are facts each rank alr
 
 from __future__ import annotations
 
-from .namespace import user_ns
+from ..common.placements import describe as describe_placements
+from ..common.placements import text_of
+from .namespace import to_cpu, user_ns
 
-__all__ = ["placement_data", "placement_text", "describe_mesh", "describe_dtensor", "describe",
-           "param_placements"]
-
-
-def placement_data(p) -> dict:
-    """``Shard(1) -> {"kind": "shard", "dim": 1}``; ``Replicate()``; ``Partial(sum)``."""
-    kind = type(p).__name__
-    if p.is_shard():
-        return {"kind": "shard", "dim": int(p.dim)}
-    if p.is_replicate():
-        return {"kind": "replicate"}
-    if p.is_partial():
-        return {"kind": "partial", "op": str(getattr(p, "reduce_op", "sum"))}
-    return {"kind": kind.lower()}
-
-
-def placement_text(p) -> str:
-    """``"Shard(0)"``, ``"Replicate()"``, ``"Partial(sum)"``: one spelling on every torch version."""
-    d = placement_data(p)
-    if d["kind"] == "shard":
-        return f"Shard({d['dim']})"
-    if d["kind"] == "partial":
-        return f"Partial({d['op']})"
-    return "Replicate()" if d["kind"] == "replicate" else d["kind"]
+__all__ = ["describe_mesh", "describe_dtensor", "describe", "param_placements"]
 
 
 def describe_mesh(mesh) -> dict:
@@ -49,9 +28,9 @@ def describe_mesh(mesh) -> dict:
 def describe_dtensor(t) -> dict:
     return {
         "kind": "dtensor",
-        "placements": [placement_data(p) for p in t.placements],
+        "placements": [text_of(p) for p in t.placements],   # "Shard(0)", ... (common.placements)
         "shape": tuple(int(s) for s in t.shape),
-        "local": t.to_local().detach().cpu(),
+        "local": to_cpu(t),                                  # this rank's local shard
         "mesh": describe_mesh(t.device_mesh),
     }
 
@@ -71,15 +50,9 @@ def _describe_value(value) -> dict:
 
 def describe(name: str) -> dict:
     """This rank's DTensor ``name`` (or dict of DTensors) as plain data; never raises for a bad name."""
-    import torch
-
     ns = user_ns()
-    if name not in ns:
-        return {"kind": "missing", "rank": _rank()}
-    out = _describe_value(ns[name])
+    out = _describe_value(ns[name]) if name in ns else {"kind": "missing"}
     out["rank"] = _rank()
-    if "local" in out and not isinstance(out["local"], torch.Tensor):  # pragma: no cover
-        out["local"] = torch.as_tensor(out["local"])
     return out
 
 
@@ -96,5 +69,5 @@ def param_placements(name: str) -> dict:
     module = user_ns().get(name)
     if module is None or not hasattr(module, "named_parameters"):
         return {}
-    return {n: (", ".join(placement_text(pl) for pl in p.placements) if isinstance(p, DTensor) else "dense")
+    return {n: (describe_placements(p.placements) if isinstance(p, DTensor) else "dense")
             for n, p in module.named_parameters()}

@@ -48,20 +48,48 @@ def user_names() -> list[str]:
     )
 
 
+def to_cpu(value):
+    """``value`` as ``pull`` returns it: tensors detached, on the CPU, in their own dtype (a
+    DTensor: this rank's local shard), walking lists, tuples and dicts; anything else as it is."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        if hasattr(value, "to_local"):  # a DTensor: what this rank holds
+            value = value.to_local()
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_cpu(v) for v in value]
+    if isinstance(value, tuple):
+        items = [to_cpu(v) for v in value]
+        return value._make(items) if hasattr(value, "_make") else tuple(items)  # namedtuples too
+    return value
+
+
 def fetch_values(names: list[str]) -> dict:
-    """The named values of this engine's namespace, tensors detached to the CPU.
+    """The named values of this engine's namespace, converted by :func:`to_cpu`.
 
     Names that are not defined are left out of the returned dict (never an error).
     """
-    import torch
-
     ns = user_ns()
-    out = {}
-    for name in names:
-        if name in ns:
-            value = ns[name]
-            out[name] = value.detach().cpu() if isinstance(value, torch.Tensor) else value
-    return out
+    return {name: to_cpu(ns[name]) for name in names if name in ns}
+
+
+def missing_ranks(name: str, values: list[dict]) -> None:
+    """Raise ``NameError`` naming ``name`` and the ranks whose ``values[r]`` (what
+    :func:`fetch_values` returned on rank r) lack it: ``pull``'s one message, live or batch."""
+    missing = [r for r, v in enumerate(values) if name not in v]
+    if missing:
+        ranks = ("rank " if len(missing) == 1 else "ranks ") + ", ".join(map(str, missing))
+        raise NameError(f"{name!r} is not defined on {ranks}: run the %%px cell that defines it first "
+                        "(in a batch job: it did not run, or was left out with export-skip)")
+
+
+def pulled(name: str, values: list[dict]) -> list:
+    """``values[r][name]`` by rank, after :func:`missing_ranks` (what ``cluster.pull`` returns)."""
+    missing_ranks(name, values)
+    return [v[name] for v in values]
 
 
 def load_module(name: str, path: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ..cluster.dtensor import views_from_descriptions
 from ..engine import dtensor as engine_dtensor
 from .common import close, f64, fetch, max_abs, per_rank, run_checker, say
 
@@ -60,10 +59,10 @@ def _check_one_all_gather(cluster, A_dense, name, comm) -> bool:
     counts = fetch(cluster, comm)[0].get(comm)
     if not isinstance(counts, dict):
         return say(False, f"{comm} is not defined: run the exercise cell first.")
-    descs = cluster.apply(engine_dtensor.describe, name)
-    if any(d["kind"] != "dtensor" for d in descs):
+    try:
+        view = cluster.pull_dtensor(name)
+    except (NameError, ValueError):
         return say(False, f"{name} is not a DTensor on every rank: keep `{name} = A_ex2.redistribute(...)`.")
-    view = views_from_descriptions(name, descs)
     placements = tuple(view.placements)
     if not close(view.full(), A_dense):
         return say(False, f"{name} does not hold the same numbers as A (max|Δ| {max_abs(view.full(), A_dense):.1e}).")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..common.placements import text_of
 from ..engine.namespace import user_ns
 from .common import close, f64, max_abs, run_checker, say
 
@@ -21,16 +22,6 @@ ROW = ("attn.wo.weight", "mlp.w2.weight")
 
 
 # ------------------------------------------------------------------ engine side
-def _placement(pl) -> str:
-    from torch.distributed.tensor import Shard
-
-    if isinstance(pl, Shard) or pl.is_shard() or "StridedShard" in type(pl).__name__:
-        return f"shard({pl.dim})"          # FSDP on a TP shard is a _StridedShard (torch 2.13: not a Shard)
-    if pl.is_replicate():
-        return "replicate"
-    return "partial"
-
-
 def describe_hybrid(mesh_name: str = "ex_mesh", model_name: str = "ex_model", out_name: str = "ex_out") -> dict:
     """On an engine: the mesh's dims and this rank's groups, each parameter's mesh dims and
     placements, and the output (on the CPU). Plain data, safe to send back."""
@@ -52,7 +43,7 @@ def describe_hybrid(mesh_name: str = "ex_mesh", model_name: str = "ex_model", ou
         for name, p in model.named_parameters():
             if hasattr(p, "placements"):
                 params[name] = {"dims": tuple(p.device_mesh.mesh_dim_names or ()),
-                                "placements": tuple(_placement(pl) for pl in p.placements)}
+                                "placements": tuple(text_of(pl) for pl in p.placements)}
             else:
                 params[name] = {"dims": (), "placements": ()}
         out["params"] = params
@@ -107,12 +98,12 @@ def _check(cluster, dense_model, X, fsdp, tp) -> bool:
             return say(False, f"{name} is not sharded by FSDP: fully_shard(block, mesh=ex_mesh[\"fsdp\"]) for "
                               "each block, then fully_shard(ex_model, mesh=ex_mesh[\"fsdp\"]).")
         pl = dict(zip(info["dims"], info["placements"]))
-        want = "shard(0)" if short in COLUMN else "shard(1)" if short in ROW else None
+        want = "Shard(0)" if short in COLUMN else "Shard(1)" if short in ROW else None
         if want and pl.get("tp") != want:
-            style = "ColwiseParallel" if want == "shard(0)" else "RowwiseParallel"
+            style = "ColwiseParallel" if want == "Shard(0)" else "RowwiseParallel"
             return say(False, f"{name} is {pl.get('tp')} on \"tp\"; it should be {want}: use {style}() for "
                               f"{short.rsplit('.', 1)[0]}.")
-        if not pl.get("fsdp", "").startswith("shard"):
+        if not pl.get("fsdp", "").startswith("Shard"):
             return say(False, f"{name} is {pl.get('fsdp')} on \"fsdp\": FSDP should shard it (fully_shard).")
     bad = [r for r, info in enumerate(infos) if info["out"] is None]
     if bad:

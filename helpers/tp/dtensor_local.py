@@ -8,13 +8,7 @@ from __future__ import annotations
 
 __all__ = ["to_local", "layout_of", "local_grads"]
 
-# MERGE: helper C's helpers.common.placements spells placements DTensor's way, and C's compare
-# accepts that spelling; until then the fallback gives the spelling today's compare reads.
-try:
-    from ..common.placements import placement_text
-except ImportError:
-    def placement_text(kind: str, dim: int | None = None) -> str:
-        return f"shard({dim})" if kind == "shard" else kind
+from ..common.placements import placement_text
 
 
 def to_local(t):

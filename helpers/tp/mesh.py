@@ -1,12 +1,8 @@
-"""Device-mesh layouts as plain data: which ranks form each group, and which groups cross hosts.
+"""Device-mesh checks: a TP group that crosses hosts is warned about, placements that cannot
+describe a tensor are refused -- before any rank waits on a peer.
 
-Pure functions of a mesh shape, its dim names and (optionally) each rank's host: they build no
-process group and run no collective, so a layout can be checked -- in the notebook, on an engine
-or in a batch script -- before any rank waits on a peer.
-
-Ranks fill the mesh in row-major order, as ``init_device_mesh`` lays them out: for a mesh of
-shape (2, 2) with dim names ("dp", "tp"), the tp groups are the rows [0, 1] and [2, 3] and the
-dp groups are the columns [0, 2] and [1, 3].
+The groups themselves (which ranks form each group, which cross hosts) are pure topology:
+:mod:`helpers.common.topology` (``mesh_groups``, ``tp_groups_across_hosts``).
 """
 
 from __future__ import annotations
@@ -15,6 +11,7 @@ import math
 import warnings
 
 from ..common.numbers import divisors
+from ..common.topology import check_mesh, mesh_groups, tp_groups_across_hosts
 
 __all__ = ["TPLayoutWarning", "mesh_groups", "tp_groups_across_hosts", "warn_if_tp_crosses_hosts",
            "check_tp_in_node", "check_placements"]
@@ -22,75 +19,6 @@ __all__ = ["TPLayoutWarning", "mesh_groups", "tp_groups_across_hosts", "warn_if_
 
 class TPLayoutWarning(UserWarning):
     """A tensor-parallel group spans several hosts: its collectives leave the fast in-node links."""
-
-
-def _check_names(shape, dim_names) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    try:
-        dims = tuple(int(d) for d in shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"mesh shape must be a tuple of ints, got {shape!r}") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise ValueError(f"mesh shape {dims} must have positive sizes, e.g. (4,) or (2, 2)")
-    names = tuple(str(n) for n in dim_names)
-    if len(names) != len(dims):
-        raise ValueError(f"mesh shape {dims} has {len(dims)} dims but {len(names)} dim names "
-                         f"{names}; give one name per dim")
-    if len(set(names)) != len(names):
-        raise ValueError(f"mesh dim names must be different, got {names}")
-    return dims, names
-
-
-def mesh_groups(shape, dim_names) -> dict[str, list[list[int]]]:
-    """``{dim name: [ranks of each group along that dim]}`` for a row-major mesh.
-
-    >>> mesh_groups((2, 2), ("dp", "tp"))
-    {'dp': [[0, 2], [1, 3]], 'tp': [[0, 1], [2, 3]]}
-    """
-    dims, names = _check_names(shape, dim_names)
-    strides = [math.prod(dims[i + 1:]) for i in range(len(dims))]
-    out = {}
-    for d, name in enumerate(names):
-        others = [i for i in range(len(dims)) if i != d]
-        groups = []
-        for rest in _coords([dims[i] for i in others]):
-            base = sum(c * strides[i] for c, i in zip(rest, others))
-            groups.append([base + k * strides[d] for k in range(dims[d])])
-        out[name] = groups
-    return out
-
-
-def _coords(sizes):
-    if not sizes:
-        yield ()
-        return
-    for c in range(sizes[0]):
-        for rest in _coords(sizes[1:]):
-            yield (c, *rest)
-
-
-def tp_groups_across_hosts(shape, dim_names, hosts, tp_dim: str = "tp") -> list[dict]:
-    """The groups along ``tp_dim`` whose ranks sit on more than one host.
-
-    hosts: each rank's host name, a list indexed by rank (``[e["host"] for e in cluster.info()]``).
-    Returns ``[{"ranks": [0, 2], "hosts": ["node0", "node1"]}, ...]``; empty when every TP group
-    stays inside one host.
-
-    >>> tp_groups_across_hosts((2, 2), ("tp", "dp"), ["n0", "n0", "n1", "n1"])
-    [{'ranks': [0, 2], 'hosts': ['n0', 'n1']}, {'ranks': [1, 3], 'hosts': ['n0', 'n1']}]
-    """
-    dims, names = _check_names(shape, dim_names)
-    hosts = [str(h) for h in hosts]
-    if len(hosts) != math.prod(dims):
-        raise ValueError(f"mesh shape {dims} has {math.prod(dims)} ranks but {len(hosts)} host names "
-                         "were given; give one host name per rank, rank 0 first")
-    if tp_dim not in names:
-        raise ValueError(f"mesh has no dim named {tp_dim!r}; its dims are {names}")
-    crossing = []
-    for group in mesh_groups(dims, names)[tp_dim]:
-        on = sorted({hosts[r] for r in group}, key=[hosts[r] for r in group].index)
-        if len(on) > 1:
-            crossing.append({"ranks": group, "hosts": on})
-    return crossing
 
 
 def warn_if_tp_crosses_hosts(shape, dim_names, hosts, tp_dim: str = "tp") -> list[dict]:
@@ -101,7 +29,7 @@ def warn_if_tp_crosses_hosts(shape, dim_names, hosts, tp_dim: str = "tp") -> lis
     """
     crossing = tp_groups_across_hosts(shape, dim_names, hosts, tp_dim)
     if crossing:
-        dims, names = _check_names(shape, dim_names)
+        dims, names = check_mesh(shape, dim_names)
         groups = "; ".join(f"ranks {g['ranks']} span {', '.join(g['hosts'])}" for g in crossing)
         fix = ""
         if names[-1] != tp_dim:
@@ -128,7 +56,7 @@ def check_tp_in_node(shape, dim_names, ranks_per_node: int, tp_dim: str = "tp") 
     Traceback (most recent call last):
     ValueError: the TP group of ranks [0, 2] would span nodes [0, 1] ... put it last: mesh_dim_names=('fsdp', 'tp')
     """
-    dims, names = _check_names(shape, dim_names)
+    dims, names = check_mesh(shape, dim_names)
     if tp_dim not in names:
         raise ValueError(f"mesh has no dim named {tp_dim!r}; its dims are {names}")
     if not isinstance(ranks_per_node, int) or ranks_per_node < 1:

@@ -14,8 +14,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 
-from ..tensors import as_shard_list, parse_layout, to_2d, to_f64
-from .figure import MAX_DEGREE, MUTED, TEXT, new_figure, rank_color, text_on
+from ..common.placements import parse_placement, placement_text
+from ..reference.compare import as_shard_list, to_f64
+from .figure import MAX_DEGREE, MUTED, TEXT, new_figure, rank_color, text_on, to_2d
 
 __all__ = ["shard_figure", "plot_flops", "cluster_map"]
 
@@ -35,16 +36,16 @@ def _grid(ax, rows: int, cols: int, x0=-0.5, y0=-0.5) -> None:
 def shard_figure(shards: Sequence, layout: str, name: str = "W", dense_shape=None) -> Figure:
     """Draw the actual per-rank values pulled from the engines.
 
-    ``shard(d)``: each rank's block sits at its place in the full tensor; values in a grey
+    ``Shard(d)``: each rank's block sits at its place in the full tensor; values in a grey
     colormap (shared scale), a thick ``RANK_COLORS[r]`` border around rank r's block and the
-    label ``rank r: (4, 16)``. ``replicate`` / ``partial``: one panel per rank (every rank has a
-    full-size tensor), framed in the rank's colour; ``partial`` adds the Σ panel.
+    label ``rank r: (4, 16)``. ``Replicate()`` / ``Partial()``: one panel per rank (every rank has a
+    full-size tensor), framed in the rank's colour; ``Partial()`` adds the Σ panel.
     1-D tensors are drawn as 1×N; >2-D tensors are flattened to (prod(leading dims), last dim)
     (sharding must then be along the first or last dim). ``dense_shape``, if given, is checked
     against the reassembled shape and stated in the title.
     """
 
-    kind, dim = parse_layout(layout)
+    kind, dim = parse_placement(layout)
     pieces = [_np64(s, f"{name}: shard of rank {r}") for r, s in enumerate(as_shard_list(shards))]
     p = len(pieces)
     if p == 0:
@@ -67,20 +68,20 @@ def _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax, cmap) -> Figure:
     p = len(pieces)
     nd = pieces[0].ndim
     if nd == 0 or any(a.ndim != nd for a in pieces):
-        raise ValueError(f"layout shard({dim}): shards must all have the same number (>= 1) of dims; "
+        raise ValueError(f"layout Shard({dim}): shards must all have the same number (>= 1) of dims; "
                          f"got shapes {[a.shape for a in pieces]}")
     if not -nd <= dim < nd:
-        raise ValueError(f"layout shard({dim}): dim out of range for {nd}-d shards")
+        raise ValueError(f"layout Shard({dim}): dim out of range for {nd}-d shards")
     d = dim % nd
     if nd > 2 and d not in (0, nd - 1):
         raise ValueError(f"shard_figure draws >2-d tensors flattened to 2-d, so the shard dim must be "
-                         f"the first or last; got shard({dim}) of {nd}-d shards")
+                         f"the first or last; got Shard({dim}) of {nd}-d shards")
     horizontal = (nd == 1) or (d == nd - 1)
     blocks = [to_2d(a) for a in pieces]
     try:
         full = np.concatenate(blocks, axis=1 if horizontal else 0)
     except ValueError:
-        raise ValueError(f"layout shard({dim}): shard shapes do not fit together: "
+        raise ValueError(f"layout Shard({dim}): shard shapes do not fit together: "
                          f"{[tuple(a.shape) for a in pieces]}") from None
     full_shape = list(pieces[0].shape)
     full_shape[d] = sum(a.shape[d] for a in pieces)
@@ -111,7 +112,7 @@ def _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax, cmap) -> Figure:
     ax.set_yticks([])
     for s in ax.spines.values():
         s.set_visible(False)
-    title = f"{name}: shard({dim}) over {p} rank{'s' if p != 1 else ''}, full shape {tuple(full_shape)}"
+    title = f"{name}: Shard({dim}) over {p} rank{'s' if p != 1 else ''}, full shape {tuple(full_shape)}"
     if dense_shape is not None:
         ds = tuple(int(s) for s in dense_shape)
         title += ("  = dense" if ds == tuple(full_shape) else f"  ≠ dense {ds}!")
@@ -127,7 +128,7 @@ def _shard_panels(pieces, kind, name, dense_shape, vmin, vmax, cmap) -> Figure:
     p = len(pieces)
     shapes = {a.shape for a in pieces}
     if len(shapes) != 1:
-        raise ValueError(f"layout {kind}: every rank should hold a full-size tensor of one shape; "
+        raise ValueError(f"layout {placement_text(kind)}: every rank should hold a full-size tensor of one shape; "
                          f"got {[tuple(a.shape) for a in pieces]}")
     panels = [(f"rank {r}: {'partial ' if kind == 'partial' else ''}{tuple(a.shape)}", a, r)
               for r, a in enumerate(pieces)]
@@ -162,7 +163,7 @@ def _shard_panels(pieces, kind, name, dense_shape, vmin, vmax, cmap) -> Figure:
         diffs = [float(np.nanmax(np.abs(a - pieces[0]))) if a.size else 0.0 for a in pieces]
         worst = max(diffs)
         note = "  (all copies identical)" if worst == 0 else f"  (copies differ: max |Δ| {worst:.1e})"
-    title = f"{name}: {kind} over {p} rank{'s' if p != 1 else ''}{note}"
+    title = f"{name}: {placement_text(kind)} over {p} rank{'s' if p != 1 else ''}{note}"
     if dense_shape is not None:
         ds = tuple(int(s) for s in dense_shape)
         title += "  shape = dense" if ds == tuple(pieces[0].shape) else f"  ≠ dense {ds}!"

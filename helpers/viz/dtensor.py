@@ -42,7 +42,7 @@ def _panel_of(view, rank: int, cols: int) -> tuple[int, int]:
 def draw_dtensor(view, title: str | None = None, values: bool | None = None) -> Figure:
     """One panel per rank, placed as on the mesh: the global tensor, rank r's cells in its colour.
 
-    view: a :class:`helpers.cluster.dtensor.DTensorView`. 1-D tensors are drawn as 1×N. The
+    view: a :class:`helpers.reference.dtensor.DTensorView`. 1-D tensors are drawn as 1×N. The
     numbers of the rank's local shard are written in its cells when the tensor is small
     (``values``: force on/off). An empty shard (uneven split) leaves its panel blank.
     """
@@ -61,7 +61,7 @@ def draw_dtensor(view, title: str | None = None, values: bool | None = None) -> 
     fig = new_figure(max(ncol * (pw + 0.5) + 0.4, 0.085 * len(head) + 0.6), nrow * (ph + 0.75) + 0.7)
     gs = fig.add_gridspec(nrow, ncol, left=0.03, right=0.97, bottom=0.04,
                           top=1 - 0.6 / (nrow * (ph + 0.75) + 0.7), wspace=0.25, hspace=0.55)
-    partial_dims = [i for i, p in enumerate(view.placement_data) if p["kind"] == "partial"]
+    partial_dims = [i for i, (kind, _) in enumerate(view.kinds) if kind == "partial"]
     for r in range(view.world_size):
         i, j = _panel_of(view, r, ncol)
         ax = fig.add_subplot(gs[i, j])

@@ -28,7 +28,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["RANK_COLORS", "RANK_COLORS_HEX", "REPLICATED_GREY", "MAX_DEGREE", "TPFigure",
+__all__ = ["RANK_COLORS", "RANK_COLORS_HEX", "to_2d", "REPLICATED_GREY", "MAX_DEGREE", "TPFigure",
            "rank_color", "text_on", "new_figure", "count_rank_colors", "figure_to_png",
            "figure_to_rgba", "TEXT", "MUTED", "BOX", "DPI"]
 
@@ -72,6 +72,16 @@ class TPFigure(Figure):
 
     def _repr_png_(self) -> bytes:
         return figure_to_png(self)
+
+
+def to_2d(a):
+    """A tensor or array as 2-D for drawing: scalars 1×1, vectors 1×N, >2-D flattened to
+    (prod(leading dims), last dim)."""
+    if a.ndim == 0:
+        return a.reshape(1, 1)
+    if a.ndim == 1:
+        return a.reshape(1, -1)
+    return a if a.ndim == 2 else a.reshape(-1, a.shape[-1])
 
 
 def new_figure(w: float, h: float, dpi: int = DPI, **kw) -> Figure:

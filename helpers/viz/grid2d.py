@@ -18,7 +18,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from ..common.numbers import fmt_bytes
 from ..costmodel.collectives import COMM_FORMULAS
-from ..tensors import to_f64
+from ..reference.compare import to_f64
 from .figure import BOX, MUTED, REPLICATED_GREY, TEXT, figure_to_png, new_figure, rank_color, text_on
 
 __all__ = ["grid_blocks_figure", "summa_step_figure", "summa_stepper", "SummaStepper",

@@ -1,8 +1,8 @@
 """The mesh map: ranks in their DeviceMesh grid, in rank colours, with their groups and hosts.
 
 Pure drawing from plain data (a mesh shape, dim names, each rank's host and device); the groups
-come from :func:`helpers.tp.mesh.mesh_groups`, so the picture and the warning about TP groups
-that cross hosts (:func:`helpers.tp.mesh.tp_groups_across_hosts`) agree. Nothing runs a collective.
+come from :func:`helpers.common.topology.mesh_groups`, so the picture and the warning about TP groups
+that cross hosts (:func:`helpers.common.topology.tp_groups_across_hosts`) agree. Nothing runs a collective.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 
-from ..tp.mesh import mesh_groups, tp_groups_across_hosts
+from ..common.topology import mesh_groups, tp_groups_across_hosts
 from .figure import MUTED, TEXT, new_figure, rank_color, text_on
 
 __all__ = ["mesh_map"]

@@ -1,14 +1,15 @@
-"""The notebook's view of a DTensor that lives on the engines: ``cluster.pull_dtensor(name)``.
+"""The notebook's view of a DTensor that lives on the ranks: ``cluster.pull_dtensor(name)``.
 
-Every rank describes its own piece (:func:`helpers.engine.dtensor.describe`: placements, global
-shape, mesh, its coordinate and its real local tensor on the CPU); the notebook keeps them by
-rank and reassembles the global tensor itself, by the placements -- no collective runs::
+The same on a live cluster and in a batch job (both clusters call :func:`pull_dtensor`). Every
+rank describes its own piece (:func:`helpers.engine.dtensor.describe`: placements, global shape,
+mesh, its coordinate and its real local tensor on the CPU); the notebook keeps them by rank and
+reassembles the global tensor itself, by the placements -- no collective runs::
 
     W = cluster.pull_dtensor("W")
     W.placements        # ('Shard(0)', 'Replicate()')
     W.mesh_shape        # (2, 2)
     W.local_shards      # [rank 0's tensor, rank 1's, ...]
-    W.full()            # the global tensor, float64 on the CPU
+    W.full()            # the global tensor on the CPU, in its own dtype (like full_tensor())
 
 Shards follow torch's rule (``torch.chunk``): a dim of size n split over k ranks gives pieces of
 ceil(n / k), the last ones shorter or empty. Several Shard placements on one tensor dim split it
@@ -17,15 +18,16 @@ in mesh-dim order. Partial placements are summed, Replicate ones read from coord
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 
 import torch
 
+from ..common.placements import parse_placement, placement_text
 from ..engine import dtensor as engine_dtensor
+from ..engine.namespace import missing_ranks
 
-__all__ = ["DTensorView", "pull_dtensor", "chunk_range", "placement_str"]
+__all__ = ["DTensorView", "pull_dtensor", "views_from_descriptions", "chunk_range"]
 
 
 def chunk_range(size: int, parts: int, index: int) -> tuple[int, int]:
@@ -35,29 +37,18 @@ def chunk_range(size: int, parts: int, index: int) -> tuple[int, int]:
     return start, min(start + step, size)
 
 
-def placement_str(p: dict) -> str:
-    if p["kind"] == "shard":
-        return f"Shard({p['dim']})"
-    if p["kind"] == "replicate":
-        return "Replicate()"
-    if p["kind"] == "partial":
-        return f"Partial({p.get('op', 'sum')})"
-    return p["kind"]
-
-
 @dataclass
 class DTensorView:
     """One DTensor as the notebook sees it: every rank's real local shard and the facts to rebuild it."""
 
     name: str
     shape: tuple                      # the global shape
-    placements: tuple                 # ("Shard(0)", "Replicate()"), one per mesh dim
+    placements: tuple                 # ("Shard(0)", "Replicate()"), one per mesh dim (common.placements)
     mesh_shape: tuple                 # (4,) or (2, 2)
     mesh_dim_names: tuple | None
     mesh_ranks: list                  # the rank grid, e.g. [[0, 1], [2, 3]]
     coordinates: list                 # coordinates[r]: rank r's coordinate on the mesh
     local_shards: list = field(repr=False)  # local_shards[r]: rank r's local tensor (CPU)
-    placement_data: list = field(default_factory=list, repr=False)
 
     # ---- building
     @classmethod
@@ -75,10 +66,10 @@ class DTensorView:
         mesh = first["mesh"]
         view = cls(
             name=name, shape=tuple(first["shape"]),
-            placements=tuple(placement_str(p) for p in first["placements"]),
+            placements=tuple(first["placements"]),
             mesh_shape=tuple(mesh["shape"]), mesh_dim_names=mesh["dim_names"], mesh_ranks=mesh["ranks"],
             coordinates=[tuple(d["mesh"]["coordinate"]) for d in descs],
-            local_shards=[d["local"] for d in descs], placement_data=list(first["placements"]),
+            local_shards=[d["local"] for d in descs],
         )
         view._check_local_shapes()
         return view
@@ -94,20 +85,22 @@ class DTensorView:
         return ", ".join(self.placements)
 
     @property
+    def kinds(self) -> list[tuple[str, int | None]]:
+        """The placements parsed: ``[("shard", 0), ("replicate", None)]``."""
+        return [parse_placement(p) for p in self.placements]
+
+    @property
     def layout(self) -> str | None:
-        """The ``compare`` layout of a DTensor on a 1-D mesh ("shard(0)", "replicate", "partial")."""
-        if len(self.placement_data) != 1:
-            return None
-        p = self.placement_data[0]
-        return f"shard({p['dim']})" if p["kind"] == "shard" else p["kind"]
+        """The ``compare`` layout of a DTensor on a 1-D mesh (its placement: "Shard(0)", ...)."""
+        return placement_text(*self.kinds[0]) if len(self.placements) == 1 else None
 
     def region(self, rank: int) -> tuple[slice, ...]:
         """The slices of the global tensor that rank ``rank``'s local shard covers."""
         ranges = [[0, n] for n in self.shape]
         coord = self.coordinates[rank]
-        for mdim, p in enumerate(self.placement_data):
-            if p["kind"] == "shard":
-                d = p["dim"] % len(self.shape)
+        for mdim, (kind, dim) in enumerate(self.kinds):
+            if kind == "shard":
+                d = dim % len(self.shape)
                 lo, hi = ranges[d]
                 a, b = chunk_range(hi - lo, self.mesh_shape[mdim], coord[mdim])
                 ranges[d] = [lo + a, lo + b]
@@ -115,7 +108,7 @@ class DTensorView:
 
     def owners(self) -> list[int]:
         """Ranks whose shards together make up the tensor (Replicate mesh dims: coordinate 0 only)."""
-        rep = [i for i, p in enumerate(self.placement_data) if p["kind"] == "replicate"]
+        rep = [i for i, (kind, _) in enumerate(self.kinds) if kind == "replicate"]
         return [r for r, c in enumerate(self.coordinates) if all(c[i] == 0 for i in rep)]
 
     def _check_local_shapes(self) -> None:
@@ -126,10 +119,11 @@ class DTensorView:
                                  f"{self.placements} on mesh {self.mesh_shape} give it {want}")
 
     def full(self) -> torch.Tensor:
-        """The global tensor (float64, CPU), rebuilt from the local shards by the placements."""
-        out = torch.zeros(self.shape, dtype=torch.float64)
+        """The global tensor (CPU, the DTensor's own dtype, like ``full_tensor()``), rebuilt from
+        the local shards by the placements."""
+        out = torch.zeros(self.shape, dtype=self.local_shards[0].dtype)
         for r in self.owners():
-            out[self.region(r)] += self.local_shards[r].detach().to(torch.float64)
+            out[self.region(r)] += self.local_shards[r].detach()
         return out
 
     def __repr__(self) -> str:
@@ -151,6 +145,7 @@ def _what(desc: dict) -> str:
 
 
 def _refuse(name: str, descs: list[dict]) -> None:
+    missing_ranks(name, [{} if d["kind"] == "missing" else {name: d} for d in descs])
     by_what: dict[str, list[int]] = {}
     for r, d in enumerate(descs):
         by_what.setdefault(_what(d), []).append(r)
@@ -174,16 +169,14 @@ def views_from_descriptions(name: str, descs: list[dict]):
     _refuse(name, descs)
 
 
-def pull_dtensor(tpc, name: str):
+def pull_dtensor(cluster, name: str):
     """``name`` from every rank as a :class:`DTensorView` (a dict of views for a dict of DTensors).
 
-    Raises ``ValueError`` saying which ranks have what when ``name`` is not a DTensor everywhere.
+    ``cluster``: anything with ``apply`` (:class:`helpers.common.api.ClusterAPI`).  Raises
+    ``NameError`` naming the ranks where ``name`` is not defined, and ``ValueError`` saying which
+    ranks have what when it is not a DTensor everywhere; both before any collective.
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"pull_dtensor needs the name of an engine variable, got {name!r}")
-    return views_from_descriptions(name, tpc.apply(engine_dtensor.describe, name))
+    return views_from_descriptions(name, cluster.apply(engine_dtensor.describe, name))
 
-
-def all_coordinates(mesh_shape) -> list[tuple[int, ...]]:
-    """Coordinates of ranks 0..n-1 on a row-major mesh (what ``init_device_mesh`` does)."""
-    return list(itertools.product(*[range(n) for n in mesh_shape]))

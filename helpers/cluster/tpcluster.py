@@ -9,33 +9,21 @@ After it every engine has what a torchrun worker has (``torch``, ``dist``, ``ran
 ``world_size``, ``local_rank``, ``device``, ``backend``; torchrun's environment variables;
 a script-like ``sys.argv``; the notebook's folder as working directory), and ``%%px`` runs
 a cell on every engine at once.  The learner's kernel never joins the process group.
+``TPCluster`` is one :class:`helpers.common.api.ClusterAPI`; a batch job's is
+:class:`helpers.engine.batch.BatchCluster` (``helpers.connect`` picks).
 """
 
 from __future__ import annotations
 
 import atexit
 import os
-import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 import ipyparallel as ipp
 
-from ..engine import batch as engine_batch
-from ..engine import namespace as engine_ns
-from ..engine import pg as engine_pg
-from ..engine import watchdog as engine_watchdog
-from . import magics
-from .lifecycle import (
-    DEFAULT_START_TIMEOUT,
-    is_running,
-    on_this_host,
-    start_cluster,
-    stop_cluster,
-    visible_gpus,
-)
-from .planning import (
+from ..common.topology import (
     EngineInfo,
     check_backend,
     check_min_ranks,
@@ -46,6 +34,19 @@ from .planning import (
     plan_ranks,
     threads_per_engine,
 )
+from ..engine import namespace as engine_ns
+from ..engine import pg as engine_pg
+from ..reference.dtensor import pull_dtensor
+from . import magics
+from .lifecycle import (
+    DEFAULT_START_TIMEOUT,
+    is_running,
+    on_this_host,
+    start_cluster,
+    stop_cluster,
+    visible_gpus,
+)
+from .recovery import Recovery
 from .ref import ClusterRef
 
 DEFAULT_PG_TIMEOUT = 30.0  # seconds a collective may wait before it fails (teaching-sized)
@@ -72,7 +73,8 @@ class TPCluster:
 
     ``view`` is a blocking DirectView over all engines in rank order; ``%%px``
     runs on it.  ``pull(name)`` returns that engine variable from every rank, as
-    a list ordered by rank: the basis of every dense-reference check.
+    a list ordered by rank: the basis of every dense-reference check.  ``recovery``
+    (:class:`helpers.cluster.recovery.Recovery`) gets it back from a fault.
     """
 
     ref: ClusterRef
@@ -82,11 +84,12 @@ class TPCluster:
     timeout: float = DEFAULT_PG_TIMEOUT
     backend: str = "gloo"
     engines: list[EngineInfo] = field(default_factory=list)
-    _px_cells: list[int] = field(default_factory=list, repr=False)  # In[n] of %%px cells run
-    _watchdogs: dict[int, tuple[str, int]] = field(default_factory=dict, repr=False)
-    _token: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
+    recovery: Recovery = field(init=False, repr=False)
     _cwd: str | None = field(default=None, repr=False)  # the folder the engines follow
     simulated_nodes: int | None = None  # connect(nodes=2): 2 nodes simulated on one host
+
+    def __post_init__(self) -> None:
+        self.recovery = Recovery(self)
 
     # ---- facts
     @property
@@ -148,10 +151,14 @@ class TPCluster:
 
     # ---- data in and out, by rank
     def pull(self, name: str) -> list:
-        """The engine variable ``name`` from every rank, as a list ordered by rank."""
+        """The engine variable ``name`` from every rank, as a list ordered by rank: CPU, detached,
+        in its own dtype (:func:`helpers.engine.namespace.to_cpu`), lists, tuples and dicts walked.
+
+        Raises ``NameError`` naming the ranks where ``name`` is not defined.
+        """
         self.check_alive()
-        futures = [self.client[eid].pull(name, block=False) for eid in self.engine_ids]
-        return [f.get() for f in futures]
+        futures = [self.client[eid].apply_async(engine_ns.fetch_values, [name]) for eid in self.engine_ids]
+        return engine_ns.pulled(name, [f.get() for f in futures])
 
     def push(self, **values) -> None:
         """Send the same values to every rank (``cluster.push(x=x)``)."""
@@ -173,9 +180,8 @@ class TPCluster:
             f.get()
 
     def pull_dtensor(self, name: str):
-        """The DTensor ``name`` from every rank, as a notebook-side view (see helpers.cluster.dtensor)."""
-        from .dtensor import pull_dtensor
-
+        """The DTensor ``name`` from every rank, as a notebook-side view
+        (:class:`helpers.reference.dtensor.DTensorView`; ``.full()`` keeps its dtype)."""
         return pull_dtensor(self, name)
 
     def run(self, code: str) -> None:
@@ -235,7 +241,7 @@ class TPCluster:
             and by_id[e.engine_id]["rank"] == e.rank and by_id[e.engine_id]["backend"] == backend
             for e in self.engines)
         if adopt:
-            self._start_watchdogs(per_host)
+            self.recovery.start_watchdogs(multi_host=len(per_host) > 1)
             return
         if threads is None:
             threads = threads_per_engine(min(i["cpus"] for i in infos), max(per_host.values()))
@@ -260,38 +266,12 @@ class TPCluster:
                     f"rank {e.rank} (engine {e.engine_id} on {e.host}) did not join the "
                     f"process group within {self.timeout:.0f} s"
                 ) from None
-        self._start_watchdogs(per_host)
+        self.recovery.start_watchdogs(multi_host=len(per_host) > 1)
 
-    def _start_watchdogs(self, per_host) -> None:
-        """One watchdog thread per engine (see helpers.engine.watchdog); it outlives groups."""
-        addrs = self.view.apply_sync(engine_pg.host_address) if len(per_host) > 1 else None
-        # a second notebook attaching reuses the first one's token
-        known = self.client[self.engine_ids[0]].apply_sync(engine_ns.fetch_values, ["_tp_token"])
-        self._token = known.get("_tp_token", self._token)
-        self.view.push({"_tp_token": self._token}, block=True)
-        futures = []
-        for i, e in enumerate(self.engines):
-            addr = addrs[i] if addrs else "127.0.0.1"
-            futures.append((e.rank, addr, self.client[e.engine_id].apply_async(
-                engine_watchdog.start_watchdog, addr, self._token)))
-        self._watchdogs = {r: (addr, f.get(timeout=30)) for r, addr, f in futures}
-
-    # ---- faults: the recovery protocol lives with the %%px magics (magics.py)
-    def dead_ranks(self) -> list[EngineInfo]:
-        """Engines of this cluster that are no longer registered (died, were killed)."""
-        return magics.dead_ranks(self)
-
+    # ---- faults (helpers.cluster.recovery)
     def check_alive(self) -> None:
         """Raise DeadRankError naming the dead ranks (called before every %%px cell)."""
-        magics.check_alive(self)
-
-    def busy_ranks(self) -> list[int]:
-        """Ranks whose engine is still running a task."""
-        return magics.busy_ranks(self)
-
-    def abort_collectives(self, timeout: float = 2.0) -> dict[int, int]:
-        """Shut down every rank's process-group sockets: blocked collectives fail at once."""
-        return magics.abort_collectives(self, timeout)
+        self.recovery.check_alive()
 
     def recover(self, timeout: float = DEFAULT_START_TIMEOUT) -> str:
         """Get back to a working cluster, never touching this notebook's own variables.
@@ -300,7 +280,7 @@ class TPCluster:
         An engine died: all N engines restart (ranks 0..N-1) and you are told which
         variables were lost and which ``%%px`` cells to re-run.  Returns what it did.
         """
-        return magics.recover(self, timeout)
+        return self.recovery.recover(timeout)
 
     def restart_engines(self, timeout: float = DEFAULT_START_TIMEOUT) -> list[int]:
         """Replace every engine by a fresh one; ranks stay 0..N-1 (engine ids change).
@@ -405,98 +385,105 @@ def connect(
     Calling it again returns the same cluster.  A cluster that ``connect()``
     started itself is stopped by ``cluster.shutdown()`` or when this kernel exits
     (a crashed kernel's cluster is ended by a reaper within a second).
-    In a batch job written by ``launch_cluster.sh export`` it returns that job's cluster.
     """
-    job = engine_batch.active_job()
-    if job is not None:  # a notebook running as a torchrun job (helpers.engine.batch)
-        return job.connect(n=n, backend=backend, nodes=nodes, min_ranks=min_ranks)
     ref = ClusterRef.of(cluster_id, profile_dir)
-    check_backend(backend)
-    if n is not None:
-        n = check_n(n, backend=backend, gpus=visible_gpus() if backend == "nccl" else 0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    if nodes is not None and n is not None:
-        check_nodes(nodes, ["here"] * n)  # refused before anything starts
-    if n is not None:
-        check_min_ranks(n, min_ranks)
-
+    n = _check_arguments(n, timeout, backend, nodes, min_ranks)
     existing = _CONNECTIONS.get(ref)
     if existing is not None:
-        if n is not None and n != existing.world_size:
-            raise ValueError(
-                f"this notebook is already connected to {existing.world_size} engines; "
-                f"connect(n={n}) would need a new cluster: call cluster.shutdown() first"
-            )
-        if nodes != existing.simulated_nodes and (nodes or existing.simulated_nodes):
-            existing.simulated_nodes = nodes
-            existing.init_distributed(force=True)  # the new layout: new local ranks
-        check_min_ranks(existing.world_size, min_ranks, existing.layout_note)
-        if activate:
-            existing.activate()
-        existing.follow_cwd()
-        return existing
-
-    owned = False
-    cluster = None
-    if is_running(ref):
-        # Started by launch_cluster.sh (maybe in a PBS job on another node).
-        client = ipp.Client(profile_dir=ref.profile_dir, cluster_id=ref.cluster_id, timeout=30)
-        expected = n or ref.read_state().get("n")
-    else:
-        try:
-            cluster = start_cluster(ref, n, daemon=False, wait=False, timeout=start_timeout,
-                                    owner_pid=os.getpid())
-        except Exception as e:
-            raise RuntimeError(
-                f"no cluster {ref} is running and one could not be started: {e}\n"
-                "Start one in a terminal with ./launch_cluster.sh start, then connect() again."
-            ) from e
-        owned = True
-        client = cluster.connect_client_sync()
-        expected = n or default_n(visible_gpus())
-    if expected:
-        try:
-            client.wait_for_engines(expected, timeout=start_timeout, interactive=False)
-        except TimeoutError:
-            got = len(client.ids)
-            client.close()
-            if owned:
-                stop_cluster(ref, cluster=cluster)
-            raise RuntimeError(
-                f"cluster {ref}: only {got} of {expected} engines came up within "
-                f"{start_timeout:.0f} s; check ./launch_cluster.sh status"
-            ) from None
-    if min_ranks is not None and len(client.ids) < min_ranks:
-        got = len(client.ids)
-        client.close()
-        if owned:
-            stop_cluster(ref, cluster=cluster)
-        check_min_ranks(got, min_ranks, f"cluster {ref}")
-    if n is not None and len(client.ids) != n:
-        got = len(client.ids)
-        client.close()
-        raise ValueError(
-            f"cluster {ref} runs {got} engines, not n={n}; call connect() "
-            "without n, or restart it: ./launch_cluster.sh stop && "
-            f"./launch_cluster.sh start -n {n}"
-        )
-    tc = TPCluster(ref=ref, client=client, cluster=cluster, owned=owned, timeout=float(timeout),
-                   simulated_nodes=nodes)
-    try:
+        return _reconnect(existing, n, nodes, min_ranks, activate)
+    client, cluster, expected = _open_client(ref, n, start_timeout)
+    tc = TPCluster(ref=ref, client=client, cluster=cluster, owned=cluster is not None,
+                   timeout=float(timeout), simulated_nodes=nodes)
+    try:  # the one cleanup path: whatever fails, shutdown() closes the client, stops what we started
+        _check_engines(tc, n, expected, start_timeout, min_ranks)
         tc.init_distributed(backend=backend, timeout=timeout, threads=threads)
         tc.follow_cwd()
     except BaseException:
         tc.shutdown(quiet=True)
         raise
     _CONNECTIONS[ref] = tc
-    if owned:
+    if tc.owned:
         atexit.register(tc._at_exit)
     if tc.shares_gpus:
         print(tc.layout_note)
     if activate:
         tc.activate()
     return tc
+
+
+def _check_arguments(n, timeout, backend, nodes, min_ranks) -> int | None:
+    """Refuse bad arguments before anything starts; ``n`` as an int (or None)."""
+    check_backend(backend)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if n is None:
+        return None
+    n = check_n(n, backend=backend, gpus=visible_gpus() if backend == "nccl" else 0)
+    if nodes is not None:
+        check_nodes(nodes, ["here"] * n)
+    check_min_ranks(n, min_ranks)
+    return n
+
+
+def _reconnect(tc: TPCluster, n, nodes, min_ranks, activate: bool) -> TPCluster:
+    """``connect()`` again in the same kernel: the same cluster (with new simulated nodes)."""
+    if n is not None and n != tc.world_size:
+        raise ValueError(
+            f"this notebook is already connected to {tc.world_size} engines; "
+            f"connect(n={n}) would need a new cluster: call cluster.shutdown() first"
+        )
+    if nodes != tc.simulated_nodes and (nodes or tc.simulated_nodes):
+        tc.simulated_nodes = nodes
+        tc.init_distributed(force=True)  # the new layout: new local ranks
+    check_min_ranks(tc.world_size, min_ranks, tc.layout_note)
+    if activate:
+        tc.activate()
+    tc.follow_cwd()
+    return tc
+
+
+def _open_client(ref: ClusterRef, n, start_timeout: float):
+    """(client, the cluster started here or None, how many engines to wait for).
+
+    A running cluster (``launch_cluster.sh start``, maybe in a PBS job on another node) is
+    attached to; otherwise one is started for this kernel, ended with it.
+    """
+    if is_running(ref):
+        client = ipp.Client(profile_dir=ref.profile_dir, cluster_id=ref.cluster_id, timeout=30)
+        return client, None, n or ref.read_state().get("n")
+    try:
+        cluster = start_cluster(ref, n, daemon=False, wait=False, timeout=start_timeout,
+                                owner_pid=os.getpid())
+    except Exception as e:
+        raise RuntimeError(
+            f"no cluster {ref} is running and one could not be started: {e}\n"
+            "Start one in a terminal with ./launch_cluster.sh start, then connect() again."
+        ) from e
+    try:
+        return cluster.connect_client_sync(), cluster, n or default_n(visible_gpus())
+    except BaseException:
+        stop_cluster(ref, cluster=cluster)
+        raise
+
+
+def _check_engines(tc: TPCluster, n, expected, start_timeout: float, min_ranks) -> None:
+    """Wait for the engines; refuse a cluster of the wrong size, with the fix."""
+    if expected:
+        try:
+            tc.client.wait_for_engines(expected, timeout=start_timeout, interactive=False)
+        except TimeoutError:
+            raise RuntimeError(
+                f"cluster {tc.ref}: only {len(tc.client.ids)} of {expected} engines came up within "
+                f"{start_timeout:.0f} s; check ./launch_cluster.sh status"
+            ) from None
+    got = len(tc.client.ids)
+    check_min_ranks(got, min_ranks, f"cluster {tc.ref}")
+    if n is not None and got != n:
+        raise ValueError(
+            f"cluster {tc.ref} runs {got} engines, not n={n}; call connect() "
+            "without n, or restart it: ./launch_cluster.sh stop && "
+            f"./launch_cluster.sh start -n {n}"
+        )
 
 
 __all__ = ["TPCluster", "connect", "probe_engines", "DEFAULT_PG_TIMEOUT", "on_this_host"]

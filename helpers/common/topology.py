@@ -1,9 +1,15 @@
-"""Rank planning: who is rank r, on which host and device, over which backend.
+"""Topology, pure: who is rank r, on which host, node and device, over which backend; which
+ranks form each group of a device mesh, and which TP groups would leave a node.
 
-Pure functions of what the engines reported (:func:`helpers.engine.pg.probe`): no process,
-no torch, no network, so every branch (several hosts, MPI ranks, NCCL refused) is
-unit-tested on one machine.  Decided on the notebook side, before any rank enters a
-collective.
+Pure functions of what the engines reported (:func:`helpers.engine.pg.probe`) or of a mesh
+shape: no process, no torch, no network, so every branch (several hosts, MPI ranks, NCCL
+refused) is unit-tested on one machine.  The notebook side plans its ranks with them, a batch
+job (:mod:`helpers.engine.batch`) its simulated nodes, :mod:`helpers.tp.mesh` its layout checks:
+all decided before any rank enters a collective.
+
+Ranks fill a mesh in row-major order, as ``init_device_mesh`` lays them out: for a mesh of
+shape (2, 2) with dim names ("dp", "tp"), the tp groups are the rows [0, 1] and [2, 3] and the
+dp groups are the columns [0, 2] and [1, 3].
 
 Conventions (DESIGN.md): rank is not engine id; ranks are 0..N-1 in the order of the
 sorted engine ids, and under MPI they equal the MPI rank.
@@ -11,6 +17,8 @@ sorted engine ids, and under MPI they equal the MPI rank.
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 
 DEFAULT_CPU_ENGINES = 4  # the embedded default: a stand-in for one Derecho node (4 GPUs)
@@ -214,3 +222,62 @@ def threads_per_engine(cpus: int, engines_on_host: int) -> int:
     (1, 16)
     """
     return max(1, cpus // max(1, engines_on_host))
+
+
+# ------------------------------------------------------------------------------ mesh groups
+def check_mesh(shape, dim_names) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """A mesh shape and its dim names as tuples, refused with the fix when they do not fit."""
+    try:
+        dims = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"mesh shape must be a tuple of ints, got {shape!r}") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise ValueError(f"mesh shape {dims} must have positive sizes, e.g. (4,) or (2, 2)")
+    names = tuple(str(n) for n in dim_names)
+    if len(names) != len(dims):
+        raise ValueError(f"mesh shape {dims} has {len(dims)} dims but {len(names)} dim names "
+                         f"{names}; give one name per dim")
+    if len(set(names)) != len(names):
+        raise ValueError(f"mesh dim names must be different, got {names}")
+    return dims, names
+
+
+def mesh_groups(shape, dim_names) -> dict[str, list[list[int]]]:
+    """``{dim name: [ranks of each group along that dim]}`` for a row-major mesh.
+
+    >>> mesh_groups((2, 2), ("dp", "tp"))
+    {'dp': [[0, 2], [1, 3]], 'tp': [[0, 1], [2, 3]]}
+    """
+    dims, names = check_mesh(shape, dim_names)
+    strides = [math.prod(dims[i + 1:]) for i in range(len(dims))]
+    out = {}
+    for d, name in enumerate(names):
+        others = [i for i in range(len(dims)) if i != d]
+        out[name] = [[sum(c * strides[i] for c, i in zip(rest, others)) + k * strides[d] for k in range(dims[d])]
+                     for rest in itertools.product(*[range(dims[i]) for i in others])]
+    return out
+
+
+def tp_groups_across_hosts(shape, dim_names, hosts, tp_dim: str = "tp") -> list[dict]:
+    """The groups along ``tp_dim`` whose ranks sit on more than one host (or node).
+
+    hosts: each rank's host (or node) name, a list indexed by rank (``cluster.nodes``).
+    Returns ``[{"ranks": [0, 2], "hosts": ["node0", "node1"]}, ...]``; empty when every TP group
+    stays inside one host.
+
+    >>> tp_groups_across_hosts((2, 2), ("tp", "dp"), ["n0", "n0", "n1", "n1"])
+    [{'ranks': [0, 2], 'hosts': ['n0', 'n1']}, {'ranks': [1, 3], 'hosts': ['n0', 'n1']}]
+    """
+    dims, names = check_mesh(shape, dim_names)
+    hosts = [str(h) for h in hosts]
+    if len(hosts) != math.prod(dims):
+        raise ValueError(f"mesh shape {dims} has {math.prod(dims)} ranks but {len(hosts)} host names "
+                         "were given; give one host name per rank, rank 0 first")
+    if tp_dim not in names:
+        raise ValueError(f"mesh has no dim named {tp_dim!r}; its dims are {names}")
+    crossing = []
+    for group in mesh_groups(dims, names)[tp_dim]:
+        on = list(dict.fromkeys(hosts[r] for r in group))
+        if len(on) > 1:
+            crossing.append({"ranks": group, "hosts": on})
+    return crossing

@@ -1,26 +1,26 @@
-"""Dense-vs-TP comparison, run in the learner's notebook kernel.
+"""Dense-vs-TP comparison, run in the learner's notebook kernel (or a batch job's ranks).
 
 The engines compute shards; the notebook pulls them back by rank (a list, rank 0 first) and
 checks them against a dense reference computed from the same seed::
 
     Y_shards = cluster.pull("Y")            # [(B, H/p) from rank 0, (B, H/p) from rank 1, ...]
-    compare("Y", Y_shards, Y_dense, layout="shard(-1)")
-    # ✅ Y matches dense  shape (8, 16)  max|Δ| 2.4e-07  (layout shard(-1), 4 ranks)
+    compare("Y", Y_shards, Y_dense, layout="Shard(-1)")
+    # ✅ Y matches dense  shape (8, 16)  max|Δ| 2.4e-07  (layout Shard(-1), 4 ranks)
 
-Layouts use PyTorch's DTensor vocabulary:
+Layouts are placements, spelled as DTensor writes them (:mod:`helpers.common.placements`):
 
-``"replicate"``  every rank holds the full tensor (checked: all copies must agree)
-``"shard(d)"``   rank r holds the r-th block along dim d; blocks are concatenated in rank order
-``"partial"``    every rank holds a full-size partial sum; the tensor is their sum
+``"Replicate()"``  every rank holds the full tensor (checked: all copies must agree)
+``"Shard(d)"``     rank r holds the r-th block along dim d; blocks are concatenated in rank order
+``"Partial()"``    every rank holds a full-size partial sum; the tensor is their sum
 
 Nothing here runs a collective or imports ipyparallel / torch.distributed: it works on tensors
 (or numpy arrays) that are already in this process. Comparisons are done in float64 on the CPU.
+How a result is shown (IPython, printed, saved by a batch job) is :mod:`.display`'s, injected.
 """
 
 from __future__ import annotations
 
 import html
-import io
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -28,40 +28,72 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .tensors import (
-    VALID_LAYOUTS,
-    as_shard_list,
-    fmt_index,
-    fmt_shape,
-    parse_layout,
-    to_2d,
-    to_f64,
-)
-from .viz.figure import new_figure
+from ..common.placements import parse_placement, placement_text
+from . import display
 
-__all__ = [
-    "Result",
-    "ComparisonError",
-    "VALID_LAYOUTS",
-    "parse_layout",
-    "reassemble",
-    "compare",
-    "compare_grads",
-    "error_heatmap",
-]
+__all__ = ["Result", "ComparisonError", "reassemble", "compare", "compare_grads", "error_heatmap",
+           "to_f64", "as_shard_list", "fmt_shape", "fmt_index"]
 
 # Denominator guard for the relative error |tp - dense| / (|dense| + _TINY).
 _TINY = 1e-12
 
 
 # --------------------------------------------------------------------------------------------
-# conversion and layout parsing
+# conversion
 # --------------------------------------------------------------------------------------------
 
 
+def to_f64(x: Any, what: str) -> torch.Tensor:
+    """Any tensor / ndarray / number -> float64 CPU tensor (detached)."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+        if t.is_complex():
+            raise TypeError(f"{what}: complex tensors are not supported")
+        return t.to(device="cpu", dtype=torch.float64)
+    if isinstance(x, np.ndarray) or np.isscalar(x) or isinstance(x, (list, tuple)):
+        a = np.asarray(x)
+        if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+            raise TypeError(f"{what}: cannot compare values of dtype {a.dtype}")
+        if np.iscomplexobj(a):
+            raise TypeError(f"{what}: complex arrays are not supported")
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
+    raise TypeError(
+        f"{what}: expected a torch.Tensor or numpy array, got {type(x).__name__}"
+    )
+
+
+def as_shard_list(shards: Any) -> list:
+    """Accept a list/tuple by rank, or a {rank: tensor} dict with keys 0..p-1."""
+    if isinstance(shards, dict):
+        keys = sorted(shards)
+        if keys != list(range(len(keys))):
+            raise ValueError(f"shards dict must be keyed by rank 0..{len(keys) - 1}, got keys {keys}")
+        return [shards[k] for k in keys]
+    if isinstance(shards, (torch.Tensor, np.ndarray)):
+        raise TypeError(
+            "shards must be a list with one tensor per rank (rank 0 first), "
+            f"got a single {type(shards).__name__}; wrap it as [t] for one rank"
+        )
+    try:
+        return list(shards)
+    except TypeError:
+        raise TypeError(
+            f"shards must be a list with one tensor per rank, got {type(shards).__name__}"
+        ) from None
+
+
+def fmt_shape(shape) -> str:
+    return str(tuple(int(s) for s in shape))
+
+
+def fmt_index(flat: int, shape) -> str:
+    if len(shape) == 0:
+        return "()"
+    return str(tuple(int(i) for i in np.unravel_index(int(flat), tuple(shape))))
+
+
 def _canon(layout: str) -> str:
-    kind, dim = parse_layout(layout)
-    return f"shard({dim})" if kind == "shard" else kind
+    return placement_text(*parse_placement(layout))
 
 
 def _shape_summary(ts: Sequence[torch.Tensor]) -> str:
@@ -80,14 +112,14 @@ def reassemble(shards, layout: str, *, atol: float = 0.0, rtol: float = 0.0) -> 
     """Rebuild the full tensor (float64, CPU) from the per-rank pieces.
 
     shards: one tensor / ndarray per rank, rank 0 first (or a ``{rank: tensor}`` dict).
-    layout: ``"replicate"``, ``"shard(d)"`` or ``"partial"`` (see the module docstring).
+    layout: ``"Replicate()"``, ``"Shard(d)"`` or ``"Partial()"`` (see the module docstring).
     atol, rtol: how closely replicated copies must agree (default: exactly).
 
     Raises ValueError for a bad layout string / empty list / dim out of range, and
     AssertionError (naming the ranks and numbers) when the pieces are inconsistent: replicas
     that disagree, or shards whose shapes cannot be concatenated / summed.
     """
-    kind, dim = parse_layout(layout)
+    kind, dim = parse_placement(layout)
     pieces = as_shard_list(shards)
     if len(pieces) == 0:
         raise ValueError("shards is empty: expected one tensor per rank")
@@ -98,8 +130,8 @@ def reassemble(shards, layout: str, *, atol: float = 0.0, rtol: float = 0.0) -> 
         bad_shape = [r for r, t in enumerate(ts) if t.shape != ref.shape]
         if bad_shape:
             raise AssertionError(
-                f"layout 'replicate': every rank should hold the same full tensor, but shapes "
-                f"differ: {_shape_summary(ts)}. If each rank holds a block, use 'shard(d)'."
+                f"layout 'Replicate()': every rank should hold the same full tensor, but shapes "
+                f"differ: {_shape_summary(ts)}. If each rank holds a block, use 'Shard(d)'."
             )
         disagree: list[tuple[int, float]] = []
         for r, t in enumerate(ts[1:], start=1):
@@ -112,10 +144,10 @@ def reassemble(shards, layout: str, *, atol: float = 0.0, rtol: float = 0.0) -> 
             ranks = ", ".join(str(r) for r, _ in disagree)
             hint = (
                 " If these are partial sums (e.g. the output of a row-parallel matmul before "
-                "its all-reduce), use layout 'partial' -- or add the missing all-reduce."
+                "its all-reduce), use layout 'Partial()' -- or add the missing all-reduce."
             )
             raise AssertionError(
-                f"layout 'replicate': rank(s) {ranks} disagree with rank 0 "
+                f"layout 'Replicate()': rank(s) {ranks} disagree with rank 0 "
                 f"(max |Δ| {worst:.1e} on rank {worst_r}, tolerance atol {atol:.0e} "
                 f"rtol {rtol:.0e}).{hint}"
             )
@@ -125,22 +157,22 @@ def reassemble(shards, layout: str, *, atol: float = 0.0, rtol: float = 0.0) -> 
         ref = ts[0]
         if any(t.shape != ref.shape for t in ts):
             raise AssertionError(
-                f"layout 'partial': every rank should hold a full-size partial sum of the same "
+                f"layout 'Partial()': every rank should hold a full-size partial sum of the same "
                 f"shape, but shapes differ: {_shape_summary(ts)}"
             )
         return torch.stack(ts).sum(0)
 
-    # shard(d)
+    # Shard(d)
     ndim = ts[0].dim()
     if any(t.dim() != ndim for t in ts):
         raise AssertionError(
-            f"layout 'shard({dim})': shards have different numbers of dims: {_shape_summary(ts)}"
+            f"layout 'Shard({dim})': shards have different numbers of dims: {_shape_summary(ts)}"
         )
     if ndim == 0:
-        raise ValueError(f"layout 'shard({dim})' needs shards with at least 1 dim; got 0-d scalars")
+        raise ValueError(f"layout 'Shard({dim})' needs shards with at least 1 dim; got 0-d scalars")
     if not -ndim <= dim < ndim:
         raise ValueError(
-            f"layout 'shard({dim})': dim {dim} is out of range for {ndim}-d shards "
+            f"layout 'Shard({dim})': dim {dim} is out of range for {ndim}-d shards "
             f"(valid: {-ndim}..{ndim - 1})"
         )
     d = dim % ndim
@@ -149,7 +181,7 @@ def reassemble(shards, layout: str, *, atol: float = 0.0, rtol: float = 0.0) -> 
         other = [s for i, s in enumerate(t.shape) if i != d]
         if other != [s for i, s in enumerate(ref) if i != d]:
             raise AssertionError(
-                f"layout 'shard({dim})': shards must match in every dim except {dim}, "
+                f"layout 'Shard({dim})': shards must match in every dim except {dim}, "
                 f"but got {_shape_summary(ts)}"
             )
     return torch.cat(ts, dim=d)
@@ -183,7 +215,7 @@ class Result:
     argmax: tuple = ()
     message: str = ""
     figure: Any = field(default=None, repr=False, compare=False)
-    _shown_in: Any = field(default=None, repr=False, compare=False)
+    shown_in: Any = field(default=None, repr=False, compare=False)  # the cell that showed it
 
     # -- text ---------------------------------------------------------------------------
     def _verb(self) -> str:
@@ -214,13 +246,7 @@ class Result:
         p.text(str(self))
 
     def _ipython_display_(self) -> None:
-        # compare() already displayed this result in the current cell; when the same cell also
-        # ends with the compare(...) call, skip the second (identical) copy of the line.
-        ip = _get_ipython()
-        if ip is not None and self._shown_in is not None and self._shown_in == _cell_id(ip):
-            self._shown_in = None
-            return
-        _display({"text/plain": str(self), "text/html": self._repr_html_()}, raw=True)
+        display.show_again(self)  # a cell ending with compare(...): not shown twice
 
     def __bool__(self) -> bool:
         return bool(self.passed)
@@ -232,53 +258,6 @@ class ComparisonError(AssertionError):
     def __init__(self, message: str, result: Result | None = None):
         super().__init__(message)
         self.result = result
-
-
-# --------------------------------------------------------------------------------------------
-# IPython plumbing (module-level so tests can stand in for a notebook)
-# --------------------------------------------------------------------------------------------
-
-
-def _get_ipython():
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython is always there in the course env
-        return None
-    return get_ipython()
-
-
-def _in_ipython() -> bool:
-    return _get_ipython() is not None
-
-
-def _cell_id(ip) -> Any:
-    return getattr(ip, "execution_count", None)
-
-
-def _display(obj, **kwargs) -> None:
-    from IPython.display import display
-
-    display(obj, **kwargs)
-
-
-def _show_result(res: Result) -> None:
-    if _in_ipython():
-        ip = _get_ipython()
-        res._shown_in = None
-        _display({"text/plain": str(res), "text/html": res._repr_html_()}, raw=True)
-        res._shown_in = _cell_id(ip) if ip is not None else None
-    else:
-        print(str(res))
-
-
-def _show_figure(fig) -> None:
-    # As PNG bytes, so it shows whatever matplotlib backend the kernel uses (inline, ipympl, none).
-    if fig is not None and _in_ipython():
-        from IPython.display import Image
-
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=fig.dpi, facecolor="white")
-        _display(Image(data=buf.getvalue(), format="png"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,7 +289,7 @@ def _hint(tp_pieces: list[torch.Tensor], kind: str, tp: torch.Tensor, dense: tor
         if torch.allclose(torch.stack(tp_pieces).sum(0), dense, atol=atol, rtol=rtol):
             return (
                 " Hint: the shards sum to dense: they are partial sums. Either the all-reduce "
-                "is missing, or the layout is 'partial'."
+                "is missing, or the layout is 'Partial()'."
             )
     return ""
 
@@ -319,7 +298,7 @@ def _layout_suggestions(ts: list[torch.Tensor], dense_shape) -> list[str]:
     out = []
     shapes = {t.shape for t in ts}
     if len(shapes) == 1 and ts[0].shape == dense_shape:
-        out += ["replicate", "partial"]
+        out += ["Replicate()", "Partial()"]
     nd = ts[0].dim()
     if nd and all(t.dim() == nd for t in ts) and len(dense_shape) == nd:
         for d in range(nd):
@@ -328,7 +307,7 @@ def _layout_suggestions(ts: list[torch.Tensor], dense_shape) -> list[str]:
                 == [s for i, s in enumerate(dense_shape) if i != d]
                 for t in ts
             ) and sum(t.shape[d] for t in ts) == dense_shape[d]:
-                out.append(f"shard({d})")
+                out.append(f"Shard({d})")
     return out
 
 
@@ -337,7 +316,7 @@ def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
     if expect not in ("match", "mismatch"):
         raise ValueError(f"expect must be 'match' or 'mismatch', got {expect!r}")
     canon = _canon(layout)
-    kind, _ = parse_layout(layout)
+    kind, _ = parse_placement(layout)
     pieces = as_shard_list(shards)
     dense_t = to_f64(dense, f"{name}: dense reference")
     n = len(pieces)
@@ -398,17 +377,12 @@ def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
         if show:
             res.figure = error_heatmap(tp, dense_t, title=f"{name}: |TP − dense|")
     if show:
-        _show_result(res)
-        if not matches:
-            if expect == "mismatch":
-                line = f"mismatch, as expected: {res.message}"
-                print(line)
-            _show_figure(res.figure)
+        display.show_result(res, show)
     return res
 
 
-def compare(name: str, shards, dense, layout: str = "replicate", *, atol: float = 1e-5,
-            rtol: float = 1e-4, expect: str = "match", show: bool = True) -> Result:
+def compare(name: str, shards, dense, layout: str = "Replicate()", *, atol: float = 1e-5,
+            rtol: float = 1e-4, expect: str = "match", show=True) -> Result:
     """Reassemble ``shards`` with ``layout`` and check them against ``dense``.
 
     Pass criterion: ``torch.allclose(tp, dense, atol=atol, rtol=rtol)`` in float64.
@@ -416,13 +390,15 @@ def compare(name: str, shards, dense, layout: str = "replicate", *, atol: float 
 
     expect="match" (default): returns a passing Result; on a mismatch shows the error heatmap
     (if show) and raises :class:`ComparisonError` (an AssertionError) with the numbers, e.g.
-    ``Y (layout shard(-1)): max abs err 3.1e-01 > atol 1e-05 at index (2, 7); max rel err ...``.
+    ``Y (layout Shard(-1)): max abs err 3.1e-01 > atol 1e-05 at index (2, 7); max rel err ...``.
 
     expect="mismatch" (for deliberate "break it" cells): passes when they differ (shows the
     heatmap and prints ``mismatch, as expected: ...``) and raises if they unexpectedly match.
 
-    Shape mismatches raise an AssertionError naming both shapes and the layout. With show=True,
-    the one-line Result is displayed (inside IPython) or printed (elsewhere).
+    Shape mismatches raise an AssertionError naming both shapes and the layout. show=True shows the
+    Result through the current display (:func:`helpers.reference.display.set_display`: inside
+    IPython a line and the heatmap, elsewhere a printed line); show=False shows nothing; a
+    function ``show(result)`` shows it that way.
     """
     res = _compare(name, shards, dense, layout, atol, rtol, expect, show)
     if not res.passed:
@@ -436,10 +412,10 @@ def compare(name: str, shards, dense, layout: str = "replicate", *, atol: float 
     return res
 
 
-def compare_grads(pairs, *, atol: float = 1e-5, rtol: float = 1e-4, show: bool = True) -> list[Result]:
+def compare_grads(pairs, *, atol: float = 1e-5, rtol: float = 1e-4, show=True) -> list[Result]:
     """Compare several tensors (typically gradients) and report all of them.
 
-    pairs: ``[(name, shards, dense, layout), ...]`` (layout may be omitted: "replicate").
+    pairs: ``[(name, shards, dense, layout), ...]`` (layout may be omitted: "Replicate()").
     Every Result is shown; after the last one, a single AssertionError lists every failure.
     Returns the list of Results when all match.
     """
@@ -451,7 +427,7 @@ def compare_grads(pairs, *, atol: float = 1e-5, rtol: float = 1e-4, show: bool =
                 f"compare_grads: item {i} must be (name, shards, dense[, layout]), got {item!r:.80}"
             )
         name, shards, dense = item[:3]
-        layout = item[3] if len(item) == 4 else "replicate"
+        layout = item[3] if len(item) == 4 else "Replicate()"
         try:
             res = _compare(name, shards, dense, layout, atol, rtol, "match", show)
         except AssertionError as e:  # shape / replica problems: keep going, report at the end
@@ -483,6 +459,8 @@ def error_heatmap(tp, dense, title: str | None = None, ax=None):
     the tensor is small (≤ 32 × 32). Draws into ``ax`` when given (returns ``ax.figure``).
     """
     from matplotlib.patches import Rectangle
+
+    from ..viz.figure import new_figure, to_2d
 
     tp_t = to_f64(tp, "tp")
     dense_t = to_f64(dense, "dense")

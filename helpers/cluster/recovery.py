@@ -1,0 +1,164 @@
+"""The recovery protocol: a fast way back from a broken process group or a dead engine.
+
+One :class:`Recovery` per :class:`~helpers.cluster.tpcluster.TPCluster` (``cluster.recovery``)
+owns what a way back needs: the engines' watchdogs and their shared token, and the ``%%px``
+cells run so far (to say which to re-run).  The ``%%px`` magics (:mod:`.magics`) use it through
+its methods only.  Every message ends with the one call that recovers: ``cluster.recover()``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import time
+
+from ..common.topology import EngineInfo
+from ..engine import namespace as engine_ns
+from ..engine import pg as engine_pg
+from ..engine import watchdog as engine_watchdog
+from .lifecycle import DEFAULT_START_TIMEOUT, on_this_host
+
+__all__ = ["RECOVER", "CourseError", "DeadRankError", "Recovery"]
+
+RECOVER = "cluster.recover()"
+
+
+class CourseError(RuntimeError):
+    """An error the course explains itself: shown as its message alone, no traceback."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
+        return [f"{type(self).__name__}: {self}"]
+
+
+class DeadRankError(CourseError):
+    """An engine (a rank) has died."""
+
+
+class Recovery:
+    """A cluster's way back: watchdogs to abort blocked collectives, dead ranks named, the
+    process group rebuilt (variables kept) or every engine restarted (cells to re-run named).
+
+    ``tpc``: the cluster it serves (its client, engines, ``init_distributed``, ``restart_engines``).
+    """
+
+    def __init__(self, tpc):
+        self.tpc = tpc
+        self.token = secrets.token_hex(16)              # proves an abort comes from this notebook
+        self.watchdogs: dict[int, tuple[str, int]] = {}  # rank -> (address, port)
+        self.px_cells: list[int] = []                    # In[n] of the %%px cells run, in order
+
+    def note_px_cell(self, execution_count: int) -> None:
+        """A ``%%px`` cell ran (to name it if the engines must be rebuilt)."""
+        if execution_count not in self.px_cells:
+            self.px_cells.append(execution_count)
+
+    def start_watchdogs(self, multi_host: bool) -> None:
+        """One watchdog thread per engine (see helpers.engine.watchdog); it outlives groups."""
+        tpc = self.tpc
+        addrs = tpc.view.apply_sync(engine_pg.host_address) if multi_host else None
+        # a second notebook attaching reuses the first one's token
+        known = tpc.client[tpc.engine_ids[0]].apply_sync(engine_ns.fetch_values, ["_tp_token"])
+        self.token = known.get("_tp_token", self.token)
+        tpc.view.push({"_tp_token": self.token}, block=True)
+        futures = []
+        for i, e in enumerate(tpc.engines):
+            addr = addrs[i] if addrs else "127.0.0.1"
+            futures.append((e.rank, addr, tpc.client[e.engine_id].apply_async(
+                engine_watchdog.start_watchdog, addr, self.token)))
+        self.watchdogs = {r: (addr, f.get(timeout=30)) for r, addr, f in futures}
+
+    # ---- what is wrong
+    def dead_ranks(self) -> list[EngineInfo]:
+        """Engines of this cluster that are no longer registered (died, were killed)."""
+        alive = set(self.tpc.client.ids)
+        return [e for e in self.tpc.engines if e.engine_id not in alive]
+
+    def check_alive(self) -> None:
+        """Raise DeadRankError naming the dead ranks (called before every %%px cell)."""
+        dead = self.dead_ranks()
+        if dead:
+            who = "; ".join(f"rank {e.rank} (engine {e.engine_id}, pid {e.pid} on {e.host})"
+                            for e in dead)
+            raise DeadRankError(
+                f"{who} died (killed, out of memory, or crashed). Bring the cluster back to "
+                f"{self.tpc.world_size} ranks with:  {RECOVER}   (engine variables are lost; "
+                "it tells you which cells to re-run)"
+            )
+
+    def busy_ranks(self) -> list[int]:
+        """Ranks whose engine is still running a task."""
+        tpc = self.tpc
+        try:
+            status = tpc.client.queue_status(targets=tpc.engine_ids, verbose=False)
+        except Exception:
+            return []
+        return [e.rank for e in tpc.engines
+                if isinstance(status.get(e.engine_id), dict)
+                and status[e.engine_id].get("tasks", 0) + status[e.engine_id].get("queue", 0) > 0]
+
+    # ---- the way back
+    def abort_collectives(self, timeout: float = 2.0) -> dict[int, int]:
+        """Shut down every rank's process-group sockets: blocked collectives fail at once."""
+        closed = {}
+        for rank, (addr, port) in self.watchdogs.items():
+            try:
+                with socket.create_connection((addr, port), timeout=timeout) as s:
+                    s.sendall(f"{self.token} abort\n".encode())
+                    closed[rank] = int(s.recv(64).decode().strip() or 0)
+            except (OSError, ValueError):
+                closed[rank] = -1
+        return closed
+
+    def recover(self, timeout: float = DEFAULT_START_TIMEOUT) -> str:
+        """Get back to a working cluster, never touching the notebook's own variables.
+
+        * every engine alive (after a timeout or an interrupted collective): abort what is
+          still blocked, then rebuild only the process group on a fresh port; every engine
+          variable is kept;
+        * an engine died: restart all N engines (ranks 0..N-1, new engine ids) and rebuild the
+          process group; says which engine variables were lost and which ``%%px`` cells to re-run.
+        Returns (and prints) what it did.
+        """
+        t0 = time.monotonic()
+        dead = self.dead_ranks()
+        msg = self._rebuild_group(t0) if not dead else self._restart_engines(dead, timeout, t0)
+        self.tpc.activate()
+        print(msg)
+        return msg
+
+    def _rebuild_group(self, t0: float) -> str:
+        if self.busy_ranks():
+            self.abort_collectives()
+            deadline = time.monotonic() + 5
+            while self.busy_ranks() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.tpc.init_distributed(force=True)
+        return (f"Process group rebuilt on all {self.tpc.world_size} ranks in {time.monotonic() - t0:.1f} s; "
+                "every engine variable was kept.")
+
+    def _restart_engines(self, dead: list[EngineInfo], timeout: float, t0: float) -> str:
+        tpc = self.tpc
+        survivors = [e for e in tpc.engines if e not in dead]
+        lost = []
+        if survivors:
+            try:
+                lost = tpc.client[survivors[0].engine_id].apply_sync(engine_ns.user_names)
+            except Exception:
+                lost = []
+        cells = list(self.px_cells)
+        if tpc.cluster is None and not on_this_host(tpc.ref):
+            raise DeadRankError(
+                "an engine of a cluster on another node died; restart it there: "
+                "./launch_cluster.sh stop && ./launch_cluster.sh start --pbs ..."
+            )
+        tpc.restart_engines(timeout=timeout)
+        self.px_cells.clear()
+        ranks = ", ".join(str(e.rank) for e in dead)
+        rerun = (f"Rebuild them by re-running the %%px cells In[{'], In['.join(map(str, cells))}] "
+                 "in that order." if cells else
+                 "Rebuild them by re-running the %%px cells after connect().")
+        return (f"Rank(s) {ranks} had died: all {tpc.world_size} engines were restarted "
+                f"(ranks 0..{tpc.world_size - 1}, engine ids {tpc.engine_ids}) with a new "
+                f"process group in {time.monotonic() - t0:.1f} s.\n"
+                f"Lost on the engines: {', '.join(lost) if lost else 'their variables'}.\n"
+                + rerun)
