@@ -78,8 +78,8 @@ ALLOWED = {
     "data": {"common", "tp"},
     "costmodel": {"common"},                                # pure Python, no torch
     "tp": {"common"},                                       # TP math: torch only
-    "models": {"common", "tp"},
-    "measure": {"common", "tp", "engine"},
+    "models": {"common", "tp", "measure"},                  # ParallelBlock times its matmuls (measure.timer)
+    "measure": {"common", "tp", "engine", "costmodel"},     # bytes from the one formula
     "engine": {"common", "reference"},                      # never the notebook's cluster
     "reference": {"common", "engine", "viz"},               # engine: DTensor descriptions, by reference
     "viz": {"common", "reference", "tp", "costmodel"},
