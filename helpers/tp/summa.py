@@ -95,12 +95,6 @@ class SummaGrid:
         """The global rank at grid position (i, j)."""
         return self.ranks[i][j]
 
-    def coords_of(self, rank: int) -> tuple[int, int]:
-        for i, row in enumerate(self.ranks):
-            if rank in row:
-                return i, row.index(rank)
-        raise ValueError(f"rank {rank} is not on this grid {self.ranks}")
-
     @classmethod
     def from_mesh(cls, mesh) -> "SummaGrid":
         """From a 2D ``DeviceMesh`` (dims = grid row index i, grid column index j)."""
