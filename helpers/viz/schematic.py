@@ -53,11 +53,18 @@ class _Mat:
 
 def _layout_items(p, d_in, d_out, batch, mode):
     """Panels left to right: _Mat or ('op', text) or ('comm', text)."""
-    rep = "rep" if p > 1 else "cols"
     one = p == 1
+    x_full = _Mat("X", batch, d_in, "cols" if one else "rep", p, "" if one else "every rank: full copy")
+
+    def partial_sums(d):  # "= Y_r", then (p > 1) the all-reduce into a full Y on every rank
+        items = [("op", "="), _Mat("Y" if one else "Y_r", batch, d, "cols" if one else "partial", p,
+                                   "" if one else f"rank r: partial sum ({batch}, {d})")]
+        return items if one else items + [("comm", "all-reduce\n(sum)"),
+                                          _Mat("Y", batch, d, "rep", p, "every rank: full copy")]
+
     if mode == "column":
         items = [
-            _Mat("X", batch, d_in, rep, p, "every rank: full copy" if not one else ""),
+            x_full,
             ("op", "·"),
             _Mat("W", d_in, d_out, "cols", p, f"rank r: W[:, r-th block] ({d_in}, {d_out // p})"),
             ("op", "="),
@@ -67,33 +74,23 @@ def _layout_items(p, d_in, d_out, batch, mode):
             items += [("comm", "all-gather"), _Mat("Y", batch, d_out, "rep", p, "every rank: full copy")]
         return items
     if mode == "row":
-        items = [
+        return [
             _Mat("X", batch, d_in, "cols", p, f"rank r: X_r ({batch}, {d_in // p})"),
             ("op", "·"),
             _Mat("W", d_in, d_out, "rows", p, f"rank r: W[r-th block, :] ({d_in // p}, {d_out})"),
-            ("op", "="),
-            _Mat("Y_r" if not one else "Y", batch, d_out, "partial" if not one else "cols", p,
-                 f"rank r: partial sum ({batch}, {d_out})" if not one else ""),
+            *partial_sums(d_out),
         ]
-        if not one:
-            items += [("comm", "all-reduce\n(sum)"), _Mat("Y", batch, d_out, "rep", p, "every rank: full copy")]
-        return items
     # column+row: the MLP. in_features = model dim D, out_features = hidden dim H.
-    items = [
-        _Mat("X", batch, d_in, rep, p, "every rank: full copy" if not one else ""),
+    return [
+        x_full,
         ("op", "·"),
         _Mat("W1", d_in, d_out, "cols", p, f"column: ({d_in}, {d_out // p})"),
         ("op", "→ GeLU →"),
         _Mat("H_r", batch, d_out, "cols", p, f"rank r: H_r ({batch}, {d_out // p})"),
         ("op", "·"),
         _Mat("W2", d_out, d_in, "rows", p, f"row: ({d_out // p}, {d_in})"),
-        ("op", "="),
-        _Mat("Y_r" if not one else "Y", batch, d_in, "partial" if not one else "cols", p,
-             f"rank r: partial sum ({batch}, {d_in})" if not one else ""),
+        *partial_sums(d_in),
     ]
-    if not one:
-        items += [("comm", "all-reduce\n(sum)"), _Mat("Y", batch, d_in, "rep", p, "every rank: full copy")]
-    return items
 
 
 def _comm_text(p, d_in, d_out, batch, b, mode) -> str:
