@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-import importlib
+from ..common.lazy import lazy_exports
 
 # Loaded on first use (PEP 562): the reaper and the CLI's light commands import one module of
 # this package without paying for ipyparallel and IPython.
@@ -23,18 +23,4 @@ _EXPORTS = {
     ".ref": ("ClusterRef",),
     ".tpcluster": ("DEFAULT_PG_TIMEOUT", "TPCluster", "connect", "probe_engines"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

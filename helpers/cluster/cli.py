@@ -379,12 +379,8 @@ def cmd_start(args) -> int:
 def _hold(ref: ClusterRef) -> int:
     """Block until the cluster stops; stop it on SIGTERM/SIGINT (PBS walltime, Ctrl-C)."""
     stopping = []
-
-    def on_signal(signum, frame):
-        stopping.append(signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     while not stopping and is_running(ref):
         time.sleep(1)
     stop_cluster(ref)

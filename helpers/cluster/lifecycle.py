@@ -43,41 +43,44 @@ def _pids_in_cluster_file(path: str) -> list[int]:
     """Every pid an ipyparallel cluster file records (controller, engines, mpiexec)."""
     import json
 
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except (OSError, ValueError):
-        return []
     pids = []
 
-    def walk(x):
-        if isinstance(x, dict):
-            for k, v in x.items():
-                if k == "pid" and isinstance(v, int) and v > 0:
-                    pids.append(v)
-                else:
-                    walk(v)
-        elif isinstance(x, list):
-            for v in x:
-                walk(v)
+    def keep_pid(d: dict) -> dict:
+        if isinstance(d.get("pid"), int) and d["pid"] > 0:
+            pids.append(d["pid"])
+        return d
 
-    walk(d)
+    try:
+        with open(path) as f:
+            json.load(f, object_hook=keep_pid)
+    except (OSError, ValueError):
+        return []
     return pids
 
 
-def _is_ours(pid: int, ref: ClusterRef) -> bool:
-    """True if pid is a live process of this cluster (guards against reused pids)."""
+def _belongs(p, cluster_id: str, profile_dir: str | None) -> bool:
+    """Is psutil process ``p`` alive (not a zombie) and of this cluster (by its environment)?
+    ``profile_dir=None``: of any profile dir. Guards against reused pids."""
     import psutil
 
     try:
-        p = psutil.Process(pid)
         if p.status() == psutil.STATUS_ZOMBIE:
             return False
         env = p.environ()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-    return env.get("IPP_CLUSTER_ID") == ref.cluster_id and env.get(
-        "IPP_PROFILE_DIR", ref.profile_dir) == ref.profile_dir
+    return env.get("IPP_CLUSTER_ID") == cluster_id and (
+        profile_dir is None or env.get("IPP_PROFILE_DIR", profile_dir) == profile_dir)
+
+
+def _is_ours(pid: int, ref: ClusterRef) -> bool:
+    """True if pid is a live process of this cluster."""
+    import psutil
+
+    try:
+        return _belongs(psutil.Process(pid), ref.cluster_id, ref.profile_dir)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def pid_alive(pid: int) -> bool:
@@ -136,20 +139,8 @@ def cluster_processes(ref_or_id, profile_dir: str | None = None) -> list:
         cluster_id, profile_dir = ref_or_id.cluster_id, ref_or_id.profile_dir
     else:
         cluster_id = ref_or_id
-    found = []
-    for p in psutil.process_iter(["pid"]):
-        if p.pid == os.getpid():
-            continue
-        try:
-            env = p.environ()
-            if p.status() == psutil.STATUS_ZOMBIE:
-                continue
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if env.get("IPP_CLUSTER_ID") == cluster_id and (
-                profile_dir is None or env.get("IPP_PROFILE_DIR") == profile_dir):
-            found.append(p)
-    return found
+    return [p for p in psutil.process_iter(["pid"])
+            if p.pid != os.getpid() and _belongs(p, cluster_id, profile_dir)]
 
 
 def _ping(ref: ClusterRef, timeout: float = 5.0) -> bool:
@@ -405,21 +396,18 @@ def _is_engine(p) -> bool:
 def _reap(cluster) -> list[int]:
     """Collect the exit status of the engines this process started (no zombies left);
     returns the engines' exit codes."""
-    codes = []
-    for es in list(cluster.engines.values()):
-        for launcher in getattr(es, "launchers", {}).values():
-            popen = getattr(launcher, "_popen_process", None)
-            if popen is not None:
-                try:
-                    codes.append(popen.wait(2))
-                except Exception:
-                    codes.append(-1)
+    def wait(popen) -> int:
+        try:
+            return popen.wait(2)
+        except Exception:
+            return -1
+
+    launchers = [launcher for es in list(cluster.engines.values())
+                 for launcher in getattr(es, "launchers", {}).values()]
+    codes = [wait(popen) for popen in (getattr(la, "_popen_process", None) for la in launchers) if popen]
     popen = getattr(cluster.controller, "_popen_process", None)
     if popen is not None:
-        try:
-            popen.wait(2)
-        except Exception:
-            pass
+        wait(popen)
     return codes
 
 

@@ -83,11 +83,6 @@ class ClusterRef:
     def pbs_log(self) -> str:
         return os.path.join(self.log_dir, f"tp-{self.cluster_id}.pbs.log")
 
-    @property
-    def engine_log(self) -> str:
-        """Where engines' output goes (shown only when something failed)."""
-        return os.path.join(self.log_dir, f"tp-{self.cluster_id}.engines.log")
-
     def _files(self) -> list[str]:
         return [
             self.cluster_file, self.state_file,

@@ -225,14 +225,20 @@ def threads_per_engine(cpus: int, engines_on_host: int) -> int:
 
 
 # ------------------------------------------------------------------------------ mesh groups
-def check_mesh(shape, dim_names) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    """A mesh shape and its dim names as tuples, refused with the fix when they do not fit."""
+def mesh_dims(shape, example: str = "(4,) or (2, 2)") -> tuple[int, ...]:
+    """A mesh shape as a tuple of positive ints, refused (naming ``example``) otherwise."""
     try:
         dims = tuple(int(d) for d in shape)
     except (TypeError, ValueError):
         raise TypeError(f"mesh shape must be a tuple of ints, got {shape!r}") from None
     if not dims or any(d <= 0 for d in dims):
-        raise ValueError(f"mesh shape {dims} must have positive sizes, e.g. (4,) or (2, 2)")
+        raise ValueError(f"mesh shape {dims} must have positive sizes, e.g. {example}")
+    return dims
+
+
+def check_mesh(shape, dim_names) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """A mesh shape and its dim names as tuples, refused with the fix when they do not fit."""
+    dims = mesh_dims(shape)
     names = tuple(str(n) for n in dim_names)
     if len(names) != len(dims):
         raise ValueError(f"mesh shape {dims} has {len(dims)} dims but {len(names)} dim names "

@@ -20,7 +20,7 @@ import torch
 
 from ..engine.namespace import fetch_values
 
-__all__ = ["fetch", "ATOL", "RTOL", "OK", "NOT_YET", "f64", "close", "max_abs", "say", "shape_of",
+__all__ = ["fetch", "ATOL", "RTOL", "OK", "NOT_YET", "f64", "close", "max_abs", "all_close", "worst", "say", "shape_of",
            "per_rank", "run_checker"]
 
 ATOL = 1e-5
@@ -53,6 +53,20 @@ def max_abs(a, b) -> float:
     return float(d.max()) if d.numel() else 0.0
 
 
+def _per_rank(dense, n: int) -> list:
+    return list(dense) if isinstance(dense, (list, tuple)) else [dense] * n
+
+
+def all_close(ys, dense) -> bool:
+    """Every rank's value close to ``dense`` (one tensor, or one per rank)."""
+    return all(close(y, d) for y, d in zip(ys, _per_rank(dense, len(ys))))
+
+
+def worst(ys, dense) -> float:
+    """The largest max|Δ| over the ranks (``dense``: one tensor, or one per rank)."""
+    return max(max_abs(y, d) for y, d in zip(ys, _per_rank(dense, len(ys))))
+
+
 def say(ok: bool, text: str) -> bool:
     print(f"{OK if ok else NOT_YET}: {text}")
     return ok
@@ -63,7 +77,7 @@ def shape_of(t) -> str:
 
 
 def per_rank(values: list[dict], name: str, shape, what: str):
-    """The tensor ``name`` from every rank, or (None, hint) when one is missing or malformed."""
+    """The tensor ``name`` from every rank in float64, or (None, hint) when one is missing or malformed."""
     tensors = []
     for r, vals in enumerate(values):
         v = vals.get(name)
@@ -76,7 +90,7 @@ def per_rank(values: list[dict], name: str, shape, what: str):
         if tuple(v.shape) != tuple(shape):
             return None, (f"{name} on rank {r} has shape {shape_of(v)}, expected {tuple(shape)} "
                           f"on every rank. {what}")
-        tensors.append(v)
+        tensors.append(f64(v))
     return tensors, ""
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .common import close, f64, fetch, max_abs, per_rank, run_checker, say
+from .common import all_close, close, f64, fetch, max_abs, per_rank, run_checker, say, worst
 
 __all__ = ["check_row_forward", "check_mlp_backward"]
 
@@ -33,10 +33,9 @@ def _check_row_forward(cluster, A, fc2, name) -> bool:
     ys, hint = per_rank(fetch(cluster, name), name, dense.shape, what)
     if ys is None:
         return say(False, hint)
-    ys = [f64(y) for y in ys]
-    if all(close(y, dense) for y in ys):
+    if all_close(ys, dense):
         return say(True, f"{name} matches dense fc2(A) on all {p} ranks "
-                          f"(max|Δ| {max(max_abs(y, dense) for y in ys):.1e}).")
+                          f"(max|Δ| {worst(ys, dense):.1e}).")
     total = torch.stack(ys).sum(0)
     if p > 1 and close(total, dense + (p - 1) * bias):
         return say(False, f"each rank holds only its own partial sum (plus b2): the ranks' {name} "
@@ -88,14 +87,13 @@ def _check_mlp_backward(cluster, dense_mlp, X, y_name, dx_name) -> bool:
                          "Keep the lines below the two blanks as they are and re-run the cell.")
     if ys is None:
         return say(False, hint)
-    ys = [f64(t) for t in ys]
-    if not all(close(t, y_dense) for t in ys):
+    if not all_close(ys, y_dense):
         if p > 1 and close(torch.stack(ys).sum(0), y_dense + (p - 1) * b2):
             return say(False, f"{y_name} on each rank is only that rank's partial sum: the row "
                                "layer's output needs g = reduce_from_tp_region (all-reduce forward, "
                                "identity backward).")
         return say(False, f"the forward differs from dense (max|Δ| "
-                           f"{max(max_abs(t, y_dense) for t in ys):.1e}). f = copy_to_tp_region "
+                           f"{worst(ys, y_dense):.1e}). f = copy_to_tp_region "
                            "goes on the input (identity forward: every rank needs the same X); "
                            "g = reduce_from_tp_region goes on the row layer's output. g on the "
                            "input would sum p copies of X.")
@@ -104,10 +102,9 @@ def _check_mlp_backward(cluster, dense_mlp, X, y_name, dx_name) -> bool:
                           "Did the backward run? Keep the lines below the two blanks as they are.")
     if dxs is None:
         return say(False, f"the forward is right. {hint}")
-    dxs = [f64(t) for t in dxs]
-    if all(close(t, dx_dense) for t in dxs):
+    if all_close(dxs, dx_dense):
         return say(True, f"{y_name} and dL/dX match the dense MLP on all {p} ranks "
-                          f"(max|Δ| {max(max_abs(t, dx_dense) for t in dxs):.1e}).")
+                          f"(max|Δ| {worst(dxs, dx_dense):.1e}).")
     if p > 1 and close(torch.stack(dxs).sum(0), dx_dense):
         return say(False, "the forward is right, but dL/dX on each rank is only its own share: "
                            "the ranks' dL/dX add up to dense. The input needs f = "
@@ -116,7 +113,7 @@ def _check_mlp_backward(cluster, dense_mlp, X, y_name, dx_name) -> bool:
         return say(False, f"dL/dX is {p}× too large: it was summed over the ranks twice "
                            "(f used twice?). Use f once, on the input.")
     return say(False, f"the forward is right, but dL/dX differs from dense (max|Δ| "
-                       f"{max(max_abs(t, dx_dense) for t in dxs):.1e}). f = copy_to_tp_region "
+                       f"{worst(dxs, dx_dense):.1e}). f = copy_to_tp_region "
                        "on the input, g = reduce_from_tp_region on the row layer's output.")
 
 

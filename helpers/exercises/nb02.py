@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..engine import dtensor as engine_dtensor
-from .common import close, f64, fetch, max_abs, per_rank, run_checker, say
+from .common import all_close, close, f64, fetch, max_abs, per_rank, run_checker, say, worst
 
 __all__ = ["check_llama_plan", "check_one_all_gather"]
 
@@ -41,11 +41,11 @@ def _check_llama_plan(cluster, dense_ffn, X, module, name) -> bool:
     ys, hint = per_rank(fetch(cluster, name), name, dense.shape, "Run the exercise cell again.")
     if ys is None:
         return say(False, hint)
-    if not all(close(y, dense) for y in ys):
-        worst = max(max_abs(y, dense) for y in ys)
-        return say(False, f"the weights are placed right, but {name} differs from dense by up to {worst:.1e}.")
+    if not all_close(ys, dense):
+        return say(False, f"the weights are placed right, but {name} differs from dense by up to "
+                          f"{worst(ys, dense):.1e}.")
     return say(True, f"w1, w3 column-wise, w2 row-wise; {name} matches the dense MLP on all "
-                     f"{cluster.world_size} ranks (max|Δ| {max(max_abs(y, dense) for y in ys):.1e}).")
+                     f"{cluster.world_size} ranks (max|Δ| {worst(ys, dense):.1e}).")
 
 
 # ------------------------------------------------------------ exercise 2: exactly one all-gather

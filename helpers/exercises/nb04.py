@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ..tp.summa import cut_block
-from .common import close, f64, fetch, max_abs, per_rank, run_checker, say
+from .common import all_close, close, f64, fetch, max_abs, per_rank, run_checker, say, worst
 
 __all__ = ["check_summa_accumulate"]
 
@@ -33,19 +33,18 @@ def _check(cluster, X, W, name) -> bool:
     ys, hint = per_rank(fetch(cluster, name), name, want[0].shape, what)
     if ys is None:
         return say(False, hint)
-    ys = [f64(y) for y in ys]
-    if all(close(y, w) for y, w in zip(ys, want)):
+    if all_close(ys, want):
         return say(True, f"{name} = Σ_k X[i,k]·W[k,j] on all {p} ranks: the {s}×{s} blocks of "
-                         f"X·W (max|Δ| {max(max_abs(y, w) for y, w in zip(ys, want)):.1e}).")
+                         f"X·W (max|Δ| {worst(ys, want):.1e}).")
     if all(float(y.abs().max()) == 0.0 for y in ys):
         return say(False, f"{name} is still all zeros: nothing was added. {what} "
                           "(a matrix product: X_k @ W_k)")
     last = [xb[i, s - 1] @ wb[s - 1, j] for i, j in coords]
-    if all(close(y, w) for y, w in zip(ys, last)):
+    if all_close(ys, last):
         return say(False, "only the last step's product survived: add it to Y_acc "
                           "(Y_acc = Y_acc + ...), do not replace Y_acc.")
     own = [xb[i, j] @ wb[i, j] for i, j in coords if xb[i, j].shape[1] == wb[i, j].shape[0]]
-    if len(own) == p and all(close(y, w) for y, w in zip(ys, own)):
+    if len(own) == p and all_close(ys, own):
         return say(False, "that is each rank's own X_ij·W_ij: use the blocks received in this "
                           "step (X_k, W_k), which change with k.")
     wrong = [r for r, (y, w) in enumerate(zip(ys, want)) if not close(y, w)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import close, f64, fetch, max_abs, per_rank, run_checker, say
+from .common import all_close, close, f64, fetch, per_rank, run_checker, say, worst
 
 __all__ = ["check_vocab_masking", "check_sp_block_plan"]
 
@@ -29,10 +29,9 @@ def _check_vocab_masking(cluster, dense_emb, ids, name, part_name) -> bool:
     es, hint = per_rank(values, name, dense.shape, what)
     if es is None:
         return say(False, hint)
-    es = [f64(e) for e in es]
-    if all(close(e, dense) for e in es):
+    if all_close(es, dense):
         return say(True, f"{name} matches the dense embedding on all {p} ranks, shard boundaries "
-                          f"included (max|Δ| {max(max_abs(e, dense) for e in es):.1e}).")
+                          f"included (max|Δ| {worst(es, dense):.1e}).")
     if p > 1 and close(torch.stack(es).sum(0), dense):
         return say(False, f"each rank holds only the rows of its own vocabulary range: the ranks' "
                            f"{name} add up to dense. Sum them over the ranks with "
@@ -46,7 +45,7 @@ def _check_vocab_masking(cluster, dense_emb, ids, name, part_name) -> bool:
                                "every token must come from exactly one rank. Zero the rows of masked "
                                "ids: part.masked_fill(mask.unsqueeze(-1), 0.0).")
     return say(False, f"{name} differs from the dense embedding by up to "
-                       f"{max(max_abs(e, dense) for e in es):.1e}. " + what)
+                       f"{worst(es, dense):.1e}. " + what)
 
 
 # ------------------------------------------------------- exercise 2: the TP + SP block plan
@@ -95,10 +94,10 @@ def _check_sp_block_plan(cluster, dense_block, x, y_name, dx_name, comm_name) ->
     if comm.get("all_reduce", 0):
         return say(False, f"the forward ran {comm['all_reduce']} all-reduce(s) {dict(comm)}: with SP the "
                            "row-parallel layers end in a reduce-scatter, RowwiseParallel(output_layouts=Shard(1)).")
-    if not all(close(a, b) for a, b in zip(ys, want)):
+    if not all_close(ys, want):
         bad = [r for r, (a, b) in enumerate(zip(ys, want)) if not close(a, b)]
         return say(False, f"ranks {bad} differ from their slice of the dense block (max|Δ| "
-                           f"{max(max_abs(a, b) for a, b in zip(ys, want)):.1e}); collectives {dict(comm)}. "
+                           f"{worst(ys, want):.1e}); collectives {dict(comm)}. "
                            "Attention needs the whole sequence: PrepareModuleInput(input_layouts=(Shard(1),), "
                            "desired_input_layouts=(Replicate(),)) on attn and on mlp.")
     dxs = [v.get(dx_name) for v in values]
@@ -111,5 +110,5 @@ def _check_sp_block_plan(cluster, dense_block, x, y_name, dx_name, comm_name) ->
         extra = (" It works, with more all-gathers than needed: PrepareModuleInput on attn and mlp "
                  "gathers the sequence once for wq, wk and wv together instead of once per projection.")
     return say(True, f"every rank's slice of the block output and of dL/dx matches dense "
-                      f"(max|Δ| {max(max_abs(a, b) for a, b in zip(ys, want)):.1e}); forward collectives: "
+                      f"(max|Δ| {worst(ys, want):.1e}); forward collectives: "
                       f"{kinds}.{extra}")

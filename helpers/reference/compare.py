@@ -96,6 +96,11 @@ def _canon(layout: str) -> str:
     return placement_text(*parse_placement(layout))
 
 
+def _same_except(shape, other, d: int) -> bool:
+    """Do two shapes agree in every dim but ``d`` (can they be concatenated along ``d``)?"""
+    return [s for i, s in enumerate(shape) if i != d] == [s for i, s in enumerate(other) if i != d]
+
+
 def _shape_summary(ts: Sequence[torch.Tensor]) -> str:
     shapes = [fmt_shape(t.shape) for t in ts]
     if len(set(shapes)) == 1:
@@ -176,14 +181,11 @@ def reassemble(shards, layout: str, *, atol: float = 0.0, rtol: float = 0.0) -> 
             f"(valid: {-ndim}..{ndim - 1})"
         )
     d = dim % ndim
-    ref = ts[0].shape
-    for r, t in enumerate(ts):
-        other = [s for i, s in enumerate(t.shape) if i != d]
-        if other != [s for i, s in enumerate(ref) if i != d]:
-            raise AssertionError(
-                f"layout 'Shard({dim})': shards must match in every dim except {dim}, "
-                f"but got {_shape_summary(ts)}"
-            )
+    if not all(_same_except(t.shape, ts[0].shape, d) for t in ts):
+        raise AssertionError(
+            f"layout 'Shard({dim})': shards must match in every dim except {dim}, "
+            f"but got {_shape_summary(ts)}"
+        )
     return torch.cat(ts, dim=d)
 
 
@@ -301,13 +303,9 @@ def _layout_suggestions(ts: list[torch.Tensor], dense_shape) -> list[str]:
         out += ["Replicate()", "Partial()"]
     nd = ts[0].dim()
     if nd and all(t.dim() == nd for t in ts) and len(dense_shape) == nd:
-        for d in range(nd):
-            if all(
-                [s for i, s in enumerate(t.shape) if i != d]
-                == [s for i, s in enumerate(dense_shape) if i != d]
-                for t in ts
-            ) and sum(t.shape[d] for t in ts) == dense_shape[d]:
-                out.append(f"Shard({d})")
+        out += [f"Shard({d})" for d in range(nd)
+                if all(_same_except(t.shape, dense_shape, d) for t in ts)
+                and sum(t.shape[d] for t in ts) == dense_shape[d]]
     return out
 
 
@@ -317,23 +315,21 @@ def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
         raise ValueError(f"expect must be 'match' or 'mismatch', got {expect!r}")
     canon = _canon(layout)
     kind, _ = parse_placement(layout)
-    pieces = as_shard_list(shards)
+    ts = [to_f64(p, f"shard of rank {r}") for r, p in enumerate(as_shard_list(shards))]
     dense_t = to_f64(dense, f"{name}: dense reference")
-    n = len(pieces)
+    n = len(ts)
     worst_rank = None
-    copies = [to_f64(p, "shard") for p in pieces] if kind == "replicate" else []
-    if copies and all(c.shape == dense_t.shape for c in copies):
+    if ts and kind == "replicate" and all(c.shape == dense_t.shape for c in ts):
         # Every rank should hold the dense answer: judge the worst copy, so a
         # missing all-reduce (copies that disagree) is a mismatch, not a crash.
         errs = [float((c - dense_t).abs().nan_to_num(nan=math.inf).max()) if c.numel() else 0.0
-                for c in copies]
+                for c in ts]
         worst_rank = max(range(n), key=lambda r: errs[r])
-        tp = copies[worst_rank]
+        tp = ts[worst_rank]
     else:
-        tp = reassemble(pieces, layout, atol=atol, rtol=rtol)
+        tp = reassemble(ts, layout, atol=atol, rtol=rtol)
 
     if tp.shape != dense_t.shape:
-        ts = [to_f64(p, "shard") for p in pieces]
         sugg = _layout_suggestions(ts, dense_t.shape)
         hint = f" Layouts that would give the dense shape: {', '.join(sugg)}." if sugg else ""
         raise ComparisonError(
@@ -342,14 +338,8 @@ def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
         )
 
     diff, rel = _errors(tp, dense_t)
-    if diff.numel():
-        max_abs = float(diff.max())
-        i_abs = int(diff.argmax())
-        max_rel = float(rel.max())
-        i_rel = int(rel.argmax())
-    else:
-        max_abs = max_rel = 0.0
-        i_abs = i_rel = 0
+    max_abs, i_abs = (float(diff.max()), int(diff.argmax())) if diff.numel() else (0.0, 0)
+    max_rel, i_rel = (float(rel.max()), int(rel.argmax())) if diff.numel() else (0.0, 0)
     bound = atol + rtol * dense_t.abs().nan_to_num(nan=0.0, posinf=math.inf)
     bad = ~(diff <= bound)
     matches = not bool(bad.any())
@@ -370,7 +360,6 @@ def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
         expect=expect, atol=atol, rtol=rtol, argmax=argmax, message=numbers,
     )
     if not matches:
-        ts = [to_f64(p, "shard") for p in pieces]
         if worst_rank is not None and n > 1:
             res.message += f"; worst copy: rank {worst_rank}"
         res.message += _hint(ts, kind, tp, dense_t, atol, rtol)

@@ -15,7 +15,7 @@ User errors (uneven splits, wrong shapes, wrong device) raise ``ValueError``/``T
 
 from __future__ import annotations
 
-import importlib
+from ..common.lazy import lazy_exports
 
 # Loaded on first use (PEP 562): ``import helpers.tp`` does not import torch until a name is used.
 _EXPORTS = {
@@ -29,18 +29,4 @@ _EXPORTS = {
     ".plan": ("check_plan",),
     ".vocab": ("VocabParallelEmbedding", "pad_embedding", "vocab_mask"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

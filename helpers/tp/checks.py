@@ -12,9 +12,10 @@ import torch
 import torch.distributed as dist
 
 from ..common.numbers import divisors
+from ..common.topology import mesh_dims
 
 __all__ = ["valid_degrees", "check_divisible", "check_mesh_shape", "shard_range",
-           "tp_degree_and_rank", "check_input"]
+           "tp_degree_and_rank", "check_input", "check_initialized"]
 
 
 def valid_degrees(size: int) -> list[int]:
@@ -48,12 +49,7 @@ def check_mesh_shape(shape, world_size: int) -> tuple[int, ...]:
     Traceback (most recent call last):
     ValueError: mesh shape (2, 4) needs 8 ranks but world_size is 4; pick (4,) or a 2D shape: (1, 4), (2, 2), (4, 1)
     """
-    try:
-        dims = tuple(int(d) for d in shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"mesh shape must be a tuple of ints, got {shape!r}") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise ValueError(f"mesh shape {dims} must have positive sizes, e.g. ({world_size},)")
+    dims = mesh_dims(shape, example=f"({world_size},)")
     if math.prod(dims) != world_size:
         fits = ", ".join(f"({d}, {world_size // d})" for d in valid_degrees(world_size))
         raise ValueError(f"mesh shape {dims} needs {math.prod(dims)} ranks but world_size is "
@@ -69,11 +65,16 @@ def shard_range(size: int, degree: int, rank: int, name: str = "size") -> tuple[
     return rank * n, (rank + 1) * n
 
 
-def tp_degree_and_rank(group=None) -> tuple[int, int]:
-    """(p, rank) of this process inside ``group``; refuses groups it is not part of."""
+def check_initialized() -> None:
+    """Refuse to go on before ``init_process_group`` (a collective would fail less clearly)."""
     if not dist.is_initialized():
         raise RuntimeError("torch.distributed is not initialized; call "
                            "dist.init_process_group(...) (or helpers.connect()) first")
+
+
+def tp_degree_and_rank(group=None) -> tuple[int, int]:
+    """(p, rank) of this process inside ``group``; refuses groups it is not part of."""
+    check_initialized()
     if group is dist.GroupMember.NON_GROUP_MEMBER:
         raise ValueError(f"this process (global rank {dist.get_rank()}) is not a member of "
                          "the given group; pass the group this rank belongs to")

@@ -38,7 +38,44 @@ def _init_(w, b, fan_in):
             b.uniform_(-bound, bound)
 
 
-class ColumnParallelLinear(nn.Module):
+class _ShardedLinear(nn.Module):
+    """What both halves share: a weight split along ``split`` (``"out_features"``: its rows,
+    ``"in_features"``: its columns), drawn like ``nn.Linear``'s or copied from a dense layer."""
+
+    split = ""
+
+    def _shard(self, in_features, out_features, bias, group, device, dtype) -> int:
+        super().__init__()
+        _check_features(in_features, out_features)
+        self.group = group
+        self.tp_degree, self.tp_rank = tp_degree_and_rank(group)
+        self.in_features, self.out_features = in_features, out_features
+        per_rank = check_divisible(self.split, getattr(self, self.split), self.tp_degree)
+        column = self.split == "out_features"
+        kw = dict(device=device, dtype=dtype)
+        # column: W_i (H/p, D), b_i (H/p,); row: W_i (D, H/p), b (D,) replicated
+        self.weight = nn.Parameter(torch.empty(*((per_rank, in_features) if column else (out_features, per_rank)), **kw))
+        self.bias = nn.Parameter(torch.empty(per_rank if column else out_features, **kw)) if bias else None
+        _init_(self.weight, self.bias, in_features)
+        return per_rank
+
+    @classmethod
+    def from_linear(cls, dense, **kw):
+        """This rank's shard of ``dense`` copied (column: its rows of the weight and slice of the
+        bias; row: its columns and the full bias); ``kw``: the layer's own (``group=``, ...)."""
+        _check_linear(dense, f"{cls.__name__}.from_linear")
+        layer = cls(dense.in_features, dense.out_features, bias=dense.bias is not None,
+                    device=dense.weight.device, dtype=dense.weight.dtype, **kw)
+        start, stop = shard_range(getattr(dense, cls.split), layer.tp_degree, layer.tp_rank, cls.split)
+        column = cls.split == "out_features"
+        with torch.no_grad():
+            layer.weight.copy_(dense.weight[start:stop] if column else dense.weight[:, start:stop])
+            if layer.bias is not None:
+                layer.bias.copy_(dense.bias[start:stop] if column else dense.bias)
+        return layer
+
+
+class ColumnParallelLinear(_ShardedLinear):
     """Y = X W^T + b with W split along out_features (rows of nn.Linear.weight).
 
         X (B, D) on every rank ──f──> X @ W_i^T + b_i = Y_i (B, H/p) ──[gather]──> Y (B, H)
@@ -51,33 +88,12 @@ class ColumnParallelLinear(nn.Module):
     use :meth:`from_linear` to match a dense layer exactly.
     """
 
+    split = "out_features"
+
     def __init__(self, in_features, out_features, bias=True, gather_output=True,
                  group=None, device=None, dtype=None):
-        super().__init__()
-        _check_features(in_features, out_features)
-        self.group = group
-        self.tp_degree, self.tp_rank = tp_degree_and_rank(group)
-        self.in_features, self.out_features = in_features, out_features
+        self.out_per_rank = self._shard(in_features, out_features, bias, group, device, dtype)
         self.gather_output = gather_output
-        self.out_per_rank = check_divisible("out_features", out_features, self.tp_degree)
-        kw = dict(device=device, dtype=dtype)
-        self.weight = nn.Parameter(torch.empty(self.out_per_rank, in_features, **kw))  # W_i: (H/p, D)
-        self.bias = nn.Parameter(torch.empty(self.out_per_rank, **kw)) if bias else None  # b_i: (H/p,)
-        _init_(self.weight, self.bias, in_features)
-
-    @classmethod
-    def from_linear(cls, dense, gather_output=True, group=None):
-        """This rank's rows of ``dense.weight`` (and slice of ``dense.bias``), copied."""
-        _check_linear(dense, "ColumnParallelLinear.from_linear")
-        layer = cls(dense.in_features, dense.out_features, bias=dense.bias is not None,
-                    gather_output=gather_output, group=group,
-                    device=dense.weight.device, dtype=dense.weight.dtype)
-        start, stop = shard_range(dense.out_features, layer.tp_degree, layer.tp_rank, "out_features")
-        with torch.no_grad():
-            layer.weight.copy_(dense.weight[start:stop])
-            if layer.bias is not None:
-                layer.bias.copy_(dense.bias[start:stop])
-        return layer
 
     def forward(self, x):
         check_input(x, self.in_features,
@@ -92,7 +108,7 @@ class ColumnParallelLinear(nn.Module):
                 f"bias={self.bias is not None}, gather_output={self.gather_output}")
 
 
-class RowParallelLinear(nn.Module):
+class RowParallelLinear(_ShardedLinear):
     """Y = X W^T + b with W split along in_features (columns of nn.Linear.weight).
 
         X_i (B, H/p) on rank i ──> X_i @ W_i^T = Y_i (B, D), a partial sum ──g──> Y = sum Y_i
@@ -105,33 +121,12 @@ class RowParallelLinear(nn.Module):
     pad in_features to 12").
     """
 
+    split = "in_features"
+
     def __init__(self, in_features, out_features, bias=True, input_is_parallel=True,
                  group=None, device=None, dtype=None):
-        super().__init__()
-        _check_features(in_features, out_features)
-        self.group = group
-        self.tp_degree, self.tp_rank = tp_degree_and_rank(group)
-        self.in_features, self.out_features = in_features, out_features
+        self.in_per_rank = self._shard(in_features, out_features, bias, group, device, dtype)
         self.input_is_parallel = input_is_parallel
-        self.in_per_rank = check_divisible("in_features", in_features, self.tp_degree)
-        kw = dict(device=device, dtype=dtype)
-        self.weight = nn.Parameter(torch.empty(out_features, self.in_per_rank, **kw))  # W_i: (D, H/p)
-        self.bias = nn.Parameter(torch.empty(out_features, **kw)) if bias else None  # b: (D,) replicated
-        _init_(self.weight, self.bias, in_features)
-
-    @classmethod
-    def from_linear(cls, dense, input_is_parallel=True, group=None):
-        """This rank's columns of ``dense.weight`` and the full ``dense.bias``, copied."""
-        _check_linear(dense, "RowParallelLinear.from_linear")
-        layer = cls(dense.in_features, dense.out_features, bias=dense.bias is not None,
-                    input_is_parallel=input_is_parallel, group=group,
-                    device=dense.weight.device, dtype=dense.weight.dtype)
-        start, stop = shard_range(dense.in_features, layer.tp_degree, layer.tp_rank, "in_features")
-        with torch.no_grad():
-            layer.weight.copy_(dense.weight[:, start:stop])
-            if layer.bias is not None:
-                layer.bias.copy_(dense.bias)
-        return layer
 
     def forward(self, x):
         if self.input_is_parallel:

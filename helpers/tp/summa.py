@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .checks import check_divisible, check_mesh_shape, shard_range, valid_degrees
+from .checks import check_divisible, check_initialized, check_mesh_shape, shard_range, valid_degrees
 from .ops import all_reduce, broadcast, reduce
 
 __all__ = ["SummaGrid", "BlockTag", "check_grid_shape", "make_grid", "block_slices",
@@ -95,12 +95,6 @@ class SummaGrid:
         """The global rank at grid position (i, j)."""
         return self.ranks[i][j]
 
-    def coords_of(self, rank: int) -> tuple[int, int]:
-        for i, row in enumerate(self.ranks):
-            if rank in row:
-                return i, row.index(rank)
-        raise ValueError(f"rank {rank} is not on this grid {self.ranks}")
-
     @classmethod
     def from_mesh(cls, mesh) -> "SummaGrid":
         """From a 2D ``DeviceMesh`` (dims = grid row index i, grid column index j)."""
@@ -130,9 +124,7 @@ def make_grid(shape=(2, 2), device_type: str | None = None) -> SummaGrid:
     """
     from torch.distributed.device_mesh import init_device_mesh
 
-    if not dist.is_initialized():
-        raise RuntimeError("torch.distributed is not initialized; call "
-                           "dist.init_process_group(...) (or helpers.connect()) first")
+    check_initialized()
     dims = check_grid_shape(shape, dist.get_world_size())
     if device_type is None:
         device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"

@@ -14,7 +14,7 @@
 on first use (PEP 562), so a torch-free one (``helpers.viz.calculator``) imports without torch.
 """
 
-import importlib
+from ..common.lazy import lazy_exports
 
 _EXPORTS = {
     ".costs": ("MEMORY_COLORS", "comm_bars", "fit_grid", "memory_bars", "training_curves"),
@@ -29,18 +29,4 @@ _EXPORTS = {
     ".mesh": ("mesh_map",),
     ".schematic": ("MODES", "LayoutExplorer", "layout_explorer", "layout_figure"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -29,7 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 __all__ = ["RANK_COLORS", "RANK_COLORS_HEX", "to_2d", "REPLICATED_GREY", "MAX_DEGREE", "TPFigure",
-           "rank_color", "text_on", "new_figure", "count_rank_colors", "figure_to_png",
+           "rank_color", "text_on", "new_figure", "message_figure", "count_rank_colors", "figure_to_png",
            "figure_to_rgba", "TEXT", "MUTED", "BOX", "DPI"]
 
 #: One colour per rank, as (R, G, B) in 0..255: tab10's first seven plus its cyan (tab10's own
@@ -87,6 +87,15 @@ def to_2d(a):
 def new_figure(w: float, h: float, dpi: int = DPI, **kw) -> Figure:
     fig = TPFigure(figsize=(w, h), dpi=dpi, facecolor="white", **kw)
     FigureCanvasAgg(fig)
+    return fig
+
+
+def message_figure(title: str, text: str, w: float, h: float, fontsize: float) -> Figure:
+    """A figure that says, in a box under ``title``, why nothing is drawn (e.g. an uneven split)."""
+    fig = new_figure(w, h)
+    fig.suptitle(title, fontsize=fontsize - 1, color=TEXT)
+    fig.text(0.5, 0.46, text, ha="center", va="center", fontsize=fontsize, color=TEXT, linespacing=1.6,
+             bbox=dict(boxstyle="round,pad=0.8", facecolor=BOX, edgecolor="#808080"))
     return fig
 
 

@@ -19,7 +19,8 @@ from matplotlib.patches import Patch, Rectangle
 from ..common.numbers import fmt_bytes
 from ..costmodel.collectives import COMM_FORMULAS
 from ..reference.compare import to_f64
-from .figure import BOX, MUTED, REPLICATED_GREY, TEXT, figure_to_png, new_figure, rank_color, text_on
+from .figure import BOX, MUTED, REPLICATED_GREY, TEXT, message_figure, new_figure, rank_color, text_on
+from .widget import FigureWidget
 
 __all__ = ["grid_blocks_figure", "summa_step_figure", "summa_stepper", "SummaStepper",
            "GRID_MODES", "grid_layout_figure", "grid_layout_explorer", "GridLayoutExplorer",
@@ -149,14 +150,10 @@ def summa_stepper(traces, X=None, W=None) -> "SummaStepper":
     return SummaStepper(traces, X, W)
 
 
-def _vbox():
-    import ipywidgets as widgets
-
-    return widgets.VBox
-
-
-class SummaStepper(_vbox()):  # type: ignore[misc]
+class SummaStepper(FigureWidget):
     """The widget of :func:`summa_stepper`: ``step`` (IntSlider, 1-based), ``image``, ``messages``."""
+
+    what = "step"
 
     def __init__(self, traces, X=None, W=None):
         import ipywidgets as widgets
@@ -167,27 +164,10 @@ class SummaStepper(_vbox()):  # type: ignore[misc]
                                       continuous_update=False,
                                       style={"description_width": "90px"})
         self.step.add_class("tp-summa-step")
-        self.image = widgets.Image(format="png")
-        self.messages = widgets.Output()
-        self.redraw_count = 0
-        super().__init__([self.step, self.image, self.messages])
-        self.add_class("tp-summa-stepper")
-        self.redraw()
-        self.step.observe(lambda _change: self.redraw(), names="value")
+        self._assemble(self.step, [self.step], "tp-summa-stepper")
 
-    def redraw(self) -> None:
-        fig = None
-        try:
-            fig = summa_step_figure(self.traces, self.step.value - 1, self.X, self.W)
-            self.image.value = figure_to_png(fig)
-            self.messages.clear_output()
-            self.redraw_count += 1
-        except Exception as e:  # keep the widget alive; say what went wrong
-            self.messages.clear_output()
-            self.messages.append_stdout(f"could not draw this step: {type(e).__name__}: {e}\n")
-        finally:
-            if fig is not None:
-                plt.close(fig)
+    def figure(self) -> Figure:
+        return summa_step_figure(self.traces, self.step.value - 1, self.X, self.W)
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,11 +211,7 @@ def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA",
     problem = _problem(mode, p, M, K, N)
     title = f"Y = X·W on p = {p} ranks, {mode}"
     if problem:
-        fig = new_figure(9, 2.6)
-        fig.suptitle(title, fontsize=11, color=TEXT)
-        fig.text(0.5, 0.45, problem, ha="center", va="center", fontsize=12, color=TEXT,
-                 bbox=dict(boxstyle="round,pad=0.8", facecolor=BOX, edgecolor="#808080"))
-        return fig
+        return message_figure(title, problem, 9, 2.6, fontsize=12)
     s = math.isqrt(p)
     fig = new_figure(10, 5.2)
     fig.suptitle(title, fontsize=11, color=TEXT)
@@ -297,11 +273,12 @@ def grid_layout_explorer(p: int = 4, M: int = 16, K: int = 16, N: int = 16,
     return GridLayoutExplorer(p=p, M=M, K=K, N=N, mode=mode)
 
 
-class GridLayoutExplorer(_vbox()):  # type: ignore[misc]
+class GridLayoutExplorer(FigureWidget):
     """Widget of :func:`grid_layout_explorer`: ``p`` (Dropdown), ``M``/``K``/``N`` (IntSlider),
     ``mode`` (Dropdown), ``image`` (PNG), ``messages``, ``redraw_count``."""
 
     P_CHOICES = (1, 2, 4, 8, 9, 16)
+    what = "layout"
 
     def __init__(self, p=4, M=16, K=16, N=16, mode="2D SUMMA"):
         import ipywidgets as widgets
@@ -321,32 +298,12 @@ class GridLayoutExplorer(_vbox()):  # type: ignore[misc]
         for w, cls in ((self.p, "tp-p"), (self.mode, "tp-mode"), (self.M, "tp-m"),
                        (self.K, "tp-k"), (self.N, "tp-n")):
             w.add_class(cls)
-        self.image = widgets.Image(format="png")
-        self.image.add_class("tp-layout-image")
-        self.messages = widgets.Output()
-        self.redraw_count = 0
-        controls = widgets.HBox([widgets.VBox([self.p, self.mode]),
-                                 widgets.VBox([self.M, self.K, self.N])])
-        super().__init__([controls, self.image, self.messages])
-        self.add_class("tp-layout-explorer")
-        self.redraw()
-        for w in (self.p, self.mode, self.M, self.K, self.N):
-            w.observe(lambda _change: self.redraw(), names="value")
+        self._assemble(widgets.HBox([widgets.VBox([self.p, self.mode]),
+                                     widgets.VBox([self.M, self.K, self.N])]),
+                       (self.p, self.mode, self.M, self.K, self.N), "tp-layout-explorer", "tp-layout-image")
 
-    def redraw(self) -> None:
-        fig = None
-        try:
-            fig = grid_layout_figure(self.p.value, self.M.value, self.K.value, self.N.value,
-                                     self.mode.value)
-            self.image.value = figure_to_png(fig)
-            self.messages.clear_output()
-            self.redraw_count += 1
-        except Exception as e:
-            self.messages.clear_output()
-            self.messages.append_stdout(f"could not draw this layout: {type(e).__name__}: {e}\n")
-        finally:
-            if fig is not None:
-                plt.close(fig)
+    def figure(self) -> Figure:
+        return grid_layout_figure(self.p.value, self.M.value, self.K.value, self.N.value, self.mode.value)
 
 
 # --------------------------------------------------------------------------------------------

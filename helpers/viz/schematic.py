@@ -22,11 +22,12 @@ from .figure import (
     MUTED,
     REPLICATED_GREY,
     TEXT,
-    figure_to_png,
+    message_figure,
     new_figure,
     rank_color,
     text_on,
 )
+from .widget import FigureWidget
 
 __all__ = ["MODES", "layout_figure", "layout_explorer", "LayoutExplorer"]
 
@@ -52,11 +53,18 @@ class _Mat:
 
 def _layout_items(p, d_in, d_out, batch, mode):
     """Panels left to right: _Mat or ('op', text) or ('comm', text)."""
-    rep = "rep" if p > 1 else "cols"
     one = p == 1
+    x_full = _Mat("X", batch, d_in, "cols" if one else "rep", p, "" if one else "every rank: full copy")
+
+    def partial_sums(d):  # "= Y_r", then (p > 1) the all-reduce into a full Y on every rank
+        items = [("op", "="), _Mat("Y" if one else "Y_r", batch, d, "cols" if one else "partial", p,
+                                   "" if one else f"rank r: partial sum ({batch}, {d})")]
+        return items if one else items + [("comm", "all-reduce\n(sum)"),
+                                          _Mat("Y", batch, d, "rep", p, "every rank: full copy")]
+
     if mode == "column":
         items = [
-            _Mat("X", batch, d_in, rep, p, "every rank: full copy" if not one else ""),
+            x_full,
             ("op", "·"),
             _Mat("W", d_in, d_out, "cols", p, f"rank r: W[:, r-th block] ({d_in}, {d_out // p})"),
             ("op", "="),
@@ -66,33 +74,23 @@ def _layout_items(p, d_in, d_out, batch, mode):
             items += [("comm", "all-gather"), _Mat("Y", batch, d_out, "rep", p, "every rank: full copy")]
         return items
     if mode == "row":
-        items = [
+        return [
             _Mat("X", batch, d_in, "cols", p, f"rank r: X_r ({batch}, {d_in // p})"),
             ("op", "·"),
             _Mat("W", d_in, d_out, "rows", p, f"rank r: W[r-th block, :] ({d_in // p}, {d_out})"),
-            ("op", "="),
-            _Mat("Y_r" if not one else "Y", batch, d_out, "partial" if not one else "cols", p,
-                 f"rank r: partial sum ({batch}, {d_out})" if not one else ""),
+            *partial_sums(d_out),
         ]
-        if not one:
-            items += [("comm", "all-reduce\n(sum)"), _Mat("Y", batch, d_out, "rep", p, "every rank: full copy")]
-        return items
     # column+row: the MLP. in_features = model dim D, out_features = hidden dim H.
-    items = [
-        _Mat("X", batch, d_in, rep, p, "every rank: full copy" if not one else ""),
+    return [
+        x_full,
         ("op", "·"),
         _Mat("W1", d_in, d_out, "cols", p, f"column: ({d_in}, {d_out // p})"),
         ("op", "→ GeLU →"),
         _Mat("H_r", batch, d_out, "cols", p, f"rank r: H_r ({batch}, {d_out // p})"),
         ("op", "·"),
         _Mat("W2", d_out, d_in, "rows", p, f"row: ({d_out // p}, {d_in})"),
-        ("op", "="),
-        _Mat("Y_r" if not one else "Y", batch, d_in, "partial" if not one else "cols", p,
-             f"rank r: partial sum ({batch}, {d_in})" if not one else ""),
+        *partial_sums(d_in),
     ]
-    if not one:
-        items += [("comm", "all-reduce\n(sum)"), _Mat("Y", batch, d_in, "rep", p, "every rank: full copy")]
-    return items
 
 
 def _comm_text(p, d_in, d_out, batch, b, mode) -> str:
@@ -173,12 +171,7 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
         f"MLP  Y = GeLU(X·W1)·W2, column+row parallel, TP degree {p}"
     msg = _uneven_message(p, d_in, d_out, mode)
     if msg is not None:
-        fig = new_figure(10, 3.2)
-        fig.suptitle(title, fontsize=12, color=TEXT)
-        fig.text(0.5, 0.48, msg, ha="center", va="center", fontsize=13, color=TEXT,
-                 linespacing=1.6,
-                 bbox=dict(boxstyle="round,pad=0.8", facecolor=BOX, edgecolor="#808080"))
-        return fig
+        return message_figure(title, msg, 10, 3.2, fontsize=13)
 
     items = _layout_items(p, d_in, d_out, batch, mode)
     if p == 1:
@@ -341,18 +334,14 @@ def layout_explorer(degree: int = 4, in_features: int = 16, out_features: int = 
                           mode=mode, batch=batch, dtype_bytes=dtype_bytes)
 
 
-def _explorer_base():
-    import ipywidgets as widgets
-
-    return widgets.VBox
-
-
-class LayoutExplorer(_explorer_base()):  # type: ignore[misc]
+class LayoutExplorer(FigureWidget):
     """The widget returned by :func:`layout_explorer` (see there).
 
     Attributes: ``degree``, ``in_features``, ``out_features`` (IntSlider), ``mode`` (Dropdown),
-    ``image`` (Image, PNG), ``messages`` (Output), ``redraw_count`` (int), ``png`` (bytes).
+    and :class:`~.widget.FigureWidget`'s ``image``, ``messages``, ``redraw_count``, ``png``.
     """
+
+    what = "layout"
 
     def __init__(self, degree=4, in_features=16, out_features=32, mode="column", batch=4,
                  dtype_bytes=4):
@@ -367,58 +356,19 @@ class LayoutExplorer(_explorer_base()):  # type: ignore[misc]
         self.degree = widgets.IntSlider(value=_check_int("degree", degree, 1, MAX_DEGREE), min=1,
                                         max=MAX_DEGREE, step=1, description="TP degree",
                                         continuous_update=False, style=style, layout=lay)
-        self.in_features = widgets.IntSlider(value=_check_int("in_features", in_features, 8, 64),
-                                             min=8, max=64, step=8, description="in_features",
-                                             continuous_update=False, style=style, layout=lay)
-        self.out_features = widgets.IntSlider(value=_check_int("out_features", out_features, 8, 64),
-                                              min=8, max=64, step=8, description="out_features",
-                                              continuous_update=False, style=style, layout=lay)
+        self.in_features, self.out_features = (
+            widgets.IntSlider(value=_check_int(name, v, 8, 64), min=8, max=64, step=8, description=name,
+                              continuous_update=False, style=style, layout=lay)
+            for name, v in (("in_features", in_features), ("out_features", out_features)))
         self.mode = widgets.Dropdown(options=list(MODES), value=mode, description="layout",
                                      style=style, layout=lay)
-        self.degree.add_class("tp-degree")
-        self.in_features.add_class("tp-in-features")
-        self.out_features.add_class("tp-out-features")
-        self.mode.add_class("tp-mode")
-        self.image = widgets.Image(format="png")
-        self.image.add_class("tp-layout-image")
-        self.messages = widgets.Output()
-        self.redraw_count = 0
-        self.png = b""
-        controls = widgets.HBox([
-            widgets.VBox([self.degree, self.mode]),
-            widgets.VBox([self.in_features, self.out_features]),
-        ])
-        super().__init__([controls, self.image, self.messages])
-        self.add_class("tp-layout-explorer")
-        self.redraw()
-        for w in (self.degree, self.in_features, self.out_features, self.mode):
-            w.observe(self._on_change, names="value")
+        controls = [self.degree, self.in_features, self.out_features, self.mode]
+        for w, css in zip(controls, ("tp-degree", "tp-in-features", "tp-out-features", "tp-mode")):
+            w.add_class(css)
+        self._assemble(widgets.HBox([widgets.VBox([self.degree, self.mode]),
+                                     widgets.VBox([self.in_features, self.out_features])]),
+                       controls, "tp-layout-explorer", "tp-layout-image")
 
-    def _on_change(self, change) -> None:
-        self.redraw()
-
-    def redraw(self) -> None:
-        """Render the figure for the current control values into ``self.image``."""
-        fig = None
-        try:
-            fig = layout_figure(self.degree.value, self.in_features.value, self.out_features.value,
-                                self.mode.value, batch=self.batch, dtype_bytes=self.dtype_bytes)
-            png = figure_to_png(fig)
-        except Exception as e:  # keep the widget alive; say what went wrong under the picture
-            self.messages.clear_output()
-            self.messages.append_stdout(f"could not draw this layout: {type(e).__name__}: {e}\n")
-            return
-        finally:
-            if fig is not None:
-                plt.close(fig)
-        self.messages.clear_output()
-        self.png = png
-        self.image.value = png
-        self.redraw_count += 1
-
-
-# --------------------------------------------------------------------------------------------
-# real shards
-# --------------------------------------------------------------------------------------------
-
-
+    def figure(self) -> Figure:
+        return layout_figure(self.degree.value, self.in_features.value, self.out_features.value,
+                             self.mode.value, batch=self.batch, dtype_bytes=self.dtype_bytes)

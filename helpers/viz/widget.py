@@ -1,0 +1,65 @@
+"""What every figure widget of the course shares: controls above a figure drawn as PNG.
+
+Each change of a watched control's value redraws exactly once; the figure is closed after
+rendering; a drawing error goes, as one line, to an ``Output`` under the picture (never a
+traceback), and the widget stays alive.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+
+from .figure import figure_to_png
+
+__all__ = ["FigureWidget"]
+
+
+def _vbox():
+    import ipywidgets as widgets
+
+    return widgets.VBox
+
+
+class FigureWidget(_vbox()):  # type: ignore[misc]
+    """A ``VBox`` of ``controls``, ``image`` (an ``ipywidgets.Image``, PNG) and ``messages``.
+
+    Subclasses build their controls, call :meth:`_assemble` and define :meth:`figure`.
+    Attributes: ``redraw_count`` (pictures drawn), ``png`` (the last picture's bytes).
+    """
+
+    what = "figure"  # the message says "could not draw this <what>"
+
+    def _assemble(self, controls, watched, css_class: str, image_class: str | None = None) -> None:
+        import ipywidgets as widgets
+
+        self.image = widgets.Image(format="png")
+        if image_class:
+            self.image.add_class(image_class)
+        self.messages = widgets.Output()
+        self.redraw_count = 0
+        self.png = b""
+        super().__init__([controls, self.image, self.messages])
+        self.add_class(css_class)
+        self.redraw()
+        for w in watched:
+            w.observe(lambda _change: self.redraw(), names="value")
+
+    def figure(self):
+        raise NotImplementedError
+
+    def redraw(self) -> None:
+        """Render :meth:`figure` for the current control values into ``self.image``."""
+        fig = None
+        try:
+            fig = self.figure()
+            png = figure_to_png(fig)
+        except Exception as e:  # keep the widget alive; say what went wrong under the picture
+            self.messages.clear_output()
+            self.messages.append_stdout(f"could not draw this {self.what}: {type(e).__name__}: {e}\n")
+            return
+        finally:
+            if fig is not None:
+                plt.close(fig)
+        self.messages.clear_output()
+        self.png = self.image.value = png
+        self.redraw_count += 1
