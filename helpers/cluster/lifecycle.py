@@ -58,9 +58,10 @@ def _pids_in_cluster_file(path: str) -> list[int]:
     return pids
 
 
-def _belongs(p, cluster_id: str, profile_dir: str | None) -> bool:
+def _belongs(p, cluster_id: str, profile_dir: str | None, unset_ok: bool = False) -> bool:
     """Is psutil process ``p`` alive (not a zombie) and of this cluster (by its environment)?
-    ``profile_dir=None``: of any profile dir. Guards against reused pids."""
+    ``profile_dir=None``: of any profile dir; ``unset_ok``: a process without IPP_PROFILE_DIR
+    counts too (a pid the cluster file names). Guards against reused pids."""
     import psutil
 
     try:
@@ -70,7 +71,7 @@ def _belongs(p, cluster_id: str, profile_dir: str | None) -> bool:
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
     return env.get("IPP_CLUSTER_ID") == cluster_id and (
-        profile_dir is None or env.get("IPP_PROFILE_DIR", profile_dir) == profile_dir)
+        profile_dir is None or env.get("IPP_PROFILE_DIR", profile_dir if unset_ok else None) == profile_dir)
 
 
 def _is_ours(pid: int, ref: ClusterRef) -> bool:
@@ -78,7 +79,7 @@ def _is_ours(pid: int, ref: ClusterRef) -> bool:
     import psutil
 
     try:
-        return _belongs(psutil.Process(pid), ref.cluster_id, ref.profile_dir)
+        return _belongs(psutil.Process(pid), ref.cluster_id, ref.profile_dir, unset_ok=True)
     except psutil.NoSuchProcess:
         return False
 
