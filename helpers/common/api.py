@@ -3,7 +3,7 @@
 :class:`helpers.cluster.tpcluster.TPCluster` (a live ipyparallel cluster) and
 :class:`helpers.engine.batch.BatchCluster` (a notebook run under torchrun, where every rank runs
 the notebook's cells) implement it; ``helpers.connect()`` returns the one that fits, and
-``tests/test_cluster_api.py`` runs the same cases against both.
+``tests/cluster/test_cluster_api.py`` runs the same cases against both.
 """
 
 from __future__ import annotations
