@@ -121,16 +121,16 @@ def _check_f_backward(cluster, dense_mlp, X, y_name, grads_name) -> bool:
         if any(t.shape != dx.shape for t in dxs):
             return say(False, f"dL/dX has shape {tuple(dxs[0].shape)} on rank 0, expected "
                               f"{tuple(dx.shape)}: f's backward returns a gradient shaped like X.")
-        if p > 1 and close(torch.stack(dxs).sum(0), dx):
-            return say(False, "the all-reduce is missing: each rank returns only its own share of "
-                              "dL/dX (the gradient through its W1_r), and the shares add up to dense. "
-                              "Sum them over the ranks: dist.all_reduce on a copy of dx, then return it.")
         if p > 1 and all(close(t * p, dx) for t in dxs):
             return say(False, f"dL/dX is 1/{p} of dense on every rank: the shares were averaged "
                               "(all-reduce then / world_size, or ReduceOp.AVG). f's backward sums them.")
         if p > 1 and all(close(t, p * dx) for t in dxs):
             return say(False, f"dL/dX is {p}× dense on every rank: it was summed twice (two "
                               "all-reduces, or an all-reduce of an already complete gradient). Sum once.")
+        if p > 1 and close(torch.stack(dxs).sum(0), dx):
+            return say(False, "the all-reduce is missing: each rank returns only its own share of "
+                              "dL/dX (the gradient through its W1_r), and the shares add up to dense. "
+                              "Sum them over the ranks: dist.all_reduce on a copy of dx, then return it.")
         if p > 1 and not all(close(t, dxs[0]) for t in dxs[1:]):
             return say(False, "the ranks' dL/dX differ: after f's backward every rank must hold the "
                               "same, complete gradient (an all-reduce of the shares).")
