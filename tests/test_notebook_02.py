@@ -100,7 +100,7 @@ def test_what_the_notebook_shows(run_blank):
             or "swapped: {'all_reduce': 1, 'all_gather': 1}" in text)
     # break-its, PyTorch first: a warning and a layer left dense, then the real errors
     assert "Parallelize plan key 'W2' could not be resolved" in text
-    assert "mlp.w2.weight is a Parameter" in text and "mat1 and mat2 shapes cannot be multiplied" in text
+    assert "mlp.w2.weight is a Parameter" in text and "forward: RuntimeError: mat1 and mat2 shapes cannot" in text
     assert "'mlp.w1.weight': 'Parameter'" in text           # the misspelled pair: dense, yet matching
     assert "shape '[2, 3, -1, 4]' is invalid" in text       # 6 heads on 4 ranks
     # PrepareModuleInput: the attention's backward all-reduces fall from three to one
