@@ -6,12 +6,12 @@ True/False and never raises, so a notebook with an unfinished exercise still run
 """
 
 from .common import ATOL, RTOL, fetch
-from .nb01 import check_mlp_backward, check_row_forward
+from .nb01 import check_f_backward, check_row_forward
 from .nb02 import check_llama_plan, check_one_all_gather
 from .nb03 import check_hybrid_plan
 from .nb04 import check_summa_accumulate
 from .nb05 import check_sp_block_plan, check_vocab_masking
 
-__all__ = ["fetch", "check_row_forward", "check_mlp_backward", "check_llama_plan",
+__all__ = ["fetch", "check_row_forward", "check_f_backward", "check_llama_plan",
            "check_one_all_gather", "check_hybrid_plan", "check_summa_accumulate", "check_vocab_masking",
            "check_sp_block_plan", "ATOL", "RTOL"]

@@ -1,14 +1,12 @@
-"""Checkers for notebook 01's exercises (row-parallel forward, the MLP backward)."""
+"""Checkers for notebook 01's exercises (the row-parallel forward; *f*'s backward in the MLP)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from .common import all_close, close, f64, fetch, max_abs, per_rank, run_checker, say, worst
+from .common import close, f64, fetch, max_abs, per_rank, run_checker, say
 
-__all__ = ["check_row_forward", "check_mlp_backward"]
+__all__ = ["check_row_forward", "check_f_backward", "GRADS_EX2"]
 
 
 # ------------------------------------------------------------ exercise 1: row-parallel forward
@@ -33,9 +31,10 @@ def _check_row_forward(cluster, A, fc2, name) -> bool:
     ys, hint = per_rank(fetch(cluster, name), name, dense.shape, what)
     if ys is None:
         return say(False, hint)
-    if all_close(ys, dense):
+    ys = [f64(y) for y in ys]
+    if all(close(y, dense) for y in ys):
         return say(True, f"{name} matches dense fc2(A) on all {p} ranks "
-                          f"(max|Δ| {worst(ys, dense):.1e}).")
+                          f"(max|Δ| {max(max_abs(y, dense) for y in ys):.1e}).")
     total = torch.stack(ys).sum(0)
     if p > 1 and close(total, dense + (p - 1) * bias):
         return say(False, f"each rank holds only its own partial sum (plus b2): the ranks' {name} "
@@ -59,63 +58,90 @@ def _check_row_forward(cluster, A, fc2, name) -> bool:
                        + what)
 
 
-# -------------------------------------------------------- exercise 2: the MLP's f and g
-def check_mlp_backward(cluster, dense_mlp, X, y_name: str = "Y_ex2",
-                       dx_name: str = "dX_ex2") -> bool:
-    """Exercise 2: with f and g in place, output and dL/dX match the dense MLP on every rank.
+# -------------------------------------------------------- exercise 2: f's backward
+#: The gradients exercise 2 leaves in ``grads_ex2`` on every rank, with the layout of each rank's
+#: piece (W1, b1 by output features; W2 by input features; b2 and dL/dX whole on every rank).
+GRADS_EX2 = (("dL/dX", "Replicate()"), ("dL/dW1", "Shard(0)"), ("dL/db1", "Shard(0)"),
+             ("dL/dW2", "Shard(1)"), ("dL/db2", "Replicate()"))
 
-    dense_mlp: the dense ``helpers.models.MLP`` (w1, act, w2) the engines' shards came from;
-    X: the input (B, D). The loss is ``Y.pow(2).sum()``, as in the exercise cell.
+
+def check_f_backward(cluster, dense_mlp, X, y_name: str = "Y_ex2", grads_name: str = "grads_ex2") -> bool:
+    """Exercise 2: with the learner's *f*, the MLP's output, dL/dX and every dL/dW match dense.
+
+    dense_mlp: the dense ``helpers.models.MLP`` (w1, act, w2) whose shards the engines used;
+    X: the input (B, D). The loss is ``Y.pow(2).sum()``, as in the exercise cell. ``grads_name``
+    is a dict on every rank with the keys of :data:`GRADS_EX2`. Names the usual mistakes: the
+    all-reduce missing, put in the forward (the wrong direction), averaged, or done twice.
     """
-    return run_checker(_check_mlp_backward, cluster, dense_mlp, X, y_name, dx_name)
+    return run_checker(_check_f_backward, cluster, dense_mlp, X, y_name, grads_name)
 
 
-def _check_mlp_backward(cluster, dense_mlp, X, y_name, dx_name) -> bool:
-    x = X.detach().clone().to(next(dense_mlp.parameters()).device).requires_grad_()
-    # The reference must not leave gradients in the learner's dense model: use a functional copy.
+def _dense_mlp_grads(dense_mlp, X, scale: float = 1.0):
+    """Y and the gradients of GRADS_EX2 for the dense MLP at ``scale * X`` (float64, on the CPU)."""
+    w1, w2 = dense_mlp.w1, dense_mlp.w2
+    leaves = [f64(X).mul(scale)] + [f64(t) for t in (w1.weight, w1.bias, w2.weight, w2.bias)]
+    leaves = [t.clone().requires_grad_() for t in leaves]
+    x, W1, b1, W2, b2 = leaves
     with torch.enable_grad():
-        w1, w2 = dense_mlp.w1, dense_mlp.w2
-        z = dense_mlp.act(torch.nn.functional.linear(x, w1.weight.detach(), _d(w1.bias)))
-        y = torch.nn.functional.linear(z, w2.weight.detach(), _d(w2.bias))
-        (dx,) = torch.autograd.grad(y.pow(2).sum(), x)
-    y_dense, dx_dense = f64(y), f64(dx)
-    b2 = f64(w2.bias) if w2.bias is not None else torch.zeros_like(y_dense[0])
-    p = cluster.world_size
-    values = fetch(cluster, y_name, dx_name)
+        y = torch.nn.functional.linear(dense_mlp.act(torch.nn.functional.linear(x, W1, b1)), W2, b2)
+        grads = torch.autograd.grad(y.pow(2).sum(), leaves)
+    return y.detach(), dict(zip((n for n, _ in GRADS_EX2), grads))
 
+
+def _assemble(pieces, layout):
+    if layout == "Replicate()":
+        return pieces[0]
+    return torch.cat(pieces, dim=0 if layout == "Shard(0)" else -1)
+
+
+def _check_f_backward(cluster, dense_mlp, X, y_name, grads_name) -> bool:
+    p = cluster.world_size
+    y_dense, g_dense = _dense_mlp_grads(dense_mlp, X)
+    values = fetch(cluster, y_name, grads_name)
     ys, hint = per_rank(values, y_name, y_dense.shape,
-                         "Keep the lines below the two blanks as they are and re-run the cell.")
+                        "Keep the lines below the class as they are and re-run the cell.")
     if ys is None:
         return say(False, hint)
-    if not all_close(ys, y_dense):
-        if p > 1 and close(torch.stack(ys).sum(0), y_dense + (p - 1) * b2):
-            return say(False, f"{y_name} on each rank is only that rank's partial sum: the row "
-                               "layer's output needs g = reduce_from_tp_region (all-reduce forward, "
-                               "identity backward).")
+    ys = [f64(t) for t in ys]
+    if not all(close(t, y_dense) for t in ys):
+        if p > 1 and all(close(t, _dense_mlp_grads(dense_mlp, X, p)[0]) for t in ys):
+            return say(False, f"an all-reduce in the wrong direction: {y_name} is the MLP of {p}·X. "
+                              "f's forward must be the identity (every rank already holds the whole "
+                              "X); its all-reduce belongs in the backward, on dL/dX.")
         return say(False, f"the forward differs from dense (max|Δ| "
-                           f"{worst(ys, y_dense):.1e}). f = copy_to_tp_region "
-                           "goes on the input (identity forward: every rank needs the same X); "
-                           "g = reduce_from_tp_region goes on the row layer's output. g on the "
-                           "input would sum p copies of X.")
-
-    dxs, hint = per_rank(values, dx_name, dx_dense.shape,
-                          "Did the backward run? Keep the lines below the two blanks as they are.")
-    if dxs is None:
-        return say(False, f"the forward is right. {hint}")
-    if all_close(dxs, dx_dense):
-        return say(True, f"{y_name} and dL/dX match the dense MLP on all {p} ranks "
-                          f"(max|Δ| {worst(dxs, dx_dense):.1e}).")
-    if p > 1 and close(torch.stack(dxs).sum(0), dx_dense):
-        return say(False, "the forward is right, but dL/dX on each rank is only its own share: "
-                           "the ranks' dL/dX add up to dense. The input needs f = "
-                           "copy_to_tp_region, whose backward all-reduces dL/dX.")
-    if p > 1 and all(close(t, p * dx_dense) for t in dxs):
-        return say(False, f"dL/dX is {p}× too large: it was summed over the ranks twice "
-                           "(f used twice?). Use f once, on the input.")
-    return say(False, f"the forward is right, but dL/dX differs from dense (max|Δ| "
-                       f"{worst(dxs, dx_dense):.1e}). f = copy_to_tp_region "
-                       "on the input, g = reduce_from_tp_region on the row layer's output.")
-
-
-def _d(t: Any):
-    return None if t is None else t.detach()
+                          f"{max(max_abs(t, y_dense) for t in ys):.1e}): f's forward is the identity, "
+                          "return x.view_as(x).")
+    grads = [v.get(grads_name) for v in values]
+    if not all(isinstance(g, dict) and all(isinstance(g.get(n), torch.Tensor) for n, _ in GRADS_EX2)
+               for g in grads):
+        return say(False, f"the forward is right, but {grads_name} is missing a gradient on some rank: "
+                          "did the backward run? Keep the lines below the class as they are.")
+    dxs, dx = [f64(g["dL/dX"]) for g in grads], g_dense["dL/dX"]
+    if not all(close(t, dx) for t in dxs):
+        if any(t.shape != dx.shape for t in dxs):
+            return say(False, f"dL/dX has shape {tuple(dxs[0].shape)} on rank 0, expected "
+                              f"{tuple(dx.shape)}: f's backward returns a gradient shaped like X.")
+        if p > 1 and all(close(t * p, dx) for t in dxs):
+            return say(False, f"dL/dX is 1/{p} of dense on every rank: the shares were averaged "
+                              "(all-reduce then / world_size, or ReduceOp.AVG). f's backward sums them.")
+        if p > 1 and all(close(t, p * dx) for t in dxs):
+            return say(False, f"dL/dX is {p}× dense on every rank: it was summed twice (two "
+                              "all-reduces, or an all-reduce of an already complete gradient). Sum once.")
+        if p > 1 and close(torch.stack(dxs).sum(0), dx):
+            return say(False, "the all-reduce is missing: each rank returns only its own share of "
+                              "dL/dX (the gradient through its W1_r), and the shares add up to dense. "
+                              "Sum them over the ranks: dist.all_reduce on a copy of dx, then return it.")
+        if p > 1 and not all(close(t, dxs[0]) for t in dxs[1:]):
+            return say(False, "the ranks' dL/dX differ: after f's backward every rank must hold the "
+                              "same, complete gradient (an all-reduce of the shares).")
+        return say(False, f"dL/dX differs from dense by up to {max(max_abs(t, dx) for t in dxs):.1e}: "
+                          "f's backward returns the sum over the ranks of their dx.")
+    for name, layout in GRADS_EX2[1:]:
+        got = _assemble([f64(g[name]) for g in grads], layout)
+        if not close(got, g_dense[name]):
+            return say(False, f"dL/dX is right, but {name} (each rank's piece, {layout}) differs from "
+                              f"dense by up to {max_abs(got, g_dense[name]):.1e}. Keep the lines below "
+                              "the class as they are: the weight gradients need no collective.")
+    worst = max(max_abs(t, dx) for t in dxs)
+    return say(True, f"{y_name}, dL/dX and every dL/dW (W1, b1, W2, b2 from their real shards) match the "
+                     f"dense MLP on all {p} ranks (dL/dX max|Δ| {worst:.1e}): f's backward all-reduces.")

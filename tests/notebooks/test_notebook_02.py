@@ -35,9 +35,14 @@ def test_story_structure(committed):
                    "Replicate()", "Partial()", "DTensor.from_local", "redistribute", "CommDebugMode",
                    "parallelize_module", "ColwiseParallel", "RowwiseParallel", "check_plan", "head_dim",
                    "interleave_qkv", "ParallelMLP", "pull_dtensor(", "draw_dtensor(", "mesh_map(",
-                   "comm_chart(", "warn_if_tp_crosses_hosts(", "compare_grads(", "visualize_sharding("):
+                   "comm_chart(", "warn_if_tp_crosses_hosts(", "compare_grads(", "visualize_sharding(",
+                   "PrepareModuleInput"):
         assert needed in src, f"the notebook does not use {needed}"
     assert src.count('expect="mismatch"') == 2   # the two silent-bug break-it cells
+    assert "notebook 07" in "".join(c.source for c in cells if c.cell_type == "markdown")  # GQA
+    md = [c.source for c in cells if c.cell_type == "markdown" and not any(
+        t.startswith("solution-") for t in c.get("metadata", {}).get("tags", []))]
+    assert max(len(m.splitlines()) for m in md) <= 12, "a markdown cell longer than 12 lines"
     assert_exercises_and_engine_cells(committed, EXERCISES)
 
 
@@ -66,6 +71,21 @@ def test_what_the_notebook_shows(run_blank):
     # the plan the wrong way round: still right, but two collectives and a bigger all-reduce
     assert ("swapped: {'all_gather': 1, 'all_reduce': 1}" in text   # pull keeps the rank's dict order
             or "swapped: {'all_reduce': 1, 'all_gather': 1}" in text)
+    # break-its, PyTorch first: a warning and a layer left dense, then the real errors
+    assert "Parallelize plan key 'W2' could not be resolved" in text
+    assert "mlp.w2.weight is a Parameter" in text and "forward: RuntimeError: mat1 and mat2 shapes cannot" in text
+    assert "'mlp.w1.weight': 'Parameter'" in text           # the misspelled pair: dense, yet matching
+    assert "shape '[2, 3, -1, 4]' is invalid" in text       # 6 heads on 4 ranks
+    # PrepareModuleInput: the attention's backward all-reduces fall from three to one
+    assert ("without PrepareModuleInput: block forward {'all_reduce': 2}, backward {'all_reduce': 4}; "
+            "attention backward {'all_reduce': 3}") in text
+    assert ("with PrepareModuleInput: block forward {'all_reduce': 2}, backward {'all_reduce': 2}; "
+            "attention backward {'all_reduce': 1}") in text
+    assert "PrepareModuleInput(" in text                    # the plan is printed
+    # every backward is checked: the fused qkv, by hand and by plan, the swapped plan
+    for name in ("dL/dattn.wqkv.weight", "by hand: dL/dw1.weight", "parallelize_module: dL/dw2.bias",
+                 "swapped: dL/dw1.weight", "swapped: dL/dX"):
+        assert f"✅ {name}" in text, name
     # every parameter gradient of the block was checked
     for p in ("attn.wq.weight", "attn.wq.bias", "attn.wk.weight", "attn.wv.bias", "attn.wo.weight",
               "attn.wo.bias", "mlp.w1.weight", "mlp.w2.weight", "mlp.w2.bias"):
