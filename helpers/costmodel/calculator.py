@@ -18,6 +18,11 @@ them). :func:`plan` raises one ``ValueError`` listing them all.
 
 Also here, for notebook 06's extrapolation to degrees the cluster does not have:
 :func:`interpolate_efficiency` (the link fit is :func:`.collectives.fit_link`).
+
+And notebook 07's inference rows: :func:`inference_weight_bytes` (the weights one rank serves),
+:func:`sequences_that_fit` (how many sequences of L tokens fit a GPU after the weights, the KV
+cache by :func:`.memory.kv_cache_bytes`), :func:`decode_token_time` (one generated token: every
+weight and the cache read once from HBM, plus 2 all-reduces per layer on the TP link).
 """
 
 from __future__ import annotations
@@ -25,14 +30,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from .collectives import tp_comm_time_per_layer
-from .dims import LLAMA2_70B, PRECISIONS, ModelDims, Setup
+from .collectives import collective_time, tp_comm_time_per_layer
+from .dims import LLAMA2_70B, PRECISIONS, ModelDims, Setup, layer_param_specs
 from .flops import block_flops
-from .hardware import DERECHO, REFERENCE_SOURCE, Link, reference_curve
-from .memory import memory_per_rank, param_elements_per_rank
+from .hardware import A100_40GB, DERECHO, DERECHO_DECODE_NVLINK, GPU, REFERENCE_SOURCE, Link, reference_curve
+from .memory import kv_cache_bytes, kv_heads_per_rank, memory_per_rank, param_elements_per_rank
 
 __all__ = ["DTYPES", "CalculatorInputs", "DegreeRow", "Plan", "check_inputs", "plan", "interpolate_efficiency",
-           "derecho_inputs"]
+           "derecho_inputs", "inference_weight_bytes", "InferenceFit", "sequences_that_fit", "decode_token_time"]
 
 GB = 1e9
 
@@ -344,3 +349,92 @@ def _recommend(pl: Plan) -> list[str]:
         lines.append(f"Do not stretch TP across nodes: at TP={across.tp} the all-reduces run over the "
                      f"{across.link} link and take {across.comm_share:.0%} of the step.")
     return lines
+
+
+# ------------------------------------------------------------------------------ inference (notebook 07)
+def inference_weight_bytes(dims: ModelDims, tp: int, bytes_per_el: int = 2) -> int:
+    """Bytes of the weights ONE of ``tp`` ranks serves: every block split Megatron's way (wk, wv: this
+    rank's kv heads, one replicated head when tp > kv heads), the norms whole, and the embedding and
+    output head split by vocabulary (vLLM's way). No gradients, no optimizer state.
+
+    >>> from .dims import LLAMA2_7B
+    >>> inference_weight_bytes(LLAMA2_7B, 1)      # 6,738,411,520 parameters × 2 B (final norm left out)
+    13476823040
+    """
+    kv_local = kv_heads_per_rank(dims.kv_heads, tp) * dims.head_dim
+    per_layer = 0
+    for spec in layer_param_specs(dims):
+        if spec.name.startswith(("attn.wk.", "attn.wv.")):
+            per_layer += spec.numel // dims.kv_dim * kv_local      # whole kv heads, replicated if need be
+        elif spec.split in ("col", "row"):
+            if spec.numel % tp:
+                raise ValueError(f"tp={tp} does not divide {spec.name} {spec.shape}")
+            per_layer += spec.numel // tp
+        else:
+            per_layer += spec.numel
+    vocab = 2 * dims.vocab * dims.d_model // tp if dims.vocab else 0
+    return (dims.n_layers * per_layer + vocab) * bytes_per_el
+
+
+@dataclass(frozen=True)
+class InferenceFit:
+    """One TP degree: weights and KV cache per GPU, and how many sequences fit."""
+
+    tp: int
+    seq_len: int
+    weights_bytes: int
+    kv_bytes_per_sequence: int
+    capacity: float
+    sequences: int
+
+    @property
+    def weights_fit(self) -> bool:
+        return self.weights_bytes < self.capacity
+
+
+def sequences_that_fit(dims: ModelDims, seq_len: int, tp: int, gpu: GPU = A100_40GB,
+                       bytes_per_el: int = 2) -> InferenceFit:
+    """How many concurrent sequences of ``seq_len`` tokens fit in ``gpu``'s memory at TP=``tp``,
+    after the weights: floor((capacity − weights per GPU) / KV cache of one sequence per GPU).
+    A model, not a measurement: no activations, no CUDA context, no allocator slack.
+
+    >>> from .dims import LLAMA2_7B, LLAMA2_70B
+    >>> [sequences_that_fit(LLAMA2_7B, 4096, t).sequences for t in (1, 2, 4)]
+    [12, 30, 68]
+    >>> [sequences_that_fit(LLAMA2_70B, 4096, t).sequences for t in (1, 2, 4)]
+    [0, 0, 16]
+    """
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive whole number of tokens, got {seq_len!r}")
+    weights = inference_weight_bytes(dims, tp, bytes_per_el)
+    kv = kv_cache_bytes(dims.n_layers, seq_len, dims.kv_heads, dims.head_dim, bytes_per_el, p=tp)
+    n = int((gpu.memory - weights) // kv) if gpu.memory > weights else 0
+    return InferenceFit(tp, seq_len, weights, kv, gpu.memory, n)
+
+
+def decode_token_time(dims: ModelDims, tp: int, context: int, batch: int = 1, gpu: GPU = A100_40GB,
+                      link: Link | None = None, bytes_per_el: int = 2) -> dict:
+    """Seconds to generate ONE token per sequence of a batch at TP=``tp`` (a model):
+
+    * memory: decoding is memory-bound, so every weight of this rank and its KV cache of
+      ``batch`` × ``context`` tokens are read once from HBM, at ``gpu.memory_bandwidth``;
+    * communication: 2 all-reduces per layer (after wo and w2) of a (batch, 1, d_model) message,
+      alpha-beta on ``link`` (default: Derecho's NVLink with the latency of a measured small
+      all-reduce, :data:`.hardware.DERECHO_DECODE_NVLINK`, up to the 4 GPUs of a node; Slingshot
+      beyond). The embedding's and the head's collectives and any overlap are left out.
+
+    >>> from .dims import LLAMA2_7B
+    >>> t = decode_token_time(LLAMA2_7B, 4, context=1024)
+    >>> round(t["memory_s"] * 1e3, 3), round(t["comm_s"] * 1e6, 1), t["fits"]
+    (2.253, 1949.5, True)
+    """
+    link = link or (DERECHO_DECODE_NVLINK if tp <= DERECHO.gpus_per_node else DERECHO.slingshot)
+    weights = inference_weight_bytes(dims, tp, bytes_per_el)
+    kv = kv_cache_bytes(dims.n_layers, context, dims.kv_heads, dims.head_dim, bytes_per_el, p=tp, batch=batch)
+    memory_s = (weights + kv) / gpu.memory_bandwidth
+    message = batch * dims.d_model * bytes_per_el
+    comm_s = 2 * dims.n_layers * collective_time(message, link.bandwidth, link.latency, "all_reduce", tp)
+    token_s = memory_s + comm_s
+    return {"tp": tp, "memory_s": memory_s, "comm_s": comm_s, "token_s": token_s,
+            "tokens_per_s": batch / token_s, "weights_bytes": weights, "kv_bytes": kv,
+            "fits": weights + kv < gpu.memory, "link": link.name, "message_bytes": message}

@@ -35,7 +35,7 @@ import math
 from .dims import ModelDims, precision_of
 from .hardware import Link, tp_link
 
-__all__ = ["KINDS", "bytes_sent", "bytes_received", "steps", "collective_time", "fit_link",
+__all__ = ["KINDS", "bytes_sent", "bytes_received", "steps", "collective_time", "fit_link", "fit_link_points",
            "tp_collectives_per_layer", "tp_bytes_per_layer", "tp_comm_time_per_layer",
            "grid_side", "bytes_1d_column", "bytes_1d_row", "bytes_summa", "COMM_FORMULAS"]
 
@@ -121,10 +121,23 @@ def fit_link(times: dict[int, float], nbytes: float, name: str = "fitted") -> Li
     >>> round(link.latency * 1e6, 3), round(link.bandwidth / 1e9, 3)
     (2.0, 1.0)
     """
-    pts = [(steps("all_reduce", p), bytes_sent("all_reduce", nbytes, p), t)
-           for p, t in times.items() if p > 1 and t > 0]
+    return fit_link_points([(p, nbytes, t) for p, t in times.items()], name,
+                           "fitted to the all-reduces measured in notebook 06")
+
+
+def fit_link_points(points, name: str = "fitted", source: str = "fitted to measured all-reduces") -> Link:
+    """α and β from measured all-reduces ``points`` = [(p, nbytes, seconds), ...]: several degrees,
+    several message sizes, or both (notebook 07 measures sizes from a decode step's few hundred bytes
+    to a prefill's). Same model and same fallbacks as :func:`fit_link`.
+
+    >>> pts = [(4, n, 6 * 50e-6 + 1.5 * n / 2e9) for n in (256, 65536, 4 * 2**20)]
+    >>> link = fit_link_points(pts)
+    >>> round(link.latency * 1e6, 3), round(link.bandwidth / 1e9, 3)
+    (50.0, 2.0)
+    """
+    pts = [(steps("all_reduce", p), bytes_sent("all_reduce", n, p), t) for p, n, t in points if p > 1 and t > 0]
     if not pts:
-        raise ValueError("fit_link needs the time of at least one all-reduce on 2 or more ranks")
+        raise ValueError("fitting a link needs the time of at least one all-reduce on 2 or more ranks")
 
     def error(alpha, w):
         return sum((a * alpha + x * w - t) ** 2 for a, x, t in pts)
@@ -146,7 +159,7 @@ def fit_link(times: dict[int, float], nbytes: float, name: str = "fitted") -> Li
                 candidates = [both]
     alpha, w = min(candidates, key=lambda c: error(*c))
     bandwidth = 1.0 / w if w > 0 else math.inf
-    return Link(name, bandwidth, alpha, "fitted to the all-reduces measured in notebook 06")
+    return Link(name, bandwidth, alpha, source)
 
 
 # ------------------------------------------------------------------------------ TP per block

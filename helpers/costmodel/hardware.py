@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Link", "DerechoNode", "DERECHO", "tp_link", "REFERENCE", "REFERENCE_SOURCE",
+__all__ = ["Link", "DerechoNode", "DERECHO", "tp_link", "GPU", "A100_40GB", "NVLINK_A100_SMALL_ALLREDUCE",
+           "DERECHO_DECODE_NVLINK", "REFERENCE", "REFERENCE_SOURCE",
            "REFERENCE_SHAPE", "reference_curve"]
 
 
@@ -62,6 +63,37 @@ def tp_link(tp: int, gpus_per_node: int = DERECHO.gpus_per_node, node=DERECHO) -
     ('NVLink (A100, in a node)', 'Slingshot 11 (between nodes)')
     """
     return node.nvlink if tp <= gpus_per_node else node.slingshot
+
+
+# ------------------------------------------------------------------------------ one GPU (inference)
+@dataclass(frozen=True)
+class GPU:
+    """One GPU's memory capacity (bytes) and memory bandwidth (bytes/s), with its source."""
+
+    name: str
+    memory: float
+    memory_bandwidth: float
+    source: str
+
+
+#: Derecho's GPU. NVIDIA A100 Tensor Core GPU datasheet
+#: (https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf),
+#: A100 40GB SXM: "GPU Memory 40GB HBM2", "GPU Memory Bandwidth 1,555GB/s" (the datasheet's table, as
+#: reproduced at https://glennklockwood.com/garden/processors/A100, which cites it).
+A100_40GB = GPU("A100 40 GB (SXM)", 40e9, 1555e9,
+                "NVIDIA A100 datasheet (nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf): 40GB HBM2, 1,555GB/s")
+
+#: A small all-reduce over NVLink is set by latency: NVIDIA/nccl issue #583 ("AllReduce bandwidth change
+#: curve with respect to data size", https://github.com/NVIDIA/nccl/issues/583) reports all_reduce_perf on
+#: 2 A100-SXM4-40GB: 32 B in 10.14 µs. In the ring model that is 2(p-1)·α = 10.14 µs at p=2.
+NVLINK_A100_SMALL_ALLREDUCE = (2, 32, 10.14e-6)     # (ranks, bytes, seconds)
+
+#: Derecho's NVLink for decoding: the cited bandwidth (300 GB/s each way) and the latency per ring step
+#: that the measured small all-reduce implies (10.14 µs / 2 steps).
+DERECHO_DECODE_NVLINK = Link("NVLink (A100), latency from nccl#583", DERECHO.nvlink.bandwidth,
+                             NVLINK_A100_SMALL_ALLREDUCE[2] / 2,
+                             DERECHO.nvlink.source + "; latency: NVIDIA/nccl issue #583, 32 B all-reduce "
+                             "on 2 A100-SXM4-40GB in 10.14 µs")
 
 
 # ------------------------------------------------------------------------------ reference data

@@ -8,7 +8,9 @@ Checked by hand in the tests and against storage sizes measured on the engines
 * :func:`activation_elements_per_layer` -- what autograd keeps for one block's backward (TP, and
   sequence parallelism); :func:`block_activation_bytes` -- the same for notebook 05's block;
 * :func:`memory_per_rank` -- parameters, gradients, AdamW state and activations, in bytes;
-* :func:`layers_that_fit` -- how many blocks fit in one GPU's memory.
+* :func:`layers_that_fit` -- how many blocks fit in one GPU's memory;
+* :func:`kv_heads_per_rank`, :func:`kv_cache_bytes` -- notebook 07's KV cache per rank during
+  generation (the ONE home of its formula).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from dataclasses import dataclass, field
 from .dims import ModelDims, ParamSpec, Setup, check_setup, layer_param_specs, precision_of
 
 __all__ = ["param_elements_per_rank", "param_bytes", "activation_elements_per_layer",
-           "block_activation_bytes", "MemoryBreakdown", "memory_per_rank", "layers_that_fit"]
+           "block_activation_bytes", "MemoryBreakdown", "memory_per_rank", "layers_that_fit",
+           "kv_heads_per_rank", "kv_cache_bytes"]
 
 
 def _local_shape(spec: ParamSpec, tp: int) -> tuple[int, ...]:
@@ -192,3 +195,50 @@ def layers_that_fit(dims: ModelDims, setup: Setup, capacity_bytes: float, precis
     if extra >= capacity_bytes:
         return 0
     return int(min(dims.n_layers, (capacity_bytes - extra) // one))
+
+
+# ------------------------------------------------------------------------------ inference: the KV cache
+def kv_heads_per_rank(n_kv_heads: int, p: int) -> int:
+    """Key/value heads one of ``p`` TP ranks caches: n_kv_heads/p when p divides them; ONE when
+    p is a multiple of n_kv_heads (each kv head is replicated on p/n_kv_heads ranks, vLLM's rule);
+    refused otherwise, with the degrees that work.
+
+    >>> kv_heads_per_rank(8, 4), kv_heads_per_rank(2, 4), kv_heads_per_rank(4, 1)
+    (2, 1, 4)
+    >>> kv_heads_per_rank(3, 4)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: n_kv_heads=3 and tp degree 4 divide neither way ...: {1, 3, 6, 9, 12}
+    """
+    for name, v in (("n_kv_heads", n_kv_heads), ("tp degree", p)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive whole number, got {v!r}")
+    if n_kv_heads % p == 0:
+        return n_kv_heads // p
+    if p % n_kv_heads == 0:
+        return 1
+    ok = sorted({d for d in range(1, n_kv_heads + 1) if n_kv_heads % d == 0}
+                | {n_kv_heads * k for k in range(2, 5)})
+    raise ValueError(f"n_kv_heads={n_kv_heads} and tp degree {p} divide neither way ({p} kv heads would "
+                     f"split a head, {n_kv_heads} would leave ranks without one); pick a degree that divides "
+                     f"{n_kv_heads} or is a multiple of it: {{{', '.join(map(str, ok))}}}")
+
+
+def kv_cache_bytes(layers: int, tokens: int, kv_heads: int, head_dim: int, bytes_per_el: int = 2,
+                   p: int = 1, batch: int = 1) -> int:
+    """Bytes of the KV cache ONE rank holds: keys and values (2) of every layer, for ``tokens``
+    positions of ``batch`` sequences, of its kv heads (:func:`kv_heads_per_rank`)::
+
+        2 · layers · batch · tokens · kv_heads/p · head_dim · bytes
+
+    (kv_heads/p becomes 1 when p > kv_heads: the heads are replicated, not split).
+
+    >>> kv_cache_bytes(2, 24, 8, 8, 4, p=4)          # notebook 07's tiny GPT, fp32, 24 tokens
+    6144
+    >>> kv_cache_bytes(32, 4096, 32, 128, 2) / 2**30   # Llama 2 7B, bf16, one 4096-token sequence
+    2.0
+    """
+    for name, v in (("layers", layers), ("tokens", tokens), ("head_dim", head_dim), ("bytes_per_el", bytes_per_el),
+                    ("batch", batch)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be a whole number >= 0, got {v!r}")
+    return 2 * layers * batch * tokens * kv_heads_per_rank(kv_heads, p) * head_dim * bytes_per_el

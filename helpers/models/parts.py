@@ -52,10 +52,13 @@ class KVCache:
 
     Under TP each rank's column-parallel wk/wv produce its own kv heads, so each rank's cache holds
     its heads' slice: (B, n_kv_heads/p, T, hd). ``append`` grows T and returns the whole cache.
+    ``capacity`` (optional): the most tokens it may hold; :func:`helpers.models.decode.generate`
+    refuses a prompt that would overflow it before anything runs.
     """
 
-    def __init__(self):
+    def __init__(self, capacity: int | None = None):
         self.k = self.v = None
+        self.capacity = capacity
 
     def __len__(self) -> int:                          # tokens cached (the next position)
         return 0 if self.k is None else self.k.shape[2]

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import torch
 
+from ..common.numbers import divisors
 from ..tp.checks import check_divisible
 
 __all__ = ["block_plan", "model_plan", "tp_plan", "apply_fsdp", "parallelize_tiny_gpt", "check_tp_config",
-           "check_ids"]
+           "check_ids", "check_heads", "kv_heads_of_rank", "replicate_kv_heads"]
 
 
 def block_plan(*, sequence_parallel: bool = True, prepare_input: bool = True, gated: bool = False) -> dict:
@@ -87,11 +88,79 @@ def apply_fsdp(model, fsdp_mesh, **kw):
     return model
 
 
+def _works(n_heads: int, n_kv: int, p: int) -> bool:
+    return n_heads % p == 0 and (n_kv % p == 0 or p % n_kv == 0)
+
+
+def check_heads(n_heads: int, n_kv_heads: int, p: int) -> None:
+    """Refuse a TP degree that cannot give every rank whole query heads and whole kv heads.
+
+    Query heads must split evenly (n_heads % p == 0). Key/value heads either split
+    (n_kv_heads % p == 0) or are replicated (p % n_kv_heads == 0: each of them on p/n_kv_heads ranks).
+
+    >>> check_heads(8, 2, 4)          # 2 kv heads on 4 ranks: each replicated twice
+    >>> check_heads(12, 3, 4)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: n_kv_heads=3 and tp degree 4 divide neither way: ... pick a tp degree in {1, 3, 6, 12}
+    """
+    if n_heads % n_kv_heads:
+        raise ValueError(f"n_heads={n_heads} is not a multiple of n_kv_heads={n_kv_heads}")
+    if _works(n_heads, n_kv_heads, p):
+        return
+    ok = ", ".join(str(d) for d in divisors(n_heads) if _works(n_heads, n_kv_heads, d))
+    if n_heads % p:
+        raise ValueError(f"n_heads={n_heads} is not divisible by tp degree {p}: each rank needs whole query "
+                         f"heads; pick a tp degree in {{{ok}}}")
+    raise ValueError(f"n_kv_heads={n_kv_heads} and tp degree {p} divide neither way: {p} ranks cannot split "
+                     f"{n_kv_heads} kv heads, nor share them equally (n_heads={n_heads}); pick a tp degree "
+                     f"in {{{ok}}}")
+
+
+def kv_heads_of_rank(n_heads: int, n_kv_heads: int, p: int, r: int) -> list[int]:
+    """The global kv heads rank ``r`` of ``p`` holds: a contiguous block of n_kv/p when p divides
+    them; otherwise the ONE head its query heads r·h/p … use (replicated on p/n_kv ranks).
+
+    >>> [kv_heads_of_rank(8, 8, 4, r) for r in range(4)]
+    [[0, 1], [2, 3], [4, 5], [6, 7]]
+    >>> [kv_heads_of_rank(8, 2, 4, r) for r in range(4)]
+    [[0], [0], [1], [1]]
+    """
+    check_heads(n_heads, n_kv_heads, p)
+    if n_kv_heads % p == 0:
+        k = n_kv_heads // p
+        return list(range(r * k, (r + 1) * k))
+    return [r // (p // n_kv_heads)]
+
+
+def replicate_kv_heads(model, p: int):
+    """For n_kv_heads < p (p a multiple of it): give wk and wv one kv head per rank, in place, by
+    repeating each kv head's rows p/n_kv_heads times, so that ColwiseParallel hands rank r exactly the
+    head its query heads use (vLLM's replication). The model computes the same function. A model
+    with n_kv_heads >= p is returned unchanged.
+    """
+    cfg = model.cfg
+    n_kv = cfg.n_kv_heads or cfg.n_heads
+    check_heads(cfg.n_heads, n_kv, p)
+    if n_kv >= p:
+        return model
+    rep, hd = p // n_kv, cfg.head_dim
+    for blk in model.blocks:
+        for name in ("wk", "wv"):
+            old = getattr(blk.attn, name)
+            new = torch.nn.Linear(old.in_features, p * hd, bias=old.bias is not None)
+            with torch.no_grad():
+                new.weight.copy_(old.weight.view(n_kv, hd, -1).repeat_interleave(rep, 0).reshape(p * hd, -1))
+                if old.bias is not None:
+                    new.bias.copy_(old.bias.view(n_kv, hd).repeat_interleave(rep, 0).reshape(-1))
+            setattr(blk.attn, name, new.to(old.weight.device))
+        blk.attn.n_kv_heads = p
+    return model
+
+
 def check_tp_config(cfg, p: int) -> None:
-    """Refuse a GPTConfig that cannot be split over ``p`` ranks (heads, kv heads, vocabulary, d_ff)."""
-    check_divisible("n_heads", cfg.n_heads, p)
-    if cfg.n_kv_heads is not None:
-        check_divisible("n_kv_heads", cfg.n_kv_heads, p)
+    """Refuse a GPTConfig that cannot be split over ``p`` ranks (heads, kv heads, vocabulary, d_ff).
+    Fewer kv heads than ranks is accepted when p is a multiple of them (they are replicated)."""
+    check_heads(cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, p)
     check_divisible("vocab_size", cfg.vocab_size, p)
     check_divisible("d_ff", cfg.d_ff, p)
 
@@ -127,6 +196,7 @@ def parallelize_tiny_gpt(model, mesh, sequence_parallel: bool = True, loss_paral
 
     p = mesh.size()
     check_tp_config(model.cfg, p)
+    replicate_kv_heads(model, p)                                    # n_kv_heads < p: one kv head per rank
     for block in model.blocks:
         parallelize_module(block, mesh, block_plan(sequence_parallel=sequence_parallel))
     parallelize_module(model, mesh, model_plan(sequence_parallel=sequence_parallel, loss_parallel=loss_parallel))

@@ -8,7 +8,8 @@
 * :mod:`helpers.viz.grid2d` -- 2D tensor parallelism: blocks on a grid, SUMMA step by step, the
   1D-vs-2D layout explorer, the communication model;
 * :mod:`helpers.viz.lm` -- notebook 05: loss curves, bytes, activation memory, collectives;
-* :mod:`helpers.viz.costs` -- memory per rank, what fits a GPU, training curves, collective times.
+* :mod:`helpers.viz.costs` -- memory per rank, what fits a GPU, training curves, collective times;
+* :mod:`helpers.viz.inference` -- notebook 07: the KV cache by rank, prefill vs decode, the α-β curve.
 
 ``from helpers.viz import layout_explorer, shard_figure, ...`` keeps working; each module is loaded
 on first use (PEP 562), so a torch-free one (``helpers.viz.calculator``) imports without torch.
@@ -25,6 +26,7 @@ _EXPORTS = {
     ".grid2d": ("GRID_MODES", "GridLayoutExplorer", "SummaStepper", "comm_model_figure", "comm_time_figure",
                 "grid_blocks_figure", "grid_layout_explorer", "grid_layout_figure", "summa_step_figure",
                 "summa_stepper"),
+    ".inference": ("alpha_beta_figure", "cache_figure", "prefill_decode_figure", "shared_device_note"),
     ".lm": ("plot_activation_memory", "plot_bytes", "plot_collectives", "plot_loss_curves"),
     ".mesh": ("mesh_map",),
     ".schematic": ("MODES", "LayoutExplorer", "layout_explorer", "layout_figure"),

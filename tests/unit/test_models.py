@@ -112,8 +112,9 @@ def test_plans_name_only_submodules_the_models_have():
     gpt = TinyGPT(GPTConfig())
     assert set(model_plan()) <= {n for n, _ in gpt.named_modules()}
     assert set(block_plan()) <= {n for n, _ in gpt.blocks[0].named_modules()}
-    with pytest.raises(ValueError, match="n_kv_heads=2 is not divisible by tp degree 4"):
-        check_tp_config(GPTConfig(n_heads=4, n_kv_heads=2), 4)
+    check_tp_config(GPTConfig(n_heads=4, n_kv_heads=2), 4)          # fewer kv heads than ranks: replicated
+    with pytest.raises(ValueError, match=r"n_kv_heads=3 and tp degree 4 divide neither way.*\{1, 3, 6, 12\}"):
+        check_tp_config(GPTConfig(d_model=96, n_heads=12, n_kv_heads=3), 4)
 
 
 @pytest.fixture(scope="module")
