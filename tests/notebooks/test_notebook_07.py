@@ -9,40 +9,17 @@ bytes per rank equal the formula at degrees 1, 2 and 4; the decode latency split
 
 from __future__ import annotations
 
-import copy
-import os
 import re
 
-import nbformat
-import pytest
-from conftest import (
-    REPO,
+from support.notebook import (
     assert_committed_without_outputs,
     assert_exercises_and_engine_cells,
     assert_run,
     cell_text,
-    execute_notebook,
-    with_solutions,
 )
 
-NB_PATH = os.path.join(REPO, "notebooks", "07_tp_inference.ipynb")
-CELL_TIMEOUT = 180
+NB = "07_tp_inference.ipynb"
 EXERCISES = ("1",)
-
-
-@pytest.fixture(scope="module")
-def committed():
-    return nbformat.read(NB_PATH, as_version=4)
-
-
-@pytest.fixture(scope="module")
-def run_blank(cluster, committed):
-    return execute_notebook(copy.deepcopy(committed), CELL_TIMEOUT)
-
-
-@pytest.fixture(scope="module")
-def run_solved(cluster, committed):
-    return execute_notebook(with_solutions(committed, EXERCISES), CELL_TIMEOUT)
 
 
 def _all_text(nb) -> str:
