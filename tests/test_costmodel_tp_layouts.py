@@ -8,8 +8,7 @@ import math
 
 import pytest
 
-from helpers.costmodel import (LLAMA2_70B, loss_parallel_bytes, mlp_bytes_1d, mlp_bytes_2d,
-                               mlp_crossover_tokens)
+from helpers.costmodel import LLAMA2_70B, loss_parallel_bytes, mlp_bytes_1d, mlp_bytes_2d, mlp_crossover_tokens
 
 M, D, H = 1024, 64, 256            # notebook 04's "many tokens" MLP block
 
