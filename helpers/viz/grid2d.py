@@ -386,7 +386,7 @@ def comm_model_figure(M: int, K: int, N: int, measured: dict | None = None, meas
 
 
 def comm_time_figure(times: dict, p: int = 4, what: str = "forward, ms",
-                     how: str = "slowest rank, best of 15 runs") -> Figure:
+                     how: str = "slowest rank, best of 15 runs", subject: str = "Y = X·W") -> Figure:
     """Bars of measured times per layout (``{mode: milliseconds}``), measured on this cluster."""
     fig = new_figure(6.0, 3.0)
     ax = fig.add_subplot()
@@ -397,7 +397,7 @@ def comm_time_figure(times: dict, p: int = 4, what: str = "forward, ms",
         ax.text(v, y, f" {v:.2f}", va="center", fontsize=8.5, color=MUTED)
     ax.invert_yaxis()
     ax.set_xlabel(what)
-    ax.set_title(f"Y = X·W at p={p}, measured on this cluster ({how})",
+    ax.set_title(f"{subject} at p={p}, measured on this cluster ({how})",
                  fontsize=9.5)
     fig.set_layout_engine("constrained")
     return fig
