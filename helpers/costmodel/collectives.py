@@ -286,3 +286,110 @@ def bytes_summa(M: int, K: int, N: int, p: int, dtype_bytes: int = 4) -> dict:
 
 #: The three layouts of notebook 04, by name.
 COMM_FORMULAS = {"1D column": bytes_1d_column, "1D row": bytes_1d_row, "2D SUMMA": bytes_summa}
+
+
+# ------------------------------------------------------------------------------ one MLP block, 1D vs 2D; loss parallel
+# (notebooks 04 and 05; this block only adds names)
+__all__ += ["mlp_bytes_1d", "mlp_bytes_2d", "mlp_crossover_tokens", "loss_parallel_bytes"]
+
+
+def _check_mlp(M, D, H, p, dtype_bytes, n_in):
+    _check_dims(M, D, H, p, dtype_bytes)
+    if n_in not in (1, 2):
+        raise ValueError(f"n_in must be 1 (plain MLP: w1) or 2 (gated MLP: w1 and w3), got {n_in!r}")
+
+
+def mlp_bytes_1d(M: int, D: int, H: int, p: int, dtype_bytes: int = 4, n_in: int = 1) -> dict:
+    """ONE Megatron MLP block, column → row (Shoeybi et al. 2019, Fig. 3a), on p ranks, per rank:
+
+    forward:  one all-reduce (*g*) of the output Y (M, D):  2(p-1)/p · M·D · bytes
+    backward: one all-reduce (*f*) of dL/dX (M, D): the same bytes. Weight and bias gradients
+    are local (each rank's slice of the dense one). ``n_in`` (1, or 2 for a gated MLP's w1 and
+    w3) changes nothing: still one all-reduce each way. H, the hidden size, moves no bytes.
+
+    >>> f = mlp_bytes_1d(1024, 64, 256, 4)
+    >>> f["forward"]["sent"], f["backward"]["sent"], f["forward"]["calls"]
+    (393216.0, 393216.0, 1)
+    """
+    _check_mlp(M, D, H, p, dtype_bytes, n_in)
+    one = bytes_1d_row(M, H, D, p, dtype_bytes)      # an all-reduce of an (M, D) tensor
+    return {"forward": dict(one), "backward": dict(one)}
+
+
+def mlp_bytes_2d(M: int, D: int, H: int, p: int, dtype_bytes: int = 4, n_in: int = 1,
+                 bias: bool = False) -> dict:
+    """ONE MLP block with SUMMA for both matmuls (helpers.tp.summa) on an s × s grid, per rank.
+
+    Blocks: X (M/s, D/s), W1 (D/s, H/s), the hidden activation (M/s, H/s), W2 (H/s, D/s). Each
+    SUMMA product broadcasts its input block along grid rows and its weight block down grid
+    columns, s steps; a rank is the root once, so it sends (s-1)·block and receives (s-1)·block:
+
+    forward:  (s-1)/p · (M·D + M·H + (n_in + 1)·D·H) · bytes      (2s broadcasts per product)
+    backward: twice that: for each product, dX broadcasts W and reduces dX blocks, dW broadcasts
+              X and reduces dW blocks (4s calls per product); ``bias``: plus one all-reduce of
+              b_j (H/s, then D/s) down each grid column.
+
+    A gated MLP (``n_in=2``) is counted with X broadcast once for w1 and w3 (they share it).
+
+    >>> f = mlp_bytes_2d(1024, 64, 256, 4)
+    >>> f["forward"]["sent"], f["backward"]["sent"], f["forward"]["calls"], f["backward"]["calls"]
+    (360448.0, 720896.0, 8, 16)
+    """
+    _check_mlp(M, D, H, p, dtype_bytes, n_in)
+    s = grid_side(p)
+    b = dtype_bytes
+    blocks = (M * D + M * H + (n_in + 1) * D * H) * b / p      # every block broadcast, once each
+    fwd = (s - 1) * blocks
+    bwd = 2 * (s - 1) * blocks
+    calls_fwd = 2 * s * (n_in + 1) if s > 1 else 0
+    calls_bwd = 4 * s * (n_in + 1) if s > 1 else 0
+    if n_in == 2 and s > 1:
+        calls_fwd -= s                                          # X's broadcasts shared by w1, w3
+    if bias and s > 1:
+        for n_bias in (n_in * H, D):                            # b1 (and b3), then b2
+            bwd += bytes_sent("all_reduce", n_bias * b / s, s)
+        calls_bwd += n_in + 1
+    return {"forward": _result(fwd, fwd, calls_fwd), "backward": _result(bwd, bwd, calls_bwd)}
+
+
+def mlp_crossover_tokens(D: int, H: int, p: int, training: bool = False, n_in: int = 1) -> float:
+    """The token count M above which 2D SUMMA sends fewer bytes per rank than 1D, per MLP block
+    (``math.inf``: 2D never wins at this p). No biases. From :func:`mlp_bytes_1d` and
+    :func:`mlp_bytes_2d` with w = n_in + 1 weight matrices:
+
+    forward:  (s-1)(M·D + M·H + w·D·H) < 2(p-1)·M·D   ⇔   M > w·D·H / ((2s+1)·D − H)
+    training: 3(s-1)(M·D + M·H + w·D·H) < 4(p-1)·M·D  ⇔   M > 3w·D·H / ((4s+1)·D − 3H)
+
+    >>> mlp_crossover_tokens(64, 256, 4), mlp_crossover_tokens(64, 256, 4, training=True)
+    (512.0, inf)
+    """
+    _check_mlp(1, D, H, p, 1, n_in)
+    s = grid_side(p)
+    if s == 1:
+        return math.inf
+    w = n_in + 1
+    num, den = (3 * w * D * H, (4 * s + 1) * D - 3 * H) if training else (w * D * H, (2 * s + 1) * D - H)
+    return num / den if den > 0 else math.inf
+
+
+def loss_parallel_bytes(B: int, T: int, V: int, p: int, dtype_bytes: int = 4) -> dict:
+    """Bytes per rank of the cross-entropy on logits (B, T, V) sharded on V over p ranks.
+
+    ``"loss_parallel"`` (torch's ``loss_parallel()``): forward three all-reduces of B·T numbers
+    (the max, the sum of exponentials, the target's logit); backward none (the gradient
+    softmax − one-hot is local to each vocabulary shard).
+    ``"gathered"`` (``logits.full_tensor()`` then ``cross_entropy``): forward one all-gather of
+    the (B, T, V) logits; backward none (the gradient of the gather keeps this rank's slice).
+
+    >>> lp = loss_parallel_bytes(8, 16, 40, 4)
+    >>> [(lp[way][ph]["sent"], lp[way][ph]["calls"]) for way in lp for ph in ("forward", "backward")]
+    [(2304.0, 3), (0.0, 0), (15360.0, 1), (0.0, 0)]
+    """
+    _check_dims(B, T, V, p, dtype_bytes)
+    n = B * T * dtype_bytes
+    ar = 3 * bytes_sent("all_reduce", n, p)
+    ag = bytes_sent("all_gather", B * T * V * dtype_bytes, p)
+    calls = int(p > 1)
+    none = _result(0.0, 0.0, 0)
+    return {"loss_parallel": {"forward": _result(ar, ar, 3 * calls), "backward": dict(none)},
+            "gathered": {"forward": _result(ag, ag, calls), "backward": dict(none)}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import all_close, close, f64, fetch, per_rank, run_checker, say, worst
+from .common import all_close, close, f64, fetch, max_abs, per_rank, run_checker, say, worst
 
 __all__ = ["check_vocab_masking", "check_sp_block_plan"]
 
@@ -50,17 +50,65 @@ def _check_vocab_masking(cluster, dense_emb, ids, name, part_name) -> bool:
 
 # ------------------------------------------------------- exercise 2: the TP + SP block plan
 def check_sp_block_plan(cluster, dense_block, x, y_name: str = "y_ex", dx_name: str = "dx_ex",
-                        comm_name: str = "comm_ex") -> bool:
+                        comm_name: str = "comm_ex", grads_name: str = "grads_ex",
+                        partial_name: str = "norm_partial_ex") -> bool:
     """Exercise 2: the block, parallelized with the learner's plan and fed this rank's slice of the
     sequence, must give this rank's slice of ``dense_block(x)`` (and of dL/dx for L = sum), with
-    all-gathers and reduce-scatters in the forward and no all-reduce.
+    all-gathers and reduce-scatters in the forward and no all-reduce; and every parameter's
+    gradient (``grads_name``: ``local_grads``' ``{name: (grad, layout)}``, the ``Partial`` norm
+    weights reduced) must equal dense. ``partial_name``: ``{name: this rank's own, unreduced
+    gradient}`` of the norms, to show that each alone is NOT dense's (the classic SP bug: a
+    missing all-reduce of the LayerNorm weights' gradients).
 
     dense_block: the dense ``Block``; x: the full input (B, T, D).
     """
-    return run_checker(_check_sp_block_plan, cluster, dense_block, x, y_name, dx_name, comm_name)
+    return run_checker(_check_sp_block_plan, cluster, dense_block, x, y_name, dx_name, comm_name,
+                       grads_name, partial_name)
 
 
-def _check_sp_block_plan(cluster, dense_block, x, y_name, dx_name, comm_name) -> bool:
+def _check_sp_block_plan(cluster, dense_block, x, y_name, dx_name, comm_name, grads_name, partial_name) -> bool:
+    io = _check_sp_block_io(cluster, dense_block, x, y_name, dx_name, comm_name)
+    if io is False:
+        return False
+    return _check_sp_block_grads(cluster, dense_block, x, grads_name, partial_name, io)
+
+
+def _check_sp_block_grads(cluster, dense_block, x, grads_name, partial_name, io: str) -> bool:
+    from ..reference.compare import reassemble
+
+    names = [n for n, _ in dense_block.named_parameters()]
+    xd = x.detach().clone()
+    with torch.enable_grad():
+        grads = torch.autograd.grad(dense_block(xd).sum(), [q for _, q in dense_block.named_parameters()])
+    want = {n: f64(g) for n, g in zip(names, grads)}
+    values = fetch(cluster, grads_name, partial_name)
+    got = [v.get(grads_name) for v in values]
+    if any(not isinstance(g, dict) for g in got):
+        return say(False, f"{grads_name} is missing: keep the lines below the plan as they are and re-run the cell.")
+    bad = []
+    for n in names:
+        if n not in got[0]:
+            bad.append(f"{n} (no gradient)")
+            continue
+        full = reassemble([g[n][0] for g in got], got[0][n][1], atol=1e-5, rtol=1e-4)
+        if not close(full, want[n]):
+            bad.append(f"{n} (max|Δ| {max_abs(full, want[n]):.1e})")
+    if bad:
+        return say(False, f"the output and dL/dx are right, but these parameter gradients differ from dense: "
+                           f"{', '.join(bad)}.")
+    partial = values[0].get(partial_name) or {}
+    note = ""
+    if partial:
+        n = sorted(partial)[0]
+        off = max_abs(f64(partial[n]), want[n])
+        note = (f" Each rank's own gradient of the norms' weights is only the sum over its T/p positions "
+                f"(rank 0's {n} is {off:.1e} off dense): DTensor keeps it Partial() and reduces it when it is "
+                "read; a hand-written SP must all-reduce it, or the ranks' norm weights drift apart.")
+    return say(True, f"every rank's slice of the block output and of dL/dx, and all {len(names)} parameter "
+                      f"gradients, match dense {io}{note}")
+
+
+def _check_sp_block_io(cluster, dense_block, x, y_name, dx_name, comm_name) -> bool:
     p = cluster.world_size
     xd = x.detach().clone().requires_grad_()
     with torch.enable_grad():
@@ -109,6 +157,5 @@ def _check_sp_block_plan(cluster, dense_block, x, y_name, dx_name, comm_name) ->
     if comm.get("all_gather", 0) > comm.get("reduce_scatter", 0):
         extra = (" It works, with more all-gathers than needed: PrepareModuleInput on attn and mlp "
                  "gathers the sequence once for wq, wk and wv together instead of once per projection.")
-    return say(True, f"every rank's slice of the block output and of dL/dx matches dense "
-                      f"(max|Δ| {worst(ys, want):.1e}); forward collectives: "
-                      f"{kinds}.{extra}")
+    return (f"(max|Δ| {worst(ys, want):.1e}); forward collectives: "
+            f"{kinds}.{extra}")

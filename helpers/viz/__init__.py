@@ -24,10 +24,10 @@ _EXPORTS = {
     ".figure": ("RANK_COLORS", "RANK_COLORS_HEX", "REPLICATED_GREY", "TPFigure", "count_rank_colors",
                 "figure_to_png", "figure_to_rgba", "rank_color"),
     ".grid2d": ("GRID_MODES", "GridLayoutExplorer", "SummaStepper", "comm_model_figure", "comm_time_figure",
-                "grid_blocks_figure", "grid_layout_explorer", "grid_layout_figure", "summa_step_figure",
-                "summa_stepper"),
+                "grid_blocks_figure", "grid_layout_explorer", "grid_layout_figure", "mlp_bytes_figure",
+                "mlp_crossover_figure", "summa_step_figure", "summa_stepper"),
     ".inference": ("alpha_beta_figure", "cache_figure", "prefill_decode_figure", "shared_device_note"),
-    ".lm": ("plot_activation_memory", "plot_bytes", "plot_collectives", "plot_loss_curves"),
+    ".lm": ("plot_activation_memory", "plot_bytes", "plot_collectives", "plot_loss_curves", "sp_dataflow_figure"),
     ".mesh": ("mesh_map",),
     ".schematic": ("MODES", "LayoutExplorer", "layout_explorer", "layout_figure"),
 }

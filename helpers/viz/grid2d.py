@@ -24,7 +24,7 @@ from .widget import FigureWidget
 
 __all__ = ["grid_blocks_figure", "summa_step_figure", "summa_stepper", "SummaStepper",
            "GRID_MODES", "grid_layout_figure", "grid_layout_explorer", "GridLayoutExplorer",
-           "comm_model_figure", "comm_time_figure"]
+           "comm_model_figure", "comm_time_figure", "mlp_bytes_figure", "mlp_crossover_figure"]
 
 GRID_MODES = tuple(COMM_FORMULAS)  # ("1D column", "1D row", "2D SUMMA")
 
@@ -343,7 +343,7 @@ def comm_model_figure(M: int, K: int, N: int, measured: dict | None = None, meas
 
 
 def comm_time_figure(times: dict, p: int = 4, what: str = "forward, ms",
-                     how: str = "slowest rank, best of 15 runs") -> Figure:
+                     how: str = "slowest rank, best of 15 runs", subject: str = "Y = X·W") -> Figure:
     """Bars of measured times per layout (``{mode: milliseconds}``), measured on this cluster."""
     fig = new_figure(6.0, 3.0)
     ax = fig.add_subplot()
@@ -354,7 +354,94 @@ def comm_time_figure(times: dict, p: int = 4, what: str = "forward, ms",
         ax.text(v, y, f" {v:.2f}", va="center", fontsize=8.5, color=MUTED)
     ax.invert_yaxis()
     ax.set_xlabel(what)
-    ax.set_title(f"Y = X·W at p={p}, measured on this cluster ({how})",
+    ax.set_title(f"{subject} at p={p}, measured on this cluster ({how})",
                  fontsize=9.5)
+    fig.set_layout_engine("constrained")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# one MLP block: 1D (Megatron) vs 2D (SUMMA), measured at p and modelled beyond; the crossover
+# --------------------------------------------------------------------------------------------
+def mlp_bytes_figure(M: int, D: int, H: int, measured: dict | None = None, measured_p: int = 4,
+                     ps: Sequence[int] = (4, 16, 64), dtype_bytes: int = 4, bias: bool = True) -> Figure:
+    """Bytes sent per rank by ONE MLP block against p: 1D (one all-reduce each way) and 2D
+    (SUMMA in both matmuls), forward and forward + backward. Lines: the formulas of
+    :mod:`helpers.costmodel.collectives` (a model); markers: ``measured`` =
+    ``{"1D": {"forward": b, "backward": b}, "2D": {...}}`` counted at ``measured_p``; ``bias``: the
+    linears have biases (2D then all-reduces their gradients down grid columns)."""
+    from ..costmodel.collectives import mlp_bytes_1d, mlp_bytes_2d
+
+    ps = [int(p) for p in ps]
+    fig = new_figure(6.8, 4.0)
+    ax = fig.add_subplot()
+    def two(m, d, h, p, b):
+        return mlp_bytes_2d(m, d, h, p, b, bias=bias)
+
+    for name, f, color in (("1D", mlp_bytes_1d, "#111111"), ("2D", two, "#8a8a8a")):
+        for what, phases, ls, mk in (("forward", ("forward",), "-", "o"),
+                                     ("training (fwd + bwd)", ("forward", "backward"), "--", "s")):
+            ys = [sum(f(M, D, H, p, dtype_bytes)[ph]["sent"] for ph in phases) for p in ps]
+            ax.plot(ps, ys, ls=ls, color=color, lw=1.8, label=f"{name}, {what} (formula)")
+            if measured and name in measured:
+                y = sum(measured[name][ph] for ph in phases)
+                ax.plot([measured_p], [y], marker=mk, ms=10, ls="none", markerfacecolor="white",
+                        markeredgecolor=color, markeredgewidth=2,
+                        label=f"{name}, {what}: measured at p={measured_p}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(ps, [str(p) for p in ps])
+    ax.set_xlabel("ranks p")
+    ax.set_ylabel("bytes sent per rank, one MLP block")
+    ax.set_title(f"MLP block X ({M}, {D}) → H {H} → {D}, float32\nlines: MODEL (formulas); markers: "
+                 f"counted on this cluster at p={measured_p}", fontsize=9.5)
+    ax.grid(True, which="both", color="#e4e4e4", lw=0.6)
+    ax.legend(fontsize=7, frameon=False, ncol=2)
+    fig.set_layout_engine("constrained")
+    return fig
+
+
+def mlp_crossover_figure(D: int, H: int, ps: Sequence[int] = (4, 16, 64), points: dict | None = None,
+                         n_in: int = 1, title: str = "") -> Figure:
+    """2D bytes / 1D bytes per rank, ONE MLP block, against the tokens M (the activation is
+    M × D, the weights (n_in + 1)·D·H): below 1, 2D sends less. One shade per p; solid: forward,
+    dashed: training (forward + backward). The crossover M of each is marked (formula:
+    :func:`helpers.costmodel.collectives.mlp_crossover_tokens`). ``points``: ``{label: M}``."""
+    from ..costmodel.collectives import mlp_bytes_1d, mlp_bytes_2d, mlp_crossover_tokens
+
+    fig = new_figure(6.8, 4.0)
+    ax = fig.add_subplot()
+    ms = np.unique(np.geomspace(max(1, D // 64), 256 * D, 80).astype(int))
+    shades = ["#111111", "#555555", "#999999", "#bbbbbb"]
+
+    def ratio(m, p, phases):
+        return (sum(mlp_bytes_2d(int(m), D, H, p, n_in=n_in)[ph]["sent"] for ph in phases)
+                / sum(mlp_bytes_1d(int(m), D, H, p, n_in=n_in)[ph]["sent"] for ph in phases))
+
+    for p, color in zip(ps, shades):
+        for training, ls in ((False, "-"), (True, "--")):
+            phases = ("forward", "backward") if training else ("forward",)
+            x = mlp_crossover_tokens(D, H, p, training=training, n_in=n_in)
+            where = f"2D wins above M = {x:,.0f}" if math.isfinite(x) else "2D never wins"
+            ax.plot(ms, [ratio(m, p, phases) for m in ms], ls=ls, color=color, lw=1.7,
+                    label=f"p={p}, {'training' if training else 'forward'}: {where}")
+            if math.isfinite(x):
+                ax.plot([x], [1.0], marker="|", ms=14, color=color, mew=2)
+    ax.axhline(1.0, color="#000000", lw=0.8)
+    ax.axhspan(1e-3, 1.0, color="#f2f2f2", zorder=0)
+    ax.text(ms[0], 0.5, " 2D sends less", fontsize=8, color=MUTED, va="center")
+    ax.text(ms[0], 2.0, " 1D sends less", fontsize=8, color=MUTED, va="center")
+    for label, m in (points or {}).items():
+        ax.axvline(m, color="#777777", lw=0.8, ls=":")
+        ax.text(m, 0.06, f"{label} ", rotation=90, fontsize=7.5, color=MUTED, va="bottom", ha="right")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(0.05, 40)
+    ax.set_xlabel(f"tokens M in the TP group's batch (activation M × {D}; weights "
+                  f"{n_in + 1} × {D} × {H})")
+    ax.set_ylabel("2D bytes / 1D bytes, per rank")
+    ax.set_title(title or f"Where 2D pays off: one MLP block, D = {D}, H = {H} (formulas)", fontsize=9.5)
+    ax.grid(True, which="both", color="#e4e4e4", lw=0.6)
+    ax.legend(fontsize=7, frameon=False, loc="upper right")
     fig.set_layout_engine("constrained")
     return fig

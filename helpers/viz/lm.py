@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from ..common.numbers import fmt_bytes
 from .figure import MUTED, REPLICATED_GREY, new_figure, rank_color
 
-__all__ = ["plot_loss_curves", "plot_bytes", "plot_activation_memory", "plot_collectives"]
+__all__ = ["plot_loss_curves", "plot_bytes", "plot_activation_memory", "plot_collectives", "sp_dataflow_figure"]
 
 
 def plot_loss_curves(dense: Sequence[float], tp: Sequence[float], tol: float,
@@ -129,5 +129,73 @@ def plot_collectives(summaries: Mapping[str, Mapping[str, Mapping[str, float]]],
     a3.set_ylim(0, max(mem.max(), 1) * 1.2)
     a3.set_title("activations held (rank 0)", fontsize=10)
     fig.suptitle(title, fontsize=10.5)
+    fig.set_layout_engine("constrained")
+    return fig
+
+
+def _sp_glyph(ax, x, y, layout: str, p: int, w: float = 0.9, h: float = 1.2) -> None:
+    """A (T, D) activation drawn at (x, y) (lower left): T downwards, D across. ``layout``:
+    "Shard(1)" (p strips along T in rank colours), "Shard(-1)" (p strips along D),
+    "Replicate()" (grey) or "Partial()" (p stacked cards: partial sums, one per rank)."""
+    from matplotlib.patches import Rectangle
+
+    if layout == "Replicate()":
+        ax.add_patch(Rectangle((x, y), w, h, facecolor=REPLICATED_GREY, edgecolor="#333333", lw=0.8))
+        return
+    if layout == "Partial()":
+        for r in reversed(range(p)):
+            d = 0.06 * r
+            ax.add_patch(Rectangle((x + d, y - d), w, h, facecolor=rank_color(r), edgecolor="#333333", lw=0.6))
+        return
+    for r in range(p):
+        if layout == "Shard(1)":
+            ax.add_patch(Rectangle((x, y + h - (r + 1) * h / p), w, h / p, facecolor=rank_color(r),
+                                   edgecolor="#333333", lw=0.6))
+        else:
+            ax.add_patch(Rectangle((x + r * w / p, y), w / p, h, facecolor=rank_color(r),
+                                   edgecolor="#333333", lw=0.6))
+
+
+def sp_dataflow_figure(p: int = 4) -> Figure:
+    """One TP + SP block (Korthikanti et al. 2022, §4.2.2, Fig. 5): the activations' layouts
+    between the collectives, in rank colours (strips along T: ``Shard(1)``; along D:
+    ``Shard(-1)``; grey: every rank holds it whole; stacked cards: partial sums), with the
+    paper's *g* (all-gather forward, reduce-scatter backward) and *ḡ* (reduce-scatter forward,
+    all-gather backward) transitions."""
+    fig = new_figure(12.5, 5.0)
+    ax = fig.add_subplot()
+    rows = (("attention", "attn_norm", "wq, wk, wv\n(column)", "heads / p", "attention,\nwo (row)"),
+            ("MLP", "mlp_norm", "w1 (column)", "hidden / p", "GELU,\nw2 (row)"))
+    steps = [("x", "Shard(1)", "(B, T/p, D)"), (None, "Shard(1)", "(B, T/p, D)"),
+             (None, "Replicate()", "(B, T, D)"), (None, "Shard(-1)", "(B, T, ·/p)"),
+             (None, "Partial()", "(B, T, D)"), (None, "Shard(1)", "(B, T/p, D)")]
+    xs = [0.0, 2.3, 4.6, 6.9, 9.2, 11.5]
+    for row, (name, norm, col, local, rowop) in enumerate(rows):
+        y = 3.0 - 2.9 * row
+        ax.text(-0.25, y + 0.6, name, rotation=90, ha="right", va="center", fontsize=10, weight="bold")
+        ops = [f"{norm}\n(local)", "g", col, rowop, "ḡ"]
+        for k, (x, (_, layout, shape)) in enumerate(zip(xs, steps)):
+            _sp_glyph(ax, x, y, layout, p)
+            label = local if layout == "Shard(-1)" else shape
+            ax.text(x + 0.45, y - 0.28, f"{label}\n{layout}", ha="center", va="top", fontsize=7.5, color=MUTED)
+            if k < len(ops):
+                x0, x1 = x + (1.2 if layout == "Partial()" else 1.0), xs[k + 1] - 0.1
+                ax.annotate("", xy=(x1, y + 0.6), xytext=(x0, y + 0.6),
+                            arrowprops=dict(arrowstyle="->", color="#222222", lw=1.2))
+                op = ops[k]
+                if op in ("g", "ḡ"):
+                    fwd, bwd = ("all-gather", "reduce-scatter") if op == "g" else ("reduce-scatter", "all-gather")
+                    ax.text((x0 + x1) / 2, y + 0.75, op, ha="center", va="bottom", fontsize=13,
+                            weight="bold", style="italic")
+                    ax.text((x0 + x1) / 2, y + 0.45, f"fwd: {fwd}\nbwd: {bwd}", ha="center", va="top",
+                            fontsize=6.8, color="#222222")
+                else:
+                    ax.text((x0 + x1) / 2, y + 0.7, op, ha="center", va="bottom", fontsize=7.5)
+        ax.text(xs[-1] + 1.05, y + 0.6, "+ x", fontsize=9, va="center")
+    ax.set_xlim(-0.6, 13.1)
+    ax.set_ylim(-0.9, 4.6)
+    ax.axis("off")
+    ax.set_title(f"Sequence parallelism in one block on p = {p} ranks: norms and residuals on T/p "
+                 "positions; g gathers the sequence, ḡ scatters it back", fontsize=10)
     fig.set_layout_engine("constrained")
     return fig

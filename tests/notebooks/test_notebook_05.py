@@ -36,8 +36,15 @@ def test_story_structure(committed):
     src = "\n".join(c.source for c in cells if c.cell_type == "code")
     for needle in ("VocabParallelEmbedding.from_embedding", "RowwiseParallel(input_layouts=Replicate()",
                    "SequenceParallel", "PrepareModuleInput", "loss_parallel()", "CommRecorder",
-                   "saved_activation_bytes", "plot_loss_curves(", "greedy(", 'expect="mismatch"'):
+                   "saved_activation_bytes", "plot_loss_curves(", "greedy(", 'expect="mismatch"',
+                   "sp_dataflow_figure(", "loss_parallel_bytes(", "local_grads(blk)"):
         assert needle in src, needle
+    text = "\n".join(c.source for c in cells if c.cell_type == "markdown")
+    assert "workshop-v3" in text and "f3ce23c" in text and "scaled_dot_product" not in text
+    assert "─attn_norm─▶" not in text                       # the ASCII drawing is a figure now
+    long = [c.source.count("\n") + 1 for c in cells if c.cell_type == "markdown"
+            and "<summary>" not in c.source and c.source.count("\n") + 1 > 13]
+    assert not long, f"markdown cells of {long} lines: at most about 12"
     assert_exercises_and_engine_cells(committed, EXERCISES)
 
 
@@ -76,10 +83,50 @@ def test_break_it_and_refusals(run_blank):
     assert "refused: vocab_size=35 is not divisible by tp degree 4" in text
 
 
+def test_loss_parallel_counted_by_direction(run_blank):
+    text = output_text(run_blank)
+    lines = [ln for ln in text.splitlines() if " B sent per rank in " in ln]
+    assert len(lines) == 4 and all(ln.startswith("✅") for ln in lines), lines
+    lp_bwd = [ln for ln in lines if "loss parallel" in ln and "backward" in ln]
+    assert lp_bwd and "measured      0 B sent per rank in 0 collective(s)" in lp_bwd[0], lp_bwd
+    lp_fwd = [ln for ln in lines if "loss parallel" in ln and "forward" in ln]
+    assert "in 3 collective(s) {'all_reduce': 3}" in lp_fwd[0], lp_fwd
+    for way in ("loss parallel", "gathered logits"):
+        assert f"✅ loss, {way} matches dense" in text
+        assert f"✅ dL/dlogits, {way} matches dense" in text
+
+
+def test_every_backward_checked(run_blank):
+    text = output_text(run_blank)
+    assert "✅ dL/dW (35 rows + padding) matches dense" in text
+    for name in ("TP", "TP + SP"):
+        assert f"✅ {name} block output matches dense" in text and f"✅ {name} dL/dx matches dense" in text
+        for prm in ("attn_norm.weight", "attn.wq.weight", "mlp.w2.weight", "mlp_norm.bias"):
+            assert f"✅ {name} dL/d {prm} matches dense" in text, (name, prm)
+    bad = [ln for ln in text.splitlines() if "❌" in ln and "not yet" not in ln]
+    assert not bad, bad
+
+
+def test_all_reduce_is_reduce_scatter_plus_all_gather(run_blank):
+    text = output_text(run_blank)
+    assert "✅ all-reduce matches dense" in text and "✅ reduce-scatter + all-gather matches dense" in text
+    m = re.search(r"all-reduce\s*: \{'all_reduce': 1\}, (\d+) B sent per rank", text)
+    m2 = re.search(r"reduce-scatter \+ all-gather\s*: \{'all_gather': 1, 'reduce_scatter': 1\}, (\d+) B sent", text)
+    assert m and m2 and m.group(1) == m2.group(1), (m, m2)
+
+
+def test_break_its_show_pytorch_first(run_blank):
+    text = output_text(run_blank)
+    assert "parallelize_module: 5 heads over 4 ranks" in text
+    assert re.search(r"… its first forward\s+→ RuntimeError: shape", text)
+    assert "dense embedding of token id 99" in text and "IndexError" in text
+    assert "vocab-parallel embedding of token id 99" in text and "max |value| 0.0 (zeros)" in text
+
+
 def test_figures_are_drawn(run_blank):
     pngs = sum(1 for c in run_blank.cells if c.cell_type == "code"
                for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
-    assert pngs >= 5  # table shards, bytes, memory, collectives, loss curves
+    assert pngs >= 6  # table shards, SP data flow, bytes, memory, collectives, loss curves
 
 
 def test_solutions_pass_the_checkers(run_solved):
