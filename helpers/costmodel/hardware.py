@@ -235,7 +235,8 @@ def timing_caveat(layout: list[dict]) -> dict:
                          "'shared GPU'; read them as the shape of the costs, not as a cluster's speed.")}
     if all(not str(e["device"]).startswith("cuda") for e in layout):
         hosts = sorted({e["host"] for e in layout})
+        where = "one host" if len(hosts) == 1 else f"{len(hosts)} hosts"
         return {"label": "CPU engines", "shared": False,
-                "note": (f"CPU engines: {len(layout)} ranks on {len(hosts)} host(s) share its cores over gloo; "
+                "note": (f"CPU engines: {len(layout)} ranks on {where} share the cores over gloo; "
                          "the times show the shape of TP's costs on sockets, not a GPU cluster's speed.")}
     return {"label": "", "shared": False, "note": ""}
