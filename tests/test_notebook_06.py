@@ -83,11 +83,11 @@ def test_every_tp_output_is_checked_against_dense(run):
     for p in (1, 2, 4):   # the session cluster has 4 ranks
         assert f"✅ Y at TP degree {p} matches dense" in out
     assert "✅ Y = block(X) matches dense" in out
-    assert "✅ dL/dX and all 14 parameter gradients match dense, each reassembled from its shards" in out
+    assert "✅ dL/dX and all 15 parameter gradients match dense, each reassembled from its shards" in out
     for p in (1, 2, 4):   # a backward check at every timed degree
-        assert f"✅ TP={p}: dL/dX and all 14 parameter gradients match dense" in out
+        assert f"✅ TP={p}: dL/dX and all 15 parameter gradients match dense" in out
     for p in (2, 4):      # DDP on the same ranks, checked and timed
-        assert f"✅ DDP on {p} ranks: all 14 gradients match dense" in out
+        assert f"✅ DDP on {p} ranks: all 15 gradients match dense" in out
 
 
 def test_timing_says_nothing_misleading_on_cpu_engines(run):
