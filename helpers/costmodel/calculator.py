@@ -8,9 +8,11 @@ micro-batch, the precision, the GPU and its links) and returns a :class:`Plan`:
   and FSDP's floor (what every GPU keeps however many GPUs shard the rest: its activations and
   one all-gathered layer), at each TP degree;
 * the time of one layer's training step at each degree: compute (the layer's FLOPs over p GPUs
-  (:func:`.flops.block_flops`) at a matmul rate times an efficiency curve -- measured in the
-  notebook, or the H100 :data:`.hardware.REFERENCE` table) plus TP's four all-reduces on the link
-  the TP group uses (NVLink inside a node, the network across: :mod:`.collectives`), no overlap;
+  (:func:`.flops.block_flops`) at the GPU's achieved matmul rate (:data:`.hardware.GPUS`: A100 40GB,
+  Derecho's, by default; or a learner's own measured rate) times an efficiency curve e(p) --
+  measured in the notebook, or the relative curve of the H100 :data:`.hardware.REFERENCE` table)
+  plus TP's four all-reduces as rings on the node layout (:func:`.collectives.ring_time`: NVLink
+  inside a node; across nodes all the node's NICs, and the one-NIC bound beside it), no overlap;
 * the recommendation, in the chapter's terms: TP within the node, FSDP across.
 
 Input problems never raise from :func:`check_inputs`: it returns the messages (the widget shows
@@ -33,7 +35,18 @@ from dataclasses import dataclass, field, replace
 from .collectives import collective_time, tp_comm_time_per_layer
 from .dims import LLAMA2_70B, PRECISIONS, ModelDims, Setup, layer_param_specs
 from .flops import block_flops
-from .hardware import A100_40GB, DERECHO, DERECHO_DECODE_NVLINK, GPU, REFERENCE_SOURCE, Link, reference_curve
+from .hardware import (
+    A100_40GB,
+    DEFAULT_GPU,
+    DERECHO,
+    DERECHO_DECODE_NVLINK,
+    GPU,
+    GPUS,
+    REFERENCE_GPU,
+    REFERENCE_SOURCE,
+    Link,
+    reference_curve,
+)
 from .memory import kv_cache_bytes, kv_heads_per_rank, memory_per_rank, param_elements_per_rank
 
 __all__ = ["DTYPES", "CalculatorInputs", "DegreeRow", "Plan", "check_inputs", "plan", "interpolate_efficiency",
@@ -70,11 +83,14 @@ def interpolate_efficiency(curve: dict[int, float], p: int) -> float:
 @dataclass(frozen=True)
 class CalculatorInputs:
     """What the calculator needs. Defaults: Llama 2 70B on Derecho (4 A100 40 GB per node,
-    NVLink 300 GB/s and Slingshot 25 GB/s per GPU and direction: :data:`.hardware.DERECHO`).
+    NVLink 300 GB/s per GPU and direction, Slingshot 25 GB/s per NIC and direction, 4 NICs per
+    node: :data:`.hardware.DERECHO`).
 
     batch × seq_len = the tokens of one micro-batch (what one TP group processes per step).
-    ``tp``: the degree you are considering. ``matmul_tflops``: the achieved rate of one GPU at
-    TP=1 (None: the :data:`.hardware.REFERENCE` row nearest in tokens -- an H100, faster than an A100).
+    ``tp``: the degree you are considering. ``gpu``: a :data:`.hardware.GPUS` name (its achieved
+    rate for ``dtype``). ``matmul_tflops``: your own measured rate of one GPU at TP=1, replacing the
+    GPU's (None: the GPU's). ``nics_per_node``: the NICs NCCL's channels spread over (1: the whole
+    ring through one NIC).
     ``flash_attention``: a fused attention kernel keeps no (heads × s × s) score matrix for the
     backward (notebook 03's model keeps it by default).
     """
@@ -94,6 +110,8 @@ class CalculatorInputs:
     gpus_per_node: int = DERECHO.gpus_per_node
     intra_node_gb_s: float = DERECHO.nvlink.bandwidth / GB
     inter_node_gb_s: float = DERECHO.slingshot.bandwidth / GB
+    nics_per_node: int = DERECHO.nics_per_node
+    gpu: str = DEFAULT_GPU
     tp: int = DERECHO.gpus_per_node
     matmul_tflops: float | None = None
     flash_attention: bool = False
@@ -122,7 +140,8 @@ def check_inputs(inp: CalculatorInputs) -> list[str]:
     ['TP degree 8 is above the 4 GPUs of a node: its all-reduces would cross the node boundary ...']
     """
     problems = []
-    for name in ("d_model", "n_layers", "n_heads", "d_ff", "batch", "seq_len", "gpus_per_node", "tp"):
+    for name in ("d_model", "n_layers", "n_heads", "d_ff", "batch", "seq_len", "gpus_per_node", "tp",
+                 "nics_per_node"):
         v = getattr(inp, name)
         if not _whole(v) or v < 1:
             problems.append(f"{name} must be a positive whole number, got {v!r}")
@@ -138,6 +157,8 @@ def check_inputs(inp: CalculatorInputs) -> list[str]:
             inp.matmul_tflops, (int, float)) or not inp.matmul_tflops > 0):
         problems.append(f"matmul_tflops must be a positive number (or empty for the reference), "
                         f"got {inp.matmul_tflops!r}")
+    if inp.gpu not in GPUS:
+        problems.append(f"gpu must be one of {', '.join(GPUS)}, got {inp.gpu!r}")
     if inp.dtype not in DTYPES:
         problems.append(f"dtype must be one of {', '.join(sorted(DTYPES))}, got {inp.dtype!r}")
     if problems:
@@ -185,6 +206,8 @@ class DegreeRow:
     compute_s: float
     comm_s: float
     efficiency: float
+    comm_s_slow: float = 0.0      # the slow bound: one NIC across nodes, one NVLink pair per ring
+
 
     @property
     def step_s(self) -> float:
@@ -231,15 +254,20 @@ class Plan:
         return next((r.tp for r in self.rows if r.fsdp_fits), None)
 
 
-def _links(inp: CalculatorInputs) -> tuple[Link, Link]:
-    intra = Link(f"intra-node ({inp.intra_node_gb_s:g} GB/s)", inp.intra_node_gb_s * GB,
+def _node(inp: CalculatorInputs):
+    """Derecho's node with the inputs' GPUs per node, NICs and link speeds (latencies: NCCL's)."""
+    intra = Link(f"intra-node ({inp.intra_node_gb_s:g} GB/s per GPU)", inp.intra_node_gb_s * GB,
                  DERECHO.nvlink.latency, DERECHO.nvlink.source)
-    inter = Link(f"inter-node ({inp.inter_node_gb_s:g} GB/s)", inp.inter_node_gb_s * GB,
-                 DERECHO.slingshot.latency, DERECHO.slingshot.source)
-    return intra, inter
+    pair = Link(f"intra-node, one GPU pair ({inp.intra_node_gb_s / max(inp.gpus_per_node - 1, 1):g} GB/s)",
+                inp.intra_node_gb_s * GB / max(inp.gpus_per_node - 1, 1), DERECHO.nvlink.latency,
+                DERECHO.nvlink_pair.source)
+    nic = Link(f"inter-node ({inp.inter_node_gb_s:g} GB/s per NIC)", inp.inter_node_gb_s * GB,
+               DERECHO.slingshot.latency, DERECHO.slingshot.source)
+    return replace(DERECHO, gpu=GPUS[inp.gpu], gpus_per_node=inp.gpus_per_node, nics_per_node=inp.nics_per_node,
+                   nvlink=intra, nvlink_pair=pair, slingshot=nic)
 
 
-def _degree_row(dims, inp, t, rate, curve, intra, inter) -> DegreeRow:
+def _degree_row(dims, inp, t, rate, curve, node) -> DegreeRow:
     precision = DTYPES[inp.dtype]
     cap = inp.gpu_memory_gb * GB
     setup = Setup(f"TP={t}", tp=t)
@@ -252,13 +280,14 @@ def _degree_row(dims, inp, t, rate, curve, intra, inter) -> DegreeRow:
     # one layer all-gathered (its weights and their full gradients before the reduce-scatter)
     gathered = param_elements_per_rank(dims, setup) * (prec.param + prec.grad)
     floor = dims.n_layers * one.activations + gathered
-    link = intra if t <= inp.gpus_per_node else inter
-    comm = tp_comm_time_per_layer(dims, t, batch=inp.batch, seq_len=inp.seq_len, precision=precision,
-                                  link=link)["step"]
+    layout = dict(batch=inp.batch, seq_len=inp.seq_len, precision=precision, node=node,
+                  ranks_per_node=inp.gpus_per_node)
+    fast = tp_comm_time_per_layer(dims, t, nics_per_node=inp.nics_per_node, nvlink="gpu", **layout)
+    slow = tp_comm_time_per_layer(dims, t, nics_per_node=1, nvlink="pair", **layout)
     eff = interpolate_efficiency(curve, t)
     compute = block_flops(dims, inp.tokens, inp.seq_len) / t / (rate * 1e12 * eff)
     return DegreeRow(t, one.total, gathered, model, floor, one.total <= cap, model <= cap, floor <= cap,
-                     link.name, t <= inp.gpus_per_node, compute, comm, eff)
+                     fast["link"], t <= inp.gpus_per_node, compute, fast["step"], eff, slow["step"])
 
 
 def plan(inp: CalculatorInputs, efficiency: dict[int, float] | None = None,
@@ -275,21 +304,26 @@ def plan(inp: CalculatorInputs, efficiency: dict[int, float] | None = None,
     if problems:
         raise ValueError("; ".join(problems))
     dims = _dims(inp)
-    ref_rate, ref_curve, ref_tokens = reference_curve(inp.dtype, inp.tokens)
-    rate = inp.matmul_tflops or ref_rate
+    _, ref_curve, ref_tokens = reference_curve(inp.dtype, inp.tokens)
+    gpu = GPUS[inp.gpu]
+    rate = inp.matmul_tflops or gpu.rate(inp.dtype)
     if efficiency:
         curve = {int(k): float(v) for k, v in efficiency.items()}
         source = efficiency_source or "measured"
     else:
         curve = ref_curve
-        source = efficiency_source or f"reference: H100, {inp.dtype}, {ref_tokens} tokens ({REFERENCE_SOURCE})"
-    if not inp.matmul_tflops:
-        source += f"; rate at TP=1: {ref_rate:g} TFLOP/s (reference, {ref_tokens} tokens)"
-    intra, inter = _links(inp)
+        source = efficiency_source or (f"e(p): the {REFERENCE_GPU} reference's relative curve, {inp.dtype}, "
+                                       f"{ref_tokens} tokens ({REFERENCE_SOURCE})")
+    if inp.matmul_tflops:
+        source += f"; rate at TP=1: {rate:g} TFLOP/s (yours)"
+    else:
+        source += (f"; rate at TP=1: {rate:.0f} TFLOP/s = {gpu.name}'s {inp.dtype} peak "
+                   f"{gpu.peak_tflops[inp.dtype]:g} × {gpu.achieved[inp.dtype]:.3f} achieved ({gpu.achieved_source})")
+    node = _node(inp)
     top = max(16, 4 * inp.gpus_per_node)
     degrees = sorted({t for t in [2 ** k for k in range(int(math.log2(top)) + 1)] + [inp.gpus_per_node, inp.tp]
                       if t <= top and _splits(dims, t)})
-    rows = [_degree_row(dims, inp, t, rate, curve, intra, inter) for t in degrees]
+    rows = [_degree_row(dims, inp, t, rate, curve, node) for t in degrees]
     result = Plan(inp, rows, rate, source)
     return replace(result, recommendation=_recommend(result))
 
@@ -346,8 +380,10 @@ def _recommend(pl: Plan) -> list[str]:
     lines.append(f"Use TP={best.tp} within the node ({best.link}), {where}: {_gb(need)} per GPU; "
                  f"communication is {best.comm_share:.0%} of each step.")
     if across:
+        slow_share = across.comm_s_slow / (across.compute_s + across.comm_s_slow)
         lines.append(f"Do not stretch TP across nodes: at TP={across.tp} the all-reduces run over the "
-                     f"{across.link} link and take {across.comm_share:.0%} of the step.")
+                     f"network ({across.link}) and take {across.comm_share:.0%} of the step with "
+                     f"{inp.nics_per_node} NIC(s) per node in use, {slow_share:.0%} through one NIC.")
     return lines
 
 

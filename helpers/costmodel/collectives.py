@@ -22,8 +22,10 @@ all-gather); broadcast and reduce: the root talks to each other rank directly. R
 other algorithms (trees, pipelines) whose per-rank bytes differ by small factors; the ratios
 between layouts do not depend on that choice.
 
-Also here: the alpha-beta time of a collective (:func:`collective_time`) and its inverse, a link's
-latency and bandwidth fitted to measured all-reduces (:func:`fit_link`); what Megatron-style TP
+Also here: the alpha-beta time of a collective (:func:`collective_time`); a ring on a node layout
+(:func:`ring_time`: ranks per node, NICs per node, which link bounds each ring step); its inverse,
+a link's latency and bandwidth fitted to measured all-reduces (:func:`fit_link`, and
+:func:`fit_alpha_beta` over several message sizes, with R² and the worst relative error); what Megatron-style TP
 moves per block (:func:`tp_collectives_per_layer`, :func:`tp_bytes_per_layer`,
 :func:`tp_comm_time_per_layer`); and notebook 04's three layouts of Y = X·W (:data:`COMM_FORMULAS`).
 """
@@ -31,11 +33,13 @@ moves per block (:func:`tp_collectives_per_layer`, :func:`tp_bytes_per_layer`,
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from .dims import ModelDims, precision_of
-from .hardware import Link, tp_link
+from .hardware import DERECHO, Link, tp_link
 
-__all__ = ["KINDS", "bytes_sent", "bytes_received", "steps", "collective_time", "fit_link", "fit_link_points",
+__all__ = ["KINDS", "bytes_sent", "bytes_received", "steps", "collective_time", "fit_link", "RingTime",
+           "ring_time", "fit_alpha_beta",
            "tp_collectives_per_layer", "tp_bytes_per_layer", "tp_comm_time_per_layer",
            "grid_side", "bytes_1d_column", "bytes_1d_row", "bytes_summa", "COMM_FORMULAS"]
 
@@ -110,6 +114,67 @@ def collective_time(nbytes: float, bandwidth: float, latency: float = 0.0, kind:
     return steps(kind, p) * latency + busiest / bandwidth
 
 
+@dataclass(frozen=True)
+class RingTime:
+    """One ring collective on a node layout: ``seconds`` in all, ``steps`` ring steps of
+    ``step_bytes`` per rank each, every step bounded by the link ``bound_by`` (effective
+    ``bandwidth`` bytes/s, ``latency`` s per step), over ``nodes`` nodes."""
+
+    seconds: float
+    steps: int
+    step_bytes: float
+    bound_by: str
+    bandwidth: float
+    latency: float
+    nodes: int
+
+
+def ring_time(kind: str, nbytes: float, p: int, *, ranks_per_node: int, nics_per_node: int = 1,
+              nvlink: str = "gpu", node=DERECHO) -> RingTime:
+    """A ring collective of a full tensor of ``nbytes`` over ``p`` ranks laid out ``ranks_per_node``
+    to a node, on ``node``'s links. Every step, every rank sends one chunk
+    (:func:`bytes_sent` / :func:`steps`) to its ring neighbour, all hops at once, so the slowest hop
+    bounds EVERY step:
+
+    - all ranks in one node: NVLink, ``nvlink="gpu"`` (all of a GPU's links: NCCL's channels over
+      different peers, the upper bound) or ``"pair"`` (one ring, one GPU pair's links);
+    - across nodes: each node sends one chunk per step out through its NICs (one crossing per ring
+      and node; NCCL splits the chunk over its channels, one NIC each), so the hop runs at
+      ``nics_per_node`` × one NIC's bandwidth, unless NVLink inside the node is slower; the step's
+      latency is the network's.
+
+    t = steps · (latency + step_bytes / bandwidth). Derecho, 8 ranks on 2 nodes, 100 MB:
+
+    >>> slow = ring_time("all_reduce", 1e8, 8, ranks_per_node=4, nics_per_node=1)
+    >>> fast = ring_time("all_reduce", 1e8, 8, ranks_per_node=4, nics_per_node=4)
+    >>> slow.bound_by, round(slow.seconds * 1e3, 3), fast.bound_by, round(fast.seconds * 1e3, 3)
+    ('Slingshot 11 (one NIC) × 1', 7.196, 'Slingshot 11 (one NIC) × 4', 1.946)
+    """
+    _check(kind, p)
+    if isinstance(ranks_per_node, bool) or not isinstance(ranks_per_node, int) or ranks_per_node < 1:
+        raise ValueError(f"ranks_per_node must be a positive whole number, got {ranks_per_node!r}")
+    if isinstance(nics_per_node, bool) or not isinstance(nics_per_node, int) or not 1 <= nics_per_node:
+        raise ValueError(f"nics_per_node must be a positive whole number, got {nics_per_node!r}")
+    if nvlink not in ("gpu", "pair"):
+        raise ValueError(f"nvlink must be 'gpu' (all of a GPU's links) or 'pair' (one GPU pair), got {nvlink!r}")
+    nodes = math.ceil(p / ranks_per_node)
+    n_steps = steps(kind, p)
+    chunk = max(bytes_sent(kind, nbytes, p, root=True), bytes_received(kind, nbytes, p, root=True)) / max(n_steps, 1)
+    intra = node.nvlink if nvlink == "gpu" else node.nvlink_pair
+    if p == 1:
+        return RingTime(0.0, 0, 0.0, "none (one rank)", math.inf, 0.0, 1)
+    if nodes == 1:
+        bound, bw, lat = intra.name, intra.bandwidth, intra.latency
+    else:
+        net_bw = nics_per_node * node.slingshot.bandwidth
+        if net_bw <= intra.bandwidth:
+            bound, bw = f"{node.slingshot.name} × {nics_per_node}", net_bw
+        else:
+            bound, bw = intra.name, intra.bandwidth
+        lat = max(node.slingshot.latency, intra.latency)
+    return RingTime(n_steps * (lat + chunk / bw), n_steps, chunk, bound, bw, lat, nodes)
+
+
 def fit_link(times: dict[int, float], nbytes: float, name: str = "fitted") -> Link:
     """A ring all-reduce's latency α (per step) and bandwidth β that best explain measured
     all-reduce seconds ``times[p]`` of an ``nbytes`` message (least squares, both >= 0):
@@ -121,45 +186,49 @@ def fit_link(times: dict[int, float], nbytes: float, name: str = "fitted") -> Li
     >>> round(link.latency * 1e6, 3), round(link.bandwidth / 1e9, 3)
     (2.0, 1.0)
     """
-    return fit_link_points([(p, nbytes, t) for p, t in times.items()], name,
-                           "fitted to the all-reduces measured in notebook 06")
+    return fit_alpha_beta([(p, nbytes, t) for p, t in times.items()], name=name, min_points=1)[0]
 
 
-def fit_link_points(points, name: str = "fitted", source: str = "fitted to measured all-reduces") -> Link:
-    """α and β from measured all-reduces ``points`` = [(p, nbytes, seconds), ...]: several degrees,
-    several message sizes, or both (notebook 07 measures sizes from a decode step's few hundred bytes
-    to a prefill's). Same model and same fallbacks as :func:`fit_link`.
+def fit_alpha_beta(points: list[tuple[int, float, float]], kind: str = "all_reduce",
+                   name: str = "fitted", min_points: int = 2) -> tuple[Link, dict]:
+    """α (s per ring step) and β (bytes/s) of t = steps(p)·α + bytes_sent(n, p)/β, least squares
+    over measured ``points`` [(p, n bytes, seconds), ...] -- several message sizes and/or degrees
+    (both α, β >= 0, as :func:`fit_link`). Returns the link and how well it fits:
+    {"r2": coefficient of determination, "max_rel_err": worst |model - measured| / measured,
+    "points": how many}.
 
-    >>> pts = [(4, n, 6 * 50e-6 + 1.5 * n / 2e9) for n in (256, 65536, 4 * 2**20)]
-    >>> link = fit_link_points(pts)
-    >>> round(link.latency * 1e6, 3), round(link.bandwidth / 1e9, 3)
-    (50.0, 2.0)
+    >>> pts = [(4, n, 6 * 1e-5 + 1.5 * n / 1e9) for n in (1e4, 1e5, 1e6)]
+    >>> link, q = fit_alpha_beta(pts)
+    >>> round(link.latency * 1e6, 3), round(link.bandwidth / 1e9, 3), round(q["r2"], 6), q["max_rel_err"] < 1e-9
+    (10.0, 1.0, 1.0, True)
     """
-    pts = [(steps("all_reduce", p), bytes_sent("all_reduce", n, p), t) for p, n, t in points if p > 1 and t > 0]
-    if not pts:
-        raise ValueError("fitting a link needs the time of at least one all-reduce on 2 or more ranks")
+    pts = [(steps(kind, p), bytes_sent(kind, n, p), t) for p, n, t in points if p > 1 and t > 0]
+    if len(pts) < max(1, min_points):
+        raise ValueError(f"fit_alpha_beta needs at least {max(1, min_points)} timing(s) on 2 or more ranks, "
+                         f"got {len(pts)}; measure at least 3 message sizes")
+    saa = sum(a * a for a, _, _ in pts)
+    sxx = sum(x * x for _, x, _ in pts)
+    sax = sum(a * x for a, x, _ in pts)
+    sat = sum(a * t for a, _, t in pts)
+    sxt = sum(x * t for _, x, t in pts)
+    det = saa * sxx - sax * sax
+    candidates = [(0.0, sxt / sxx)] + ([(sat / saa, 0.0)] if len(pts) > 1 else [])   # one point: bandwidth only
+    if det:
+        both = ((sat * sxx - sax * sxt) / det, (saa * sxt - sax * sat) / det)
+        if both[0] >= 0 and both[1] > 0:
+            candidates.append(both)
 
-    def error(alpha, w):
-        return sum((a * alpha + x * w - t) ** 2 for a, x, t in pts)
+    def sse(c):
+        return sum((a * c[0] + x * c[1] - t) ** 2 for a, x, t in pts)
 
-    # w = 1/β; "bandwidth only" and "latency only" least squares
-    bandwidth_only = (0.0, sum(x * t for _, x, t in pts) / sum(x * x for _, x, _t in pts))
-    latency_only = (sum(a * t for a, _, t in pts) / sum(a * a for a, _, _t in pts), 0.0)
-    candidates = [bandwidth_only] if len(pts) == 1 else [bandwidth_only, latency_only]
-    if len(pts) > 1:
-        saa = sum(a * a for a, _, _ in pts)
-        sxx = sum(x * x for _, x, _ in pts)
-        sax = sum(a * x for a, x, _ in pts)
-        sat = sum(a * t for a, _, t in pts)
-        sxt = sum(x * t for _, x, t in pts)
-        det = saa * sxx - sax * sax
-        if det:
-            both = ((sat * sxx - sax * sxt) / det, (saa * sxt - sax * sat) / det)
-            if both[0] >= 0 and both[1] > 0:
-                candidates = [both]
-    alpha, w = min(candidates, key=lambda c: error(*c))
-    bandwidth = 1.0 / w if w > 0 else math.inf
-    return Link(name, bandwidth, alpha, source)
+    alpha, w = min(candidates, key=sse)
+    mean = sum(t for _, _, t in pts) / len(pts)
+    sst = sum((t - mean) ** 2 for _, _, t in pts)
+    quality = {"r2": 1.0 - sse((alpha, w)) / sst if sst > 0 else 1.0,
+               "max_rel_err": max(abs(a * alpha + x * w - t) / t for a, x, t in pts), "points": len(pts)}
+    link = Link(name, 1.0 / w if w > 0 else math.inf, alpha,
+                f"fitted to {len(pts)} measured {kind.replace('_', '-')}s")
+    return link, quality
 
 
 # ------------------------------------------------------------------------------ TP per block
@@ -207,21 +276,33 @@ def tp_bytes_per_layer(dims: ModelDims, tp: int, *, batch: int, seq_len: int, pr
 
 
 def tp_comm_time_per_layer(dims: ModelDims, tp: int, *, batch: int, seq_len: int, precision="bf16-mixed",
-                           link: Link | None = None) -> dict:
-    """Modelled seconds of TP's collectives in ONE block per step (forward, backward, both) on
-    ``link`` (default: :func:`~helpers.costmodel.hardware.tp_link` of ``tp`` on Derecho).
+                           link: Link | None = None, ranks_per_node: int | None = None,
+                           nics_per_node: int | None = None, nvlink: str = "gpu", node=DERECHO) -> dict:
+    """Modelled seconds of TP's collectives in ONE block per step (forward, backward, both).
+
+    With ``link``: every all-reduce on that one link (:func:`collective_time`; e.g. a link fitted to
+    measurements). Without: a ring on ``node``'s layout (:func:`ring_time`): ``ranks_per_node``
+    (default: the node's GPUs), ``nics_per_node`` (default: all the node's NICs, NCCL's channels
+    spread over them; 1: the whole ring through one NIC) and ``nvlink`` ("gpu" or "pair").
+    ``out["link"]`` names the link that bounds every ring step.
 
     >>> from .dims import LLAMA2_13B
     >>> t = tp_comm_time_per_layer(LLAMA2_13B, 4, batch=1, seq_len=4096)
-    >>> round(t["step"] * 1e3, 3)    # ms: 4 all-reduces of 42 MB over NVLink
-    0.839
+    >>> round(t["step"] * 1e3, 3), t["link"]   # ms: 4 all-reduces of 42 MB over NVLink, 24 steps × 3.4 µs
+    (0.92, 'NVLink 3 (all links of a GPU)')
     """
-    link = link or tp_link(tp)
     out = {"forward": 0.0, "backward": 0.0}
+    name = link.name if link else None
     for c in tp_collectives_per_layer(dims, tp, batch=batch, seq_len=seq_len, precision=precision):
-        out[c["phase"]] += collective_time(c["bytes"], link.bandwidth, link.latency, c["kind"], tp)
+        if link is not None:
+            t = collective_time(c["bytes"], link.bandwidth, link.latency, c["kind"], tp)
+        else:
+            r = ring_time(c["kind"], c["bytes"], tp, ranks_per_node=ranks_per_node or node.gpus_per_node,
+                          nics_per_node=nics_per_node or node.nics_per_node, nvlink=nvlink, node=node)
+            t, name = r.seconds, r.bound_by
+        out[c["phase"]] += t
     out["step"] = out["forward"] + out["backward"]
-    out["link"] = link.name
+    out["link"] = name or (link or tp_link(tp, node.gpus_per_node, node)).name
     return out
 
 

@@ -7,8 +7,9 @@ for problems (shown as sentences, never a traceback), and shows the :class:`Plan
 
 Browser tests: ``.tp-calculator`` is the widget; each field has a class ``tp-calc-<name>``
 (``tp-calc-tp``, ``tp-calc-gpu_memory_gb``, ``tp-calc-d_model``, ...) with an ``<input>`` inside;
-``.tp-calc-message`` holds the problems (empty when there are none), ``.tp-calc-result`` the
-plan (its first line is ``TP calculator: <n> updates``), ``img.tp-calc-image`` the bar chart.
+``.tp-calc-gpu`` picks the GPU (A100 40GB, Derecho's, by default; H100 80GB), which sets the GPU
+memory and the achieved matmul rate; ``.tp-calc-message`` holds the problems (empty when there are
+none), ``.tp-calc-result`` the plan (its first line is ``TP calculator: <n> updates``), ``img.tp-calc-image`` the bar chart.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import matplotlib.pyplot as plt
 
 from ..costmodel.calculator import DTYPES, CalculatorInputs, Plan, check_inputs, derecho_inputs, plan
 from ..costmodel.dims import PRESETS
+from ..costmodel.hardware import GPUS
 from .figure import TEXT, figure_to_png, new_figure
 from .timing import PART_COLORS
 
@@ -29,11 +31,11 @@ _LABELS = {
     "d_model": "d_model", "n_layers": "layers", "n_heads": "heads", "n_kv_heads": "kv heads (0: =heads)",
     "d_ff": "d_ff", "vocab": "vocab (0: none)", "batch": "sequences", "seq_len": "seq length",
     "gpu_memory_gb": "GPU memory (GB)", "gpus_per_node": "GPUs per node",
-    "intra_node_gb_s": "intra-node GB/s", "inter_node_gb_s": "inter-node GB/s", "tp": "TP degree to try",
-    "matmul_tflops": "TFLOP/s at TP=1 (0 = ref)",
+    "intra_node_gb_s": "NVLink GB/s per GPU", "inter_node_gb_s": "GB/s per NIC", "tp": "TP degree to try",
+    "nics_per_node": "NICs per node in use", "matmul_tflops": "your TFLOP/s at TP=1 (0: GPU's)",
 }
 _INTS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab", "batch", "seq_len",
-         "gpus_per_node", "tp")
+         "gpus_per_node", "tp", "nics_per_node")
 _FLOATS = ("gpu_memory_gb", "intra_node_gb_s", "inter_node_gb_s", "matmul_tflops")
 _MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab")
 
@@ -62,14 +64,18 @@ def plan_html(pl: Plan) -> str:
         rows.append(
             f"<tr{style}><td>{r.tp}</td><td>{'yes' if r.within_node else 'no'}</td><td>{_gb(r.layer_bytes)}</td>"
             f"<td>{_gb(r.model_bytes)}</td><td>{_gb(r.fsdp_floor_bytes)}</td>"
-            f"<td>{1e3 * r.compute_s:.2f}</td><td>{1e3 * r.comm_s:.2f}</td><td><b>{r.comm_share:.0%}</b></td>"
+            f"<td>{1e3 * r.compute_s:.2f}</td><td>{1e3 * r.comm_s:.2f} ({1e3 * r.comm_s_slow:.2f})</td>"
+            f"<td><b>{r.comm_share:.0%}</b></td>"
             f"<td>{r.efficiency:.0%}</td></tr>")
     table = ("<table class='tp-calc-table'><tr><th>TP</th><th>in one node</th><th>layer / GPU</th>"
-             "<th>model / GPU (TP only)</th><th>FSDP floor / GPU</th><th>compute ms</th><th>comm ms</th>"
+             "<th>model / GPU (TP only)</th><th>FSDP floor / GPU</th><th>compute ms</th>"
+             "<th>comm ms (1 NIC, 1 NVLink pair)</th>"
              "<th>comm share</th><th>matmul eff.</th></tr>" + "".join(rows) + "</table>")
     note = (f"<small>Per layer and training step; no overlap of communication and compute. Efficiency: "
             f"{html.escape(pl.efficiency_source)}. Memory: notebook 03's model (AdamW, no activation "
-            f"checkpointing, no allocator overhead). Links: Derecho's, cited in helpers.costmodel.hardware.</small>")
+            f"checkpointing, no allocator overhead). Links: Derecho's, cited in helpers.costmodel.hardware; comm ms: "
+            f"rings over {inp.nics_per_node} NIC(s) per node and all of a GPU's NVLinks, in brackets the slow "
+            f"bound (one NIC, one NVLink pair).</small>")
     return "<br>".join(head) + f"<ul>{rec}</ul>" + table + note
 
 
@@ -129,7 +135,7 @@ class TPCalculator(_base()):  # type: ignore[misc]
         self.preset.add_class("tp-calc-preset")
         self.fields = {}
         for f in fields(CalculatorInputs):
-            if f.name in ("dtype", "gated_mlp", "bias", "flash_attention"):
+            if f.name in ("dtype", "gated_mlp", "bias", "flash_attention", "gpu"):
                 continue
             v = getattr(inputs, f.name)
             if f.name in _INTS:
@@ -146,7 +152,9 @@ class TPCalculator(_base()):  # type: ignore[misc]
         self.dtype = widgets.Dropdown(options=sorted(DTYPES), value=inputs.dtype, description="dtype",
                                       style=style, layout=lay)
         self.dtype.add_class("tp-calc-dtype")
-        options = ["reference (H100 table)"] + ([measured_label] if self._measured else [])
+        self.gpu = widgets.Dropdown(options=list(GPUS), value=inputs.gpu, description="GPU", style=style, layout=lay)
+        self.gpu.add_class("tp-calc-gpu")
+        options = ["e(p): H100 table (bench_shard_gemm.py)"] + ([measured_label] if self._measured else [])
         self.efficiency = widgets.Dropdown(options=options, value=options[0], description="efficiency curve",
                                            style=style, layout=lay)
         self.efficiency.add_class("tp-calc-efficiency")
@@ -160,8 +168,9 @@ class TPCalculator(_base()):  # type: ignore[misc]
         self.updates = 0
         left = widgets.VBox([self.preset, *[self.fields[k] for k in _MODEL_FIELDS], self.gated,
                              *[self.fields[k] for k in ("batch", "seq_len")], self.flash, self.dtype,
+                             self.gpu,
                              *[self.fields[k] for k in ("gpu_memory_gb", "gpus_per_node", "intra_node_gb_s",
-                                                        "inter_node_gb_s", "tp", "matmul_tflops")],
+                                                        "inter_node_gb_s", "nics_per_node", "tp", "matmul_tflops")],
                              self.efficiency])
         right = widgets.VBox([self.message, self.result, self.image],
                              layout=widgets.Layout(width="760px"))
@@ -170,6 +179,7 @@ class TPCalculator(_base()):  # type: ignore[misc]
         self._filling = False
         self.update()
         self.preset.observe(self._on_preset, names="value")
+        self.gpu.observe(self._on_gpu, names="value")
         for w in (*self.fields.values(), self.gated, self.flash, self.dtype, self.efficiency):
             w.observe(self._on_change, names="value")
 
@@ -189,7 +199,7 @@ class TPCalculator(_base()):  # type: ignore[misc]
         model = PRESETS.get(self.preset.value)
         bias = model.bias if model is not None else self._inputs.bias
         return replace(self._inputs, **vals, dtype=self.dtype.value, gated_mlp=self.gated.value, bias=bias,
-                       flash_attention=self.flash.value)
+                       flash_attention=self.flash.value, gpu=self.gpu.value)
 
     # ---------------------------------------------------------------- events
     def _on_preset(self, change) -> None:
@@ -201,6 +211,15 @@ class TPCalculator(_base()):  # type: ignore[misc]
             for k in _MODEL_FIELDS:
                 self.fields[k].value = int(getattr(model, k) or 0)
             self.gated.value = model.gated_mlp
+        finally:
+            self._filling = False
+        self.update()
+
+    def _on_gpu(self, change) -> None:
+        """A GPU brings its memory (its rate comes with it in the plan)."""
+        self._filling = True
+        try:
+            self.fields["gpu_memory_gb"].value = GPUS[change["new"]].memory / 1e9
         finally:
             self._filling = False
         self.update()

@@ -59,7 +59,8 @@ def test_story_structure(committed):
                  "parallelize_module", 'mesh_dim_names=("fsdp", "tp")', 'mesh_dim_names=("tp", "fsdp")',
                  "clip_grad_norm_", "CommDebugMode", "measure_training_step"):
         assert name in src, name
-    assert src.count('expect="mismatch"') == 1          # different batches inside one TP group
+    assert src.count('expect="mismatch"') == 2          # the chapter's layer names; a sampler over the world
+    assert "DistributedSampler(dataset, shuffle=False)" in src and "num_replicas=FSDP" in src
     ex = tagged_cell(committed, "exercise-1")
     assert ex.cell_type == "code" and ex.source.startswith("%%px") and "← your code" in ex.source
     sol = solution_code(committed, "1")
@@ -90,6 +91,12 @@ def test_nodes_mesh_memory_training_and_comm(run_blank):
             "rank; the cost model says 2 and 2") in text
     assert "❗ the TP group of ranks [0, 2] crosses node0 and node1" in text
     assert "measured  here: TP=2 inside node0" in text and "modelled  Derecho TP=8" in text
+    assert "blocks.0.attn      PrepareModuleInput(" in text                # the plan, printed
+    assert "Parallelize plan key 'ffn.w1'" in text and "['Parameter', 'Parameter'" in text
+    assert "⚠ caught by the dense check" in text and "check_plan refuses it" in text
+    assert "with the sampler over the dp dim, all" in text and "gradients match dense" in text
+    assert "(all 4 NICs) to" in text and "(one NIC) as long" in text
+    assert "Shard(0)" in text and "fsdp" in text                            # the 2-D placement, printed
     pngs = sum(1 for c in run_blank.cells if c.cell_type == "code"
                for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
     assert pngs >= 8   # 3 mesh maps, memory bars, fit grid, training curves, break-it heatmap, comm bars
@@ -97,6 +104,8 @@ def test_nodes_mesh_memory_training_and_comm(run_blank):
 
 def test_solution_passes_the_checker(run_solved):
     assert_run(run_solved, EXERCISES, solved=True, label="03")
+    out = cell_text(tagged_cell(run_solved, "check-1"))
+    assert "✅ dL/dX and all" in out and "parameter gradients match dense" in out
 
 
 # ------------------------------------------------------------------------------ bad input

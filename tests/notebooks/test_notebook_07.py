@@ -39,7 +39,7 @@ def test_story_structure(committed):
     assert len(px) >= 12
     src = "\n".join(c.source for c in cells if c.cell_type == "code")
     for needle in ("ParallelGPT.from_dense", "generate(", "cache_figure(", "kv_cache_bytes(", "tp_subgroup(",
-                   "turns(", "StepTimer", "sequences_that_fit(", "fit_link_points(", "alpha_beta_figure(",
+                   "turns(", "StepTimer", "sequences_that_fit(", "fit_alpha_beta(", "alpha_beta_figure(",
                    "decode_token_time(", 'tp_plan="auto"', "base_model_tp_plan", 'expect="mismatch"',
                    "shared_device_note(cluster.info())"):
         assert needle in src, needle

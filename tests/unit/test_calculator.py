@@ -88,7 +88,7 @@ def test_llama70b_on_derecho_recommends_tp4_in_node_fsdp_across():
     shares = [p.row(t).comm_share for t in (1, 2, 4, 8)]
     assert shares[0] == 0 and shares[1] < shares[2] < shares[3]
     assert p.row(4).link.startswith("intra-node") and p.row(8).link.startswith("inter-node")
-    assert p.row(8).comm_share > 0.5
+    assert p.row(8).comm_share > 0.25 and p.row(8).comm_s_slow > p.row(8).comm_s
 
 
 def test_comm_share_by_hand():
@@ -99,20 +99,21 @@ def test_comm_share_by_hand():
                          seq_len=1000, intra_node_gb_s=1.0, matmul_tflops=1.0, tp=2)
     p = plan(inp, efficiency={1: 1.0, 2: 0.5})
     # each all-reduce moves 1000 tokens × 1000 × 4 B = 4 MB; ring at p=2: 2·(1/2)·4 MB = 4 MB per
-    # rank, over 1 GB/s = 4 ms; latency 0 (the model's NVLink); 4 all-reduces per step = 16 ms
-    assert DERECHO.nvlink.latency == 0.0
-    assert p.row(2).comm_s == pytest.approx(4 * collective_time(4e6, 1e9, 0.0, "all_reduce", 2))
-    assert p.row(2).comm_s == pytest.approx(0.016)
+    # rank, over 1 GB/s = 4 ms, + 2 ring steps × NCCL's 3.4 µs NVLink latency; 4 all-reduces per step
+    assert DERECHO.nvlink.latency == 3.4e-6
+    assert p.row(2).comm_s == pytest.approx(4 * collective_time(4e6, 1e9, 3.4e-6, "all_reduce", 2))
+    assert p.row(2).comm_s == pytest.approx(0.016 + 4 * 2 * 3.4e-6)
     # compute: linear weights 4·1000² + 2·1000·4000 = 12e6; FLOPs = 3·(2·1000·12e6 + 2·2·1000·1000·1000)
     #   = 3·(24e9 + 4e9) = 84e9; at TP=2: 42e9 FLOPs at 1 TFLOP/s × 0.5 = 84 ms
     assert block_flops(dims, 1000, 1000) == 84e9
     assert p.row(2).compute_s == pytest.approx(0.084)
-    assert p.row(2).comm_share == pytest.approx(0.016 / 0.100)
+    assert p.row(2).comm_share == pytest.approx(p.row(2).comm_s / (0.084 + p.row(2).comm_s))
     assert p.row(1).compute_s == pytest.approx(0.084) and p.row(1).comm_s == 0
 
 
 def test_reference_table_is_the_cited_one():
-    assert REFERENCE_SOURCE == "measured by the project on an H100, torch 2.11, 2026-11-25"
+    assert REFERENCE_SOURCE == ("measured by the project with benchmarks/bench_shard_gemm.py on an H100 (80 GB), "
+                                "torch 2.11, 2026-11-25")
     assert REFERENCE[("bf16", 4096)] == (807.2, {1: 1.0, 2: 0.94, 4: 0.91, 8: 0.83, 16: 0.78})
     assert REFERENCE[("fp32", 16)][1][16] == 0.54
     assert reference_curve("bf16", 20000)[2] == 16384

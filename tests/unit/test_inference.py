@@ -19,7 +19,7 @@ from helpers.costmodel import (
     LLAMA2_7B,
     LLAMA2_70B,
     decode_token_time,
-    fit_link_points,
+    fit_alpha_beta,
     inference_weight_bytes,
     kv_cache_bytes,
     kv_heads_per_rank,
@@ -116,10 +116,11 @@ def test_decode_token_time_by_hand():
 def test_fit_link_over_message_sizes():
     alpha, beta, p = 80e-6, 1.5e9, 4
     pts = [(p, n, 2 * (p - 1) * alpha + 2 * (p - 1) / p * n / beta) for n in (256, 4096, 65536, 2**20, 4 * 2**20)]
-    link = fit_link_points(pts)
+    link, fit = fit_alpha_beta(pts)
     assert link.latency == pytest.approx(alpha) and link.bandwidth == pytest.approx(beta)
-    with pytest.raises(ValueError, match="at least one all-reduce"):
-        fit_link_points([(1, 256, 1e-3)])
+    assert fit["r2"] == pytest.approx(1.0) and fit["points"] == 5
+    with pytest.raises(ValueError, match="on 2 or more ranks"):
+        fit_alpha_beta([(1, 256, 1e-3)])
 
 
 # ------------------------------------------------------------------------------ the models, one process
