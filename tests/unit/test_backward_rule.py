@@ -1,7 +1,7 @@
 """The course's rule for backward passes, enforced on every notebook.
 
 A ``%%px`` cell whose code calls ``.backward(`` must be followed, before the next ``%%px`` cell,
-by a notebook cell that checks the gradients against dense: a ``compare_grads(`` call, or an
+by a notebook cell that checks the gradients against dense: a ``compare_grads(`` call, a ``compare("dL/d…`` of one gradient, or an
 exercise checker (``exercises.check_...``), which compares them itself. A forward-only check
 after a backward, or none, is how a wrong *f* or *g* goes unnoticed.
 
@@ -22,7 +22,7 @@ from support.notebook import solution_code, tagged_cell, tags
 
 NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "notebooks", "*.ipynb")))
 _BACKWARD = re.compile(r"\.backward\(")
-_GRAD_CHECK = re.compile(r"\bcompare_grads\(|\bexercises\.check_\w+\(")
+_GRAD_CHECK = re.compile(r"\bcompare_grads\(|\bexercises\.check_\w+\(|\bcompare\(\s*f?[\"']dL/d")   # a gradient vs dense
 
 
 def _code(cell) -> str:
