@@ -2,8 +2,9 @@
 
 A ``%%px`` cell whose code calls ``.backward(`` must be followed, before the next ``%%px`` cell,
 by a notebook cell that checks the gradients against dense: a ``compare_grads(`` call, a
-``compare("dL/d…`` of one gradient, or an exercise checker (``exercises.check_...``), which compares them itself. A forward-only check
-after a backward, or none, is how a wrong *f* or *g* goes unnoticed.
+``compare("dL/d…`` of one gradient, or an exercise checker (``exercises.check_...``), which
+compares them itself. A forward-only check after a backward, or none, is how a wrong *f* or *g*
+goes unnoticed.
 
 The rule is read from the cells' source (no kernel, no cluster): the notebooks as committed,
 and each exercise cell with its collapsed solution substituted (a solution may add a backward).
