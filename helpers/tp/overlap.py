@@ -209,11 +209,30 @@ def all_gather_matmul(x_r, w, group=None, *, spans: list | None = None):
     return AllGatherMatmul.apply(x_r, w, group, spans)
 
 
+class _GatherRows(torch.autograd.Function):
+    """All-gather rows forward; backward: the gathered gradient is partial on each rank (each used
+    the rows with its own columns), so all-reduce it and keep this rank's rows. (Written out here:
+    ``torch.distributed.nn.functional.all_gather``'s backward fails on gloo subgroups in torch 2.13.)"""
+
+    @staticmethod
+    def forward(ctx, x_r, group):
+        p, r = dist.get_world_size(group), dist.get_rank(group)
+        parts = [torch.empty_like(x_r) for _ in range(p)]
+        dist.all_gather(parts, x_r.contiguous(), group=group)
+        ctx.group, ctx.r, ctx.n = group, r, x_r.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.contiguous().clone()
+        dist.all_reduce(g, group=ctx.group)
+        return g[ctx.r * ctx.n:(ctx.r + 1) * ctx.n], None
+
+
 def gathered_matmul(x_r, w, group=None, *, spans: list | None = None):
     """The plain way, for comparison: all-gather X (autograd-aware), then one matmul."""
-    from torch.distributed.nn.functional import all_gather
     t0 = time.perf_counter()
-    x_full = torch.cat(all_gather(x_r.contiguous(), group=group), dim=0)   # (N, D)
+    x_full = _GatherRows.apply(x_r, group)                             # (N, D)
     t1 = time.perf_counter()
     y = x_full @ w.t()
     t2 = time.perf_counter()
