@@ -284,20 +284,29 @@ class TPCluster:
         that taking over does not wait for it.  True if a rank stayed busy (blocked in a
         collective, which SIGINT cannot stop): the group must then be rebuilt."""
         other = self.ref.read_driver()
-        if not other or other.get("id") == DRIVER_ID or not self.recovery.busy_ranks():
+        if not other or other.get("id") == DRIVER_ID or not self._busy_engines():
             return False
         try:
             self.client.send_signal(signal.SIGINT, targets=list(self.client.ids), block=True)
         except Exception:
             pass
         deadline = time.monotonic() + 1.0
-        while self.recovery.busy_ranks():
+        while self._busy_engines():
             if time.monotonic() > deadline:
                 print(f"connect(): {_who(other)} has a cell blocked in a collective on the engines; "
                       f"it ends at its process-group timeout, then the group is rebuilt")
                 return True
             time.sleep(0.05)
         return False
+
+    def _busy_engines(self) -> list[int]:
+        """Engines running or queueing a task (asked of the controller: answers while they work)."""
+        try:
+            status = self.client.queue_status(verbose=False)
+        except Exception:
+            return []
+        return [eid for eid, st in status.items() if isinstance(st, dict)
+                and st.get("tasks", 0) + st.get("queue", 0) > 0]
 
     def _release(self) -> None:
         """This notebook is done: if it still drives the engines, what it made there is
