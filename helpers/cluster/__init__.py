@@ -19,7 +19,7 @@ _EXPORTS = {
                    "cluster_processes", "is_running", "kill_processes", "start_cluster",
                    "stop_cluster", "visible_gpus"),
     ".magics": ("CollectiveError", "ProcessGroupError"),
-    ".recovery": ("CourseError", "DeadRankError", "Recovery"),
+    ".recovery": ("ClusterTakenError", "CourseError", "DeadRankError", "Recovery"),
     ".ref": ("ClusterRef",),
     ".tpcluster": ("DEFAULT_PG_TIMEOUT", "TPCluster", "connect", "probe_engines"),
 }

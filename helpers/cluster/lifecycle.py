@@ -26,6 +26,7 @@ from .ref import ClusterRef
 DEFAULT_START_TIMEOUT = 120.0  # seconds to wait for engines to register
 ENGINE_CMD = [sys.executable, "-m", "helpers.engine.main"]
 STOP_GRACE = 2.0  # seconds engines get to exit on their own before they are ended
+TERM_GRACE = 5.0  # seconds from SIGTERM to SIGKILL at a stop (a loaded controller takes ~3 s)
 
 
 def visible_gpus() -> int:
@@ -310,6 +311,7 @@ class StopReport:
     ended: list[int] = field(default_factory=list)  # pids that had to be killed
     exit_codes: list[int] = field(default_factory=list)  # of engines this process started
     log_tail: str = ""  # the engines' last output, kept only when something failed
+    why: str = ""  # why processes had to be killed, when some were
     seconds: float = 0.0
 
     @property
@@ -320,7 +322,7 @@ class StopReport:
         """One line for the learner; the engines' log tail follows only when something failed."""
         if not self.was_running and not self.ended:
             return f"no cluster {ref} was running"
-        extra = (f"; {len(self.ended)} process(es) did not exit and were killed"
+        extra = (f"; {len(self.ended)} process(es) did not exit and were killed{self.why}"
                  if self.ended else "")
         return f"cluster {ref} stopped in {self.seconds:.1f} s{extra}" + (
             self.log_tail if self.failed else "")
@@ -375,16 +377,40 @@ def stop_cluster(ref: ClusterRef, *, client=None, cluster=None) -> StopReport:
 
         psutil.wait_procs(engines, timeout=STOP_GRACE)
     alive = [p for p in procs.values() if p.is_running() and p.status() != "zombie"]
-    killed = kill_processes(alive, grace=1.0)
+    reapers = [p for p in alive if _is_reaper(p)]  # ended last: it cleans up if we die mid-stop
+    killed = kill_processes([p for p in alive if p not in reapers], grace=TERM_GRACE)
     report.ended = [p.pid for p in killed]
+    report.why = _why_killed(killed, engines, report.exited)
     if cluster is not None:
         report.exit_codes = _reap(cluster)
         if report.failed:
             report.log_tail = engine_log_tail(cluster)
         _forget(cluster)
     ref.remove_files()
+    report.ended += [p.pid for p in kill_processes(reapers, grace=1.0)]
     report.seconds = time.monotonic() - t0
     return report
+
+
+def _is_reaper(p) -> bool:
+    try:
+        return "helpers.cluster.reaper" in p.cmdline()[1:3]
+    except Exception:
+        return False
+
+
+def _why_killed(killed: list, engines: list, asked: int) -> str:
+    """Why processes had to be killed, in words (empty when none was)."""
+    if not killed:
+        return ""
+    pids = {p.pid for p in engines}
+    n_eng = sum(p.pid in pids for p in killed)
+    if not n_eng:
+        return " (not engines: the controller or a nanny ignored SIGTERM)"
+    if not asked:
+        return f" ({n_eng} engine(s): no client could reach the controller to ask them to exit)"
+    return (f" ({n_eng} engine(s) neither exited when asked nor on SIGTERM within "
+            f"{STOP_GRACE + TERM_GRACE:.0f} s: busy in a cell or stuck in a collective)")
 
 
 def _is_engine(p) -> bool:

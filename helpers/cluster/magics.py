@@ -141,6 +141,7 @@ class TPParallelMagics(ParallelMagics):
         super().__init__(shell, view)
 
     def parallel_execute(self, cell, block=None, groupby="type", save_name=None, **kwargs):
+        self.tpc.check_driver()  # another notebook took the cluster over: nothing is sent
         self.tpc.check_alive()
         self.tpc.follow_cwd()  # a %cd in the notebook moves the engines too
         block = self.view.block if block is None else block
@@ -157,6 +158,7 @@ class TPParallelMagics(ParallelMagics):
             self._interrupt(result)
             return None
         except ipp_error.CompositeError as e:
+            self.tpc.check_driver()  # interrupted by another notebook taking the cluster over
             raise self._translate(e) from None
         finally:
             if result.ready():

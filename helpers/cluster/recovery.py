@@ -18,7 +18,7 @@ from ..engine import pg as engine_pg
 from ..engine import watchdog as engine_watchdog
 from .lifecycle import DEFAULT_START_TIMEOUT, on_this_host
 
-__all__ = ["RECOVER", "CourseError", "DeadRankError", "Recovery"]
+__all__ = ["RECOVER", "ClusterTakenError", "CourseError", "DeadRankError", "Recovery"]
 
 RECOVER = "cluster.recover()"
 
@@ -32,6 +32,10 @@ class CourseError(RuntimeError):
 
 class DeadRankError(CourseError):
     """An engine (a rank) has died."""
+
+
+class ClusterTakenError(CourseError):
+    """Another notebook's ``connect()`` took the cluster over; this one's cell did not run."""
 
 
 class Recovery:

@@ -83,9 +83,14 @@ class ClusterRef:
     def pbs_log(self) -> str:
         return os.path.join(self.log_dir, f"tp-{self.cluster_id}.pbs.log")
 
+    @property
+    def driver_file(self) -> str:
+        """Which notebook drives the cluster now (``connect()`` writes it, ``%%px`` reads it)."""
+        return os.path.join(self.security_dir, f"tp-{self.cluster_id}.driver.json")
+
     def _files(self) -> list[str]:
         return [
-            self.cluster_file, self.state_file,
+            self.cluster_file, self.state_file, self.driver_file,
             os.path.join(self.security_dir, f"ipcontroller-{self.cluster_id}-engine.json"),
             os.path.join(self.security_dir, f"ipcontroller-{self.cluster_id}-client.json"),
         ]
@@ -104,6 +109,32 @@ class ClusterRef:
                 return json.load(f)
         except (OSError, ValueError):
             return {}
+
+    # ---- the driver record: one small file, read before every %%px cell (no round trip)
+    def write_driver(self, record: dict) -> None:
+        """Replace the driver record at once (a reader never sees half of it)."""
+        os.makedirs(self.security_dir, mode=0o700, exist_ok=True)
+        tmp = f"{self.driver_file}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+        os.replace(tmp, self.driver_file)
+
+    def read_driver(self) -> dict:
+        """The driver record; ``{}`` when none (no notebook drives it, or no shared files)."""
+        try:
+            with open(self.driver_file) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def clear_driver(self, driver_id: str) -> None:
+        """Remove the record if ``driver_id`` still holds it (a notebook that is done)."""
+        if self.read_driver().get("id") == driver_id:
+            try:
+                os.remove(self.driver_file)
+            except FileNotFoundError:
+                pass
 
     def has_files(self) -> bool:
         return os.path.exists(self.cluster_file) or os.path.exists(self.state_file)

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
+import socket
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -46,10 +49,15 @@ from .lifecycle import (
     stop_cluster,
     visible_gpus,
 )
-from .recovery import Recovery
+from .recovery import ClusterTakenError, Recovery
 from .ref import ClusterRef
 
 DEFAULT_PG_TIMEOUT = 30.0  # seconds a collective may wait before it fails (teaching-sized)
+
+#: this kernel process, as a driver of the cluster: a new notebook or a restarted kernel is a
+#: new process, so a new driver, and its engines start as a fresh torchrun script would
+DRIVER_ID = uuid.uuid4().hex
+RELEASE_TIMEOUT = 3.0  # seconds a leaving notebook waits for the engines to drop its state
 
 
 def probe_engines(client) -> list[dict]:
@@ -65,6 +73,20 @@ def _script_name() -> str | None:
     """The notebook's file name, when Jupyter tells the kernel (``sys.argv[0]`` on engines)."""
     path = os.environ.get("JPY_SESSION_NAME")
     return os.path.basename(path) if path else None
+
+
+def driver_record() -> dict:
+    """Who drives the cluster from this kernel: ``DRIVER_ID`` and the notebook's name."""
+    return {"id": DRIVER_ID, "notebook": _script_name(), "pid": os.getpid(),
+            "host": socket.gethostname(), "since": time.time()}
+
+
+def _who(record: dict, me: str | None = None) -> str:
+    """A driver record in words: ``notebook '03_tp_and_fsdp.ipynb'``, or ``another notebook``."""
+    name = (record or {}).get("notebook")
+    if name and name == me:
+        return f"an earlier kernel of {name!r}"
+    return f"notebook {name!r}" if name else "another notebook"
 
 
 @dataclass(eq=False)
@@ -86,6 +108,7 @@ class TPCluster:
     engines: list[EngineInfo] = field(default_factory=list)
     recovery: Recovery = field(init=False, repr=False)
     _cwd: str | None = field(default=None, repr=False)  # the folder the engines follow
+    _driver_seen: tuple = field(default=(), repr=False)  # (inode, mtime) of the record checked
     simulated_nodes: int | None = None  # connect(nodes=2): 2 nodes simulated on one host
 
     def __post_init__(self) -> None:
@@ -213,6 +236,92 @@ class TPCluster:
             print(f"note: {folder} does not exist on the host(s) of rank(s) "
                   f"{', '.join(map(str, missing))}; they keep their working directory")
 
+    # ---- one notebook drives the cluster at a time
+    def take_over(self, quiet: bool = False) -> str | None:
+        """This notebook drives the cluster from now on (``connect()`` calls it).
+
+        When another notebook (or an earlier kernel of this one) drove the engines, they start
+        as a fresh script: ``%%px`` names back to ``connect()``'s, its process groups, meshes and
+        caches released (:func:`helpers.engine.pg.claim`); says so in one line and returns it.
+        """
+        record = driver_record()
+        results = self.view.apply_sync(engine_pg.claim, record)
+        self.ref.write_driver(record)
+        self._driver_seen = ()
+        resets = [r["reset"] for r in results if r["reset"] is not None]
+        if not resets:
+            return None
+        previous = next((r["previous"] for r in results if r["previous"]), {})
+        groups = max(r["groups"] for r in resets)
+        line = (f"connect(): reset the engines' state left by {_who(previous, record['notebook'])}"
+                f" ({max(r['names'] for r in resets)} names, {groups} process group"
+                f"{'' if groups == 1 else 's'}): this notebook starts as a fresh script")
+        if not quiet:
+            print(line)
+        return line
+
+    def check_driver(self) -> None:
+        """Raise ``ClusterTakenError`` (one line) when another notebook has taken the cluster
+        over since this one connected; nothing is sent to the engines.  Before every ``%%px``
+        cell: a stat of the driver record, read only when it changed (microseconds)."""
+        try:
+            st = os.stat(self.ref.driver_file)
+        except OSError:
+            return  # no record (a cluster on a node whose files we do not share): no rule
+        seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if seen == self._driver_seen:
+            return
+        record = self.ref.read_driver()
+        if record.get("id", DRIVER_ID) == DRIVER_ID:
+            self._driver_seen = seen
+            return
+        raise ClusterTakenError(
+            f"{_who(record)} took this cluster over (its connect() reset the engines), so this "
+            "cell did not run; to take the cluster back, run  cluster = connect()  here again")
+
+    def _stop_other_cell(self) -> bool:
+        """Another notebook's cell still running on the engines is interrupted (SIGINT), so
+        that taking over does not wait for it.  True if a rank stayed busy (blocked in a
+        collective, which SIGINT cannot stop): the group must then be rebuilt."""
+        other = self.ref.read_driver()
+        if not other or other.get("id") == DRIVER_ID or not self._busy_engines():
+            return False
+        try:
+            self.client.send_signal(signal.SIGINT, targets=list(self.client.ids), block=True)
+        except Exception:
+            pass
+        deadline = time.monotonic() + 1.0
+        while self._busy_engines():
+            if time.monotonic() > deadline:
+                print(f"connect(): {_who(other)} has a cell blocked in a collective on the engines; "
+                      f"it ends at its process-group timeout, then the group is rebuilt")
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _busy_engines(self) -> list[int]:
+        """Engines running or queueing a task (asked of the controller: answers while they work)."""
+        try:
+            status = self.client.queue_status(verbose=False)
+        except Exception:
+            return []
+        return [eid for eid, st in status.items() if isinstance(st, dict)
+                and st.get("tasks", 0) + st.get("queue", 0) > 0]
+
+    def _release(self) -> None:
+        """This notebook is done: if it still drives the engines, what it made there is
+        released (:func:`helpers.engine.pg.release`), and so is the driver record."""
+        try:
+            if self.ref.read_driver().get("id", DRIVER_ID) != DRIVER_ID:
+                return  # another notebook drives them now: its state is not ours to drop
+            ids = [e for e in self.engine_ids if e in set(self.client.ids)]
+            if ids:
+                self.client[ids].apply_async(engine_pg.release, DRIVER_ID).get(
+                    timeout=RELEASE_TIMEOUT)
+        except Exception:
+            pass  # engines busy or gone: the next connect() resets them
+        self.ref.clear_driver(DRIVER_ID)
+
     # ---- the process group
     def init_distributed(self, backend: str | None = None, timeout: float | None = None,
                          threads: int | None = None, force: bool = False) -> None:
@@ -236,9 +345,15 @@ class TPCluster:
         self.backend = backend
         per_host = Counter(e.host for e in self.engines)
         by_id = {i["engine_id"]: i for i in infos}
-        adopt = not force and not self.simulated_nodes and all(
+        # the group is kept when it was made for this very layout (simulated nodes included):
+        # a rebuilt world group costs a second, and a destroyed one lives on while an autograd
+        # graph from a notebook still holds it (its sockets and threads with it)
+        adopt = not force and all(
             by_id[e.engine_id]["initialized"] and by_id[e.engine_id]["world_size"] == n
             and by_id[e.engine_id]["rank"] == e.rank and by_id[e.engine_id]["backend"] == backend
+            and by_id[e.engine_id].get("local_rank") == e.local_rank
+            and by_id[e.engine_id].get("local_world_size") == e.local_world_size
+            and by_id[e.engine_id].get("device") == e.device
             for e in self.engines)
         if adopt:
             self.recovery.start_watchdogs(multi_host=len(per_host) > 1)
@@ -312,6 +427,7 @@ class TPCluster:
             time.sleep(0.2)
         self._cwd = None
         self.init_distributed(force=True)
+        self.take_over(quiet=True)  # the new engines know who drives them
         self.follow_cwd()
         return self.engine_ids
 
@@ -329,6 +445,7 @@ class TPCluster:
         except Exception:
             pass
         if not self.owned:
+            self._release()
             self._close_client()
             if not quiet:
                 print(f"disconnected from cluster {self.ref} (it keeps running: "
@@ -382,7 +499,12 @@ def connect(
     With fewer GPUs than engines (a one-GPU laptop), the engines share the GPUs over gloo
     (``cuda:(local_rank % gpus)``), and connect() says so in one line.
 
-    Calling it again returns the same cluster.  A cluster that ``connect()``
+    One notebook drives the cluster at a time: the last ``connect()`` takes it over.  When
+    another notebook (or an earlier kernel of this one) drove the engines, they start as a
+    fresh script (names, process groups and meshes it made are released), and the other
+    notebook's next ``%%px`` cell refuses to run, in one line.
+
+    Calling it again returns the same cluster, its engine state kept.  A cluster that ``connect()``
     started itself is stopped by ``cluster.shutdown()`` or when this kernel exits
     (a crashed kernel's cluster is ended by a reaper within a second).
     """
@@ -396,14 +518,15 @@ def connect(
                    timeout=float(timeout), simulated_nodes=nodes)
     try:  # the one cleanup path: whatever fails, shutdown() closes the client, stops what we started
         _check_engines(tc, n, expected, start_timeout, min_ranks)
-        tc.init_distributed(backend=backend, timeout=timeout, threads=threads)
+        stuck = tc._stop_other_cell()
+        tc.init_distributed(backend=backend, timeout=timeout, threads=threads, force=stuck)
+        tc.take_over()
         tc.follow_cwd()
     except BaseException:
         tc.shutdown(quiet=True)
         raise
     _CONNECTIONS[ref] = tc
-    if tc.owned:
-        atexit.register(tc._at_exit)
+    atexit.register(tc._at_exit)  # owned: stop it; attached: release what this notebook made
     if tc.shares_gpus:
         print(tc.layout_note)
     if activate:
@@ -432,9 +555,11 @@ def _reconnect(tc: TPCluster, n, nodes, min_ranks, activate: bool) -> TPCluster:
             f"this notebook is already connected to {tc.world_size} engines; "
             f"connect(n={n}) would need a new cluster: call cluster.shutdown() first"
         )
-    if nodes != tc.simulated_nodes and (nodes or tc.simulated_nodes):
+    stuck = tc._stop_other_cell()
+    if stuck or (nodes != tc.simulated_nodes and (nodes or tc.simulated_nodes)):
         tc.simulated_nodes = nodes
-        tc.init_distributed(force=True)  # the new layout: new local ranks
+        tc.init_distributed(force=True)  # the new layout (new local ranks), or a stuck group
+    tc.take_over()  # the same kernel again: its state is kept, unless another took over since
     check_min_ranks(tc.world_size, min_ranks, tc.layout_note)
     if activate:
         tc.activate()

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import builtins
+import re
 import types
 
 # names connect() defines on every engine: not the learner's state
 CONNECT_NAMES = {"torch", "dist", "rank", "world_size", "local_rank", "device", "backend"}
+
+
+# the course's own entries on an engine (the store, the watchdog token, the driver record)
+COURSE_PREFIX = "_tp_"
+# IPython's numbered history entries (_i7, _7): they hold old inputs and outputs
+_HISTORY = re.compile(r"^_i?\d+$")
 
 
 # a torchrun script's globals, when it runs a notebook as a batch job (helpers.engine.batch)
@@ -46,6 +53,34 @@ def user_names() -> list[str]:
         if not k.startswith("_") and k not in CONNECT_NAMES and k not in hidden
         and not isinstance(v, types.ModuleType)
     )
+
+
+def reset_namespace() -> list[str]:
+    """Back to what ``connect()`` gives, as a fresh torchrun script starts: every name a cell
+    defined is dropped; ``CONNECT_NAMES``, IPython's own entries and the course's ``_tp_*``
+    stay; the output history (``Out``, ``_``, ``_7``) is emptied.  Returns the dropped names
+    (modules imported by cells stay in ``sys.modules``, as an import cache)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - engines always have IPython
+        get_ipython = lambda: None  # noqa: E731
+    ip = get_ipython()
+    ns = user_ns()
+    keep = set(CONNECT_NAMES) | set(getattr(ip, "user_ns_hidden", ()))
+    dropped = sorted(
+        k for k in ns
+        if (k not in keep or _HISTORY.match(k)) and not k.startswith(COURSE_PREFIX)
+        and not (k.startswith("__") and k.endswith("__"))
+    )
+    for k in dropped:
+        del ns[k]
+    hook = getattr(ip, "displayhook", None)
+    if hook is not None and hasattr(hook, "flush"):
+        try:
+            hook.flush()  # Out, _, __, ___ (IPython's own way, as %reset out does)
+        except Exception:
+            pass
+    return [k for k in dropped if not _HISTORY.match(k)]
 
 
 def to_cpu(value):

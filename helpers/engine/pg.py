@@ -21,7 +21,7 @@ import socket
 import sys
 from datetime import timedelta
 
-from .namespace import user_ns
+from .namespace import reset_namespace, user_ns
 from .watchdog import record_pg_sockets, socket_inodes
 
 # Environment variables that carry the MPI rank, by launcher:
@@ -66,6 +66,9 @@ def probe() -> dict:
         "world_size": dist.get_world_size() if initialized else None,
         "backend": dist.get_backend() if initialized else None,
         "device": str(ns.get("device")) if initialized and "device" in ns else None,
+        # the layout the group was made for (simulated nodes change it, not the group)
+        "local_rank": ns.get("local_rank") if initialized else None,
+        "local_world_size": int(os.environ.get("LOCAL_WORLD_SIZE", 0)) if initialized else None,
         # a str, not TorchVersion: unpickling it must not import torch in the notebook
         "torch": str(torch.__version__),
     }
@@ -185,6 +188,146 @@ def _forget_dtensor_caches() -> None:
         pass
 
 
+def _forget_mesh_caches() -> None:
+    """What torch keeps beyond a script's own names that holds DeviceMeshes (and through them
+    their process groups), read from torch 2.13's source: the meshes entered with ``with mesh:``
+    (``device_mesh._mesh_resources.mesh_stack``), the mesh-topology cache
+    (``_collective_utils.MeshTopoInfo.build_from_mesh``), the redistribute planners and plans
+    (``_redistribute``), DTensor's RNG tracker (``_random._rng_tracker``), and DCP's cached
+    save plans (``checkpoint.planner.SavePlanner._cached_*``).  Only modules already imported."""
+    mods = sys.modules
+    steps = []
+    if "torch.distributed.device_mesh" in mods:
+        env = getattr(mods["torch.distributed.device_mesh"], "_mesh_resources", None)
+        steps.append(lambda: env.mesh_stack.clear())
+    if "torch.distributed.tensor._collective_utils" in mods:
+        topo = getattr(mods["torch.distributed.tensor._collective_utils"], "MeshTopoInfo", None)
+        steps.append(lambda: topo.build_from_mesh.cache_clear())
+    if "torch.distributed.tensor._redistribute" in mods:
+        red = mods["torch.distributed.tensor._redistribute"]
+        steps.append(lambda: red.clear_redistribute_planner_cache())
+        steps.append(lambda: red._gen_transform_infos.cache_clear())
+    if "torch.distributed.tensor._random" in mods:
+        steps.append(lambda: setattr(mods["torch.distributed.tensor._random"], "_rng_tracker", None))
+    if "torch.distributed.checkpoint.planner" in mods:
+        planner = mods["torch.distributed.checkpoint.planner"].SavePlanner
+
+        def _dcp():
+            for name, value in vars(planner).items():
+                if name.startswith("_cached") and isinstance(value, dict):
+                    value.clear()
+        steps.append(_dcp)
+    for step in steps:
+        try:  # another torch version may lack one of them: the rest still goes
+            step()
+        except Exception:
+            pass
+
+
+def _unhook_stranded_meshes() -> None:
+    """DeviceMeshes that outlive the namespace: DTensor's autograd nodes keep their input's mesh
+    (``_FromTorchTensorBackward``'s ``forward_input_device_mesh``), and a graph held from C++
+    is not collected by ``gc``; such a mesh would keep its process groups, and their sockets and
+    threads, alive (a gloo group's are freed when it is deleted, not when it is destroyed).
+    Their group registries are emptied, so the destroyed groups go."""
+    if "torch.distributed.device_mesh" not in sys.modules:
+        return
+    import gc
+
+    mesh_type = getattr(sys.modules["torch.distributed.device_mesh"], "DeviceMesh", None)
+    if mesh_type is None:
+        return
+    stranded = [o for o in gc.get_objects() if type(o) is mesh_type]
+    for mesh in stranded:
+        registry = getattr(mesh, "_pg_registry", None)
+        if isinstance(registry, dict):
+            registry.clear()
+    if stranded:
+        gc.collect()
+
+
+def destroy_subgroups() -> int:
+    """Destroy every process group but the default (world) one, with torch's REAL destroy
+    (the course's ``destroy_process_group`` keeps groups); how many were destroyed.
+
+    Every rank destroys the same groups in the same order (creation order), as all ranks
+    created them."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0
+    from torch.distributed import distributed_c10d as c10d
+
+    world = c10d._get_default_group()
+    groups = [pg for pg in list(c10d._world.pg_map) if pg is not world]  # creation order
+    for pg in groups:
+        try:
+            _real("destroy_process_group")(pg)
+        except Exception:  # a group broken by a timeout may refuse a clean shutdown
+            pass
+    return len(groups)
+
+
+def _stop_profiler() -> None:
+    """A profiler a cell started and never stopped (``prof.start()``) ends with the script."""
+    import torch
+
+    try:
+        if torch.autograd._profiler_enabled():
+            torch.autograd._disable_profiler()
+    except Exception:
+        pass
+
+
+def fresh_script() -> dict:
+    """This engine as a new torchrun script finds it, keeping the course's process group:
+    the ``%%px`` namespace back to ``connect()``'s names, every other process group destroyed,
+    DeviceMesh and DTensor caches dropped, a running profiler stopped, memory returned as far
+    as Python allows (``gc.collect()``, and CUDA's cache).  What it dropped, as counts."""
+    import gc
+
+    import torch
+
+    names = reset_namespace()
+    _stop_profiler()
+    groups = destroy_subgroups()
+    _forget_mesh_caches()
+    _forget_dtensor_caches()
+    gc.collect()
+    _unhook_stranded_meshes()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    return {"names": len(names), "groups": groups}
+
+
+#: the engine-namespace name of the record of the notebook that drives this engine
+DRIVER = "_tp_driver"
+
+
+def claim(driver: dict) -> dict:
+    """``driver`` (``{"id", "notebook", ...}``) now drives this engine.  When another driver
+    did before, the engine starts fresh (:func:`fresh_script`).  Returns ``{"previous": the
+    record before, "reset": counts or None}``."""
+    ns = user_ns()
+    previous = ns.get(DRIVER)
+    reset = None
+    if previous is not None and previous.get("id") != driver.get("id"):
+        reset = fresh_script()
+    ns[DRIVER] = dict(driver)
+    return {"previous": previous, "reset": reset}
+
+
+def release(driver_id: str) -> dict | None:
+    """The notebook ``driver_id`` is done (``cluster.shutdown()``, its kernel exits): if it
+    still drives this engine, what it made is released and no one drives it."""
+    ns = user_ns()
+    if (ns.get(DRIVER) or {}).get("id") != driver_id:
+        return None
+    reset = fresh_script()
+    ns.pop(DRIVER, None)
+    return reset
+
+
 def follow_cwd(folder: str, previous: str | None = None) -> bool:
     """Work in the notebook's ``folder`` and import from it first, as a script beside it would.
 
@@ -280,8 +423,9 @@ def install_script_hooks() -> None:
         mod.destroy_process_group = keeping_destroy_process_group
 
 
-def exit_process(delay: float = 0.2) -> int:
-    """Leave cleanly on request: drop the process group, then exit with status 0.
+def exit_process(delay: float = 0.2, destroy_within: float = 1.0) -> int:
+    """Leave cleanly on request: drop the process group (for at most ``destroy_within`` s),
+    then exit with status 0.
 
     The exit comes ``delay`` s later, after this call's reply has gone back.  ``os._exit``
     skips interpreter teardown, where a live gloo group can hang.
@@ -290,7 +434,10 @@ def exit_process(delay: float = 0.2) -> int:
 
     from .watchdog import stop_watchdog
 
-    destroy()
+    # a long day's groups (or a broken one) may take a while to shut down: not past the exit
+    leaving = threading.Thread(target=destroy, daemon=True)
+    leaving.start()
+    leaving.join(destroy_within)
     stop_watchdog()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -115,6 +115,8 @@ def kernel(fc):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+        # the kernel took the cluster over (one notebook drives it at a time): take it back
+        connect(cluster_id=fc.cluster_id, profile_dir=fc.profile_dir)
 
 
 def test_interrupt_inside_a_collective_stops_every_engine_within_2s(fc, kernel):
