@@ -23,7 +23,7 @@ _EXPORTS = {
     ".dtensor": ("comm_chart", "draw_dtensor"),
     ".figure": ("RANK_COLORS", "RANK_COLORS_HEX", "REPLICATED_GREY", "TPFigure", "count_rank_colors",
                 "figure_to_png", "figure_to_rgba", "rank_color"),
-    ".grid2d": ("GRID_MODES", "GridLayoutExplorer", "SummaStepper", "comm_model_figure", "comm_time_figure",
+    ".grid2d": ("GRID_MODES", "GridLayoutExplorer", "SummaStepper", "comm_time_figure",
                 "grid_blocks_figure", "grid_layout_explorer", "grid_layout_figure", "mlp_bytes_figure",
                 "mlp_crossover_figure", "summa_step_figure", "summa_stepper"),
     ".inference": ("alpha_beta_figure", "cache_figure", "prefill_decode_figure", "shared_device_note"),

@@ -24,7 +24,7 @@ from .widget import FigureWidget
 
 __all__ = ["grid_blocks_figure", "summa_step_figure", "summa_stepper", "SummaStepper",
            "GRID_MODES", "grid_layout_figure", "grid_layout_explorer", "GridLayoutExplorer",
-           "comm_model_figure", "comm_time_figure", "mlp_bytes_figure", "mlp_crossover_figure"]
+           "comm_time_figure", "mlp_bytes_figure", "mlp_crossover_figure"]
 
 GRID_MODES = tuple(COMM_FORMULAS)  # ("1D column", "1D row", "2D SUMMA")
 
@@ -307,41 +307,8 @@ class GridLayoutExplorer(FigureWidget):
 
 
 # --------------------------------------------------------------------------------------------
-# communication: measured at p, the model beyond
+# communication: measured times per layout
 # --------------------------------------------------------------------------------------------
-def comm_model_figure(M: int, K: int, N: int, measured: dict | None = None, measured_p: int = 4,
-                      ps: Sequence[int] = (4, 16, 64, 256), dtype_bytes: int = 4) -> Figure:
-    """Bytes sent per rank for Y = X·W, 1D column / 1D row / 2D SUMMA, against p.
-
-    Lines: the formulas of :mod:`helpers.costmodel.collectives` -- a **model**, labelled so. Markers:
-    ``measured`` (``{mode: bytes sent per rank}``) at ``measured_p``, counted on the cluster.
-    """
-    ps = [int(p) for p in ps]
-    fig = new_figure(6.8, 4.2)
-    ax = fig.add_subplot()
-    styles = {"1D column": ("-", "o"), "1D row": ("--", "s"), "2D SUMMA": ("-.", "^")}
-    greys = {"1D column": "#111111", "1D row": "#666666", "2D SUMMA": "#999999"}
-    for mode, f in COMM_FORMULAS.items():
-        ys = [f(M, K, N, p, dtype_bytes)["sent"] for p in ps]
-        ls, mk = styles[mode]
-        ax.plot(ps, ys, ls=ls, color=greys[mode], lw=1.6, label=f"{mode} (model: formula)")
-        if measured and mode in measured:
-            ax.plot([measured_p], [measured[mode]], marker=mk, ms=10, ls="none",
-                    markerfacecolor="white", markeredgecolor=greys[mode], markeredgewidth=2,
-                    label=f"{mode}: measured at p={measured_p}")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(ps, [str(p) for p in ps])
-    ax.set_xlabel("ranks p")
-    ax.set_ylabel("bytes sent per rank, one forward")
-    ax.set_title(f"Y = X·W, X ({M}, {K}), W ({K}, {N}), float32\nlines: MODEL (formulas); "
-                 f"markers: counted on this cluster at p={measured_p}", fontsize=9.5)
-    ax.grid(True, which="both", color="#e4e4e4", lw=0.6)
-    ax.legend(fontsize=7.5, frameon=False)
-    fig.set_layout_engine("constrained")
-    return fig
-
-
 def comm_time_figure(times: dict, p: int = 4, what: str = "forward, ms",
                      how: str = "slowest rank, best of 15 runs", subject: str = "Y = X·W") -> Figure:
     """Bars of measured times per layout (``{mode: milliseconds}``), measured on this cluster."""
