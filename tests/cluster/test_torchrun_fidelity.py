@@ -14,11 +14,10 @@ Each test runs cells in a real Jupyter kernel whose working directory is a noteb
 
 from __future__ import annotations
 
-import ast
-import textwrap
-
 import pytest
-from support import ClusterFactory, jupyter_kernel, launch, run_in_kernel
+from support import ClusterFactory, jupyter_kernel, launch
+from support import kernel_cell as cell
+from support import kernel_pull as pulled
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -34,17 +33,6 @@ def notebook_folder(tmp_path):
     return folder
 
 
-def cell(kc, code: str, ok: bool = True):
-    reply, out = run_in_kernel(kc, textwrap.dedent(code), timeout=120)
-    if ok:
-        assert reply["content"]["status"] == "ok", out
-    return reply, out
-
-
-def pulled(kc, name: str):
-    """``cluster.pull(name)`` in the kernel, read back as a Python literal."""
-    _, out = cell(kc, f"print(repr(cluster.pull({name!r})))")
-    return ast.literal_eval(out.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")

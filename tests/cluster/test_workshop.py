@@ -9,12 +9,13 @@ the cluster as ``./launch_cluster.sh stop`` does after a long day and expects no
 from __future__ import annotations
 
 import ast
-import textwrap
 import time
 
 import psutil
 import pytest
-from support import ClusterFactory, jupyter_kernel, launch, run_in_kernel
+from support import ClusterFactory, jupyter_kernel, launch
+from support import kernel_cell as cell
+from support import kernel_pull as pulled
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -37,16 +38,6 @@ dist.all_reduce(ones, group=mesh2d.get_group("tp"))
 """
 
 
-def cell(kc, code: str, ok: bool = True, timeout: float = 120):
-    reply, out = run_in_kernel(kc, textwrap.dedent(code).strip("\n"), timeout=timeout)
-    if ok:
-        assert reply["content"]["status"] == "ok", out
-    return reply, out
-
-
-def pulled(kc, name: str):
-    _, out = cell(kc, f"print(repr(cluster.pull({name!r})))")
-    return ast.literal_eval(out.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,13 @@ from support.notebook import (
     assert_committed_without_outputs,
     assert_exercises_and_engine_cells,
     assert_run,
-    cell_text,
+    assert_story_structure,
+    output_text,
 )
 
 NB = "07_tp_inference.ipynb"
 EXERCISES = ("1",)
 
-
-def _all_text(nb) -> str:
-    return "\n".join(cell_text(c) for c in nb.cells if c.cell_type == "code")
 
 
 # ------------------------------------------------------------------------------ the file itself
@@ -33,16 +31,11 @@ def test_committed_without_outputs(committed):
 
 def test_story_structure(committed):
     cells = committed.cells
-    assert cells[0].cell_type == "markdown" and "able to" in cells[0].source
-    assert cells[1].cell_type == "code" and "connect(min_ranks=2)" in cells[1].source
-    px = [c for c in cells if c.cell_type == "code" and c.source.startswith("%%px")]
-    assert len(px) >= 12
-    src = "\n".join(c.source for c in cells if c.cell_type == "code")
-    for needle in ("ParallelGPT.from_dense", "generate(", "cache_figure(", "kv_cache_bytes(", "tp_subgroup(",
-                   "turns(", "StepTimer", "sequences_that_fit(", "fit_alpha_beta(", "alpha_beta_figure(",
-                   "decode_token_time(", 'tp_plan="auto"', "base_model_tp_plan", 'expect="mismatch"',
-                   "shared_device_note(cluster.info())"):
-        assert needle in src, needle
+    needles = ("ParallelGPT.from_dense", "generate(", "cache_figure(", "kv_cache_bytes(", "tp_subgroup(",
+               "turns(", "StepTimer", "sequences_that_fit(", "fit_alpha_beta(", "alpha_beta_figure(",
+               "decode_token_time(", 'tp_plan="auto"', "base_model_tp_plan", 'expect="mismatch"',
+               "shared_device_note(cluster.info())")
+    assert_story_structure(committed, "connect(min_ranks=2)", 12, needles)
     # every %%px cell (but the exercise and setup cells) is followed by a notebook cell that checks or draws
     for i, c in enumerate(cells[:-1]):
         if c.cell_type == "code" and c.source.startswith("%%px\n") and "exercise-1" not in c.metadata.get("tags", []):
@@ -58,7 +51,7 @@ def test_runs_clean_with_blanks(run_blank):
 
 
 def test_tokens_match_dense_by_hand_and_in_transformers(run_blank):
-    text = _all_text(run_blank)
+    text = output_text(run_blank)
     assert "✅ greedy tokens, token for token matches dense" in text
     assert "✅ logits of all 12 steps matches dense" in text
     assert "✅ layer-0 keys in the cache matches dense" in text
@@ -71,7 +64,7 @@ def test_tokens_match_dense_by_hand_and_in_transformers(run_blank):
 
 
 def test_cache_bytes_equal_the_formula(run_blank):
-    text = _all_text(run_blank)
+    text = output_text(run_blank)
     rows = re.findall(r"^\s*(\d)\s+(\d+)\s+([0-9, ]+) B\s+([0-9,]+) B\s+(= formula|≠ formula!)", text, re.M)
     assert {int(r[0]) for r in rows} == {1, 2, 4}, rows
     assert all(r[4] == "= formula" for r in rows), rows
@@ -79,7 +72,7 @@ def test_cache_bytes_equal_the_formula(run_blank):
 
 
 def test_latency_split_fit_and_model(run_blank):
-    text = _all_text(run_blank)
+    text = output_text(run_blank)
     for p in (1, 2, 4):
         assert re.search(rf"TP={p}: decode\s+[0-9.]+ ms/token =\s+\d+ tokens/s", text), p
     assert re.search(r"fitted over 5 sizes on 4 ranks \(gloo\): α = [0-9.]+ µs per ring step", text)
@@ -87,7 +80,7 @@ def test_latency_split_fit_and_model(run_blank):
 
 
 def test_break_it_and_refusals(run_blank):
-    text = _all_text(run_blank)
+    text = output_text(run_blank)
     assert "mismatch, as expected" in text
     assert "✅ decoded on from the contiguous slice matches dense" in text
     assert "n_kv_heads=3 and tp degree 4 divide neither way" in text and "{1, 3, 6, 12}" in text

@@ -16,15 +16,13 @@ from support.notebook import (
     assert_committed_without_outputs,
     assert_exercises_and_engine_cells,
     assert_run,
-    cell_text,
+    assert_story_structure,
+    output_text,
 )
 
 NB = "08_tp_in_production.ipynb"
 EXERCISES = ("1",)
 
-
-def _all_text(nb) -> str:
-    return "\n".join(cell_text(c) for c in nb.cells if c.cell_type == "code")
 
 
 # ------------------------------------------------------------------------------ the file itself
@@ -34,16 +32,11 @@ def test_committed_without_outputs(committed):
 
 def test_story_structure(committed):
     cells = committed.cells
-    assert cells[0].cell_type == "markdown" and "By the end you will be able to" in cells[0].source
-    assert cells[1].cell_type == "code" and "connect(min_ranks=4)" in cells[1].source
-    px = [c for c in cells if c.cell_type == "code" and c.source.startswith("%%px")]
-    assert len(px) >= 12
-    src = "\n".join(c.source for c in cells if c.cell_type == "code")
-    for needle in ("column_linear(", "all_gather_matmul(", "timeline_figure(", "dcp.save(", "dcp.load(",
-                   "fully_shard(", "dcp_to_torch_save(", "checkpoint_figure(", "check_reshard(", "torch.save(plain",
-                   "clip_grad_norm_(", "loss_parallel()", 'expect="mismatch"', "shutil.rmtree(",
-                   "shared_device_note(cluster.info())"):
-        assert needle in src, needle
+    needles = ("column_linear(", "all_gather_matmul(", "timeline_figure(", "dcp.save(", "dcp.load(",
+               "fully_shard(", "dcp_to_torch_save(", "checkpoint_figure(", "check_reshard(", "torch.save(plain",
+               "clip_grad_norm_(", "loss_parallel()", 'expect="mismatch"', "shutil.rmtree(",
+               "shared_device_note(cluster.info())")
+    assert_story_structure(committed, "connect(min_ranks=4)", 12, needles)
     text = "\n".join(c.source for c in cells)
     for issue in ("144054", "2420", "170862", "190746", "12e81c3"):
         assert issue in text, issue
@@ -61,7 +54,7 @@ def test_runs_clean_with_blanks(run_blank):
 
 
 def test_overlap_matches_dense_and_is_timed(run_blank):
-    text = _all_text(run_blank)
+    text = output_text(run_blank)
     for what in ("MLP output, async column + row", "dL/dX (all-reduced while dW ran)", "dL/dW1", "dL/dW2",
                  "blocking: dL/dX", "overlapped: dL/dW2", "collective matmul output",
                  "collective matmul: dL/dX", "collective matmul: dL/dW", "all-gather then matmul: dL/dW"):
@@ -71,7 +64,7 @@ def test_overlap_matches_dense_and_is_timed(run_blank):
 
 
 def test_checkpoint_reshards(run_blank):
-    text = _all_text(run_blank)
+    text = output_text(run_blank)
     for what in ("TP=4 (the run that saved)", "TP=2 on (2, 2)", "FSDP x TP (2, 2)"):
         assert f"✅ output, {what} vs dense from the checkpoint matches dense" in text, what
     for what in ("TP=4", "TP=2", "FSDP x TP"):
@@ -86,7 +79,7 @@ def test_checkpoint_reshards(run_blank):
 
 
 def test_zoo_bugs_are_caught(run_blank):
-    text = _all_text(run_blank)
+    text = output_text(run_blank)
     assert "mismatch, as expected" in text
     assert "✅ .full_tensor() of the same sum matches dense" in text
     assert "✅ gradient norm over the mesh (clip_grad_norm_) matches dense" in text

@@ -12,12 +12,14 @@ left running.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import queue
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 
@@ -144,3 +146,17 @@ def jupyter_kernel(cwd: str, **env):
         kc.stop_channels()
         if km.is_alive():
             km.shutdown_kernel(now=True)
+
+
+def kernel_cell(kc, code: str, ok: bool = True, timeout: float = 120):
+    """Run ``code`` (dedented) in the kernel; with ``ok``, its reply must be "ok". Returns (reply, text)."""
+    reply, out = run_in_kernel(kc, textwrap.dedent(code).strip("\n"), timeout=timeout)
+    if ok:
+        assert reply["content"]["status"] == "ok", out
+    return reply, out
+
+
+def kernel_pull(kc, name: str):
+    """``cluster.pull(name)`` in the kernel, read back as a Python literal."""
+    _, out = kernel_cell(kc, f"print(repr(cluster.pull({name!r})))")
+    return ast.literal_eval(out.strip().splitlines()[-1])

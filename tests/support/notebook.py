@@ -178,3 +178,16 @@ def assert_committed_without_outputs(nb) -> None:
         if cell.cell_type == "code":
             assert cell.outputs == [], f"cell {i} was committed with outputs"
             assert cell.execution_count is None, f"cell {i} was committed with an execution count"
+
+
+def assert_story_structure(nb, connect: str, min_px: int, needles=()) -> None:
+    """The course's rhythm: cell 0 says what the learner will be able to do, cell 1 connects with
+    ``connect`` (e.g. "connect(min_ranks=2)"), at least ``min_px`` %%px cells, and each of
+    ``needles`` appears in the code."""
+    cells = nb.cells
+    assert cells[0].cell_type == "markdown" and "able to" in cells[0].source
+    assert cells[1].cell_type == "code" and connect in cells[1].source
+    assert sum(c.cell_type == "code" and c.source.startswith("%%px") for c in cells) >= min_px
+    src = code_source(nb)
+    for needle in needles:
+        assert needle in src, needle
