@@ -20,40 +20,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo: helpers
+from helpers.measure.timer import matmul_tflops  # noqa: E402  (the course's one matmul timer)
+
 GPU_ROWS = [("bf16", 16), ("bf16", 512), ("bf16", 4096), ("bf16", 16384), ("fp32", 16), ("fp32", 4096)]
 CPU_ROWS = [("fp32", 16), ("fp32", 256)]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_tflops(tokens: int, d_in: int, d_out: int, dtype, device, repeats: int, min_time: float) -> float:
-    """TFLOP/s of one (tokens × d_in)·(d_in × d_out) matmul: the best of ``repeats`` timings."""
-    x = torch.randn(tokens, d_in, device=device, dtype=dtype)
-    w = torch.randn(d_in, d_out, device=device, dtype=dtype)
-    x @ w                                                   # warm-up: allocation, kernel choice
-    best = float("inf")
-    for _ in range(repeats):
-        n = 1
-        while True:                                         # double n until one timing lasts min_time
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(n):
-                x @ w
-            sync(device)
-            dt = time.perf_counter() - t0
-            if dt >= min_time:
-                break
-            n *= 2
-        best = min(best, dt / n)
-    return 2 * tokens * d_in * d_out / best / 1e12
 
 
 def measure(rows, d_model: int, d_ff: int, degrees, device, repeats: int, min_time: float) -> dict:
