@@ -13,7 +13,9 @@ import torch
 from support.notebook import (
     assert_committed_without_outputs,
     assert_run,
+    assert_story_structure,
     cell_text,
+    code_source,
     solution_code,
     tagged_cell,
     tags,
@@ -49,16 +51,13 @@ def test_committed_without_outputs(committed):
 
 def test_story_structure(committed):
     cells = committed.cells
-    assert cells[0].cell_type == "markdown" and "able to" in cells[0].source
-    assert cells[1].cell_type == "code" and "connect(n=4, nodes=2)" in cells[1].source
+    src = code_source(committed)
     px = [c for c in cells if c.cell_type == "code" and c.source.startswith("%%px")]
-    assert len(px) >= 8
-    src = "\n".join(c.source for c in cells if c.cell_type == "code")
-    for name in ("memory_bars(", "fit_grid(", "training_curves(", "comm_bars(", "mesh_map(", "node_boxes=True",
-                 "tp_groups_across_hosts(", "fully_shard",
-                 "parallelize_module", 'mesh_dim_names=("fsdp", "tp")', 'mesh_dim_names=("tp", "fsdp")',
-                 "clip_grad_norm_", "CommDebugMode", "measure_training_step"):
-        assert name in src, name
+    needles = ("memory_bars(", "fit_grid(", "training_curves(", "comm_bars(", "mesh_map(", "node_boxes=True",
+               "tp_groups_across_hosts(", "fully_shard",
+               "parallelize_module", 'mesh_dim_names=("fsdp", "tp")', 'mesh_dim_names=("tp", "fsdp")',
+               "clip_grad_norm_", "CommDebugMode", "measure_training_step")
+    assert_story_structure(committed, "connect(n=4, nodes=2)", 8, needles)
     assert src.count('expect="mismatch"') == 2          # the chapter's layer names; a sampler over the world
     assert "DistributedSampler(dataset, shuffle=False)" in src and "num_replicas=FSDP" in src
     ex = tagged_cell(committed, "exercise-1")

@@ -8,7 +8,9 @@ from __future__ import annotations
 from support.notebook import (
     assert_committed_without_outputs,
     assert_run,
+    assert_story_structure,
     cell_text,
+    code_source,
     solution_code,
     tagged_cell,
     tags,
@@ -25,16 +27,13 @@ def test_committed_without_outputs(committed):
 
 def test_story_structure(committed):
     cells = committed.cells
-    assert cells[0].cell_type == "markdown" and "able to" in cells[0].source
-    assert cells[1].cell_type == "code" and "connect(min_ranks=4)" in cells[1].source
     assert "4 ranks" in cells[1].source  # says what it needs when it connects
+    src = code_source(committed)
     px = [c for c in cells if c.cell_type == "code" and c.source.startswith("%%px")]
-    assert len(px) >= 8
-    src = "\n".join(c.source for c in cells if c.cell_type == "code")
-    for needed in ("grid_layout_explorer(", "grid_blocks_figure(", "summa_stepper(",
-                   "mlp_bytes_figure(", "mlp_crossover_figure(", "comm_time_figure(", "compare_grads(",
-                   "make_grid((", "ParallelMLP.from_dense(", "CommRecorder()"):
-        assert needed in src, needed
+    needles = ("grid_layout_explorer(", "grid_blocks_figure(", "summa_stepper(",
+               "mlp_bytes_figure(", "mlp_crossover_figure(", "comm_time_figure(", "compare_grads(",
+               "make_grid((", "ParallelMLP.from_dense(", "CommRecorder()")
+    assert_story_structure(committed, "connect(min_ranks=4)", 8, needles)
     assert src.count('expect="mismatch"') == 1  # the break-it cell
     ex = tagged_cell(committed, "exercise-1")
     assert ex.cell_type == "code" and ex.source.startswith("%%px") and "← your code" in ex.source

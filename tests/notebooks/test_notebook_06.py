@@ -10,6 +10,7 @@ from support.notebook import (
     assert_clean,
     assert_committed_without_outputs,
     assert_dense_checks_pass,
+    assert_story_structure,
     cell_text,
 )
 
@@ -27,16 +28,12 @@ def test_committed_without_outputs(committed):
 
 def test_story_structure(committed):
     cells = committed.cells
-    assert cells[0].cell_type == "markdown" and "able to" in cells[0].source
-    assert cells[1].cell_type == "code" and "connect(min_ranks=2)" in cells[1].source  # needs >= 2 ranks
     px = [c for c in cells if c.cell_type == "code" and c.source.startswith("%%px")]
-    assert len(px) >= 4
-    src = _code(committed)
-    for needle in ("ParallelBlock.from_dense(", "StepTimer(", "turns(", "timing_degrees(", "compare(",
-                   "compare_grads(", "step_time_figure(", "fit_alpha_beta(", "efficiency_table(", "tp_calculator(",
-                   "timing_caveat(cluster.info())", "DistributedDataParallel", "plot_flops(",
-                   "plan(", "Evidence("):
-        assert needle in src, f"notebook 06 no longer uses {needle}"
+    needles = ("ParallelBlock.from_dense(", "StepTimer(", "turns(", "timing_degrees(", "compare(",
+               "compare_grads(", "step_time_figure(", "fit_alpha_beta(", "efficiency_table(", "tp_calculator(",
+               "timing_caveat(cluster.info())", "DistributedDataParallel", "plot_flops(",
+               "plan(", "Evidence(")
+    assert_story_structure(committed, "connect(min_ranks=2)", 4, needles)
     # the H100 reference table is shown with its source
     text = "\n".join(c.source for c in cells if c.cell_type == "markdown")
     assert "measured by the project\nwith benchmarks/bench_shard_gemm.py on an H100 (80 GB), torch 2.11, 2026-11-25" in text
