@@ -39,7 +39,6 @@ from ..common.topology import (
 )
 from ..engine import namespace as engine_ns
 from ..engine import pg as engine_pg
-from ..reference.dtensor import pull_dtensor
 from . import magics
 from .lifecycle import (
     DEFAULT_START_TIMEOUT,
@@ -205,6 +204,8 @@ class TPCluster:
     def pull_dtensor(self, name: str):
         """The DTensor ``name`` from every rank, as a notebook-side view
         (:class:`helpers.reference.dtensor.DTensorView`; ``.full()`` keeps its dtype)."""
+        from ..reference.dtensor import pull_dtensor  # torch: loaded when first used, not by connect()
+
         return pull_dtensor(self, name)
 
     def run(self, code: str) -> None:

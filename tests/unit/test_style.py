@@ -154,3 +154,11 @@ def test_conftest_files_hold_fixtures_and_hooks_only():
                 if not (fixture or node.name.startswith("pytest_")):
                     wrong.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
     assert not wrong, "not a fixture or hook (move it to tests/support):\n" + "\n".join(wrong)
+
+
+def test_the_notebook_side_of_connect_imports_no_torch():
+    """connect() runs while every engine imports torch: the notebook must not import it too on a
+    few cores (it slowed start-up by ~0.8 s on 2 cores, measured with benchmarks/bench_cluster.py)."""
+    code = "import sys, helpers, helpers.cluster.tpcluster; sys.exit('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, "importing helpers.cluster.tpcluster imported torch" + out.stderr
