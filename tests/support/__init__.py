@@ -160,3 +160,21 @@ def kernel_pull(kc, name: str):
     """``cluster.pull(name)`` in the kernel, read back as a Python literal."""
     _, out = kernel_cell(kc, f"print(repr(cluster.pull({name!r})))")
     return ast.literal_eval(out.strip().splitlines()[-1])
+
+
+def run_torchrun_worker(worker, timeout: float = 120, nproc: int = 4, done: str | None = None):
+    """Run a worker script under ``torchrun --standalone --nproc_per_node=nproc`` (gloo, one torch
+    thread per rank, this repo importable) and return it; a hang, a non-zero exit or a missing
+    ``done`` line fails the test with the worker's output."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(worker)]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"torchrun worker hung for {timeout:.0f} s (a collective waiting on a peer?)\n"
+                    f"stdout:\n{e.stdout}\nstderr:\n{e.stderr}")
+    assert proc.returncode == 0, (f"worker exited with {proc.returncode}\nstdout:\n{proc.stdout}\n"
+                                  f"stderr:\n{proc.stderr[-6000:]}")
+    if done is not None:
+        assert done in proc.stdout, proc.stdout
+    return proc
