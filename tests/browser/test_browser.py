@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from support.browser import ALL_DONE_JS, RUN_ALL_TIMEOUT, errors_in_page, run_all
+from support.browser import errors_in_page, open_and_run_all, screenshot_on_failure
 
 from helpers.viz import count_rank_colors
 
@@ -37,18 +37,8 @@ def _shot_colors(page) -> tuple[set[int], bytes]:
 def test_layout_explorer_in_jupyterlab(lab, browser_page, tmp_path):
     page = browser_page
     t0 = time.monotonic()
-    try:
-        page.goto(f"{lab['base']}/lab/tree/{NB_NAME}?token={lab['token']}")
-        page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(state="visible")
-        run_all(page)
-
-        page.locator(IMAGE).wait_for(state="visible", timeout=RUN_ALL_TIMEOUT * 1000)
-        page.wait_for_function(ALL_DONE_JS, timeout=RUN_ALL_TIMEOUT * 1000, polling=1000)
-        lab["remember"]()
-        t_run = time.monotonic() - t0
-
-        errors = errors_in_page(page)
-        assert not errors, "error output in the page:\n" + "\n---\n".join(errors)
+    with screenshot_on_failure(page, lab, tmp_path):
+        t_run = open_and_run_all(page, lab, NB_NAME, IMAGE)
         assert page.locator(".jp-OutputArea-output", has_text="❌ not yet").count() == 2
 
         src_before = page.locator(IMAGE).get_attribute("src")
@@ -80,10 +70,3 @@ def test_layout_explorer_in_jupyterlab(lab, browser_page, tmp_path):
         errors = errors_in_page(page)
         assert not errors, "error output in the page:\n" + "\n---\n".join(errors)
         print(f"\nbrowser: run all {t_run:.1f} s, whole test {time.monotonic() - t0:.1f} s")
-    except BaseException:
-        try:
-            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-            print(f"\nscreenshot: {tmp_path / 'failure.png'}; lab log: {lab['log']}")
-        except Exception:
-            pass
-        raise

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from support.browser import ALL_DONE_JS, RUN_ALL_TIMEOUT, errors_in_page, run_all
+from support.browser import errors_in_page, open_and_run_all, screenshot_on_failure
 
 pytestmark = pytest.mark.browser
 
@@ -42,16 +42,8 @@ def _wait_text(page, selector: str, text: str, present: bool = True) -> None:
 def test_calculator_in_jupyterlab(lab, browser_page, tmp_path):
     page = browser_page
     t0 = time.monotonic()
-    try:
-        page.goto(f"{lab['base']}/lab/tree/{NB_NAME}?token={lab['token']}")
-        page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(state="visible")
-        run_all(page)
-        page.locator(IMAGE).wait_for(state="visible", timeout=RUN_ALL_TIMEOUT * 1000)
-        page.wait_for_function(ALL_DONE_JS, timeout=RUN_ALL_TIMEOUT * 1000, polling=1000)
-        lab["remember"]()
-        t_run = time.monotonic() - t0
-        errors = errors_in_page(page)
-        assert not errors, "error output in the page:\n" + "\n---\n".join(errors)
+    with screenshot_on_failure(page, lab, tmp_path):
+        t_run = open_and_run_all(page, lab, NB_NAME, IMAGE)
 
         # the defaults: Llama 2 70B on Derecho
         assert "Use TP=4 within the node" in page.locator(RESULT).inner_text()
@@ -87,10 +79,3 @@ def test_calculator_in_jupyterlab(lab, browser_page, tmp_path):
         assert not errors, "error output in the page:\n" + "\n---\n".join(errors)
         (tmp_path / "calculator.png").write_bytes(page.locator(CALC).screenshot())
         print(f"\nbrowser (notebook 06): run all {t_run:.1f} s, whole test {time.monotonic() - t0:.1f} s")
-    except BaseException:
-        try:
-            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-            print(f"\nscreenshot: {tmp_path / 'failure.png'}; lab log: {lab['log']}")
-        except Exception:
-            pass
-        raise

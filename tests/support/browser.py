@@ -8,9 +8,11 @@ The browser is the system's Chromium (``executable_path``); nothing is downloade
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import time
 
 import psutil
 
@@ -108,3 +110,33 @@ def errors_in_page(page) -> list[str]:
     texts = page.locator(
         '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').all_inner_texts()
     return [t[-800:] for t in texts if "Traceback" in t]
+
+
+def open_and_run_all(page, lab, nb_name: str, ready: str) -> float:
+    """Open ``nb_name`` in the lab, Run All, wait until the ``ready`` selector shows and every cell
+    finished, with no error output in the page. Returns the seconds it took."""
+    t0 = time.monotonic()
+    page.goto(f"{lab['base']}/lab/tree/{nb_name}?token={lab['token']}")
+    page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(state="visible")
+    run_all(page)
+    page.locator(ready).wait_for(state="visible", timeout=RUN_ALL_TIMEOUT * 1000)
+    page.wait_for_function(ALL_DONE_JS, timeout=RUN_ALL_TIMEOUT * 1000, polling=1000)
+    lab["remember"]()
+    seconds = time.monotonic() - t0
+    errors = errors_in_page(page)
+    assert not errors, "error output in the page:\n" + "\n---\n".join(errors)
+    return seconds
+
+
+@contextlib.contextmanager
+def screenshot_on_failure(page, lab, tmp_path):
+    """A failing browser test leaves a full-page screenshot (and says where, with the lab's log)."""
+    try:
+        yield
+    except BaseException:
+        try:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            print(f"\nscreenshot: {tmp_path / 'failure.png'}; lab log: {lab['log']}")
+        except Exception:
+            pass
+        raise
