@@ -19,15 +19,6 @@ from helpers import tp
 from helpers.models import MLP
 
 
-@pytest.fixture(scope="module")
-def world1():
-    if dist.is_initialized():
-        pytest.skip("a process group already exists in this process")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield None
-    dist.destroy_process_group()
-
-
 def _pair(dense, layer, shape):
     torch.manual_seed(1)
     x = torch.randn(*shape, requires_grad=True)

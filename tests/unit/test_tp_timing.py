@@ -6,21 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.distributed as dist
 from torch.testing import assert_close
 
 from helpers.measure.timer import StepTimer, matmul_tflops, timing_degrees
 from helpers.models import Block
 from helpers.models.parallel_block import ParallelBlock
-
-
-@pytest.fixture(scope="module")
-def world1():
-    if dist.is_initialized():
-        pytest.skip("a process group already exists in this process")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield None
-    dist.destroy_process_group()
 
 
 def test_timing_needs_two_ranks_and_says_so():
