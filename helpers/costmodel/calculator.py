@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from .collectives import collective_time, tp_comm_time_per_layer
-from .dims import LLAMA2_70B, PRECISIONS, ModelDims, Setup, layer_param_specs
+from .dims import LLAMA2_70B, PRECISIONS, ModelDims, Setup, check_whole, layer_param_specs
 from .flops import block_flops
 from .hardware import (
     A100_40GB,
@@ -121,12 +121,13 @@ class CalculatorInputs:
         return self.batch * self.seq_len
 
 
+#: the fields :class:`CalculatorInputs` shares with :class:`.dims.ModelDims`
+_SHAPE = ("d_model", "n_layers", "n_heads", "d_ff", "n_kv_heads", "vocab", "gated_mlp", "bias")
+
+
 def derecho_inputs(model: ModelDims = LLAMA2_70B, **changes) -> CalculatorInputs:
     """:class:`CalculatorInputs` for ``model`` on Derecho's defaults, with ``changes`` applied."""
-    base = CalculatorInputs(d_model=model.d_model, n_layers=model.n_layers, n_heads=model.n_heads,
-                            d_ff=model.d_ff, n_kv_heads=model.n_kv_heads, vocab=model.vocab,
-                            gated_mlp=model.gated_mlp, bias=model.bias)
-    return replace(base, **changes)
+    return CalculatorInputs(**{**{k: getattr(model, k) for k in _SHAPE}, **changes})
 
 
 def _whole(v) -> bool:
@@ -180,8 +181,7 @@ def check_inputs(inp: CalculatorInputs) -> list[str]:
 
 
 def _dims(inp: CalculatorInputs) -> ModelDims:
-    return ModelDims("your model", inp.d_model, inp.n_layers, inp.n_heads, inp.d_ff, vocab=inp.vocab,
-                     n_kv_heads=inp.n_kv_heads, gated_mlp=inp.gated_mlp, bias=inp.bias)
+    return ModelDims("your model", **{k: getattr(inp, k) for k in _SHAPE})
 
 
 def _splits(dims: ModelDims, t: int) -> bool:
@@ -207,7 +207,6 @@ class DegreeRow:
     comm_s: float
     efficiency: float
     comm_s_slow: float = 0.0      # the slow bound: one NIC across nodes, one NVLink pair per ring
-
 
     @property
     def step_s(self) -> float:
@@ -274,7 +273,7 @@ def _degree_row(dims, inp, t, rate, curve, node) -> DegreeRow:
     one = memory_per_rank(dims, setup, precision, batch=inp.batch, seq_len=inp.seq_len, layers=1,
                           optimizer_steps_counted=False, attention_scores=not inp.flash_attention)
     prec = PRECISIONS[precision]
-    embed = (2 * dims.vocab * dims.d_model) // t * (prec.param + prec.grad + prec.optim) if dims.vocab else 0
+    embed = 2 * dims.vocab * dims.d_model // t * (prec.param + prec.grad + prec.optim)
     model = embed + dims.n_layers * one.total
     # FSDP's floor: the rest sharded away, each GPU still keeps every layer's activations and
     # one layer all-gathered (its weights and their full gradients before the reduce-scatter)
@@ -408,8 +407,7 @@ def inference_weight_bytes(dims: ModelDims, tp: int, bytes_per_el: int = 2) -> i
             per_layer += spec.numel // tp
         else:
             per_layer += spec.numel
-    vocab = 2 * dims.vocab * dims.d_model // tp if dims.vocab else 0
-    return (dims.n_layers * per_layer + vocab) * bytes_per_el
+    return (dims.n_layers * per_layer + 2 * dims.vocab * dims.d_model // tp) * bytes_per_el
 
 
 @dataclass(frozen=True)
@@ -440,8 +438,7 @@ def sequences_that_fit(dims: ModelDims, seq_len: int, tp: int, gpu: GPU = A100_4
     >>> [sequences_that_fit(LLAMA2_70B, 4096, t).sequences for t in (1, 2, 4)]
     [0, 0, 16]
     """
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-        raise ValueError(f"seq_len must be a positive whole number of tokens, got {seq_len!r}")
+    check_whole("seq_len", seq_len, " of tokens")
     weights = inference_weight_bytes(dims, tp, bytes_per_el)
     kv = kv_cache_bytes(dims.n_layers, seq_len, dims.kv_heads, dims.head_dim, bytes_per_el, p=tp)
     n = int((gpu.memory - weights) // kv) if gpu.memory > weights else 0

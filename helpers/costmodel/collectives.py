@@ -35,13 +35,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .dims import ModelDims, precision_of
+from .dims import ModelDims, check_whole, precision_of
 from .hardware import DERECHO, Link, tp_link
 
-__all__ = ["KINDS", "bytes_sent", "bytes_received", "steps", "collective_time", "fit_link", "RingTime",
-           "ring_time", "fit_alpha_beta",
-           "tp_collectives_per_layer", "tp_bytes_per_layer", "tp_comm_time_per_layer",
-           "grid_side", "bytes_1d_column", "bytes_1d_row", "bytes_summa", "COMM_FORMULAS"]
+__all__ = ["KINDS", "bytes_sent", "bytes_received", "steps", "collective_time", "fit_link", "RingTime", "ring_time",
+           "fit_alpha_beta", "tp_collectives_per_layer", "tp_bytes_per_layer", "tp_comm_time_per_layer", "grid_side",
+           "bytes_1d_column", "bytes_1d_row", "bytes_summa", "COMM_FORMULAS", "mlp_bytes_1d", "mlp_bytes_2d",
+           "mlp_crossover_tokens", "loss_parallel_bytes"]
 
 KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "reduce")
 
@@ -49,8 +49,7 @@ KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast"
 def _check(kind: str, p: int) -> None:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    if isinstance(p, bool) or not isinstance(p, int) or p < 1:
-        raise ValueError(f"p must be a positive whole number of ranks, got {p!r}")
+    check_whole("p", p, " of ranks")
 
 
 def bytes_sent(kind: str, n: float, p: int, *, root: bool = False) -> float:
@@ -151,10 +150,8 @@ def ring_time(kind: str, nbytes: float, p: int, *, ranks_per_node: int, nics_per
     ('Slingshot 11 (one NIC) × 1', 7.196, 'Slingshot 11 (one NIC) × 4', 1.946)
     """
     _check(kind, p)
-    if isinstance(ranks_per_node, bool) or not isinstance(ranks_per_node, int) or ranks_per_node < 1:
-        raise ValueError(f"ranks_per_node must be a positive whole number, got {ranks_per_node!r}")
-    if isinstance(nics_per_node, bool) or not isinstance(nics_per_node, int) or not 1 <= nics_per_node:
-        raise ValueError(f"nics_per_node must be a positive whole number, got {nics_per_node!r}")
+    check_whole("ranks_per_node", ranks_per_node)
+    check_whole("nics_per_node", nics_per_node)
     if nvlink not in ("gpu", "pair"):
         raise ValueError(f"nvlink must be 'gpu' (all of a GPU's links) or 'pair' (one GPU pair), got {nvlink!r}")
     nodes = math.ceil(p / ranks_per_node)
@@ -249,8 +246,7 @@ def tp_collectives_per_layer(dims: ModelDims, tp: int, *, batch: int, seq_len: i
     backward attention in (f) 2048
     backward MLP in (f) 2048
     """
-    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
-        raise ValueError(f"tp degree must be a positive whole number, got {tp!r}")
+    check_whole("tp degree", tp)
     if tp == 1:
         return []
     nbytes = batch * seq_len * dims.d_model * precision_of(precision).act
@@ -370,10 +366,6 @@ COMM_FORMULAS = {"1D column": bytes_1d_column, "1D row": bytes_1d_row, "2D SUMMA
 
 
 # ------------------------------------------------------------------------------ one MLP block, 1D vs 2D; loss parallel
-# (notebooks 04 and 05; this block only adds names)
-__all__ += ["mlp_bytes_1d", "mlp_bytes_2d", "mlp_crossover_tokens", "loss_parallel_bytes"]
-
-
 def _check_mlp(M, D, H, p, dtype_bytes, n_in):
     _check_dims(M, D, H, p, dtype_bytes)
     if n_in not in (1, 2):

@@ -5,8 +5,9 @@
 * :class:`ModelDims` -- a decoder-only transformer's shapes (``TINY`` is notebook 03's model;
   ``LLAMA2_7B`` ... the real sizes, cited); :func:`layer_param_specs` lists one block's weights
   and how TP splits them; :func:`param_count`;
-* :class:`Setup` -- ``tp`` ranks split every layer, ``fsdp`` ranks shard the rest (``SETUPS``:
-  notebook 03's four); :func:`check_setup` refuses a setup that does not split the model evenly.
+* :class:`Setup` -- ``tp`` ranks split every layer, ``fsdp`` ranks shard the rest;
+  :func:`check_setup` refuses a setup that does not split the model evenly;
+* :func:`check_whole` -- the one "positive whole number" refusal of the cost model.
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ from dataclasses import dataclass
 
 from ..common.numbers import divisors
 
-__all__ = ["Precision", "PRECISIONS", "precision_of", "ModelDims", "ParamSpec", "Setup", "SETUPS",
-           "TINY", "LLAMA2_7B", "LLAMA2_13B", "LLAMA2_70B", "REAL_MODELS", "PRESETS",
-           "layer_param_specs", "param_count", "check_setup"]
+__all__ = ["Precision", "PRECISIONS", "precision_of", "ModelDims", "ParamSpec", "Setup", "TINY", "LLAMA2_7B",
+           "LLAMA2_13B", "LLAMA2_70B", "REAL_MODELS", "PRESETS", "layer_param_specs", "param_count", "check_setup",
+           "check_whole"]
+
+
+def check_whole(name: str, v, unit: str = "") -> None:
+    """Refuse ``v`` unless it is a positive whole number (``True`` is not one)."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive whole number{unit}, got {v!r}")
 
 
 # ------------------------------------------------------------------------------ precisions
@@ -76,9 +83,7 @@ class ModelDims:
 
     def __post_init__(self):
         for k in ("d_model", "n_layers", "n_heads", "d_ff"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{k} must be a positive whole number, got {v!r}")
+            check_whole(k, getattr(self, k))
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.kv_heads:
@@ -192,17 +197,11 @@ class Setup:
 
     def __post_init__(self):
         for k in ("tp", "fsdp"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{k} degree must be a positive whole number, got {v!r}")
+            check_whole(f"{k} degree", getattr(self, k))
 
     @property
     def ranks(self) -> int:
         return self.tp * self.fsdp
-
-
-#: notebook 03's four setups on 4 ranks (dense: one device)
-SETUPS = (Setup("dense", 1, 1), Setup("TP only", 4, 1), Setup("FSDP only", 1, 4), Setup("TP × FSDP", 2, 2))
 
 
 def check_setup(dims: ModelDims, setup: Setup, batch: int | None = None) -> None:
@@ -225,8 +224,7 @@ def check_setup(dims: ModelDims, setup: Setup, batch: int | None = None) -> None
             ok = ", ".join(str(k) for k in divisors(n))
             raise ValueError(f"tp={tp} does not divide {label}={n}{why}; pick tp in {{{ok}}}")
     if batch is not None:
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"batch must be a positive whole number of samples, got {batch!r}")
+        check_whole("batch", batch, " of samples")
         if batch % setup.fsdp:
             up = math.ceil(batch / setup.fsdp) * setup.fsdp
             raise ValueError(

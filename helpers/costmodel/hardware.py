@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["Link", "GPU", "A100_40GB", "H100_80GB", "GPUS", "DEFAULT_GPU", "DerechoNode", "DERECHO",
            "NCCL_TUNING", "RING_STEP_LATENCY", "tp_link", "REFERENCE", "REFERENCE_SOURCE", "REFERENCE_SHAPE",
-           "REFERENCE_GPU", "BENCH_SCRIPT", "reference_curve", "shared_devices", "timing_caveat",
+           "REFERENCE_GPU", "reference_curve", "shared_devices", "timing_caveat",
            "NVLINK_A100_SMALL_ALLREDUCE", "DERECHO_DECODE_NVLINK"]
 
 
@@ -184,9 +184,8 @@ DERECHO_DECODE_NVLINK = Link("NVLink (A100), latency from nccl#583", DERECHO.nvl
 
 
 # ------------------------------------------------------------------------------ reference data
-BENCH_SCRIPT = "benchmarks/bench_shard_gemm.py"
 REFERENCE_GPU = H100_80GB.name
-REFERENCE_SOURCE = f"measured by the project with {BENCH_SCRIPT} on an H100 (80 GB), torch 2.11, 2026-11-25"
+REFERENCE_SOURCE = "measured by the project with benchmarks/bench_shard_gemm.py on an H100 (80 GB), torch 2.11, 2026-11-25"
 REFERENCE_SHAPE = ("one (tokens × 8192)·(8192 × 28672/p) matmul, a Llama-70B-sized MLP shard; "
                    "% = rate relative to p=1")
 #: (dtype, tokens) -> (TFLOP/s at p=1, {p: rate at p / rate at p=1}); source: REFERENCE_SOURCE

@@ -16,9 +16,10 @@ Checked by hand in the tests and against storage sizes measured on the engines
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .dims import ModelDims, ParamSpec, Setup, check_setup, layer_param_specs, precision_of
+from ..common.numbers import divisors
+from .dims import ModelDims, ParamSpec, Setup, check_setup, check_whole, layer_param_specs, precision_of
 
 __all__ = ["param_elements_per_rank", "param_bytes", "activation_elements_per_layer",
            "block_activation_bytes", "MemoryBreakdown", "memory_per_rank", "layers_that_fit",
@@ -134,7 +135,6 @@ class MemoryBreakdown:
     grads: int
     optimizer: int
     activations: int
-    setup: Setup = field(default=Setup("dense"), compare=False)
 
     @property
     def total(self) -> int:
@@ -160,7 +160,6 @@ def memory_per_rank(dims: ModelDims, setup: Setup, precision="fp32", *, batch: i
     >>> m.params, m.grads, m.optimizer, m.activations
     (101376, 101376, 202872, 148480)
     """
-    check_setup(dims, setup, batch)
     p = precision_of(precision)
     n = dims.n_layers if layers is None else layers
     elems = param_elements_per_rank(dims, setup)
@@ -170,9 +169,7 @@ def memory_per_rank(dims: ModelDims, setup: Setup, precision="fp32", *, batch: i
         grads=n * elems * p.grad,
         optimizer=n * (elems * p.optim + steps),
         activations=n * activation_elements_per_layer(dims, setup, batch, seq_len,
-                                                      attention_scores=attention_scores) * p.act,
-        setup=setup,
-    )
+                                                      attention_scores=attention_scores) * p.act)
 
 
 def layers_that_fit(dims: ModelDims, setup: Setup, capacity_bytes: float, precision="bf16-mixed", *,
@@ -190,8 +187,7 @@ def layers_that_fit(dims: ModelDims, setup: Setup, capacity_bytes: float, precis
     p = precision_of(precision)
     one = memory_per_rank(dims, setup, p, batch=batch, seq_len=seq_len, layers=1,
                           optimizer_steps_counted=False, attention_scores=attention_scores).total
-    extra_params = (2 * dims.vocab * dims.d_model) // setup.ranks if dims.vocab else 0
-    extra = extra_params * (p.param + p.grad + p.optim)
+    extra = 2 * dims.vocab * dims.d_model // setup.ranks * (p.param + p.grad + p.optim)   # embedding and head
     if extra >= capacity_bytes:
         return 0
     return int(min(dims.n_layers, (capacity_bytes - extra) // one))
@@ -209,15 +205,13 @@ def kv_heads_per_rank(n_kv_heads: int, p: int) -> int:
     Traceback (most recent call last):
     ValueError: n_kv_heads=3 and tp degree 4 divide neither way ...: {1, 3, 6, 9, 12}
     """
-    for name, v in (("n_kv_heads", n_kv_heads), ("tp degree", p)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive whole number, got {v!r}")
+    check_whole("n_kv_heads", n_kv_heads)
+    check_whole("tp degree", p)
     if n_kv_heads % p == 0:
         return n_kv_heads // p
     if p % n_kv_heads == 0:
         return 1
-    ok = sorted({d for d in range(1, n_kv_heads + 1) if n_kv_heads % d == 0}
-                | {n_kv_heads * k for k in range(2, 5)})
+    ok = sorted(set(divisors(n_kv_heads)) | {n_kv_heads * k for k in range(2, 5)})
     raise ValueError(f"n_kv_heads={n_kv_heads} and tp degree {p} divide neither way ({p} kv heads would "
                      f"split a head, {n_kv_heads} would leave ranks without one); pick a degree that divides "
                      f"{n_kv_heads} or is a multiple of it: {{{', '.join(map(str, ok))}}}")
