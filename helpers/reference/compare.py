@@ -38,11 +38,7 @@ __all__ = ["Result", "ComparisonError", "reassemble", "compare", "compare_grads"
 _TINY = 1e-12
 
 
-# --------------------------------------------------------------------------------------------
-# conversion
-# --------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------------------ conversion
 def to_f64(x: Any, what: str) -> torch.Tensor:
     """Any tensor / ndarray / number -> float64 CPU tensor (detached)."""
     if isinstance(x, torch.Tensor):
@@ -57,9 +53,7 @@ def to_f64(x: Any, what: str) -> torch.Tensor:
         if np.iscomplexobj(a):
             raise TypeError(f"{what}: complex arrays are not supported")
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
-    raise TypeError(
-        f"{what}: expected a torch.Tensor or numpy array, got {type(x).__name__}"
-    )
+    raise TypeError(f"{what}: expected a torch.Tensor or numpy array, got {type(x).__name__}")
 
 
 def as_shard_list(shards: Any) -> list:
@@ -70,16 +64,12 @@ def as_shard_list(shards: Any) -> list:
             raise ValueError(f"shards dict must be keyed by rank 0..{len(keys) - 1}, got keys {keys}")
         return [shards[k] for k in keys]
     if isinstance(shards, (torch.Tensor, np.ndarray)):
-        raise TypeError(
-            "shards must be a list with one tensor per rank (rank 0 first), "
-            f"got a single {type(shards).__name__}; wrap it as [t] for one rank"
-        )
+        raise TypeError("shards must be a list with one tensor per rank (rank 0 first), "
+                        f"got a single {type(shards).__name__}; wrap it as [t] for one rank")
     try:
         return list(shards)
     except TypeError:
-        raise TypeError(
-            f"shards must be a list with one tensor per rank, got {type(shards).__name__}"
-        ) from None
+        raise TypeError(f"shards must be a list with one tensor per rank, got {type(shards).__name__}") from None
 
 
 def fmt_shape(shape) -> str:
@@ -90,10 +80,6 @@ def fmt_index(flat: int, shape) -> str:
     if len(shape) == 0:
         return "()"
     return str(tuple(int(i) for i in np.unravel_index(int(flat), tuple(shape))))
-
-
-def _canon(layout: str) -> str:
-    return placement_text(*parse_placement(layout))
 
 
 def _same_except(shape, other, d: int) -> bool:
@@ -108,11 +94,7 @@ def _shape_summary(ts: Sequence[torch.Tensor]) -> str:
     return ", ".join(f"rank {r}: {s}" for r, s in enumerate(shapes))
 
 
-# --------------------------------------------------------------------------------------------
-# reassemble
-# --------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------------------ reassemble
 def reassemble(shards, layout: str, *, atol: float = 0.0, rtol: float = 0.0) -> torch.Tensor:
     """Rebuild the full tensor (float64, CPU) from the per-rank pieces.
 
@@ -132,12 +114,9 @@ def reassemble(shards, layout: str, *, atol: float = 0.0, rtol: float = 0.0) -> 
 
     if kind == "replicate":
         ref = ts[0]
-        bad_shape = [r for r, t in enumerate(ts) if t.shape != ref.shape]
-        if bad_shape:
-            raise AssertionError(
-                f"layout 'Replicate()': every rank should hold the same full tensor, but shapes "
-                f"differ: {_shape_summary(ts)}. If each rank holds a block, use 'Shard(d)'."
-            )
+        if any(t.shape != ref.shape for t in ts):
+            raise AssertionError(f"layout 'Replicate()': every rank should hold the same full tensor, but shapes "
+                                 f"differ: {_shape_summary(ts)}. If each rank holds a block, use 'Shard(d)'.")
         disagree: list[tuple[int, float]] = []
         for r, t in enumerate(ts[1:], start=1):
             if not torch.allclose(t, ref, atol=atol, rtol=rtol, equal_nan=True):
@@ -147,53 +126,36 @@ def reassemble(shards, layout: str, *, atol: float = 0.0, rtol: float = 0.0) -> 
         if disagree:
             worst_r, worst = max(disagree, key=lambda x: x[1])
             ranks = ", ".join(str(r) for r, _ in disagree)
-            hint = (
-                " If these are partial sums (e.g. the output of a row-parallel matmul before "
-                "its all-reduce), use layout 'Partial()' -- or add the missing all-reduce."
-            )
-            raise AssertionError(
-                f"layout 'Replicate()': rank(s) {ranks} disagree with rank 0 "
-                f"(max |Δ| {worst:.1e} on rank {worst_r}, tolerance atol {atol:.0e} "
-                f"rtol {rtol:.0e}).{hint}"
-            )
+            raise AssertionError(f"layout 'Replicate()': rank(s) {ranks} disagree with rank 0 (max |Δ| {worst:.1e} "
+                                 f"on rank {worst_r}, tolerance atol {atol:.0e} rtol {rtol:.0e}). If these are partial "
+                                 "sums (e.g. the output of a row-parallel matmul before its all-reduce), use layout "
+                                 "'Partial()' -- or add the missing all-reduce.")
         return ref.clone()
 
     if kind == "partial":
         ref = ts[0]
         if any(t.shape != ref.shape for t in ts):
-            raise AssertionError(
-                f"layout 'Partial()': every rank should hold a full-size partial sum of the same "
-                f"shape, but shapes differ: {_shape_summary(ts)}"
-            )
+            raise AssertionError("layout 'Partial()': every rank should hold a full-size partial sum of the same "
+                                 f"shape, but shapes differ: {_shape_summary(ts)}")
         return torch.stack(ts).sum(0)
 
     # Shard(d)
     ndim = ts[0].dim()
     if any(t.dim() != ndim for t in ts):
-        raise AssertionError(
-            f"layout 'Shard({dim})': shards have different numbers of dims: {_shape_summary(ts)}"
-        )
+        raise AssertionError(f"layout 'Shard({dim})': shards have different numbers of dims: {_shape_summary(ts)}")
     if ndim == 0:
         raise ValueError(f"layout 'Shard({dim})' needs shards with at least 1 dim; got 0-d scalars")
     if not -ndim <= dim < ndim:
-        raise ValueError(
-            f"layout 'Shard({dim})': dim {dim} is out of range for {ndim}-d shards "
-            f"(valid: {-ndim}..{ndim - 1})"
-        )
+        raise ValueError(f"layout 'Shard({dim})': dim {dim} is out of range for {ndim}-d shards "
+                         f"(valid: {-ndim}..{ndim - 1})")
     d = dim % ndim
     if not all(_same_except(t.shape, ts[0].shape, d) for t in ts):
-        raise AssertionError(
-            f"layout 'Shard({dim})': shards must match in every dim except {dim}, "
-            f"but got {_shape_summary(ts)}"
-        )
+        raise AssertionError(f"layout 'Shard({dim})': shards must match in every dim except {dim}, "
+                             f"but got {_shape_summary(ts)}")
     return torch.cat(ts, dim=d)
 
 
-# --------------------------------------------------------------------------------------------
-# Result
-# --------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------------------ Result
 @dataclass
 class Result:
     """Outcome of one dense-vs-TP comparison.
@@ -228,21 +190,15 @@ class Result:
     def __str__(self) -> str:
         mark = "✅" if self.passed else "❌"
         err = f"max|Δ| {self.max_abs:.1e}"
-        if not self.matches:
-            err += f" at {self.argmax}" if self.argmax else ""
+        if not self.matches and self.argmax:
+            err += f" at {self.argmax}"
         ranks = f"{self.n_ranks} rank" + ("s" if self.n_ranks != 1 else "")
-        return (
-            f"{mark} {self.name} {self._verb()}  shape {fmt_shape(self.shape)}  {err}  "
-            f"(layout {self.layout}, {ranks})"
-        )
+        return f"{mark} {self.name} {self._verb()}  shape {fmt_shape(self.shape)}  {err}  (layout {self.layout}, {ranks})"
 
     def _repr_html_(self) -> str:
         colour = "#1a7f37" if self.passed else "#cf222e"
-        return (
-            f'<div class="tp-compare-result" data-passed="{str(self.passed).lower()}" '
-            f'style="font-family: monospace; white-space: pre; color: {colour};">'
-            f"{html.escape(str(self))}</div>"
-        )
+        return (f'<div class="tp-compare-result" data-passed="{str(self.passed).lower()}" '
+                f'style="font-family: monospace; white-space: pre; color: {colour};">{html.escape(str(self))}</div>')
 
     def _repr_pretty_(self, p, cycle) -> None:
         p.text(str(self))
@@ -262,11 +218,7 @@ class ComparisonError(AssertionError):
         self.result = result
 
 
-# --------------------------------------------------------------------------------------------
-# compare
-# --------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------------------ compare
 def _errors(tp: torch.Tensor, dense: torch.Tensor):
     """abs and rel error tensors; a NaN/inf where dense is finite counts as an infinite error."""
     diff = (tp - dense).abs()
@@ -283,24 +235,17 @@ def _hint(tp_pieces: list[torch.Tensor], kind: str, tp: torch.Tensor, dense: tor
     p = len(tp_pieces)
     if p > 1 and tp.shape == dense.shape and tp.numel():
         if torch.allclose(tp, p * dense, atol=atol, rtol=rtol):
-            return (
-                f" Hint: the TP result is {p}× dense (p = {p}): something was summed over "
-                "ranks once too often (an all-reduce on a value that was already complete)."
-            )
+            return (f" Hint: the TP result is {p}× dense (p = {p}): something was summed over "
+                    "ranks once too often (an all-reduce on a value that was already complete).")
     if kind != "partial" and p > 1 and all(t.shape == dense.shape for t in tp_pieces):
         if torch.allclose(torch.stack(tp_pieces).sum(0), dense, atol=atol, rtol=rtol):
-            return (
-                " Hint: the shards sum to dense: they are partial sums. Either the all-reduce "
-                "is missing, or the layout is 'Partial()'."
-            )
+            return (" Hint: the shards sum to dense: they are partial sums. Either the all-reduce is missing, "
+                    "or the layout is 'Partial()'.")
     return ""
 
 
 def _layout_suggestions(ts: list[torch.Tensor], dense_shape) -> list[str]:
-    out = []
-    shapes = {t.shape for t in ts}
-    if len(shapes) == 1 and ts[0].shape == dense_shape:
-        out += ["Replicate()", "Partial()"]
+    out = ["Replicate()", "Partial()"] if all(t.shape == dense_shape for t in ts) else []
     nd = ts[0].dim()
     if nd and all(t.dim() == nd for t in ts) and len(dense_shape) == nd:
         out += [f"Shard({d})" for d in range(nd)
@@ -313,8 +258,8 @@ def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
     """Compare without raising on a (mis)match; returns the Result (figure attached on failure)."""
     if expect not in ("match", "mismatch"):
         raise ValueError(f"expect must be 'match' or 'mismatch', got {expect!r}")
-    canon = _canon(layout)
-    kind, _ = parse_placement(layout)
+    kind, dim = parse_placement(layout)
+    canon = placement_text(kind, dim)
     ts = [to_f64(p, f"shard of rank {r}") for r, p in enumerate(as_shard_list(shards))]
     dense_t = to_f64(dense, f"{name}: dense reference")
     n = len(ts)
@@ -332,10 +277,8 @@ def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
     if tp.shape != dense_t.shape:
         sugg = _layout_suggestions(ts, dense_t.shape)
         hint = f" Layouts that would give the dense shape: {', '.join(sugg)}." if sugg else ""
-        raise ComparisonError(
-            f"{name} (layout {canon}): reassembled shape {fmt_shape(tp.shape)} from {n} shard(s) "
-            f"[{_shape_summary(ts)}] != dense shape {fmt_shape(dense_t.shape)}.{hint}"
-        )
+        raise ComparisonError(f"{name} (layout {canon}): reassembled shape {fmt_shape(tp.shape)} from {n} shard(s) "
+                              f"[{_shape_summary(ts)}] != dense shape {fmt_shape(dense_t.shape)}.{hint}")
 
     diff, rel = _errors(tp, dense_t)
     max_abs, i_abs = (float(diff.max()), int(diff.argmax())) if diff.numel() else (0.0, 0)
@@ -346,19 +289,13 @@ def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
     n_bad = int(bad.sum())
     argmax = tuple(int(i) for i in np.unravel_index(i_abs, tuple(tp.shape))) if diff.numel() else ()
 
-    numbers = (
-        f"{name} (layout {canon}): max abs err {max_abs:.1e} "
-        f"{'>' if max_abs > atol else '<='} atol {atol:.0e} at index {fmt_index(i_abs, tp.shape)}; "
-        f"max rel err {max_rel:.1e} at index {fmt_index(i_rel, tp.shape)}; "
-        f"{n_bad} of {diff.numel()} elements fail |tp - dense| <= atol + rtol*|dense| "
-        f"(atol {atol:.0e}, rtol {rtol:.0e})"
-    )
-    passed = matches if expect == "match" else not matches
-    res = Result(
-        name=name, passed=passed, max_abs=max_abs, max_rel=max_rel,
-        shape=tuple(int(s) for s in tp.shape), layout=canon, n_ranks=n, matches=matches,
-        expect=expect, atol=atol, rtol=rtol, argmax=argmax, message=numbers,
-    )
+    numbers = (f"{name} (layout {canon}): max abs err {max_abs:.1e} {'>' if max_abs > atol else '<='} atol {atol:.0e} "
+               f"at index {fmt_index(i_abs, tp.shape)}; max rel err {max_rel:.1e} at index {fmt_index(i_rel, tp.shape)}; "
+               f"{n_bad} of {diff.numel()} elements fail |tp - dense| <= atol + rtol*|dense| "
+               f"(atol {atol:.0e}, rtol {rtol:.0e})")
+    res = Result(name=name, passed=matches if expect == "match" else not matches, max_abs=max_abs, max_rel=max_rel,
+                 shape=tuple(int(s) for s in tp.shape), layout=canon, n_ranks=n, matches=matches,
+                 expect=expect, atol=atol, rtol=rtol, argmax=argmax, message=numbers)
     if not matches:
         if worst_rank is not None and n > 1:
             res.message += f"; worst copy: rank {worst_rank}"
@@ -393,11 +330,9 @@ def compare(name: str, shards, dense, layout: str = "Replicate()", *, atol: floa
     if not res.passed:
         if expect == "match":
             raise ComparisonError(res.message, res)
-        raise ComparisonError(
-            f"{name} (layout {_canon(layout)}): expected a mismatch (this cell breaks the TP "
-            f"computation on purpose), but TP matches dense: max abs err {res.max_abs:.1e} "
-            f"<= atol {atol:.0e}. Did the cell that breaks it run?", res
-        )
+        raise ComparisonError(f"{name} (layout {res.layout}): expected a mismatch (this cell breaks the TP "
+                              f"computation on purpose), but TP matches dense: max abs err {res.max_abs:.1e} "
+                              f"<= atol {atol:.0e}. Did the cell that breaks it run?", res)
     return res
 
 
@@ -412,9 +347,7 @@ def compare_grads(pairs, *, atol: float = 1e-5, rtol: float = 1e-4, show=True) -
     failures: list[str] = []
     for i, item in enumerate(pairs):
         if not isinstance(item, (tuple, list)) or len(item) not in (3, 4):
-            raise ValueError(
-                f"compare_grads: item {i} must be (name, shards, dense[, layout]), got {item!r:.80}"
-            )
+            raise ValueError(f"compare_grads: item {i} must be (name, shards, dense[, layout]), got {item!r:.80}")
         name, shards, dense = item[:3]
         layout = item[3] if len(item) == 4 else "Replicate()"
         try:
@@ -428,18 +361,12 @@ def compare_grads(pairs, *, atol: float = 1e-5, rtol: float = 1e-4, show=True) -
         if not res.passed:
             failures.append(res.message)
     if failures:
-        raise ComparisonError(
-            f"{len(failures)} of {len(pairs)} comparisons failed:\n"
-            + "\n".join(f"  - {f}" for f in failures)
-        )
+        raise ComparisonError(f"{len(failures)} of {len(pairs)} comparisons failed:\n"
+                              + "\n".join(f"  - {f}" for f in failures))
     return results
 
 
-# --------------------------------------------------------------------------------------------
-# error heatmap
-# --------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------------------ error heatmap
 def error_heatmap(tp, dense, title: str | None = None, ax=None):
     """Draw |tp - dense| as an image and return the matplotlib Figure.
 
@@ -454,10 +381,7 @@ def error_heatmap(tp, dense, title: str | None = None, ax=None):
     tp_t = to_f64(tp, "tp")
     dense_t = to_f64(dense, "dense")
     if tp_t.shape != dense_t.shape:
-        raise ValueError(
-            f"error_heatmap: tp shape {fmt_shape(tp_t.shape)} != dense shape "
-            f"{fmt_shape(dense_t.shape)}"
-        )
+        raise ValueError(f"error_heatmap: tp shape {fmt_shape(tp_t.shape)} != dense shape {fmt_shape(dense_t.shape)}")
     diff, _ = _errors(tp_t, dense_t)
     finite_max = float(diff[torch.isfinite(diff)].max()) if torch.isfinite(diff).any() else 0.0
     img = to_2d(diff.nan_to_num(posinf=finite_max)).numpy()
@@ -483,8 +407,7 @@ def error_heatmap(tp, dense, title: str | None = None, ax=None):
         ax.tick_params(which="minor", length=0)
     if diff.numel() and max_err > 0:
         r2, c2 = np.unravel_index(idx, img.shape)
-        ax.add_patch(Rectangle((c2 - 0.5, r2 - 0.5), 1, 1, fill=False, edgecolor="#00e5ff",
-                               linewidth=2))
+        ax.add_patch(Rectangle((c2 - 0.5, r2 - 0.5), 1, 1, fill=False, edgecolor="#00e5ff", linewidth=2))
     where = fmt_index(idx, tuple(tp_t.shape)) if diff.numel() else "()"
     shape_note = "" if tp_t.dim() in (1, 2) else f" (shape {fmt_shape(tp_t.shape)} flattened)"
     ax.set_title(f"{title or '|TP − dense|'}\nmax {max_err:.1e} at {where}{shape_note}", fontsize=10)

@@ -133,22 +133,14 @@ class DTensorView:
                 f"mesh {self.mesh_shape}{names}; local {shapes}>")
 
 
-def _what(desc: dict) -> str:
-    kind = desc["kind"]
-    if kind == "dtensor":
-        return "a DTensor"
-    if kind == "dict":
-        return "a dict of DTensors"
-    if kind == "missing":
-        return "not defined"
-    return desc.get("type", "something else")
+_WHAT = {"dtensor": "a DTensor", "dict": "a dict of DTensors", "missing": "not defined"}
 
 
 def _refuse(name: str, descs: list[dict]) -> None:
     missing_ranks(name, [{} if d["kind"] == "missing" else {name: d} for d in descs])
     by_what: dict[str, list[int]] = {}
     for r, d in enumerate(descs):
-        by_what.setdefault(_what(d), []).append(r)
+        by_what.setdefault(_WHAT.get(d["kind"]) or d.get("type", "something else"), []).append(r)
     parts = "; ".join(f"rank{'s' if len(rs) > 1 else ''} {', '.join(map(str, rs))}: {w}"
                       for w, rs in by_what.items())
     raise ValueError(f"{name!r} is not a DTensor on every rank ({parts}). Make it one on every rank, e.g. "
