@@ -166,12 +166,16 @@ class CommRecorder(CommDebugMode):
         self.records.clear()
 
 
-def comm_counts(comm_mode) -> dict[str, int]:
-    """``{"all_reduce": 2, ...}``: every collective a ``CommDebugMode`` saw, by short name."""
+def _by_short_name(counts) -> dict[str, int]:
     out: dict[str, int] = {}
-    for op, n in comm_mode.get_comm_counts().items():
+    for op, n in counts.items():
         out[op_name(op)] = out.get(op_name(op), 0) + int(n)
     return out
+
+
+def comm_counts(comm_mode) -> dict[str, int]:
+    """``{"all_reduce": 2, ...}``: every collective a ``CommDebugMode`` saw, by short name."""
+    return _by_short_name(comm_mode.get_comm_counts())
 
 
 def comm_trace(comm_mode) -> dict[str, dict[str, dict[str, int]]]:
@@ -180,14 +184,5 @@ def comm_trace(comm_mode) -> dict[str, dict[str, dict[str, int]]]:
     Modules are named by their path (``"Block.attn.q"``), in the order the forward met them;
     ``"Global"`` (the whole region) is left out.
     """
-    out = {}
-    for module, passes in comm_mode.comm_module_counts.items():
-        if module == "Global":
-            continue
-        out[str(module)] = {}
-        for p in ("forward", "backward"):
-            counts: dict[str, int] = {}
-            for op, n in passes.get(p, {}).items():
-                counts[op_name(op)] = counts.get(op_name(op), 0) + int(n)
-            out[str(module)][p] = counts
-    return out
+    return {str(module): {p: _by_short_name(passes.get(p, {})) for p in ("forward", "backward")}
+            for module, passes in comm_mode.comm_module_counts.items() if module != "Global"}

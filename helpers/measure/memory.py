@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["local_tensor", "storage_bytes", "tensor_bytes", "param_bytes", "grad_bytes",
-           "optimizer_state_bytes", "SavedActivations", "saved_activation_bytes",
+__all__ = ["local_tensor", "storage_bytes", "tensor_bytes", "SavedActivations", "saved_activation_bytes",
            "measure_training_step"]
 
 
@@ -41,7 +40,9 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
 
 
 def _storage_key(t: torch.Tensor):
-    """((device, storage address), bytes) of ``t``'s storage; (None, 0) for a tensor without one."""
+    """((device, storage address), bytes) of the storage behind ``t`` (a DTensor: its local shard);
+    (None, 0) for a tensor without one."""
+    t = local_tensor(t)
     try:
         s = t.untyped_storage()
     except RuntimeError:  # a wrapper subclass without real storage
@@ -55,7 +56,7 @@ def storage_bytes(tensors) -> int:
     for t in tensors:
         if t is None:
             continue
-        key, nbytes = _storage_key(local_tensor(t))
+        key, nbytes = _storage_key(t)
         if key is not None and nbytes:
             seen[key] = nbytes
     return sum(seen.values())
@@ -64,20 +65,6 @@ def storage_bytes(tensors) -> int:
 def tensor_bytes(t: torch.Tensor) -> int:
     """Bytes of the storage behind ``t`` (a DTensor: its local shard)."""
     return storage_bytes([t])
-
-
-def param_bytes(model: torch.nn.Module) -> int:
-    return storage_bytes(p for p in model.parameters())
-
-
-def grad_bytes(model: torch.nn.Module) -> int:
-    return storage_bytes(p.grad for p in model.parameters())
-
-
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """AdamW's ``exp_avg`` and ``exp_avg_sq`` (and its 4-byte ``step`` counters), as stored."""
-    return storage_bytes(v for state in optimizer.state.values() for v in state.values()
-                         if isinstance(v, torch.Tensor))
 
 
 class SavedActivations:
@@ -93,7 +80,7 @@ class SavedActivations:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.seen: dict = {}
         self.peak_bytes: int | None = None
-        self._fixed = {_storage_key(local_tensor(p))[0] for p in params}
+        self._fixed = {_storage_key(p)[0] for p in params}
         self._hooks = None
         self._base = 0
 
@@ -101,20 +88,14 @@ class SavedActivations:
     def saved_bytes(self) -> int:
         return sum(self.seen.values())
 
-    bytes = saved_bytes
-
-    @property
-    def n_saved(self) -> int:
-        return len(self.seen)
-
     def _param_keys(self) -> set:
         if self.exclude is None:
             return self._fixed
-        return self._fixed | {_storage_key(local_tensor(p))[0] for p in self.exclude.parameters()}
+        return self._fixed | {_storage_key(p)[0] for p in self.exclude.parameters()}
 
     def _pack(self, t):
         if not isinstance(t, torch.nn.Parameter):
-            key, nbytes = _storage_key(local_tensor(t))
+            key, nbytes = _storage_key(t)
             if key is not None and nbytes and key not in self.seen and key not in self._param_keys():
                 self.seen[key] = nbytes
         return t
@@ -137,7 +118,7 @@ class SavedActivations:
 
     def __repr__(self) -> str:
         peak = "" if self.peak_bytes is None else f", peak {self.peak_bytes} B"
-        return f"SavedActivations(saved {self.saved_bytes} B in {self.n_saved} storages{peak})"
+        return f"SavedActivations(saved {self.saved_bytes} B in {len(self.seen)} storages{peak})"
 
 
 def saved_activation_bytes(device=None, params=()) -> SavedActivations:
@@ -163,10 +144,10 @@ def measure_training_step(model: torch.nn.Module, optimizer: torch.optim.Optimiz
         out = model(inputs)
     loss_fn(out).backward()
     optimizer.step()
-    return {
-        "parameters": param_bytes(model),
-        "gradients": grad_bytes(model),
-        "optimizer state": optimizer_state_bytes(optimizer),
-        "activations": acts.saved_bytes,
-        "peak_allocated": torch.cuda.max_memory_allocated(device) if cuda else None,
-    }
+    return {"parameters": storage_bytes(model.parameters()),
+            "gradients": storage_bytes(p.grad for p in model.parameters()),
+            # AdamW's exp_avg and exp_avg_sq (and its 4-byte step counters), as stored
+            "optimizer state": storage_bytes(v for state in optimizer.state.values() for v in state.values()
+                                             if isinstance(v, torch.Tensor)),
+            "activations": acts.saved_bytes,
+            "peak_allocated": torch.cuda.max_memory_allocated(device) if cuda else None}

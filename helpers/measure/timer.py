@@ -22,7 +22,6 @@ Shoeybi et al. 2019, "Megatron-LM", arXiv:1909.08053, Section 3 and Figure 3 (*f
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 
 import torch
@@ -30,6 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..common.numbers import divisors
+from ..costmodel.dims import check_whole
 
 __all__ = ["StepTimer", "timed_linear", "timing_degrees", "tp_subgroup", "turns", "matmul_tflops", "KINDS"]
 
@@ -99,8 +99,6 @@ class StepTimer:
         median = ranked[(len(ranked) - 1) // 2]
         out = {k: median[k] for k in ("step", *KINDS)}
         out["spans"] = list(median["spans"])
-        out["steps"] = [s["step"] for s in self.steps]
-        out["median_of_steps"] = statistics.median(out["steps"])
         return out
 
 
@@ -150,8 +148,7 @@ def timing_degrees(world_size: int, limit: int | None = None) -> list[int]:
     Traceback (most recent call last):
     ValueError: timing TP needs at least 2 ranks, and this cluster has 1: ... helpers.connect(n=4) ...
     """
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive whole number, got {world_size!r}")
+    check_whole("world_size", world_size)
     if world_size < 2:
         raise ValueError(f"timing TP needs at least 2 ranks, and this cluster has {world_size}: "
                          "there would be no collective to time. Start one with "
