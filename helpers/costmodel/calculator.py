@@ -18,13 +18,9 @@ micro-batch, the precision, the GPU and its links) and returns a :class:`Plan`:
 Input problems never raise from :func:`check_inputs`: it returns the messages (the widget shows
 them). :func:`plan` raises one ``ValueError`` listing them all.
 
-Also here, for notebook 06's extrapolation to degrees the cluster does not have:
-:func:`interpolate_efficiency` (the link fit is :func:`.collectives.fit_link`).
-
-And notebook 07's inference rows: :func:`inference_weight_bytes` (the weights one rank serves),
-:func:`sequences_that_fit` (how many sequences of L tokens fit a GPU after the weights, the KV
-cache by :func:`.memory.kv_cache_bytes`), :func:`decode_token_time` (one generated token: every
-weight and the cache read once from HBM, plus 2 all-reduces per layer on the TP link).
+Also here: notebook 06's extrapolation to degrees the cluster does not have
+(:func:`interpolate_efficiency`), and notebook 07's inference rows (:func:`inference_weight_bytes`,
+:func:`sequences_that_fit`, :func:`decode_token_time`).
 """
 
 from __future__ import annotations

@@ -107,8 +107,6 @@ def collective_time(nbytes: float, bandwidth: float, latency: float = 0.0, kind:
         raise ValueError(f"bandwidth must be a positive number of bytes/s, got {bandwidth!r}")
     if latency < 0:
         raise ValueError(f"latency must be >= 0 seconds, got {latency!r}")
-    if p == 1:
-        return 0.0
     busiest = max(bytes_sent(kind, nbytes, p, root=True), bytes_received(kind, nbytes, p, root=True))
     return steps(kind, p) * latency + busiest / bandwidth
 
@@ -172,7 +170,7 @@ def ring_time(kind: str, nbytes: float, p: int, *, ranks_per_node: int, nics_per
     return RingTime(n_steps * (lat + chunk / bw), n_steps, chunk, bound, bw, lat, nodes)
 
 
-def fit_link(times: dict[int, float], nbytes: float, name: str = "fitted") -> Link:
+def fit_link(times: dict[int, float], nbytes: float) -> Link:
     """A ring all-reduce's latency α (per step) and bandwidth β that best explain measured
     all-reduce seconds ``times[p]`` of an ``nbytes`` message (least squares, both >= 0):
     t(p) = 2(p-1)·α + bytes_sent(p)/β (:func:`collective_time`). When the best unconstrained fit
@@ -183,7 +181,7 @@ def fit_link(times: dict[int, float], nbytes: float, name: str = "fitted") -> Li
     >>> round(link.latency * 1e6, 3), round(link.bandwidth / 1e9, 3)
     (2.0, 1.0)
     """
-    return fit_alpha_beta([(p, nbytes, t) for p, t in times.items()], name=name, min_points=1)[0]
+    return fit_alpha_beta([(p, nbytes, t) for p, t in times.items()], min_points=1)[0]
 
 
 def fit_alpha_beta(points: list[tuple[int, float, float]], kind: str = "all_reduce",
@@ -272,33 +270,26 @@ def tp_bytes_per_layer(dims: ModelDims, tp: int, *, batch: int, seq_len: int, pr
 
 
 def tp_comm_time_per_layer(dims: ModelDims, tp: int, *, batch: int, seq_len: int, precision="bf16-mixed",
-                           link: Link | None = None, ranks_per_node: int | None = None,
-                           nics_per_node: int | None = None, nvlink: str = "gpu", node=DERECHO) -> dict:
-    """Modelled seconds of TP's collectives in ONE block per step (forward, backward, both).
-
-    With ``link``: every all-reduce on that one link (:func:`collective_time`; e.g. a link fitted to
-    measurements). Without: a ring on ``node``'s layout (:func:`ring_time`): ``ranks_per_node``
-    (default: the node's GPUs), ``nics_per_node`` (default: all the node's NICs, NCCL's channels
-    spread over them; 1: the whole ring through one NIC) and ``nvlink`` ("gpu" or "pair").
-    ``out["link"]`` names the link that bounds every ring step.
+                           ranks_per_node: int | None = None, nics_per_node: int | None = None, nvlink: str = "gpu",
+                           node=DERECHO) -> dict:
+    """Modelled seconds of TP's collectives in ONE block per step (forward, backward, both), each a
+    ring on ``node``'s layout (:func:`ring_time`): ``ranks_per_node`` (default: the node's GPUs),
+    ``nics_per_node`` (default: all the node's NICs, NCCL's channels spread over them; 1: the whole
+    ring through one NIC) and ``nvlink`` ("gpu" or "pair"). ``out["link"]`` names the link that
+    bounds every ring step.
 
     >>> from .dims import LLAMA2_13B
     >>> t = tp_comm_time_per_layer(LLAMA2_13B, 4, batch=1, seq_len=4096)
     >>> round(t["step"] * 1e3, 3), t["link"]   # ms: 4 all-reduces of 42 MB over NVLink, 24 steps × 3.4 µs
     (0.92, 'NVLink 3 (all links of a GPU)')
     """
-    out = {"forward": 0.0, "backward": 0.0}
-    name = link.name if link else None
+    out = {"forward": 0.0, "backward": 0.0, "link": tp_link(tp, node.gpus_per_node, node).name}
     for c in tp_collectives_per_layer(dims, tp, batch=batch, seq_len=seq_len, precision=precision):
-        if link is not None:
-            t = collective_time(c["bytes"], link.bandwidth, link.latency, c["kind"], tp)
-        else:
-            r = ring_time(c["kind"], c["bytes"], tp, ranks_per_node=ranks_per_node or node.gpus_per_node,
-                          nics_per_node=nics_per_node or node.nics_per_node, nvlink=nvlink, node=node)
-            t, name = r.seconds, r.bound_by
-        out[c["phase"]] += t
+        r = ring_time(c["kind"], c["bytes"], tp, ranks_per_node=ranks_per_node or node.gpus_per_node,
+                      nics_per_node=nics_per_node or node.nics_per_node, nvlink=nvlink, node=node)
+        out[c["phase"]] += r.seconds
+        out["link"] = r.bound_by
     out["step"] = out["forward"] + out["backward"]
-    out["link"] = name or (link or tp_link(tp, node.gpus_per_node, node)).name
     return out
 
 

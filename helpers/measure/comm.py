@@ -37,7 +37,7 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.debug import CommDebugMode
 from torch.distributed.tensor.debug._comm_mode import c10d_collective_ops
 
-from ..costmodel.collectives import bytes_received, bytes_sent
+from ..costmodel.collectives import KINDS, bytes_received, bytes_sent
 
 __all__ = ["CommRecord", "CommRecorder", "op_name", "comm_counts", "comm_trace"]
 
@@ -124,7 +124,7 @@ class CommRecorder(CommDebugMode):
             root = isinstance(args[2], int) and args[2] == dist.get_rank(args[1])
         tracker = self.advanced_module_tracker
         phase = "backward" if tracker.is_bw else "forward"
-        if op in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "reduce"):
+        if op in KINDS:
             self.record(op, n, p, root=root, phase=phase, module=str(tracker.name))
 
     def __enter__(self):
