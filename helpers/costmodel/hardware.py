@@ -231,12 +231,8 @@ def shared_devices(layout: list[dict]) -> dict[str, list[int]]:
 
 def timing_caveat(layout: list[dict]) -> dict:
     """What a timing on this layout can and cannot say, decided before timing (a pure function of
-    ``cluster.info()``). Returns {"label", "shared", "note"}:
-
-    - ranks sharing a GPU: label "shared GPU", and a note that the ranks contend for one device,
-      so times do not show what one GPU per rank would give;
-    - CPU engines: label "CPU engines", and a note that they share one host's cores over gloo;
-    - one GPU per rank: label "" and note "" (nothing to warn about).
+    ``cluster.info()``): {"label", "shared", "note"}, label "shared GPU", "CPU engines" or "" (one
+    GPU per rank: nothing to warn about).
 
     >>> timing_caveat([{"rank": r, "host": "h", "device": "cuda:0"} for r in range(4)])["label"]
     'shared GPU'

@@ -1,10 +1,6 @@
-"""Dense-vs-TP checks, the notebook's side of every comparison (torch; never a collective).
-
-* :mod:`.compare` -- ``compare``, ``compare_grads``, ``reassemble``: pure, a :class:`Result` out;
-* :mod:`.display` -- how a result is shown (IPython, printed, a batch job's), injected with
-  :func:`set_display`;
-* :mod:`.dtensor` -- :class:`DTensorView`, a DTensor living on the ranks seen here
-  (``cluster.pull_dtensor``).
+"""Dense-vs-TP checks, the notebook's side of every comparison (torch; never a collective):
+:mod:`.compare` (pure, a :class:`Result` out), :mod:`.display` (how a result is shown, injected),
+:mod:`.dtensor` (:class:`DTensorView`, a DTensor living on the ranks seen here).
 """
 
 from .compare import ComparisonError, Result, compare, compare_grads, error_heatmap, reassemble

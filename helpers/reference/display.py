@@ -34,21 +34,14 @@ class NotebookDisplay:
         self._emit = emit
 
     def shell(self):
-        if self._shell is not None:
-            return self._shell
-        try:
-            from IPython import get_ipython
-        except ImportError:  # pragma: no cover - IPython is always there in the course env
-            return None
-        return get_ipython()
+        from IPython import get_ipython  # always installed (ipyparallel needs it); None outside a kernel
+
+        return self._shell if self._shell is not None else get_ipython()
 
     def emit(self, obj, **kwargs) -> None:
-        if self._emit is not None:
-            self._emit(obj, **kwargs)
-            return
         from IPython.display import display
 
-        display(obj, **kwargs)
+        (self._emit or display)(obj, **kwargs)
 
     def __call__(self, result, *, again: bool = False) -> None:
         shell = self.shell()
