@@ -227,7 +227,6 @@ def check_setup(dims: ModelDims, setup: Setup, batch: int | None = None) -> None
         check_whole("batch", batch, " of samples")
         if batch % setup.fsdp:
             up = math.ceil(batch / setup.fsdp) * setup.fsdp
-            raise ValueError(
-                f"the global batch of {batch} samples is not divisible by the FSDP degree {setup.fsdp}: "
-                f"each FSDP rank needs the same micro-batch size; use a batch of {up} "
-                f"(or {setup.fsdp}, {up + setup.fsdp}, ...)")
+            raise ValueError(f"the global batch of {batch} samples is not divisible by the FSDP degree {setup.fsdp}: "
+                             f"each FSDP rank needs the same micro-batch size; use a batch of {up} "
+                             f"(or {setup.fsdp}, {up + setup.fsdp}, ...)")

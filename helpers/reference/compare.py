@@ -284,9 +284,8 @@ def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
     max_abs, i_abs = (float(diff.max()), int(diff.argmax())) if diff.numel() else (0.0, 0)
     max_rel, i_rel = (float(rel.max()), int(rel.argmax())) if diff.numel() else (0.0, 0)
     bound = atol + rtol * dense_t.abs().nan_to_num(nan=0.0, posinf=math.inf)
-    bad = ~(diff <= bound)
-    matches = not bool(bad.any())
-    n_bad = int(bad.sum())
+    n_bad = int((~(diff <= bound)).sum())
+    matches = n_bad == 0
     argmax = tuple(int(i) for i in np.unravel_index(i_abs, tuple(tp.shape))) if diff.numel() else ()
 
     numbers = (f"{name} (layout {canon}): max abs err {max_abs:.1e} {'>' if max_abs > atol else '<='} atol {atol:.0e} "

@@ -64,13 +64,9 @@ class DTensorView:
                 raise ValueError(f"{name}: rank {r} is on mesh {d['mesh']['ranks']} but rank 0 on "
                                  f"{first['mesh']['ranks']}")
         mesh = first["mesh"]
-        view = cls(
-            name=name, shape=tuple(first["shape"]),
-            placements=tuple(first["placements"]),
-            mesh_shape=tuple(mesh["shape"]), mesh_dim_names=mesh["dim_names"], mesh_ranks=mesh["ranks"],
-            coordinates=[tuple(d["mesh"]["coordinate"]) for d in descs],
-            local_shards=[d["local"] for d in descs],
-        )
+        view = cls(name=name, shape=tuple(first["shape"]), placements=tuple(first["placements"]),
+                   mesh_shape=tuple(mesh["shape"]), mesh_dim_names=mesh["dim_names"], mesh_ranks=mesh["ranks"],
+                   coordinates=[tuple(d["mesh"]["coordinate"]) for d in descs], local_shards=[d["local"] for d in descs])
         view._check_local_shapes()
         return view
 
