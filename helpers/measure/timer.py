@@ -97,9 +97,7 @@ class StepTimer:
             raise RuntimeError("no step was timed yet: run the work inside `with timer.step():`")
         ranked = sorted(self.steps, key=lambda s: s["step"])
         median = ranked[(len(ranked) - 1) // 2]
-        out = {k: median[k] for k in ("step", *KINDS)}
-        out["spans"] = list(median["spans"])
-        return out
+        return {**{k: median[k] for k in ("step", *KINDS)}, "spans": list(median["spans"])}
 
 
 def _span(timer, kind, name):
