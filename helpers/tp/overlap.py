@@ -34,6 +34,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from .checks import check_divisible
+
 __all__ = ["ColumnLinearAsyncAllReduce", "column_linear", "AllGatherMatmul", "all_gather_matmul",
            "gathered_matmul", "CustomBackwardColumn", "TracedAllReduce", "check_rows"]
 
@@ -45,10 +47,7 @@ def _span(spans, lane, label, t0, t1):
 
 def check_rows(n_rows: int, p: int, what: str = "X") -> None:
     """Refuse a row count that does not split over p ranks (before any collective)."""
-    if p < 1 or n_rows % p:
-        divisors = [d for d in range(1, n_rows + 1) if n_rows % d == 0]
-        raise ValueError(f"{what} has {n_rows} rows, not divisible by {p} ranks; "
-                         f"use a degree in {divisors} or pad the rows")
+    check_divisible(f"{what} rows", n_rows, p)
 
 
 # ------------------------------------------------------------------------------ backward overlap
