@@ -16,6 +16,7 @@ float64 with the tolerances of :func:`helpers.reference.compare`.
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
@@ -23,7 +24,7 @@ import torch
 from ..engine.namespace import fetch_values
 
 __all__ = ["fetch", "ATOL", "RTOL", "NotYet", "checker", "f64", "close", "max_abs", "all_close", "worst", "say",
-           "per_rank"]
+           "per_rank", "dense_grads"]
 
 ATOL = 1e-5
 RTOL = 1e-4
@@ -91,6 +92,18 @@ def per_rank(values: list[dict], name: str, shape, what: str) -> list[torch.Tens
                          f"on every rank. {what}")
         tensors.append(f64(v))
     return tensors
+
+
+def dense_grads(module, x, squared: bool = True):
+    """The dense reference in float64: (Y, dL/dX, {parameter name: dL/dW}) for the loss
+    ``Y.pow(2).sum()`` (``squared=False``: ``Y.sum()``), on a copy: the learner's module is left alone."""
+    ref = copy.deepcopy(module).to(torch.float64)
+    ref.zero_grad(set_to_none=True)
+    x = x.detach().to(next(ref.parameters()).device, torch.float64).requires_grad_()
+    with torch.enable_grad():
+        y = ref(x)
+        (y.pow(2) if squared else y).sum().backward()
+    return f64(y), f64(x.grad), {n: f64(p.grad) for n, p in ref.named_parameters()}
 
 
 def checker(check):

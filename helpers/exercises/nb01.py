@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..reference.compare import reassemble
-from .common import all_close, checker, close, f64, fetch, max_abs, per_rank, say, worst
+from .common import all_close, checker, close, dense_grads, f64, fetch, max_abs, per_rank, say, worst
 
 __all__ = ["check_row_forward", "check_f_backward", "GRADS_EX2"]
 
@@ -53,10 +53,11 @@ def check_row_forward(cluster, A, fc2, name: str = "Y_ex1") -> bool:
 
 
 # -------------------------------------------------------- exercise 2: f's backward
-#: The gradients exercise 2 leaves in ``grads_ex2`` on every rank, with the layout of each rank's
-#: piece (W1, b1 by output features; W2 by input features; b2 and dL/dX whole on every rank).
-GRADS_EX2 = (("dL/dX", "Replicate()"), ("dL/dW1", "Shard(0)"), ("dL/db1", "Shard(0)"),
-             ("dL/dW2", "Shard(1)"), ("dL/db2", "Replicate()"))
+#: The gradients exercise 2 leaves in ``grads_ex2`` on every rank besides dL/dX (whole on every rank):
+#: the dense parameter each belongs to, and the layout of each rank's piece (W1, b1 by output
+#: features; W2 by input features; b2 whole on every rank).
+GRADS_EX2 = {"dL/dW1": ("w1.weight", "Shard(0)"), "dL/db1": ("w1.bias", "Shard(0)"),
+             "dL/dW2": ("w2.weight", "Shard(1)"), "dL/db2": ("w2.bias", "Replicate()")}
 
 
 @checker
@@ -65,26 +66,26 @@ def check_f_backward(cluster, dense_mlp, X, y_name: str = "Y_ex2", grads_name: s
 
     dense_mlp: the dense ``helpers.models.MLP`` (w1, act, w2) whose shards the engines used;
     X: the input (B, D). The loss is ``Y.pow(2).sum()``, as in the exercise cell. ``grads_name``
-    is a dict on every rank with the keys of :data:`GRADS_EX2`. Names the usual mistakes: the
+    is a dict on every rank with "dL/dX" and the keys of :data:`GRADS_EX2`. Names the usual mistakes: the
     all-reduce missing, put in the forward (the wrong direction), averaged, or done twice.
     """
     p = cluster.world_size
-    y_dense, g_dense = _dense_mlp_grads(dense_mlp, X)
+    y_dense, dx, g_dense = dense_grads(dense_mlp, X)
     values = fetch(cluster, y_name, grads_name)
     ys = per_rank(values, y_name, y_dense.shape, "Keep the lines below the class as they are and re-run the cell.")
     if not all_close(ys, y_dense):
-        if p > 1 and all_close(ys, _dense_mlp_grads(dense_mlp, X, p)[0]):
+        if p > 1 and all_close(ys, dense_grads(dense_mlp, p * X)[0]):
             return say(False, f"an all-reduce in the wrong direction: {y_name} is the MLP of {p}·X. "
                               "f's forward must be the identity (every rank already holds the whole "
                               "X); its all-reduce belongs in the backward, on dL/dX.")
         return say(False, f"the forward differs from dense (max|Δ| {worst(ys, y_dense):.1e}): f's forward is "
                           "the identity, return x.view_as(x).")
     grads = [v.get(grads_name) for v in values]
-    if not all(isinstance(g, dict) and all(isinstance(g.get(n), torch.Tensor) for n, _ in GRADS_EX2)
+    if not all(isinstance(g, dict) and all(isinstance(g.get(n), torch.Tensor) for n in ("dL/dX", *GRADS_EX2))
                for g in grads):
         return say(False, f"the forward is right, but {grads_name} is missing a gradient on some rank: "
                           "did the backward run? Keep the lines below the class as they are.")
-    dxs, dx = [f64(g["dL/dX"]) for g in grads], g_dense["dL/dX"]
+    dxs = [f64(g["dL/dX"]) for g in grads]
     if not all_close(dxs, dx):
         if any(t.shape != dx.shape for t in dxs):
             return say(False, f"dL/dX has shape {tuple(dxs[0].shape)} on rank 0, expected "
@@ -104,23 +105,11 @@ def check_f_backward(cluster, dense_mlp, X, y_name: str = "Y_ex2", grads_name: s
                               "same, complete gradient (an all-reduce of the shares).")
         return say(False, f"dL/dX differs from dense by up to {worst(dxs, dx):.1e}: "
                           "f's backward returns the sum over the ranks of their dx.")
-    for name, layout in GRADS_EX2[1:]:
+    for name, (param, layout) in GRADS_EX2.items():
         got = reassemble([g[name] for g in grads], layout, atol=1e-5, rtol=1e-4)
-        if not close(got, g_dense[name]):
+        if not close(got, g_dense[param]):
             return say(False, f"dL/dX is right, but {name} (each rank's piece, {layout}) differs from "
-                              f"dense by up to {max_abs(got, g_dense[name]):.1e}. Keep the lines below "
+                              f"dense by up to {max_abs(got, g_dense[param]):.1e}. Keep the lines below "
                               "the class as they are: the weight gradients need no collective.")
     return say(True, f"{y_name}, dL/dX and every dL/dW (W1, b1, W2, b2 from their real shards) match the "
                      f"dense MLP on all {p} ranks (dL/dX max|Δ| {worst(dxs, dx):.1e}): f's backward all-reduces.")
-
-
-def _dense_mlp_grads(dense_mlp, X, scale: float = 1.0):
-    """Y and the gradients of GRADS_EX2 for the dense MLP at ``scale * X`` (float64, on the CPU)."""
-    w1, w2 = dense_mlp.w1, dense_mlp.w2
-    leaves = [f64(X).mul(scale)] + [f64(t) for t in (w1.weight, w1.bias, w2.weight, w2.bias)]
-    leaves = [t.clone().requires_grad_() for t in leaves]
-    x, W1, b1, W2, b2 = leaves
-    with torch.enable_grad():
-        y = torch.nn.functional.linear(dense_mlp.act(torch.nn.functional.linear(x, W1, b1)), W2, b2)
-        grads = torch.autograd.grad(y.pow(2).sum(), leaves)
-    return y.detach(), dict(zip((n for n, _ in GRADS_EX2), grads))

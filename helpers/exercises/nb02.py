@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import copy
-
-import torch
-
 from ..engine import dtensor as engine_dtensor
-from .common import NotYet, all_close, checker, close, f64, fetch, max_abs, per_rank, say, worst
+from .common import NotYet, all_close, checker, close, dense_grads, fetch, max_abs, per_rank, say, worst
 
 __all__ = ["check_llama_plan", "check_one_all_gather"]
 
@@ -38,31 +34,19 @@ def check_llama_plan(cluster, dense_ffn, X, module: str = "ffn_ex1", name: str =
                     if want == "Shard(0)" else "it consumes the hidden features each rank already holds "
                     "and ends with the block's one all-reduce")
             return say(False, f"{layer}.weight is {got[param]}, expected {want}: give {layer!r} {style} -- {role}.")
-    with torch.no_grad():
-        dense = f64(dense_ffn(X))
+    dense, dx_dense, g_dense = dense_grads(dense_ffn, X)
     ys = per_rank(fetch(cluster, name), name, dense.shape, "Run the exercise cell again.")
     if not all_close(ys, dense):
         return say(False, f"the weights are placed right, but {name} differs from dense by up to "
                           f"{worst(ys, dense):.1e}.")
-    _check_grads(cluster, dense_ffn, X, dx_name, grads_name)
+    _check_grads(cluster, dx_dense, g_dense, dx_name, grads_name)
     return say(True, f"w1, w3 column-wise, w2 row-wise; {name}, dL/dX and every parameter gradient "
                      f"match the dense MLP on all {cluster.world_size} ranks "
                      f"(output max|Δ| {worst(ys, dense):.1e}).")
 
 
-def _dense_grads(dense_ffn, X):
-    """dL/dX and every parameter's gradient of the dense FFN, without touching the learner's copy."""
-    ref = copy.deepcopy(dense_ffn)
-    ref.zero_grad(set_to_none=True)
-    x = X.detach().clone().to(next(ref.parameters()).device).requires_grad_()
-    with torch.enable_grad():
-        ref(x).pow(2).sum().backward()
-    return f64(x.grad), {n: f64(p.grad) for n, p in ref.named_parameters()}
-
-
-def _check_grads(cluster, dense_ffn, X, dx_name, grads_name) -> None:
+def _check_grads(cluster, dx_dense, g_dense, dx_name, grads_name) -> None:
     """Raise :class:`NotYet` unless dL/dX and every gradient match dense."""
-    dx_dense, g_dense = _dense_grads(dense_ffn, X)
     dxs = per_rank(fetch(cluster, dx_name), dx_name, dx_dense.shape, "Run the exercise cell again.")
     if not all_close(dxs, dx_dense):
         raise NotYet(f"the output is right, but dL/dX differs from dense by up to {worst(dxs, dx_dense):.1e}.")

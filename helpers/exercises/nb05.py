@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..reference.compare import reassemble
-from .common import NotYet, all_close, checker, close, f64, fetch, max_abs, per_rank, say, worst
+from .common import NotYet, all_close, checker, close, dense_grads, f64, fetch, max_abs, per_rank, say, worst
 
 __all__ = ["check_vocab_masking", "check_sp_block_plan"]
 
@@ -59,18 +59,14 @@ def check_sp_block_plan(cluster, dense_block, x, y_name: str = "y_ex", dx_name: 
 
     dense_block: the dense ``Block``; x: the full input (B, T, D).
     """
-    io = _check_sp_block_io(cluster, dense_block, x, y_name, dx_name, comm_name)
-    names = [n for n, _ in dense_block.named_parameters()]
-    xd = x.detach().clone()
-    with torch.enable_grad():
-        grads = torch.autograd.grad(dense_block(xd).sum(), list(dense_block.parameters()))
-    want = {n: f64(g) for n, g in zip(names, grads)}
+    y, dx, want = dense_grads(dense_block, x, squared=False)
+    io = _check_sp_block_io(cluster, y, dx, y_name, dx_name, comm_name)
     values = fetch(cluster, grads_name, partial_name)
     got = [v.get(grads_name) for v in values]
     if any(not isinstance(g, dict) for g in got):
         return say(False, f"{grads_name} is missing: keep the lines below the plan as they are and re-run the cell.")
     bad = []
-    for n in names:
+    for n in want:
         if n not in got[0]:
             bad.append(f"{n} (no gradient)")
             continue
@@ -88,24 +84,19 @@ def check_sp_block_plan(cluster, dense_block, x, y_name: str = "y_ex", dx_name: 
         note = (f" Each rank's own gradient of the norms' weights is only the sum over its T/p positions "
                 f"(rank 0's {n} is {off:.1e} off dense): DTensor keeps it Partial() and reduces it when it is "
                 "read; a hand-written SP must all-reduce it, or the ranks' norm weights drift apart.")
-    return say(True, f"every rank's slice of the block output and of dL/dx, and all {len(names)} parameter "
+    return say(True, f"every rank's slice of the block output and of dL/dx, and all {len(want)} parameter "
                       f"gradients, match dense {io}{note}")
 
 
-def _check_sp_block_io(cluster, dense_block, x, y_name, dx_name, comm_name) -> str:
-    """The verdict on the output, dL/dx and the collectives; :class:`NotYet` when one is wrong."""
+def _check_sp_block_io(cluster, y, dx, y_name, dx_name, comm_name) -> str:
+    """The verdict on the output, dL/dx (dense: ``y``, ``dx``) and the collectives; :class:`NotYet`
+    when one is wrong."""
     p = cluster.world_size
-    xd = x.detach().clone().requires_grad_()
-    with torch.enable_grad():
-        y = dense_block(xd)
-        (dx,) = torch.autograd.grad(y.sum(), xd)
-    dense_block.zero_grad(set_to_none=True)
     B, T, D = y.shape
     if T % p:
         raise NotYet(f"T={T} is not divisible by {p} ranks; sequence parallelism needs T % p == 0.")
     n = T // p
-    want = [f64(y[:, r * n:(r + 1) * n]) for r in range(p)]
-    want_dx = [f64(dx[:, r * n:(r + 1) * n]) for r in range(p)]
+    want, want_dx = y.split(n, dim=1), dx.split(n, dim=1)                 # rank r: positions r·n … (B, T/p, D)
     values = fetch(cluster, y_name, dx_name, comm_name)
     ys = [v.get(y_name) for v in values]
     if any(t is None for t in ys):
