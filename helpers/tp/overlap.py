@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 from .checks import check_divisible
+from .ops import all_gather, all_reduce
 
 __all__ = ["ColumnLinearAsyncAllReduce", "column_linear", "AllGatherMatmul", "all_gather_matmul",
            "gathered_matmul", "CustomBackwardColumn", "TracedAllReduce", "check_rows"]
@@ -215,17 +216,12 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_r, group):
-        p, r = dist.get_world_size(group), dist.get_rank(group)
-        parts = [torch.empty_like(x_r) for _ in range(p)]
-        dist.all_gather(parts, x_r.contiguous(), group=group)
-        ctx.group, ctx.r, ctx.n = group, r, x_r.shape[0]
-        return torch.cat(parts, dim=0)
+        ctx.group, ctx.r, ctx.n = group, dist.get_rank(group), x_r.shape[0]
+        return all_gather(x_r, group, dim=0)
 
     @staticmethod
     def backward(ctx, g):
-        g = g.contiguous().clone()
-        dist.all_reduce(g, group=ctx.group)
-        return g[ctx.r * ctx.n:(ctx.r + 1) * ctx.n], None
+        return all_reduce(g, ctx.group)[ctx.r * ctx.n:(ctx.r + 1) * ctx.n], None
 
 
 def gathered_matmul(x_r, w, group=None, *, spans: list | None = None):
