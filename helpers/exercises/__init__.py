@@ -1,9 +1,4 @@
-"""Exercise checkers, one module per notebook (see :mod:`.common` for the shared verdicts).
-
-Each checker pulls the learner's result from every rank, compares it with the dense reference
-the notebook computed, and prints one line (✅ correct / ❌ not yet: hint). It returns
-True/False and never raises, so a notebook with an unfinished exercise still runs headless.
-"""
+"""Exercise checkers, one module per notebook; :mod:`.common` says what every checker does and shares."""
 
 from .common import fetch
 from .nb01 import check_f_backward, check_row_forward

@@ -78,14 +78,14 @@ def model_plan(*, sequence_parallel: bool = True, loss_parallel: bool = True) ->
     return plan
 
 
-def apply_fsdp(model, fsdp_mesh, **kw):
+def apply_fsdp(model, fsdp_mesh):
     """FSDP2 on the "fsdp" mesh: each block is one unit (gathered just before it runs, freed
     after), then the root. Call it after ``parallelize_module``: FSDP then shards each TP shard."""
     from torch.distributed.fsdp import fully_shard
 
     for block in model.blocks:
-        fully_shard(block, mesh=fsdp_mesh, **kw)
-    fully_shard(model, mesh=fsdp_mesh, **kw)
+        fully_shard(block, mesh=fsdp_mesh)
+    fully_shard(model, mesh=fsdp_mesh)
     return model
 
 

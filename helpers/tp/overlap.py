@@ -143,9 +143,6 @@ class TracedAllReduce:
             def wait(self_inner):
                 events.append(("wait",))
                 return work.wait()
-
-            def is_completed(self_inner):
-                return work.is_completed()
         return _Handle()
 
     def overlapped(self) -> bool:
