@@ -22,6 +22,7 @@ local matmuls, communication and the rest. Torch only (engines and torchrun alik
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -126,12 +127,10 @@ def generate(model, prompt, n_new: int, *, capacity: int | None = None, timer=No
     if cache is None:
         cache = model.new_cache(capacity)
     ids, steps, step_in = prompt, [], prompt
+    kw = {"timer": timer} if isinstance(model, ParallelGPT) else {}      # the dense model takes no timer
     for _ in range(n_new):
-        if timer is not None:
-            with timer.step():
-                logits = model(step_in, cache=cache, **({"timer": timer} if isinstance(model, ParallelGPT) else {}))
-        else:
-            logits = model(step_in, cache=cache)
+        with timer.step() if timer is not None else contextlib.nullcontext():
+            logits = model(step_in, cache=cache, **kw)
         last = logits[:, -1]                                         # (B, V)
         steps.append(last)
         step_in = last.argmax(-1, keepdim=True)                      # (B, 1): the next token

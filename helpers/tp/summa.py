@@ -199,9 +199,7 @@ def _check_block(x, grid: SummaGrid, cols: int, what: str) -> None:
             f"{tag.coords}, but this rank is at {grid.coords} of grid {grid.shape} with ranks "
             f"{[list(r) for r in grid.ranks]}; cut it again with block_of(X, grid)")
     if x.shape[1] != cols:
-        hint = ""
-        if tag is not None:
-            hint = f" (it was cut from a full tensor of shape {tag.full_shape})"
+        hint = f" (it was cut from a full tensor of shape {tag.full_shape})" if tag is not None else ""
         raise ValueError(f"{what} has {x.shape[1]} columns but this {grid.s}×{grid.s} grid expects "
                          f"K/s = {cols * grid.s}/{grid.s} = {cols}{hint}; is it a block from a "
                          "different grid? cut the full X with block_of(X, grid)")
