@@ -16,18 +16,22 @@ float64 with the tolerances of :func:`helpers.reference.compare`.
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import torch
 
 from ..engine.namespace import fetch_values
 
-__all__ = ["fetch", "ATOL", "RTOL", "OK", "NOT_YET", "f64", "close", "max_abs", "all_close", "worst", "say", "shape_of",
-           "per_rank", "run_checker"]
+__all__ = ["fetch", "ATOL", "RTOL", "NotYet", "checker", "f64", "close", "max_abs", "all_close", "worst", "say",
+           "per_rank", "dense_grads"]
 
 ATOL = 1e-5
 RTOL = 1e-4
 
-OK = "✅ correct"
-NOT_YET = "❌ not yet"
+
+class NotYet(Exception):
+    """Raised anywhere inside a :func:`checker` with the hint: the checker prints it as its ❌ line."""
 
 
 # --------------------------------------------------------------------------------- plumbing
@@ -68,38 +72,50 @@ def worst(ys, dense) -> float:
 
 
 def say(ok: bool, text: str) -> bool:
-    print(f"{OK if ok else NOT_YET}: {text}")
+    print(f"{'✅ correct' if ok else '❌ not yet'}: {text}")
     return ok
 
 
-def shape_of(t) -> str:
-    return str(tuple(int(s) for s in t.shape))
-
-
-def per_rank(values: list[dict], name: str, shape, what: str):
-    """The tensor ``name`` from every rank in float64, or (None, hint) when one is missing or malformed."""
+def per_rank(values: list[dict], name: str, shape, what: str) -> list[torch.Tensor]:
+    """The tensor ``name`` from every rank in float64; :class:`NotYet` when one is missing or malformed."""
     tensors = []
     for r, vals in enumerate(values):
         v = vals.get(name)
         if v is None:
             state = "is still None" if name in vals else "is not defined"
-            return None, f"{name} {state} on rank {r}. {what}"
+            raise NotYet(f"{name} {state} on rank {r}. {what}")
         if not isinstance(v, torch.Tensor):
-            return None, (f"{name} on rank {r} is a {type(v).__name__}, expected a tensor of "
-                          f"shape {tuple(shape)}. {what}")
+            raise NotYet(f"{name} on rank {r} is a {type(v).__name__}, expected a tensor of "
+                         f"shape {tuple(shape)}. {what}")
         if tuple(v.shape) != tuple(shape):
-            return None, (f"{name} on rank {r} has shape {shape_of(v)}, expected {tuple(shape)} "
-                          f"on every rank. {what}")
+            raise NotYet(f"{name} on rank {r} has shape {tuple(v.shape)}, expected {tuple(shape)} "
+                         f"on every rank. {what}")
         tensors.append(f64(v))
-    return tensors, ""
+    return tensors
 
 
-def run_checker(check, *args) -> bool:
-    """Call ``check`` and turn any unexpected problem into a ❌ line instead of an error."""
-    try:
-        return check(*args)
-    except Exception as e:  # the checker must never raise in the learner's notebook
-        return say(False, f"could not check your result ({type(e).__name__}: {e}). Re-run the "
-                           "cells above this exercise, then your exercise cell, then this one.")
+def dense_grads(module, x, squared: bool = True):
+    """The dense reference in float64: (Y, dL/dX, {parameter name: dL/dW}) for the loss
+    ``Y.pow(2).sum()`` (``squared=False``: ``Y.sum()``), on a copy: the learner's module is left alone."""
+    ref = copy.deepcopy(module).to(torch.float64)
+    ref.zero_grad(set_to_none=True)
+    x = x.detach().to(next(ref.parameters()).device, torch.float64).requires_grad_()
+    with torch.enable_grad():
+        y = ref(x)
+        (y.pow(2) if squared else y).sum().backward()
+    return f64(y), f64(x.grad), {n: f64(p.grad) for n, p in ref.named_parameters()}
 
 
+def checker(check):
+    """Make ``check`` a checker: a :class:`NotYet` becomes its ❌ line, and so does any unexpected
+    problem (with what to re-run) instead of an error in the learner's notebook."""
+    @functools.wraps(check)
+    def run(*args, **kwargs) -> bool:
+        try:
+            return check(*args, **kwargs)
+        except NotYet as e:
+            return say(False, str(e))
+        except Exception as e:  # the checker must never raise in the learner's notebook
+            return say(False, f"could not check your result ({type(e).__name__}: {e}). Re-run the "
+                               "cells above this exercise, then your exercise cell, then this one.")
+    return run

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import copy
-
-import torch
-
 from ..engine import dtensor as engine_dtensor
-from .common import close, f64, fetch, max_abs, per_rank, run_checker, say
+from .common import NotYet, all_close, checker, close, dense_grads, fetch, max_abs, per_rank, say, worst
 
 __all__ = ["check_llama_plan", "check_one_all_gather"]
 
@@ -16,46 +12,13 @@ __all__ = ["check_llama_plan", "check_one_all_gather"]
 _WANT = {"w1.weight": "Shard(0)", "w3.weight": "Shard(0)", "w2.weight": "Shard(1)"}
 
 
+@checker
 def check_llama_plan(cluster, dense_ffn, X, module: str = "ffn_ex1", name: str = "Y_ex1",
                      dx_name: str = "dX_ex1", grads_name: str = "grads_ex1") -> bool:
     """Exercise 1: ``module`` was parallelized column-wise on w1 and w3, row-wise on w2; ``name``
     (its output on X) equals the dense ``dense_ffn(X)`` on every rank, and so do dL/dX
     (``dx_name``) and every parameter gradient (``grads_name``: ``{param name: grad DTensor}``),
     reassembled from their real shards, for the loss ``Y.pow(2).sum()``."""
-    return run_checker(_check_llama_plan, cluster, dense_ffn, X, module, name, dx_name, grads_name)
-
-
-def _dense_grads(dense_ffn, X):
-    """dL/dX and every parameter's gradient of the dense FFN, without touching the learner's copy."""
-    ref = copy.deepcopy(dense_ffn)
-    ref.zero_grad(set_to_none=True)
-    x = X.detach().clone().to(next(ref.parameters()).device).requires_grad_()
-    with torch.enable_grad():
-        ref(x).pow(2).sum().backward()
-    return f64(x.grad), {n: f64(p.grad) for n, p in ref.named_parameters()}
-
-
-def _check_grads(cluster, dense_ffn, X, dx_name, grads_name):
-    """None when dL/dX and every gradient match dense, else the hint."""
-    dx_dense, g_dense = _dense_grads(dense_ffn, X)
-    dxs, hint = per_rank(fetch(cluster, dx_name), dx_name, dx_dense.shape, "Run the exercise cell again.")
-    if dxs is None:
-        return hint
-    if not all(close(t, dx_dense) for t in dxs):
-        return (f"the output is right, but dL/dX differs from dense by up to "
-                f"{max(max_abs(t, dx_dense) for t in dxs):.1e}.")
-    try:
-        views = cluster.pull_dtensor(grads_name)
-    except (NameError, ValueError, TypeError) as e:
-        return f"{grads_name} could not be read as DTensors on every rank ({e}); run the exercise cell again."
-    for n, want in g_dense.items():
-        if n not in views or not close(views[n].full(), want):
-            got = "missing" if n not in views else f"off by up to {max_abs(views[n].full(), want):.1e}"
-            return f"the output is right, but dL/d{n} is {got} (reassembled from its shards)."
-    return None
-
-
-def _check_llama_plan(cluster, dense_ffn, X, module, name, dx_name, grads_name) -> bool:
     placed = cluster.apply(engine_dtensor.param_placements, module)
     if not placed[0]:
         return say(False, f"{module} is not defined on the engines: run the exercise cell first.")
@@ -71,30 +34,38 @@ def _check_llama_plan(cluster, dense_ffn, X, module, name, dx_name, grads_name) 
                     if want == "Shard(0)" else "it consumes the hidden features each rank already holds "
                     "and ends with the block's one all-reduce")
             return say(False, f"{layer}.weight is {got[param]}, expected {want}: give {layer!r} {style} -- {role}.")
-    with torch.no_grad():
-        dense = f64(dense_ffn(X))
-    ys, hint = per_rank(fetch(cluster, name), name, dense.shape, "Run the exercise cell again.")
-    if ys is None:
-        return say(False, hint)
-    if not all(close(y, dense) for y in ys):
-        worst = max(max_abs(y, dense) for y in ys)
-        return say(False, f"the weights are placed right, but {name} differs from dense by up to {worst:.1e}.")
-    problem = _check_grads(cluster, dense_ffn, X, dx_name, grads_name)
-    if problem:
-        return say(False, problem)
+    dense, dx_dense, g_dense = dense_grads(dense_ffn, X)
+    ys = per_rank(fetch(cluster, name), name, dense.shape, "Run the exercise cell again.")
+    if not all_close(ys, dense):
+        return say(False, f"the weights are placed right, but {name} differs from dense by up to "
+                          f"{worst(ys, dense):.1e}.")
+    _check_grads(cluster, dx_dense, g_dense, dx_name, grads_name)
     return say(True, f"w1, w3 column-wise, w2 row-wise; {name}, dL/dX and every parameter gradient "
                      f"match the dense MLP on all {cluster.world_size} ranks "
-                     f"(output max|Δ| {max(max_abs(y, dense) for y in ys):.1e}).")
+                     f"(output max|Δ| {worst(ys, dense):.1e}).")
+
+
+def _check_grads(cluster, dx_dense, g_dense, dx_name, grads_name) -> None:
+    """Raise :class:`NotYet` unless dL/dX and every gradient match dense."""
+    dxs = per_rank(fetch(cluster, dx_name), dx_name, dx_dense.shape, "Run the exercise cell again.")
+    if not all_close(dxs, dx_dense):
+        raise NotYet(f"the output is right, but dL/dX differs from dense by up to {worst(dxs, dx_dense):.1e}.")
+    try:
+        views = cluster.pull_dtensor(grads_name)
+    except (NameError, ValueError, TypeError) as e:
+        raise NotYet(f"{grads_name} could not be read as DTensors on every rank ({e}); "
+                     "run the exercise cell again.") from None
+    for n, want in g_dense.items():
+        if n not in views or not close(views[n].full(), want):
+            got = "missing" if n not in views else f"off by up to {max_abs(views[n].full(), want):.1e}"
+            raise NotYet(f"the output is right, but dL/d{n} is {got} (reassembled from its shards).")
 
 
 # ------------------------------------------------------------ exercise 2: exactly one all-gather
+@checker
 def check_one_all_gather(cluster, A_dense, name: str = "B_ex2", comm: str = "comm_ex2") -> bool:
     """Exercise 2: ``name`` is ``A`` redistributed so that each tp group holds whole rows of its dp
     shard (tp dim not sharded, dp dim still Shard(0)), at the price of exactly one all-gather."""
-    return run_checker(_check_one_all_gather, cluster, A_dense, name, comm)
-
-
-def _check_one_all_gather(cluster, A_dense, name, comm) -> bool:
     counts = fetch(cluster, comm)[0].get(comm)
     if not isinstance(counts, dict):
         return say(False, f"{comm} is not defined: run the exercise cell first.")

@@ -13,7 +13,7 @@ import torch
 
 from ..common.placements import text_of
 from ..engine.namespace import user_ns
-from .common import close, f64, max_abs, run_checker, say
+from .common import checker, close, f64, max_abs, say
 
 __all__ = ["describe_hybrid", "check_hybrid_plan", "COLUMN", "ROW"]
 
@@ -31,22 +31,16 @@ def describe_hybrid(mesh_name: str = "ex_mesh", model_name: str = "ex_model", ou
     mesh = ns.get(mesh_name)
     if mesh is not None and hasattr(mesh, "mesh_dim_names"):
         names = tuple(mesh.mesh_dim_names or ())
-        groups = {}
-        for n in names:
-            groups[n] = [int(r) for r in mesh[n].mesh.flatten().tolist()]
-        out["mesh"] = {"names": names, "shape": tuple(int(s) for s in mesh.mesh.shape), "groups": groups}
+        out["mesh"] = {"names": names, "shape": tuple(int(s) for s in mesh.mesh.shape),
+                       "groups": {n: [int(r) for r in mesh[n].mesh.flatten().tolist()] for n in names}}
     elif mesh is not None:
         out["mesh"] = {"type": type(mesh).__name__}
     model = ns.get(model_name)
     if isinstance(model, torch.nn.Module):
-        params = {}
-        for name, p in model.named_parameters():
-            if hasattr(p, "placements"):
-                params[name] = {"dims": tuple(p.device_mesh.mesh_dim_names or ()),
+        out["params"] = {name: {"dims": tuple(p.device_mesh.mesh_dim_names or ()),
                                 "placements": tuple(text_of(pl) for pl in p.placements)}
-            else:
-                params[name] = {"dims": (), "placements": ()}
-        out["params"] = params
+                         if hasattr(p, "placements") else {"dims": (), "placements": ()}
+                         for name, p in model.named_parameters()}
     y = ns.get(out_name)
     if isinstance(y, torch.Tensor):
         out["out"] = (y.full_tensor() if hasattr(y, "full_tensor") else y).detach().cpu()
@@ -54,14 +48,11 @@ def describe_hybrid(mesh_name: str = "ex_mesh", model_name: str = "ex_model", ou
 
 
 # ------------------------------------------------------------------ notebook side
+@checker
 def check_hybrid_plan(cluster, dense_model, X, fsdp: int = 2, tp: int = 2) -> bool:
     """The exercise: ``ex_mesh`` is (fsdp, tp) with every TP group inside one node, the linear
     layers are column/row-parallel on "tp", every weight is sharded by FSDP on "fsdp", and
     ``ex_out`` on each rank equals ``dense_model`` on that rank's micro-batch of ``X``."""
-    return run_checker(_check, cluster, dense_model, X, fsdp, tp)
-
-
-def _check(cluster, dense_model, X, fsdp, tp) -> bool:
     infos = cluster.apply(describe_hybrid)
     nodes = cluster.nodes
     first = infos[0]

@@ -4,31 +4,27 @@ from __future__ import annotations
 
 import torch
 
-from .common import all_close, close, f64, fetch, max_abs, per_rank, run_checker, say, worst
+from ..reference.compare import reassemble
+from .common import NotYet, all_close, checker, close, dense_grads, f64, fetch, max_abs, per_rank, say, worst
 
 __all__ = ["check_vocab_masking", "check_sp_block_plan"]
 
 
 # ------------------------------------------------------- exercise 1: vocab-parallel masking
+@checker
 def check_vocab_masking(cluster, dense_emb, ids, name: str = "E_ex", part_name: str = "part") -> bool:
     """Exercise 1: ``name`` on every rank must equal the dense ``dense_emb(ids)``.
 
     dense_emb: the dense ``nn.Embedding`` the shards were cut from; ids: the (B, T) ids the
     engines used. Recognises: the all-reduce missing, the out-of-range rows not zeroed.
     """
-    return run_checker(_check_vocab_masking, cluster, dense_emb, ids, name, part_name)
-
-
-def _check_vocab_masking(cluster, dense_emb, ids, name, part_name) -> bool:
     with torch.no_grad():
         dense = f64(dense_emb(ids))                                   # (B, T, D)
     p = cluster.world_size
     values = fetch(cluster, name, part_name)
     what = ("mask = ids outside [start, stop); part = the rows of W_i for the local ids, zeroed "
             f"where masked; {name} = reduce_from_tp_region(part).")
-    es, hint = per_rank(values, name, dense.shape, what)
-    if es is None:
-        return say(False, hint)
+    es = per_rank(values, name, dense.shape, what)
     if all_close(es, dense):
         return say(True, f"{name} matches the dense embedding on all {p} ranks, shard boundaries "
                           f"included (max|Δ| {worst(es, dense):.1e}).")
@@ -49,6 +45,7 @@ def _check_vocab_masking(cluster, dense_emb, ids, name, part_name) -> bool:
 
 
 # ------------------------------------------------------- exercise 2: the TP + SP block plan
+@checker
 def check_sp_block_plan(cluster, dense_block, x, y_name: str = "y_ex", dx_name: str = "dx_ex",
                         comm_name: str = "comm_ex", grads_name: str = "grads_ex",
                         partial_name: str = "norm_partial_ex") -> bool:
@@ -62,31 +59,14 @@ def check_sp_block_plan(cluster, dense_block, x, y_name: str = "y_ex", dx_name: 
 
     dense_block: the dense ``Block``; x: the full input (B, T, D).
     """
-    return run_checker(_check_sp_block_plan, cluster, dense_block, x, y_name, dx_name, comm_name,
-                       grads_name, partial_name)
-
-
-def _check_sp_block_plan(cluster, dense_block, x, y_name, dx_name, comm_name, grads_name, partial_name) -> bool:
-    io = _check_sp_block_io(cluster, dense_block, x, y_name, dx_name, comm_name)
-    if io is False:
-        return False
-    return _check_sp_block_grads(cluster, dense_block, x, grads_name, partial_name, io)
-
-
-def _check_sp_block_grads(cluster, dense_block, x, grads_name, partial_name, io: str) -> bool:
-    from ..reference.compare import reassemble
-
-    names = [n for n, _ in dense_block.named_parameters()]
-    xd = x.detach().clone()
-    with torch.enable_grad():
-        grads = torch.autograd.grad(dense_block(xd).sum(), [q for _, q in dense_block.named_parameters()])
-    want = {n: f64(g) for n, g in zip(names, grads)}
+    y, dx, want = dense_grads(dense_block, x, squared=False)
+    io = _check_sp_block_io(cluster, y, dx, y_name, dx_name, comm_name)
     values = fetch(cluster, grads_name, partial_name)
     got = [v.get(grads_name) for v in values]
     if any(not isinstance(g, dict) for g in got):
         return say(False, f"{grads_name} is missing: keep the lines below the plan as they are and re-run the cell.")
     bad = []
-    for n in names:
+    for n in want:
         if n not in got[0]:
             bad.append(f"{n} (no gradient)")
             continue
@@ -104,58 +84,53 @@ def _check_sp_block_grads(cluster, dense_block, x, grads_name, partial_name, io:
         note = (f" Each rank's own gradient of the norms' weights is only the sum over its T/p positions "
                 f"(rank 0's {n} is {off:.1e} off dense): DTensor keeps it Partial() and reduces it when it is "
                 "read; a hand-written SP must all-reduce it, or the ranks' norm weights drift apart.")
-    return say(True, f"every rank's slice of the block output and of dL/dx, and all {len(names)} parameter "
+    return say(True, f"every rank's slice of the block output and of dL/dx, and all {len(want)} parameter "
                       f"gradients, match dense {io}{note}")
 
 
-def _check_sp_block_io(cluster, dense_block, x, y_name, dx_name, comm_name) -> bool:
+def _check_sp_block_io(cluster, y, dx, y_name, dx_name, comm_name) -> str:
+    """The verdict on the output, dL/dx (dense: ``y``, ``dx``) and the collectives; :class:`NotYet`
+    when one is wrong."""
     p = cluster.world_size
-    xd = x.detach().clone().requires_grad_()
-    with torch.enable_grad():
-        y = dense_block(xd)
-        (dx,) = torch.autograd.grad(y.sum(), xd)
-    dense_block.zero_grad(set_to_none=True)
     B, T, D = y.shape
     if T % p:
-        return say(False, f"T={T} is not divisible by {p} ranks; sequence parallelism needs T % p == 0.")
+        raise NotYet(f"T={T} is not divisible by {p} ranks; sequence parallelism needs T % p == 0.")
     n = T // p
-    want = [f64(y[:, r * n:(r + 1) * n]) for r in range(p)]
-    want_dx = [f64(dx[:, r * n:(r + 1) * n]) for r in range(p)]
+    want, want_dx = y.split(n, dim=1), dx.split(n, dim=1)                 # rank r: positions r·n … (B, T/p, D)
     values = fetch(cluster, y_name, dx_name, comm_name)
     ys = [v.get(y_name) for v in values]
     if any(t is None for t in ys):
-        return say(False, f"{y_name} is missing on some rank: run the exercise cell as it is, after your plan.")
+        raise NotYet(f"{y_name} is missing on some rank: run the exercise cell as it is, after your plan.")
     ys = [f64(t) for t in ys]
     comm = values[0].get(comm_name) or {}
     if ys[0].shape == (B, T, D):
-        return say(False, f"{y_name} is the full sequence {tuple(ys[0].shape)} on every rank; under SP a "
-                           f"block hands on this rank's slice (B, T/p, D) = {(B, n, D)}: end attn.wo and "
-                           "mlp.w2 with RowwiseParallel(output_layouts=Shard(1)) (a reduce-scatter).")
+        raise NotYet(f"{y_name} is the full sequence {tuple(ys[0].shape)} on every rank; under SP a "
+                     f"block hands on this rank's slice (B, T/p, D) = {(B, n, D)}: end attn.wo and "
+                     "mlp.w2 with RowwiseParallel(output_layouts=Shard(1)) (a reduce-scatter).")
     if ys[0].shape != (B, n, D):
-        return say(False, f"{y_name} has shape {tuple(ys[0].shape)} on rank 0, expected {(B, n, D)}.")
+        raise NotYet(f"{y_name} has shape {tuple(ys[0].shape)} on rank 0, expected {(B, n, D)}.")
     if not comm:
-        return say(False, "no collective ran: every rank computed the block on its own T/p positions "
-                           "(rank 0 is right by luck of the causal mask; the others are not). Fill in "
-                           "the plan: SequenceParallel on the norms, PrepareModuleInput to all-gather "
-                           "before attn and mlp, Colwise for wq/wk/wv/w1, Rowwise(output_layouts=Shard(1)) "
-                           "for wo/w2.")
+        raise NotYet("no collective ran: every rank computed the block on its own T/p positions "
+                     "(rank 0 is right by luck of the causal mask; the others are not). Fill in "
+                     "the plan: SequenceParallel on the norms, PrepareModuleInput to all-gather "
+                     "before attn and mlp, Colwise for wq/wk/wv/w1, Rowwise(output_layouts=Shard(1)) "
+                     "for wo/w2.")
     if comm.get("all_reduce", 0):
-        return say(False, f"the forward ran {comm['all_reduce']} all-reduce(s) {dict(comm)}: with SP the "
-                           "row-parallel layers end in a reduce-scatter, RowwiseParallel(output_layouts=Shard(1)).")
+        raise NotYet(f"the forward ran {comm['all_reduce']} all-reduce(s) {dict(comm)}: with SP the "
+                     "row-parallel layers end in a reduce-scatter, RowwiseParallel(output_layouts=Shard(1)).")
     if not all_close(ys, want):
         bad = [r for r, (a, b) in enumerate(zip(ys, want)) if not close(a, b)]
-        return say(False, f"ranks {bad} differ from their slice of the dense block (max|Δ| "
-                           f"{worst(ys, want):.1e}); collectives {dict(comm)}. "
-                           "Attention needs the whole sequence: PrepareModuleInput(input_layouts=(Shard(1),), "
-                           "desired_input_layouts=(Replicate(),)) on attn and on mlp.")
+        raise NotYet(f"ranks {bad} differ from their slice of the dense block (max|Δ| "
+                     f"{worst(ys, want):.1e}); collectives {dict(comm)}. "
+                     "Attention needs the whole sequence: PrepareModuleInput(input_layouts=(Shard(1),), "
+                     "desired_input_layouts=(Replicate(),)) on attn and on mlp.")
     dxs = [v.get(dx_name) for v in values]
-    if any(t is None for t in dxs) or not all(close(f64(a), b) for a, b in zip(dxs, want_dx)):
-        return say(False, "the forward is right but dL/dx is not this rank's slice of the dense gradient; "
-                           "keep the lines below the plan as they are and re-run the cell.")
+    if any(t is None for t in dxs) or not all_close(dxs, want_dx):
+        raise NotYet("the forward is right but dL/dx is not this rank's slice of the dense gradient; "
+                     "keep the lines below the plan as they are and re-run the cell.")
     kinds = ", ".join(f"{v} {k}" for k, v in sorted(comm.items()))
     extra = ""
     if comm.get("all_gather", 0) > comm.get("reduce_scatter", 0):
         extra = (" It works, with more all-gathers than needed: PrepareModuleInput on attn and mlp "
                  "gathers the sequence once for wq, wk and wv together instead of once per projection.")
-    return (f"(max|Δ| {worst(ys, want):.1e}); forward collectives: "
-            f"{kinds}.{extra}")
+    return f"(max|Δ| {worst(ys, want):.1e}); forward collectives: {kinds}.{extra}"

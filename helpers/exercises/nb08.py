@@ -3,11 +3,12 @@ all-reduce with the dW matmul."""
 
 from __future__ import annotations
 
-from .common import close, f64, fetch, max_abs, run_checker, say
+from .common import all_close, checker, f64, fetch, say, worst
 
 __all__ = ["check_overlapped_backward"]
 
 
+@checker
 def check_overlapped_backward(cluster, x_dense, w_dense, dy_dense, names=("dx_ex", "dw_ex", "async_used")) -> bool:
     """On rank r, ``dx_ex`` must be the full dL/dX = dY · W (all-reduced over the ranks) and
     ``dw_ex`` this rank's rows of dL/dW = dYᵀ · X; ``async_used`` (set by the exercise cell) says
@@ -15,12 +16,8 @@ def check_overlapped_backward(cluster, x_dense, w_dense, dy_dense, names=("dx_ex
 
     x_dense: (N, D); w_dense: (H, D); dy_dense: (N, H), the dense upstream gradient.
     """
-    return run_checker(_check, cluster, x_dense, w_dense, dy_dense, names)
-
-
-def _check(cluster, x, w, dy, names) -> bool:
     p = cluster.world_size
-    x, w, dy = f64(x), f64(w), f64(dy)
+    x, w, dy = f64(x_dense), f64(w_dense), f64(dy_dense)
     h = w.shape[0] // p
     dx_want = dy @ w
     dw_want = [dy[:, r * h:(r + 1) * h].t() @ x for r in range(p)]
@@ -31,18 +28,17 @@ def _check(cluster, x, w, dy, names) -> bool:
             miss = n_dx if v.get(n_dx) is None else n_dw
             return say(False, f"{miss} is None on rank {r}: return (dx, dw) from overlapped_backward; "
                               "dw = dy.t() @ x (this rank's rows of dW).")
-    dxs, dws = [f64(v[n_dx]) for v in vals], [f64(v[n_dw]) for v in vals]
-    if not all(close(d, dw_) for d, dw_ in zip(dws, dw_want)):
-        return say(False, f"dW differs from the dense rows (max|Δ| {max(max_abs(a, b) for a, b in zip(dws, dw_want)):.1e}): "
+    dxs, dws = [v[n_dx] for v in vals], [v[n_dw] for v in vals]
+    if not all_close(dws, dw_want):
+        return say(False, f"dW differs from the dense rows (max|Δ| {worst(dws, dw_want):.1e}): "
                           "dw = dy.t() @ x, with dy this rank's (N, H/p) slice of the upstream gradient.")
-    if not all(close(d, dx_want) for d in dxs):
-        partial = [dy[:, r * h:(r + 1) * h] @ w[r * h:(r + 1) * h] for r in range(p)]
-        if all(close(d, q) for d, q in zip(dxs, partial)):
+    if not all_close(dxs, dx_want):
+        if all_close(dxs, [dy[:, r * h:(r + 1) * h] @ w[r * h:(r + 1) * h] for r in range(p)]):
             return say(False, "dX is this rank's partial sum dY_r · W_r: all-reduce it over the TP group "
                               "(dist.all_reduce(dx, group=group, async_op=True), then handle.wait()).")
-        return say(False, f"dX differs from dense (max|Δ| {max(max_abs(d, dx_want) for d in dxs):.1e}).")
+        return say(False, f"dX differs from dense (max|Δ| {worst(dxs, dx_want):.1e}).")
     if not all(bool(v.get(n_async)) for v in vals):
         return say(False, "the gradients are right, but the all-reduce was not overlapped: launch it with "
                           "async_op=True BEFORE computing dW, and call handle.wait() after.")
-    return say(True, f"dL/dX and every rank's dL/dW match dense (max|Δ| {max(max_abs(d, dx_want) for d in dxs):.1e}); "
+    return say(True, f"dL/dX and every rank's dL/dW match dense (max|Δ| {worst(dxs, dx_want):.1e}); "
                      "the all-reduce was in flight while dW was computed.")

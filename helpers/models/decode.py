@@ -22,14 +22,14 @@ local matmuls, communication and the rest. Torch only (engines and torchrun alik
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
 import torch.nn as nn
 
-from ..common.numbers import divisors
 from ..measure.timer import timed_linear
-from ..tp.checks import tp_degree_and_rank
+from ..tp.checks import check_divisible, tp_degree_and_rank
 from ..tp.ops import reduce_from_tp_region
 from .parts import KVCache, attend
 from .plans import check_heads, kv_heads_of_rank
@@ -50,9 +50,7 @@ class ParallelGPT(nn.Module):
         cfg = dense.cfg
         n_kv = cfg.n_kv_heads or cfg.n_heads
         check_heads(cfg.n_heads, n_kv, p)                 # before any copy or collective
-        if cfg.d_ff % p:
-            raise ValueError(f"d_ff={cfg.d_ff} is not divisible by tp degree {p}; pick one of "
-                             f"{{{', '.join(map(str, divisors(cfg.d_ff)))}}}")
+        check_divisible("d_ff", cfg.d_ff, p)
         m = cls()
         m.cfg, m.group, m.p, m.rank = cfg, group, p, r
         hd, hq, f = cfg.head_dim, cfg.n_heads // p, cfg.d_ff // p
@@ -75,9 +73,7 @@ class ParallelGPT(nn.Module):
             m.blocks.append(b)
         return m
 
-    def new_cache(self, capacity: int | None = None) -> list[KVCache]:
-        """One empty cache per layer; ``capacity``: the most tokens it may hold (checked up front)."""
-        return [KVCache(capacity) for _ in self.blocks]
+    new_cache = TinyGPT.new_cache                        # one empty KVCache per layer, the same code
 
     @torch.no_grad()
     def forward(self, ids, *, cache: list[KVCache] | None = None, timer=None):
@@ -129,16 +125,12 @@ def generate(model, prompt, n_new: int, *, capacity: int | None = None, timer=No
                          f"cache's capacity of {capacity} tokens; shorten the prompt to at most "
                          f"{max(capacity - n_new, 0)} tokens or generate at most {max(capacity - L, 0)}")
     if cache is None:
-        cache = model.new_cache()
-        for c in cache:
-            c.capacity = capacity
+        cache = model.new_cache(capacity)
     ids, steps, step_in = prompt, [], prompt
+    kw = {"timer": timer} if isinstance(model, ParallelGPT) else {}      # the dense model takes no timer
     for _ in range(n_new):
-        if timer is not None:
-            with timer.step():
-                logits = model(step_in, cache=cache, **({"timer": timer} if isinstance(model, ParallelGPT) else {}))
-        else:
-            logits = model(step_in, cache=cache)
+        with timer.step() if timer is not None else contextlib.nullcontext():
+            logits = model(step_in, cache=cache, **kw)
         last = logits[:, -1]                                         # (B, V)
         steps.append(last)
         step_in = last.argmax(-1, keepdim=True)                      # (B, 1): the next token

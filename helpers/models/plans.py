@@ -15,6 +15,7 @@ import torch
 
 from ..common.numbers import divisors
 from ..tp.checks import check_divisible
+from ..tp.vocab import check_token_ids
 
 __all__ = ["block_plan", "model_plan", "tp_plan", "apply_fsdp", "parallelize_tiny_gpt", "check_tp_config",
            "check_ids", "check_heads", "kv_heads_of_rank", "replicate_kv_heads"]
@@ -77,14 +78,14 @@ def model_plan(*, sequence_parallel: bool = True, loss_parallel: bool = True) ->
     return plan
 
 
-def apply_fsdp(model, fsdp_mesh, **kw):
+def apply_fsdp(model, fsdp_mesh):
     """FSDP2 on the "fsdp" mesh: each block is one unit (gathered just before it runs, freed
     after), then the root. Call it after ``parallelize_module``: FSDP then shards each TP shard."""
     from torch.distributed.fsdp import fully_shard
 
     for block in model.blocks:
-        fully_shard(block, mesh=fsdp_mesh, **kw)
-    fully_shard(model, mesh=fsdp_mesh, **kw)
+        fully_shard(block, mesh=fsdp_mesh)
+    fully_shard(model, mesh=fsdp_mesh)
     return model
 
 
@@ -166,18 +167,10 @@ def check_tp_config(cfg, p: int) -> None:
 
 
 def check_ids(ids, vocab_size: int, p: int = 1, sequence_parallel: bool = False) -> None:
-    """Token ids inside the vocabulary, and a sequence length SP can split, before any collective."""
-    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"token ids must be an integer tensor (B, T), got "
-                        f"{getattr(ids, 'dtype', type(ids).__name__)}")
+    """Token ids (B, T) inside the vocabulary, and a sequence length SP can split, before any collective."""
+    check_token_ids(ids, vocab_size)
     if ids.dim() != 2:
         raise ValueError(f"token ids must have shape (B, T), got {tuple(ids.shape)}")
-    if ids.numel():
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= vocab_size:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"token id {bad} is outside the vocabulary 0..{vocab_size - 1} "
-                             f"(vocab_size={vocab_size}); check the tokenizer")
     if sequence_parallel and ids.shape[1] % p:
         T = ids.shape[1]
         raise ValueError(f"sequence length T={T} is not divisible by tp degree {p}: sequence "

@@ -66,9 +66,10 @@ class TinyGPT(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
-    def new_cache(self) -> list[KVCache]:
-        """One empty :class:`KVCache` per block, for ``forward(ids, cache=...)``."""
-        return [KVCache() for _ in self.blocks]
+    def new_cache(self, capacity: int | None = None) -> list[KVCache]:
+        """One empty :class:`KVCache` per block, for ``forward(ids, cache=...)``; ``capacity``: the
+        most tokens it may hold (:func:`helpers.models.decode.generate` checks it up front)."""
+        return [KVCache(capacity) for _ in self.blocks]
 
     def forward(self, ids, *, cache: list[KVCache] | None = None):   # ids: (B, T) token ids
         x = self.tok_emb(ids)                               # (B, T, D); (B, T/p, D) per rank under SP

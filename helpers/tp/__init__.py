@@ -19,7 +19,7 @@ from ..common.lazy import lazy_exports
 
 # Loaded on first use (PEP 562): ``import helpers.tp`` does not import torch until a name is used.
 _EXPORTS = {
-    ".checks": ("check_divisible", "check_mesh_shape", "shard_range", "tp_degree_and_rank", "valid_degrees"),
+    ".checks": ("check_divisible", "check_mesh_shape", "shard_range", "tp_degree_and_rank"),
     ".layers": ("ColumnParallelLinear", "ParallelMLP", "RowParallelLinear"),
     ".mesh": ("TPLayoutWarning", "check_placements", "check_tp_in_node", "mesh_groups", "tp_groups_across_hosts",
               "warn_if_tp_crosses_hosts"),

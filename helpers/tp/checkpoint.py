@@ -13,6 +13,8 @@ import os
 
 import torch
 
+from .checks import degrees_text
+
 __all__ = ["shard_layout", "check_reshard", "saved_shapes", "local_shapes_match", "sgd_step"]
 
 
@@ -61,9 +63,8 @@ def check_reshard(path: str, sharded_dims: dict, degree: int) -> dict:
             raise ValueError(f"{key!r} is not in the checkpoint at {path!r}; it holds {sorted(shapes)}")
         n = shapes[key][dim]
         if degree < 1 or n % degree:
-            ok = [d for d in range(1, n + 1) if n % d == 0]
             raise ValueError(f"{key}: saved shape {shapes[key]}, dim {dim} = {n} is not divisible by TP degree "
-                             f"{degree}; pick a degree in {{{', '.join(map(str, ok))}}}")
+                             f"{degree}; pick a degree in {degrees_text(n)}")
     return shapes
 
 

@@ -14,13 +14,13 @@ import torch.distributed as dist
 from ..common.numbers import divisors
 from ..common.topology import mesh_dims
 
-__all__ = ["valid_degrees", "check_divisible", "check_mesh_shape", "shard_range",
+__all__ = ["degrees_text", "check_divisible", "check_mesh_shape", "shard_range",
            "tp_degree_and_rank", "check_input", "check_initialized"]
 
 
-def valid_degrees(size: int) -> list[int]:
-    """All tp degrees that split ``size`` evenly (the divisors of ``size``)."""
-    return divisors(size)
+def degrees_text(size: int) -> str:
+    """The degrees that split ``size`` evenly, as every refusal writes them: ``{1, 2, 5, 10}``."""
+    return "{" + ", ".join(map(str, divisors(size))) + "}"
 
 
 def check_divisible(name: str, size: int, degree: int) -> int:
@@ -35,10 +35,8 @@ def check_divisible(name: str, size: int, degree: int) -> int:
     if degree <= 0:
         raise ValueError(f"tp degree must be a positive integer, got {degree}")
     if size % degree:
-        ok = ", ".join(str(d) for d in valid_degrees(size))
-        padded = math.ceil(size / degree) * degree
-        raise ValueError(f"{name}={size} is not divisible by tp degree {degree}; "
-                         f"pick a degree in {{{ok}}} or pad {name} to {padded}")
+        raise ValueError(f"{name}={size} is not divisible by tp degree {degree}; pick a degree in "
+                         f"{degrees_text(size)} or pad {name} to {math.ceil(size / degree) * degree}")
     return size // degree
 
 
@@ -51,7 +49,7 @@ def check_mesh_shape(shape, world_size: int) -> tuple[int, ...]:
     """
     dims = mesh_dims(shape, example=f"({world_size},)")
     if math.prod(dims) != world_size:
-        fits = ", ".join(f"({d}, {world_size // d})" for d in valid_degrees(world_size))
+        fits = ", ".join(f"({d}, {world_size // d})" for d in divisors(world_size))
         raise ValueError(f"mesh shape {dims} needs {math.prod(dims)} ranks but world_size is "
                          f"{world_size}; pick ({world_size},) or a 2D shape: {fits}")
     return dims

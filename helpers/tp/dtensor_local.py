@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __all__ = ["to_local", "layout_of", "local_grads"]
 
-from ..common.placements import placement_text
+from ..common.placements import text_of
 
 
 def to_local(t):
@@ -19,10 +19,7 @@ def to_local(t):
 def layout_of(t) -> str:
     """The placement of a tensor on a 1-D mesh as text (a plain tensor: ``"Replicate()"``)."""
     placements = getattr(t, "placements", None)
-    pl = placements[0] if placements else None
-    if pl is not None and pl.is_shard():
-        return placement_text("shard", pl.dim)
-    return placement_text("partial" if pl is not None and pl.is_partial() else "replicate")
+    return text_of(placements[0]) if placements else "Replicate()"
 
 
 def local_grads(model) -> dict:

@@ -23,21 +23,6 @@ def _check_linear(dense, who):
         raise TypeError(f"{who} needs an nn.Linear, got {type(dense).__name__}")
 
 
-def _check_features(in_features, out_features):
-    for name, v in (("in_features", in_features), ("out_features", out_features)):
-        if not isinstance(v, int) or v <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-
-
-def _init_(w, b, fan_in):
-    """nn.Linear's default distribution, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), on a shard."""
-    bound = 1 / math.sqrt(fan_in)
-    with torch.no_grad():
-        w.uniform_(-bound, bound)
-        if b is not None:
-            b.uniform_(-bound, bound)
-
-
 class _ShardedLinear(nn.Module):
     """What both halves share: a weight split along ``split`` (``"out_features"``: its rows,
     ``"in_features"``: its columns), drawn like ``nn.Linear``'s or copied from a dense layer."""
@@ -46,7 +31,9 @@ class _ShardedLinear(nn.Module):
 
     def _shard(self, in_features, out_features, bias, group, device, dtype) -> int:
         super().__init__()
-        _check_features(in_features, out_features)
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
         self.group = group
         self.tp_degree, self.tp_rank = tp_degree_and_rank(group)
         self.in_features, self.out_features = in_features, out_features
@@ -56,7 +43,10 @@ class _ShardedLinear(nn.Module):
         # column: W_i (H/p, D), b_i (H/p,); row: W_i (D, H/p), b (D,) replicated
         self.weight = nn.Parameter(torch.empty(*((per_rank, in_features) if column else (out_features, per_rank)), **kw))
         self.bias = nn.Parameter(torch.empty(per_rank if column else out_features, **kw)) if bias else None
-        _init_(self.weight, self.bias, in_features)
+        bound = 1 / math.sqrt(in_features)            # nn.Linear's default U(-1/√fan_in, 1/√fan_in), on a shard
+        with torch.no_grad():
+            for t in (self.weight, self.bias) if bias else (self.weight,):
+                t.uniform_(-bound, bound)
         return per_rank
 
     @classmethod

@@ -34,6 +34,9 @@ import time
 import torch
 import torch.distributed as dist
 
+from .checks import check_divisible
+from .ops import all_gather, all_reduce
+
 __all__ = ["ColumnLinearAsyncAllReduce", "column_linear", "AllGatherMatmul", "all_gather_matmul",
            "gathered_matmul", "CustomBackwardColumn", "TracedAllReduce", "check_rows"]
 
@@ -45,10 +48,7 @@ def _span(spans, lane, label, t0, t1):
 
 def check_rows(n_rows: int, p: int, what: str = "X") -> None:
     """Refuse a row count that does not split over p ranks (before any collective)."""
-    if p < 1 or n_rows % p:
-        divisors = [d for d in range(1, n_rows + 1) if n_rows % d == 0]
-        raise ValueError(f"{what} has {n_rows} rows, not divisible by {p} ranks; "
-                         f"use a degree in {divisors} or pad the rows")
+    check_divisible(f"{what} rows", n_rows, p)
 
 
 # ------------------------------------------------------------------------------ backward overlap
@@ -143,9 +143,6 @@ class TracedAllReduce:
             def wait(self_inner):
                 events.append(("wait",))
                 return work.wait()
-
-            def is_completed(self_inner):
-                return work.is_completed()
         return _Handle()
 
     def overlapped(self) -> bool:
@@ -216,17 +213,12 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_r, group):
-        p, r = dist.get_world_size(group), dist.get_rank(group)
-        parts = [torch.empty_like(x_r) for _ in range(p)]
-        dist.all_gather(parts, x_r.contiguous(), group=group)
-        ctx.group, ctx.r, ctx.n = group, r, x_r.shape[0]
-        return torch.cat(parts, dim=0)
+        ctx.group, ctx.r, ctx.n = group, dist.get_rank(group), x_r.shape[0]
+        return all_gather(x_r, group, dim=0)
 
     @staticmethod
     def backward(ctx, g):
-        g = g.contiguous().clone()
-        dist.all_reduce(g, group=ctx.group)
-        return g[ctx.r * ctx.n:(ctx.r + 1) * ctx.n], None
+        return all_reduce(g, ctx.group)[ctx.r * ctx.n:(ctx.r + 1) * ctx.n], None
 
 
 def gathered_matmul(x_r, w, group=None, *, spans: list | None = None):

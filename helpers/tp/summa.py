@@ -35,12 +35,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .checks import check_divisible, check_initialized, check_mesh_shape, shard_range, valid_degrees
+from .checks import check_divisible, check_initialized, check_mesh_shape, degrees_text, shard_range
 from .ops import all_reduce, broadcast, reduce
 
-__all__ = ["SummaGrid", "BlockTag", "check_grid_shape", "make_grid", "block_slices",
-           "cut_block", "cut_blocks", "assemble_blocks", "block_of", "row_broadcast",
-           "col_broadcast", "summa_step", "summa_matmul", "summa_grad_x", "summa_grad_w",
+__all__ = ["SummaGrid", "BlockTag", "check_grid_shape", "make_grid", "cut_block", "cut_blocks", "assemble_blocks",
+           "block_of", "row_broadcast", "col_broadcast", "summa_step", "summa_matmul", "summa_grad_x", "summa_grad_w",
            "SummaMatmul", "ColumnBlockBias", "SummaLinear", "summa_trace"]
 
 
@@ -150,29 +149,16 @@ def _check_2d(t, what):
                          "flatten leading dims first: t.reshape(-1, t.shape[-1])")
 
 
-def block_slices(full_shape, grid_shape, coords, name: str = "tensor") -> tuple[slice, slice]:
-    """(rows, cols) slices of block (i, j) when ``full_shape`` is cut on ``grid_shape``."""
-    (R, C), (p, q), (i, j) = full_shape, grid_shape, coords
-    r0, r1 = shard_range(R, p, i, name=f"{name} rows")
-    c0, c1 = shard_range(C, q, j, name=f"{name} cols")
-    return slice(r0, r1), slice(c0, c1)
-
-
-def _check_cut(t, grid_shape, name):
-    _check_2d(t, name)
-    for what, size, n in (("rows", t.shape[0], grid_shape[0]), ("cols", t.shape[1], grid_shape[1])):
-        if size % n:
-            ok = ", ".join(str(d) for d in valid_degrees(size))
-            raise ValueError(f"{name} has {size} {what}, not divisible by the grid's {n} "
-                             f"{'rows' if what == 'rows' else 'columns'} (grid {tuple(grid_shape)}); "
-                             f"pick a grid side in {{{ok}}} or pad {name}")
-
-
 def cut_block(t: torch.Tensor, grid_shape, coords, name: str = "tensor") -> torch.Tensor:
     """Block (i, j) of the 2-D tensor ``t`` on ``grid_shape`` (a contiguous copy)."""
-    _check_cut(t, grid_shape, name)
-    rows, cols = block_slices(t.shape, grid_shape, coords, name)
-    return t[rows, cols].contiguous().clone()
+    _check_2d(t, name)
+    for size, n, what, side in zip(t.shape, grid_shape, ("rows", "cols"), ("rows", "columns")):
+        if size % n:
+            raise ValueError(f"{name} has {size} {what}, not divisible by the grid's {n} {side} (grid "
+                             f"{tuple(grid_shape)}); pick a grid side in {degrees_text(size)} or pad {name}")
+    (r0, r1), (c0, c1) = (shard_range(size, n, c, name=f"{name} {what}")
+                          for size, n, c, what in zip(t.shape, grid_shape, coords, ("rows", "cols")))
+    return t[r0:r1, c0:c1].contiguous().clone()
 
 
 def cut_blocks(t: torch.Tensor, grid_shape, name: str = "tensor") -> list[torch.Tensor]:
@@ -213,9 +199,7 @@ def _check_block(x, grid: SummaGrid, cols: int, what: str) -> None:
             f"{tag.coords}, but this rank is at {grid.coords} of grid {grid.shape} with ranks "
             f"{[list(r) for r in grid.ranks]}; cut it again with block_of(X, grid)")
     if x.shape[1] != cols:
-        hint = ""
-        if tag is not None:
-            hint = f" (it was cut from a full tensor of shape {tag.full_shape})"
+        hint = f" (it was cut from a full tensor of shape {tag.full_shape})" if tag is not None else ""
         raise ValueError(f"{what} has {x.shape[1]} columns but this {grid.s}×{grid.s} grid expects "
                          f"K/s = {cols * grid.s}/{grid.s} = {cols}{hint}; is it a block from a "
                          "different grid? cut the full X with block_of(X, grid)")

@@ -46,12 +46,8 @@ def clip_grad_norm_(parameters, max_norm: float) -> torch.Tensor:
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
-    squares = []
-    for g in grads:
-        n = torch.linalg.vector_norm(g, 2.0)
-        if hasattr(n, "full_tensor"):
-            n = n.full_tensor()
-        squares.append(n.float() ** 2)
+    norms = [torch.linalg.vector_norm(g, 2.0) for g in grads]
+    squares = [(n.full_tensor() if hasattr(n, "full_tensor") else n).float() ** 2 for n in norms]
     total = torch.stack(squares).sum().sqrt()
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for g in grads:

@@ -24,10 +24,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checks import shard_range, tp_degree_and_rank
+from .checks import degrees_text, shard_range, tp_degree_and_rank
 from .ops import reduce_from_tp_region
 
-__all__ = ["VocabParallelEmbedding", "pad_embedding", "vocab_mask"]
+__all__ = ["VocabParallelEmbedding", "pad_embedding", "vocab_mask", "check_token_ids"]
+
+
+def check_token_ids(ids, vocab_size: int) -> None:
+    """Refuse ids that are not integers inside ``0..vocab_size-1`` (on every rank alike, see above)."""
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"token ids must be an integer tensor, got {getattr(ids, 'dtype', type(ids).__name__)}")
+    if ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"token id {lo if lo < 0 else hi} is outside the vocabulary 0..{vocab_size - 1} "
+                             f"(vocab_size={vocab_size}); check the tokenizer")
 
 
 def vocab_mask(ids: torch.Tensor, start: int, stop: int):
@@ -69,8 +80,7 @@ class VocabParallelEmbedding(nn.Module):
                 f"vocab_size={num_embeddings} is not divisible by tp degree {self.tp_degree}: "
                 f"{num_embeddings} rows cannot be split into {self.tp_degree} equal ranges. Pad the "
                 f"vocabulary to {padded} (helpers.tp.pad_embedding(emb, {self.tp_degree})), as "
-                f"Megatron does, or pick a degree in "
-                f"{{{', '.join(str(d) for d in range(1, num_embeddings + 1) if num_embeddings % d == 0)}}}")
+                f"Megatron does, or pick a degree in {degrees_text(num_embeddings)}")
         self.start, self.stop = shard_range(num_embeddings, self.tp_degree, self.tp_rank, "vocab_size")
         self.weight = nn.Parameter(torch.empty(self.stop - self.start, embedding_dim,   # (V/p, D)
                                                device=device, dtype=dtype))
@@ -87,22 +97,10 @@ class VocabParallelEmbedding(nn.Module):
             layer.weight.copy_(dense.weight[layer.start:layer.stop])
         return layer
 
-    def check_ids(self, ids) -> None:
-        """Integer ids inside ``0..V-1``; checked on every rank before the all-reduce."""
-        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"token ids must be an integer tensor, got "
-                            f"{getattr(ids, 'dtype', type(ids).__name__)}")
-        if ids.numel():
-            lo, hi = int(ids.min()), int(ids.max())
-            if lo < 0 or hi >= self.num_embeddings:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"token id {bad} is outside the vocabulary 0..{self.num_embeddings - 1} "
-                                 f"(vocab_size={self.num_embeddings})")
+    def forward(self, ids):
+        check_token_ids(ids, self.num_embeddings)                    # before the all-reduce
         if ids.device != self.weight.device:
             raise ValueError(f"ids are on {ids.device} but the table is on {self.weight.device}")
-
-    def forward(self, ids):
-        self.check_ids(ids)
         local, mask = vocab_mask(ids, self.start, self.stop)          # (…,), (…,) bool
         out = F.embedding(local, self.weight)                          # (…, D): rows of my range
         out = out.masked_fill(mask.unsqueeze(-1), 0.0)                 # zero the ids I do not own
