@@ -11,6 +11,7 @@ The sockets are recorded by :func:`record_pg_sockets` right after the group is b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -35,15 +36,12 @@ def _tcp_inodes() -> set[int]:
     """Inodes of established TCP connections (gloo's pairs are such connections)."""
     found = set()
     for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    cols = line.split()
-                    if cols[3] == "01":  # ESTABLISHED: never a listener (gloo aborts on those)
-                        found.add(int(cols[9]))
-        except (OSError, StopIteration, IndexError, ValueError):
-            pass
+        with contextlib.suppress(OSError, StopIteration, IndexError, ValueError), open(table) as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                if cols[3] == "01":  # ESTABLISHED: never a listener (gloo aborts on those)
+                    found.add(int(cols[9]))
     return found
 
 
@@ -52,13 +50,11 @@ def abort_collectives() -> int:
     n = 0
     for inode, fd in _socket_inodes().items():
         if inode in _PG_SOCKETS:
-            try:
+            with contextlib.suppress(OSError):
                 s = socket.socket(fileno=os.dup(fd))
                 s.shutdown(socket.SHUT_RDWR)
                 s.close()
                 n += 1
-            except OSError:
-                pass
     return n
 
 
@@ -93,8 +89,6 @@ def start_watchdog(addr: str, token: str) -> int:
     return _WATCHDOG["port"]
 
 
-
-
 def record_pg_sockets(before: set[int]) -> None:
     """Remember the TCP connections opened since ``before`` (``socket_inodes()``)."""
     _PG_SOCKETS.clear()
@@ -110,7 +104,5 @@ def stop_watchdog() -> None:
     """Close the watchdog's listening socket (at engine exit)."""
     sock = _WATCHDOG.pop("sock", None)
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.close()
-        except OSError:
-            pass
