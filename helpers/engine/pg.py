@@ -49,13 +49,12 @@ def probe() -> dict:
     import torch
     import torch.distributed as dist
 
-    mpi_rank = next((int(os.environ[v]) for v in _MPI_RANK_VARS if v in os.environ), None)
     ns = user_ns()
     initialized = dist.is_available() and dist.is_initialized()
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "mpi_rank": mpi_rank,
+        "mpi_rank": next((int(os.environ[v]) for v in _MPI_RANK_VARS if v in os.environ), None),
         "cuda_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "cpus": _cpu_count(),
         "initialized": initialized,
@@ -322,10 +321,9 @@ def follow_cwd(folder: str, previous: str | None = None) -> bool:
     if not os.path.isdir(folder):
         return False
     os.chdir(folder)
-    if previous and previous != folder and previous in sys.path:
-        sys.path.remove(previous)
-    if folder in sys.path:
-        sys.path.remove(folder)
+    for old in (previous, folder):
+        if old in sys.path:
+            sys.path.remove(old)
     sys.path.insert(0, folder)
     return True
 
