@@ -277,14 +277,6 @@ class _CellError:
     where: str        # "line 3: compare(...)", the cell's line that raised
 
 
-def _where(error: BaseException, filename: str) -> str:
-    """The innermost line of the cell ``filename`` in ``error``'s traceback."""
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == filename]
-    if not frames:
-        return ""
-    return f"line {frames[-1].lineno}: {(frames[-1].line or '').strip()[:80]}"
-
-
 class BatchJob:
     """One notebook running as a torchrun job (made by :func:`start`)."""
 
@@ -443,8 +435,10 @@ class BatchJob:
                 self.display(eval(last, self.kernel_ns))
             self._save_pyplot_figures()
         except Exception as e:
-            return _CellError(type(e).__name__, str(e), traceback.format_exc(),
-                              isinstance(e, AssertionError), _where(e, filename))
+            # the cell's innermost line in the traceback
+            frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == filename]
+            where = f"line {frames[-1].lineno}: {(frames[-1].line or '').strip()[:80]}" if frames else ""
+            return _CellError(type(e).__name__, str(e), traceback.format_exc(), isinstance(e, AssertionError), where)
         finally:
             sys.stdout.flush()
         return None

@@ -19,8 +19,8 @@ _PG_SOCKETS: set[int] = set()  # socket inodes opened by init_process_group
 _WATCHDOG: dict = {}
 
 
-def _socket_inodes() -> dict[int, int]:
-    """inode -> fd of every socket this process holds."""
+def socket_inodes() -> dict[int, int]:
+    """inode -> fd of every socket this process holds now."""
     found = {}
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -48,7 +48,7 @@ def _tcp_inodes() -> set[int]:
 def abort_collectives() -> int:
     """Shut down this rank's process-group sockets; returns how many."""
     n = 0
-    for inode, fd in _socket_inodes().items():
+    for inode, fd in socket_inodes().items():
         if inode in _PG_SOCKETS:
             with contextlib.suppress(OSError):
                 s = socket.socket(fileno=os.dup(fd))
@@ -89,15 +89,10 @@ def start_watchdog(addr: str, token: str) -> int:
     return _WATCHDOG["port"]
 
 
-def record_pg_sockets(before: set[int]) -> None:
+def record_pg_sockets(before: dict[int, int]) -> None:
     """Remember the TCP connections opened since ``before`` (``socket_inodes()``)."""
     _PG_SOCKETS.clear()
-    _PG_SOCKETS.update((set(_socket_inodes()) - before) & _tcp_inodes())
-
-
-def socket_inodes() -> set[int]:
-    """The inodes of every socket this process holds now."""
-    return set(_socket_inodes())
+    _PG_SOCKETS.update((socket_inodes().keys() - before.keys()) & _tcp_inodes())
 
 
 def stop_watchdog() -> None:
