@@ -190,13 +190,12 @@ def plan_ranks(infos: list[dict], backend: str | None = None,
     """
     check_backend(backend)
     infos = rank_order(infos)
-    n = len(infos)
     hosts = [i["host"] for i in infos]
     node = node_names(hosts, nodes)
     local_rank = [hosts[:r].count(h) for r, h in enumerate(hosts)]
     per_host = {h: hosts.count(h) for h in hosts}
     node_rank = [node[:r].count(x) for r, x in enumerate(node)]
-    gpus_ok = n > 0 and all(i["cuda_count"] >= per_host[i["host"]] for i in infos)
+    gpus_ok = bool(infos) and all(i["cuda_count"] >= per_host[i["host"]] for i in infos)
     if backend is None:
         backend = "nccl" if gpus_ok else "gloo"
     if backend == "nccl" and not gpus_ok:

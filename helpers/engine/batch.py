@@ -21,10 +21,9 @@ Two namespaces, as in Jupyter:
 
 * the **engine namespace** is the script's globals: a ``%%px`` cell *is* the body of a
   torchrun script.  :func:`start` puts there what ``connect()`` gives an engine (``torch``,
-  ``dist``, ``rank``, ``world_size``, ``local_rank``, ``device``, ``backend``) after
-  ``init_process_group`` from torchrun's environment: NCCL when every local rank can own a
-  GPU; otherwise gloo, on ``cuda:(local_rank % gpus)`` when there are fewer GPUs than ranks,
-  else on the CPU.  Engine-side helpers that read the engine namespace
+  ``dist``, ``rank``, ``world_size``, ``local_rank``, ``device``, ``backend``, the backend and
+  device chosen as ``connect()`` chooses them) after ``init_process_group`` from torchrun's
+  environment.  Engine-side helpers that read the engine namespace
   (:func:`helpers.engine.namespace.user_ns`) see these globals.
 * the **kernel namespace** is a dict of its own, where notebook cells run
   (:meth:`BatchJob.notebook`).  ``from helpers import connect; connect()`` there returns a

@@ -76,7 +76,7 @@ def reset_namespace() -> list[str]:
     for k in dropped:
         del ns[k]
     hook = getattr(ip, "displayhook", None)
-    if hook is not None and hasattr(hook, "flush"):
+    if hasattr(hook, "flush"):
         with contextlib.suppress(Exception):
             hook.flush()  # Out, _, __, ___ (IPython's own way, as %reset out does)
     return [k for k in dropped if not _HISTORY.match(k)]

@@ -335,8 +335,7 @@ def _backend_names(backend) -> set[str]:
 
 
 def adopting_init_process_group(backend=None, init_method=None, timeout=None, world_size=-1,
-                                rank=-1, store=None, group_name="", pg_options=None,
-                                device_id=None, **kwargs):
+                                rank=-1, *args, **kwargs):
     """``dist.init_process_group`` as a pasted script calls it, on the course's engines.
 
     The course's group already exists (``connect()`` built it).  A call asking for the same
@@ -346,10 +345,7 @@ def adopting_init_process_group(backend=None, init_method=None, timeout=None, wo
     import torch.distributed as dist
 
     if not dist.is_initialized():  # after a real destroy: behave exactly like torch
-        return _real("init_process_group")(
-            backend, init_method=init_method, timeout=timeout, world_size=world_size,
-            rank=rank, store=store, group_name=group_name, pg_options=pg_options,
-            device_id=device_id, **kwargs)
+        return _real("init_process_group")(backend, init_method, timeout, world_size, rank, *args, **kwargs)
     have_backend, have_size = dist.get_backend(), dist.get_world_size()
     if backend is not None and have_backend not in _backend_names(backend):
         raise ProcessGroupMismatch(
