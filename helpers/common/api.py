@@ -31,18 +31,11 @@ class ClusterAPI(Protocol):
 
     backend: str
     timeout: float
-
-    @property
-    def world_size(self) -> int: ...
-
-    @property
-    def engine_ids(self) -> list[int]: ...
-
-    @property
-    def devices(self) -> list[str]: ...
-
-    @property
-    def nodes(self) -> list[str]: ...
+    # read-only (properties on both): by rank
+    world_size: int
+    engine_ids: list[int]
+    devices: list[str]
+    nodes: list[str]
 
     def info(self) -> list[dict]: ...
 

@@ -22,4 +22,3 @@ def fmt_bytes(n: float) -> str:
         if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" or n == int(n) else f"{n:.1f} {unit}"
         n /= 1024.0
-    return f"{n:.1f} GiB"  # pragma: no cover

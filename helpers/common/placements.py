@@ -62,20 +62,16 @@ def placement_text(kind: str, dim: int | None = None) -> str:
     raise ValueError(f"unknown placement kind {kind!r}; one of {KINDS}")
 
 
-def _kind(p) -> tuple[str, int | None]:
-    # FSDP on a TP shard is a _StridedShard (torch 2.13: not a Shard, but it has a dim)
-    if p.is_shard() or "StridedShard" in type(p).__name__:
-        return "shard", int(p.dim)
-    if p.is_replicate():
-        return "replicate", None
-    if p.is_partial():
-        return "partial", None
-    raise ValueError(f"unknown placement {p!r}: neither Shard, Replicate nor Partial")
-
-
 def text_of(p) -> str:
     """One DTensor placement object as text: ``Shard(dim=1) -> "Shard(1)"``."""
-    return placement_text(*_kind(p))
+    # FSDP on a TP shard is a _StridedShard (torch 2.13: not a Shard, but it has a dim)
+    if p.is_shard() or "StridedShard" in type(p).__name__:
+        return placement_text("shard", int(p.dim))
+    if p.is_replicate():
+        return "Replicate()"
+    if p.is_partial():
+        return "Partial()"
+    raise ValueError(f"unknown placement {p!r}: neither Shard, Replicate nor Partial")
 
 
 def describe(placements) -> str:

@@ -21,6 +21,8 @@ import itertools
 import math
 from dataclasses import dataclass
 
+from .numbers import divisors
+
 DEFAULT_CPU_ENGINES = 4  # the embedded default: a stand-in for one Derecho node (4 GPUs)
 BACKENDS = ("gloo", "nccl")
 
@@ -157,7 +159,7 @@ def check_nodes(nodes, hosts: list[str]) -> int:
                          f"({', '.join(sorted(set(hosts)))}); nodes= simulates nodes on one host only: "
                          "drop it")
     if n % nodes:
-        fits = ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+        fits = ", ".join(map(str, divisors(n)))
         raise ValueError(f"nodes={nodes} does not divide the {n} engines; pick nodes in {{{fits}}}")
     return nodes
 
@@ -188,13 +190,12 @@ def plan_ranks(infos: list[dict], backend: str | None = None,
     """
     check_backend(backend)
     infos = rank_order(infos)
-    n = len(infos)
     hosts = [i["host"] for i in infos]
     node = node_names(hosts, nodes)
     local_rank = [hosts[:r].count(h) for r, h in enumerate(hosts)]
     per_host = {h: hosts.count(h) for h in hosts}
     node_rank = [node[:r].count(x) for r, x in enumerate(node)]
-    gpus_ok = n > 0 and all(i["cuda_count"] >= per_host[i["host"]] for i in infos)
+    gpus_ok = bool(infos) and all(i["cuda_count"] >= per_host[i["host"]] for i in infos)
     if backend is None:
         backend = "nccl" if gpus_ok else "gloo"
     if backend == "nccl" and not gpus_ok:
@@ -281,9 +282,6 @@ def tp_groups_across_hosts(shape, dim_names, hosts, tp_dim: str = "tp") -> list[
                          "were given; give one host name per rank, rank 0 first")
     if tp_dim not in names:
         raise ValueError(f"mesh has no dim named {tp_dim!r}; its dims are {names}")
-    crossing = []
-    for group in mesh_groups(dims, names)[tp_dim]:
-        on = list(dict.fromkeys(hosts[r] for r in group))
-        if len(on) > 1:
-            crossing.append({"ranks": group, "hosts": on})
-    return crossing
+    groups = mesh_groups(dims, names)[tp_dim]
+    spans = [list(dict.fromkeys(hosts[r] for r in group)) for group in groups]  # each group's hosts, in rank order
+    return [{"ranks": group, "hosts": on} for group, on in zip(groups, spans) if len(on) > 1]

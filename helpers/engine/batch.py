@@ -21,10 +21,9 @@ Two namespaces, as in Jupyter:
 
 * the **engine namespace** is the script's globals: a ``%%px`` cell *is* the body of a
   torchrun script.  :func:`start` puts there what ``connect()`` gives an engine (``torch``,
-  ``dist``, ``rank``, ``world_size``, ``local_rank``, ``device``, ``backend``) after
-  ``init_process_group`` from torchrun's environment: NCCL when every local rank can own a
-  GPU; otherwise gloo, on ``cuda:(local_rank % gpus)`` when there are fewer GPUs than ranks,
-  else on the CPU.  Engine-side helpers that read the engine namespace
+  ``dist``, ``rank``, ``world_size``, ``local_rank``, ``device``, ``backend``, the backend and
+  device chosen as ``connect()`` chooses them) after ``init_process_group`` from torchrun's
+  environment.  Engine-side helpers that read the engine namespace
   (:func:`helpers.engine.namespace.user_ns`) see these globals.
 * the **kernel namespace** is a dict of its own, where notebook cells run
   (:meth:`BatchJob.notebook`).  ``from helpers import connect; connect()`` there returns a
@@ -54,6 +53,8 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
+import dataclasses
+import glob
 import io
 import linecache
 import os
@@ -65,10 +66,10 @@ import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 
-from ..common.topology import device_for, node_names
+from ..common.topology import EngineInfo, device_for, node_names
 from ..reference import display as reference_display
 from . import pg
-from .namespace import fetch_values, pulled, use_script_namespace
+from .namespace import fetch_values, pulled, ranks_text, use_script_namespace
 
 DEFAULT_TIMEOUT = 120.0  # seconds a collective may wait (longer than a notebook's: jobs start slower)
 FIGURES_SUFFIX = "_figures"
@@ -112,8 +113,7 @@ def start(script_globals: dict, *, notebook_dir: str | None = None,
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     backend = "nccl" if gpus >= env["local_world_size"] else "gloo"  # as connect() chooses
-    device_name = device_for(backend, env["local_rank"], gpus)
-    device = torch.device(device_name)
+    device = torch.device(device_for(backend, env["local_rank"], gpus))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
@@ -122,18 +122,15 @@ def start(script_globals: dict, *, notebook_dir: str | None = None,
                           local_rank=env["local_rank"], device=device, backend=backend)
     use_script_namespace(script_globals)
     script = script_globals.get("__file__") or sys.argv[0]
-    _follow_notebook(script, notebook_dir)
-    _ACTIVE = BatchJob(script_globals, script, backend, device, float(timeout), env["local_rank"],
-                       env["local_world_size"])
+    if notebook_dir is not None:  # pg.follow_cwd changes nothing where the folder is not on this host
+        pg.follow_cwd(os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(script)), notebook_dir)))
+    host = socket.gethostname()
+    mine = EngineInfo(env["rank"], env["rank"], host, os.getpid(), str(device), env["local_rank"],
+                      env["local_world_size"], node=host)
+    cluster = BatchCluster(_gather(mine), backend, float(timeout), env["rank"], script_globals)
+    _ACTIVE = BatchJob(cluster, script)
     reference_display.set_display(_ACTIVE.show_comparison)
     return _ACTIVE
-
-
-def _follow_notebook(script: str, notebook_dir: str | None) -> None:
-    if notebook_dir is None:
-        return
-    folder = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(script)), notebook_dir))
-    pg.follow_cwd(folder)  # False (and no change) when the folder is not on this host
 
 
 # ------------------------------------------------------------------------- the cluster object
@@ -146,19 +143,7 @@ def _gather(obj) -> list:
     return out
 
 
-def _ranks(ranks: list[int]) -> str:
-    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
-
-
-@dataclass(frozen=True)
-class _RankInfo:
-    host: str
-    pid: int
-    device: str
-    local_rank: int
-    local_world_size: int
-
-
+@dataclass(eq=False)
 class BatchCluster:
     """``cluster`` in a batch job: the ``TPCluster`` API over torchrun's ranks.
 
@@ -166,40 +151,36 @@ class BatchCluster:
     return something per rank gather it with ``all_gather_object``.  Engine ids are the ranks.
     """
 
-    def __init__(self, job: BatchJob, infos: list[_RankInfo]):
-        self._job = job
-        self._infos = infos
-        self._nodes: list[str] | None = None  # connect(nodes=...): simulated nodes
-        self.backend = job.backend
-        self.timeout = job.timeout
+    engines: list[EngineInfo]  # node: the host, or a simulated node of connect(nodes=...)
+    backend: str
+    timeout: float
+    rank: int  # this process's
+    engine_ns: dict = dataclasses.field(repr=False)
 
     # ---- facts
     @property
     def world_size(self) -> int:
-        return len(self._infos)
+        return len(self.engines)
 
     @property
     def engine_ids(self) -> list[int]:
-        return list(range(self.world_size))
+        return [e.engine_id for e in self.engines]
 
     @property
     def devices(self) -> list[str]:
-        return [i.device for i in self._infos]
+        return [e.device for e in self.engines]
 
     @property
     def nodes(self) -> list[str]:
-        """Each rank's node: its host, or the simulated nodes of ``connect(nodes=...)``."""
-        return list(self._nodes) if self._nodes else [i.host for i in self._infos]
+        return [e.node for e in self.engines]
 
     def info(self) -> list[dict]:
-        """One dict per rank: rank, engine id (= rank), host, pid, device, backend."""
-        return [dict(rank=r, engine_id=r, host=i.host, pid=i.pid, device=i.device,
-                     local_rank=i.local_rank, local_world_size=i.local_world_size, node=i.host,
-                     backend=self.backend) for r, i in enumerate(self._infos)]
+        """One dict per rank: rank, engine id (= rank), host, pid, device, backend, ..."""
+        return [dict(vars(e), backend=self.backend) for e in self.engines]
 
     def __repr__(self) -> str:
         return (f"<BatchCluster (torchrun): {self.world_size} ranks, backend {self.backend}, "
-                f"devices {self.devices}, hosts {sorted(set(self.nodes))}>")
+                f"devices {self.devices}, hosts {sorted({e.host for e in self.engines})}>")
 
     # ---- data in and out, by rank
     def pull(self, name: str) -> list:
@@ -209,14 +190,14 @@ class BatchCluster:
 
     def push(self, **values) -> None:
         """The same values on every rank (every rank runs this cell with the same values)."""
-        self._job.engine_ns.update(values)
+        self.engine_ns.update(values)
 
     def push_by_rank(self, name: str, values: list) -> None:
         """``values[r]`` to rank r as ``name``."""
         if len(values) != self.world_size:
             raise ValueError(f"push_by_rank needs one value per rank: got {len(values)} for "
                              f"{self.world_size} ranks")
-        self._job.engine_ns[name] = values[self._job.rank]
+        self.engine_ns[name] = values[self.rank]
 
     def pull_dtensor(self, name: str):
         """The DTensor ``name`` from every rank, as the notebook's view of it
@@ -227,7 +208,7 @@ class BatchCluster:
 
     def run(self, code: str) -> None:
         """Run ``code`` in the engine namespace of every rank (what a ``%%px`` cell does)."""
-        exec(compile(code, "<cluster.run>", "exec"), self._job.engine_ns)
+        exec(compile(code, "<cluster.run>", "exec"), self.engine_ns)
 
     def apply(self, func, *args, **kwargs) -> list:
         """``func(*args, **kwargs)`` on every rank; results by rank.  An error on any rank
@@ -239,7 +220,7 @@ class BatchCluster:
         outcomes = _gather(outcome)
         failed = [r for r, (ok, _) in enumerate(outcomes) if not ok]
         if failed:
-            raise RuntimeError(f"{getattr(func, '__name__', func)} failed on {_ranks(failed)}: "
+            raise RuntimeError(f"{getattr(func, '__name__', func)} failed on {ranks_text(failed)}: "
                                f"{outcomes[failed[0]][1]}")
         return [value for _, value in outcomes]
 
@@ -279,15 +260,10 @@ def _compile_cell(source: str, filename: str):
     return compile(tree, filename, "exec"), last
 
 
-def _loaded_type(module: str, name: str):
-    """A class from a module only if that module is loaded (a value cannot be of a type whose
-    module was never imported): no import just to check."""
-    mod = sys.modules.get(module)
-    return getattr(mod, name, None) if mod is not None else None
-
-
-def _isinstance(value, module: str, name: str) -> bool:
-    cls = _loaded_type(module, name)
+def _is(value, module: str, name: str) -> bool:
+    """``isinstance(value, module.name)``, without importing ``module`` just to check (a value
+    cannot be of a type whose module was never imported)."""
+    cls = getattr(sys.modules.get(module), name, None)
     return cls is not None and isinstance(value, cls)
 
 
@@ -300,42 +276,27 @@ class _CellError:
     where: str        # "line 3: compare(...)", the cell's line that raised
 
 
-def _where(error: BaseException, filename: str) -> str:
-    """The innermost line of the cell ``filename`` in ``error``'s traceback."""
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == filename]
-    if not frames:
-        return ""
-    return f"line {frames[-1].lineno}: {(frames[-1].line or '').strip()[:80]}"
-
-
 class BatchJob:
     """One notebook running as a torchrun job (made by :func:`start`)."""
 
-    def __init__(self, engine_ns: dict, script: str, backend: str, device, timeout: float,
-                 local_rank: int, local_world_size: int):
-        import torch.distributed as dist
-
-        self.engine_ns = engine_ns
-        self.rank = dist.get_rank()
-        self.world_size = dist.get_world_size()
-        self.backend = backend
-        self.device = device
-        self.timeout = timeout
+    def __init__(self, cluster: BatchCluster, script: str):
+        self.cluster = cluster
+        self.rank = cluster.rank
         stem = os.path.splitext(os.path.abspath(script))[0]
         self.figures_dir = stem + FIGURES_SUFFIX
         self.script_dir = os.path.dirname(stem)
         self.kernel_ns: dict = {"__name__": "__main__", "__builtins__": builtins,
                                 "display": self.display}
-        engine_ns.setdefault("display", self.display_on_every_rank)
+        cluster.engine_ns.setdefault("display", self.display_on_every_rank)
         self.cell: int | None = None
         self._figures: dict[tuple[int | None, str], int] = {}
         self._saved = 0
-        mine = _RankInfo(socket.gethostname(), os.getpid(), str(device), local_rank, local_world_size)
-        self.cluster = BatchCluster(self, _gather(mine))
         if self.rank == 0:
-            self._clear_old_figures()
-            print(f"notebook batch job: {self.world_size} ranks, backend {backend}, "
-                  f"devices {self.cluster.devices}", flush=True)
+            # a re-run's figures must not mix with the last run's (only our cell_*.png go)
+            for old in glob.glob(os.path.join(glob.escape(self.figures_dir), "cell_*.png")):
+                os.remove(old)
+            print(f"notebook batch job: {cluster.world_size} ranks, backend {cluster.backend}, "
+                  f"devices {cluster.devices}", flush=True)
 
     # ---- what the script calls
     def connect(self, n: int | None = None, *, backend: str | None = None, nodes: int | None = None,
@@ -343,19 +304,20 @@ class BatchJob:
         """``connect()`` in a batch job: this job's cluster (n, backend and min_ranks must fit
         it; ``nodes`` simulates nodes on one host as on the engines; the live cluster's other
         arguments -- timeout, threads, cluster_id... -- have nothing to set here)."""
-        if min_ranks is not None and self.world_size < min_ranks:
+        cluster = self.cluster
+        if min_ranks is not None and cluster.world_size < min_ranks:
             raise ValueError(f"this notebook needs at least {min_ranks} ranks but this torchrun job "
-                             f"has {self.world_size}; start it with --nproc_per_node {min_ranks} or more")
-        if n is not None and n != self.world_size:
+                             f"has {cluster.world_size}; start it with --nproc_per_node {min_ranks} or more")
+        if n is not None and n != cluster.world_size:
             raise ValueError(f"the notebook asks for connect(n={n}) but this torchrun job has "
-                             f"{self.world_size} ranks; start it with {n} ranks in all "
+                             f"{cluster.world_size} ranks; start it with {n} ranks in all "
                              "(--nnodes x --nproc_per_node)")
-        if backend is not None and backend != self.backend:
+        if backend is not None and backend != cluster.backend:
             raise ValueError(f"the notebook asks for backend {backend!r} but this job runs "
-                             f"{self.backend!r} (chosen from its GPUs: NCCL needs one per rank)")
-        self.cluster._nodes = (node_names([i.host for i in self.cluster._infos], nodes)
-                               if nodes is not None else None)
-        return self.cluster
+                             f"{cluster.backend!r} (chosen from its GPUs: NCCL needs one per rank)")
+        names = node_names([e.host for e in cluster.engines], nodes)
+        cluster.engines = [dataclasses.replace(e, node=name) for e, name in zip(cluster.engines, names)]
+        return cluster
 
     def px(self, cell: int, local: bool = False) -> None:
         """Marks the start of ``%%px`` cell ``cell``; its body follows at the script's top level.
@@ -379,20 +341,20 @@ class BatchJob:
             error = self._run_kernel_cell(cell, source)
         errors = _gather(error)
         if any(errors):
-            self._fail(cell, source, errors)
+            self._fail(cell, errors)
 
     def finish(self) -> None:
         """The notebook ran to its end: leave the process group (the real destroy)."""
         global _ACTIVE
-        saved = _gather(self._saved)
+        saved = sum(_gather(self._saved))
         pg.destroy()
         use_script_namespace(None)
         reference_display.set_display(None)
         _ACTIVE = None
         if self.rank == 0:
-            where = f"; {sum(saved)} figure(s) in {self.figures_dir}" if sum(saved) else ""
-            print(f"done: the notebook ran to its end on {self.world_size} ranks{where}", flush=True)
-        _exit_now(0)
+            where = f"; {saved} figure(s) in {self.figures_dir}" if saved else ""
+            print(f"done: the notebook ran to its end on {self.cluster.world_size} ranks{where}", flush=True)
+        pg.exit_now(0)
 
     # ---- display, the batch way
     def display(self, *values) -> None:
@@ -410,42 +372,31 @@ class BatchJob:
         """``compare()``'s display in a batch job: its line printed, its error heatmap saved."""
         print(reference_display.text(result))
         if result.figure is not None and self.rank == 0:
-            self._save_figure(result.figure, "")
+            self._save_png(result.figure, "")
 
     def _show(self, value, suffix: str) -> None:
-        if value is None:
-            return
-        if _isinstance(value, "ipywidgets", "Widget"):
+        if value is None or _is(value, "helpers.reference.compare", "Result"):
+            return  # a Result: compare() showed it through show_comparison
+        if _is(value, "ipywidgets", "Widget"):
             print(f"(cell {self.cell}: {type(value).__name__} widget left out: interactive only)")
-        elif _isinstance(value, "helpers.reference.compare", "Result"):
-            pass  # compare() showed it through show_comparison
-        elif _isinstance(value, "matplotlib.figure", "Figure"):
-            self._save_figure(value, suffix)
-        elif callable(getattr(value, "_repr_png_", None)):
-            self._save_png(value._repr_png_(), suffix)
+        elif _is(value, "matplotlib.figure", "Figure") or callable(getattr(value, "_repr_png_", None)):
+            self._save_png(value, suffix)
         else:
             print(pprint.pformat(value))
 
-    def _figure_path(self, suffix: str) -> str:
+    def _save_png(self, value, suffix: str) -> None:
+        """A matplotlib figure (or anything with ``_repr_png_``) as the cell's next PNG."""
         key = (self.cell, suffix)
         self._figures[key] = self._figures.get(key, 0) + 1
         k = self._figures[key]
         name = f"cell_{self.cell:02d}{suffix}" if self.cell is not None else f"figure{suffix}"
         os.makedirs(self.figures_dir, exist_ok=True)
-        return os.path.join(self.figures_dir, name + (f"_{k}" if k > 1 else "") + ".png")
-
-    def _save_figure(self, fig, suffix: str) -> None:
-        path = self._figure_path(suffix)
-        fig.savefig(path, format="png", dpi=fig.dpi, facecolor="white")
-        self._announce(path)
-
-    def _save_png(self, data: bytes, suffix: str) -> None:
-        path = self._figure_path(suffix)
-        with open(path, "wb") as f:
-            f.write(data)
-        self._announce(path)
-
-    def _announce(self, path: str) -> None:
+        path = os.path.join(self.figures_dir, name + (f"_{k}" if k > 1 else "") + ".png")
+        if _is(value, "matplotlib.figure", "Figure"):
+            value.savefig(path, format="png", dpi=value.dpi, facecolor="white")
+        else:
+            with open(path, "wb") as f:
+                f.write(value._repr_png_())
         self._saved += 1
         print(f"figure saved: {os.path.relpath(path, self.script_dir)}")
 
@@ -456,15 +407,8 @@ class BatchJob:
             return
         if self.rank == 0:
             for num in plt.get_fignums():
-                self._save_figure(plt.figure(num), "")
+                self._save_png(plt.figure(num), "")
         plt.close("all")
-
-    def _clear_old_figures(self) -> None:
-        """A re-run's figures must not mix with the last run's (only our cell_*.png go)."""
-        if os.path.isdir(self.figures_dir):
-            for name in os.listdir(self.figures_dir):
-                if name.startswith("cell_") and name.endswith(".png"):
-                    os.remove(os.path.join(self.figures_dir, name))
 
     # ---- running and failing
     def _header(self, cell: int, kind: str) -> None:
@@ -490,37 +434,26 @@ class BatchJob:
                 self.display(eval(last, self.kernel_ns))
             self._save_pyplot_figures()
         except Exception as e:
-            return _CellError(type(e).__name__, str(e), traceback.format_exc(),
-                              isinstance(e, AssertionError), _where(e, filename))
+            # the cell's innermost line in the traceback
+            frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == filename]
+            where = f"line {frames[-1].lineno}: {(frames[-1].line or '').strip()[:80]}" if frames else ""
+            return _CellError(type(e).__name__, str(e), traceback.format_exc(), isinstance(e, AssertionError), where)
         finally:
             sys.stdout.flush()
         return None
 
-    def _fail(self, cell: int, source: str, errors: list) -> None:
+    def _fail(self, cell: int, errors: list) -> None:
         failed = [r for r, e in enumerate(errors) if e]
         first: _CellError = errors[failed[0]]
         if self.rank == 0:
             if not first.is_check:
                 print(first.traceback, file=sys.stderr, end="")
-            every = "every rank" if len(failed) == self.world_size else _ranks(failed)
+            every = "every rank" if len(failed) == self.cluster.world_size else ranks_text(failed)
             print(f"❌ notebook cell {cell} failed on {every}: {first.kind}: {first.message}"
                   + (f"\n   (cell {cell}, {first.where})" if first.where else ""),
                   file=sys.stderr, flush=True)
         pg.destroy()
-        _exit_now(1)
-
-
-def _exit_now(status: int) -> None:
-    """Leave without the interpreter's teardown. Measured here: with torch 2.13 and gloo, a rank
-    whose notebook built DeviceMeshes or DTensors sometimes aborted *after* the last cell
-    ("terminate called without an active exception", status -6), in the teardown of threads
-    that torch leaves behind; the job's outcome is decided, so its status must be the one given."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    os._exit(status)
+        pg.exit_now(1)
 
 
 __all__ = ["start", "active_job", "BatchJob", "BatchCluster", "DEFAULT_TIMEOUT",

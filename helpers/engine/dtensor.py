@@ -50,16 +50,12 @@ def _describe_value(value) -> dict:
 
 def describe(name: str) -> dict:
     """This rank's DTensor ``name`` (or dict of DTensors) as plain data; never raises for a bad name."""
-    ns = user_ns()
-    out = _describe_value(ns[name]) if name in ns else {"kind": "missing"}
-    out["rank"] = _rank()
-    return out
-
-
-def _rank() -> int:
     import torch.distributed as dist
 
-    return dist.get_rank() if dist.is_initialized() else 0
+    ns = user_ns()
+    out = _describe_value(ns[name]) if name in ns else {"kind": "missing"}
+    out["rank"] = dist.get_rank() if dist.is_initialized() else 0
+    return out
 
 
 def param_placements(name: str) -> dict:

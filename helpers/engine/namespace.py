@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import re
 import types
 
@@ -31,14 +32,18 @@ def use_script_namespace(ns: dict | None) -> None:
     _SCRIPT_NS = ns
 
 
-def user_ns() -> dict:
-    """The engine's interactive namespace (what ``%%px`` cells see); in a batch job without
-    IPython, the script's globals (:func:`use_script_namespace`)."""
+def _ipython():
     try:
         from IPython import get_ipython
     except ImportError:  # pragma: no cover - engines always have IPython
-        get_ipython = lambda: None  # noqa: E731
-    ip = get_ipython()
+        return None
+    return get_ipython()
+
+
+def user_ns() -> dict:
+    """The engine's interactive namespace (what ``%%px`` cells see); in a batch job without
+    IPython, the script's globals (:func:`use_script_namespace`)."""
+    ip = _ipython()
     if ip is not None:
         return ip.user_ns
     return _SCRIPT_NS if _SCRIPT_NS is not None else {}
@@ -60,11 +65,7 @@ def reset_namespace() -> list[str]:
     defined is dropped; ``CONNECT_NAMES``, IPython's own entries and the course's ``_tp_*``
     stay; the output history (``Out``, ``_``, ``_7``) is emptied.  Returns the dropped names
     (modules imported by cells stay in ``sys.modules``, as an import cache)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - engines always have IPython
-        get_ipython = lambda: None  # noqa: E731
-    ip = get_ipython()
+    ip = _ipython()
     ns = user_ns()
     keep = set(CONNECT_NAMES) | set(getattr(ip, "user_ns_hidden", ()))
     dropped = sorted(
@@ -75,11 +76,9 @@ def reset_namespace() -> list[str]:
     for k in dropped:
         del ns[k]
     hook = getattr(ip, "displayhook", None)
-    if hook is not None and hasattr(hook, "flush"):
-        try:
+    if hasattr(hook, "flush"):
+        with contextlib.suppress(Exception):
             hook.flush()  # Out, _, __, ___ (IPython's own way, as %reset out does)
-        except Exception:
-            pass
     return [k for k in dropped if not _HISTORY.match(k)]
 
 
@@ -111,13 +110,17 @@ def fetch_values(names: list[str]) -> dict:
     return {name: to_cpu(ns[name]) for name in names if name in ns}
 
 
+def ranks_text(ranks: list[int]) -> str:
+    """``[1] -> "rank 1"``, ``[0, 1] -> "ranks 0, 1"``."""
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
+
+
 def missing_ranks(name: str, values: list[dict]) -> None:
     """Raise ``NameError`` naming ``name`` and the ranks whose ``values[r]`` (what
     :func:`fetch_values` returned on rank r) lack it: ``pull``'s one message, live or batch."""
     missing = [r for r, v in enumerate(values) if name not in v]
     if missing:
-        ranks = ("rank " if len(missing) == 1 else "ranks ") + ", ".join(map(str, missing))
-        raise NameError(f"{name!r} is not defined on {ranks}: run the %%px cell that defines it first "
+        raise NameError(f"{name!r} is not defined on {ranks_text(missing)}: run the %%px cell that defines it first "
                         "(in a batch job: it did not run, or was left out with export-skip)")
 
 

@@ -11,6 +11,7 @@ The sockets are recorded by :func:`record_pg_sockets` right after the group is b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -18,8 +19,8 @@ _PG_SOCKETS: set[int] = set()  # socket inodes opened by init_process_group
 _WATCHDOG: dict = {}
 
 
-def _socket_inodes() -> dict[int, int]:
-    """inode -> fd of every socket this process holds."""
+def socket_inodes() -> dict[int, int]:
+    """inode -> fd of every socket this process holds now."""
     found = {}
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -35,30 +36,25 @@ def _tcp_inodes() -> set[int]:
     """Inodes of established TCP connections (gloo's pairs are such connections)."""
     found = set()
     for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    cols = line.split()
-                    if cols[3] == "01":  # ESTABLISHED: never a listener (gloo aborts on those)
-                        found.add(int(cols[9]))
-        except (OSError, StopIteration, IndexError, ValueError):
-            pass
+        with contextlib.suppress(OSError, StopIteration, IndexError, ValueError), open(table) as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                if cols[3] == "01":  # ESTABLISHED: never a listener (gloo aborts on those)
+                    found.add(int(cols[9]))
     return found
 
 
 def abort_collectives() -> int:
     """Shut down this rank's process-group sockets; returns how many."""
     n = 0
-    for inode, fd in _socket_inodes().items():
+    for inode, fd in socket_inodes().items():
         if inode in _PG_SOCKETS:
-            try:
+            with contextlib.suppress(OSError):
                 s = socket.socket(fileno=os.dup(fd))
                 s.shutdown(socket.SHUT_RDWR)
                 s.close()
                 n += 1
-            except OSError:
-                pass
     return n
 
 
@@ -93,24 +89,15 @@ def start_watchdog(addr: str, token: str) -> int:
     return _WATCHDOG["port"]
 
 
-
-
-def record_pg_sockets(before: set[int]) -> None:
+def record_pg_sockets(before: dict[int, int]) -> None:
     """Remember the TCP connections opened since ``before`` (``socket_inodes()``)."""
     _PG_SOCKETS.clear()
-    _PG_SOCKETS.update((set(_socket_inodes()) - before) & _tcp_inodes())
-
-
-def socket_inodes() -> set[int]:
-    """The inodes of every socket this process holds now."""
-    return set(_socket_inodes())
+    _PG_SOCKETS.update((socket_inodes().keys() - before.keys()) & _tcp_inodes())
 
 
 def stop_watchdog() -> None:
     """Close the watchdog's listening socket (at engine exit)."""
     sock = _WATCHDOG.pop("sock", None)
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.close()
-        except OSError:
-            pass
