@@ -25,6 +25,7 @@ import time
 
 from ipyparallel import error as ipp_error
 from ipyparallel.client.magics import ParallelMagics
+from IPython import get_ipython
 
 from .recovery import RECOVER, CourseError
 
@@ -142,7 +143,7 @@ class TPParallelMagics(ParallelMagics):
 
     def parallel_execute(self, cell, block=None, groupby="type", save_name=None, **kwargs):
         self.tpc.check_driver()  # another notebook took the cluster over: nothing is sent
-        self.tpc.check_alive()
+        self.tpc.recovery.check_alive()
         self.tpc.follow_cwd()  # a %cd in the notebook moves the engines too
         block = self.view.block if block is None else block
         # submit without blocking: the waiting, the interrupt and the errors are ours
@@ -208,10 +209,6 @@ class TPParallelMagics(ParallelMagics):
 
 def install_magics(tpc) -> None:
     """Register ``%%px`` (with fault handling) for this cluster in the running IPython."""
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - ipyparallel needs IPython
-        return
     shell = get_ipython()
     if shell is None:
         return

@@ -38,6 +38,16 @@ class ClusterTakenError(CourseError):
     """Another notebook's ``connect()`` took the cluster over; this one's cell did not run."""
 
 
+def busy_engines(client, targets="all") -> list[int]:
+    """Engines running or queueing a task (asked of the controller: answers while they work)."""
+    try:
+        status = client.queue_status(targets=targets, verbose=False)
+    except Exception:
+        return []
+    return [eid for eid, st in status.items() if isinstance(st, dict)
+            and st.get("tasks", 0) + st.get("queue", 0) > 0]
+
+
 class Recovery:
     """A cluster's way back: watchdogs to abort blocked collectives, dead ranks named, the
     process group rebuilt (variables kept) or every engine restarted (cells to re-run named).
@@ -91,14 +101,8 @@ class Recovery:
 
     def busy_ranks(self) -> list[int]:
         """Ranks whose engine is still running a task."""
-        tpc = self.tpc
-        try:
-            status = tpc.client.queue_status(targets=tpc.engine_ids, verbose=False)
-        except Exception:
-            return []
-        return [e.rank for e in tpc.engines
-                if isinstance(status.get(e.engine_id), dict)
-                and status[e.engine_id].get("tasks", 0) + status[e.engine_id].get("queue", 0) > 0]
+        busy = busy_engines(self.tpc.client, self.tpc.engine_ids)
+        return [e.rank for e in self.tpc.engines if e.engine_id in busy]
 
     # ---- the way back
     def abort_collectives(self, timeout: float = 2.0) -> dict[int, int]:
