@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import suppress
 
 from ..common.topology import check_n, default_n, layout_note, plan_ranks
 from .export import export_notebook
@@ -296,17 +297,13 @@ def submit_pbs(args, ref: ClusterRef) -> int:
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         if is_running(ref):
-            try:
+            with suppress(Exception):
                 client = client_of(ref, timeout=10)
-                client.wait_for_engines(args.n or args.nodes * args.ppn,
-                                        timeout=max(1, deadline - time.monotonic()),
+                client.wait_for_engines(args.nodes * args.ppn, timeout=max(1, deadline - time.monotonic()),
                                         interactive=False)
                 client.close()
-                print(f"cluster {ref} is up in job {job_id}: "
-                      "connect() in a notebook attaches to it")
+                print(f"cluster {ref} is up in job {job_id}: connect() in a notebook attaches to it")
                 return 0
-            except Exception:
-                pass
         time.sleep(1)
     print(f"job {job_id} has not started its cluster within {args.timeout:.0f} s (queued?); "
           "connect() attaches once it runs; ./launch_cluster.sh stop cancels it")
@@ -405,12 +402,10 @@ def cmd_status(args) -> int:
 
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when this launcher dies, even by SIGKILL (Linux)."""
-    try:
+    with suppress(OSError, AttributeError):  # not Linux: a crashed lab may leave JupyterLab running
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: a crashed lab may leave JupyterLab running
 
 
 def _free_port() -> int:

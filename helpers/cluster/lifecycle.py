@@ -124,17 +124,13 @@ def kill_processes(procs: list, grace: float = 1.0) -> list:
     return alive
 
 
-def cluster_processes(ref_or_id, profile_dir: str | None = None) -> list:
-    """Live processes (on this host) that belong to a cluster.
-
-    ``cluster_processes(ref)``, or ``cluster_processes(cluster_id)`` for every profile dir.
-    """
+def cluster_processes(ref_or_id) -> list:
+    """Live processes (on this host) that belong to a cluster: ``cluster_processes(ref)``, or
+    ``cluster_processes(cluster_id)`` for every profile dir."""
     import psutil
 
-    if isinstance(ref_or_id, ClusterRef):
-        cluster_id, profile_dir = ref_or_id.cluster_id, ref_or_id.profile_dir
-    else:
-        cluster_id = ref_or_id
+    ref = ref_or_id if isinstance(ref_or_id, ClusterRef) else None
+    cluster_id, profile_dir = (ref.cluster_id, ref.profile_dir) if ref else (ref_or_id, None)
     return [p for p in psutil.process_iter(["pid"])
             if p.pid != os.getpid() and _belongs(p, cluster_id, profile_dir)]
 
@@ -397,9 +393,9 @@ def _reap(cluster) -> list[int]:
         except Exception:
             return -1
 
-    launchers = [launcher for es in list(cluster.engines.values())
-                 for launcher in getattr(es, "launchers", {}).values()]
-    codes = [wait(popen) for popen in (getattr(la, "_popen_process", None) for la in launchers) if popen]
+    popens = [getattr(launcher, "_popen_process", None) for es in list(cluster.engines.values())
+              for launcher in getattr(es, "launchers", {}).values()]
+    codes = [wait(popen) for popen in popens if popen]
     popen = getattr(cluster.controller, "_popen_process", None)
     if popen is not None:
         wait(popen)
@@ -408,7 +404,7 @@ def _reap(cluster) -> list[int]:
 
 def _forget(cluster) -> None:
     """The in-process ipyparallel.Cluster object: already stopped, do not stop it at exit."""
-    try:
+    with suppress(Exception):
         from ipyparallel.cluster import cluster as ipp_cluster
 
         ipp_cluster._atexit_clusters.discard(cluster)
@@ -419,5 +415,3 @@ def _forget(cluster) -> None:
         cluster.shutdown_atexit = False  # its __del__ would stop it again at interpreter exit
         cluster.engines = {}
         cluster.controller = None
-    except Exception:
-        pass

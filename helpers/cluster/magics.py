@@ -22,6 +22,7 @@ import re
 import signal
 import sys
 import time
+from contextlib import suppress
 
 from ipyparallel import error as ipp_error
 from ipyparallel.client.magics import ParallelMagics
@@ -186,10 +187,8 @@ class TPParallelMagics(ParallelMagics):
         tpc = self.tpc
         targets = self._targets()
         t0 = time.monotonic()
-        try:
+        with suppress(Exception):
             tpc.client.send_signal(signal.SIGINT, targets=targets, block=True)
-        except Exception:
-            pass
         if result is None or result.wait(self.interrupt_grace):
             msg = ("Interrupted: every engine stopped on SIGINT. The process group survived "
                    "(no rank was inside a collective).")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import socket
 import time
+from contextlib import suppress
 
 from ..common.topology import EngineInfo
 from ..engine import namespace as engine_ns
@@ -149,10 +150,8 @@ class Recovery:
         survivors = [e for e in tpc.engines if e not in dead]
         lost = []
         if survivors:
-            try:
+            with suppress(Exception):
                 lost = tpc.client[survivors[0].engine_id].apply_sync(engine_ns.user_names)
-            except Exception:
-                lost = []
         cells = list(self.px_cells)
         if tpc.cluster is None and not on_this_host(tpc.ref):
             raise DeadRankError(

@@ -195,10 +195,7 @@ class TPCluster:
                 f"{self.world_size} ranks"
             )
         self.recovery.check_alive()
-        futures = [
-            self.client[eid].push({name: v}, block=False)
-            for eid, v in zip(self.engine_ids, values)
-        ]
+        futures = [self.client[eid].push({name: v}, block=False) for eid, v in zip(self.engine_ids, values)]
         for f in futures:
             f.get()
 
@@ -288,10 +285,8 @@ class TPCluster:
         other = self.ref.read_driver()
         if not other or other.get("id") == DRIVER_ID or not busy_engines(self.client):
             return False
-        try:
+        with suppress(Exception):
             self.client.send_signal(signal.SIGINT, targets=list(self.client.ids), block=True)
-        except Exception:
-            pass
         deadline = time.monotonic() + 1.0
         while busy_engines(self.client):
             if time.monotonic() > deadline:
@@ -304,15 +299,12 @@ class TPCluster:
     def _release(self) -> None:
         """This notebook is done: if it still drives the engines, what it made there is
         released (:func:`helpers.engine.pg.release`), and so is the driver record."""
-        try:
+        with suppress(Exception):  # engines busy or gone: the next connect() resets them
             if self.ref.read_driver().get("id", DRIVER_ID) != DRIVER_ID:
                 return  # another notebook drives them now: its state is not ours to drop
             ids = [e for e in self.engine_ids if e in set(self.client.ids)]
             if ids:
-                self.client[ids].apply_async(engine_pg.release, DRIVER_ID).get(
-                    timeout=RELEASE_TIMEOUT)
-        except Exception:
-            pass  # engines busy or gone: the next connect() resets them
+                self.client[ids].apply_async(engine_pg.release, DRIVER_ID).get(timeout=RELEASE_TIMEOUT)
         self.ref.clear_driver(DRIVER_ID)
 
     # ---- the process group
