@@ -416,11 +416,10 @@ def _free_port() -> int:
 
 def cmd_lab(args) -> int:
     ref = _ref(args)
-    started = False
-    if not args.no_cluster and not is_running(ref):
+    started = not args.no_cluster and not is_running(ref)
+    if started:
         args.owner_pid = os.getpid()  # if this session crashes, the next start cleans up
         cmd_start(args)
-        started = True
     token = secrets.token_hex(24)
     port = args.port or _free_port()
     env = dict(os.environ, TP_CLUSTER_ID=ref.cluster_id, TP_PROFILE_DIR=ref.profile_dir)

@@ -105,8 +105,9 @@ def with_solutions(nb: dict) -> dict:
 
 
 # ------------------------------------------------------------------------- classifying
-def _jupyter_only(source: str) -> str | None:
-    """The first line of ``source`` that only IPython can run (a magic, ``!shell``), if any."""
+def _jupyter_only(source: str) -> int | None:
+    """The index of the first line of ``source`` that only IPython can run (a magic, ``!shell``,
+    ``get_ipython()``), if any."""
     from IPython.core.inputtransformer2 import TransformerManager
 
     plain = source if source.endswith("\n") else source + "\n"
@@ -115,10 +116,7 @@ def _jupyter_only(source: str) -> str | None:
         match = _GET_IPYTHON.search(source)
         return source[: match.start()].count("\n") if match else None
     lines, new = plain.splitlines(), transformed.splitlines()
-    for k, (a, b) in enumerate(zip(lines, new)):
-        if a != b:
-            return k
-    return min(len(lines), len(new)) - 1
+    return next((k for k, (a, b) in enumerate(zip(lines, new)) if a != b), min(len(lines), len(new)) - 1)
 
 
 def _refuse(index: int, source: str, why: str) -> ExportError:

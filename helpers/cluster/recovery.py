@@ -70,17 +70,15 @@ class Recovery:
     def start_watchdogs(self, multi_host: bool) -> None:
         """One watchdog thread per engine (see helpers.engine.watchdog); it outlives groups."""
         tpc = self.tpc
-        addrs = tpc.view.apply_sync(engine_pg.host_address) if multi_host else None
+        addrs = (tpc.view.apply_sync(engine_pg.host_address) if multi_host
+                 else ["127.0.0.1"] * tpc.world_size)
         # a second notebook attaching reuses the first one's token
         known = tpc.client[tpc.engine_ids[0]].apply_sync(engine_ns.fetch_values, ["_tp_token"])
         self.token = known.get("_tp_token", self.token)
         tpc.view.push({"_tp_token": self.token}, block=True)
-        futures = []
-        for i, e in enumerate(tpc.engines):
-            addr = addrs[i] if addrs else "127.0.0.1"
-            futures.append((e.rank, addr, tpc.client[e.engine_id].apply_async(
-                engine_watchdog.start_watchdog, addr, self.token)))
-        self.watchdogs = {r: (addr, f.get(timeout=30)) for r, addr, f in futures}
+        futures = [tpc.client[e.engine_id].apply_async(engine_watchdog.start_watchdog, addr, self.token)
+                   for e, addr in zip(tpc.engines, addrs)]
+        self.watchdogs = {e.rank: (addr, f.get(timeout=30)) for e, addr, f in zip(tpc.engines, addrs, futures)}
 
     # ---- what is wrong
     def dead_ranks(self) -> list[EngineInfo]:
@@ -106,28 +104,17 @@ class Recovery:
         return [e.rank for e in self.tpc.engines if e.engine_id in busy]
 
     # ---- the way back
-    def abort_collectives(self, timeout: float = 2.0) -> dict[int, int]:
+    def abort_collectives(self, timeout: float = 2.0) -> None:
         """Shut down every rank's process-group sockets: blocked collectives fail at once."""
-        closed = {}
-        for rank, (addr, port) in self.watchdogs.items():
-            try:
-                with socket.create_connection((addr, port), timeout=timeout) as s:
-                    s.sendall(f"{self.token} abort\n".encode())
-                    closed[rank] = int(s.recv(64).decode().strip() or 0)
-            except (OSError, ValueError):
-                closed[rank] = -1
-        return closed
+        for addr, port in self.watchdogs.values():
+            with suppress(OSError), socket.create_connection((addr, port), timeout=timeout) as s:
+                s.sendall(f"{self.token} abort\n".encode())
+                s.recv(64)  # the watchdog answers once it has closed them (how many)
 
     def recover(self, timeout: float = DEFAULT_START_TIMEOUT) -> str:
-        """Get back to a working cluster, never touching the notebook's own variables.
-
-        * every engine alive (after a timeout or an interrupted collective): abort what is
-          still blocked, then rebuild only the process group on a fresh port; every engine
-          variable is kept;
-        * an engine died: restart all N engines (ranks 0..N-1, new engine ids) and rebuild the
-          process group; says which engine variables were lost and which ``%%px`` cells to re-run.
-        Returns (and prints) what it did.
-        """
+        """``TPCluster.recover``: every engine alive, what is still blocked is aborted and only the
+        process group rebuilt (on a fresh port); an engine died, all N are restarted (new engine
+        ids).  Returns (and prints) what it did."""
         t0 = time.monotonic()
         dead = self.dead_ranks()
         msg = self._rebuild_group(t0) if not dead else self._restart_engines(dead, timeout, t0)
