@@ -327,18 +327,13 @@ class TPCluster:
         backend, self.engines = plan_ranks(infos, backend, nodes=self.simulated_nodes)
         self.backend = backend
         per_host = Counter(e.host for e in self.engines)
-        by_id = {i["engine_id"]: i for i in infos}
         # the group is kept when it was made for this very layout (simulated nodes included):
         # a rebuilt world group costs a second, and a destroyed one lives on while an autograd
         # graph from a notebook still holds it (its sockets and threads with it)
-        adopt = not force and all(
-            by_id[e.engine_id]["initialized"] and by_id[e.engine_id]["world_size"] == n
-            and by_id[e.engine_id]["rank"] == e.rank and by_id[e.engine_id]["backend"] == backend
-            and by_id[e.engine_id].get("local_rank") == e.local_rank
-            and by_id[e.engine_id].get("local_world_size") == e.local_world_size
-            and by_id[e.engine_id].get("device") == e.device
-            for e in self.engines)
-        if adopt:
+        layout = {e.engine_id: (True, n, e.rank, backend, e.local_rank, e.local_world_size, e.device)
+                  for e in self.engines}
+        if not force and all((bool(i["initialized"]), i["world_size"], i["rank"], i["backend"], i.get("local_rank"),
+                              i.get("local_world_size"), i.get("device")) == layout[i["engine_id"]] for i in infos):
             self.recovery.start_watchdogs(multi_host=len(per_host) > 1)
             return
         if threads is None:
@@ -348,13 +343,9 @@ class TPCluster:
         addr = "127.0.0.1" if len(per_host) == 1 else rank0.apply_sync(engine_pg.host_address)
         port = rank0.apply_sync(engine_pg.open_store, addr, n, self.timeout)
         script = _script_name()
-        futures = [
-            self.client[e.engine_id].apply_async(
-                engine_pg.init, e.rank, n, e.local_rank, e.local_world_size, addr, port,
-                backend, e.device, self.timeout, threads, script,
-            )
-            for e in self.engines
-        ]
+        futures = [self.client[e.engine_id].apply_async(engine_pg.init, e.rank, n, e.local_rank, e.local_world_size,
+                                                        addr, port, backend, e.device, self.timeout, threads, script)
+                   for e in self.engines]
         deadline = time.monotonic() + self.timeout + 30
         for e, f in zip(self.engines, futures):
             try:
