@@ -18,12 +18,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import suppress
 
 from ..common.topology import check_n, default_n, layout_note, plan_ranks
 from .export import export_notebook
 from .lifecycle import (
     DEFAULT_START_TIMEOUT,
+    REPO,
     clean_stale,
+    client_of,
     is_running,
     start_cluster,
     stop_cluster,
@@ -31,8 +34,6 @@ from .lifecycle import (
 )
 from .ref import ClusterRef
 from .tpcluster import probe_engines
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class UsageError(Exception):
@@ -46,13 +47,6 @@ def _engine_count(text: str) -> int:
         return check_n(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cluster-id", default=None,
-                   help="cluster id (default: $TP_CLUSTER_ID or tp-$USER)")
-    p.add_argument("--profile-dir", default=None,
-                   help="ipyparallel profile dir (default: $TP_PROFILE_DIR or ~/.ipython/profile_tp)")
 
 
 def _add_start_options(p: argparse.ArgumentParser) -> None:
@@ -125,27 +119,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    common = argparse.ArgumentParser(add_help=False)  # which cluster: every command but export
+    common.add_argument("--cluster-id", default=None,
+                        help="cluster id (default: $TP_CLUSTER_ID or tp-$USER)")
+    common.add_argument("--profile-dir", default=None,
+                        help="ipyparallel profile dir (default: $TP_PROFILE_DIR or ~/.ipython/profile_tp)")
 
-    p = sub.add_parser("start", help="start a cluster (returns when every engine has registered)")
+    p = sub.add_parser("start", parents=[common], help="start a cluster (returns when every engine has registered)")
     _add_start_options(p)
-    _add_common(p)
-
-    p = sub.add_parser("stop", help="stop the cluster: no controller or engine is left running")
-    _add_common(p)
-
-    p = sub.add_parser("status", help="list each engine: rank, host, device, pid")
-    _add_common(p)
+    sub.add_parser("stop", parents=[common], help="stop the cluster: no controller or engine is left running")
+    sub.add_parser("status", parents=[common], help="list each engine: rank, host, device, pid")
 
     p = sub.add_parser("export", help="write a notebook as a torchrun batch job; its checks decide "
                        "the job's exit status (--pbs: and a PBS Pro job for Derecho)")
     _add_export_options(p)
 
-    p = sub.add_parser("lab", help="start the cluster (if needed) and JupyterLab on notebooks/")
+    p = sub.add_parser("lab", parents=[common],
+                       help="start the cluster (if needed) and JupyterLab on notebooks/")
     p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     p.add_argument("--no-cluster", action="store_true",
                    help="do not start a cluster; notebooks' connect() starts one")
     _add_start_options(p)
-    _add_common(p)
     return parser
 
 
@@ -182,15 +176,6 @@ def mpi_launch_args(ppn: int, extra: str | None) -> list[str]:
     if "Open MPI" in version or "OpenRTE" in version:
         return [mpiexec, "--npernode", str(ppn), "--bind-to", "none"]
     return [mpiexec, "--ppn", str(ppn), "--cpu-bind", "none"]  # Cray PALS (Derecho)
-
-
-def _check_mpi4py() -> None:
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        raise UsageError(
-            "MPI engines need mpi4py: pip install mpi4py (built against this MPI)"
-        ) from None
 
 
 # A PBS Pro job's head (Derecho is PBS Pro: no Torque "#PBS -t" line), then a body per use.
@@ -248,30 +233,29 @@ def _check_account(args) -> None:
         raise UsageError("PBS needs a project code: add -A/--account CODE (or set TP_PBS_ACCOUNT)")
 
 
-def pbs_header(args, *, name: str, log: str, purpose: str) -> str:
-    """The ``#PBS`` lines and environment of a job: select, -A, -q, walltime, modules, python."""
-    _check_account(args)
+def write_pbs_job(args, path: str, *, name: str, log: str, purpose: str, body: str) -> str:
+    """Write a job to ``path``: its ``#PBS`` lines (select, -A, -q, walltime), modules and python,
+    then ``body``; returns ``path``.  The caller has checked the account (``_check_account``)."""
     modules = "".join(f"module load {m}\n" for m in args.modules.split())
-    return PBS_HEADER.format(
+    head = PBS_HEADER.format(
         purpose=purpose, name=name[:15], account=args.account, queue=args.queue,
         nodes=args.nodes, ncpus=args.ncpus, ngpus=args.ngpus, ppn=args.ppn,
         walltime=args.walltime, log=log, modules=modules,
         bindir=shlex.quote(os.path.dirname(sys.executable)), python=shlex.quote(sys.executable),
     )
+    with open(path, "w") as f:
+        f.write(head + body)
+    return path
 
 
 def write_torchrun_pbs(args, script: str) -> str:
     """A PBS Pro job next to ``script`` that runs it with torchrun on ``args.nodes`` nodes."""
     script = os.path.abspath(script)
     stem = os.path.splitext(script)[0]
-    head = pbs_header(args, name=f"tp-{os.path.basename(stem)}", log=stem + ".log",
-                      purpose=TORCHRUN_PURPOSE.format(notebook=os.path.basename(stem)))
     body = TORCHRUN_BODY.format(repo=shlex.quote(REPO), workdir=shlex.quote(os.path.dirname(script)),
                                 nodes=args.nodes, ppn=args.ppn, script=shlex.quote(script))
-    path = stem + ".pbs"
-    with open(path, "w") as f:
-        f.write(head + body)
-    return path
+    return write_pbs_job(args, stem + ".pbs", name=f"tp-{os.path.basename(stem)}", log=stem + ".log",
+                         purpose=TORCHRUN_PURPOSE.format(notebook=os.path.basename(stem)), body=body)
 
 
 def write_pbs_script(args, ref: ClusterRef) -> str:
@@ -283,15 +267,12 @@ def write_pbs_script(args, ref: ClusterRef) -> str:
             f"use -n {args.nodes * args.ppn} or change --nodes/--ppn"
         )
     os.makedirs(ref.log_dir, exist_ok=True)
-    path = ref.pbs_script
-    text = pbs_header(args, name=f"tp-{ref.cluster_id}", log=ref.pbs_log, purpose=CLUSTER_PURPOSE)
-    text += CLUSTER_BODY.format(cluster_id=shlex.quote(ref.cluster_id),
-                                profile_dir=shlex.quote(ref.profile_dir), repo=shlex.quote(REPO),
-                                n=n, ppn=args.ppn)
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-    return path
+    os.makedirs(ref.security_dir, mode=0o700, exist_ok=True)
+    body = CLUSTER_BODY.format(cluster_id=shlex.quote(ref.cluster_id),
+                               profile_dir=shlex.quote(ref.profile_dir), repo=shlex.quote(REPO),
+                               n=n, ppn=args.ppn)
+    return write_pbs_job(args, ref.pbs_script, name=f"tp-{ref.cluster_id}", log=ref.pbs_log,
+                         purpose=CLUSTER_PURPOSE, body=body)
 
 
 def submit_pbs(args, ref: ClusterRef) -> int:
@@ -316,20 +297,13 @@ def submit_pbs(args, ref: ClusterRef) -> int:
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         if is_running(ref):
-            try:
-                import ipyparallel as ipp
-
-                client = ipp.Client(profile_dir=ref.profile_dir, cluster_id=ref.cluster_id,
-                                    timeout=10)
-                client.wait_for_engines(args.n or args.nodes * args.ppn,
-                                        timeout=max(1, deadline - time.monotonic()),
+            with suppress(Exception):
+                client = client_of(ref, timeout=10)
+                client.wait_for_engines(args.nodes * args.ppn, timeout=max(1, deadline - time.monotonic()),
                                         interactive=False)
                 client.close()
-                print(f"cluster {ref} is up in job {job_id}: "
-                      "connect() in a notebook attaches to it")
+                print(f"cluster {ref} is up in job {job_id}: connect() in a notebook attaches to it")
                 return 0
-            except Exception:
-                pass
         time.sleep(1)
     print(f"job {job_id} has not started its cluster within {args.timeout:.0f} s (queued?); "
           "connect() attaches once it runs; ./launch_cluster.sh stop cancels it")
@@ -352,13 +326,15 @@ def cmd_start(args) -> int:
     if args.nccl:
         gpus = visible_gpus()
         check_n(args.n or default_n(gpus), backend="nccl", gpus=gpus)
-    mpi_args, controller_ip = None, "127.0.0.1"
+    mpi_args = None
     if mode == "mpi":
         mpi_args = mpi_launch_args(args.ppn, args.mpi_args)
-        _check_mpi4py()
-    if in_job:
-        # compute nodes must reach the controller: bind the interface of this host's name
-        controller_ip = socket.gethostbyname(socket.gethostname())
+        try:
+            import mpi4py  # noqa: F401
+        except ImportError:
+            raise UsageError("MPI engines need mpi4py: pip install mpi4py (built against this MPI)") from None
+    # in a job, compute nodes must reach the controller: bind the interface of this host's name
+    controller_ip = socket.gethostbyname(socket.gethostname()) if in_job else "127.0.0.1"
     if is_running(ref):
         print(f"cluster {ref} is already running; nothing started "
               "(./launch_cluster.sh status to see it, stop to end it)")
@@ -401,14 +377,12 @@ def cmd_stop(args) -> int:
 
 
 def cmd_status(args) -> int:
-    import ipyparallel as ipp
-
     ref = _ref(args)
     if not is_running(ref):
         print(f"no cluster {ref} is running (profile {ref.profile_dir})")
         return 1
     state = ref.read_state()
-    client = ipp.Client(profile_dir=ref.profile_dir, cluster_id=ref.cluster_id, timeout=10)
+    client = client_of(ref, timeout=10)
     try:
         infos = probe_engines(client)
         backend, engines = plan_ranks(infos)
@@ -428,12 +402,10 @@ def cmd_status(args) -> int:
 
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when this launcher dies, even by SIGKILL (Linux)."""
-    try:
+    with suppress(OSError, AttributeError):  # not Linux: a crashed lab may leave JupyterLab running
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: a crashed lab may leave JupyterLab running
 
 
 def _free_port() -> int:
@@ -444,11 +416,10 @@ def _free_port() -> int:
 
 def cmd_lab(args) -> int:
     ref = _ref(args)
-    started = False
-    if not args.no_cluster and not is_running(ref):
+    started = not args.no_cluster and not is_running(ref)
+    if started:
         args.owner_pid = os.getpid()  # if this session crashes, the next start cleans up
         cmd_start(args)
-        started = True
     token = secrets.token_hex(24)
     port = args.port or _free_port()
     env = dict(os.environ, TP_CLUSTER_ID=ref.cluster_id, TP_PROFILE_DIR=ref.profile_dir)

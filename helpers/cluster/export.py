@@ -30,10 +30,12 @@ import json
 import os
 import re
 import shlex
+from collections import Counter
 from dataclasses import dataclass
 
 SKIP_TAG = "export-skip"
 PX = "%%px"
+_LABELS = {"px": "%%px", "local": "%%px --local", "notebook": "notebook"}  # a cell's kind, in the script
 
 _GET_IPYTHON = re.compile(r"\bget_ipython\s*\(")
 _SOLUTION = re.compile(r"```python\n(.*?)```", re.S)
@@ -50,15 +52,6 @@ class Cell:
     index: int      # position among all the notebook's cells, from 0
     kind: str       # "px", "local" (%%px --local) or "notebook"
     body: str
-    first_line: str
-
-    @property
-    def on_engines(self) -> bool:
-        return self.kind in ("px", "local")
-
-    @property
-    def in_kernel(self) -> bool:
-        return self.kind in ("local", "notebook")
 
 
 # ------------------------------------------------------------------------------ reading
@@ -88,11 +81,6 @@ def _tags(cell: dict) -> list[str]:
     return list(cell.get("metadata", {}).get("tags", []))
 
 
-def _first_line(source: str) -> str:
-    line = next((s for s in source.splitlines() if s.strip()), "")
-    return line if len(line) <= 60 else line[:57] + "..."
-
-
 # ---------------------------------------------------------------------------- solutions
 def with_solutions(nb: dict) -> dict:
     """A copy of ``nb`` whose ``exercise-N`` cells hold the code of their ``solution-N`` cell."""
@@ -117,8 +105,9 @@ def with_solutions(nb: dict) -> dict:
 
 
 # ------------------------------------------------------------------------- classifying
-def _jupyter_only(source: str) -> str | None:
-    """The first line of ``source`` that only IPython can run (a magic, ``!shell``), if any."""
+def _jupyter_only(source: str) -> int | None:
+    """The index of the first line of ``source`` that only IPython can run (a magic, ``!shell``,
+    ``get_ipython()``), if any."""
     from IPython.core.inputtransformer2 import TransformerManager
 
     plain = source if source.endswith("\n") else source + "\n"
@@ -127,14 +116,13 @@ def _jupyter_only(source: str) -> str | None:
         match = _GET_IPYTHON.search(source)
         return source[: match.start()].count("\n") if match else None
     lines, new = plain.splitlines(), transformed.splitlines()
-    for k, (a, b) in enumerate(zip(lines, new)):
-        if a != b:
-            return k
-    return min(len(lines), len(new)) - 1
+    return next((k for k, (a, b) in enumerate(zip(lines, new)) if a != b), min(len(lines), len(new)) - 1)
 
 
 def _refuse(index: int, source: str, why: str) -> ExportError:
-    return ExportError(f"cell {index} ({_first_line(source)!r}) {why}; tag the cell "
+    first = next((s for s in source.splitlines() if s.strip()), "")  # the cell's first line
+    first = first if len(first) <= 60 else first[:57] + "..."
+    return ExportError(f"cell {index} ({first!r}) {why}; tag the cell "
                        f"{SKIP_TAG} (cell metadata tags) to leave it out of the batch job")
 
 
@@ -158,7 +146,7 @@ def classify(index: int, source: str) -> Cell:
         compile(body, f"<cell {index}>", "exec")
     except SyntaxError as e:
         raise _refuse(index, source, f"is not valid Python (line {e.lineno}: {e.msg})") from None
-    return Cell(index, kind, body, _first_line(source))
+    return Cell(index, kind, body)
 
 
 def plan_cells(nb: dict) -> tuple[list[Cell], list[int]]:
@@ -167,13 +155,10 @@ def plan_cells(nb: dict) -> tuple[list[Cell], list[int]]:
     for i, c in enumerate(nb["cells"]):
         if c.get("cell_type") != "code":
             continue
-        source = _source(c)
         if SKIP_TAG in _tags(c):
             skipped.append(i)
-            continue
-        if not source.strip():
-            continue
-        cells.append(classify(i, source))
+        elif _source(c).strip():
+            cells.append(classify(i, _source(c)))
     return cells, skipped
 
 
@@ -219,23 +204,14 @@ def render_script(cells: list[Cell], *, notebook: str, script: str, skipped: lis
     if skipped:
         out.append(f"# left out ({SKIP_TAG}): cells {', '.join(map(str, skipped))}")
     for cell in cells:
-        out += ["", f"# ── cell {cell.index} · {_label(cell)}"]
-        if cell.on_engines:
+        out += ["", f"# ── cell {cell.index} · {_LABELS[cell.kind]}"]
+        if cell.kind != "notebook":  # on the engines: %%px and %%px --local
             out.append(f"_job.px({cell.index}{', local=True' if cell.kind == 'local' else ''})")
             out.append(cell.body.rstrip("\n"))
-        if cell.in_kernel:
+        if cell.kind != "px":  # in the kernel: notebook cells and %%px --local
             out.append(f"_job.notebook({cell.index}, {_literal(cell.body)})")
     out += ["", "_job.finish()", ""]
     return "\n".join(out)
-
-
-def _label(cell: Cell) -> str:
-    return {"px": "%%px", "local": "%%px --local", "notebook": "notebook"}[cell.kind]
-
-
-def default_output(notebook: str) -> str:
-    """``notebooks/01_x.ipynb`` -> ``notebooks/01_x.py`` (next to the notebook)."""
-    return os.path.splitext(notebook)[0] + ".py"
 
 
 @dataclass(frozen=True)
@@ -245,12 +221,10 @@ class Exported:
     skipped: list[int]
 
     def summary(self) -> str:
-        px = sum(c.kind == "px" for c in self.cells)
-        local = sum(c.kind == "local" for c in self.cells)
-        kernel = sum(c.kind == "notebook" for c in self.cells)
+        kinds = Counter(c.kind for c in self.cells)
         left = f"; left out ({SKIP_TAG}): cells {', '.join(map(str, self.skipped))}" if self.skipped else ""
-        return (f"wrote {self.script}: {px} %%px, {local} %%px --local and {kernel} notebook "
-                f"cells{left}")
+        return (f"wrote {self.script}: {kinds['px']} %%px, {kinds['local']} %%px --local and "
+                f"{kinds['notebook']} notebook cells{left}")
 
 
 def export_notebook(notebook: str, output: str | None = None, *, solutions: bool = False,
@@ -263,7 +237,7 @@ def export_notebook(notebook: str, output: str | None = None, *, solutions: bool
     if solutions:
         nb = with_solutions(nb)
     cells, skipped = plan_cells(nb)
-    script = output or default_output(notebook)
+    script = output or os.path.splitext(notebook)[0] + ".py"  # next to the notebook
     if os.path.abspath(script) == os.path.abspath(notebook):
         raise ExportError(f"-o {script} would overwrite the notebook; pick a .py name")
     text = render_script(cells, notebook=notebook, script=script, skipped=skipped,
@@ -277,7 +251,3 @@ def export_notebook(notebook: str, output: str | None = None, *, solutions: bool
     with open(script, "w", encoding="utf-8") as f:
         f.write(text)
     return Exported(script, cells, skipped)
-
-
-__all__ = ["SKIP_TAG", "ExportError", "Cell", "Exported", "read_notebook", "with_solutions",
-           "classify", "plan_cells", "render_script", "default_output", "export_notebook"]

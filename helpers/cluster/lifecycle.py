@@ -13,17 +13,20 @@ Everything we start, we stop:
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from ..common.topology import check_n, default_n
 from .ref import ClusterRef
 
 DEFAULT_START_TIMEOUT = 120.0  # seconds to wait for engines to register
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENGINE_CMD = [sys.executable, "-m", "helpers.engine.main"]
 STOP_GRACE = 2.0  # seconds engines get to exit on their own before they are ended
 TERM_GRACE = 5.0  # seconds from SIGTERM to SIGKILL at a stop (a loaded controller takes ~3 s)
@@ -42,8 +45,6 @@ def visible_gpus() -> int:
 # --------------------------------------------------------------------------- processes
 def _pids_in_cluster_file(path: str) -> list[int]:
     """Every pid an ipyparallel cluster file records (controller, engines, mpiexec)."""
-    import json
-
     pids = []
 
     def keep_pid(d: dict) -> dict:
@@ -99,12 +100,9 @@ def process_tree(pids: list[int]) -> list:
 
     procs = []
     for pid in pids:
-        try:
+        with suppress(psutil.NoSuchProcess):
             p = psutil.Process(pid)
-            procs.append(p)
-            procs.extend(p.children(recursive=True))
-        except psutil.NoSuchProcess:
-            pass
+            procs += [p, *p.children(recursive=True)]
     return procs
 
 
@@ -116,45 +114,32 @@ def kill_processes(procs: list, grace: float = 1.0) -> list:
     import psutil
 
     for p in procs:
-        try:
+        with suppress(psutil.NoSuchProcess):
             p.terminate()
-        except psutil.NoSuchProcess:
-            pass
     _, alive = psutil.wait_procs(procs, timeout=grace)
     for p in alive:
-        try:
+        with suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(alive, timeout=grace)
     return alive
 
 
-def cluster_processes(ref_or_id, profile_dir: str | None = None) -> list:
-    """Live processes (on this host) that belong to a cluster.
-
-    ``cluster_processes(ref)``, or ``cluster_processes(cluster_id)`` for every profile dir.
-    """
+def cluster_processes(ref_or_id) -> list:
+    """Live processes (on this host) that belong to a cluster: ``cluster_processes(ref)``, or
+    ``cluster_processes(cluster_id)`` for every profile dir."""
     import psutil
 
-    if isinstance(ref_or_id, ClusterRef):
-        cluster_id, profile_dir = ref_or_id.cluster_id, ref_or_id.profile_dir
-    else:
-        cluster_id = ref_or_id
+    ref = ref_or_id if isinstance(ref_or_id, ClusterRef) else None
+    cluster_id, profile_dir = (ref.cluster_id, ref.profile_dir) if ref else (ref_or_id, None)
     return [p for p in psutil.process_iter(["pid"])
             if p.pid != os.getpid() and _belongs(p, cluster_id, profile_dir)]
 
 
-def _ping(ref: ClusterRef, timeout: float = 5.0) -> bool:
+def client_of(ref: ClusterRef, timeout: float):
+    """An ipyparallel client of the cluster (raises when its controller cannot be reached)."""
     import ipyparallel as ipp
 
-    try:
-        client = ipp.Client(profile_dir=ref.profile_dir, cluster_id=ref.cluster_id,
-                            timeout=timeout)
-    except Exception:
-        return False
-    client.close()
-    return True
+    return ipp.Client(profile_dir=ref.profile_dir, cluster_id=ref.cluster_id, timeout=timeout)
 
 
 def on_this_host(ref: ClusterRef) -> bool:
@@ -164,12 +149,13 @@ def on_this_host(ref: ClusterRef) -> bool:
 
 def is_running(ref: ClusterRef) -> bool:
     """Is the controller recorded for this cluster running (and reachable)?"""
-    import json
-
-    state = ref.read_state()
-    if not on_this_host(ref):
-        return _ping(ref)  # started on another node (a PBS job): ask it over the network
-    owner = state.get("owner_pid")
+    if not on_this_host(ref):  # started on another node (a PBS job): ask it over the network
+        try:
+            client_of(ref, timeout=5).close()
+        except Exception:
+            return False
+        return True
+    owner = ref.read_state().get("owner_pid")
     if owner and not pid_alive(owner):
         return False  # its notebook kernel or lab session crashed: stale
     try:
@@ -281,8 +267,7 @@ def start_cluster(
 def start_reaper(ref: ClusterRef, owner_pid: int) -> None:
     """Start the process that ends this cluster when ``owner_pid`` dies (see reaper.py)."""
     env = dict(os.environ, IPP_CLUSTER_ID=ref.cluster_id, IPP_PROFILE_DIR=ref.profile_dir)
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     subprocess.Popen(
         [sys.executable, "-m", "helpers.cluster.reaper", str(owner_pid), ref.cluster_id,
          ref.profile_dir],
@@ -328,20 +313,6 @@ class StopReport:
             self.log_tail if self.failed else "")
 
 
-def ask_engines_to_exit(client, timeout: float = STOP_GRACE) -> int:
-    """Each engine drops its process group and exits with status 0; how many were asked."""
-    from ..engine.pg import exit_process
-
-    ids = list(client.ids)
-    if not ids:
-        return 0
-    try:
-        client[ids].apply_async(exit_process).get(timeout=timeout)
-    except Exception:
-        pass  # a dead or stuck engine is ended below
-    return len(ids)
-
-
 def stop_cluster(ref: ClusterRef, *, client=None, cluster=None) -> StopReport:
     """Stop every process of the cluster and remove its files.
 
@@ -353,31 +324,31 @@ def stop_cluster(ref: ClusterRef, *, client=None, cluster=None) -> StopReport:
     remote = report.was_running and not on_this_host(ref)
     own_client = None
     if report.was_running and client is None:
-        try:
-            import ipyparallel as ipp
-
-            client = own_client = ipp.Client(profile_dir=ref.profile_dir,
-                                             cluster_id=ref.cluster_id, timeout=5)
-        except Exception:
-            client = None
+        with suppress(Exception):
+            client = own_client = client_of(ref, timeout=5)
     if client is not None:
-        report.exited = ask_engines_to_exit(client)
+        from ..engine.pg import exit_process
+
+        ids = list(client.ids)
+        report.exited = len(ids)
+        with suppress(Exception):  # a dead or stuck engine is ended below
+            if ids:  # each drops its process group and exits with status 0
+                client[ids].apply_async(exit_process).get(timeout=STOP_GRACE)
         if remote:  # a PBS job on another node: its controller stops, the job ends
-            try:
+            with suppress(Exception):
                 client.shutdown(hub=True, block=False)
-            except Exception:
-                pass
     if own_client is not None:
         own_client.close()
     pids = [p for p in _pids_in_cluster_file(ref.cluster_file) if _is_ours(p, ref)]
     procs = {p.pid: p for p in process_tree(pids) + cluster_processes(ref)}
-    engines = [p for p in procs.values() if _is_engine(p)]
+    engines = [p for p in procs.values() if any("engine" in part for part in _cmdline(p)[1:4])]
     if engines and report.exited:
         import psutil
 
         psutil.wait_procs(engines, timeout=STOP_GRACE)
     alive = [p for p in procs.values() if p.is_running() and p.status() != "zombie"]
-    reapers = [p for p in alive if _is_reaper(p)]  # ended last: it cleans up if we die mid-stop
+    # the reaper is ended last: it cleans up if we die mid-stop
+    reapers = [p for p in alive if "helpers.cluster.reaper" in _cmdline(p)[1:3]]
     killed = kill_processes([p for p in alive if p not in reapers], grace=TERM_GRACE)
     report.ended = [p.pid for p in killed]
     report.why = _why_killed(killed, engines, report.exited)
@@ -392,11 +363,11 @@ def stop_cluster(ref: ClusterRef, *, client=None, cluster=None) -> StopReport:
     return report
 
 
-def _is_reaper(p) -> bool:
+def _cmdline(p) -> list[str]:
     try:
-        return "helpers.cluster.reaper" in p.cmdline()[1:3]
+        return p.cmdline()
     except Exception:
-        return False
+        return []
 
 
 def _why_killed(killed: list, engines: list, asked: int) -> str:
@@ -413,13 +384,6 @@ def _why_killed(killed: list, engines: list, asked: int) -> str:
             f"{STOP_GRACE + TERM_GRACE:.0f} s: busy in a cell or stuck in a collective)")
 
 
-def _is_engine(p) -> bool:
-    try:
-        return any("engine" in part for part in p.cmdline()[1:4])
-    except Exception:
-        return False
-
-
 def _reap(cluster) -> list[int]:
     """Collect the exit status of the engines this process started (no zombies left);
     returns the engines' exit codes."""
@@ -429,9 +393,9 @@ def _reap(cluster) -> list[int]:
         except Exception:
             return -1
 
-    launchers = [launcher for es in list(cluster.engines.values())
-                 for launcher in getattr(es, "launchers", {}).values()]
-    codes = [wait(popen) for popen in (getattr(la, "_popen_process", None) for la in launchers) if popen]
+    popens = [getattr(launcher, "_popen_process", None) for es in list(cluster.engines.values())
+              for launcher in getattr(es, "launchers", {}).values()]
+    codes = [wait(popen) for popen in popens if popen]
     popen = getattr(cluster.controller, "_popen_process", None)
     if popen is not None:
         wait(popen)
@@ -440,7 +404,7 @@ def _reap(cluster) -> list[int]:
 
 def _forget(cluster) -> None:
     """The in-process ipyparallel.Cluster object: already stopped, do not stop it at exit."""
-    try:
+    with suppress(Exception):
         from ipyparallel.cluster import cluster as ipp_cluster
 
         ipp_cluster._atexit_clusters.discard(cluster)
@@ -451,5 +415,3 @@ def _forget(cluster) -> None:
         cluster.shutdown_atexit = False  # its __del__ would stop it again at interpreter exit
         cluster.engines = {}
         cluster.controller = None
-    except Exception:
-        pass

@@ -22,9 +22,11 @@ import re
 import signal
 import sys
 import time
+from contextlib import suppress
 
 from ipyparallel import error as ipp_error
 from ipyparallel.client.magics import ParallelMagics
+from IPython import get_ipython
 
 from .recovery import RECOVER, CourseError
 
@@ -142,7 +144,7 @@ class TPParallelMagics(ParallelMagics):
 
     def parallel_execute(self, cell, block=None, groupby="type", save_name=None, **kwargs):
         self.tpc.check_driver()  # another notebook took the cluster over: nothing is sent
-        self.tpc.check_alive()
+        self.tpc.recovery.check_alive()
         self.tpc.follow_cwd()  # a %cd in the notebook moves the engines too
         block = self.view.block if block is None else block
         # submit without blocking: the waiting, the interrupt and the errors are ours
@@ -185,10 +187,8 @@ class TPParallelMagics(ParallelMagics):
         tpc = self.tpc
         targets = self._targets()
         t0 = time.monotonic()
-        try:
+        with suppress(Exception):
             tpc.client.send_signal(signal.SIGINT, targets=targets, block=True)
-        except Exception:
-            pass
         if result is None or result.wait(self.interrupt_grace):
             msg = ("Interrupted: every engine stopped on SIGINT. The process group survived "
                    "(no rank was inside a collective).")
@@ -208,10 +208,6 @@ class TPParallelMagics(ParallelMagics):
 
 def install_magics(tpc) -> None:
     """Register ``%%px`` (with fault handling) for this cluster in the running IPython."""
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - ipyparallel needs IPython
-        return
     shell = get_ipython()
     if shell is None:
         return

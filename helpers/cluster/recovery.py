@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import socket
 import time
+from contextlib import suppress
 
 from ..common.topology import EngineInfo
 from ..engine import namespace as engine_ns
@@ -38,6 +39,16 @@ class ClusterTakenError(CourseError):
     """Another notebook's ``connect()`` took the cluster over; this one's cell did not run."""
 
 
+def busy_engines(client, targets="all") -> list[int]:
+    """Engines running or queueing a task (asked of the controller: answers while they work)."""
+    try:
+        status = client.queue_status(targets=targets, verbose=False)
+    except Exception:
+        return []
+    return [eid for eid, st in status.items() if isinstance(st, dict)
+            and st.get("tasks", 0) + st.get("queue", 0) > 0]
+
+
 class Recovery:
     """A cluster's way back: watchdogs to abort blocked collectives, dead ranks named, the
     process group rebuilt (variables kept) or every engine restarted (cells to re-run named).
@@ -59,17 +70,15 @@ class Recovery:
     def start_watchdogs(self, multi_host: bool) -> None:
         """One watchdog thread per engine (see helpers.engine.watchdog); it outlives groups."""
         tpc = self.tpc
-        addrs = tpc.view.apply_sync(engine_pg.host_address) if multi_host else None
+        addrs = (tpc.view.apply_sync(engine_pg.host_address) if multi_host
+                 else ["127.0.0.1"] * tpc.world_size)
         # a second notebook attaching reuses the first one's token
         known = tpc.client[tpc.engine_ids[0]].apply_sync(engine_ns.fetch_values, ["_tp_token"])
         self.token = known.get("_tp_token", self.token)
         tpc.view.push({"_tp_token": self.token}, block=True)
-        futures = []
-        for i, e in enumerate(tpc.engines):
-            addr = addrs[i] if addrs else "127.0.0.1"
-            futures.append((e.rank, addr, tpc.client[e.engine_id].apply_async(
-                engine_watchdog.start_watchdog, addr, self.token)))
-        self.watchdogs = {r: (addr, f.get(timeout=30)) for r, addr, f in futures}
+        futures = [tpc.client[e.engine_id].apply_async(engine_watchdog.start_watchdog, addr, self.token)
+                   for e, addr in zip(tpc.engines, addrs)]
+        self.watchdogs = {e.rank: (addr, f.get(timeout=30)) for e, addr, f in zip(tpc.engines, addrs, futures)}
 
     # ---- what is wrong
     def dead_ranks(self) -> list[EngineInfo]:
@@ -91,38 +100,21 @@ class Recovery:
 
     def busy_ranks(self) -> list[int]:
         """Ranks whose engine is still running a task."""
-        tpc = self.tpc
-        try:
-            status = tpc.client.queue_status(targets=tpc.engine_ids, verbose=False)
-        except Exception:
-            return []
-        return [e.rank for e in tpc.engines
-                if isinstance(status.get(e.engine_id), dict)
-                and status[e.engine_id].get("tasks", 0) + status[e.engine_id].get("queue", 0) > 0]
+        busy = busy_engines(self.tpc.client, self.tpc.engine_ids)
+        return [e.rank for e in self.tpc.engines if e.engine_id in busy]
 
     # ---- the way back
-    def abort_collectives(self, timeout: float = 2.0) -> dict[int, int]:
+    def abort_collectives(self, timeout: float = 2.0) -> None:
         """Shut down every rank's process-group sockets: blocked collectives fail at once."""
-        closed = {}
-        for rank, (addr, port) in self.watchdogs.items():
-            try:
-                with socket.create_connection((addr, port), timeout=timeout) as s:
-                    s.sendall(f"{self.token} abort\n".encode())
-                    closed[rank] = int(s.recv(64).decode().strip() or 0)
-            except (OSError, ValueError):
-                closed[rank] = -1
-        return closed
+        for addr, port in self.watchdogs.values():
+            with suppress(OSError), socket.create_connection((addr, port), timeout=timeout) as s:
+                s.sendall(f"{self.token} abort\n".encode())
+                s.recv(64)  # the watchdog answers once it has closed them (how many)
 
     def recover(self, timeout: float = DEFAULT_START_TIMEOUT) -> str:
-        """Get back to a working cluster, never touching the notebook's own variables.
-
-        * every engine alive (after a timeout or an interrupted collective): abort what is
-          still blocked, then rebuild only the process group on a fresh port; every engine
-          variable is kept;
-        * an engine died: restart all N engines (ranks 0..N-1, new engine ids) and rebuild the
-          process group; says which engine variables were lost and which ``%%px`` cells to re-run.
-        Returns (and prints) what it did.
-        """
+        """``TPCluster.recover``: every engine alive, what is still blocked is aborted and only the
+        process group rebuilt (on a fresh port); an engine died, all N are restarted (new engine
+        ids).  Returns (and prints) what it did."""
         t0 = time.monotonic()
         dead = self.dead_ranks()
         msg = self._rebuild_group(t0) if not dead else self._restart_engines(dead, timeout, t0)
@@ -145,10 +137,8 @@ class Recovery:
         survivors = [e for e in tpc.engines if e not in dead]
         lost = []
         if survivors:
-            try:
+            with suppress(Exception):
                 lost = tpc.client[survivors[0].engine_id].apply_sync(engine_ns.user_names)
-            except Exception:
-                lost = []
         cells = list(self.px_cells)
         if tpc.cluster is None and not on_this_host(tpc.ref):
             raise DeadRankError(

@@ -10,18 +10,8 @@ from __future__ import annotations
 import getpass
 import json
 import os
+from contextlib import suppress
 from dataclasses import dataclass
-
-
-def _default_id() -> str:
-    return os.environ.get("TP_CLUSTER_ID") or f"tp-{getpass.getuser()}"
-
-
-def _default_profile_dir() -> str:
-    return os.path.abspath(
-        os.environ.get("TP_PROFILE_DIR")
-        or os.path.join(os.path.expanduser("~"), ".ipython", "profile_tp")
-    )
 
 
 @dataclass(frozen=True)
@@ -46,7 +36,9 @@ class ClusterRef:
         """The given id / profile dir, or the learner's defaults: ``$TP_CLUSTER_ID`` or
         ``tp-<user>`` (one cluster per learner on a shared node), ``$TP_PROFILE_DIR`` or
         ``~/.ipython/profile_tp``."""
-        return cls(cluster_id or _default_id(), profile_dir or _default_profile_dir())
+        return cls(cluster_id or os.environ.get("TP_CLUSTER_ID") or f"tp-{getpass.getuser()}",
+                   profile_dir or os.environ.get("TP_PROFILE_DIR")
+                   or os.path.join(os.path.expanduser("~"), ".ipython", "profile_tp"))
 
     def __str__(self) -> str:
         return repr(self.cluster_id)
@@ -95,53 +87,49 @@ class ClusterRef:
             os.path.join(self.security_dir, f"ipcontroller-{self.cluster_id}-client.json"),
         ]
 
+    def _write_json(self, path: str, data: dict) -> None:
+        """Replace ``path`` at once (a reader never sees half of it), readable by its owner only."""
+        os.makedirs(self.security_dir, mode=0o700, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _read_json(path: str) -> dict:
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
     # ---- the state file
     def write_state(self, **info) -> None:
-        os.makedirs(self.security_dir, mode=0o700, exist_ok=True)
-        fd = os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(info, f)
+        self._write_json(self.state_file, info)
 
     def read_state(self) -> dict:
         """The state file's contents; ``{}`` when there is none."""
-        try:
-            with open(self.state_file) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
+        return self._read_json(self.state_file)
 
     # ---- the driver record: one small file, read before every %%px cell (no round trip)
     def write_driver(self, record: dict) -> None:
-        """Replace the driver record at once (a reader never sees half of it)."""
-        os.makedirs(self.security_dir, mode=0o700, exist_ok=True)
-        tmp = f"{self.driver_file}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-        os.replace(tmp, self.driver_file)
+        self._write_json(self.driver_file, record)
 
     def read_driver(self) -> dict:
         """The driver record; ``{}`` when none (no notebook drives it, or no shared files)."""
-        try:
-            with open(self.driver_file) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
+        return self._read_json(self.driver_file)
 
     def clear_driver(self, driver_id: str) -> None:
         """Remove the record if ``driver_id`` still holds it (a notebook that is done)."""
         if self.read_driver().get("id") == driver_id:
-            try:
+            with suppress(FileNotFoundError):
                 os.remove(self.driver_file)
-            except FileNotFoundError:
-                pass
 
     def has_files(self) -> bool:
         return os.path.exists(self.cluster_file) or os.path.exists(self.state_file)
 
     def remove_files(self) -> None:
         for path in self._files():
-            try:
+            with suppress(FileNotFoundError):
                 os.remove(path)
-            except FileNotFoundError:
-                pass

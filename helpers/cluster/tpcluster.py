@@ -22,6 +22,7 @@ import socket
 import time
 import uuid
 from collections import Counter
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 import ipyparallel as ipp
@@ -42,13 +43,13 @@ from ..engine import pg as engine_pg
 from . import magics
 from .lifecycle import (
     DEFAULT_START_TIMEOUT,
+    client_of,
     is_running,
-    on_this_host,
     start_cluster,
     stop_cluster,
     visible_gpus,
 )
-from .recovery import ClusterTakenError, Recovery
+from .recovery import ClusterTakenError, Recovery, busy_engines
 from .ref import ClusterRef
 
 DEFAULT_PG_TIMEOUT = 30.0  # seconds a collective may wait before it fails (teaching-sized)
@@ -153,7 +154,7 @@ class TPCluster:
 
     @property
     def view(self):
-        self.check_alive()  # a dead rank is named, not a bare KeyError
+        self.recovery.check_alive()  # a dead rank is named, not a bare KeyError
         view = self.client[self.engine_ids]
         view.block = True
         return view
@@ -178,7 +179,7 @@ class TPCluster:
 
         Raises ``NameError`` naming the ranks where ``name`` is not defined.
         """
-        self.check_alive()
+        self.recovery.check_alive()
         futures = [self.client[eid].apply_async(engine_ns.fetch_values, [name]) for eid in self.engine_ids]
         return engine_ns.pulled(name, [f.get() for f in futures])
 
@@ -193,11 +194,8 @@ class TPCluster:
                 f"push_by_rank needs one value per rank: got {len(values)} for "
                 f"{self.world_size} ranks"
             )
-        self.check_alive()
-        futures = [
-            self.client[eid].push({name: v}, block=False)
-            for eid, v in zip(self.engine_ids, values)
-        ]
+        self.recovery.check_alive()
+        futures = [self.client[eid].push({name: v}, block=False) for eid, v in zip(self.engine_ids, values)]
         for f in futures:
             f.get()
 
@@ -285,14 +283,12 @@ class TPCluster:
         that taking over does not wait for it.  True if a rank stayed busy (blocked in a
         collective, which SIGINT cannot stop): the group must then be rebuilt."""
         other = self.ref.read_driver()
-        if not other or other.get("id") == DRIVER_ID or not self._busy_engines():
+        if not other or other.get("id") == DRIVER_ID or not busy_engines(self.client):
             return False
-        try:
+        with suppress(Exception):
             self.client.send_signal(signal.SIGINT, targets=list(self.client.ids), block=True)
-        except Exception:
-            pass
         deadline = time.monotonic() + 1.0
-        while self._busy_engines():
+        while busy_engines(self.client):
             if time.monotonic() > deadline:
                 print(f"connect(): {_who(other)} has a cell blocked in a collective on the engines; "
                       f"it ends at its process-group timeout, then the group is rebuilt")
@@ -300,27 +296,15 @@ class TPCluster:
             time.sleep(0.05)
         return False
 
-    def _busy_engines(self) -> list[int]:
-        """Engines running or queueing a task (asked of the controller: answers while they work)."""
-        try:
-            status = self.client.queue_status(verbose=False)
-        except Exception:
-            return []
-        return [eid for eid, st in status.items() if isinstance(st, dict)
-                and st.get("tasks", 0) + st.get("queue", 0) > 0]
-
     def _release(self) -> None:
         """This notebook is done: if it still drives the engines, what it made there is
         released (:func:`helpers.engine.pg.release`), and so is the driver record."""
-        try:
+        with suppress(Exception):  # engines busy or gone: the next connect() resets them
             if self.ref.read_driver().get("id", DRIVER_ID) != DRIVER_ID:
                 return  # another notebook drives them now: its state is not ours to drop
             ids = [e for e in self.engine_ids if e in set(self.client.ids)]
             if ids:
-                self.client[ids].apply_async(engine_pg.release, DRIVER_ID).get(
-                    timeout=RELEASE_TIMEOUT)
-        except Exception:
-            pass  # engines busy or gone: the next connect() resets them
+                self.client[ids].apply_async(engine_pg.release, DRIVER_ID).get(timeout=RELEASE_TIMEOUT)
         self.ref.clear_driver(DRIVER_ID)
 
     # ---- the process group
@@ -332,9 +316,7 @@ class TPCluster:
         already-initialized group of the right size is adopted, unless ``force``.
         """
         if timeout is not None:
-            if not timeout > 0:
-                raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-            self.timeout = float(timeout)
+            self.timeout = _check_timeout(timeout)
         infos = probe_engines(self.client)
         n = len(infos)
         if n == 0:
@@ -345,18 +327,13 @@ class TPCluster:
         backend, self.engines = plan_ranks(infos, backend, nodes=self.simulated_nodes)
         self.backend = backend
         per_host = Counter(e.host for e in self.engines)
-        by_id = {i["engine_id"]: i for i in infos}
         # the group is kept when it was made for this very layout (simulated nodes included):
         # a rebuilt world group costs a second, and a destroyed one lives on while an autograd
         # graph from a notebook still holds it (its sockets and threads with it)
-        adopt = not force and all(
-            by_id[e.engine_id]["initialized"] and by_id[e.engine_id]["world_size"] == n
-            and by_id[e.engine_id]["rank"] == e.rank and by_id[e.engine_id]["backend"] == backend
-            and by_id[e.engine_id].get("local_rank") == e.local_rank
-            and by_id[e.engine_id].get("local_world_size") == e.local_world_size
-            and by_id[e.engine_id].get("device") == e.device
-            for e in self.engines)
-        if adopt:
+        layout = {e.engine_id: (True, n, e.rank, backend, e.local_rank, e.local_world_size, e.device)
+                  for e in self.engines}
+        if not force and all((bool(i["initialized"]), i["world_size"], i["rank"], i["backend"], i.get("local_rank"),
+                              i.get("local_world_size"), i.get("device")) == layout[i["engine_id"]] for i in infos):
             self.recovery.start_watchdogs(multi_host=len(per_host) > 1)
             return
         if threads is None:
@@ -366,13 +343,9 @@ class TPCluster:
         addr = "127.0.0.1" if len(per_host) == 1 else rank0.apply_sync(engine_pg.host_address)
         port = rank0.apply_sync(engine_pg.open_store, addr, n, self.timeout)
         script = _script_name()
-        futures = [
-            self.client[e.engine_id].apply_async(
-                engine_pg.init, e.rank, n, e.local_rank, e.local_world_size, addr, port,
-                backend, e.device, self.timeout, threads, script,
-            )
-            for e in self.engines
-        ]
+        futures = [self.client[e.engine_id].apply_async(engine_pg.init, e.rank, n, e.local_rank, e.local_world_size,
+                                                        addr, port, backend, e.device, self.timeout, threads, script)
+                   for e in self.engines]
         deadline = time.monotonic() + self.timeout + 30
         for e, f in zip(self.engines, futures):
             try:
@@ -385,10 +358,6 @@ class TPCluster:
         self.recovery.start_watchdogs(multi_host=len(per_host) > 1)
 
     # ---- faults (helpers.cluster.recovery)
-    def check_alive(self) -> None:
-        """Raise DeadRankError naming the dead ranks (called before every %%px cell)."""
-        self.recovery.check_alive()
-
     def recover(self, timeout: float = DEFAULT_START_TIMEOUT) -> str:
         """Get back to a working cluster, never touching this notebook's own variables.
 
@@ -441,28 +410,17 @@ class TPCluster:
         """
         if _CONNECTIONS.get(self.ref) is self:
             del _CONNECTIONS[self.ref]
-        try:
-            atexit.unregister(self._at_exit)
-        except Exception:
-            pass
-        if not self.owned:
+        atexit.unregister(self._at_exit)
+        if self.owned:
+            line = stop_cluster(self.ref, client=self.client, cluster=self.cluster).line(self.ref)
+            self.owned = False
+        else:
             self._release()
-            self._close_client()
-            if not quiet:
-                print(f"disconnected from cluster {self.ref} (it keeps running: "
-                      "./launch_cluster.sh stop ends it)")
-            return
-        report = stop_cluster(self.ref, client=self.client, cluster=self.cluster)
-        self._close_client()
-        self.owned = False
-        if not quiet:
-            print(report.line(self.ref))
-
-    def _close_client(self) -> None:
-        try:
+            line = f"disconnected from cluster {self.ref} (it keeps running: ./launch_cluster.sh stop ends it)"
+        with suppress(Exception):
             self.client.close()
-        except Exception:
-            pass
+        if not quiet:
+            print(line)
 
     def _at_exit(self) -> None:
         self.shutdown(quiet=True)
@@ -538,8 +496,7 @@ def connect(
 def _check_arguments(n, timeout, backend, nodes, min_ranks) -> int | None:
     """Refuse bad arguments before anything starts; ``n`` as an int (or None)."""
     check_backend(backend)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    _check_timeout(timeout)
     if n is None:
         return None
     n = check_n(n, backend=backend, gpus=visible_gpus() if backend == "nccl" else 0)
@@ -547,6 +504,12 @@ def _check_arguments(n, timeout, backend, nodes, min_ranks) -> int | None:
         check_nodes(nodes, ["here"] * n)
     check_min_ranks(n, min_ranks)
     return n
+
+
+def _check_timeout(timeout) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)
 
 
 def _reconnect(tc: TPCluster, n, nodes, min_ranks, activate: bool) -> TPCluster:
@@ -575,7 +538,7 @@ def _open_client(ref: ClusterRef, n, start_timeout: float):
     attached to; otherwise one is started for this kernel, ended with it.
     """
     if is_running(ref):
-        client = ipp.Client(profile_dir=ref.profile_dir, cluster_id=ref.cluster_id, timeout=30)
+        client = client_of(ref, timeout=30)
         return client, None, n or ref.read_state().get("n")
     try:
         cluster = start_cluster(ref, n, daemon=False, wait=False, timeout=start_timeout,
@@ -610,6 +573,3 @@ def _check_engines(tc: TPCluster, n, expected, start_timeout: float, min_ranks) 
             "without n, or restart it: ./launch_cluster.sh stop && "
             f"./launch_cluster.sh start -n {n}"
         )
-
-
-__all__ = ["TPCluster", "connect", "probe_engines", "DEFAULT_PG_TIMEOUT", "on_this_host"]
