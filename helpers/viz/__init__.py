@@ -21,7 +21,7 @@ _EXPORTS = {
     ".costs": ("MEMORY_COLORS", "comm_bars", "fit_grid", "memory_bars", "training_curves"),
     ".data": ("cluster_map", "plot_flops", "shard_figure"),
     ".dtensor": ("comm_chart", "draw_dtensor"),
-    ".figure": ("RANK_COLORS", "RANK_COLORS_HEX", "REPLICATED_GREY", "TPFigure", "count_rank_colors",
+    ".figure": ("RANK_COLORS", "REPLICATED_GREY", "TPFigure", "count_rank_colors",
                 "figure_to_png", "figure_to_rgba", "rank_color"),
     ".grid2d": ("GRID_MODES", "GridLayoutExplorer", "SummaStepper", "comm_time_figure",
                 "grid_blocks_figure", "grid_layout_explorer", "grid_layout_figure", "mlp_bytes_figure",

@@ -17,12 +17,10 @@ from __future__ import annotations
 import html
 from dataclasses import fields, replace
 
-import matplotlib.pyplot as plt
-
 from ..costmodel.calculator import DTYPES, CalculatorInputs, Plan, check_inputs, derecho_inputs, plan
 from ..costmodel.dims import PRESETS
 from ..costmodel.hardware import GPUS
-from .figure import TEXT, figure_to_png, new_figure
+from .figure import TEXT, new_axes, render_png
 from .timing import PART_COLORS
 
 __all__ = ["TPCalculator", "tp_calculator", "plan_html", "plan_figure"]
@@ -81,8 +79,7 @@ def plan_html(pl: Plan) -> str:
 
 def plan_figure(pl: Plan):
     """One layer's step time per TP degree: compute and communication, the considered degree framed."""
-    fig = new_figure(5.6, 2.9)
-    ax = fig.add_subplot()
+    fig, ax = new_axes(5.6, 2.9)
     xs = list(range(len(pl.rows)))
     comp = [1e3 * r.compute_s for r in pl.rows]
     comm = [1e3 * r.comm_s for r in pl.rows]
@@ -96,7 +93,6 @@ def plan_figure(pl: Plan):
     ax.set_ylim(0, max(a + b for a, b in zip(comp, comm)) * 1.25)
     ax.legend(fontsize=8, frameon=False)
     ax.set_title("One layer's training step (% = communication share)", fontsize=10)
-    fig.set_layout_engine("constrained")
     return fig
 
 
@@ -240,11 +236,7 @@ class TPCalculator(_base()):  # type: ignore[misc]
             use_measured = self._measured and self.efficiency.value == self._measured_label
             pl = plan(inp, efficiency=self._measured if use_measured else None,
                       efficiency_source=self._measured_label if use_measured else None)
-            fig = plan_figure(pl)
-            try:
-                png = figure_to_png(fig)
-            finally:
-                plt.close(fig)
+            png = render_png(plan_figure(pl))
         except Exception as e:  # keep the widget alive and say what went wrong
             self._show_problems([f"could not compute this plan: {type(e).__name__}: {e}"])
             return

@@ -9,20 +9,15 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython's Figure -> PNG formatter)
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 
 from ..common.placements import parse_placement, placement_text
 from ..reference.compare import as_shard_list, to_f64
-from .figure import MAX_DEGREE, MUTED, TEXT, new_figure, rank_color, text_on, to_2d
+from .figure import MAX_DEGREE, MUTED, TEXT, grey_panel, new_axes, new_figure, rank_color, text_on, to_2d
 
 __all__ = ["shard_figure", "plot_flops", "cluster_map"]
-
-
-def _np64(x, what: str) -> np.ndarray:
-    return to_f64(x, what).numpy()
 
 
 def _grid(ax, rows: int, cols: int, x0=-0.5, y0=-0.5) -> None:
@@ -46,7 +41,7 @@ def shard_figure(shards: Sequence, layout: str, name: str = "W", dense_shape=Non
     """
 
     kind, dim = parse_placement(layout)
-    pieces = [_np64(s, f"{name}: shard of rank {r}") for r, s in enumerate(as_shard_list(shards))]
+    pieces = [to_f64(s, f"{name}: shard of rank {r}").numpy() for r, s in enumerate(as_shard_list(shards))]
     p = len(pieces)
     if p == 0:
         raise ValueError("shards is empty: expected one tensor per rank")
@@ -57,14 +52,13 @@ def shard_figure(shards: Sequence, layout: str, name: str = "W", dense_shape=Non
     vmin, vmax = float(allv.min()), float(allv.max())
     if vmin == vmax:
         vmin, vmax = vmin - 1.0, vmax + 1.0
-    cmap = "Greys_r"
 
     if kind == "shard":
-        return _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax, cmap)
-    return _shard_panels(pieces, kind, name, dense_shape, vmin, vmax, cmap)
+        return _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax)
+    return _shard_panels(pieces, kind, name, dense_shape, vmin, vmax)
 
 
-def _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax, cmap) -> Figure:
+def _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax) -> Figure:
     p = len(pieces)
     nd = pieces[0].ndim
     if nd == 0 or any(a.ndim != nd for a in pieces):
@@ -91,7 +85,7 @@ def _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax, cmap) -> Figure:
     h = min(8.0, max(2.4, 0.32 * rows + 1.8))
     fig = new_figure(w, h)
     ax = fig.add_axes([0.08, 0.1, 0.72, 0.72])
-    im = ax.imshow(full, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="auto")
+    im = ax.imshow(full, cmap="Greys_r", vmin=vmin, vmax=vmax, interpolation="nearest", aspect="auto")
     _grid(ax, rows, cols)
     start = 0
     for r, blk in enumerate(blocks):
@@ -108,10 +102,7 @@ def _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax, cmap) -> Figure:
             ax.text(cols - 0.5 + 0.3 + 0.02 * cols, y0 + br / 2, label, ha="left", va="center",
                     fontsize=8, color=TEXT, clip_on=False)
         start += bc if horizontal else br
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for s in ax.spines.values():
-        s.set_visible(False)
+    ax.axis("off")
     title = f"{name}: Shard({dim}) over {p} rank{'s' if p != 1 else ''}, full shape {tuple(full_shape)}"
     if dense_shape is not None:
         ds = tuple(int(s) for s in dense_shape)
@@ -124,7 +115,7 @@ def _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax, cmap) -> Figure:
     return fig
 
 
-def _shard_panels(pieces, kind, name, dense_shape, vmin, vmax, cmap) -> Figure:
+def _shard_panels(pieces, kind, name, dense_shape, vmin, vmax) -> Figure:
     p = len(pieces)
     shapes = {a.shape for a in pieces}
     if len(shapes) != 1:
@@ -150,14 +141,9 @@ def _shard_panels(pieces, kind, name, dense_shape, vmin, vmax, cmap) -> Figure:
     for i, (label, a, r) in enumerate(panels):
         ax = fig.add_subplot(gs[i // ncols, i % ncols])
         a2 = to_2d(a)
-        im = ax.imshow(a2, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="auto")
+        im = grey_panel(ax, a2, rank_color(r) if r is not None else "#222222", label, lw=5 if r is not None else 1.5,
+                        vmin=vmin, vmax=vmax)
         _grid(ax, *a2.shape)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for s in ax.spines.values():
-            s.set_edgecolor(rank_color(r) if r is not None else "#222222")
-            s.set_linewidth(5 if r is not None else 1.5)
-        ax.set_title(label, fontsize=8.5, color=TEXT)
     note = ""
     if kind == "replicate":
         diffs = [float(np.nanmax(np.abs(a - pieces[0]))) if a.size else 0.0 for a in pieces]
@@ -193,8 +179,7 @@ def plot_flops(degrees: Sequence[int], flops, title: str = "Achieved GFLOP/s vs 
     for label, vals in series.items():
         if len(list(vals)) != len(degrees):
             raise ValueError(f"series {label!r} has {len(list(vals))} values for {len(degrees)} degrees")
-    fig = new_figure(6.4, 4.0)
-    ax = fig.add_subplot()
+    fig, ax = new_axes(6.4, 4.0)
     markers = ["o", "s", "^", "D", "v", "P"]
     greys = ["#111111", "#555555", "#888888", "#333333", "#777777", "#999999"]
     for i, (label, vals) in enumerate(series.items()):
@@ -215,7 +200,6 @@ def plot_flops(degrees: Sequence[int], flops, title: str = "Achieved GFLOP/s vs 
     ax.set_title(title, fontsize=11)
     ax.grid(True, color="#dddddd", lw=0.6)
     ax.legend(fontsize=8, frameon=False)
-    fig.set_layout_engine("constrained")
     return fig
 
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import math
 
-import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython's Figure -> PNG formatter)
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .figure import MUTED, TEXT, new_figure, rank_color, text_on
+from .figure import MUTED, TEXT, new_axes, new_figure, rank_color, text_on
 
 __all__ = ["draw_dtensor", "comm_chart"]
 
@@ -142,8 +141,7 @@ def comm_chart(trace: dict, title: str = "Collectives per module", leaves_only: 
         raise ValueError("the trace is empty: run the forward and backward inside `with CommDebugMode() as comm:`")
     ops = sorted({op for m in modules for p in ("forward", "backward") for op in trace[m].get(p, {})})
     labels = _short_names(modules)
-    fig = new_figure(7.0, 0.55 * len(modules) + 1.4)
-    ax = fig.add_subplot()
+    fig, ax = new_axes(7.0, 0.55 * len(modules) + 1.4)
     h = 0.38
     for k, m in enumerate(modules):
         for off, p, hatch in ((-h / 2, "forward", None), (h / 2, "backward", "////")):
@@ -171,5 +169,4 @@ def comm_chart(trace: dict, title: str = "Collectives per module", leaves_only: 
     ax.grid(True, axis="x", color="#dddddd", lw=0.6)
     xmax = max([1] + [sum(trace[m].get(p, {}).values()) for m in modules for p in ("forward", "backward")])
     ax.set_xlim(0, xmax + 1.2)
-    fig.set_layout_engine("constrained")
     return fig

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython's Figure -> PNG formatter)
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
@@ -19,7 +18,21 @@ from matplotlib.patches import Patch, Rectangle
 from ..common.numbers import fmt_bytes
 from ..costmodel.collectives import COMM_FORMULAS
 from ..reference.compare import to_f64
-from .figure import BOX, MUTED, REPLICATED_GREY, TEXT, message_figure, new_figure, rank_color, text_on
+from .figure import (
+    BOX,
+    MUTED,
+    REPLICATED_GREY,
+    TEXT,
+    grey_panel,
+    message_figure,
+    new_axes,
+    new_figure,
+    partial_cards,
+    rank_blocks,
+    rank_color,
+    rank_handles,
+    to_2d,
+)
 from .widget import FigureWidget
 
 __all__ = ["grid_blocks_figure", "summa_step_figure", "summa_stepper", "SummaStepper",
@@ -30,16 +43,7 @@ GRID_MODES = tuple(COMM_FORMULAS)  # ("1D column", "1D row", "2D SUMMA")
 
 
 def _np(t) -> np.ndarray:
-    a = to_f64(t, "block").numpy()
-    return a.reshape(1, -1) if a.ndim == 1 else a
-
-
-def _frame(ax, color, lw=5):
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for sp in ax.spines.values():
-        sp.set_edgecolor(color)
-        sp.set_linewidth(lw)
+    return to_2d(to_f64(t, "block").numpy())
 
 
 def _side(n: int, what: str) -> int:
@@ -71,14 +75,10 @@ def grid_blocks_figure(blocks: Sequence, name: str = "A", dims=("K", "N")) -> Fi
     im = None
     for rank, a in enumerate(arrs):
         i, j = divmod(rank, s)
-        ax = fig.add_subplot(gs[i, j])
-        im = ax.imshow(a, cmap="Greys_r", vmin=vmin, vmax=vmax, aspect="auto",
-                       interpolation="nearest")
-        _frame(ax, rank_color(rank))
         sym = (f"{name}[{_frac(i, s, dims[0])}:{_frac(i + 1, s, dims[0])}, "
                f"{_frac(j, s, dims[1])}:{_frac(j + 1, s, dims[1])}]")
-        ax.set_title(f"GPU ({i},{j}) = rank {rank}\n{sym} = {name}[{i * r}:{(i + 1) * r}, "
-                     f"{j * c}:{(j + 1) * c}]", fontsize=8.5, color=TEXT)
+        im = grey_panel(fig.add_subplot(gs[i, j]), a, rank_color(rank), f"GPU ({i},{j}) = rank {rank}\n{sym} = "
+                        f"{name}[{i * r}:{(i + 1) * r}, {j * c}:{(j + 1) * c}]", vmin=vmin, vmax=vmax)
     fig.suptitle(f"{name} [{dims[0]} × {dims[1]}] = ({R}, {C}) on a {s}×{s} grid: each rank holds "
                  f"one ({r}, {c}) block", fontsize=10, color=TEXT)
     fig.colorbar(im, cax=fig.add_axes([0.9, 0.1, 0.025, 0.7]))
@@ -135,10 +135,7 @@ def summa_step_figure(traces: Sequence[Sequence[dict]], k: int, X=None, W=None) 
                 (_np(st["x"]), x_owner, f"X[{xi},{xj}]\nfrom rank {x_owner}"),
                 (_np(st["w"]), w_owner, f"W[{wi},{wj}]\nfrom rank {w_owner}"),
                 (acc, rank, f"rank {rank}: Y[{i},{j}]\n= Σ t≤{k}{note}")]):
-            ax = fig.add_subplot(inner[0, col])
-            ax.imshow(a, cmap="Greys_r", aspect="auto", interpolation="nearest")
-            _frame(ax, rank_color(owner), lw=4)
-            ax.set_title(label, fontsize=7.5, color=TEXT)
+            grey_panel(fig.add_subplot(inner[0, col]), a, rank_color(owner), label, fontsize=7.5, lw=4)
     fig.suptitle(f"SUMMA step {k + 1} of {s}: X blocks of grid column {k} travel along the rows, "
                  f"W blocks of grid row {k} down the columns;\nevery rank adds X[i,{k}]·W[{k},j] "
                  "to its Y[i,j] (frames: the block's owner)", fontsize=9.5, color=TEXT)
@@ -227,20 +224,9 @@ def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA",
         if kind == "rep":
             ax.add_patch(Rectangle((0, 0), w, h, facecolor=REPLICATED_GREY, edgecolor="#333333"))
         elif kind == "partial":
-            for r in reversed(range(p)):
-                off = 0.06 * r
-                ax.add_patch(Rectangle((off, off), w, h, facecolor=rank_color(r), edgecolor="white"))
-            ax.text(w / 2, h / 2, "Σ", ha="center", va="center", color=text_on(0), fontsize=13)
-        else:
-            bh, bw = h / nr, w / nc
-            for bi in range(nr):
-                for bj in range(nc):
-                    r = bi * nc + bj if mode == "2D SUMMA" else (bj if nc > 1 else bi)
-                    ax.add_patch(Rectangle((bj * bw, bi * bh), bw, bh, facecolor=rank_color(r),
-                                           edgecolor="white", linewidth=1.0))
-                    if min(bw, bh) > 0.18:
-                        ax.text((bj + 0.5) * bw, (bi + 0.5) * bh, str(r), ha="center",
-                                va="center", fontsize=8, color=text_on(r))
+            partial_cards(ax, 0, 0, w, h, p, 0.06, 0.06, sigma=13)
+        else:  # rank i·nc + j holds block (i, j): 2D row-major, 1D a single row or column
+            rank_blocks(ax, 0, 0, w, h, np.arange(nr * nc).reshape(nr, nc), label_min=0.18)
         ax.text(0, -0.08, f"{name} ({rows}, {cols})", fontsize=9.5, color=TEXT, va="bottom")
     fig.text(0.345, 0.62, "·", fontsize=22, ha="center", va="center", color=TEXT)
     fig.text(0.675, 0.62, "=", fontsize=16, ha="center", va="center", color=TEXT)
@@ -259,7 +245,7 @@ def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA",
             f"(float32)\nsynchronisation points: {b['calls']};  needs: {lines[2]}")
     fig.text(0.5, 0.05, text, ha="center", va="bottom", fontsize=8.5, color=TEXT, linespacing=1.5,
              bbox=dict(boxstyle="round,pad=0.5", facecolor=BOX, edgecolor="#999999"))
-    handles = [Patch(facecolor=rank_color(r), label=f"rank {r}") for r in range(min(p, 8))]
+    handles = rank_handles(min(p, 8))
     if mode == "1D column":
         handles.append(Patch(facecolor=REPLICATED_GREY, label="grey: full copy on every rank"))
     fig.legend(handles=handles, loc="center", ncol=min(len(handles), 9), frameon=False,
@@ -312,8 +298,7 @@ class GridLayoutExplorer(FigureWidget):
 def comm_time_figure(times: dict, p: int = 4, what: str = "forward, ms",
                      how: str = "slowest rank, best of 15 runs", subject: str = "Y = X·W") -> Figure:
     """Bars of measured times per layout (``{mode: milliseconds}``), measured on this cluster."""
-    fig = new_figure(6.0, 3.0)
-    ax = fig.add_subplot()
+    fig, ax = new_axes(6.0, 3.0)
     names = list(times)
     vals = [float(times[n]) for n in names]
     ax.barh(names, vals, color=["#333333", "#777777", "#aaaaaa"][:len(names)])
@@ -323,7 +308,6 @@ def comm_time_figure(times: dict, p: int = 4, what: str = "forward, ms",
     ax.set_xlabel(what)
     ax.set_title(f"{subject} at p={p}, measured on this cluster ({how})",
                  fontsize=9.5)
-    fig.set_layout_engine("constrained")
     return fig
 
 
@@ -340,8 +324,7 @@ def mlp_bytes_figure(M: int, D: int, H: int, measured: dict | None = None, measu
     from ..costmodel.collectives import mlp_bytes_1d, mlp_bytes_2d
 
     ps = [int(p) for p in ps]
-    fig = new_figure(6.8, 4.0)
-    ax = fig.add_subplot()
+    fig, ax = new_axes(6.8, 4.0)
     def two(m, d, h, p, b):
         return mlp_bytes_2d(m, d, h, p, b, bias=bias)
 
@@ -364,7 +347,6 @@ def mlp_bytes_figure(M: int, D: int, H: int, measured: dict | None = None, measu
                  f"counted on this cluster at p={measured_p}", fontsize=9.5)
     ax.grid(True, which="both", color="#e4e4e4", lw=0.6)
     ax.legend(fontsize=7, frameon=False, ncol=2)
-    fig.set_layout_engine("constrained")
     return fig
 
 
@@ -376,8 +358,7 @@ def mlp_crossover_figure(D: int, H: int, ps: Sequence[int] = (4, 16, 64), points
     :func:`helpers.costmodel.collectives.mlp_crossover_tokens`). ``points``: ``{label: M}``."""
     from ..costmodel.collectives import mlp_bytes_1d, mlp_bytes_2d, mlp_crossover_tokens
 
-    fig = new_figure(6.8, 4.0)
-    ax = fig.add_subplot()
+    fig, ax = new_axes(6.8, 4.0)
     ms = np.unique(np.geomspace(max(1, D // 64), 256 * D, 80).astype(int))
     shades = ["#111111", "#555555", "#999999", "#bbbbbb"]
 
@@ -410,5 +391,4 @@ def mlp_crossover_figure(D: int, H: int, ps: Sequence[int] = (4, 16, 64), points
     ax.set_title(title or f"Where 2D pays off: one MLP block, D = {D}, H = {H} (formulas)", fontsize=9.5)
     ax.grid(True, which="both", color="#e4e4e4", lw=0.6)
     ax.legend(fontsize=7, frameon=False, loc="upper right")
-    fig.set_layout_engine("constrained")
     return fig

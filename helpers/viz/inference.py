@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.patches import Patch, Rectangle
 
-from .figure import MUTED, TEXT, new_figure, rank_color
+from ..costmodel.collectives import bytes_sent, steps
+from .figure import MUTED, TEXT, new_figure, rank_color, rank_handles
 from .timing import PART_COLORS
 
 __all__ = ["shared_device_note", "cache_figure", "prefill_decode_figure", "alpha_beta_figure"]
@@ -59,12 +60,10 @@ def cache_figure(holdings: list[list[int]], n_kv_heads: int, lengths: list[int],
         ax.set_xlabel("position (token)", fontsize=8)
         ax.set_title(f"{n} tokens cached", fontsize=9, color=TEXT)
         ax.tick_params(labelsize=7)
-        for s in ("top", "right"):
-            ax.spines[s].set_visible(False)
+        ax.spines[["top", "right"]].set_visible(False)
     for ax in axes[1:]:
         ax.set_yticklabels([])
-    handles = [Patch(facecolor=rank_color(r), label=f"rank {r}") for r in range(len(holdings))]
-    fig.legend(handles=handles, loc="upper right", fontsize=7, ncol=len(holdings), frameon=False)
+    fig.legend(handles=rank_handles(len(holdings)), loc="upper right", fontsize=7, ncol=len(holdings), frameon=False)
     fig.suptitle(title + (f"  ({note})" if note else ""), fontsize=10, x=0.02, ha="left", color=TEXT)
     fig.text(0.02, 0.01, "dashed: end of the prompt (prefill); hatched: appended by decode steps",
              fontsize=7, color=MUTED)
@@ -95,8 +94,7 @@ def prefill_decode_figure(decode: dict, prefill: dict, note: str = ""):
         ax.set_ylabel("ms")
         ax.set_ylim(0, max(bottom) * 1.3 if len(bottom) else 1)
         ax.set_title(what, fontsize=10)
-        for s in ("top", "right"):
-            ax.spines[s].set_visible(False)
+        ax.spines[["top", "right"]].set_visible(False)
     fig.legend(handles=[Patch(facecolor=PART_COLORS[k], label=_PART_LABELS[k]) for k in PART_COLORS],
                loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle("Where the time goes, per TP degree" + (f"  ({note})" if note else ""), fontsize=10.5)
@@ -114,8 +112,8 @@ def alpha_beta_figure(measured: dict[int, float], p: int, latency: float, bandwi
     sizes = sorted(measured)
     lo, hi = min(sizes + list(marks.values())) / 2, max(sizes + list(marks.values())) * 2
     n = np.geomspace(lo, hi, 200)
-    lat = 2 * (p - 1) * latency
-    bw = 2 * (p - 1) / p * n / bandwidth if np.isfinite(bandwidth) else np.zeros_like(n)
+    lat = steps("all_reduce", p) * latency               # the formulas of helpers.costmodel.collectives
+    bw = bytes_sent("all_reduce", n, p) / bandwidth      # 0 for an infinite bandwidth
     ax.loglog(n, 1e6 * (lat + bw), color=TEXT, linewidth=1.5,
               label=f"fit: α = {latency * 1e6:.0f} µs/step, β = "
                     + (f"{bandwidth / 1e9:.2f} GB/s" if np.isfinite(bandwidth) else "∞"))
@@ -126,7 +124,7 @@ def alpha_beta_figure(measured: dict[int, float], p: int, latency: float, bandwi
     ax.loglog(sizes, [1e6 * measured[s] for s in sizes], "o", color=PART_COLORS["communication"],
               markersize=7, label=f"measured all-reduce, p = {p}")
     for label, nb in marks.items():
-        t = lat + (2 * (p - 1) / p * nb / bandwidth if np.isfinite(bandwidth) else 0.0)
+        t = lat + bytes_sent("all_reduce", nb, p) / bandwidth
         ax.axvline(nb, color=MUTED, linewidth=0.8)
         ax.annotate(f"{label}\n{nb:,} B", (nb, 1e6 * t), textcoords="offset points", xytext=(6, 10),
                     fontsize=8, color=TEXT)

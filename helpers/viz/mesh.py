@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython's Figure -> PNG formatter)
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 

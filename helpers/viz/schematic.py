@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import textwrap
 
-import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython's Figure -> PNG formatter)
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
@@ -24,8 +23,9 @@ from .figure import (
     TEXT,
     message_figure,
     new_figure,
-    rank_color,
-    text_on,
+    partial_cards,
+    rank_blocks,
+    rank_handles,
 )
 from .widget import FigureWidget
 
@@ -253,7 +253,7 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
         _draw_mat(ax, it, x0, w, h, off, unit_in)
 
     # legend: ranks, replicated, partial
-    handles = [Patch(facecolor=rank_color(r), edgecolor="white", label=f"rank {r}") for r in range(p)]
+    handles = rank_handles(p)
     if p > 1:
         handles.append(Patch(facecolor=REPLICATED_GREY, edgecolor="#666666",
                              label="grey: every rank has a full copy"))
@@ -273,33 +273,14 @@ def _draw_mat(ax, m: _Mat, x0: float, w: float, h: float, off: float, unit_in: f
     top = -h / 2
     p = m.p
     label_y = top - 0.12
-    if m.own == "partial":
-        # p full-size cards, rank p-1 at the back; rank 0 on top (front, bottom-left).
-        for r in reversed(range(p)):
-            dx, dy = off * r, -off * r
-            ax.add_patch(Rectangle((x0 + dx, top + dy), w, h, facecolor=rank_color(r),
-                                   edgecolor="white", linewidth=1.2))
+    if m.own == "partial":  # p full-size cards, rank p-1 at the back; rank 0 on top (front, bottom-left)
+        partial_cards(ax, x0, top, w, h, p, off, -off, lw=1.2, sigma=12)
         label_y = top - off * (p - 1) - 0.12
-        ax.text(x0 + w / 2, top + h / 2, "Σ", ha="center", va="center", fontsize=12,
-                color=text_on(0))
     elif m.own == "rep":
         ax.add_patch(Rectangle((x0, top), w, h, facecolor=REPLICATED_GREY, edgecolor="none"))
-    elif m.own == "cols":
-        bw = w / p
-        for r in range(p):
-            ax.add_patch(Rectangle((x0 + r * bw, top), bw, h, facecolor=rank_color(r),
-                                   edgecolor="white", linewidth=1.0))
-            if bw * unit_in >= 0.16 and p > 1:
-                ax.text(x0 + (r + 0.5) * bw, top + h / 2, str(r), ha="center", va="center",
-                        fontsize=8, color=text_on(r))
-    elif m.own == "rows":
-        bh = h / p
-        for r in range(p):
-            ax.add_patch(Rectangle((x0, top + r * bh), w, bh, facecolor=rank_color(r),
-                                   edgecolor="white", linewidth=1.0))
-            if bh * unit_in >= 0.14 and p > 1:
-                ax.text(x0 + w / 2, top + (r + 0.5) * bh, str(r), ha="center", va="center",
-                        fontsize=8, color=text_on(r))
+    else:  # split by columns or by rows; blocks ~0.15 inch wide or more show their rank
+        ranks = [list(range(p))] if m.own == "cols" else [[r] for r in range(p)]
+        rank_blocks(ax, x0, top, w, h, ranks, label_min=0.15 / unit_in if p > 1 else None)
     if m.own != "partial":
         ax.add_patch(Rectangle((x0, top), w, h, fill=False, edgecolor="#333333", linewidth=1.0))
     ax.text(x0 + w / 2 + (off * (p - 1) / 2 if m.own == "partial" else 0), label_y,

@@ -12,12 +12,11 @@ from __future__ import annotations
 import html
 from typing import Sequence
 
-import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython's Figure -> PNG formatter)
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .figure import TEXT, new_figure
+from .figure import TEXT, new_axes
 
 __all__ = ["summarize_splits", "step_efficiency", "step_time_figure", "efficiency_table",
            "efficiency_figure", "Evidence", "PART_COLORS"]
@@ -64,8 +63,7 @@ def step_time_figure(summary: dict[int, dict[str, float]], modeled: dict[int, di
     allp = {**(modeled or {}), **summary}
     degrees = sorted(allp)
     eff = step_efficiency(allp)
-    fig = new_figure(7.2, 4.4)
-    ax = fig.add_subplot()
+    fig, ax = new_axes(7.2, 4.4)
     x = np.arange(len(degrees))
     for i, p in enumerate(degrees):
         s, is_model = allp[p], p not in summary
@@ -96,7 +94,6 @@ def step_time_figure(summary: dict[int, dict[str, float]], modeled: dict[int, di
     ax.set_title(title, fontsize=11)
     ax.grid(True, axis="y", color="#dddddd", lw=0.6)
     ax.set_axisbelow(True)
-    fig.set_layout_engine("constrained")
     return fig
 
 
@@ -155,8 +152,7 @@ def efficiency_table(reference: dict, measured: dict | None = None, *, source: s
 def efficiency_figure(reference: dict, measured: dict | None = None,
                       title: str = "Matmul rate relative to p = 1 (one GPU's shard of the layer)") -> Figure:
     """Rate at degree p relative to p = 1: the reference rows in grey, this machine's in black."""
-    fig = new_figure(6.4, 3.8)
-    ax = fig.add_subplot()
+    fig, ax = new_axes(6.4, 3.8)
     greys = ["#9a9a9a", "#b0b0b0", "#7f7f7f", "#c4c4c4", "#8c8c8c", "#a8a8a8"]
     for i, ((dtype, tokens), (_, curve)) in enumerate(reference.items()):
         ps = sorted(curve)
@@ -179,7 +175,6 @@ def efficiency_figure(reference: dict, measured: dict | None = None,
     ax.set_title(title, fontsize=10.5)
     ax.grid(True, color="#dddddd", lw=0.6)
     ax.legend(fontsize=7, frameon=False, ncol=2)
-    fig.set_layout_engine("constrained")
     return fig
 
 

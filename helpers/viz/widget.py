@@ -7,9 +7,7 @@ traceback), and the widget stays alive.
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
-
-from .figure import figure_to_png
+from .figure import render_png
 
 __all__ = ["FigureWidget"]
 
@@ -49,17 +47,11 @@ class FigureWidget(_vbox()):  # type: ignore[misc]
 
     def redraw(self) -> None:
         """Render :meth:`figure` for the current control values into ``self.image``."""
-        fig = None
+        self.messages.clear_output()
         try:
-            fig = self.figure()
-            png = figure_to_png(fig)
+            png = render_png(self.figure())
         except Exception as e:  # keep the widget alive; say what went wrong under the picture
-            self.messages.clear_output()
             self.messages.append_stdout(f"could not draw this {self.what}: {type(e).__name__}: {e}\n")
             return
-        finally:
-            if fig is not None:
-                plt.close(fig)
-        self.messages.clear_output()
         self.png = self.image.value = png
         self.redraw_count += 1
