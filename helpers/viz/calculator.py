@@ -15,7 +15,7 @@ none), ``.tp-calc-result`` the plan (its first line is ``TP calculator: <n> upda
 from __future__ import annotations
 
 import html
-from dataclasses import fields, replace
+from dataclasses import replace
 
 from ..costmodel.calculator import DTYPES, CalculatorInputs, Plan, check_inputs, derecho_inputs, plan
 from ..costmodel.dims import PRESETS
@@ -25,17 +25,17 @@ from .timing import PART_COLORS
 
 __all__ = ["TPCalculator", "tp_calculator", "plan_html", "plan_figure"]
 
+# the number fields, in the order shown: the model (the first six), the batch (two), the hardware
 _LABELS = {
     "d_model": "d_model", "n_layers": "layers", "n_heads": "heads", "n_kv_heads": "kv heads (0: =heads)",
     "d_ff": "d_ff", "vocab": "vocab (0: none)", "batch": "sequences", "seq_len": "seq length",
     "gpu_memory_gb": "GPU memory (GB)", "gpus_per_node": "GPUs per node",
-    "intra_node_gb_s": "NVLink GB/s per GPU", "inter_node_gb_s": "GB/s per NIC", "tp": "TP degree to try",
-    "nics_per_node": "NICs per node in use", "matmul_tflops": "your TFLOP/s at TP=1 (0: GPU's)",
+    "intra_node_gb_s": "NVLink GB/s per GPU", "inter_node_gb_s": "GB/s per NIC",
+    "nics_per_node": "NICs per node in use", "tp": "TP degree to try", "matmul_tflops": "your TFLOP/s at TP=1 (0: GPU's)",
 }
 _INTS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab", "batch", "seq_len",
          "gpus_per_node", "tp", "nics_per_node")
-_FLOATS = ("gpu_memory_gb", "intra_node_gb_s", "inter_node_gb_s", "matmul_tflops")
-_MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab")
+_MODEL_FIELDS = tuple(_LABELS)[:6]
 
 
 def _gb(x: float) -> str:
@@ -124,53 +124,32 @@ class TPCalculator(_base()):  # type: ignore[misc]
         self._inputs = inputs
         self._measured = dict(measured) if measured else None
         self._measured_label = measured_label
-        style = {"description_width": "160px"}
-        lay = widgets.Layout(width="310px")
-        self.preset = widgets.Dropdown(options=[*PRESETS, "custom"], value=self._preset_of(inputs),
-                                       description="model", style=style, layout=lay)
-        self.preset.add_class("tp-calc-preset")
+        kw = dict(style={"description_width": "160px"}, layout=widgets.Layout(width="310px"))
+        self.preset = widgets.Dropdown(options=[*PRESETS, "custom"], value=self._preset_of(inputs), description="model",
+                                       **kw).add_class("tp-calc-preset")
         self.fields = {}
-        for f in fields(CalculatorInputs):
-            if f.name in ("dtype", "gated_mlp", "bias", "flash_attention", "gpu"):
-                continue
-            v = getattr(inputs, f.name)
-            if f.name in _INTS:
-                w = widgets.IntText(value=int(v or 0), description=_LABELS[f.name], style=style, layout=lay)
-            else:
-                w = widgets.FloatText(value=float(v or 0), description=_LABELS[f.name], style=style, layout=lay)
-            w.add_class(f"tp-calc-{f.name}")
-            self.fields[f.name] = w
-        self.gated = widgets.Checkbox(value=inputs.gated_mlp, description="SwiGLU MLP",
-                                      style=style, layout=lay)
+        for name, label in _LABELS.items():
+            text, kind = (widgets.IntText, int) if name in _INTS else (widgets.FloatText, float)
+            self.fields[name] = text(value=kind(getattr(inputs, name) or 0), description=label,
+                                     **kw).add_class(f"tp-calc-{name}")
+        self.gated = widgets.Checkbox(value=inputs.gated_mlp, description="SwiGLU MLP", **kw)
         self.flash = widgets.Checkbox(value=inputs.flash_attention, description="flash attention",
-                                      style=style, layout=lay)
-        self.flash.add_class("tp-calc-flash")
+                                      **kw).add_class("tp-calc-flash")
         self.dtype = widgets.Dropdown(options=sorted(DTYPES), value=inputs.dtype, description="dtype",
-                                      style=style, layout=lay)
-        self.dtype.add_class("tp-calc-dtype")
-        self.gpu = widgets.Dropdown(options=list(GPUS), value=inputs.gpu, description="GPU", style=style, layout=lay)
-        self.gpu.add_class("tp-calc-gpu")
+                                      **kw).add_class("tp-calc-dtype")
+        self.gpu = widgets.Dropdown(options=list(GPUS), value=inputs.gpu, description="GPU", **kw).add_class("tp-calc-gpu")
         options = ["e(p): H100 table (bench_shard_gemm.py)"] + ([measured_label] if self._measured else [])
         self.efficiency = widgets.Dropdown(options=options, value=options[0], description="efficiency curve",
-                                           style=style, layout=lay)
-        self.efficiency.add_class("tp-calc-efficiency")
-        self.message = widgets.HTML("")
-        self.message.add_class("tp-calc-message")
-        self.result = widgets.HTML("")
-        self.result.add_class("tp-calc-result")
-        self.image = widgets.Image(format="png")
-        self.image.add_class("tp-calc-image")
+                                           **kw).add_class("tp-calc-efficiency")
+        self.message = widgets.HTML("").add_class("tp-calc-message")
+        self.result = widgets.HTML("").add_class("tp-calc-result")
+        self.image = widgets.Image(format="png").add_class("tp-calc-image")
         self.plan: Plan | None = None
         self.updates = 0
-        left = widgets.VBox([self.preset, *[self.fields[k] for k in _MODEL_FIELDS], self.gated,
-                             *[self.fields[k] for k in ("batch", "seq_len")], self.flash, self.dtype,
-                             self.gpu,
-                             *[self.fields[k] for k in ("gpu_memory_gb", "gpus_per_node", "intra_node_gb_s",
-                                                        "inter_node_gb_s", "nics_per_node", "tp", "matmul_tflops")],
-                             self.efficiency])
-        right = widgets.VBox([self.message, self.result, self.image],
-                             layout=widgets.Layout(width="760px"))
-        super().__init__([left, right])
+        n = list(self.fields.values())
+        left = [self.preset, *n[:6], self.gated, *n[6:8], self.flash, self.dtype, self.gpu, *n[8:], self.efficiency]
+        super().__init__([widgets.VBox(left),
+                          widgets.VBox([self.message, self.result, self.image], layout=widgets.Layout(width="760px"))])
         self.add_class("tp-calculator")
         self._filling = False
         self.update()
