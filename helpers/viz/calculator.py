@@ -17,6 +17,8 @@ from __future__ import annotations
 import html
 from dataclasses import replace
 
+import ipywidgets as widgets
+
 from ..costmodel.calculator import DTYPES, CalculatorInputs, Plan, check_inputs, derecho_inputs, plan
 from ..costmodel.dims import PRESETS
 from ..costmodel.hardware import GPUS
@@ -96,32 +98,19 @@ def plan_figure(pl: Plan):
     return fig
 
 
-def tp_calculator(inputs: CalculatorInputs | None = None, *, measured: dict | None = None,
-                  measured_label: str = "measured here") -> "TPCalculator":
-    """The calculator widget, starting from ``inputs`` (default: Llama 2 70B on Derecho).
-    ``measured``: an efficiency curve {p: rate relative to p=1} offered next to the reference."""
-    return TPCalculator(inputs or derecho_inputs(), measured=measured, measured_label=measured_label)
-
-
-def _base():
-    import ipywidgets as widgets
-
-    return widgets.HBox
-
-
-class TPCalculator(_base()):  # type: ignore[misc]
-    """The widget returned by :func:`tp_calculator` (see the module docstring).
+class TPCalculator(widgets.HBox):
+    """The calculator widget (see the module docstring), starting from ``inputs`` (default: Llama 2
+    70B on Derecho). ``measured``: an efficiency curve {p: rate relative to p=1} offered next to the
+    reference.
 
     Attributes: ``fields`` ({name: widget}), ``preset``, ``dtype``, ``efficiency`` (Dropdowns),
     ``message``, ``result`` (HTML), ``image`` (Image), ``plan`` (the last Plan or None),
     ``updates`` (int).
     """
 
-    def __init__(self, inputs: CalculatorInputs, measured: dict | None = None,
+    def __init__(self, inputs: CalculatorInputs | None = None, measured: dict | None = None,
                  measured_label: str = "measured here"):
-        import ipywidgets as widgets
-
-        self._inputs = inputs
+        inputs = self._inputs = inputs or derecho_inputs()
         self._measured = dict(measured) if measured else None
         self._measured_label = measured_label
         kw = dict(style={"description_width": "160px"}, layout=widgets.Layout(width="310px"))
@@ -230,3 +219,6 @@ class TPCalculator(_base()):  # type: ignore[misc]
         self.message.value = (f"<div style='color:#a40000'><b>Please check the inputs:</b>"
                               f"<ul>{items}</ul></div>")
         self.result.value = f"<small>TP calculator: {self.updates} updates</small><br>(no plan until the inputs make sense)"
+
+
+tp_calculator = TPCalculator  # the notebook's name for it

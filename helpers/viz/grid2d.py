@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import ipywidgets as widgets
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
@@ -44,6 +45,11 @@ GRID_MODES = tuple(COMM_FORMULAS)  # ("1D column", "1D row", "2D SUMMA")
 
 def _np(t) -> np.ndarray:
     return to_2d(to_f64(t, "block").numpy())
+
+
+def _check_mode(mode) -> None:
+    if mode not in GRID_MODES:
+        raise ValueError(f"mode must be one of {GRID_MODES}, got {mode!r}")
 
 
 def _side(n: int, what: str) -> int:
@@ -142,29 +148,23 @@ def summa_step_figure(traces: Sequence[Sequence[dict]], k: int, X=None, W=None) 
     return fig
 
 
-def summa_stepper(traces, X=None, W=None) -> "SummaStepper":
-    """A slider over SUMMA's steps that redraws :func:`summa_step_figure`."""
-    return SummaStepper(traces, X, W)
-
-
 class SummaStepper(FigureWidget):
-    """The widget of :func:`summa_stepper`: ``step`` (IntSlider, 1-based), ``image``, ``messages``."""
+    """A slider over SUMMA's steps that redraws :func:`summa_step_figure`: ``step`` (IntSlider,
+    1-based), ``image``, ``messages``."""
 
     what = "step"
 
     def __init__(self, traces, X=None, W=None):
-        import ipywidgets as widgets
-
         self.traces, self.X, self.W = traces, X, W
-        s = _side(len(traces), "summa_stepper")
-        self.step = widgets.IntSlider(value=1, min=1, max=s, description="SUMMA step",
-                                      continuous_update=False,
-                                      style={"description_width": "90px"})
-        self.step.add_class("tp-summa-step")
-        self._assemble(self.step, [self.step], "tp-summa-stepper")
+        self.step = widgets.IntSlider(value=1, min=1, max=_side(len(traces), "summa_stepper"), description="SUMMA step",
+                                      continuous_update=False, style={"description_width": "90px"})
+        self._assemble([[self.step.add_class("tp-summa-step")]], "tp-summa-stepper")
 
     def figure(self) -> Figure:
         return summa_step_figure(self.traces, self.step.value - 1, self.X, self.W)
+
+
+summa_stepper = SummaStepper  # the notebook's name for it
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,8 +200,7 @@ def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA",
     box gives the formulas' bytes per rank, the collectives, the synchronisation points and the
     groups each layout needs.
     """
-    if mode not in GRID_MODES:
-        raise ValueError(f"mode must be one of {GRID_MODES}, got {mode!r}")
+    _check_mode(mode)
     for name, v in (("p", p), ("M", M), ("K", K), ("N", N)):
         if not isinstance(v, (int, np.integer)) or v <= 0:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -253,43 +252,30 @@ def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA",
     return fig
 
 
-def grid_layout_explorer(p: int = 4, M: int = 16, K: int = 16, N: int = 16,
-                         mode: str = "2D SUMMA") -> "GridLayoutExplorer":
-    """Notebook 01's layout explorer, extended to 2D grids: p, M, K, N and the layout."""
-    return GridLayoutExplorer(p=p, M=M, K=K, N=N, mode=mode)
-
-
 class GridLayoutExplorer(FigureWidget):
-    """Widget of :func:`grid_layout_explorer`: ``p`` (Dropdown), ``M``/``K``/``N`` (IntSlider),
-    ``mode`` (Dropdown), ``image`` (PNG), ``messages``, ``redraw_count``."""
+    """Notebook 01's layout explorer, extended to 2D grids: ``p`` (Dropdown), ``M``/``K``/``N``
+    (IntSlider), ``mode`` (Dropdown), ``image`` (PNG), ``messages``, ``redraw_count``."""
 
     P_CHOICES = (1, 2, 4, 8, 9, 16)
     what = "layout"
 
     def __init__(self, p=4, M=16, K=16, N=16, mode="2D SUMMA"):
-        import ipywidgets as widgets
-
-        if mode not in GRID_MODES:
-            raise ValueError(f"mode must be one of {GRID_MODES}, got {mode!r}")
+        _check_mode(mode)
         if p not in self.P_CHOICES:
             raise ValueError(f"p must be one of {self.P_CHOICES}, got {p!r}")
-        style, lay = {"description_width": "70px"}, widgets.Layout(width="300px")
-        self.p = widgets.Dropdown(options=list(self.P_CHOICES), value=p, description="ranks p",
-                                  style=style, layout=lay)
-        self.mode = widgets.Dropdown(options=list(GRID_MODES), value=mode, description="layout",
-                                     style=style, layout=lay)
-        self.M, self.K, self.N = (widgets.IntSlider(value=v, min=4, max=64, step=4, description=d,
-                                                    continuous_update=False, style=style, layout=lay)
+        kw = dict(style={"description_width": "70px"}, layout=widgets.Layout(width="300px"))
+        self.p = widgets.Dropdown(options=list(self.P_CHOICES), value=p, description="ranks p", **kw).add_class("tp-p")
+        self.mode = widgets.Dropdown(options=list(GRID_MODES), value=mode, description="layout", **kw).add_class("tp-mode")
+        self.M, self.K, self.N = (widgets.IntSlider(value=v, min=4, max=64, step=4, description=d, continuous_update=False,
+                                                    **kw).add_class(f"tp-{d.lower()}")
                                   for d, v in (("M", M), ("K", K), ("N", N)))
-        for w, cls in ((self.p, "tp-p"), (self.mode, "tp-mode"), (self.M, "tp-m"),
-                       (self.K, "tp-k"), (self.N, "tp-n")):
-            w.add_class(cls)
-        self._assemble(widgets.HBox([widgets.VBox([self.p, self.mode]),
-                                     widgets.VBox([self.M, self.K, self.N])]),
-                       (self.p, self.mode, self.M, self.K, self.N), "tp-layout-explorer", "tp-layout-image")
+        self._assemble([[self.p, self.mode], [self.M, self.K, self.N]], "tp-layout-explorer", "tp-layout-image")
 
     def figure(self) -> Figure:
         return grid_layout_figure(self.p.value, self.M.value, self.K.value, self.N.value, self.mode.value)
+
+
+grid_layout_explorer = GridLayoutExplorer  # the notebook's name for it
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import textwrap
 
+import ipywidgets as widgets
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
@@ -42,6 +43,11 @@ def _check_int(name: str, v, lo: int, hi: int | None = None) -> int:
         rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
         raise ValueError(f"{name}={v} is out of range ({rng})")
     return v
+
+
+def _check_mode(mode) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}; got {mode!r}")
 
 
 class _Mat:
@@ -164,9 +170,7 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
     d_out = _check_int("out_features", out_features, 1)
     batch = _check_int("batch", batch, 1)
     b = _check_int("dtype_bytes", dtype_bytes, 1)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}; got {mode!r}")
-
+    _check_mode(mode)
     title = f"Y = X·W, {mode}-parallel, TP degree {p}" if mode != "column+row" else \
         f"MLP  Y = GeLU(X·W1)·W2, column+row parallel, TP degree {p}"
     msg = _uneven_message(p, d_in, d_out, mode)
@@ -295,28 +299,18 @@ def _draw_mat(ax, m: _Mat, x0: float, w: float, h: float, off: float, unit_in: f
 # --------------------------------------------------------------------------------------------
 
 
-def layout_explorer(degree: int = 4, in_features: int = 16, out_features: int = 32,
-                    mode: str = "column", batch: int = 4, dtype_bytes: int = 4) -> "LayoutExplorer":
+class LayoutExplorer(FigureWidget):
     """Interactive :func:`layout_figure`: sliders for TP degree and feature sizes, a mode menu.
 
-    Returns a :class:`LayoutExplorer` (an ``ipywidgets.VBox`` with the CSS class
-    ``tp-layout-explorer``). The figure is rendered to PNG bytes into an ``ipywidgets.Image``
-    (CSS class ``tp-layout-image``; in the DOM it is the ``<img>`` element itself, with a
-    ``blob:`` src that changes on every redraw). Each change of a control's value redraws exactly
-    once; the figure is closed after rendering. Drawing errors go to an ``Output`` below the image.
+    A :class:`~.widget.FigureWidget` with the CSS class ``tp-layout-explorer``; its picture is an
+    ``ipywidgets.Image`` (CSS class ``tp-layout-image``; in the DOM the ``<img>`` element itself,
+    with a ``blob:`` src that changes on every redraw).
 
     Browser tests: ``.tp-layout-explorer img.tp-layout-image`` is the picture;
     ``.tp-layout-explorer .tp-degree`` is the TP-degree slider (label text "TP degree"), whose
     ``.widget-readout`` is contenteditable: click it, select all, type "2", press Enter.
     Other controls: ``.tp-in-features``, ``.tp-out-features`` (sliders), ``.tp-mode`` (a
     ``<select>`` inside). Then screenshot the ``<img>`` and call :func:`count_rank_colors`.
-    """
-    return LayoutExplorer(degree=degree, in_features=in_features, out_features=out_features,
-                          mode=mode, batch=batch, dtype_bytes=dtype_bytes)
-
-
-class LayoutExplorer(FigureWidget):
-    """The widget returned by :func:`layout_explorer` (see there).
 
     Attributes: ``degree``, ``in_features``, ``out_features`` (IntSlider), ``mode`` (Dropdown),
     and :class:`~.widget.FigureWidget`'s ``image``, ``messages``, ``redraw_count``, ``png``.
@@ -326,30 +320,23 @@ class LayoutExplorer(FigureWidget):
 
     def __init__(self, degree=4, in_features=16, out_features=32, mode="column", batch=4,
                  dtype_bytes=4):
-        import ipywidgets as widgets
-
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}; got {mode!r}")
+        _check_mode(mode)
         self.batch = _check_int("batch", batch, 1)
         self.dtype_bytes = _check_int("dtype_bytes", dtype_bytes, 1)
-        style = {"description_width": "90px"}
-        lay = widgets.Layout(width="330px")
-        self.degree = widgets.IntSlider(value=_check_int("degree", degree, 1, MAX_DEGREE), min=1,
-                                        max=MAX_DEGREE, step=1, description="TP degree",
-                                        continuous_update=False, style=style, layout=lay)
+        kw = dict(style={"description_width": "90px"}, layout=widgets.Layout(width="330px"))
+        self.degree = widgets.IntSlider(value=_check_int("degree", degree, 1, MAX_DEGREE), min=1, max=MAX_DEGREE,
+                                        description="TP degree", continuous_update=False, **kw).add_class("tp-degree")
         self.in_features, self.out_features = (
             widgets.IntSlider(value=_check_int(name, v, 8, 64), min=8, max=64, step=8, description=name,
-                              continuous_update=False, style=style, layout=lay)
+                              continuous_update=False, **kw).add_class(f"tp-{name.replace('_', '-')}")
             for name, v in (("in_features", in_features), ("out_features", out_features)))
-        self.mode = widgets.Dropdown(options=list(MODES), value=mode, description="layout",
-                                     style=style, layout=lay)
-        controls = [self.degree, self.in_features, self.out_features, self.mode]
-        for w, css in zip(controls, ("tp-degree", "tp-in-features", "tp-out-features", "tp-mode")):
-            w.add_class(css)
-        self._assemble(widgets.HBox([widgets.VBox([self.degree, self.mode]),
-                                     widgets.VBox([self.in_features, self.out_features])]),
-                       controls, "tp-layout-explorer", "tp-layout-image")
+        self.mode = widgets.Dropdown(options=list(MODES), value=mode, description="layout", **kw).add_class("tp-mode")
+        self._assemble([[self.degree, self.mode], [self.in_features, self.out_features]], "tp-layout-explorer",
+                       "tp-layout-image")
 
     def figure(self) -> Figure:
         return layout_figure(self.degree.value, self.in_features.value, self.out_features.value,
                              self.mode.value, batch=self.batch, dtype_bytes=self.dtype_bytes)
+
+
+layout_explorer = LayoutExplorer  # the notebooks' name for it

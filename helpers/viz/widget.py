@@ -7,19 +7,15 @@ traceback), and the widget stays alive.
 
 from __future__ import annotations
 
+import ipywidgets as widgets
+
 from .figure import render_png
 
 __all__ = ["FigureWidget"]
 
 
-def _vbox():
-    import ipywidgets as widgets
-
-    return widgets.VBox
-
-
-class FigureWidget(_vbox()):  # type: ignore[misc]
-    """A ``VBox`` of ``controls``, ``image`` (an ``ipywidgets.Image``, PNG) and ``messages``.
+class FigureWidget(widgets.VBox):
+    """A ``VBox`` of controls, ``image`` (an ``ipywidgets.Image``, PNG) and ``messages``.
 
     Subclasses build their controls, call :meth:`_assemble` and define :meth:`figure`.
     Attributes: ``redraw_count`` (pictures drawn), ``png`` (the last picture's bytes).
@@ -27,19 +23,18 @@ class FigureWidget(_vbox()):  # type: ignore[misc]
 
     what = "figure"  # the message says "could not draw this <what>"
 
-    def _assemble(self, controls, watched, css_class: str, image_class: str | None = None) -> None:
-        import ipywidgets as widgets
-
+    def _assemble(self, columns, css_class: str, image_class: str | None = None) -> None:
+        """``columns``: lists of controls, side by side above the picture; a change of any redraws."""
         self.image = widgets.Image(format="png")
         if image_class:
             self.image.add_class(image_class)
         self.messages = widgets.Output()
         self.redraw_count = 0
         self.png = b""
-        super().__init__([controls, self.image, self.messages])
+        super().__init__([widgets.HBox([widgets.VBox(c) for c in columns]), self.image, self.messages])
         self.add_class(css_class)
         self.redraw()
-        for w in watched:
+        for w in (w for c in columns for w in c):
             w.observe(lambda _change: self.redraw(), names="value")
 
     def figure(self):
