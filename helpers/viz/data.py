@@ -15,17 +15,14 @@ from matplotlib.patches import FancyBboxPatch, Rectangle
 
 from ..common.placements import parse_placement, placement_text
 from ..reference.compare import as_shard_list, to_f64
-from .figure import MAX_DEGREE, MUTED, TEXT, grey_panel, new_axes, new_figure, rank_color, text_on, to_2d
+from .figure import MAX_DEGREE, MUTED, TEXT, grey_panel, grid_lines, new_axes, new_figure, rank_color, text_on, to_2d
 
 __all__ = ["shard_figure", "plot_flops", "cluster_map"]
 
 
-def _grid(ax, rows: int, cols: int, x0=-0.5, y0=-0.5) -> None:
-    if rows <= 32 and cols <= 32:
-        for i in range(rows + 1):
-            ax.plot([x0, x0 + cols], [y0 + i, y0 + i], color="#ffffff", lw=0.4, alpha=1.0)
-        for j in range(cols + 1):
-            ax.plot([x0 + j, x0 + j], [y0, y0 + rows], color="#ffffff", lw=0.4, alpha=1.0)
+def _grid(ax, rows: int, cols: int) -> None:
+    if rows <= 32 and cols <= 32:  # more cells: the lines would hide them
+        grid_lines(ax, -0.5, -0.5, rows, cols, lw=0.4)
 
 
 def shard_figure(shards: Sequence, layout: str, name: str = "W", dense_shape=None) -> Figure:
@@ -164,8 +161,7 @@ def _shard_panels(pieces, kind, name, dense_shape, vmin, vmax) -> Figure:
 # --------------------------------------------------------------------------------------------
 
 
-def plot_flops(degrees: Sequence[int], flops, title: str = "Achieved GFLOP/s vs TP degree", *,
-               ideal: bool = True, ylabel: str = "achieved GFLOP/s (all ranks)") -> Figure:
+def plot_flops(degrees: Sequence[int], flops, title: str = "Achieved GFLOP/s vs TP degree") -> Figure:
     """Achieved GFLOP/s against TP degree, with the ideal linear-scaling line.
 
     ``flops``: one value per degree (GFLOP/s), or a ``{label: values}`` dict for several series
@@ -185,7 +181,7 @@ def plot_flops(degrees: Sequence[int], flops, title: str = "Achieved GFLOP/s vs 
     for i, (label, vals) in enumerate(series.items()):
         v = np.asarray(list(vals), dtype=float)
         ax.plot(degrees, v, marker=markers[i % 6], color=greys[i % 6], lw=1.8, label=label)
-        if ideal and v.size and np.isfinite(v[0]) and v[0] > 0:
+        if v.size and np.isfinite(v[0]) and v[0] > 0:
             ideal_v = v[0] * np.asarray(degrees, dtype=float) / degrees[0]
             ax.plot(degrees, ideal_v, ls="--", color=greys[i % 6], lw=1.0, alpha=0.6,
                     label=f"ideal (linear from degree {degrees[0]})" if len(series) == 1 else None)
@@ -195,7 +191,7 @@ def plot_flops(degrees: Sequence[int], flops, title: str = "Achieved GFLOP/s vs 
                                 xytext=(0, 7), ha="center", fontsize=7.5, color=MUTED)
     ax.set_xticks(degrees)
     ax.set_xlabel("TP degree (ranks sharing the layer)")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel("achieved GFLOP/s (all ranks)")
     ax.set_ylim(bottom=0)
     ax.set_title(title, fontsize=11)
     ax.grid(True, color="#dddddd", lw=0.6)

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 __all__ = ["RANK_COLORS", "to_2d", "REPLICATED_GREY", "MAX_DEGREE", "TPFigure", "rank_color", "text_on",
-           "new_figure", "new_axes", "message_figure", "frame", "grey_panel", "rank_handles", "rank_blocks",
+           "new_figure", "new_axes", "message_figure", "frame", "grey_panel", "grid_lines", "rank_handles", "rank_blocks",
            "partial_cards", "count_rank_colors", "figure_to_png", "render_png", "figure_to_rgba", "TEXT",
            "MUTED", "BOX", "DPI"]
 
@@ -126,6 +126,12 @@ def grey_panel(ax, a, color, title: str, fontsize: float = 8.5, lw: float = 5, *
     frame(ax, color, lw)
     ax.set_title(title, fontsize=fontsize, color=TEXT)
     return im
+
+
+def grid_lines(ax, x0: float, y0: float, rows: int, cols: int, color: str = "white", lw: float = 0.5) -> None:
+    """Lines between the unit cells of a rows × cols table whose corner is at (x0, y0)."""
+    ax.vlines(x0 + np.arange(1, cols), y0, y0 + rows, color=color, lw=lw)
+    ax.hlines(y0 + np.arange(1, rows), x0, x0 + cols, color=color, lw=lw)
 
 
 def rank_handles(p: int) -> list[Patch]:

@@ -9,6 +9,7 @@ numbers come from the formulas in :mod:`helpers.costmodel.collectives` (pure fun
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Sequence
 
 import ipywidgets as widgets
@@ -301,23 +302,20 @@ def comm_time_figure(times: dict, p: int = 4, what: str = "forward, ms",
 # one MLP block: 1D (Megatron) vs 2D (SUMMA), measured at p and modelled beyond; the crossover
 # --------------------------------------------------------------------------------------------
 def mlp_bytes_figure(M: int, D: int, H: int, measured: dict | None = None, measured_p: int = 4,
-                     ps: Sequence[int] = (4, 16, 64), dtype_bytes: int = 4, bias: bool = True) -> Figure:
+                     ps: Sequence[int] = (4, 16, 64)) -> Figure:
     """Bytes sent per rank by ONE MLP block against p: 1D (one all-reduce each way) and 2D
     (SUMMA in both matmuls), forward and forward + backward. Lines: the formulas of
     :mod:`helpers.costmodel.collectives` (a model); markers: ``measured`` =
-    ``{"1D": {"forward": b, "backward": b}, "2D": {...}}`` counted at ``measured_p``; ``bias``: the
+    ``{"1D": {"forward": b, "backward": b}, "2D": {...}}`` counted at ``measured_p``. float32; the
     linears have biases (2D then all-reduces their gradients down grid columns)."""
     from ..costmodel.collectives import mlp_bytes_1d, mlp_bytes_2d
 
     ps = [int(p) for p in ps]
     fig, ax = new_axes(6.8, 4.0)
-    def two(m, d, h, p, b):
-        return mlp_bytes_2d(m, d, h, p, b, bias=bias)
-
-    for name, f, color in (("1D", mlp_bytes_1d, "#111111"), ("2D", two, "#8a8a8a")):
+    for name, f, color in (("1D", mlp_bytes_1d, "#111111"), ("2D", partial(mlp_bytes_2d, bias=True), "#8a8a8a")):
         for what, phases, ls, mk in (("forward", ("forward",), "-", "o"),
                                      ("training (fwd + bwd)", ("forward", "backward"), "--", "s")):
-            ys = [sum(f(M, D, H, p, dtype_bytes)[ph]["sent"] for ph in phases) for p in ps]
+            ys = [sum(f(M, D, H, p)[ph]["sent"] for ph in phases) for p in ps]
             ax.plot(ps, ys, ls=ls, color=color, lw=1.8, label=f"{name}, {what} (formula)")
             if measured and name in measured:
                 y = sum(measured[name][ph] for ph in phases)

@@ -46,13 +46,12 @@ def plot_loss_curves(dense: Sequence[float], tp: Sequence[float], tol: float,
     return fig
 
 
-def plot_bytes(values: Mapping[str, float], title: str, colors: Sequence | None = None) -> Figure:
+def plot_bytes(values: Mapping[str, float], title: str) -> Figure:
     """Horizontal bars, one per label, each annotated with its size (B / KB / MB)."""
     labels, vals = list(values), [float(v) for v in values.values()]
     fig, ax = new_axes(7.5, 0.55 * len(labels) + 1.2)
-    colors = list(colors) if colors is not None else [REPLICATED_GREY] * len(labels)
     y = np.arange(len(labels))[::-1]
-    ax.barh(y, vals, color=colors, edgecolor="#444444", lw=0.6)
+    ax.barh(y, vals, color=REPLICATED_GREY, edgecolor="#444444", lw=0.6)
     for yi, v in zip(y, vals):
         ax.text(v, yi, f"  {fmt_bytes(v)}", va="center", fontsize=8.5)
     ax.set_yticks(y, labels, fontsize=9)
