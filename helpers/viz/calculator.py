@@ -166,27 +166,25 @@ class TPCalculator(widgets.HBox):
                        flash_attention=self.flash.value, gpu=self.gpu.value)
 
     # ---------------------------------------------------------------- events
-    def _on_preset(self, change) -> None:
-        model = PRESETS.get(change["new"])
-        if model is None:
-            return
-        self._filling = True                    # one update for the whole preset, not one per field
+    def _fill(self, values: dict) -> None:
+        """Set several widgets ({widget: value}) with exactly one update, not one per change."""
+        self._filling = True
         try:
-            for k in _MODEL_FIELDS:
-                self.fields[k].value = int(getattr(model, k) or 0)
-            self.gated.value = model.gated_mlp
+            for w, v in values.items():
+                w.value = v
         finally:
             self._filling = False
         self.update()
 
+    def _on_preset(self, change) -> None:
+        model = PRESETS.get(change["new"])
+        if model is not None:
+            self._fill({**{self.fields[k]: int(getattr(model, k) or 0) for k in _MODEL_FIELDS},
+                        self.gated: model.gated_mlp})
+
     def _on_gpu(self, change) -> None:
         """A GPU brings its memory (its rate comes with it in the plan)."""
-        self._filling = True
-        try:
-            self.fields["gpu_memory_gb"].value = GPUS[change["new"]].memory / 1e9
-        finally:
-            self._filling = False
-        self.update()
+        self._fill({self.fields["gpu_memory_gb"]: GPUS[change["new"]].memory / 1e9})
 
     def _on_change(self, change) -> None:
         if not self._filling:

@@ -211,14 +211,10 @@ def cluster_map(infos) -> Figure:
     ``device``, ``backend`` (missing keys are shown as "?"). Hosts are drawn as boxes, ranks as
     squares in their rank colour labelled with the rank and device. Ranks >= 8 reuse colours.
     """
-    if isinstance(infos, dict):
-        infos = [dict(infos[k], rank=infos[k].get("rank", k)) for k in sorted(infos)]
-    infos = [dict(i) for i in infos]
+    items = sorted(infos.items()) if isinstance(infos, dict) else enumerate(infos)
+    infos = sorted(({"rank": k, **info} for k, info in items), key=lambda d: int(d["rank"]))  # a "rank" key wins
     if not infos:
         raise ValueError("infos is empty: expected one dict per rank")
-    for i, info in enumerate(infos):
-        info.setdefault("rank", i)
-    infos.sort(key=lambda d: int(d["rank"]))
     hosts: dict[str, list[dict]] = {}
     for info in infos:
         hosts.setdefault(str(info.get("host", "?")), []).append(info)

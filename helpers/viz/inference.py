@@ -8,6 +8,8 @@ colours from :mod:`.timing`. Every function returns a :class:`~helpers.viz.figur
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 from matplotlib.patches import Patch, Rectangle
 
@@ -24,10 +26,7 @@ _PART_LABELS = {"matmul": "local matmuls", "other": "other (attention core, norm
 def shared_device_note(info: list[dict]) -> str:
     """'' when every rank has a device of its own; else a label such as 'shared GPU: 4 ranks on
     cuda:0' (or 'shared CPU: 4 ranks on 1 host'), for the figures' titles. ``info``: ``cluster.info()``."""
-    seen: dict[tuple, int] = {}
-    for e in info:
-        key = (e.get("host"), str(e.get("device")))
-        seen[key] = seen.get(key, 0) + 1
+    seen = Counter((e.get("host"), str(e.get("device"))) for e in info)
     shared = {k: n for k, n in seen.items() if n > 1}
     if not shared:
         return ""
