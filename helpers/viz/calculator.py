@@ -86,9 +86,8 @@ def plan_figure(pl: Plan):
     comp = [1e3 * r.compute_s for r in pl.rows]
     comm = [1e3 * r.comm_s for r in pl.rows]
     ax.bar(xs, comp, color=PART_COLORS["matmul"], width=0.6, label="compute")
-    ax.bar(xs, comm, bottom=comp, color=PART_COLORS["communication"], width=0.6, label="TP all-reduces")
-    for x, r, c in zip(xs, pl.rows, comp):
-        ax.text(x, c + 1e3 * r.comm_s, f"{r.comm_share:.0%}", ha="center", va="bottom", fontsize=8, color=TEXT)
+    bars = ax.bar(xs, comm, bottom=comp, color=PART_COLORS["communication"], width=0.6, label="TP all-reduces")
+    ax.bar_label(bars, [f"{r.comm_share:.0%}" for r in pl.rows], fontsize=8, color=TEXT)
     ax.set_xticks(xs, [f"{r.tp}" + ("" if r.within_node else "\n(2+ nodes)") for r in pl.rows])
     ax.set_xlabel("TP degree")
     ax.set_ylabel("ms per layer-step")

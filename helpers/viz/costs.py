@@ -46,11 +46,10 @@ def memory_bars(measured: dict, modelled: dict, title: str = "Memory per rank, o
         bottom = np.zeros(len(setups))
         for k in kinds:
             v = np.array([float(data[s][k]) for s in setups]) / 1024
-            ax.bar(x + shift, v, w, bottom=bottom, color=MEMORY_COLORS[k], edgecolor="white", hatch=hatch,
-                   linewidth=0.6)
+            bars = ax.bar(x + shift, v, w, bottom=bottom, color=MEMORY_COLORS[k], edgecolor="white", hatch=hatch,
+                          linewidth=0.6)
             bottom += v
-        for xi, total in zip(x + shift, bottom):
-            ax.text(xi, total, f"{total:.0f}", ha="center", va="bottom", fontsize=7.5, color=MUTED)
+        ax.bar_label(bars, [f"{t:.0f}" for t in bottom], fontsize=7.5, color=MUTED)
     ax.set_xticks(x, [f"{s}\nmeasured | formula" for s in setups], fontsize=8.5)
     ax.set_ylabel("KiB per rank")
     ax.set_title(title, fontsize=11)

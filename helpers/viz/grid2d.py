@@ -288,9 +288,8 @@ def comm_time_figure(times: dict, p: int = 4, what: str = "forward, ms",
     fig, ax = new_axes(6.0, 3.0)
     names = list(times)
     vals = [float(times[n]) for n in names]
-    ax.barh(names, vals, color=["#333333", "#777777", "#aaaaaa"][:len(names)])
-    for y, v in enumerate(vals):
-        ax.text(v, y, f" {v:.2f}", va="center", fontsize=8.5, color=MUTED)
+    bars = ax.barh(names, vals, color=["#333333", "#777777", "#aaaaaa"][:len(names)])
+    ax.bar_label(bars, [f" {v:.2f}" for v in vals], fontsize=8.5, color=MUTED)
     ax.invert_yaxis()
     ax.set_xlabel(what)
     ax.set_title(f"{subject} at p={p}, measured on this cluster ({how})",

@@ -82,12 +82,10 @@ def prefill_decode_figure(decode: dict, prefill: dict, note: str = ""):
         bottom = np.zeros(len(degrees))
         for part in ("matmul", "other", "communication"):
             h = np.array([1e3 * data[p][part] for p in degrees])
-            ax.bar(x, h, bottom=bottom, width=0.6, color=PART_COLORS[part], edgecolor="white")
+            bars = ax.bar(x, h, bottom=bottom, width=0.6, color=PART_COLORS[part], edgecolor="white")
             bottom += h
-        for i, p in enumerate(degrees):
-            share = data[p]["communication"] / max(sum(data[p][k] for k in PART_COLORS), 1e-12)
-            ax.text(x[i], bottom[i], f"{bottom[i]:.2f} ms\n{share:.0%} comm", ha="center", va="bottom",
-                    fontsize=7, color=TEXT)
+        shares = [1e3 * data[p]["communication"] / max(t, 1e-9) for p, t in zip(degrees, bottom)]
+        ax.bar_label(bars, [f"{t:.2f} ms\n{s:.0%} comm" for t, s in zip(bottom, shares)], fontsize=7, color=TEXT)
         ax.set_xticks(x)
         ax.set_xticklabels([f"TP={p}" for p in degrees])
         ax.set_ylabel("ms")

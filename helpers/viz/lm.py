@@ -51,9 +51,8 @@ def plot_bytes(values: Mapping[str, float], title: str) -> Figure:
     labels, vals = list(values), [float(v) for v in values.values()]
     fig, ax = new_axes(7.5, 0.55 * len(labels) + 1.2)
     y = np.arange(len(labels))[::-1]
-    ax.barh(y, vals, color=REPLICATED_GREY, edgecolor="#444444", lw=0.6)
-    for yi, v in zip(y, vals):
-        ax.text(v, yi, f"  {fmt_bytes(v)}", va="center", fontsize=8.5)
+    bars = ax.barh(y, vals, color=REPLICATED_GREY, edgecolor="#444444", lw=0.6)
+    ax.bar_label(bars, [f"  {fmt_bytes(v)}" for v in vals], fontsize=8.5)
     ax.set_yticks(y, labels, fontsize=9)
     ax.set_xlim(0, max(vals + [1]) * 1.3)
     ax.set_xlabel("bytes per rank")
@@ -116,9 +115,8 @@ def plot_collectives(summaries: Mapping[str, Mapping[str, Mapping[str, float]]],
     a1.legend(fontsize=7.5, frameon=False, loc="upper left")
     a2.set_title("bytes sent (ring algorithm)", fontsize=10)
     mem = np.array([memory.get(n, 0) for n in names], float)
-    a3.bar(x, mem, 0.55, color=[rank_color(0)] * len(names), edgecolor="#444444", lw=0.6)
-    for xi, v in zip(x, mem):
-        a3.text(xi, v, fmt_bytes(v), ha="center", va="bottom", fontsize=8.5)
+    bars = a3.bar(x, mem, 0.55, color=rank_color(0), edgecolor="#444444", lw=0.6)
+    a3.bar_label(bars, [fmt_bytes(v) for v in mem], fontsize=8.5)
     a3.set_xticks(x, names)
     a3.set_ylim(0, max(mem.max(), 1) * 1.2)
     a3.set_title("activations held (rank 0)", fontsize=10)

@@ -116,9 +116,8 @@ def efficiency_table(reference: dict, measured: dict | None = None, *, source: s
     ``reference``: {(dtype, tokens): (TFLOP/s at p=1, {p: relative rate})};
     ``measured``: {label: {p: TFLOP/s}} (the % is computed against its p=1).
     """
-    ref_p = sorted({p for _, curve in reference.values() for p in curve})
-    meas_p = sorted({int(p) for row in (measured or {}).values() for p in row})
-    degrees = sorted(set(ref_p) | set(meas_p))
+    measured = {label: {int(p): v for p, v in row.items()} for label, row in (measured or {}).items()}
+    degrees = sorted({p for _, curve in reference.values() for p in curve} | {p for row in measured.values() for p in row})
     head = "".join(f"<th>p={p}</th>" for p in degrees)
     lines = [f"{'':28s}" + "".join(f"{'p=' + str(p):>9s}" for p in degrees)]
     rows = []
@@ -127,17 +126,10 @@ def efficiency_table(reference: dict, measured: dict | None = None, *, source: s
         rows.append(f"<tr><td>H100 reference</td><td>{dtype}</td><td>{tokens}</td>"
                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         lines.append(f"{'H100 ' + dtype + ' ' + str(tokens):28s}" + "".join(f"{c:>9s}" for c in cells))
-    for label, row in (measured or {}).items():
-        base = row.get(1) or row.get("1")
-        rowp = {int(k): v for k, v in row.items()}
-        cells = []
-        for p in degrees:
-            if p not in rowp:
-                cells.append("–")
-            elif p == 1:
-                cells.append(f"{rowp[1]:.3g} TFLOP/s")
-            else:
-                cells.append(f"{rowp[p] / base:.0%}" if base else "–")
+    for label, row in measured.items():
+        base = row.get(1)  # the % is against p = 1: without it, only dashes
+        cells = [f"{base:.3g} TFLOP/s" if p == 1 and base else f"{row[p] / base:.0%}" if p in row and base else "–"
+                 for p in degrees]
         rows.append(f"<tr style='font-weight:bold'><td>{html.escape(measured_label)}</td>"
                     f"<td colspan=2>{html.escape(str(label))}</td>"
                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
