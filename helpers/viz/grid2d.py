@@ -192,14 +192,13 @@ def _problem(mode, p, M, K, N) -> str | None:
     return None if split[1] % p == 0 else f"{split[0]}={split[1]} is not divisible by p={p}"
 
 
-def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA",
-                       dtype_bytes: int = 4) -> Figure:
+def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA") -> Figure:
     """Who holds what of Y = X·W (X (M, K), W (K, N)) on p ranks, 1D or 2D, and what it costs.
 
     ``mode``: "1D column" (X replicated, W by columns, all-gather Y), "1D row" (X and W split
     along K, all-reduce of partial sums) or "2D SUMMA" (X, W, Y in √p × √p blocks). The text
     box gives the formulas' bytes per rank, the collectives, the synchronisation points and the
-    groups each layout needs.
+    groups each layout needs (float32).
     """
     _check_mode(mode)
     for name, v in (("p", p), ("M", M), ("K", K), ("N", N)):
@@ -230,7 +229,7 @@ def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA",
         ax.text(0, -0.08, f"{name} ({rows}, {cols})", fontsize=9.5, color=TEXT, va="bottom")
     fig.text(0.345, 0.62, "·", fontsize=22, ha="center", va="center", color=TEXT)
     fig.text(0.675, 0.62, "=", fontsize=16, ha="center", va="center", color=TEXT)
-    b = COMM_FORMULAS[mode](M, K, N, p, dtype_bytes)
+    b = COMM_FORMULAS[mode](M, K, N, p)
     lines = {
         "1D column": ("one all-gather of Y_r (M, N/p); X must already be on every rank",
                       "sent = received = (p−1)·M·N/p·bytes", "1 group (all p ranks)"),

@@ -182,9 +182,7 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
         for it in items:
             if isinstance(it, _Mat):
                 it.name, it.under = it.name.replace("_r", ""), "rank 0 holds all of it"
-    mats = [it for it in items if isinstance(it, _Mat)]
-    max_dim = max(max(m.rows, m.cols) for m in mats)
-    scale = 4.0 / max_dim
+    scale = 4.0 / max(max(m.rows, m.cols) for m in items if isinstance(m, _Mat))
     clamped = False
 
     def length(n: int, split: int) -> float:
@@ -196,7 +194,7 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
             return lo
         return v
 
-    # geometry: (x, width, height) per item
+    # geometry: (x, width, height, offset of the stacked partial-sum cards) per item
     geo = []
     x = 0.0
     gap = 0.35
@@ -204,13 +202,9 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
         if isinstance(it, _Mat):
             w = length(it.cols, it.p if it.own == "cols" else 1)
             h = length(it.rows, it.p if it.own == "rows" else 1)
-            if it.own == "partial":
-                off = 0.13
-                geo.append((x, w, h, off))
-                x += w + off * (it.p - 1) + gap
-            else:
-                geo.append((x, w, h, 0.0))
-                x += w + gap
+            off = 0.13 if it.own == "partial" else 0.0
+            geo.append((x, w, h, off))
+            x += w + off * (it.p - 1) + gap
         else:
             kind, text = it
             w = 1.9 if kind == "comm" else (1.7 if "GeLU" in text else 0.55)
@@ -276,10 +270,8 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
 def _draw_mat(ax, m: _Mat, x0: float, w: float, h: float, off: float, unit_in: float) -> None:
     top = -h / 2
     p = m.p
-    label_y = top - 0.12
     if m.own == "partial":  # p full-size cards, rank p-1 at the back; rank 0 on top (front, bottom-left)
         partial_cards(ax, x0, top, w, h, p, off, -off, lw=1.2, sigma=12)
-        label_y = top - off * (p - 1) - 0.12
     elif m.own == "rep":
         ax.add_patch(Rectangle((x0, top), w, h, facecolor=REPLICATED_GREY, edgecolor="none"))
     else:  # split by columns or by rows; blocks ~0.15 inch wide or more show their rank
@@ -287,7 +279,7 @@ def _draw_mat(ax, m: _Mat, x0: float, w: float, h: float, off: float, unit_in: f
         rank_blocks(ax, x0, top, w, h, ranks, label_min=0.15 / unit_in if p > 1 else None)
     if m.own != "partial":
         ax.add_patch(Rectangle((x0, top), w, h, fill=False, edgecolor="#333333", linewidth=1.0))
-    ax.text(x0 + w / 2 + (off * (p - 1) / 2 if m.own == "partial" else 0), label_y,
+    ax.text(x0 + w / 2 + off * (p - 1) / 2, top - off * (p - 1) - 0.12,  # above the cards (off = 0: no cards)
             f"{m.name}\n({m.rows}, {m.cols})", ha="center", va="bottom", fontsize=9, color=TEXT)
     if m.under:
         ax.text(x0 + w / 2, top + h + 0.12, m.under.replace(": ", ":\n", 1), ha="center", va="top",
