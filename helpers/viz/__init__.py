@@ -1,15 +1,4 @@
-"""Drawings for the notebook kernel, by audience (see helpers/README.md).
-
-* :mod:`helpers.viz.figure` -- the contract: rank colours, PNG output, colour counting;
-* :mod:`helpers.viz.schematic` -- layouts for learning (no real data), the layout explorer;
-* :mod:`helpers.viz.data` -- drawings of real shards, FLOP/s and the cluster map;
-* :mod:`helpers.viz.dtensor` -- DTensors' real shards by rank, collectives per module;
-* :mod:`helpers.viz.mesh` -- the DeviceMesh map (groups, hosts, devices);
-* :mod:`helpers.viz.grid2d` -- 2D tensor parallelism: blocks on a grid, SUMMA step by step, the
-  1D-vs-2D layout explorer, the communication model;
-* :mod:`helpers.viz.lm` -- notebook 05: loss curves, bytes, activation memory, collectives;
-* :mod:`helpers.viz.costs` -- memory per rank, what fits a GPU, training curves, collective times;
-* :mod:`helpers.viz.inference` -- notebook 07: the KV cache by rank, prefill vs decode, the α-β curve.
+"""Drawings for the notebook kernel; which module draws what, by notebook: helpers/README.md.
 
 ``from helpers.viz import layout_explorer, shard_figure, ...`` keeps working; each module is loaded
 on first use (PEP 562), so a torch-free one (``helpers.viz.calculator``) imports without torch.
@@ -21,7 +10,7 @@ _EXPORTS = {
     ".costs": ("MEMORY_COLORS", "comm_bars", "fit_grid", "memory_bars", "training_curves"),
     ".data": ("cluster_map", "plot_flops", "shard_figure"),
     ".dtensor": ("comm_chart", "draw_dtensor"),
-    ".figure": ("RANK_COLORS", "RANK_COLORS_HEX", "REPLICATED_GREY", "TPFigure", "count_rank_colors",
+    ".figure": ("RANK_COLORS", "REPLICATED_GREY", "TPFigure", "count_rank_colors",
                 "figure_to_png", "figure_to_rgba", "rank_color"),
     ".grid2d": ("GRID_MODES", "GridLayoutExplorer", "SummaStepper", "comm_time_figure",
                 "grid_blocks_figure", "grid_layout_explorer", "grid_layout_figure", "mlp_bytes_figure",

@@ -15,29 +15,29 @@ none), ``.tp-calc-result`` the plan (its first line is ``TP calculator: <n> upda
 from __future__ import annotations
 
 import html
-from dataclasses import fields, replace
+from dataclasses import replace
 
-import matplotlib.pyplot as plt
+import ipywidgets as widgets
 
 from ..costmodel.calculator import DTYPES, CalculatorInputs, Plan, check_inputs, derecho_inputs, plan
 from ..costmodel.dims import PRESETS
 from ..costmodel.hardware import GPUS
-from .figure import TEXT, figure_to_png, new_figure
+from .figure import TEXT, new_axes, render_png
 from .timing import PART_COLORS
 
 __all__ = ["TPCalculator", "tp_calculator", "plan_html", "plan_figure"]
 
+# the number fields, in the order shown: the model (the first six), the batch (two), the hardware
 _LABELS = {
     "d_model": "d_model", "n_layers": "layers", "n_heads": "heads", "n_kv_heads": "kv heads (0: =heads)",
     "d_ff": "d_ff", "vocab": "vocab (0: none)", "batch": "sequences", "seq_len": "seq length",
     "gpu_memory_gb": "GPU memory (GB)", "gpus_per_node": "GPUs per node",
-    "intra_node_gb_s": "NVLink GB/s per GPU", "inter_node_gb_s": "GB/s per NIC", "tp": "TP degree to try",
-    "nics_per_node": "NICs per node in use", "matmul_tflops": "your TFLOP/s at TP=1 (0: GPU's)",
+    "intra_node_gb_s": "NVLink GB/s per GPU", "inter_node_gb_s": "GB/s per NIC",
+    "nics_per_node": "NICs per node in use", "tp": "TP degree to try", "matmul_tflops": "your TFLOP/s at TP=1 (0: GPU's)",
 }
 _INTS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab", "batch", "seq_len",
          "gpus_per_node", "tp", "nics_per_node")
-_FLOATS = ("gpu_memory_gb", "intra_node_gb_s", "inter_node_gb_s", "matmul_tflops")
-_MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab")
+_MODEL_FIELDS = tuple(_LABELS)[:6]
 
 
 def _gb(x: float) -> str:
@@ -81,100 +81,63 @@ def plan_html(pl: Plan) -> str:
 
 def plan_figure(pl: Plan):
     """One layer's step time per TP degree: compute and communication, the considered degree framed."""
-    fig = new_figure(5.6, 2.9)
-    ax = fig.add_subplot()
+    fig, ax = new_axes(5.6, 2.9)
     xs = list(range(len(pl.rows)))
     comp = [1e3 * r.compute_s for r in pl.rows]
     comm = [1e3 * r.comm_s for r in pl.rows]
     ax.bar(xs, comp, color=PART_COLORS["matmul"], width=0.6, label="compute")
-    ax.bar(xs, comm, bottom=comp, color=PART_COLORS["communication"], width=0.6, label="TP all-reduces")
-    for x, r, c in zip(xs, pl.rows, comp):
-        ax.text(x, c + 1e3 * r.comm_s, f"{r.comm_share:.0%}", ha="center", va="bottom", fontsize=8, color=TEXT)
+    bars = ax.bar(xs, comm, bottom=comp, color=PART_COLORS["communication"], width=0.6, label="TP all-reduces")
+    ax.bar_label(bars, [f"{r.comm_share:.0%}" for r in pl.rows], fontsize=8, color=TEXT)
     ax.set_xticks(xs, [f"{r.tp}" + ("" if r.within_node else "\n(2+ nodes)") for r in pl.rows])
     ax.set_xlabel("TP degree")
     ax.set_ylabel("ms per layer-step")
     ax.set_ylim(0, max(a + b for a, b in zip(comp, comm)) * 1.25)
     ax.legend(fontsize=8, frameon=False)
     ax.set_title("One layer's training step (% = communication share)", fontsize=10)
-    fig.set_layout_engine("constrained")
     return fig
 
 
-def tp_calculator(inputs: CalculatorInputs | None = None, *, measured: dict | None = None,
-                  measured_label: str = "measured here") -> "TPCalculator":
-    """The calculator widget, starting from ``inputs`` (default: Llama 2 70B on Derecho).
-    ``measured``: an efficiency curve {p: rate relative to p=1} offered next to the reference."""
-    return TPCalculator(inputs or derecho_inputs(), measured=measured, measured_label=measured_label)
-
-
-def _base():
-    import ipywidgets as widgets
-
-    return widgets.HBox
-
-
-class TPCalculator(_base()):  # type: ignore[misc]
-    """The widget returned by :func:`tp_calculator` (see the module docstring).
+class TPCalculator(widgets.HBox):
+    """The calculator widget (see the module docstring), starting from ``inputs`` (default: Llama 2
+    70B on Derecho). ``measured``: an efficiency curve {p: rate relative to p=1} offered next to the
+    reference.
 
     Attributes: ``fields`` ({name: widget}), ``preset``, ``dtype``, ``efficiency`` (Dropdowns),
     ``message``, ``result`` (HTML), ``image`` (Image), ``plan`` (the last Plan or None),
     ``updates`` (int).
     """
 
-    def __init__(self, inputs: CalculatorInputs, measured: dict | None = None,
+    def __init__(self, inputs: CalculatorInputs | None = None, measured: dict | None = None,
                  measured_label: str = "measured here"):
-        import ipywidgets as widgets
-
-        self._inputs = inputs
+        inputs = self._inputs = inputs or derecho_inputs()
         self._measured = dict(measured) if measured else None
         self._measured_label = measured_label
-        style = {"description_width": "160px"}
-        lay = widgets.Layout(width="310px")
-        self.preset = widgets.Dropdown(options=[*PRESETS, "custom"], value=self._preset_of(inputs),
-                                       description="model", style=style, layout=lay)
-        self.preset.add_class("tp-calc-preset")
+        kw = dict(style={"description_width": "160px"}, layout=widgets.Layout(width="310px"))
+        self.preset = widgets.Dropdown(options=[*PRESETS, "custom"], value=self._preset_of(inputs), description="model",
+                                       **kw).add_class("tp-calc-preset")
         self.fields = {}
-        for f in fields(CalculatorInputs):
-            if f.name in ("dtype", "gated_mlp", "bias", "flash_attention", "gpu"):
-                continue
-            v = getattr(inputs, f.name)
-            if f.name in _INTS:
-                w = widgets.IntText(value=int(v or 0), description=_LABELS[f.name], style=style, layout=lay)
-            else:
-                w = widgets.FloatText(value=float(v or 0), description=_LABELS[f.name], style=style, layout=lay)
-            w.add_class(f"tp-calc-{f.name}")
-            self.fields[f.name] = w
-        self.gated = widgets.Checkbox(value=inputs.gated_mlp, description="SwiGLU MLP",
-                                      style=style, layout=lay)
+        for name, label in _LABELS.items():
+            text, kind = (widgets.IntText, int) if name in _INTS else (widgets.FloatText, float)
+            self.fields[name] = text(value=kind(getattr(inputs, name) or 0), description=label,
+                                     **kw).add_class(f"tp-calc-{name}")
+        self.gated = widgets.Checkbox(value=inputs.gated_mlp, description="SwiGLU MLP", **kw)
         self.flash = widgets.Checkbox(value=inputs.flash_attention, description="flash attention",
-                                      style=style, layout=lay)
-        self.flash.add_class("tp-calc-flash")
+                                      **kw).add_class("tp-calc-flash")
         self.dtype = widgets.Dropdown(options=sorted(DTYPES), value=inputs.dtype, description="dtype",
-                                      style=style, layout=lay)
-        self.dtype.add_class("tp-calc-dtype")
-        self.gpu = widgets.Dropdown(options=list(GPUS), value=inputs.gpu, description="GPU", style=style, layout=lay)
-        self.gpu.add_class("tp-calc-gpu")
+                                      **kw).add_class("tp-calc-dtype")
+        self.gpu = widgets.Dropdown(options=list(GPUS), value=inputs.gpu, description="GPU", **kw).add_class("tp-calc-gpu")
         options = ["e(p): H100 table (bench_shard_gemm.py)"] + ([measured_label] if self._measured else [])
         self.efficiency = widgets.Dropdown(options=options, value=options[0], description="efficiency curve",
-                                           style=style, layout=lay)
-        self.efficiency.add_class("tp-calc-efficiency")
-        self.message = widgets.HTML("")
-        self.message.add_class("tp-calc-message")
-        self.result = widgets.HTML("")
-        self.result.add_class("tp-calc-result")
-        self.image = widgets.Image(format="png")
-        self.image.add_class("tp-calc-image")
+                                           **kw).add_class("tp-calc-efficiency")
+        self.message = widgets.HTML("").add_class("tp-calc-message")
+        self.result = widgets.HTML("").add_class("tp-calc-result")
+        self.image = widgets.Image(format="png").add_class("tp-calc-image")
         self.plan: Plan | None = None
         self.updates = 0
-        left = widgets.VBox([self.preset, *[self.fields[k] for k in _MODEL_FIELDS], self.gated,
-                             *[self.fields[k] for k in ("batch", "seq_len")], self.flash, self.dtype,
-                             self.gpu,
-                             *[self.fields[k] for k in ("gpu_memory_gb", "gpus_per_node", "intra_node_gb_s",
-                                                        "inter_node_gb_s", "nics_per_node", "tp", "matmul_tflops")],
-                             self.efficiency])
-        right = widgets.VBox([self.message, self.result, self.image],
-                             layout=widgets.Layout(width="760px"))
-        super().__init__([left, right])
+        n = list(self.fields.values())
+        left = [self.preset, *n[:6], self.gated, *n[6:8], self.flash, self.dtype, self.gpu, *n[8:], self.efficiency]
+        super().__init__([widgets.VBox(left),
+                          widgets.VBox([self.message, self.result, self.image], layout=widgets.Layout(width="760px"))])
         self.add_class("tp-calculator")
         self._filling = False
         self.update()
@@ -202,27 +165,25 @@ class TPCalculator(_base()):  # type: ignore[misc]
                        flash_attention=self.flash.value, gpu=self.gpu.value)
 
     # ---------------------------------------------------------------- events
-    def _on_preset(self, change) -> None:
-        model = PRESETS.get(change["new"])
-        if model is None:
-            return
-        self._filling = True                    # one update for the whole preset, not one per field
+    def _fill(self, values: dict) -> None:
+        """Set several widgets ({widget: value}) with exactly one update, not one per change."""
+        self._filling = True
         try:
-            for k in _MODEL_FIELDS:
-                self.fields[k].value = int(getattr(model, k) or 0)
-            self.gated.value = model.gated_mlp
+            for w, v in values.items():
+                w.value = v
         finally:
             self._filling = False
         self.update()
 
+    def _on_preset(self, change) -> None:
+        model = PRESETS.get(change["new"])
+        if model is not None:
+            self._fill({**{self.fields[k]: int(getattr(model, k) or 0) for k in _MODEL_FIELDS},
+                        self.gated: model.gated_mlp})
+
     def _on_gpu(self, change) -> None:
         """A GPU brings its memory (its rate comes with it in the plan)."""
-        self._filling = True
-        try:
-            self.fields["gpu_memory_gb"].value = GPUS[change["new"]].memory / 1e9
-        finally:
-            self._filling = False
-        self.update()
+        self._fill({self.fields["gpu_memory_gb"]: GPUS[change["new"]].memory / 1e9})
 
     def _on_change(self, change) -> None:
         if not self._filling:
@@ -240,11 +201,7 @@ class TPCalculator(_base()):  # type: ignore[misc]
             use_measured = self._measured and self.efficiency.value == self._measured_label
             pl = plan(inp, efficiency=self._measured if use_measured else None,
                       efficiency_source=self._measured_label if use_measured else None)
-            fig = plan_figure(pl)
-            try:
-                png = figure_to_png(fig)
-            finally:
-                plt.close(fig)
+            png = render_png(plan_figure(pl))
         except Exception as e:  # keep the widget alive and say what went wrong
             self._show_problems([f"could not compute this plan: {type(e).__name__}: {e}"])
             return
@@ -259,3 +216,6 @@ class TPCalculator(_base()):  # type: ignore[misc]
         self.message.value = (f"<div style='color:#a40000'><b>Please check the inputs:</b>"
                               f"<ul>{items}</ul></div>")
         self.result.value = f"<small>TP calculator: {self.updates} updates</small><br>(no plan until the inputs make sense)"
+
+
+tp_calculator = TPCalculator  # the notebook's name for it

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .figure import MUTED, TEXT, new_figure
+from .figure import MUTED, TEXT, new_axes, new_figure
 
 __all__ = ["MEMORY_COLORS", "memory_bars", "fit_grid", "training_curves", "comm_bars"]
 
@@ -39,19 +39,17 @@ def memory_bars(measured: dict, modelled: dict, title: str = "Memory per rank, o
         raise ValueError(f"measured and modelled must name the same setups, got {list(measured)} "
                          f"and {list(modelled)}")
     kinds = [k for k in MEMORY_COLORS if k in measured[setups[0]]]
-    fig = new_figure(7.6, 4.2)
-    ax = fig.add_subplot()
+    fig, ax = new_axes(7.6, 4.2)
     x = np.arange(len(setups))
     w = 0.36
     for shift, data, hatch in ((-w / 2 - 0.01, measured, None), (w / 2 + 0.01, modelled, "///")):
         bottom = np.zeros(len(setups))
         for k in kinds:
             v = np.array([float(data[s][k]) for s in setups]) / 1024
-            ax.bar(x + shift, v, w, bottom=bottom, color=MEMORY_COLORS[k], edgecolor="white", hatch=hatch,
-                   linewidth=0.6)
+            bars = ax.bar(x + shift, v, w, bottom=bottom, color=MEMORY_COLORS[k], edgecolor="white", hatch=hatch,
+                          linewidth=0.6)
             bottom += v
-        for xi, total in zip(x + shift, bottom):
-            ax.text(xi, total, f"{total:.0f}", ha="center", va="bottom", fontsize=7.5, color=MUTED)
+        ax.bar_label(bars, [f"{t:.0f}" for t in bottom], fontsize=7.5, color=MUTED)
     ax.set_xticks(x, [f"{s}\nmeasured | formula" for s in setups], fontsize=8.5)
     ax.set_ylabel("KiB per rank")
     ax.set_title(title, fontsize=11)
@@ -60,7 +58,6 @@ def memory_bars(measured: dict, modelled: dict, title: str = "Memory per rank, o
     ax.legend(handles=handles, fontsize=8, frameon=False, loc="upper right")
     ax.grid(True, axis="y", color="#e0e0e0", lw=0.6)
     ax.set_axisbelow(True)
-    fig.set_layout_engine("constrained")
     return fig
 
 
@@ -73,8 +70,7 @@ def fit_grid(rows: Sequence[str], cols: Sequence[str], fits, totals, note: str =
     if fits.shape != (len(rows), len(cols)):
         raise ValueError(f"fits has shape {fits.shape}, expected ({len(rows)}, {len(cols)})")
     frac = fits / np.asarray(totals, dtype=float)[:, None]
-    fig = new_figure(1.9 + 1.7 * len(cols), 1.0 + 0.55 * len(rows))
-    ax = fig.add_subplot()
+    fig, ax = new_axes(1.9 + 1.7 * len(cols), 1.0 + 0.55 * len(rows))
     colors = np.where(frac[..., None] >= 1, np.array([0.80, 0.93, 0.80]), np.array([0.99, 0.85, 0.80]))
     ax.imshow(colors, aspect="auto")
     for i in range(len(rows)):
@@ -87,13 +83,12 @@ def fit_grid(rows: Sequence[str], cols: Sequence[str], fits, totals, note: str =
     ax.tick_params(length=0)
     ax.set_title("A MODEL, not a measurement: blocks that fit in one A100 40 GB"
                  + (f"\n{note}" if note else ""), fontsize=10 if not note else 9)
-    fig.set_layout_engine("constrained")
     return fig
 
 
 def training_curves(dense_losses, tp_losses, weight_errors: dict, *, tp_label: str = "TP × FSDP (2 × 2)") -> Figure:
     """Left: the loss per step, dense and TP × FSDP. Right: max |Δ| of each final weight."""
-    fig = new_figure(10.0, 3.8)
+    fig = new_figure(10.0, 3.8, layout="constrained")
     ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
     steps = np.arange(1, len(dense_losses) + 1)
     ax1.plot(steps, dense_losses, "o-", color=MEASURED, lw=2.5, ms=7, label="dense (this notebook)")
@@ -112,7 +107,6 @@ def training_curves(dense_losses, tp_losses, weight_errors: dict, *, tp_label: s
     ax2.set_xscale("log")
     ax2.set_xlabel("max |TP×FSDP − dense| of the final weight")
     ax2.set_title("final weights after training", fontsize=10)
-    fig.set_layout_engine("constrained")
     return fig
 
 
@@ -124,7 +118,7 @@ def comm_bars(rows: Sequence[dict], title: str = "TP's collectives: per layer an
     """
     if not rows:
         raise ValueError("rows is empty")
-    fig = new_figure(11.0, 0.9 + 0.5 * len(rows))
+    fig = new_figure(11.0, 0.9 + 0.5 * len(rows), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     y = np.arange(len(rows))
     for ax, key, what in ((axes[0], "layer_s", "per layer (forward + backward)"),
@@ -144,7 +138,6 @@ def comm_bars(rows: Sequence[dict], title: str = "TP's collectives: per layer an
     axes[0].set_yticks(y, [f"{r['label']}  [{r['kind']}]" for r in rows], fontsize=8)
     axes[0].invert_yaxis()
     fig.suptitle(title, fontsize=11)
-    fig.set_layout_engine("constrained")
     return fig
 
 

@@ -9,28 +9,20 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython's Figure -> PNG formatter)
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 
 from ..common.placements import parse_placement, placement_text
 from ..reference.compare import as_shard_list, to_f64
-from .figure import MAX_DEGREE, MUTED, TEXT, new_figure, rank_color, text_on, to_2d
+from .figure import MAX_DEGREE, MUTED, TEXT, grey_panel, grid_lines, new_axes, new_figure, rank_color, text_on, to_2d
 
 __all__ = ["shard_figure", "plot_flops", "cluster_map"]
 
 
-def _np64(x, what: str) -> np.ndarray:
-    return to_f64(x, what).numpy()
-
-
-def _grid(ax, rows: int, cols: int, x0=-0.5, y0=-0.5) -> None:
-    if rows <= 32 and cols <= 32:
-        for i in range(rows + 1):
-            ax.plot([x0, x0 + cols], [y0 + i, y0 + i], color="#ffffff", lw=0.4, alpha=1.0)
-        for j in range(cols + 1):
-            ax.plot([x0 + j, x0 + j], [y0, y0 + rows], color="#ffffff", lw=0.4, alpha=1.0)
+def _grid(ax, rows: int, cols: int) -> None:
+    if rows <= 32 and cols <= 32:  # more cells: the lines would hide them
+        grid_lines(ax, -0.5, -0.5, rows, cols, lw=0.4)
 
 
 def shard_figure(shards: Sequence, layout: str, name: str = "W", dense_shape=None) -> Figure:
@@ -46,7 +38,7 @@ def shard_figure(shards: Sequence, layout: str, name: str = "W", dense_shape=Non
     """
 
     kind, dim = parse_placement(layout)
-    pieces = [_np64(s, f"{name}: shard of rank {r}") for r, s in enumerate(as_shard_list(shards))]
+    pieces = [to_f64(s, f"{name}: shard of rank {r}").numpy() for r, s in enumerate(as_shard_list(shards))]
     p = len(pieces)
     if p == 0:
         raise ValueError("shards is empty: expected one tensor per rank")
@@ -57,14 +49,13 @@ def shard_figure(shards: Sequence, layout: str, name: str = "W", dense_shape=Non
     vmin, vmax = float(allv.min()), float(allv.max())
     if vmin == vmax:
         vmin, vmax = vmin - 1.0, vmax + 1.0
-    cmap = "Greys_r"
 
     if kind == "shard":
-        return _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax, cmap)
-    return _shard_panels(pieces, kind, name, dense_shape, vmin, vmax, cmap)
+        return _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax)
+    return _shard_panels(pieces, kind, name, dense_shape, vmin, vmax)
 
 
-def _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax, cmap) -> Figure:
+def _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax) -> Figure:
     p = len(pieces)
     nd = pieces[0].ndim
     if nd == 0 or any(a.ndim != nd for a in pieces):
@@ -91,7 +82,7 @@ def _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax, cmap) -> Figure:
     h = min(8.0, max(2.4, 0.32 * rows + 1.8))
     fig = new_figure(w, h)
     ax = fig.add_axes([0.08, 0.1, 0.72, 0.72])
-    im = ax.imshow(full, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="auto")
+    im = ax.imshow(full, cmap="Greys_r", vmin=vmin, vmax=vmax, interpolation="nearest", aspect="auto")
     _grid(ax, rows, cols)
     start = 0
     for r, blk in enumerate(blocks):
@@ -108,10 +99,7 @@ def _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax, cmap) -> Figure:
             ax.text(cols - 0.5 + 0.3 + 0.02 * cols, y0 + br / 2, label, ha="left", va="center",
                     fontsize=8, color=TEXT, clip_on=False)
         start += bc if horizontal else br
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for s in ax.spines.values():
-        s.set_visible(False)
+    ax.axis("off")
     title = f"{name}: Shard({dim}) over {p} rank{'s' if p != 1 else ''}, full shape {tuple(full_shape)}"
     if dense_shape is not None:
         ds = tuple(int(s) for s in dense_shape)
@@ -124,7 +112,7 @@ def _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax, cmap) -> Figure:
     return fig
 
 
-def _shard_panels(pieces, kind, name, dense_shape, vmin, vmax, cmap) -> Figure:
+def _shard_panels(pieces, kind, name, dense_shape, vmin, vmax) -> Figure:
     p = len(pieces)
     shapes = {a.shape for a in pieces}
     if len(shapes) != 1:
@@ -150,14 +138,9 @@ def _shard_panels(pieces, kind, name, dense_shape, vmin, vmax, cmap) -> Figure:
     for i, (label, a, r) in enumerate(panels):
         ax = fig.add_subplot(gs[i // ncols, i % ncols])
         a2 = to_2d(a)
-        im = ax.imshow(a2, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="auto")
+        im = grey_panel(ax, a2, rank_color(r) if r is not None else "#222222", label, lw=5 if r is not None else 1.5,
+                        vmin=vmin, vmax=vmax)
         _grid(ax, *a2.shape)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for s in ax.spines.values():
-            s.set_edgecolor(rank_color(r) if r is not None else "#222222")
-            s.set_linewidth(5 if r is not None else 1.5)
-        ax.set_title(label, fontsize=8.5, color=TEXT)
     note = ""
     if kind == "replicate":
         diffs = [float(np.nanmax(np.abs(a - pieces[0]))) if a.size else 0.0 for a in pieces]
@@ -178,8 +161,7 @@ def _shard_panels(pieces, kind, name, dense_shape, vmin, vmax, cmap) -> Figure:
 # --------------------------------------------------------------------------------------------
 
 
-def plot_flops(degrees: Sequence[int], flops, title: str = "Achieved GFLOP/s vs TP degree", *,
-               ideal: bool = True, ylabel: str = "achieved GFLOP/s (all ranks)") -> Figure:
+def plot_flops(degrees: Sequence[int], flops, title: str = "Achieved GFLOP/s vs TP degree") -> Figure:
     """Achieved GFLOP/s against TP degree, with the ideal linear-scaling line.
 
     ``flops``: one value per degree (GFLOP/s), or a ``{label: values}`` dict for several series
@@ -193,14 +175,13 @@ def plot_flops(degrees: Sequence[int], flops, title: str = "Achieved GFLOP/s vs 
     for label, vals in series.items():
         if len(list(vals)) != len(degrees):
             raise ValueError(f"series {label!r} has {len(list(vals))} values for {len(degrees)} degrees")
-    fig = new_figure(6.4, 4.0)
-    ax = fig.add_subplot()
+    fig, ax = new_axes(6.4, 4.0)
     markers = ["o", "s", "^", "D", "v", "P"]
     greys = ["#111111", "#555555", "#888888", "#333333", "#777777", "#999999"]
     for i, (label, vals) in enumerate(series.items()):
         v = np.asarray(list(vals), dtype=float)
         ax.plot(degrees, v, marker=markers[i % 6], color=greys[i % 6], lw=1.8, label=label)
-        if ideal and v.size and np.isfinite(v[0]) and v[0] > 0:
+        if v.size and np.isfinite(v[0]) and v[0] > 0:
             ideal_v = v[0] * np.asarray(degrees, dtype=float) / degrees[0]
             ax.plot(degrees, ideal_v, ls="--", color=greys[i % 6], lw=1.0, alpha=0.6,
                     label=f"ideal (linear from degree {degrees[0]})" if len(series) == 1 else None)
@@ -210,12 +191,11 @@ def plot_flops(degrees: Sequence[int], flops, title: str = "Achieved GFLOP/s vs 
                                 xytext=(0, 7), ha="center", fontsize=7.5, color=MUTED)
     ax.set_xticks(degrees)
     ax.set_xlabel("TP degree (ranks sharing the layer)")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel("achieved GFLOP/s (all ranks)")
     ax.set_ylim(bottom=0)
     ax.set_title(title, fontsize=11)
     ax.grid(True, color="#dddddd", lw=0.6)
     ax.legend(fontsize=8, frameon=False)
-    fig.set_layout_engine("constrained")
     return fig
 
 
@@ -231,14 +211,10 @@ def cluster_map(infos) -> Figure:
     ``device``, ``backend`` (missing keys are shown as "?"). Hosts are drawn as boxes, ranks as
     squares in their rank colour labelled with the rank and device. Ranks >= 8 reuse colours.
     """
-    if isinstance(infos, dict):
-        infos = [dict(infos[k], rank=infos[k].get("rank", k)) for k in sorted(infos)]
-    infos = [dict(i) for i in infos]
+    items = sorted(infos.items()) if isinstance(infos, dict) else enumerate(infos)
+    infos = sorted(({"rank": k, **info} for k, info in items), key=lambda d: int(d["rank"]))  # a "rank" key wins
     if not infos:
         raise ValueError("infos is empty: expected one dict per rank")
-    for i, info in enumerate(infos):
-        info.setdefault("rank", i)
-    infos.sort(key=lambda d: int(d["rank"]))
     hosts: dict[str, list[dict]] = {}
     for info in infos:
         hosts.setdefault(str(info.get("host", "?")), []).append(info)

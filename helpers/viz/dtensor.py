@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import math
 
-import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython's Figure -> PNG formatter)
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .figure import MUTED, TEXT, new_figure, rank_color, text_on
+from .figure import MUTED, TEXT, grid_lines, new_axes, new_figure, rank_color, text_on
 
 __all__ = ["draw_dtensor", "comm_chart"]
 
@@ -32,27 +31,19 @@ def _panel_grid(mesh_shape) -> tuple[int, int]:
     raise ValueError(f"draw_dtensor draws DTensors on 1-D and 2-D meshes; this one is {tuple(mesh_shape)}")
 
 
-def _panel_of(view, rank: int, cols: int) -> tuple[int, int]:
-    c = view.coordinates[rank]
-    if len(view.mesh_shape) == 1:
-        return divmod(c[0], cols)
-    return c[0], c[1]
-
-
-def draw_dtensor(view, title: str | None = None, values: bool | None = None) -> Figure:
+def draw_dtensor(view, title: str | None = None) -> Figure:
     """One panel per rank, placed as on the mesh: the global tensor, rank r's cells in its colour.
 
     view: a :class:`helpers.reference.dtensor.DTensorView`. 1-D tensors are drawn as 1×N. The
-    numbers of the rank's local shard are written in its cells when the tensor is small
-    (``values``: force on/off). An empty shard (uneven split) leaves its panel blank.
+    numbers of the rank's local shard are written in its cells when the tensor is small (at most
+    64 cells). An empty shard (uneven split) leaves its panel blank.
     """
     shape = tuple(view.shape)
     if len(shape) not in (1, 2):
         raise ValueError(f"draw_dtensor draws 1-D and 2-D tensors; {view.name} has shape {shape}")
     rows_t, cols_t = (1, shape[0]) if len(shape) == 1 else shape
     nrow, ncol = _panel_grid(view.mesh_shape)
-    if values is None:
-        values = rows_t * cols_t <= _MAX_VALUES
+    values = rows_t * cols_t <= _MAX_VALUES
     cell = min(0.42, 2.6 / max(cols_t, 1), 2.2 / max(rows_t, 1))
     pw, ph = max(cols_t * cell, 1.2), max(rows_t * cell, 0.4)
     names = f" ({', '.join(f'{n}={s}' for n, s in zip(view.mesh_dim_names, view.mesh_shape))})" \
@@ -61,20 +52,16 @@ def draw_dtensor(view, title: str | None = None, values: bool | None = None) -> 
     fig = new_figure(max(ncol * (pw + 0.5) + 0.4, 0.085 * len(head) + 0.6), nrow * (ph + 0.75) + 0.7)
     gs = fig.add_gridspec(nrow, ncol, left=0.03, right=0.97, bottom=0.04,
                           top=1 - 0.6 / (nrow * (ph + 0.75) + 0.7), wspace=0.25, hspace=0.55)
-    partial_dims = [i for i, (kind, _) in enumerate(view.kinds) if kind == "partial"]
+    partial = any(kind == "partial" for kind, _ in view.kinds)
     for r in range(view.world_size):
-        i, j = _panel_of(view, r, ncol)
-        ax = fig.add_subplot(gs[i, j])
+        c = view.coordinates[r]
+        ax = fig.add_subplot(gs[divmod(c[0], ncol) if len(view.mesh_shape) == 1 else tuple(c)])
         ax.set_xlim(0, cols_t)
         ax.set_ylim(rows_t, 0)
         ax.set_aspect("equal")
         ax.set_axis_off()
-        ax.add_patch(Rectangle((0, 0), cols_t, rows_t, facecolor="white", edgecolor="none"))
-        reg = view.region(r)
-        if len(shape) == 1:
-            (r0, r1), (c0, c1) = (0, 1), (reg[0].start, reg[0].stop)
-        else:
-            (r0, r1), (c0, c1) = (reg[0].start, reg[0].stop), (reg[1].start, reg[1].stop)
+        # rank r's rows and columns of the global tensor (a 1-D tensor is one row)
+        (r0, r1), (c0, c1) = [(s.start, s.stop) for s in [slice(0, 1), *view.region(r)][-2:]]
         local = view.local_shards[r].detach().double().reshape(r1 - r0, c1 - c0).numpy() if r1 > r0 and c1 > c0 else None
         if local is not None:
             ax.add_patch(Rectangle((c0, r0), c1 - c0, r1 - r0, facecolor=rank_color(r), edgecolor="none"))
@@ -83,21 +70,14 @@ def draw_dtensor(view, title: str | None = None, values: bool | None = None) -> 
                     for b in range(c1 - c0):
                         ax.text(c0 + b + 0.5, r0 + a + 0.5, f"{local[a, b]:.1f}", ha="center", va="center",
                                 fontsize=6.5, color=text_on(r))
-        for x in range(1, cols_t):
-            ax.plot([x, x], [0, rows_t], color="#dddddd", lw=0.5)
-            if local is not None and c0 < x < c1:
-                ax.plot([x, x], [r0, r1], color="white", lw=0.5)
-        for y in range(1, rows_t):
-            ax.plot([0, cols_t], [y, y], color="#dddddd", lw=0.5)
-            if local is not None and r0 < y < r1:
-                ax.plot([c0, c1], [y, y], color="white", lw=0.5)
+        grid_lines(ax, 0, 0, rows_t, cols_t, "#dddddd")
+        if local is not None:
+            grid_lines(ax, c0, r0, r1 - r0, c1 - c0)
         ax.add_patch(Rectangle((0, 0), cols_t, rows_t, fill=False, edgecolor="#999999", lw=1.0, clip_on=False,
                                zorder=4))
-        lshape = tuple(view.local_shards[r].shape)
-        note = " empty" if local is None else (" partial Σ" if partial_dims else "")
-        coord = view.coordinates[r]
-        where = f" {tuple(coord)}" if len(view.mesh_shape) > 1 else ""
-        ax.set_title(f"rank {r}{where}: local {lshape}{note}", fontsize=8, color=TEXT)
+        note = " empty" if local is None else (" partial Σ" if partial else "")
+        where = f" {tuple(c)}" if len(view.mesh_shape) > 1 else ""
+        ax.set_title(f"rank {r}{where}: local {tuple(view.local_shards[r].shape)}{note}", fontsize=8, color=TEXT)
     fig.suptitle(head, fontsize=10, color=TEXT)
     return fig
 
@@ -121,13 +101,12 @@ def _short_names(modules: list[str], keep_root: bool = False) -> list[str]:
     return [m[len(root) + 1:] if m != root else whole for m in modules]
 
 
-def comm_chart(trace: dict, title: str = "Collectives per module", leaves_only: bool = False,
-               order=None) -> Figure:
+def comm_chart(trace: dict, title: str = "Collectives per module", order=None) -> Figure:
     """Horizontal bars: for each module, its collectives in the forward (solid) and backward (hatched).
 
     trace: ``{module: {"forward": {"all_reduce": 1}, "backward": {...}}}`` as returned by
     :func:`helpers.measure.comm.comm_trace` (pull it from one rank). Counts include the module's
-    children (a block counts its layers' collectives); ``leaves_only`` keeps the innermost modules.
+    children (a block counts its layers' collectives).
     order: module names in the order to draw them, e.g. ``[n for n, _ in model.named_modules()]``
     ("" is the whole model); default: sorted by name.
     """
@@ -136,14 +115,11 @@ def comm_chart(trace: dict, title: str = "Collectives per module", leaves_only: 
         rank_of = {name: i for i, name in enumerate(order)}
         short = dict(zip(modules, _short_names(modules, keep_root=True)))
         modules.sort(key=lambda m: rank_of.get(short[m], len(rank_of)))
-    if leaves_only:
-        modules = [m for m in modules if not any(o.startswith(m + ".") for o in modules)]
     if not modules:
         raise ValueError("the trace is empty: run the forward and backward inside `with CommDebugMode() as comm:`")
     ops = sorted({op for m in modules for p in ("forward", "backward") for op in trace[m].get(p, {})})
     labels = _short_names(modules)
-    fig = new_figure(7.0, 0.55 * len(modules) + 1.4)
-    ax = fig.add_subplot()
+    fig, ax = new_axes(7.0, 0.55 * len(modules) + 1.4)
     h = 0.38
     for k, m in enumerate(modules):
         for off, p, hatch in ((-h / 2, "forward", None), (h / 2, "backward", "////")):
@@ -171,5 +147,4 @@ def comm_chart(trace: dict, title: str = "Collectives per module", leaves_only: 
     ax.grid(True, axis="x", color="#dddddd", lw=0.6)
     xmax = max([1] + [sum(trace[m].get(p, {}).values()) for m in modules for p in ("forward", "backward")])
     ax.set_xlim(0, xmax + 1.2)
-    fig.set_layout_engine("constrained")
     return fig

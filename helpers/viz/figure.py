@@ -23,14 +23,16 @@ from __future__ import annotations
 import io
 from typing import Any
 
-import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython's Figure -> PNG formatter)
+import matplotlib.pyplot as plt  # in a kernel, importing pyplot also enables IPython's Figure -> PNG formatter
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
 
-__all__ = ["RANK_COLORS", "RANK_COLORS_HEX", "to_2d", "REPLICATED_GREY", "MAX_DEGREE", "TPFigure",
-           "rank_color", "text_on", "new_figure", "message_figure", "count_rank_colors", "figure_to_png",
-           "figure_to_rgba", "TEXT", "MUTED", "BOX", "DPI"]
+__all__ = ["RANK_COLORS", "to_2d", "REPLICATED_GREY", "MAX_DEGREE", "TPFigure", "rank_color", "text_on",
+           "new_figure", "new_axes", "message_figure", "frame", "grey_panel", "grid_lines", "rank_handles", "rank_blocks",
+           "partial_cards", "count_rank_colors", "figure_to_png", "render_png", "figure_to_rgba", "TEXT",
+           "MUTED", "BOX", "DPI"]
 
 #: One colour per rank, as (R, G, B) in 0..255: tab10's first seven plus its cyan (tab10's own
 #: grey is skipped because grey means "replicated" here).
@@ -44,7 +46,6 @@ RANK_COLORS: list[tuple[int, int, int]] = [
     (227, 119, 194),  # 6 pink    #e377c2
     (23, 190, 207),   # 7 cyan    #17becf
 ]
-RANK_COLORS_HEX: list[str] = ["#%02x%02x%02x" % c for c in RANK_COLORS]
 #: Fill for tensors that every rank holds a full copy of.
 REPLICATED_GREY = "#b4b4b4"
 
@@ -90,6 +91,12 @@ def new_figure(w: float, h: float, dpi: int = DPI, **kw) -> Figure:
     return fig
 
 
+def new_axes(w: float, h: float):
+    """A figure with one axes, laid out by matplotlib's constrained layout: ``fig, ax``."""
+    fig = new_figure(w, h, layout="constrained")
+    return fig, fig.add_subplot()
+
+
 def message_figure(title: str, text: str, w: float, h: float, fontsize: float) -> Figure:
     """A figure that says, in a box under ``title``, why nothing is drawn (e.g. an uneven split)."""
     fig = new_figure(w, h)
@@ -100,15 +107,82 @@ def message_figure(title: str, text: str, w: float, h: float, fontsize: float) -
 
 
 # --------------------------------------------------------------------------------------------
+# the course's shared drawing patterns
+# --------------------------------------------------------------------------------------------
+
+
+def frame(ax, color, lw: float = 5) -> None:
+    """No ticks; the axes' border drawn in ``color`` (a rank's colour frames what that rank holds)."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for sp in ax.spines.values():
+        sp.set_edgecolor(color)
+        sp.set_linewidth(lw)
+
+
+def grey_panel(ax, a, color, title: str, fontsize: float = 8.5, lw: float = 5, **imshow):
+    """Real values in a grey colormap (``imshow`` passes vmin/vmax for a shared scale), framed in ``color``."""
+    im = ax.imshow(a, cmap="Greys_r", aspect="auto", interpolation="nearest", **imshow)
+    frame(ax, color, lw)
+    ax.set_title(title, fontsize=fontsize, color=TEXT)
+    return im
+
+
+def grid_lines(ax, x0: float, y0: float, rows: int, cols: int, color: str = "white", lw: float = 0.5) -> None:
+    """Lines between the unit cells of a rows × cols table whose corner is at (x0, y0)."""
+    ax.vlines(x0 + np.arange(1, cols), y0, y0 + rows, color=color, lw=lw)
+    ax.hlines(y0 + np.arange(1, rows), x0, x0 + cols, color=color, lw=lw)
+
+
+def rank_handles(p: int) -> list[Patch]:
+    """Legend entries "rank r" in the rank colours, for ranks 0..p-1."""
+    return [Patch(facecolor=rank_color(r), edgecolor="white", label=f"rank {r}") for r in range(p)]
+
+
+def rank_blocks(ax, x: float, y: float, w: float, h: float, owners, label_min: float | None = None,
+                edge: str = "white", lw: float = 1.0) -> None:
+    """The rectangle (x, y, w, h) cut into a grid of blocks, block (i, j) filled in the colour of its
+    owner ``owners[i][j]`` (row i further along y); with ``label_min``, every block whose smaller
+    side is at least that long is labelled with its rank."""
+    bw, bh = w / len(owners[0]), h / len(owners)
+    for i, row in enumerate(owners):
+        for j, r in enumerate(row):
+            ax.add_patch(Rectangle((x + j * bw, y + i * bh), bw, bh, facecolor=rank_color(r), edgecolor=edge,
+                                   linewidth=lw))
+            if label_min is not None and min(bw, bh) >= label_min:
+                ax.text(x + (j + 0.5) * bw, y + (i + 0.5) * bh, str(r), ha="center", va="center", fontsize=8,
+                        color=text_on(r))
+
+
+def partial_cards(ax, x: float, y: float, w: float, h: float, p: int, dx: float, dy: float,
+                  edge: str = "white", lw: float = 1.0, sigma: float | None = None) -> None:
+    """p full-size partial sums as stacked cards, rank r's shifted by (r·dx, r·dy), rank 0 in front;
+    ``sigma``: the font size of a Σ written on the front card."""
+    for r in reversed(range(p)):
+        ax.add_patch(Rectangle((x + r * dx, y + r * dy), w, h, facecolor=rank_color(r), edgecolor=edge,
+                               linewidth=lw))
+    if sigma:
+        ax.text(x + w / 2, y + h / 2, "Σ", ha="center", va="center", fontsize=sigma, color=text_on(0))
+
+
+# --------------------------------------------------------------------------------------------
 # pixels
 # --------------------------------------------------------------------------------------------
 
 
-def figure_to_png(fig: Figure, dpi: float | None = None) -> bytes:
+def figure_to_png(fig: Figure) -> bytes:
     """PNG bytes of ``fig`` at its own dpi (white background, no cropping)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi or fig.dpi, facecolor="white")
+    fig.savefig(buf, format="png", dpi=fig.dpi, facecolor="white")
     return buf.getvalue()
+
+
+def render_png(fig: Figure) -> bytes:
+    """:func:`figure_to_png`, then the figure is closed (what a widget shows is the PNG)."""
+    try:
+        return figure_to_png(fig)
+    finally:
+        plt.close(fig)
 
 
 def figure_to_rgba(fig: Figure) -> np.ndarray:
@@ -127,13 +201,6 @@ def _to_rgb_array(img: Any) -> np.ndarray:
 
         with Image.open(io.BytesIO(bytes(img))) as im:
             img = np.asarray(im.convert("RGBA"))
-    elif isinstance(img, (str,)) or hasattr(img, "__fspath__"):
-        from PIL import Image
-
-        with Image.open(img) as im:
-            img = np.asarray(im.convert("RGBA"))
-    elif hasattr(img, "convert") and hasattr(img, "size"):  # a PIL image
-        img = np.asarray(img.convert("RGBA"))
     a = np.asarray(img)
     if a.ndim != 3 or a.shape[2] not in (3, 4):
         raise ValueError(f"expected an (H, W, 3) or (H, W, 4) image, got shape {a.shape}")
@@ -142,41 +209,20 @@ def _to_rgb_array(img: Any) -> np.ndarray:
             a = np.round(a * 255.0)
         a = np.clip(a, 0, 255).astype(np.uint8)
     if a.shape[2] == 4:
-        opaque = a[..., 3] >= 250
-        rgb = a[..., :3][opaque]
-    else:
-        rgb = a.reshape(-1, 3)
-    return rgb.reshape(-1, 3)
+        a = a[..., :3][a[..., 3] >= 250]
+    return a.reshape(-1, 3)
 
 
 def count_rank_colors(png_or_rgb_array: Any, min_pixels: int = 50, tol: int = 0) -> set[int]:
     """Which ranks' colours appear in an image: ``{r : RANK_COLORS[r] covers >= min_pixels}``.
 
-    Accepts PNG bytes, a file path, a PIL image, a matplotlib Figure, or an (H, W, 3|4) array
-    (uint8, or floats in 0..1). Pixels must match ``RANK_COLORS[r]`` exactly (``tol`` = allowed
-    difference per channel, for screenshots that went through colour management); in RGBA input,
-    pixels that are not opaque are ignored. ``min_pixels`` makes anti-aliased edges, which blend
+    Accepts PNG bytes, a matplotlib Figure, or an (H, W, 3|4) array (uint8, or floats in 0..1).
+    Pixels must match ``RANK_COLORS[r]`` exactly (``tol`` = allowed difference per channel, for
+    screenshots that went through colour management); in RGBA input, pixels that are not opaque
+    are ignored. ``min_pixels`` makes anti-aliased edges, which blend
     colours, irrelevant: solid blocks contribute hundreds of exact pixels.
     """
     rgb = _to_rgb_array(png_or_rgb_array).astype(np.int32)
-    found: set[int] = set()
-    if tol <= 0:
-        keys = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
-        uniq, counts = np.unique(keys, return_counts=True)
-        table = dict(zip(uniq.tolist(), counts.tolist()))
-        for r, (cr, cg, cb) in enumerate(RANK_COLORS):
-            if table.get((cr << 16) | (cg << 8) | cb, 0) >= min_pixels:
-                found.add(r)
-    else:
-        for r, c in enumerate(RANK_COLORS):
-            n = int(np.all(np.abs(rgb - np.asarray(c)) <= tol, axis=1).sum())
-            if n >= min_pixels:
-                found.add(r)
-    return found
-
-
-# --------------------------------------------------------------------------------------------
-# layout figure
-# --------------------------------------------------------------------------------------------
-
-
+    keys, counts = np.unique((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2], return_counts=True)
+    colors = np.stack([keys >> 16, (keys >> 8) & 255, keys & 255], axis=1)  # each distinct colour once
+    return {r for r, c in enumerate(RANK_COLORS) if counts[np.all(np.abs(colors - c) <= tol, axis=1)].sum() >= min_pixels}

@@ -9,9 +9,10 @@ numbers come from the formulas in :mod:`helpers.costmodel.collectives` (pure fun
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Sequence
 
-import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython's Figure -> PNG formatter)
+import ipywidgets as widgets
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
@@ -19,7 +20,21 @@ from matplotlib.patches import Patch, Rectangle
 from ..common.numbers import fmt_bytes
 from ..costmodel.collectives import COMM_FORMULAS
 from ..reference.compare import to_f64
-from .figure import BOX, MUTED, REPLICATED_GREY, TEXT, message_figure, new_figure, rank_color, text_on
+from .figure import (
+    BOX,
+    MUTED,
+    REPLICATED_GREY,
+    TEXT,
+    grey_panel,
+    message_figure,
+    new_axes,
+    new_figure,
+    partial_cards,
+    rank_blocks,
+    rank_color,
+    rank_handles,
+    to_2d,
+)
 from .widget import FigureWidget
 
 __all__ = ["grid_blocks_figure", "summa_step_figure", "summa_stepper", "SummaStepper",
@@ -30,16 +45,12 @@ GRID_MODES = tuple(COMM_FORMULAS)  # ("1D column", "1D row", "2D SUMMA")
 
 
 def _np(t) -> np.ndarray:
-    a = to_f64(t, "block").numpy()
-    return a.reshape(1, -1) if a.ndim == 1 else a
+    return to_2d(to_f64(t, "block").numpy())
 
 
-def _frame(ax, color, lw=5):
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for sp in ax.spines.values():
-        sp.set_edgecolor(color)
-        sp.set_linewidth(lw)
+def _check_mode(mode) -> None:
+    if mode not in GRID_MODES:
+        raise ValueError(f"mode must be one of {GRID_MODES}, got {mode!r}")
 
 
 def _side(n: int, what: str) -> int:
@@ -71,14 +82,10 @@ def grid_blocks_figure(blocks: Sequence, name: str = "A", dims=("K", "N")) -> Fi
     im = None
     for rank, a in enumerate(arrs):
         i, j = divmod(rank, s)
-        ax = fig.add_subplot(gs[i, j])
-        im = ax.imshow(a, cmap="Greys_r", vmin=vmin, vmax=vmax, aspect="auto",
-                       interpolation="nearest")
-        _frame(ax, rank_color(rank))
         sym = (f"{name}[{_frac(i, s, dims[0])}:{_frac(i + 1, s, dims[0])}, "
                f"{_frac(j, s, dims[1])}:{_frac(j + 1, s, dims[1])}]")
-        ax.set_title(f"GPU ({i},{j}) = rank {rank}\n{sym} = {name}[{i * r}:{(i + 1) * r}, "
-                     f"{j * c}:{(j + 1) * c}]", fontsize=8.5, color=TEXT)
+        im = grey_panel(fig.add_subplot(gs[i, j]), a, rank_color(rank), f"GPU ({i},{j}) = rank {rank}\n{sym} = "
+                        f"{name}[{i * r}:{(i + 1) * r}, {j * c}:{(j + 1) * c}]", vmin=vmin, vmax=vmax)
     fig.suptitle(f"{name} [{dims[0]} × {dims[1]}] = ({R}, {C}) on a {s}×{s} grid: each rank holds "
                  f"one ({r}, {c}) block", fontsize=10, color=TEXT)
     fig.colorbar(im, cax=fig.add_axes([0.9, 0.1, 0.025, 0.7]))
@@ -135,39 +142,30 @@ def summa_step_figure(traces: Sequence[Sequence[dict]], k: int, X=None, W=None) 
                 (_np(st["x"]), x_owner, f"X[{xi},{xj}]\nfrom rank {x_owner}"),
                 (_np(st["w"]), w_owner, f"W[{wi},{wj}]\nfrom rank {w_owner}"),
                 (acc, rank, f"rank {rank}: Y[{i},{j}]\n= Σ t≤{k}{note}")]):
-            ax = fig.add_subplot(inner[0, col])
-            ax.imshow(a, cmap="Greys_r", aspect="auto", interpolation="nearest")
-            _frame(ax, rank_color(owner), lw=4)
-            ax.set_title(label, fontsize=7.5, color=TEXT)
+            grey_panel(fig.add_subplot(inner[0, col]), a, rank_color(owner), label, fontsize=7.5, lw=4)
     fig.suptitle(f"SUMMA step {k + 1} of {s}: X blocks of grid column {k} travel along the rows, "
                  f"W blocks of grid row {k} down the columns;\nevery rank adds X[i,{k}]·W[{k},j] "
                  "to its Y[i,j] (frames: the block's owner)", fontsize=9.5, color=TEXT)
     return fig
 
 
-def summa_stepper(traces, X=None, W=None) -> "SummaStepper":
-    """A slider over SUMMA's steps that redraws :func:`summa_step_figure`."""
-    return SummaStepper(traces, X, W)
-
-
 class SummaStepper(FigureWidget):
-    """The widget of :func:`summa_stepper`: ``step`` (IntSlider, 1-based), ``image``, ``messages``."""
+    """A slider over SUMMA's steps that redraws :func:`summa_step_figure`: ``step`` (IntSlider,
+    1-based), ``image``, ``messages``."""
 
     what = "step"
 
     def __init__(self, traces, X=None, W=None):
-        import ipywidgets as widgets
-
         self.traces, self.X, self.W = traces, X, W
-        s = _side(len(traces), "summa_stepper")
-        self.step = widgets.IntSlider(value=1, min=1, max=s, description="SUMMA step",
-                                      continuous_update=False,
-                                      style={"description_width": "90px"})
-        self.step.add_class("tp-summa-step")
-        self._assemble(self.step, [self.step], "tp-summa-stepper")
+        self.step = widgets.IntSlider(value=1, min=1, max=_side(len(traces), "summa_stepper"), description="SUMMA step",
+                                      continuous_update=False, style={"description_width": "90px"})
+        self._assemble([[self.step.add_class("tp-summa-step")]], "tp-summa-stepper")
 
     def figure(self) -> Figure:
         return summa_step_figure(self.traces, self.step.value - 1, self.X, self.W)
+
+
+summa_stepper = SummaStepper  # the notebook's name for it
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,17 +192,15 @@ def _problem(mode, p, M, K, N) -> str | None:
     return None if split[1] % p == 0 else f"{split[0]}={split[1]} is not divisible by p={p}"
 
 
-def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA",
-                       dtype_bytes: int = 4) -> Figure:
+def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA") -> Figure:
     """Who holds what of Y = X·W (X (M, K), W (K, N)) on p ranks, 1D or 2D, and what it costs.
 
     ``mode``: "1D column" (X replicated, W by columns, all-gather Y), "1D row" (X and W split
     along K, all-reduce of partial sums) or "2D SUMMA" (X, W, Y in √p × √p blocks). The text
     box gives the formulas' bytes per rank, the collectives, the synchronisation points and the
-    groups each layout needs.
+    groups each layout needs (float32).
     """
-    if mode not in GRID_MODES:
-        raise ValueError(f"mode must be one of {GRID_MODES}, got {mode!r}")
+    _check_mode(mode)
     for name, v in (("p", p), ("M", M), ("K", K), ("N", N)):
         if not isinstance(v, (int, np.integer)) or v <= 0:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -227,24 +223,13 @@ def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA",
         if kind == "rep":
             ax.add_patch(Rectangle((0, 0), w, h, facecolor=REPLICATED_GREY, edgecolor="#333333"))
         elif kind == "partial":
-            for r in reversed(range(p)):
-                off = 0.06 * r
-                ax.add_patch(Rectangle((off, off), w, h, facecolor=rank_color(r), edgecolor="white"))
-            ax.text(w / 2, h / 2, "Σ", ha="center", va="center", color=text_on(0), fontsize=13)
-        else:
-            bh, bw = h / nr, w / nc
-            for bi in range(nr):
-                for bj in range(nc):
-                    r = bi * nc + bj if mode == "2D SUMMA" else (bj if nc > 1 else bi)
-                    ax.add_patch(Rectangle((bj * bw, bi * bh), bw, bh, facecolor=rank_color(r),
-                                           edgecolor="white", linewidth=1.0))
-                    if min(bw, bh) > 0.18:
-                        ax.text((bj + 0.5) * bw, (bi + 0.5) * bh, str(r), ha="center",
-                                va="center", fontsize=8, color=text_on(r))
+            partial_cards(ax, 0, 0, w, h, p, 0.06, 0.06, sigma=13)
+        else:  # rank i·nc + j holds block (i, j): 2D row-major, 1D a single row or column
+            rank_blocks(ax, 0, 0, w, h, np.arange(nr * nc).reshape(nr, nc), label_min=0.18)
         ax.text(0, -0.08, f"{name} ({rows}, {cols})", fontsize=9.5, color=TEXT, va="bottom")
     fig.text(0.345, 0.62, "·", fontsize=22, ha="center", va="center", color=TEXT)
     fig.text(0.675, 0.62, "=", fontsize=16, ha="center", va="center", color=TEXT)
-    b = COMM_FORMULAS[mode](M, K, N, p, dtype_bytes)
+    b = COMM_FORMULAS[mode](M, K, N, p)
     lines = {
         "1D column": ("one all-gather of Y_r (M, N/p); X must already be on every rank",
                       "sent = received = (p−1)·M·N/p·bytes", "1 group (all p ranks)"),
@@ -259,7 +244,7 @@ def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA",
             f"(float32)\nsynchronisation points: {b['calls']};  needs: {lines[2]}")
     fig.text(0.5, 0.05, text, ha="center", va="bottom", fontsize=8.5, color=TEXT, linespacing=1.5,
              bbox=dict(boxstyle="round,pad=0.5", facecolor=BOX, edgecolor="#999999"))
-    handles = [Patch(facecolor=rank_color(r), label=f"rank {r}") for r in range(min(p, 8))]
+    handles = rank_handles(min(p, 8))
     if mode == "1D column":
         handles.append(Patch(facecolor=REPLICATED_GREY, label="grey: full copy on every rank"))
     fig.legend(handles=handles, loc="center", ncol=min(len(handles), 9), frameon=False,
@@ -267,43 +252,30 @@ def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA",
     return fig
 
 
-def grid_layout_explorer(p: int = 4, M: int = 16, K: int = 16, N: int = 16,
-                         mode: str = "2D SUMMA") -> "GridLayoutExplorer":
-    """Notebook 01's layout explorer, extended to 2D grids: p, M, K, N and the layout."""
-    return GridLayoutExplorer(p=p, M=M, K=K, N=N, mode=mode)
-
-
 class GridLayoutExplorer(FigureWidget):
-    """Widget of :func:`grid_layout_explorer`: ``p`` (Dropdown), ``M``/``K``/``N`` (IntSlider),
-    ``mode`` (Dropdown), ``image`` (PNG), ``messages``, ``redraw_count``."""
+    """Notebook 01's layout explorer, extended to 2D grids: ``p`` (Dropdown), ``M``/``K``/``N``
+    (IntSlider), ``mode`` (Dropdown), ``image`` (PNG), ``messages``, ``redraw_count``."""
 
     P_CHOICES = (1, 2, 4, 8, 9, 16)
     what = "layout"
 
     def __init__(self, p=4, M=16, K=16, N=16, mode="2D SUMMA"):
-        import ipywidgets as widgets
-
-        if mode not in GRID_MODES:
-            raise ValueError(f"mode must be one of {GRID_MODES}, got {mode!r}")
+        _check_mode(mode)
         if p not in self.P_CHOICES:
             raise ValueError(f"p must be one of {self.P_CHOICES}, got {p!r}")
-        style, lay = {"description_width": "70px"}, widgets.Layout(width="300px")
-        self.p = widgets.Dropdown(options=list(self.P_CHOICES), value=p, description="ranks p",
-                                  style=style, layout=lay)
-        self.mode = widgets.Dropdown(options=list(GRID_MODES), value=mode, description="layout",
-                                     style=style, layout=lay)
-        self.M, self.K, self.N = (widgets.IntSlider(value=v, min=4, max=64, step=4, description=d,
-                                                    continuous_update=False, style=style, layout=lay)
+        kw = dict(style={"description_width": "70px"}, layout=widgets.Layout(width="300px"))
+        self.p = widgets.Dropdown(options=list(self.P_CHOICES), value=p, description="ranks p", **kw).add_class("tp-p")
+        self.mode = widgets.Dropdown(options=list(GRID_MODES), value=mode, description="layout", **kw).add_class("tp-mode")
+        self.M, self.K, self.N = (widgets.IntSlider(value=v, min=4, max=64, step=4, description=d, continuous_update=False,
+                                                    **kw).add_class(f"tp-{d.lower()}")
                                   for d, v in (("M", M), ("K", K), ("N", N)))
-        for w, cls in ((self.p, "tp-p"), (self.mode, "tp-mode"), (self.M, "tp-m"),
-                       (self.K, "tp-k"), (self.N, "tp-n")):
-            w.add_class(cls)
-        self._assemble(widgets.HBox([widgets.VBox([self.p, self.mode]),
-                                     widgets.VBox([self.M, self.K, self.N])]),
-                       (self.p, self.mode, self.M, self.K, self.N), "tp-layout-explorer", "tp-layout-image")
+        self._assemble([[self.p, self.mode], [self.M, self.K, self.N]], "tp-layout-explorer", "tp-layout-image")
 
     def figure(self) -> Figure:
         return grid_layout_figure(self.p.value, self.M.value, self.K.value, self.N.value, self.mode.value)
+
+
+grid_layout_explorer = GridLayoutExplorer  # the notebook's name for it
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,18 +284,15 @@ class GridLayoutExplorer(FigureWidget):
 def comm_time_figure(times: dict, p: int = 4, what: str = "forward, ms",
                      how: str = "slowest rank, best of 15 runs", subject: str = "Y = X·W") -> Figure:
     """Bars of measured times per layout (``{mode: milliseconds}``), measured on this cluster."""
-    fig = new_figure(6.0, 3.0)
-    ax = fig.add_subplot()
+    fig, ax = new_axes(6.0, 3.0)
     names = list(times)
     vals = [float(times[n]) for n in names]
-    ax.barh(names, vals, color=["#333333", "#777777", "#aaaaaa"][:len(names)])
-    for y, v in enumerate(vals):
-        ax.text(v, y, f" {v:.2f}", va="center", fontsize=8.5, color=MUTED)
+    bars = ax.barh(names, vals, color=["#333333", "#777777", "#aaaaaa"][:len(names)])
+    ax.bar_label(bars, [f" {v:.2f}" for v in vals], fontsize=8.5, color=MUTED)
     ax.invert_yaxis()
     ax.set_xlabel(what)
     ax.set_title(f"{subject} at p={p}, measured on this cluster ({how})",
                  fontsize=9.5)
-    fig.set_layout_engine("constrained")
     return fig
 
 
@@ -331,24 +300,20 @@ def comm_time_figure(times: dict, p: int = 4, what: str = "forward, ms",
 # one MLP block: 1D (Megatron) vs 2D (SUMMA), measured at p and modelled beyond; the crossover
 # --------------------------------------------------------------------------------------------
 def mlp_bytes_figure(M: int, D: int, H: int, measured: dict | None = None, measured_p: int = 4,
-                     ps: Sequence[int] = (4, 16, 64), dtype_bytes: int = 4, bias: bool = True) -> Figure:
+                     ps: Sequence[int] = (4, 16, 64)) -> Figure:
     """Bytes sent per rank by ONE MLP block against p: 1D (one all-reduce each way) and 2D
     (SUMMA in both matmuls), forward and forward + backward. Lines: the formulas of
     :mod:`helpers.costmodel.collectives` (a model); markers: ``measured`` =
-    ``{"1D": {"forward": b, "backward": b}, "2D": {...}}`` counted at ``measured_p``; ``bias``: the
+    ``{"1D": {"forward": b, "backward": b}, "2D": {...}}`` counted at ``measured_p``. float32; the
     linears have biases (2D then all-reduces their gradients down grid columns)."""
     from ..costmodel.collectives import mlp_bytes_1d, mlp_bytes_2d
 
     ps = [int(p) for p in ps]
-    fig = new_figure(6.8, 4.0)
-    ax = fig.add_subplot()
-    def two(m, d, h, p, b):
-        return mlp_bytes_2d(m, d, h, p, b, bias=bias)
-
-    for name, f, color in (("1D", mlp_bytes_1d, "#111111"), ("2D", two, "#8a8a8a")):
+    fig, ax = new_axes(6.8, 4.0)
+    for name, f, color in (("1D", mlp_bytes_1d, "#111111"), ("2D", partial(mlp_bytes_2d, bias=True), "#8a8a8a")):
         for what, phases, ls, mk in (("forward", ("forward",), "-", "o"),
                                      ("training (fwd + bwd)", ("forward", "backward"), "--", "s")):
-            ys = [sum(f(M, D, H, p, dtype_bytes)[ph]["sent"] for ph in phases) for p in ps]
+            ys = [sum(f(M, D, H, p)[ph]["sent"] for ph in phases) for p in ps]
             ax.plot(ps, ys, ls=ls, color=color, lw=1.8, label=f"{name}, {what} (formula)")
             if measured and name in measured:
                 y = sum(measured[name][ph] for ph in phases)
@@ -364,7 +329,6 @@ def mlp_bytes_figure(M: int, D: int, H: int, measured: dict | None = None, measu
                  f"counted on this cluster at p={measured_p}", fontsize=9.5)
     ax.grid(True, which="both", color="#e4e4e4", lw=0.6)
     ax.legend(fontsize=7, frameon=False, ncol=2)
-    fig.set_layout_engine("constrained")
     return fig
 
 
@@ -376,8 +340,7 @@ def mlp_crossover_figure(D: int, H: int, ps: Sequence[int] = (4, 16, 64), points
     :func:`helpers.costmodel.collectives.mlp_crossover_tokens`). ``points``: ``{label: M}``."""
     from ..costmodel.collectives import mlp_bytes_1d, mlp_bytes_2d, mlp_crossover_tokens
 
-    fig = new_figure(6.8, 4.0)
-    ax = fig.add_subplot()
+    fig, ax = new_axes(6.8, 4.0)
     ms = np.unique(np.geomspace(max(1, D // 64), 256 * D, 80).astype(int))
     shades = ["#111111", "#555555", "#999999", "#bbbbbb"]
 
@@ -410,5 +373,4 @@ def mlp_crossover_figure(D: int, H: int, ps: Sequence[int] = (4, 16, 64), points
     ax.set_title(title or f"Where 2D pays off: one MLP block, D = {D}, H = {H} (formulas)", fontsize=9.5)
     ax.grid(True, which="both", color="#e4e4e4", lw=0.6)
     ax.legend(fontsize=7, frameon=False, loc="upper right")
-    fig.set_layout_engine("constrained")
     return fig

@@ -8,10 +8,13 @@ colours from :mod:`.timing`. Every function returns a :class:`~helpers.viz.figur
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 from matplotlib.patches import Patch, Rectangle
 
-from .figure import MUTED, TEXT, new_figure, rank_color
+from ..costmodel.collectives import bytes_sent, steps
+from .figure import MUTED, TEXT, new_figure, rank_color, rank_handles
 from .timing import PART_COLORS
 
 __all__ = ["shared_device_note", "cache_figure", "prefill_decode_figure", "alpha_beta_figure"]
@@ -23,10 +26,7 @@ _PART_LABELS = {"matmul": "local matmuls", "other": "other (attention core, norm
 def shared_device_note(info: list[dict]) -> str:
     """'' when every rank has a device of its own; else a label such as 'shared GPU: 4 ranks on
     cuda:0' (or 'shared CPU: 4 ranks on 1 host'), for the figures' titles. ``info``: ``cluster.info()``."""
-    seen: dict[tuple, int] = {}
-    for e in info:
-        key = (e.get("host"), str(e.get("device")))
-        seen[key] = seen.get(key, 0) + 1
+    seen = Counter((e.get("host"), str(e.get("device"))) for e in info)
     shared = {k: n for k, n in seen.items() if n > 1}
     if not shared:
         return ""
@@ -59,12 +59,10 @@ def cache_figure(holdings: list[list[int]], n_kv_heads: int, lengths: list[int],
         ax.set_xlabel("position (token)", fontsize=8)
         ax.set_title(f"{n} tokens cached", fontsize=9, color=TEXT)
         ax.tick_params(labelsize=7)
-        for s in ("top", "right"):
-            ax.spines[s].set_visible(False)
+        ax.spines[["top", "right"]].set_visible(False)
     for ax in axes[1:]:
         ax.set_yticklabels([])
-    handles = [Patch(facecolor=rank_color(r), label=f"rank {r}") for r in range(len(holdings))]
-    fig.legend(handles=handles, loc="upper right", fontsize=7, ncol=len(holdings), frameon=False)
+    fig.legend(handles=rank_handles(len(holdings)), loc="upper right", fontsize=7, ncol=len(holdings), frameon=False)
     fig.suptitle(title + (f"  ({note})" if note else ""), fontsize=10, x=0.02, ha="left", color=TEXT)
     fig.text(0.02, 0.01, "dashed: end of the prompt (prefill); hatched: appended by decode steps",
              fontsize=7, color=MUTED)
@@ -84,19 +82,16 @@ def prefill_decode_figure(decode: dict, prefill: dict, note: str = ""):
         bottom = np.zeros(len(degrees))
         for part in ("matmul", "other", "communication"):
             h = np.array([1e3 * data[p][part] for p in degrees])
-            ax.bar(x, h, bottom=bottom, width=0.6, color=PART_COLORS[part], edgecolor="white")
+            bars = ax.bar(x, h, bottom=bottom, width=0.6, color=PART_COLORS[part], edgecolor="white")
             bottom += h
-        for i, p in enumerate(degrees):
-            share = data[p]["communication"] / max(sum(data[p][k] for k in PART_COLORS), 1e-12)
-            ax.text(x[i], bottom[i], f"{bottom[i]:.2f} ms\n{share:.0%} comm", ha="center", va="bottom",
-                    fontsize=7, color=TEXT)
+        shares = [1e3 * data[p]["communication"] / max(t, 1e-9) for p, t in zip(degrees, bottom)]
+        ax.bar_label(bars, [f"{t:.2f} ms\n{s:.0%} comm" for t, s in zip(bottom, shares)], fontsize=7, color=TEXT)
         ax.set_xticks(x)
         ax.set_xticklabels([f"TP={p}" for p in degrees])
         ax.set_ylabel("ms")
         ax.set_ylim(0, max(bottom) * 1.3 if len(bottom) else 1)
         ax.set_title(what, fontsize=10)
-        for s in ("top", "right"):
-            ax.spines[s].set_visible(False)
+        ax.spines[["top", "right"]].set_visible(False)
     fig.legend(handles=[Patch(facecolor=PART_COLORS[k], label=_PART_LABELS[k]) for k in PART_COLORS],
                loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle("Where the time goes, per TP degree" + (f"  ({note})" if note else ""), fontsize=10.5)
@@ -114,8 +109,8 @@ def alpha_beta_figure(measured: dict[int, float], p: int, latency: float, bandwi
     sizes = sorted(measured)
     lo, hi = min(sizes + list(marks.values())) / 2, max(sizes + list(marks.values())) * 2
     n = np.geomspace(lo, hi, 200)
-    lat = 2 * (p - 1) * latency
-    bw = 2 * (p - 1) / p * n / bandwidth if np.isfinite(bandwidth) else np.zeros_like(n)
+    lat = steps("all_reduce", p) * latency               # the formulas of helpers.costmodel.collectives
+    bw = bytes_sent("all_reduce", n, p) / bandwidth      # 0 for an infinite bandwidth
     ax.loglog(n, 1e6 * (lat + bw), color=TEXT, linewidth=1.5,
               label=f"fit: α = {latency * 1e6:.0f} µs/step, β = "
                     + (f"{bandwidth / 1e9:.2f} GB/s" if np.isfinite(bandwidth) else "∞"))
@@ -126,7 +121,7 @@ def alpha_beta_figure(measured: dict[int, float], p: int, latency: float, bandwi
     ax.loglog(sizes, [1e6 * measured[s] for s in sizes], "o", color=PART_COLORS["communication"],
               markersize=7, label=f"measured all-reduce, p = {p}")
     for label, nb in marks.items():
-        t = lat + (2 * (p - 1) / p * nb / bandwidth if np.isfinite(bandwidth) else 0.0)
+        t = lat + bytes_sent("all_reduce", nb, p) / bandwidth
         ax.axvline(nb, color=MUTED, linewidth=0.8)
         ax.annotate(f"{label}\n{nb:,} B", (nb, 1e6 * t), textcoords="offset points", xytext=(6, 10),
                     fontsize=8, color=TEXT)

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..common.numbers import fmt_bytes
-from .figure import MUTED, REPLICATED_GREY, new_figure, rank_color
+from .figure import MUTED, REPLICATED_GREY, new_axes, new_figure, partial_cards, rank_blocks, rank_color
 
 __all__ = ["plot_loss_curves", "plot_bytes", "plot_activation_memory", "plot_collectives", "sp_dataflow_figure"]
 
@@ -24,7 +24,7 @@ def plot_loss_curves(dense: Sequence[float], tp: Sequence[float], tol: float,
     if dense.shape != tp.shape:
         raise ValueError(f"the curves have {dense.size} and {tp.size} steps")
     steps = np.arange(1, dense.size + 1)
-    fig = new_figure(10.5, 3.6)
+    fig = new_figure(10.5, 3.6, layout="constrained")
     a1, a2, a3 = fig.subplots(1, 3)
     a1.plot(steps, dense, color="#222222", lw=1.8, marker="o", ms=3)
     a1.set_title("dense (one process)", fontsize=10)
@@ -43,33 +43,27 @@ def plot_loss_curves(dense: Sequence[float], tp: Sequence[float], tol: float,
     a3.set_title("difference per step", fontsize=10)
     a3.legend(fontsize=8, frameon=False)
     a3.grid(True, color="#dddddd", lw=0.6)
-    fig.set_layout_engine("constrained")
     return fig
 
 
-def plot_bytes(values: Mapping[str, float], title: str, colors: Sequence | None = None) -> Figure:
+def plot_bytes(values: Mapping[str, float], title: str) -> Figure:
     """Horizontal bars, one per label, each annotated with its size (B / KB / MB)."""
     labels, vals = list(values), [float(v) for v in values.values()]
-    fig = new_figure(7.5, 0.55 * len(labels) + 1.2)
-    ax = fig.add_subplot()
-    colors = list(colors) if colors is not None else [REPLICATED_GREY] * len(labels)
+    fig, ax = new_axes(7.5, 0.55 * len(labels) + 1.2)
     y = np.arange(len(labels))[::-1]
-    ax.barh(y, vals, color=colors, edgecolor="#444444", lw=0.6)
-    for yi, v in zip(y, vals):
-        ax.text(v, yi, f"  {fmt_bytes(v)}", va="center", fontsize=8.5)
+    bars = ax.barh(y, vals, color=REPLICATED_GREY, edgecolor="#444444", lw=0.6)
+    ax.bar_label(bars, [f"  {fmt_bytes(v)}" for v in vals], fontsize=8.5)
     ax.set_yticks(y, labels, fontsize=9)
     ax.set_xlim(0, max(vals + [1]) * 1.3)
     ax.set_xlabel("bytes per rank")
     ax.set_title(title, fontsize=10.5)
-    fig.set_layout_engine("constrained")
     return fig
 
 
 def plot_activation_memory(measured: Mapping[str, Sequence[float]], formula: Mapping[str, float],
                            title: str = "What one block keeps for the backward, per rank") -> Figure:
     """Per-rank measured bytes (rank colours; 'dense' in grey) beside the formula (hatched)."""
-    fig = new_figure(8.0, 3.8)
-    ax = fig.add_subplot()
+    fig, ax = new_axes(8.0, 3.8)
     x0, ticks, names = 0.0, [], []
     for name, per_rank in measured.items():
         per_rank = list(per_rank)
@@ -89,7 +83,6 @@ def plot_activation_memory(measured: Mapping[str, Sequence[float]], formula: Map
     ax.set_ylabel("bytes saved for backward")
     ax.set_title(title + "  (coloured: measured on each rank; hatched: formula)", fontsize=9.5)
     ax.grid(True, axis="y", color="#dddddd", lw=0.6)
-    fig.set_layout_engine("constrained")
     return fig
 
 
@@ -103,7 +96,7 @@ def plot_collectives(summaries: Mapping[str, Mapping[str, Mapping[str, float]]],
     kinds = ["all_reduce", "all_gather", "reduce_scatter"]
     greys = {"all_reduce": "#555555", "all_gather": "#9a9a9a", "reduce_scatter": "#d0d0d0"}
     names = list(summaries)
-    fig = new_figure(10.5, 3.5)
+    fig = new_figure(10.5, 3.5, layout="constrained")
     a1, a2, a3 = fig.subplots(1, 3)
     x = np.arange(len(names))
     for ax, key in ((a1, "count"), (a2, "sent")):
@@ -122,14 +115,12 @@ def plot_collectives(summaries: Mapping[str, Mapping[str, Mapping[str, float]]],
     a1.legend(fontsize=7.5, frameon=False, loc="upper left")
     a2.set_title("bytes sent (ring algorithm)", fontsize=10)
     mem = np.array([memory.get(n, 0) for n in names], float)
-    a3.bar(x, mem, 0.55, color=[rank_color(0)] * len(names), edgecolor="#444444", lw=0.6)
-    for xi, v in zip(x, mem):
-        a3.text(xi, v, fmt_bytes(v), ha="center", va="bottom", fontsize=8.5)
+    bars = a3.bar(x, mem, 0.55, color=rank_color(0), edgecolor="#444444", lw=0.6)
+    a3.bar_label(bars, [fmt_bytes(v) for v in mem], fontsize=8.5)
     a3.set_xticks(x, names)
     a3.set_ylim(0, max(mem.max(), 1) * 1.2)
     a3.set_title("activations held (rank 0)", fontsize=10)
     fig.suptitle(title, fontsize=10.5)
-    fig.set_layout_engine("constrained")
     return fig
 
 
@@ -141,19 +132,11 @@ def _sp_glyph(ax, x, y, layout: str, p: int, w: float = 0.9, h: float = 1.2) -> 
 
     if layout == "Replicate()":
         ax.add_patch(Rectangle((x, y), w, h, facecolor=REPLICATED_GREY, edgecolor="#333333", lw=0.8))
-        return
-    if layout == "Partial()":
-        for r in reversed(range(p)):
-            d = 0.06 * r
-            ax.add_patch(Rectangle((x + d, y - d), w, h, facecolor=rank_color(r), edgecolor="#333333", lw=0.6))
-        return
-    for r in range(p):
-        if layout == "Shard(1)":
-            ax.add_patch(Rectangle((x, y + h - (r + 1) * h / p), w, h / p, facecolor=rank_color(r),
-                                   edgecolor="#333333", lw=0.6))
-        else:
-            ax.add_patch(Rectangle((x + r * w / p, y), w / p, h, facecolor=rank_color(r),
-                                   edgecolor="#333333", lw=0.6))
+    elif layout == "Partial()":
+        partial_cards(ax, x, y, w, h, p, 0.06, -0.06, edge="#333333", lw=0.6)
+    else:  # rank 0's strip on top (Shard(1)) or on the left (Shard(-1))
+        ranks = [[r] for r in reversed(range(p))] if layout == "Shard(1)" else [list(range(p))]
+        rank_blocks(ax, x, y, w, h, ranks, edge="#333333", lw=0.6)
 
 
 def sp_dataflow_figure(p: int = 4) -> Figure:
@@ -162,8 +145,7 @@ def sp_dataflow_figure(p: int = 4) -> Figure:
     ``Shard(-1)``; grey: every rank holds it whole; stacked cards: partial sums), with the
     paper's *g* (all-gather forward, reduce-scatter backward) and *ḡ* (reduce-scatter forward,
     all-gather backward) transitions."""
-    fig = new_figure(12.5, 5.0)
-    ax = fig.add_subplot()
+    fig, ax = new_axes(12.5, 5.0)
     rows = (("attention", "attn_norm", "wq, wk, wv\n(column)", "heads / p", "attention,\nwo (row)"),
             ("MLP", "mlp_norm", "w1 (column)", "hidden / p", "GELU,\nw2 (row)"))
     steps = [("x", "Shard(1)", "(B, T/p, D)"), (None, "Shard(1)", "(B, T/p, D)"),
@@ -197,5 +179,4 @@ def sp_dataflow_figure(p: int = 4) -> Figure:
     ax.axis("off")
     ax.set_title(f"Sequence parallelism in one block on p = {p} ranks: norms and residuals on T/p "
                  "positions; g gathers the sequence, ḡ scatters it back", fontsize=10)
-    fig.set_layout_engine("constrained")
     return fig

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython's Figure -> PNG formatter)
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 
@@ -51,10 +50,7 @@ def mesh_map(mesh_shape, dim_names, hosts=None, devices=None, group_dim: str | N
 
     nrow, ncol = (1, shape[0]) if len(shape) == 1 else shape
     sq, gap = 1.0, 0.7
-    pos = {}
-    for r in range(n):
-        i, j = divmod(r, ncol)
-        pos[r] = (j * (sq + gap), i * (sq + gap + 0.25))
+    pos = {r: ((r % ncol) * (sq + gap), (r // ncol) * (sq + gap + 0.25)) for r in range(n)}  # row-major
     W = ncol * (sq + gap) - gap
     H = nrow * (sq + gap + 0.25) - gap
     fig = new_figure(max(3.6, 1.25 * W + 1.6), 1.25 * H + 1.6)

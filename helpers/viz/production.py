@@ -4,6 +4,8 @@ checkpoint. Drawings only: the numbers come from the engines."""
 
 from __future__ import annotations
 
+from matplotlib.patches import Rectangle
+
 from .figure import MUTED, REPLICATED_GREY, TEXT, new_figure, rank_color
 
 __all__ = ["timeline_figure", "checkpoint_figure", "overlap_seconds"]
@@ -73,8 +75,8 @@ def checkpoint_figure(layouts: dict, shapes: dict, title: str = "which rank wrot
                 whole = len(by_rank) == 1 and (nr, nc) == (rows, cols)
                 w = nc / len(ranks)
                 for k, r in enumerate(ranks):
-                    ax.add_patch(_rect(c0 + k * w, rows - r0 - nr, w, nr,
-                                       REPLICATED_GREY if whole else rank_color(r)))
+                    ax.add_patch(Rectangle((c0 + k * w, rows - r0 - nr), w, nr, edgecolor=TEXT, linewidth=0.5,
+                                           facecolor=REPLICATED_GREY if whole else rank_color(r)))
                 ax.text(c0 + nc / 2, rows - r0 - nr / 2, "dense" if whole else ",".join(map(str, ranks)),
                         ha="center", va="center", fontsize=7, color="white" if not whole else TEXT)
             ax.set_xlim(0, cols)
@@ -88,8 +90,3 @@ def checkpoint_figure(layouts: dict, shapes: dict, title: str = "which rank wrot
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
-
-
-def _rect(x, y, w, h, color):
-    from matplotlib.patches import Rectangle
-    return Rectangle((x, y), w, h, facecolor=color, edgecolor=TEXT, linewidth=0.5)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import textwrap
 
-import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython's Figure -> PNG formatter)
+import ipywidgets as widgets
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
@@ -24,8 +24,9 @@ from .figure import (
     TEXT,
     message_figure,
     new_figure,
-    rank_color,
-    text_on,
+    partial_cards,
+    rank_blocks,
+    rank_handles,
 )
 from .widget import FigureWidget
 
@@ -42,6 +43,11 @@ def _check_int(name: str, v, lo: int, hi: int | None = None) -> int:
         rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
         raise ValueError(f"{name}={v} is out of range ({rng})")
     return v
+
+
+def _check_mode(mode) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}; got {mode!r}")
 
 
 class _Mat:
@@ -164,9 +170,7 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
     d_out = _check_int("out_features", out_features, 1)
     batch = _check_int("batch", batch, 1)
     b = _check_int("dtype_bytes", dtype_bytes, 1)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}; got {mode!r}")
-
+    _check_mode(mode)
     title = f"Y = X·W, {mode}-parallel, TP degree {p}" if mode != "column+row" else \
         f"MLP  Y = GeLU(X·W1)·W2, column+row parallel, TP degree {p}"
     msg = _uneven_message(p, d_in, d_out, mode)
@@ -178,9 +182,7 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
         for it in items:
             if isinstance(it, _Mat):
                 it.name, it.under = it.name.replace("_r", ""), "rank 0 holds all of it"
-    mats = [it for it in items if isinstance(it, _Mat)]
-    max_dim = max(max(m.rows, m.cols) for m in mats)
-    scale = 4.0 / max_dim
+    scale = 4.0 / max(max(m.rows, m.cols) for m in items if isinstance(m, _Mat))
     clamped = False
 
     def length(n: int, split: int) -> float:
@@ -192,7 +194,7 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
             return lo
         return v
 
-    # geometry: (x, width, height) per item
+    # geometry: (x, width, height, offset of the stacked partial-sum cards) per item
     geo = []
     x = 0.0
     gap = 0.35
@@ -200,13 +202,9 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
         if isinstance(it, _Mat):
             w = length(it.cols, it.p if it.own == "cols" else 1)
             h = length(it.rows, it.p if it.own == "rows" else 1)
-            if it.own == "partial":
-                off = 0.13
-                geo.append((x, w, h, off))
-                x += w + off * (it.p - 1) + gap
-            else:
-                geo.append((x, w, h, 0.0))
-                x += w + gap
+            off = 0.13 if it.own == "partial" else 0.0
+            geo.append((x, w, h, off))
+            x += w + off * (it.p - 1) + gap
         else:
             kind, text = it
             w = 1.9 if kind == "comm" else (1.7 if "GeLU" in text else 0.55)
@@ -253,7 +251,7 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
         _draw_mat(ax, it, x0, w, h, off, unit_in)
 
     # legend: ranks, replicated, partial
-    handles = [Patch(facecolor=rank_color(r), edgecolor="white", label=f"rank {r}") for r in range(p)]
+    handles = rank_handles(p)
     if p > 1:
         handles.append(Patch(facecolor=REPLICATED_GREY, edgecolor="#666666",
                              label="grey: every rank has a full copy"))
@@ -272,37 +270,16 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
 def _draw_mat(ax, m: _Mat, x0: float, w: float, h: float, off: float, unit_in: float) -> None:
     top = -h / 2
     p = m.p
-    label_y = top - 0.12
-    if m.own == "partial":
-        # p full-size cards, rank p-1 at the back; rank 0 on top (front, bottom-left).
-        for r in reversed(range(p)):
-            dx, dy = off * r, -off * r
-            ax.add_patch(Rectangle((x0 + dx, top + dy), w, h, facecolor=rank_color(r),
-                                   edgecolor="white", linewidth=1.2))
-        label_y = top - off * (p - 1) - 0.12
-        ax.text(x0 + w / 2, top + h / 2, "Σ", ha="center", va="center", fontsize=12,
-                color=text_on(0))
+    if m.own == "partial":  # p full-size cards, rank p-1 at the back; rank 0 on top (front, bottom-left)
+        partial_cards(ax, x0, top, w, h, p, off, -off, lw=1.2, sigma=12)
     elif m.own == "rep":
         ax.add_patch(Rectangle((x0, top), w, h, facecolor=REPLICATED_GREY, edgecolor="none"))
-    elif m.own == "cols":
-        bw = w / p
-        for r in range(p):
-            ax.add_patch(Rectangle((x0 + r * bw, top), bw, h, facecolor=rank_color(r),
-                                   edgecolor="white", linewidth=1.0))
-            if bw * unit_in >= 0.16 and p > 1:
-                ax.text(x0 + (r + 0.5) * bw, top + h / 2, str(r), ha="center", va="center",
-                        fontsize=8, color=text_on(r))
-    elif m.own == "rows":
-        bh = h / p
-        for r in range(p):
-            ax.add_patch(Rectangle((x0, top + r * bh), w, bh, facecolor=rank_color(r),
-                                   edgecolor="white", linewidth=1.0))
-            if bh * unit_in >= 0.14 and p > 1:
-                ax.text(x0 + w / 2, top + (r + 0.5) * bh, str(r), ha="center", va="center",
-                        fontsize=8, color=text_on(r))
+    else:  # split by columns or by rows; blocks ~0.15 inch wide or more show their rank
+        ranks = [list(range(p))] if m.own == "cols" else [[r] for r in range(p)]
+        rank_blocks(ax, x0, top, w, h, ranks, label_min=0.15 / unit_in if p > 1 else None)
     if m.own != "partial":
         ax.add_patch(Rectangle((x0, top), w, h, fill=False, edgecolor="#333333", linewidth=1.0))
-    ax.text(x0 + w / 2 + (off * (p - 1) / 2 if m.own == "partial" else 0), label_y,
+    ax.text(x0 + w / 2 + off * (p - 1) / 2, top - off * (p - 1) - 0.12,  # above the cards (off = 0: no cards)
             f"{m.name}\n({m.rows}, {m.cols})", ha="center", va="bottom", fontsize=9, color=TEXT)
     if m.under:
         ax.text(x0 + w / 2, top + h + 0.12, m.under.replace(": ", ":\n", 1), ha="center", va="top",
@@ -314,28 +291,18 @@ def _draw_mat(ax, m: _Mat, x0: float, w: float, h: float, off: float, unit_in: f
 # --------------------------------------------------------------------------------------------
 
 
-def layout_explorer(degree: int = 4, in_features: int = 16, out_features: int = 32,
-                    mode: str = "column", batch: int = 4, dtype_bytes: int = 4) -> "LayoutExplorer":
+class LayoutExplorer(FigureWidget):
     """Interactive :func:`layout_figure`: sliders for TP degree and feature sizes, a mode menu.
 
-    Returns a :class:`LayoutExplorer` (an ``ipywidgets.VBox`` with the CSS class
-    ``tp-layout-explorer``). The figure is rendered to PNG bytes into an ``ipywidgets.Image``
-    (CSS class ``tp-layout-image``; in the DOM it is the ``<img>`` element itself, with a
-    ``blob:`` src that changes on every redraw). Each change of a control's value redraws exactly
-    once; the figure is closed after rendering. Drawing errors go to an ``Output`` below the image.
+    A :class:`~.widget.FigureWidget` with the CSS class ``tp-layout-explorer``; its picture is an
+    ``ipywidgets.Image`` (CSS class ``tp-layout-image``; in the DOM the ``<img>`` element itself,
+    with a ``blob:`` src that changes on every redraw).
 
     Browser tests: ``.tp-layout-explorer img.tp-layout-image`` is the picture;
     ``.tp-layout-explorer .tp-degree`` is the TP-degree slider (label text "TP degree"), whose
     ``.widget-readout`` is contenteditable: click it, select all, type "2", press Enter.
     Other controls: ``.tp-in-features``, ``.tp-out-features`` (sliders), ``.tp-mode`` (a
     ``<select>`` inside). Then screenshot the ``<img>`` and call :func:`count_rank_colors`.
-    """
-    return LayoutExplorer(degree=degree, in_features=in_features, out_features=out_features,
-                          mode=mode, batch=batch, dtype_bytes=dtype_bytes)
-
-
-class LayoutExplorer(FigureWidget):
-    """The widget returned by :func:`layout_explorer` (see there).
 
     Attributes: ``degree``, ``in_features``, ``out_features`` (IntSlider), ``mode`` (Dropdown),
     and :class:`~.widget.FigureWidget`'s ``image``, ``messages``, ``redraw_count``, ``png``.
@@ -345,30 +312,23 @@ class LayoutExplorer(FigureWidget):
 
     def __init__(self, degree=4, in_features=16, out_features=32, mode="column", batch=4,
                  dtype_bytes=4):
-        import ipywidgets as widgets
-
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}; got {mode!r}")
+        _check_mode(mode)
         self.batch = _check_int("batch", batch, 1)
         self.dtype_bytes = _check_int("dtype_bytes", dtype_bytes, 1)
-        style = {"description_width": "90px"}
-        lay = widgets.Layout(width="330px")
-        self.degree = widgets.IntSlider(value=_check_int("degree", degree, 1, MAX_DEGREE), min=1,
-                                        max=MAX_DEGREE, step=1, description="TP degree",
-                                        continuous_update=False, style=style, layout=lay)
+        kw = dict(style={"description_width": "90px"}, layout=widgets.Layout(width="330px"))
+        self.degree = widgets.IntSlider(value=_check_int("degree", degree, 1, MAX_DEGREE), min=1, max=MAX_DEGREE,
+                                        description="TP degree", continuous_update=False, **kw).add_class("tp-degree")
         self.in_features, self.out_features = (
             widgets.IntSlider(value=_check_int(name, v, 8, 64), min=8, max=64, step=8, description=name,
-                              continuous_update=False, style=style, layout=lay)
+                              continuous_update=False, **kw).add_class(f"tp-{name.replace('_', '-')}")
             for name, v in (("in_features", in_features), ("out_features", out_features)))
-        self.mode = widgets.Dropdown(options=list(MODES), value=mode, description="layout",
-                                     style=style, layout=lay)
-        controls = [self.degree, self.in_features, self.out_features, self.mode]
-        for w, css in zip(controls, ("tp-degree", "tp-in-features", "tp-out-features", "tp-mode")):
-            w.add_class(css)
-        self._assemble(widgets.HBox([widgets.VBox([self.degree, self.mode]),
-                                     widgets.VBox([self.in_features, self.out_features])]),
-                       controls, "tp-layout-explorer", "tp-layout-image")
+        self.mode = widgets.Dropdown(options=list(MODES), value=mode, description="layout", **kw).add_class("tp-mode")
+        self._assemble([[self.degree, self.mode], [self.in_features, self.out_features]], "tp-layout-explorer",
+                       "tp-layout-image")
 
     def figure(self) -> Figure:
         return layout_figure(self.degree.value, self.in_features.value, self.out_features.value,
                              self.mode.value, batch=self.batch, dtype_bytes=self.dtype_bytes)
+
+
+layout_explorer = LayoutExplorer  # the notebooks' name for it

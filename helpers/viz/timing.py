@@ -12,12 +12,11 @@ from __future__ import annotations
 import html
 from typing import Sequence
 
-import matplotlib.pyplot as plt  # noqa: F401  (in a kernel this enables IPython's Figure -> PNG formatter)
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .figure import TEXT, new_figure
+from .figure import TEXT, new_axes
 
 __all__ = ["summarize_splits", "step_efficiency", "step_time_figure", "efficiency_table",
            "efficiency_figure", "Evidence", "PART_COLORS"]
@@ -64,8 +63,7 @@ def step_time_figure(summary: dict[int, dict[str, float]], modeled: dict[int, di
     allp = {**(modeled or {}), **summary}
     degrees = sorted(allp)
     eff = step_efficiency(allp)
-    fig = new_figure(7.2, 4.4)
-    ax = fig.add_subplot()
+    fig, ax = new_axes(7.2, 4.4)
     x = np.arange(len(degrees))
     for i, p in enumerate(degrees):
         s, is_model = allp[p], p not in summary
@@ -96,7 +94,6 @@ def step_time_figure(summary: dict[int, dict[str, float]], modeled: dict[int, di
     ax.set_title(title, fontsize=11)
     ax.grid(True, axis="y", color="#dddddd", lw=0.6)
     ax.set_axisbelow(True)
-    fig.set_layout_engine("constrained")
     return fig
 
 
@@ -119,9 +116,8 @@ def efficiency_table(reference: dict, measured: dict | None = None, *, source: s
     ``reference``: {(dtype, tokens): (TFLOP/s at p=1, {p: relative rate})};
     ``measured``: {label: {p: TFLOP/s}} (the % is computed against its p=1).
     """
-    ref_p = sorted({p for _, curve in reference.values() for p in curve})
-    meas_p = sorted({int(p) for row in (measured or {}).values() for p in row})
-    degrees = sorted(set(ref_p) | set(meas_p))
+    measured = {label: {int(p): v for p, v in row.items()} for label, row in (measured or {}).items()}
+    degrees = sorted({p for _, curve in reference.values() for p in curve} | {p for row in measured.values() for p in row})
     head = "".join(f"<th>p={p}</th>" for p in degrees)
     lines = [f"{'':28s}" + "".join(f"{'p=' + str(p):>9s}" for p in degrees)]
     rows = []
@@ -130,17 +126,10 @@ def efficiency_table(reference: dict, measured: dict | None = None, *, source: s
         rows.append(f"<tr><td>H100 reference</td><td>{dtype}</td><td>{tokens}</td>"
                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         lines.append(f"{'H100 ' + dtype + ' ' + str(tokens):28s}" + "".join(f"{c:>9s}" for c in cells))
-    for label, row in (measured or {}).items():
-        base = row.get(1) or row.get("1")
-        rowp = {int(k): v for k, v in row.items()}
-        cells = []
-        for p in degrees:
-            if p not in rowp:
-                cells.append("–")
-            elif p == 1:
-                cells.append(f"{rowp[1]:.3g} TFLOP/s")
-            else:
-                cells.append(f"{rowp[p] / base:.0%}" if base else "–")
+    for label, row in measured.items():
+        base = row.get(1)  # the % is against p = 1: without it, only dashes
+        cells = [f"{base:.3g} TFLOP/s" if p == 1 and base else f"{row[p] / base:.0%}" if p in row and base else "–"
+                 for p in degrees]
         rows.append(f"<tr style='font-weight:bold'><td>{html.escape(measured_label)}</td>"
                     f"<td colspan=2>{html.escape(str(label))}</td>"
                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
@@ -155,8 +144,7 @@ def efficiency_table(reference: dict, measured: dict | None = None, *, source: s
 def efficiency_figure(reference: dict, measured: dict | None = None,
                       title: str = "Matmul rate relative to p = 1 (one GPU's shard of the layer)") -> Figure:
     """Rate at degree p relative to p = 1: the reference rows in grey, this machine's in black."""
-    fig = new_figure(6.4, 3.8)
-    ax = fig.add_subplot()
+    fig, ax = new_axes(6.4, 3.8)
     greys = ["#9a9a9a", "#b0b0b0", "#7f7f7f", "#c4c4c4", "#8c8c8c", "#a8a8a8"]
     for i, ((dtype, tokens), (_, curve)) in enumerate(reference.items()):
         ps = sorted(curve)
@@ -179,7 +167,6 @@ def efficiency_figure(reference: dict, measured: dict | None = None,
     ax.set_title(title, fontsize=10.5)
     ax.grid(True, color="#dddddd", lw=0.6)
     ax.legend(fontsize=7, frameon=False, ncol=2)
-    fig.set_layout_engine("constrained")
     return fig
 
 

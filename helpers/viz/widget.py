@@ -7,21 +7,15 @@ traceback), and the widget stays alive.
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
+import ipywidgets as widgets
 
-from .figure import figure_to_png
+from .figure import render_png
 
 __all__ = ["FigureWidget"]
 
 
-def _vbox():
-    import ipywidgets as widgets
-
-    return widgets.VBox
-
-
-class FigureWidget(_vbox()):  # type: ignore[misc]
-    """A ``VBox`` of ``controls``, ``image`` (an ``ipywidgets.Image``, PNG) and ``messages``.
+class FigureWidget(widgets.VBox):
+    """A ``VBox`` of controls, ``image`` (an ``ipywidgets.Image``, PNG) and ``messages``.
 
     Subclasses build their controls, call :meth:`_assemble` and define :meth:`figure`.
     Attributes: ``redraw_count`` (pictures drawn), ``png`` (the last picture's bytes).
@@ -29,19 +23,18 @@ class FigureWidget(_vbox()):  # type: ignore[misc]
 
     what = "figure"  # the message says "could not draw this <what>"
 
-    def _assemble(self, controls, watched, css_class: str, image_class: str | None = None) -> None:
-        import ipywidgets as widgets
-
+    def _assemble(self, columns, css_class: str, image_class: str | None = None) -> None:
+        """``columns``: lists of controls, side by side above the picture; a change of any redraws."""
         self.image = widgets.Image(format="png")
         if image_class:
             self.image.add_class(image_class)
         self.messages = widgets.Output()
         self.redraw_count = 0
         self.png = b""
-        super().__init__([controls, self.image, self.messages])
+        super().__init__([widgets.HBox([widgets.VBox(c) for c in columns]), self.image, self.messages])
         self.add_class(css_class)
         self.redraw()
-        for w in watched:
+        for w in (w for c in columns for w in c):
             w.observe(lambda _change: self.redraw(), names="value")
 
     def figure(self):
@@ -49,17 +42,11 @@ class FigureWidget(_vbox()):  # type: ignore[misc]
 
     def redraw(self) -> None:
         """Render :meth:`figure` for the current control values into ``self.image``."""
-        fig = None
+        self.messages.clear_output()
         try:
-            fig = self.figure()
-            png = figure_to_png(fig)
+            png = render_png(self.figure())
         except Exception as e:  # keep the widget alive; say what went wrong under the picture
-            self.messages.clear_output()
             self.messages.append_stdout(f"could not draw this {self.what}: {type(e).__name__}: {e}\n")
             return
-        finally:
-            if fig is not None:
-                plt.close(fig)
-        self.messages.clear_output()
         self.png = self.image.value = png
         self.redraw_count += 1
