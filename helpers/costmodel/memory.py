@@ -173,7 +173,7 @@ def memory_per_rank(dims: ModelDims, setup: Setup, precision="fp32", *, batch: i
 
 
 def layers_that_fit(dims: ModelDims, setup: Setup, capacity_bytes: float, precision="bf16-mixed", *, batch: int,
-                    seq_len: int) -> int:
+                    seq_len: int, attention_scores: bool = True) -> int:
     """How many of the model's blocks fit in ``capacity_bytes`` per GPU (at most ``n_layers``),
     after the embedding and output head (sharded the same way as the blocks) are placed.
 
@@ -185,7 +185,8 @@ def layers_that_fit(dims: ModelDims, setup: Setup, capacity_bytes: float, precis
     7
     """
     p = precision_of(precision)
-    one = memory_per_rank(dims, setup, p, batch=batch, seq_len=seq_len, layers=1, optimizer_steps_counted=False).total
+    one = memory_per_rank(dims, setup, p, batch=batch, seq_len=seq_len, layers=1, optimizer_steps_counted=False,
+                         attention_scores=attention_scores).total
     extra = 2 * dims.vocab * dims.d_model // setup.ranks * (p.param + p.grad + p.optim)   # embedding and head
     if extra >= capacity_bytes:
         return 0

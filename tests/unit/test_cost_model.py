@@ -169,6 +169,11 @@ def test_layers_that_fit_by_hand():
     assert layers_that_fit(LLAMA2_7B, Setup("d"), 40e9, batch=1, seq_len=4096) == int(left // one) == 7
     # the whole model fits when each GPU holds 1/8 of every layer ... but never more than n_layers
     assert layers_that_fit(TINY, Setup("d"), 40e9, batch=1, seq_len=8) == TINY.n_layers
+    # without the (B, heads, S, S) attention scores (notebook 03: a fused-attention kernel) more fit
+    no_scores = memory_per_rank(LLAMA2_7B, Setup("d"), "bf16-mixed", batch=1, seq_len=4096, layers=1,
+                                optimizer_steps_counted=False, attention_scores=False).total
+    assert layers_that_fit(LLAMA2_7B, Setup("d"), 40e9, batch=1, seq_len=4096,
+                           attention_scores=False) == int(left // no_scores) > 7
 
 
 # ------------------------------------------------------------------------------ refusals
