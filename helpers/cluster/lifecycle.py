@@ -386,19 +386,31 @@ def _why_killed(killed: list, engines: list, asked: int) -> str:
 
 def _reap(cluster) -> list[int]:
     """Collect the exit status of the engines this process started (no zombies left);
-    returns the engines' exit codes."""
-    def wait(popen) -> int:
+    returns the engines' exit codes.
+
+    ipyparallel waits for each process in a thread of its own, which ends with a non-blocking
+    ``Popen.wait(0)``; a second ``wait`` at the same moment holds the Popen's lock, and the
+    thread then prints a ``TimeoutExpired`` traceback into the notebook. So each thread is
+    joined first; its psutil process keeps the exit code it read.
+    """
+    def wait(launcher) -> int:
+        thread = getattr(launcher, "_wait_thread", None)
+        if thread is not None:
+            thread.join(2)  # the process was asked to exit or ended above: this is quick
+        code = None
+        if thread is not None and not thread.is_alive():
+            with suppress(Exception):
+                code = launcher.process.wait(0)
         try:
-            return popen.wait(2)
+            return launcher._popen_process.wait(2) if code is None else code
         except Exception:
             return -1
 
-    popens = [getattr(launcher, "_popen_process", None) for es in list(cluster.engines.values())
-              for launcher in getattr(es, "launchers", {}).values()]
-    codes = [wait(popen) for popen in popens if popen]
-    popen = getattr(cluster.controller, "_popen_process", None)
-    if popen is not None:
-        wait(popen)
+    launchers = [launcher for es in list(cluster.engines.values())
+                 for launcher in getattr(es, "launchers", {}).values()]
+    codes = [wait(la) for la in launchers if getattr(la, "_popen_process", None)]
+    if getattr(cluster.controller, "_popen_process", None) is not None:
+        wait(cluster.controller)
     return codes
 
 
