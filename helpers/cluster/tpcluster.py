@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import ipyparallel as ipp
 
+from ..common.api import RankFacts
 from ..common.topology import (
     EngineInfo,
     check_backend,
@@ -90,7 +91,7 @@ def _who(record: dict, me: str | None = None) -> str:
 
 
 @dataclass(eq=False)
-class TPCluster:
+class TPCluster(RankFacts):
     """A connected cluster with torch.distributed initialized on every engine.
 
     ``view`` is a blocking DirectView over all engines in rank order; ``%%px``
@@ -124,19 +125,6 @@ class TPCluster:
         return self.ref.profile_dir
 
     @property
-    def world_size(self) -> int:
-        return len(self.engines)
-
-    @property
-    def engine_ids(self) -> list[int]:
-        """Engine ids in rank order (``engine_ids[r]`` runs rank r)."""
-        return [e.engine_id for e in self.engines]
-
-    @property
-    def devices(self) -> list[str]:
-        return [e.device for e in self.engines]
-
-    @property
     def layout_note(self) -> str:
         """How the ranks map onto devices, in one sentence ("4 ranks share 1 GPU over gloo: ...")."""
         return layout_note(self.backend, self.engines)
@@ -147,21 +135,11 @@ class TPCluster:
         return 0 < len(gpus) < self.world_size
 
     @property
-    def nodes(self) -> list[str]:
-        """The node of each rank, by rank: real host names, or ``node0, node1, ...`` when
-        ``connect(nodes=...)`` simulates nodes on one host."""
-        return [e.node for e in self.engines]
-
-    @property
     def view(self):
         self.recovery.check_alive()  # a dead rank is named, not a bare KeyError
         view = self.client[self.engine_ids]
         view.block = True
         return view
-
-    def info(self) -> list[dict]:
-        """One dict per rank: rank, engine id, host, pid, device, backend."""
-        return [dict(vars(e), backend=self.backend) for e in self.engines]
 
     def __repr__(self) -> str:
         hosts = sorted({e.host for e in self.engines})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol, runtime_checkable
 
-__all__ = ["ClusterAPI"]
+__all__ = ["ClusterAPI", "RankFacts"]
 
 
 @runtime_checkable
@@ -56,3 +56,34 @@ class ClusterAPI(Protocol):
     def follow_cwd(self, folder: str | None = None) -> None: ...
 
     def shutdown(self, quiet: bool = False) -> None: ...
+
+
+class RankFacts:
+    """What both clusters derive from their ranks: ``engines`` (one
+    :class:`helpers.common.topology.EngineInfo` per rank, rank 0 first) and ``backend``."""
+
+    engines: list
+    backend: str
+
+    @property
+    def world_size(self) -> int:
+        return len(self.engines)
+
+    @property
+    def engine_ids(self) -> list[int]:
+        """Engine ids in rank order (``engine_ids[r]`` runs rank r; in a batch job, the ranks)."""
+        return [e.engine_id for e in self.engines]
+
+    @property
+    def devices(self) -> list[str]:
+        return [e.device for e in self.engines]
+
+    @property
+    def nodes(self) -> list[str]:
+        """The node of each rank: real host names, or ``node0, node1, ...`` when
+        ``connect(nodes=...)`` simulates nodes on one host."""
+        return [e.node for e in self.engines]
+
+    def info(self) -> list[dict]:
+        """One dict per rank: rank, engine id, host, pid, device, backend, ..."""
+        return [dict(vars(e), backend=self.backend) for e in self.engines]

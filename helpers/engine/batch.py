@@ -66,6 +66,7 @@ import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 
+from ..common.api import RankFacts
 from ..common.topology import EngineInfo, device_for, node_names
 from ..reference import display as reference_display
 from . import pg
@@ -144,7 +145,7 @@ def _gather(obj) -> list:
 
 
 @dataclass(eq=False)
-class BatchCluster:
+class BatchCluster(RankFacts):
     """``cluster`` in a batch job: the ``TPCluster`` API over torchrun's ranks.
 
     Every method is called by every rank (notebook cells run on all of them); the ones that
@@ -157,27 +158,7 @@ class BatchCluster:
     rank: int  # this process's
     engine_ns: dict = dataclasses.field(repr=False)
 
-    # ---- facts
-    @property
-    def world_size(self) -> int:
-        return len(self.engines)
-
-    @property
-    def engine_ids(self) -> list[int]:
-        return [e.engine_id for e in self.engines]
-
-    @property
-    def devices(self) -> list[str]:
-        return [e.device for e in self.engines]
-
-    @property
-    def nodes(self) -> list[str]:
-        return [e.node for e in self.engines]
-
-    def info(self) -> list[dict]:
-        """One dict per rank: rank, engine id (= rank), host, pid, device, backend, ..."""
-        return [dict(vars(e), backend=self.backend) for e in self.engines]
-
+    # ---- facts: world_size, engine_ids, devices, nodes, info() from RankFacts
     def __repr__(self) -> str:
         return (f"<BatchCluster (torchrun): {self.world_size} ranks, backend {self.backend}, "
                 f"devices {self.devices}, hosts {sorted({e.host for e in self.engines})}>")
