@@ -10,7 +10,6 @@ the byte counts of 1D column, 1D row and 2D SUMMA against the formulas, then the
 
 import os
 import sys
-import traceback
 
 import torch
 import torch.distributed as dist
@@ -88,32 +87,18 @@ def check_refusals():
     expect_error(lambda: layer(blk), "was cut for grid", "block_of(X, grid)")
 
 
-def main():
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
-    if dist.get_world_size() != 4:
-        raise SystemExit("run with --nproc_per_node=4")
-    ok = True
-    try:
-        for case in CASES:
-            check_against_dense(*case)
-        if rank == 0:
-            print("SUMMA vs dense (Y, dX, dW, db) and bytes vs formula: ok", flush=True)
-        check_1d_bytes()
-        check_refusals()
-        if rank == 0:
-            print("1D bytes vs formula, refusals: ok", flush=True)
-    except Exception:
-        ok = False
-        print(f"rank {rank} FAILED:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-    if ok:
-        dist.barrier()
-        dist.destroy_process_group()
-        if rank == 0:
-            print("all summa checks passed", flush=True)
-    sys.exit(0 if ok else 1)
+def checks(rank, world):
+    for case in CASES:
+        check_against_dense(*case)
+    if rank == 0:
+        print("SUMMA vs dense (Y, dX, dW, db) and bytes vs formula: ok", flush=True)
+    check_1d_bytes()
+    check_refusals()
+    if rank == 0:
+        print("1D bytes vs formula, refusals: ok", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    from worker import run_checks  # beside this script; torchrun puts its folder on sys.path
+
+    run_checks(checks, "summa")

@@ -10,7 +10,6 @@ a process group can import and call them unchanged. Exit code 0 means every chec
 
 import os
 import sys
-import traceback
 
 import torch
 import torch.distributed as dist
@@ -149,35 +148,20 @@ def run_all(group, label):
         print(f"[{label}] column/row/mlp vs dense: ok", flush=True)
 
 
-def main():
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if world != 4:
-        raise SystemExit(f"run with --nproc_per_node=4, got world size {world}")
-    ok = True
-    try:
-        run_all(None, "degree 4, world group")
-        counts = check_mlp_collective_count(None)
-        if rank == 0:
-            print(f"[degree 4] ParallelMLP collectives: {counts}", flush=True)
-        # new_group is collective: every rank creates both subgroups, in the same order.
-        pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
-        mine, other = pairs[rank // 2], pairs[1 - rank // 2]
-        run_all(mine, "degree 2, subgroups [0,1] and [2,3]")
-        check_mlp_collective_count(mine)
-        check_not_member(other)
-    except Exception:
-        ok = False
-        print(f"rank {rank} FAILED:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-    # No barrier after a failure: a failing rank may have left peers mid-collective.
-    if ok:
-        dist.barrier()
-        dist.destroy_process_group()
-        if rank == 0:
-            print("all tp checks passed", flush=True)
-    sys.exit(0 if ok else 1)
+def checks(rank, world):
+    run_all(None, "degree 4, world group")
+    counts = check_mlp_collective_count(None)
+    if rank == 0:
+        print(f"[degree 4] ParallelMLP collectives: {counts}", flush=True)
+    # new_group is collective: every rank creates both subgroups, in the same order.
+    pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    mine, other = pairs[rank // 2], pairs[1 - rank // 2]
+    run_all(mine, "degree 2, subgroups [0,1] and [2,3]")
+    check_mlp_collective_count(mine)
+    check_not_member(other)
 
 
 if __name__ == "__main__":
-    main()
+    from worker import run_checks  # beside this script; torchrun puts its folder on sys.path
+
+    run_checks(checks, "tp")

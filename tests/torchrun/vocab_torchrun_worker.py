@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import os
 import sys
-import traceback
 
 import torch
 import torch.distributed as dist
@@ -150,49 +149,35 @@ def train_losses(steps: int = 20, seed: int = 0, max_norm: float = 0.5) -> tuple
     return ld, lt, nd, nt
 
 
-def main():
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if world != 4:
-        raise SystemExit(f"run with --nproc_per_node=4, got world size {world}")
-    ok = True
-    try:
-        V, D = 4 * world * 3, 8                                  # 48 rows: 12 per rank
-        g = torch.Generator().manual_seed(123)                    # the same ids on every rank
-        for trial in range(5):
-            ids = torch.randint(0, V, (3, 7), generator=g)
-            ids[0, :4] = torch.tensor([0, V // world - 1, V // world, V - 1])   # shard boundaries
-            check_embedding(ids, V, D, seed=trial)
-        if rank == 0:
-            print("vocab-parallel embedding (by hand and RowwiseParallel) vs dense: ok", flush=True)
-        msgs = refusals()
-        if rank == 0:
-            for k, m in msgs.items():
-                print(f"refused {k}: {m}", flush=True)
-        ld, lt, nd, nt = train_losses()
-        worst = max(abs(a - b) for a, b in zip(ld, lt))
-        if worst > LOSS_TOL:
-            raise AssertionError(f"loss curves differ by {worst:.1e} > {LOSS_TOL:.0e}: {ld} vs {lt}")
-        assert_close(torch.tensor(nt), torch.tensor(nd), rtol=1e-4, atol=1e-5)   # the norm over all shards
-        clipped = sum(n > 0.5 for n in nd)
-        if clipped == 0:
-            raise AssertionError(f"clipping never acted (grad norms {nd}); the check proves nothing")
-        if rank == 0:
-            print(f"clip_grad_norm_ on DTensors: same total norm as dense at every step, "
-                  f"clipped {clipped} of {len(nd)} steps", flush=True)
-        if rank == 0:
-            print(f"loss curves: {ld[0]:.3f} → {ld[-1]:.3f}, max |TP+SP − dense| {worst:.1e}", flush=True)
-    except Exception:
-        ok = False
-        print(f"rank {rank} FAILED:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-    if ok:
-        dist.barrier()
-        dist.destroy_process_group()
-        if rank == 0:
-            print("all vocab/lm checks passed", flush=True)
-    sys.exit(0 if ok else 1)
+def checks(rank, world):
+    V, D = 4 * world * 3, 8                                  # 48 rows: 12 per rank
+    g = torch.Generator().manual_seed(123)                    # the same ids on every rank
+    for trial in range(5):
+        ids = torch.randint(0, V, (3, 7), generator=g)
+        ids[0, :4] = torch.tensor([0, V // world - 1, V // world, V - 1])   # shard boundaries
+        check_embedding(ids, V, D, seed=trial)
+    if rank == 0:
+        print("vocab-parallel embedding (by hand and RowwiseParallel) vs dense: ok", flush=True)
+    msgs = refusals()
+    if rank == 0:
+        for k, m in msgs.items():
+            print(f"refused {k}: {m}", flush=True)
+    ld, lt, nd, nt = train_losses()
+    worst = max(abs(a - b) for a, b in zip(ld, lt))
+    if worst > LOSS_TOL:
+        raise AssertionError(f"loss curves differ by {worst:.1e} > {LOSS_TOL:.0e}: {ld} vs {lt}")
+    assert_close(torch.tensor(nt), torch.tensor(nd), rtol=1e-4, atol=1e-5)   # the norm over all shards
+    clipped = sum(n > 0.5 for n in nd)
+    if clipped == 0:
+        raise AssertionError(f"clipping never acted (grad norms {nd}); the check proves nothing")
+    if rank == 0:
+        print(f"clip_grad_norm_ on DTensors: same total norm as dense at every step, "
+              f"clipped {clipped} of {len(nd)} steps", flush=True)
+    if rank == 0:
+        print(f"loss curves: {ld[0]:.3f} → {ld[-1]:.3f}, max |TP+SP − dense| {worst:.1e}", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    from worker import run_checks  # beside this script; torchrun puts its folder on sys.path
+
+    run_checks(checks, "vocab/lm")
