@@ -275,8 +275,7 @@ def _degree_row(dims, inp, t, rate, curve, node) -> DegreeRow:
     # one layer all-gathered (its weights and their full gradients before the reduce-scatter)
     gathered = param_elements_per_rank(dims, setup) * (prec.param + prec.grad)
     floor = dims.n_layers * one.activations + gathered
-    layout = dict(batch=inp.batch, seq_len=inp.seq_len, precision=precision, node=node,
-                  ranks_per_node=inp.gpus_per_node)
+    layout = dict(batch=inp.batch, seq_len=inp.seq_len, precision=precision, node=node)
     fast = tp_comm_time_per_layer(dims, t, nics_per_node=inp.nics_per_node, nvlink="gpu", **layout)
     slow = tp_comm_time_per_layer(dims, t, nics_per_node=1, nvlink="pair", **layout)
     eff = interpolate_efficiency(curve, t)

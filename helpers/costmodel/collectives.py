@@ -22,12 +22,9 @@ all-gather); broadcast and reduce: the root talks to each other rank directly. R
 other algorithms (trees, pipelines) whose per-rank bytes differ by small factors; the ratios
 between layouts do not depend on that choice.
 
-Also here: the alpha-beta time of a collective (:func:`collective_time`); a ring on a node layout
-(:func:`ring_time`: ranks per node, NICs per node, which link bounds each ring step); its inverse,
-a link's latency and bandwidth fitted to measured all-reduces (:func:`fit_link`, and
-:func:`fit_alpha_beta` over several message sizes, with R² and the worst relative error); what Megatron-style TP
-moves per block (:func:`tp_collectives_per_layer`, :func:`tp_bytes_per_layer`,
-:func:`tp_comm_time_per_layer`); and notebook 04's three layouts of Y = X·W (:data:`COMM_FORMULAS`).
+Also here, on top of that convention: the alpha-beta and ring times of a collective and their
+inverse (a link fitted to measured times), what Megatron-style TP moves per block, and notebook
+04's 1D and 2D layouts.
 """
 
 from __future__ import annotations
@@ -72,17 +69,13 @@ def bytes_sent(kind: str, n: float, p: int, *, root: bool = False) -> float:
 
 
 def bytes_received(kind: str, n: float, p: int, *, root: bool = False) -> float:
-    """Bytes one rank receives; the mirror of :func:`bytes_sent` (equal to it for the ring kinds).
+    """Bytes one rank receives; the mirror of :func:`bytes_sent`: a broadcast receives what a reduce
+    sends and the other way round, the ring kinds receive what they send.
 
     >>> bytes_received("broadcast", 1000, 4), bytes_received("reduce", 1000, 4, root=True)
     (1000.0, 3000.0)
     """
-    _check(kind, p)
-    if kind == "broadcast":
-        return 0.0 if root or p == 1 else float(n)
-    if kind == "reduce":
-        return float((p - 1) * n) if root else 0.0
-    return bytes_sent(kind, n, p)
+    return bytes_sent({"broadcast": "reduce", "reduce": "broadcast"}.get(kind, kind), n, p, root=root)
 
 
 def steps(kind: str, p: int) -> int:
@@ -147,26 +140,22 @@ def ring_time(kind: str, nbytes: float, p: int, *, ranks_per_node: int, nics_per
     >>> slow.bound_by, round(slow.seconds * 1e3, 3), fast.bound_by, round(fast.seconds * 1e3, 3)
     ('Slingshot 11 (one NIC) × 1', 7.196, 'Slingshot 11 (one NIC) × 4', 1.946)
     """
-    _check(kind, p)
     check_whole("ranks_per_node", ranks_per_node)
     check_whole("nics_per_node", nics_per_node)
     if nvlink not in ("gpu", "pair"):
         raise ValueError(f"nvlink must be 'gpu' (all of a GPU's links) or 'pair' (one GPU pair), got {nvlink!r}")
-    nodes = math.ceil(p / ranks_per_node)
     n_steps = steps(kind, p)
-    chunk = max(bytes_sent(kind, nbytes, p, root=True), bytes_received(kind, nbytes, p, root=True)) / max(n_steps, 1)
-    intra = node.nvlink if nvlink == "gpu" else node.nvlink_pair
     if p == 1:
         return RingTime(0.0, 0, 0.0, "none (one rank)", math.inf, 0.0, 1)
-    if nodes == 1:
-        bound, bw, lat = intra.name, intra.bandwidth, intra.latency
-    else:
+    nodes = math.ceil(p / ranks_per_node)
+    chunk = max(bytes_sent(kind, nbytes, p, root=True), bytes_received(kind, nbytes, p, root=True)) / n_steps
+    intra = node.nvlink if nvlink == "gpu" else node.nvlink_pair
+    bound, bw, lat = intra.name, intra.bandwidth, intra.latency
+    if nodes > 1:
+        lat = max(node.slingshot.latency, intra.latency)
         net_bw = nics_per_node * node.slingshot.bandwidth
         if net_bw <= intra.bandwidth:
             bound, bw = f"{node.slingshot.name} × {nics_per_node}", net_bw
-        else:
-            bound, bw = intra.name, intra.bandwidth
-        lat = max(node.slingshot.latency, intra.latency)
     return RingTime(n_steps * (lat + chunk / bw), n_steps, chunk, bound, bw, lat, nodes)
 
 
@@ -184,10 +173,9 @@ def fit_link(times: dict[int, float], nbytes: float) -> Link:
     return fit_alpha_beta([(p, nbytes, t) for p, t in times.items()], min_points=1)[0]
 
 
-def fit_alpha_beta(points: list[tuple[int, float, float]], kind: str = "all_reduce",
-                   name: str = "fitted", min_points: int = 2) -> tuple[Link, dict]:
-    """α (s per ring step) and β (bytes/s) of t = steps(p)·α + bytes_sent(n, p)/β, least squares
-    over measured ``points`` [(p, n bytes, seconds), ...] -- several message sizes and/or degrees
+def fit_alpha_beta(points: list[tuple[int, float, float]], name: str = "fitted", min_points: int = 2) -> tuple[Link, dict]:
+    """α (s per ring step) and β (bytes/s) of ring all-reduces, t = 2(p-1)·α + bytes_sent(n, p)/β, least
+    squares over measured ``points`` [(p, n bytes, seconds), ...] -- several message sizes and/or degrees
     (both α, β >= 0, as :func:`fit_link`). Returns the link and how well it fits:
     {"r2": coefficient of determination, "max_rel_err": worst |model - measured| / measured,
     "points": how many}.
@@ -197,9 +185,9 @@ def fit_alpha_beta(points: list[tuple[int, float, float]], kind: str = "all_redu
     >>> round(link.latency * 1e6, 3), round(link.bandwidth / 1e9, 3), round(q["r2"], 6), q["max_rel_err"] < 1e-9
     (10.0, 1.0, 1.0, True)
     """
-    pts = [(steps(kind, p), bytes_sent(kind, n, p), t) for p, n, t in points if p > 1 and t > 0]
-    if len(pts) < max(1, min_points):
-        raise ValueError(f"fit_alpha_beta needs at least {max(1, min_points)} timing(s) on 2 or more ranks, "
+    pts = [(steps("all_reduce", p), bytes_sent("all_reduce", n, p), t) for p, n, t in points if p > 1 and t > 0]
+    if len(pts) < min_points:
+        raise ValueError(f"fit_alpha_beta needs at least {min_points} timing(s) on 2 or more ranks, "
                          f"got {len(pts)}; measure at least 3 message sizes")
     saa = sum(a * a for a, _, _ in pts)
     sxx = sum(x * x for _, x, _ in pts)
@@ -221,9 +209,7 @@ def fit_alpha_beta(points: list[tuple[int, float, float]], kind: str = "all_redu
     sst = sum((t - mean) ** 2 for _, _, t in pts)
     quality = {"r2": 1.0 - sse((alpha, w)) / sst if sst > 0 else 1.0,
                "max_rel_err": max(abs(a * alpha + x * w - t) / t for a, x, t in pts), "points": len(pts)}
-    link = Link(name, 1.0 / w if w > 0 else math.inf, alpha,
-                f"fitted to {len(pts)} measured {kind.replace('_', '-')}s")
-    return link, quality
+    return Link(name, 1.0 / w if w > 0 else math.inf, alpha, f"fitted to {len(pts)} measured all-reduces"), quality
 
 
 # ------------------------------------------------------------------------------ TP per block
@@ -270,22 +256,20 @@ def tp_bytes_per_layer(dims: ModelDims, tp: int, *, batch: int, seq_len: int, pr
 
 
 def tp_comm_time_per_layer(dims: ModelDims, tp: int, *, batch: int, seq_len: int, precision="bf16-mixed",
-                           ranks_per_node: int | None = None, nics_per_node: int | None = None, nvlink: str = "gpu",
-                           node=DERECHO) -> dict:
+                           nics_per_node: int | None = None, nvlink: str = "gpu", node=DERECHO) -> dict:
     """Modelled seconds of TP's collectives in ONE block per step (forward, backward, both), each a
-    ring on ``node``'s layout (:func:`ring_time`): ``ranks_per_node`` (default: the node's GPUs),
-    ``nics_per_node`` (default: all the node's NICs, NCCL's channels spread over them; 1: the whole
-    ring through one NIC) and ``nvlink`` ("gpu" or "pair"). ``out["link"]`` names the link that
-    bounds every ring step.
+    ring on ``node``'s layout, one rank per GPU (:func:`ring_time`): ``nics_per_node`` (default: all
+    the node's NICs, NCCL's channels spread over them; 1: the whole ring through one NIC) and
+    ``nvlink`` ("gpu" or "pair"). ``out["link"]`` names the link that bounds every ring step.
 
     >>> from .dims import LLAMA2_13B
     >>> t = tp_comm_time_per_layer(LLAMA2_13B, 4, batch=1, seq_len=4096)
     >>> round(t["step"] * 1e3, 3), t["link"]   # ms: 4 all-reduces of 42 MB over NVLink, 24 steps × 3.4 µs
     (0.92, 'NVLink 3 (all links of a GPU)')
     """
-    out = {"forward": 0.0, "backward": 0.0, "link": tp_link(tp, node.gpus_per_node, node).name}
+    out = {"forward": 0.0, "backward": 0.0, "link": tp_link(tp, node).name}
     for c in tp_collectives_per_layer(dims, tp, batch=batch, seq_len=seq_len, precision=precision):
-        r = ring_time(c["kind"], c["bytes"], tp, ranks_per_node=ranks_per_node or node.gpus_per_node,
+        r = ring_time(c["kind"], c["bytes"], tp, ranks_per_node=node.gpus_per_node,
                       nics_per_node=nics_per_node or node.nics_per_node, nvlink=nvlink, node=node)
         out[c["phase"]] += r.seconds
         out["link"] = r.bound_by
@@ -304,9 +288,8 @@ def grid_side(p: int) -> int:
     """s with s × s = p; ``ValueError`` when p is not a perfect square."""
     s = math.isqrt(p)
     if s * s != p:
-        lo, hi = s * s, (s + 1) ** 2
         raise ValueError(f"2D SUMMA here needs a square grid, but p={p} is not a perfect square; "
-                         f"pick p = {lo} ({s}×{s}) or {hi} ({s + 1}×{s + 1})")
+                         f"pick p = {s * s} ({s}×{s}) or {(s + 1) ** 2} ({s + 1}×{s + 1})")
     return s
 
 
@@ -401,18 +384,17 @@ def mlp_bytes_2d(M: int, D: int, H: int, p: int, dtype_bytes: int = 4, n_in: int
     """
     _check_mlp(M, D, H, p, dtype_bytes, n_in)
     s = grid_side(p)
-    b = dtype_bytes
-    blocks = (M * D + M * H + (n_in + 1) * D * H) * b / p      # every block broadcast, once each
-    fwd = (s - 1) * blocks
-    bwd = 2 * (s - 1) * blocks
-    calls_fwd = 2 * s * (n_in + 1) if s > 1 else 0
-    calls_bwd = 4 * s * (n_in + 1) if s > 1 else 0
-    if n_in == 2 and s > 1:
-        calls_fwd -= s                                          # X's broadcasts shared by w1, w3
-    if bias and s > 1:
+    if s == 1:
+        return {"forward": _result(0.0, 0.0, 0), "backward": _result(0.0, 0.0, 0)}
+    w = n_in + 1                                                # weight matrices: w1 (and w3), w2
+    fwd = (s - 1) * (M * D + M * H + w * D * H) * dtype_bytes / p     # every block broadcast, once each
+    bwd = 2 * fwd
+    calls_fwd = 2 * s * w - (n_in - 1) * s                      # a gated MLP's w1, w3 share X's broadcasts
+    calls_bwd = 4 * s * w
+    if bias:
         for n_bias in (n_in * H, D):                            # b1 (and b3), then b2
-            bwd += bytes_sent("all_reduce", n_bias * b / s, s)
-        calls_bwd += n_in + 1
+            bwd += bytes_sent("all_reduce", n_bias * dtype_bytes / s, s)
+        calls_bwd += w
     return {"forward": _result(fwd, fwd, calls_fwd), "backward": _result(bwd, bwd, calls_bwd)}
 
 

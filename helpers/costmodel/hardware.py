@@ -157,7 +157,7 @@ DERECHO = DerechoNode(
 )
 
 
-def tp_link(tp: int, gpus_per_node: int = DERECHO.gpus_per_node, node=DERECHO) -> Link:
+def tp_link(tp: int, node=DERECHO) -> Link:
     """The link a TP group of ``tp`` GPUs crosses: NVLink while it fits in one node, the network
     (one NIC) as soon as it crosses the node boundary. For both network bounds (1 NIC / all NICs)
     use :func:`helpers.costmodel.collectives.ring_time`.
@@ -165,7 +165,7 @@ def tp_link(tp: int, gpus_per_node: int = DERECHO.gpus_per_node, node=DERECHO) -
     >>> tp_link(4).name, tp_link(8).name
     ('NVLink 3 (all links of a GPU)', 'Slingshot 11 (one NIC)')
     """
-    return node.nvlink if tp <= gpus_per_node else node.slingshot
+    return node.nvlink if tp <= node.gpus_per_node else node.slingshot
 
 
 #: A small all-reduce over NVLink is set by latency: NVIDIA/nccl issue #583 ("AllReduce bandwidth change
