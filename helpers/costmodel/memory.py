@@ -1,16 +1,7 @@
-"""Memory per rank during a training step, as formulas: pure Python, no torch.
-
-Checked by hand in the tests and against storage sizes measured on the engines
-(:mod:`helpers.measure.memory`) in notebooks 03 and 05:
-
-* :func:`param_elements_per_rank`, :func:`param_bytes` -- the weights one rank stores (dense, TP,
-  FSDP, TP × FSDP);
-* :func:`activation_elements_per_layer` -- what autograd keeps for one block's backward (TP, and
-  sequence parallelism); :func:`block_activation_bytes` -- the same for notebook 05's block;
-* :func:`memory_per_rank` -- parameters, gradients, AdamW state and activations, in bytes;
-* :func:`layers_that_fit` -- how many blocks fit in one GPU's memory;
-* :func:`kv_heads_per_rank`, :func:`kv_cache_bytes` -- notebook 07's KV cache per rank during
-  generation (the ONE home of its formula).
+"""Memory per rank, as formulas: pure Python, no torch. A training step's weights, gradients, AdamW
+state and activations (dense, TP, FSDP, TP × FSDP, sequence parallelism), and notebook 07's KV
+cache during generation (the ONE home of its formula). Checked by hand in the tests and against
+storage sizes measured on the engines (:mod:`helpers.measure.memory`) in notebooks 03 and 05.
 """
 
 from __future__ import annotations
@@ -19,20 +10,11 @@ import math
 from dataclasses import dataclass
 
 from ..common.numbers import divisors
-from .dims import ModelDims, ParamSpec, Setup, check_setup, check_whole, layer_param_specs, precision_of
+from .dims import ModelDims, Setup, check_setup, check_whole, layer_param_specs, precision_of
 
 __all__ = ["param_elements_per_rank", "param_bytes", "activation_elements_per_layer",
            "block_activation_bytes", "MemoryBreakdown", "memory_per_rank", "layers_that_fit",
            "kv_heads_per_rank", "kv_cache_bytes"]
-
-
-def _local_shape(spec: ParamSpec, tp: int) -> tuple[int, ...]:
-    shape = list(spec.shape)
-    if spec.split == "col":
-        shape[0] //= tp
-    elif spec.split == "row":
-        shape[1] //= tp
-    return tuple(shape)
 
 
 def param_elements_per_rank(dims: ModelDims, setup: Setup) -> int:
@@ -48,9 +30,10 @@ def param_elements_per_rank(dims: ModelDims, setup: Setup) -> int:
     check_setup(dims, setup)
     total = 0
     for spec in layer_param_specs(dims):
-        shape = _local_shape(spec, setup.tp)
-        rows = math.ceil(shape[0] / setup.fsdp)
-        total += rows * math.prod(shape[1:])
+        shape = list(spec.shape)
+        if spec.split != "rep":
+            shape[spec.split == "row"] //= setup.tp      # col: dim 0 (output features), row: dim 1
+        total += math.ceil(shape[0] / setup.fsdp) * math.prod(shape[1:])
     return total
 
 
@@ -104,9 +87,8 @@ def activation_elements_per_layer(dims: ModelDims, setup: Setup, batch: int, seq
     return replicated + split
 
 
-def block_activation_bytes(B: int, T: int, cfg, p: int = 1, mode: str = "dense",
-                           bytes_per_el: int = 4) -> int:
-    """What one block of notebook 05's model saves for its backward, in bytes, counted tensor by
+def block_activation_bytes(B: int, T: int, cfg, p: int = 1, mode: str = "dense") -> int:
+    """What one block of notebook 05's model saves for its backward, in fp32 bytes, counted tensor by
     tensor (:func:`activation_elements_per_layer` without the norms' statistics). ``cfg``: anything
     with ``d_model``, ``n_heads`` and ``d_ff``. N = B·T·D elements, A = B·heads·T² (attention scores):
 
@@ -123,8 +105,8 @@ def block_activation_bytes(B: int, T: int, cfg, p: int = 1, mode: str = "dense",
         raise ValueError(f"mode must be 'dense', 'tp' or 'tp+sp', got {mode!r}")
     dims = ModelDims("block", cfg.d_model, 1, cfg.n_heads, cfg.d_ff)
     setup = Setup(mode, tp=1 if mode == "dense" else p)
-    return bytes_per_el * activation_elements_per_layer(dims, setup, B, T, norm_stats=False,
-                                                        sequence_parallel=mode == "tp+sp")
+    return 4 * activation_elements_per_layer(dims, setup, B, T, norm_stats=False,      # fp32: 4 bytes
+                                             sequence_parallel=mode == "tp+sp")
 
 
 @dataclass(frozen=True)
@@ -188,9 +170,7 @@ def layers_that_fit(dims: ModelDims, setup: Setup, capacity_bytes: float, precis
     one = memory_per_rank(dims, setup, p, batch=batch, seq_len=seq_len, layers=1, optimizer_steps_counted=False,
                          attention_scores=attention_scores).total
     extra = 2 * dims.vocab * dims.d_model // setup.ranks * (p.param + p.grad + p.optim)   # embedding and head
-    if extra >= capacity_bytes:
-        return 0
-    return int(min(dims.n_layers, (capacity_bytes - extra) // one))
+    return int(max(0, min(dims.n_layers, (capacity_bytes - extra) // one)))
 
 
 # ------------------------------------------------------------------------------ inference: the KV cache
