@@ -1,13 +1,5 @@
-"""A transformer's shapes and how ranks share it: pure Python, no torch.
-
-* :class:`Precision` -- bytes per parameter, gradient, optimizer state and activation element
-  (``PRECISIONS``: ``fp32``, ``bf16-mixed``);
-* :class:`ModelDims` -- a decoder-only transformer's shapes (``TINY`` is notebook 03's model;
-  ``LLAMA2_7B`` ... the real sizes, cited); :func:`layer_param_specs` lists one block's weights
-  and how TP splits them; :func:`param_count`;
-* :class:`Setup` -- ``tp`` ranks split every layer, ``fsdp`` ranks shard the rest;
-  :func:`check_setup` refuses a setup that does not split the model evenly;
-* :func:`check_whole` -- the one "positive whole number" refusal of the cost model.
+"""A transformer's shapes (notebook 03's tiny model, Llama 2's real sizes, cited), bytes per element
+by precision, and how ``tp × fsdp`` ranks share the model: pure Python, no torch.
 """
 
 from __future__ import annotations
@@ -170,7 +162,7 @@ def layer_param_specs(dims: ModelDims) -> list[ParamSpec]:
     return specs
 
 
-def param_count(dims: ModelDims, *, embeddings: bool = True) -> int:
+def param_count(dims: ModelDims) -> int:
     """Parameters of the whole model: n_layers blocks (+ embedding, output head and final norm).
 
     >>> param_count(TINY)   # 2 × (norms 4·32 + wq,wk,wv,wo 4·32·32 + 3 biases·32 + w1 128·32+128 + w2 32·128+32)
@@ -179,7 +171,7 @@ def param_count(dims: ModelDims, *, embeddings: bool = True) -> int:
     6.74
     """
     per_layer = sum(s.numel for s in layer_param_specs(dims))
-    extra = (2 * dims.vocab * dims.d_model + dims.d_model) if (embeddings and dims.vocab) else 0
+    extra = (2 * dims.vocab * dims.d_model + dims.d_model) if dims.vocab else 0
     return dims.n_layers * per_layer + extra
 
 
@@ -216,10 +208,9 @@ def check_setup(dims: ModelDims, setup: Setup, batch: int | None = None) -> None
     ValueError: the global batch of 6 samples is not divisible by the FSDP degree 4: ... use a batch of 8 (or 4, 12, ...)
     """
     tp = setup.tp
-    checks = [("n_heads", dims.n_heads, " (each TP rank needs whole heads)"),
-              ("n_kv_heads", dims.kv_heads, " (each TP rank needs whole key/value heads)"),
-              ("d_ff", dims.d_ff, "")]
-    for label, n, why in checks:
+    for label, n, why in (("n_heads", dims.n_heads, " (each TP rank needs whole heads)"),
+                          ("n_kv_heads", dims.kv_heads, " (each TP rank needs whole key/value heads)"),
+                          ("d_ff", dims.d_ff, "")):
         if n % tp:
             ok = ", ".join(str(k) for k in divisors(n))
             raise ValueError(f"tp={tp} does not divide {label}={n}{why}; pick tp in {{{ok}}}")
