@@ -18,9 +18,7 @@ micro-batch, the precision, the GPU and its links) and returns a :class:`Plan`:
 Input problems never raise from :func:`check_inputs`: it returns the messages (the widget shows
 them). :func:`plan` raises one ``ValueError`` listing them all.
 
-Also here: notebook 06's extrapolation to degrees the cluster does not have
-(:func:`interpolate_efficiency`), and notebook 07's inference rows (:func:`inference_weight_bytes`,
-:func:`sequences_that_fit`, :func:`decode_token_time`).
+Also here: notebook 07's inference rows (weights and KV cache per GPU, time per decoded token).
 """
 
 from __future__ import annotations
@@ -126,8 +124,12 @@ def derecho_inputs(model: ModelDims = LLAMA2_70B, **changes) -> CalculatorInputs
     return CalculatorInputs(**{**{k: getattr(model, k) for k in _SHAPE}, **changes})
 
 
-def _whole(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _whole(v, low: int = 1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and math.isfinite(v)
 
 
 def check_inputs(inp: CalculatorInputs) -> list[str]:
@@ -136,28 +138,18 @@ def check_inputs(inp: CalculatorInputs) -> list[str]:
     >>> check_inputs(derecho_inputs(tp=8))  # doctest: +ELLIPSIS
     ['TP degree 8 is above the 4 GPUs of a node: its all-reduces would cross the node boundary ...']
     """
-    problems = []
-    for name in ("d_model", "n_layers", "n_heads", "d_ff", "batch", "seq_len", "gpus_per_node", "tp",
-                 "nics_per_node"):
-        v = getattr(inp, name)
-        if not _whole(v) or v < 1:
-            problems.append(f"{name} must be a positive whole number, got {v!r}")
-    if not (_whole(inp.vocab) and inp.vocab >= 0):
-        problems.append(f"vocab must be a whole number >= 0 (0: no embedding), got {inp.vocab!r}")
-    if inp.n_kv_heads is not None and (not _whole(inp.n_kv_heads) or inp.n_kv_heads < 1):
-        problems.append(f"n_kv_heads must be a positive whole number (or empty), got {inp.n_kv_heads!r}")
-    for name, unit in (("gpu_memory_gb", "GB"), ("intra_node_gb_s", "GB/s"), ("inter_node_gb_s", "GB/s")):
-        v = getattr(inp, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):
-            problems.append(f"{name} must be a positive number of {unit}, got {v!r}")
-    if inp.matmul_tflops is not None and (isinstance(inp.matmul_tflops, bool) or not isinstance(
-            inp.matmul_tflops, (int, float)) or not inp.matmul_tflops > 0):
-        problems.append(f"matmul_tflops must be a positive number (or empty for the reference), "
-                        f"got {inp.matmul_tflops!r}")
-    if inp.gpu not in GPUS:
-        problems.append(f"gpu must be one of {', '.join(GPUS)}, got {inp.gpu!r}")
-    if inp.dtype not in DTYPES:
-        problems.append(f"dtype must be one of {', '.join(sorted(DTYPES))}, got {inp.dtype!r}")
+    rules = [(name, _whole, "a positive whole number") for name in (
+        "d_model", "n_layers", "n_heads", "d_ff", "batch", "seq_len", "gpus_per_node", "tp", "nics_per_node")]
+    rules += [("vocab", lambda v: _whole(v, 0), "a whole number >= 0 (0: no embedding)"),
+              ("n_kv_heads", lambda v: v is None or _whole(v), "a positive whole number (or empty)"),
+              ("gpu_memory_gb", _positive, "a positive number of GB"),
+              ("intra_node_gb_s", _positive, "a positive number of GB/s"),
+              ("inter_node_gb_s", _positive, "a positive number of GB/s"),
+              ("matmul_tflops", lambda v: v is None or _positive(v), "a positive number (or empty for the reference)"),
+              ("gpu", lambda v: v in GPUS, f"one of {', '.join(GPUS)}"),
+              ("dtype", lambda v: v in DTYPES, f"one of {', '.join(sorted(DTYPES))}")]
+    problems = [f"{name} must be {what}, got {getattr(inp, name)!r}" for name, ok, what in rules
+                if not ok(getattr(inp, name))]
     if problems:
         return problems
     try:
@@ -251,15 +243,13 @@ class Plan:
 
 def _node(inp: CalculatorInputs):
     """Derecho's node with the inputs' GPUs per node, NICs and link speeds (latencies: NCCL's)."""
-    intra = Link(f"intra-node ({inp.intra_node_gb_s:g} GB/s per GPU)", inp.intra_node_gb_s * GB,
-                 DERECHO.nvlink.latency, DERECHO.nvlink.source)
-    pair = Link(f"intra-node, one GPU pair ({inp.intra_node_gb_s / max(inp.gpus_per_node - 1, 1):g} GB/s)",
-                inp.intra_node_gb_s * GB / max(inp.gpus_per_node - 1, 1), DERECHO.nvlink.latency,
-                DERECHO.nvlink_pair.source)
-    nic = Link(f"inter-node ({inp.inter_node_gb_s:g} GB/s per NIC)", inp.inter_node_gb_s * GB,
-               DERECHO.slingshot.latency, DERECHO.slingshot.source)
+    pair_gb_s = inp.intra_node_gb_s / max(inp.gpus_per_node - 1, 1)     # a GPU's links, shared by its peers
+    links = {attr: replace(getattr(DERECHO, attr), name=name, bandwidth=gb_s * GB) for attr, name, gb_s in (
+        ("nvlink", f"intra-node ({inp.intra_node_gb_s:g} GB/s per GPU)", inp.intra_node_gb_s),
+        ("nvlink_pair", f"intra-node, one GPU pair ({pair_gb_s:g} GB/s)", pair_gb_s),
+        ("slingshot", f"inter-node ({inp.inter_node_gb_s:g} GB/s per NIC)", inp.inter_node_gb_s))}
     return replace(DERECHO, gpu=GPUS[inp.gpu], gpus_per_node=inp.gpus_per_node, nics_per_node=inp.nics_per_node,
-                   nvlink=intra, nvlink_pair=pair, slingshot=nic)
+                   **links)
 
 
 def _degree_row(dims, inp, t, rate, curve, node) -> DegreeRow:
@@ -301,13 +291,9 @@ def plan(inp: CalculatorInputs, efficiency: dict[int, float] | None = None,
     _, ref_curve, ref_tokens = reference_curve(inp.dtype, inp.tokens)
     gpu = GPUS[inp.gpu]
     rate = inp.matmul_tflops or gpu.rate(inp.dtype)
-    if efficiency:
-        curve = {int(k): float(v) for k, v in efficiency.items()}
-        source = efficiency_source or "measured"
-    else:
-        curve = ref_curve
-        source = efficiency_source or (f"e(p): the {REFERENCE_GPU} reference's relative curve, {inp.dtype}, "
-                                       f"{ref_tokens} tokens ({REFERENCE_SOURCE})")
+    curve = efficiency or ref_curve                # interpolate_efficiency reads its keys as ints
+    source = efficiency_source or ("measured" if efficiency else f"e(p): the {REFERENCE_GPU} reference's relative "
+                                   f"curve, {inp.dtype}, {ref_tokens} tokens ({REFERENCE_SOURCE})")
     if inp.matmul_tflops:
         source += f"; rate at TP=1: {rate:g} TFLOP/s (yours)"
     else:
@@ -332,19 +318,18 @@ def _recommend(pl: Plan) -> list[str]:
     r1 = pl.row(1)
     lines = []
     tp2 = next((r for r in pl.rows if r.tp > 1), None)
-    if r1.model_fits:
-        lines.append(f"The whole model fits one GPU ({_gb(r1.model_bytes)} of {_gb(cap)}): no TP. Train "
-                     "with data parallelism (DDP, or FSDP to save memory).")
+    if r1.model_fits or r1.fsdp_fits:
+        if r1.model_fits:
+            lines.append(f"The whole model fits one GPU ({_gb(r1.model_bytes)} of {_gb(cap)}): no TP. Train "
+                         "with data parallelism (DDP, or FSDP to save memory).")
+        else:
+            lines.append(f"The model does not fit one GPU ({_gb(r1.model_bytes)}), but FSDP can hold it: "
+                         f"its floor (every layer's activations + one all-gathered layer) is "
+                         f"{_gb(r1.fsdp_floor_bytes)} per GPU, however many GPUs share the rest. Use FSDP "
+                         "across GPUs, no TP.")
         if tp2:
-            lines.append(f"TP={tp2.tp} would only add communication: {tp2.comm_share:.0%} of each step.")
-        return lines
-    if r1.fsdp_fits:
-        lines.append(f"The model does not fit one GPU ({_gb(r1.model_bytes)}), but FSDP can hold it: "
-                     f"its floor (every layer's activations + one all-gathered layer) is "
-                     f"{_gb(r1.fsdp_floor_bytes)} per GPU, however many GPUs share the rest. Use FSDP "
-                     "across GPUs, no TP.")
-        if tp2:
-            lines.append(f"TP={tp2.tp} would add communication: {tp2.comm_share:.0%} of each step.")
+            lines.append(f"TP={tp2.tp} would {'only ' if r1.model_fits else ''}add communication: {tp2.comm_share:.0%} of "
+                         "each step.")
         return lines
     if r1.gathered_layer_bytes > cap:
         lines.append(f"One layer's weights and gradients alone need {_gb(r1.gathered_layer_bytes)} on one "
