@@ -328,8 +328,8 @@ def _recommend(pl: Plan) -> list[str]:
                          f"{_gb(r1.fsdp_floor_bytes)} per GPU, however many GPUs share the rest. Use FSDP "
                          "across GPUs, no TP.")
         if tp2:
-            lines.append(f"TP={tp2.tp} would {'only ' if r1.model_fits else ''}add communication: {tp2.comm_share:.0%} of "
-                         "each step.")
+            lines.append(f"TP={tp2.tp} would {'only ' if r1.model_fits else ''}add communication: "
+                         f"{tp2.comm_share:.0%} of each step.")
         return lines
     if r1.gathered_layer_bytes > cap:
         lines.append(f"One layer's weights and gradients alone need {_gb(r1.gathered_layer_bytes)} on one "

@@ -79,12 +79,10 @@ def activation_elements_per_layer(dims: ModelDims, setup: Setup, batch: int, seq
     """
     check_setup(dims, setup, batch)
     b, s, d, f, h, p = batch // setup.fsdp, seq_len, dims.d_model, dims.d_ff, dims.n_heads, setup.tp
-    stats = 4 * b * s if norm_stats else 0
-    norm_in = 2 * b * s * d                      # the block input and the residual
-    replicated = 2 * b * s * d + (0 if sequence_parallel else norm_in + stats)
+    norms = 2 * b * s * d + (4 * b * s if norm_stats else 0)       # the norms' inputs and statistics
     scores = b * (h // p) * s * s if attention_scores else 0
-    split = (4 * b * s * d + 2 * b * s * f + (norm_in + stats if sequence_parallel else 0)) // p + scores
-    return replicated + split
+    split = 4 * b * s * d + 2 * b * s * f + (norms if sequence_parallel else 0)
+    return 2 * b * s * d + (0 if sequence_parallel else norms) + split // p + scores  # 2·b·s·d: the norms' outputs
 
 
 def block_activation_bytes(B: int, T: int, cfg, p: int = 1, mode: str = "dense") -> int:
