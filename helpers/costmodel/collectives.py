@@ -57,15 +57,11 @@ def bytes_sent(kind: str, n: float, p: int, *, root: bool = False) -> float:
     (1500.0, 750.0, 3000.0)
     """
     _check(kind, p)
-    if p == 1:
-        return 0.0
-    if kind == "all_reduce":
-        return 2 * (p - 1) * n / p
     if kind == "broadcast":
         return float((p - 1) * n) if root else 0.0
     if kind == "reduce":
-        return 0.0 if root else float(n)
-    return (p - 1) * n / p
+        return 0.0 if root or p == 1 else float(n)
+    return (2 if kind == "all_reduce" else 1) * (p - 1) * n / p      # a ring: one chunk of n/p per step
 
 
 def bytes_received(kind: str, n: float, p: int, *, root: bool = False) -> float:
@@ -432,8 +428,7 @@ def loss_parallel_bytes(B: int, T: int, V: int, p: int, dtype_bytes: int = 4) ->
     [(2304.0, 3), (0.0, 0), (15360.0, 1), (0.0, 0)]
     """
     _check_dims(B, T, V, p, dtype_bytes)
-    n = B * T * dtype_bytes
-    ar = 3 * bytes_sent("all_reduce", n, p)
+    ar = 3 * bytes_sent("all_reduce", B * T * dtype_bytes, p)
     ag = bytes_sent("all_gather", B * T * V * dtype_bytes, p)
     calls = int(p > 1)
     none = _result(0.0, 0.0, 0)

@@ -44,9 +44,7 @@ PRECISIONS = {
 }
 
 
-def precision_of(precision) -> Precision:
-    if isinstance(precision, Precision):
-        return precision
+def precision_of(precision: str) -> Precision:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     return PRECISIONS[precision]

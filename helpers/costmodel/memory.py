@@ -165,7 +165,7 @@ def layers_that_fit(dims: ModelDims, setup: Setup, capacity_bytes: float, precis
     7
     """
     p = precision_of(precision)
-    one = memory_per_rank(dims, setup, p, batch=batch, seq_len=seq_len, layers=1, optimizer_steps_counted=False,
+    one = memory_per_rank(dims, setup, precision, batch=batch, seq_len=seq_len, layers=1, optimizer_steps_counted=False,
                          attention_scores=attention_scores).total
     extra = 2 * dims.vocab * dims.d_model // setup.ranks * (p.param + p.grad + p.optim)   # embedding and head
     return int(max(0, min(dims.n_layers, (capacity_bytes - extra) // one)))
