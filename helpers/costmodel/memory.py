@@ -44,9 +44,8 @@ def param_bytes(dims: ModelDims, setup: Setup, precision="fp32", *, layers: int 
     >>> param_bytes(TINY, Setup("dense"))      # 25344 parameters × 4 B
     101376
     """
-    p = precision_of(precision)
     n = dims.n_layers if layers is None else layers
-    return n * param_elements_per_rank(dims, setup) * p.param
+    return n * param_elements_per_rank(dims, setup) * precision_of(precision).param
 
 
 def activation_elements_per_layer(dims: ModelDims, setup: Setup, batch: int, seq_len: int, *,
