@@ -56,13 +56,12 @@ class DTensorView:
         """From every rank's :func:`helpers.engine.dtensor.describe` (rank 0 first)."""
         first = descs[0]
         for r, d in enumerate(descs[1:], start=1):
-            for key in ("shape", "placements"):
-                if d[key] != first[key]:
-                    raise ValueError(f"{name}: rank {r} has {key} {d[key]} but rank 0 has {first[key]}; "
+            for key, mine, rank0 in (("shape", d["shape"], first["shape"]),
+                                     ("placements", d["placements"], first["placements"]),
+                                     ("mesh", d["mesh"]["ranks"], first["mesh"]["ranks"])):
+                if mine != rank0:
+                    raise ValueError(f"{name}: rank {r} has {key} {mine} but rank 0 has {rank0}; "
                                      "every rank must describe the same DTensor")
-            if d["mesh"]["ranks"] != first["mesh"]["ranks"]:
-                raise ValueError(f"{name}: rank {r} is on mesh {d['mesh']['ranks']} but rank 0 on "
-                                 f"{first['mesh']['ranks']}")
         mesh = first["mesh"]
         view = cls(name=name, shape=tuple(first["shape"]), placements=tuple(first["placements"]),
                    mesh_shape=tuple(mesh["shape"]), mesh_dim_names=mesh["dim_names"], mesh_ranks=mesh["ranks"],
@@ -102,11 +101,6 @@ class DTensorView:
                 ranges[d] = [lo + a, lo + b]
         return tuple(slice(lo, hi) for lo, hi in ranges)
 
-    def owners(self) -> list[int]:
-        """Ranks whose shards together make up the tensor (Replicate mesh dims: coordinate 0 only)."""
-        rep = [i for i, (kind, _) in enumerate(self.kinds) if kind == "replicate"]
-        return [r for r, c in enumerate(self.coordinates) if all(c[i] == 0 for i in rep)]
-
     def _check_local_shapes(self) -> None:
         for r, t in enumerate(self.local_shards):
             want = tuple(s.stop - s.start for s in self.region(r))
@@ -118,8 +112,10 @@ class DTensorView:
         """The global tensor (CPU, the DTensor's own dtype, like ``full_tensor()``), rebuilt from
         the local shards by the placements."""
         out = torch.zeros(self.shape, dtype=self.local_shards[0].dtype)
-        for r in self.owners():
-            out[self.region(r)] += self.local_shards[r].detach()
+        rep = [i for i, (kind, _) in enumerate(self.kinds) if kind == "replicate"]
+        for r, c in enumerate(self.coordinates):
+            if all(c[i] == 0 for i in rep):  # a Replicate mesh dim: read from coordinate 0 only
+                out[self.region(r)] += self.local_shards[r].detach()
         return out
 
     def __repr__(self) -> str:
