@@ -100,24 +100,20 @@ class StepTimer:
         return {**{k: median[k] for k in ("step", *KINDS)}, "spans": list(median["spans"])}
 
 
-def _span(timer, kind, name):
-    return timer.span(kind, name) if timer is not None else contextlib.nullcontext()
-
-
 # ------------------------------------------------------------------------------ matmuls
 class _TimedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, timer, name):
         ctx.save_for_backward(x, weight)
         ctx.has_bias, ctx.timer, ctx.name = bias is not None, timer, name
-        with _span(timer, "matmul", f"{name} forward"):
+        with timer.span("matmul", f"{name} forward"):
             return F.linear(x, weight, bias)          # (..., in) @ (out, in)ᵀ -> (..., out)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         gx = gw = gb = None
-        with _span(ctx.timer, "matmul", f"{ctx.name} backward"):
+        with ctx.timer.span("matmul", f"{ctx.name} backward"):
             g2 = grad.reshape(-1, grad.shape[-1])     # (tokens, out)
             if ctx.needs_input_grad[0]:
                 gx = grad @ weight                    # dL/dX: (..., in)
@@ -130,7 +126,7 @@ class _TimedLinear(torch.autograd.Function):
 
 def timed_linear(x, weight, bias=None, timer: StepTimer | None = None, name: str = "linear"):
     """``F.linear(x, weight, bias)`` whose forward and backward matmuls are timed as "matmul"."""
-    return _TimedLinear.apply(x, weight, bias, timer, name)
+    return F.linear(x, weight, bias) if timer is None else _TimedLinear.apply(x, weight, bias, timer, name)
 
 
 # ------------------------------------------------------------------------------ TP groups
