@@ -208,11 +208,8 @@ class ComparisonError(AssertionError):
 # ------------------------------------------------------------------------------ compare
 def _errors(tp: torch.Tensor, dense: torch.Tensor):
     """abs and rel error tensors; a NaN/inf where dense is finite counts as an infinite error."""
-    diff = (tp - dense).abs()
-    both_nan = torch.isnan(tp) & torch.isnan(dense)
-    same_inf = torch.isinf(tp) & torch.isinf(dense) & (tp == dense)
-    diff = torch.where(both_nan | same_inf, torch.zeros_like(diff), diff)
-    diff = torch.where(torch.isnan(diff), torch.full_like(diff, math.inf), diff)
+    same = (tp == dense) | (tp.isnan() & dense.isnan())          # equal (infinities too), or both NaN
+    diff = torch.where(same, 0.0, (tp - dense).abs().nan_to_num(nan=math.inf, posinf=math.inf))
     rel = diff / (dense.abs().nan_to_num(nan=0.0, posinf=0.0) + _TINY)
     return diff, rel
 
@@ -220,14 +217,13 @@ def _errors(tp: torch.Tensor, dense: torch.Tensor):
 def _hint(tp_pieces: list[torch.Tensor], kind: str, tp: torch.Tensor, dense: torch.Tensor,
           atol: float, rtol: float) -> str:
     p = len(tp_pieces)
-    if p > 1 and tp.shape == dense.shape and tp.numel():
-        if torch.allclose(tp, p * dense, atol=atol, rtol=rtol):
-            return (f" Hint: the TP result is {p}× dense (p = {p}): something was summed over "
-                    "ranks once too often (an all-reduce on a value that was already complete).")
-    if kind != "partial" and p > 1 and all(t.shape == dense.shape for t in tp_pieces):
-        if torch.allclose(torch.stack(tp_pieces).sum(0), dense, atol=atol, rtol=rtol):
-            return (" Hint: the shards sum to dense: they are partial sums. Either the all-reduce is missing, "
-                    "or the layout is 'Partial()'.")
+    if p > 1 and tp.shape == dense.shape and tp.numel() and torch.allclose(tp, p * dense, atol=atol, rtol=rtol):
+        return (f" Hint: the TP result is {p}× dense (p = {p}): something was summed over "
+                "ranks once too often (an all-reduce on a value that was already complete).")
+    if (kind != "partial" and p > 1 and all(t.shape == dense.shape for t in tp_pieces)
+            and torch.allclose(torch.stack(tp_pieces).sum(0), dense, atol=atol, rtol=rtol)):
+        return (" Hint: the shards sum to dense: they are partial sums. Either the all-reduce is missing, "
+                "or the layout is 'Partial()'.")
     return ""
 
 
