@@ -197,14 +197,11 @@ def matmul_tflops(tokens: int, d_in: int, d_out: int, dtype=torch.float32, devic
     for _ in range(repeats):
         n = 1
         while True:                                     # double n until one timing lasts min_time
-            timer.sync()
-            t0 = time.perf_counter()
-            for _ in range(n):
-                x @ w
-            timer.sync()
-            dt = time.perf_counter() - t0
-            if dt >= min_time:
+            with timer.step():
+                for _ in range(n):
+                    x @ w
+            if timer.steps[-1]["step"] >= min_time:
                 break
             n *= 2
-        best = min(best, dt / n)
+        best = min(best, timer.steps[-1]["step"] / n)
     return 2 * tokens * d_in * d_out / best / 1e12

@@ -32,7 +32,7 @@ from ..common.placements import parse_placement, placement_text
 from . import display
 
 __all__ = ["Result", "ComparisonError", "reassemble", "compare", "compare_grads", "error_heatmap",
-           "to_f64", "as_shard_list", "fmt_shape"]
+           "to_f64", "as_shard_list"]
 
 # Denominator guard for the relative error |tp - dense| / (|dense| + _TINY).
 _TINY = 1e-12
@@ -69,10 +69,6 @@ def as_shard_list(shards: Any) -> list:
         raise TypeError(f"shards must be a list with one tensor per rank, got {type(shards).__name__}") from None
 
 
-def fmt_shape(shape) -> str:
-    return str(tuple(int(s) for s in shape))
-
-
 def _max(t: torch.Tensor) -> float:
     return float(t.max()) if t.numel() else 0.0
 
@@ -88,7 +84,7 @@ def _same_except(shape, other, d: int) -> bool:
 
 
 def _shape_summary(ts: Sequence[torch.Tensor]) -> str:
-    shapes = [fmt_shape(t.shape) for t in ts]
+    shapes = [tuple(t.shape) for t in ts]
     if len(set(shapes)) == 1:
         return f"{shapes[0]}×{len(shapes)}"
     return ", ".join(f"rank {r}: {s}" for r, s in enumerate(shapes))
@@ -180,7 +176,7 @@ class Result:
         if not self.matches and self.argmax:
             err += f" at {self.argmax}"
         ranks = f"{self.n_ranks} rank" + ("s" if self.n_ranks != 1 else "")
-        return f"{mark} {self.name} {self._verb()}  shape {fmt_shape(self.shape)}  {err}  (layout {self.layout}, {ranks})"
+        return f"{mark} {self.name} {self._verb()}  shape {self.shape}  {err}  (layout {self.layout}, {ranks})"
 
     def _repr_html_(self) -> str:
         colour = "#1a7f37" if self.passed else "#cf222e"
@@ -258,8 +254,8 @@ def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
     if tp.shape != dense_t.shape:
         sugg = _layout_suggestions(ts, dense_t.shape)
         hint = f" Layouts that would give the dense shape: {', '.join(sugg)}." if sugg else ""
-        raise ComparisonError(f"{name} (layout {canon}): reassembled shape {fmt_shape(tp.shape)} from {n} shard(s) "
-                              f"[{_shape_summary(ts)}] != dense shape {fmt_shape(dense_t.shape)}.{hint}")
+        raise ComparisonError(f"{name} (layout {canon}): reassembled shape {tuple(tp.shape)} from {n} shard(s) "
+                              f"[{_shape_summary(ts)}] != dense shape {tuple(dense_t.shape)}.{hint}")
 
     diff, rel = _errors(tp, dense_t)
     max_abs, argmax = _max(diff), _argmax(diff)
@@ -357,7 +353,7 @@ def error_heatmap(tp, dense, title: str | None = None, ax=None):
     tp_t = to_f64(tp, "tp")
     dense_t = to_f64(dense, "dense")
     if tp_t.shape != dense_t.shape:
-        raise ValueError(f"error_heatmap: tp shape {fmt_shape(tp_t.shape)} != dense shape {fmt_shape(dense_t.shape)}")
+        raise ValueError(f"error_heatmap: tp shape {tuple(tp_t.shape)} != dense shape {tuple(dense_t.shape)}")
     diff, _ = _errors(tp_t, dense_t)                  # no NaN: a wrong NaN counts as inf
     finite_max = _max(diff[torch.isfinite(diff)])
     img = to_2d(diff.nan_to_num(posinf=finite_max)).numpy()
@@ -382,7 +378,7 @@ def error_heatmap(tp, dense, title: str | None = None, ax=None):
     if max_err > 0:
         r2, c2 = np.unravel_index(int(diff.argmax()), img.shape)
         ax.add_patch(Rectangle((c2 - 0.5, r2 - 0.5), 1, 1, fill=False, edgecolor="#00e5ff", linewidth=2))
-    shape_note = "" if tp_t.dim() in (1, 2) else f" (shape {fmt_shape(tp_t.shape)} flattened)"
+    shape_note = "" if tp_t.dim() in (1, 2) else f" (shape {tuple(tp_t.shape)} flattened)"
     ax.set_title(f"{title or '|TP − dense|'}\nmax {max_err:.1e} at {_argmax(diff)}{shape_note}", fontsize=10)
     ax.set_xlabel("column")
     ax.set_ylabel("row")
