@@ -147,8 +147,7 @@ def timing_degrees(world_size: int, limit: int | None = None) -> list[int]:
         raise ValueError(f"timing TP needs at least 2 ranks, and this cluster has {world_size}: "
                          "there would be no collective to time. Start one with "
                          "helpers.connect(n=4) (or launch_cluster.sh start -n 4)")
-    top = world_size if limit is None else min(world_size, limit)
-    return divisors(world_size, upto=top)
+    return divisors(world_size, upto=limit)
 
 
 def tp_subgroup(degree: int):
