@@ -32,7 +32,7 @@ __all__ = ["DTensorView", "pull_dtensor", "views_from_descriptions", "chunk_rang
 
 def chunk_range(size: int, parts: int, index: int) -> tuple[int, int]:
     """(start, stop) of piece ``index`` when ``torch.chunk`` splits ``size`` into ``parts``."""
-    step = math.ceil(size / parts) if size else 0
+    step = math.ceil(size / parts)
     start = min(index * step, size)
     return start, min(start + step, size)
 
