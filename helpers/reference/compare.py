@@ -60,13 +60,10 @@ def as_shard_list(shards: Any) -> list:
         if keys != list(range(len(keys))):
             raise ValueError(f"shards dict must be keyed by rank 0..{len(keys) - 1}, got keys {keys}")
         return [shards[k] for k in keys]
-    if isinstance(shards, (torch.Tensor, np.ndarray)):
+    if isinstance(shards, (torch.Tensor, np.ndarray)) or not hasattr(shards, "__iter__"):
         raise TypeError("shards must be a list with one tensor per rank (rank 0 first), "
                         f"got a single {type(shards).__name__}; wrap it as [t] for one rank")
-    try:
-        return list(shards)
-    except TypeError:
-        raise TypeError(f"shards must be a list with one tensor per rank, got {type(shards).__name__}") from None
+    return list(shards)
 
 
 def _max(t: torch.Tensor) -> float:
