@@ -125,7 +125,7 @@ class DTensorView:
                 f"mesh {self.mesh_shape}{names}; local {shapes}>")
 
 
-_WHAT = {"dtensor": "a DTensor", "dict": "a dict of DTensors", "missing": "not defined"}
+_WHAT = {"dtensor": "a DTensor", "dict": "a dict of DTensors"}   # "missing": missing_ranks raised already
 
 
 def _refuse(name: str, descs: list[dict]) -> None:
