@@ -21,8 +21,7 @@ def check_row_forward(cluster, A, fc2, name: str = "Y_ex1") -> bool:
     """
     with torch.no_grad():
         dense = f64(fc2(A.to(fc2.weight.device)))                 # Y: (B, D)
-        bias = f64(fc2.bias) if fc2.bias is not None else torch.zeros(dense.shape[-1],
-                                                                        dtype=torch.float64)
+        bias = f64(fc2.bias) if fc2.bias is not None else dense.new_zeros(dense.shape[-1])
     p = cluster.world_size
     what = ("Compute partial = A_i @ W2_i.T, sum it over the ranks with dist.all_reduce(partial), "
             f"then set {name} = partial + b2.")

@@ -26,13 +26,12 @@ def describe_hybrid(mesh_name: str = "ex_mesh", model_name: str = "ex_model", ou
     """On an engine: the mesh's dims and this rank's groups, each parameter's mesh dims and
     placements, and the output (on the CPU). Plain data, safe to send back."""
     ns = user_ns()
-    out: dict = {"mesh": None, "params": None, "out": None, "defined": [n for n in (mesh_name, model_name, out_name)
-                                                                    if ns.get(n) is not None]}
+    out: dict = {"mesh": None, "params": None, "out": None}
     mesh = ns.get(mesh_name)
     if mesh is not None and hasattr(mesh, "mesh_dim_names"):
         names = tuple(mesh.mesh_dim_names or ())
-        out["mesh"] = {"names": names, "shape": tuple(int(s) for s in mesh.mesh.shape),
-                       "groups": {n: [int(r) for r in mesh[n].mesh.flatten().tolist()] for n in names}}
+        out["mesh"] = {"names": names, "shape": tuple(mesh.mesh.shape),
+                       "groups": {n: mesh[n].mesh.flatten().tolist() for n in names}}
     elif mesh is not None:
         out["mesh"] = {"type": type(mesh).__name__}
     model = ns.get(model_name)

@@ -3,7 +3,7 @@ all-reduce with the dW matmul."""
 
 from __future__ import annotations
 
-from .common import all_close, checker, f64, fetch, say, worst
+from .common import all_close, checker, f64, fetch, per_rank, say, worst
 
 __all__ = ["check_overlapped_backward"]
 
@@ -23,12 +23,8 @@ def check_overlapped_backward(cluster, x_dense, w_dense, dy_dense, names=("dx_ex
     dw_want = [dy[:, r * h:(r + 1) * h].t() @ x for r in range(p)]
     vals = fetch(cluster, *names)
     n_dx, n_dw, n_async = names
-    for r, v in enumerate(vals):
-        if v.get(n_dx) is None or v.get(n_dw) is None:
-            miss = n_dx if v.get(n_dx) is None else n_dw
-            return say(False, f"{miss} is None on rank {r}: return (dx, dw) from overlapped_backward; "
-                              "dw = dy.t() @ x (this rank's rows of dW).")
-    dxs, dws = [v[n_dx] for v in vals], [v[n_dw] for v in vals]
+    what = "Return (dx, dw) from overlapped_backward; dw = dy.t() @ x (this rank's rows of dW)."
+    dxs, dws = per_rank(vals, n_dx, dx_want.shape, what), per_rank(vals, n_dw, dw_want[0].shape, what)
     if not all_close(dws, dw_want):
         return say(False, f"dW differs from the dense rows (max|Δ| {worst(dws, dw_want):.1e}): "
                           "dw = dy.t() @ x, with dy this rank's (N, H/p) slice of the upstream gradient.")

@@ -18,7 +18,7 @@ received per rank):
       with CommRecorder() as rec:
           block(x).sum().backward()
       rec.by_op()     # {"all_reduce": {"count": 4, "bytes": ..., "sent": ..., "received": ...}}
-      rec.trace()     # {"Block.attn": {"forward": {"all_reduce": 1}, "backward": {...}}, ...}
+      comm_trace(rec) # {"Block.attn": {"forward": {"all_reduce": 1}, "backward": {...}}, ...}
 
   Use one way or the other for a given piece of code: an explicit collective run inside ``with``
   would be heard twice.
@@ -115,17 +115,17 @@ class CommRecorder(CommDebugMode):
         return super().__torch_dispatch__(func, types, args, kwargs)
 
     def _hear(self, op, functional, args):
+        if op not in KINDS:
+            return
         p = _group_size(args, self.p)
         # functional ops take the input first; c10d ops take the output first, then the input
         inp = args[0] if functional or op in ("all_reduce", "broadcast", "reduce") else args[1]
-        n = _nbytes(inp) * (p if op == "all_gather" else 1)
         root = False
         if op in ("broadcast", "reduce") and not functional and len(args) > 2:   # (tensors, group, root, ...)
             root = isinstance(args[2], int) and args[2] == dist.get_rank(args[1])
         tracker = self.advanced_module_tracker
-        phase = "backward" if tracker.is_bw else "forward"
-        if op in KINDS:
-            self.record(op, n, p, root=root, phase=phase, module=str(tracker.name))
+        self.record(op, _nbytes(inp) * (p if op == "all_gather" else 1), p, root=root,
+                    phase="backward" if tracker.is_bw else "forward", module=str(tracker.name))
 
     def __enter__(self):
         # CommDebugMode's module tracker uses full backward hooks, which warn when the inputs
@@ -146,10 +146,8 @@ class CommRecorder(CommDebugMode):
         out: dict[str, dict] = {}
         for r in self._sel(phase):
             d = out.setdefault(r.op, {"count": 0, "bytes": 0, "sent": 0.0, "received": 0.0})
-            d["count"] += 1
-            d["bytes"] += r.nbytes
-            d["sent"] += r.sent
-            d["received"] += r.received
+            for key, value in (("count", 1), ("bytes", r.nbytes), ("sent", r.sent), ("received", r.received)):
+                d[key] += value
         return dict(sorted(out.items()))
 
     def summary(self, phase=None) -> dict:
@@ -157,10 +155,6 @@ class CommRecorder(CommDebugMode):
         sel = self._sel(phase)
         return {"sent": sum(r.sent for r in sel), "received": sum(r.received for r in sel), "calls": len(sel),
                 "ops": {k: v["count"] for k, v in self.by_op(phase).items()}}
-
-    def trace(self) -> dict[str, dict[str, dict[str, int]]]:
-        """:func:`comm_trace` of this recorder."""
-        return comm_trace(self)
 
     def reset(self) -> None:
         self.records.clear()

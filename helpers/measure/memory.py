@@ -52,14 +52,7 @@ def _storage_key(t: torch.Tensor):
 
 def storage_bytes(tensors) -> int:
     """Bytes of the distinct storages behind ``tensors`` (DTensors: their local shards)."""
-    seen = {}
-    for t in tensors:
-        if t is None:
-            continue
-        key, nbytes = _storage_key(t)
-        if key is not None and nbytes:
-            seen[key] = nbytes
-    return sum(seen.values())
+    return sum(dict(_storage_key(t) for t in tensors if t is not None).values())   # each storage once
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -70,12 +63,13 @@ def tensor_bytes(t: torch.Tensor) -> int:
 class SavedActivations:
     """Context manager: bytes of the tensors autograd saves for the backward inside it.
 
-    ``exclude``: a module whose parameters are not counted (read at each save, so FSDP2's
-    gathered weights are recognised too); ``params``: more tensors not to count.
     ``device``: on a GPU, ``peak_bytes`` is the allocator's peak above the level at entry.
+    ``params``: tensors not to count (the weights: autograd saves them too); ``exclude``: a module
+    whose parameters are not counted (read at each save, so FSDP2's gathered weights are
+    recognised too). Also spelled ``saved_activation_bytes(device, params=...)``.
     """
 
-    def __init__(self, exclude: torch.nn.Module | None = None, params=(), device=None):
+    def __init__(self, device=None, params=(), exclude: torch.nn.Module | None = None):
         self.exclude = exclude
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.seen: dict = {}
@@ -121,10 +115,8 @@ class SavedActivations:
         return f"SavedActivations(saved {self.saved_bytes} B in {len(self.seen)} storages{peak})"
 
 
-def saved_activation_bytes(device=None, params=()) -> SavedActivations:
-    """``with saved_activation_bytes(device, params=...) as mem:`` -- what autograd saves inside
-    the block, the tensors in ``params`` (the weights) not counted."""
-    return SavedActivations(params=params, device=device)
+#: ``with saved_activation_bytes(device, params=...) as mem:`` (the notebooks' spelling)
+saved_activation_bytes = SavedActivations
 
 
 def measure_training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs, loss_fn,

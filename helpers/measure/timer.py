@@ -100,24 +100,20 @@ class StepTimer:
         return {**{k: median[k] for k in ("step", *KINDS)}, "spans": list(median["spans"])}
 
 
-def _span(timer, kind, name):
-    return timer.span(kind, name) if timer is not None else contextlib.nullcontext()
-
-
 # ------------------------------------------------------------------------------ matmuls
 class _TimedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, timer, name):
         ctx.save_for_backward(x, weight)
         ctx.has_bias, ctx.timer, ctx.name = bias is not None, timer, name
-        with _span(timer, "matmul", f"{name} forward"):
+        with timer.span("matmul", f"{name} forward"):
             return F.linear(x, weight, bias)          # (..., in) @ (out, in)ᵀ -> (..., out)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         gx = gw = gb = None
-        with _span(ctx.timer, "matmul", f"{ctx.name} backward"):
+        with ctx.timer.span("matmul", f"{ctx.name} backward"):
             g2 = grad.reshape(-1, grad.shape[-1])     # (tokens, out)
             if ctx.needs_input_grad[0]:
                 gx = grad @ weight                    # dL/dX: (..., in)
@@ -130,7 +126,7 @@ class _TimedLinear(torch.autograd.Function):
 
 def timed_linear(x, weight, bias=None, timer: StepTimer | None = None, name: str = "linear"):
     """``F.linear(x, weight, bias)`` whose forward and backward matmuls are timed as "matmul"."""
-    return _TimedLinear.apply(x, weight, bias, timer, name)
+    return F.linear(x, weight, bias) if timer is None else _TimedLinear.apply(x, weight, bias, timer, name)
 
 
 # ------------------------------------------------------------------------------ TP groups
@@ -151,8 +147,7 @@ def timing_degrees(world_size: int, limit: int | None = None) -> list[int]:
         raise ValueError(f"timing TP needs at least 2 ranks, and this cluster has {world_size}: "
                          "there would be no collective to time. Start one with "
                          "helpers.connect(n=4) (or launch_cluster.sh start -n 4)")
-    top = world_size if limit is None else min(world_size, limit)
-    return divisors(world_size, upto=top)
+    return divisors(world_size, upto=limit)
 
 
 def tp_subgroup(degree: int):
@@ -201,14 +196,11 @@ def matmul_tflops(tokens: int, d_in: int, d_out: int, dtype=torch.float32, devic
     for _ in range(repeats):
         n = 1
         while True:                                     # double n until one timing lasts min_time
-            timer.sync()
-            t0 = time.perf_counter()
-            for _ in range(n):
-                x @ w
-            timer.sync()
-            dt = time.perf_counter() - t0
-            if dt >= min_time:
+            with timer.step():
+                for _ in range(n):
+                    x @ w
+            if timer.steps[-1]["step"] >= min_time:
                 break
             n *= 2
-        best = min(best, dt / n)
+        best = min(best, timer.steps[-1]["step"] / n)
     return 2 * tokens * d_in * d_out / best / 1e12

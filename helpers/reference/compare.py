@@ -32,7 +32,7 @@ from ..common.placements import parse_placement, placement_text
 from . import display
 
 __all__ = ["Result", "ComparisonError", "reassemble", "compare", "compare_grads", "error_heatmap",
-           "to_f64", "as_shard_list", "fmt_shape", "fmt_index"]
+           "to_f64", "as_shard_list"]
 
 # Denominator guard for the relative error |tp - dense| / (|dense| + _TINY).
 _TINY = 1e-12
@@ -40,18 +40,15 @@ _TINY = 1e-12
 
 # ------------------------------------------------------------------------------ conversion
 def to_f64(x: Any, what: str) -> torch.Tensor:
-    """Any tensor / ndarray / number -> float64 CPU tensor (detached)."""
+    """Any tensor / ndarray / number -> float64 CPU tensor (detached); complex values refused."""
     if isinstance(x, torch.Tensor):
-        t = x.detach()
-        if t.is_complex():
+        if x.is_complex():
             raise TypeError(f"{what}: complex tensors are not supported")
-        return t.to(device="cpu", dtype=torch.float64)
-    if isinstance(x, np.ndarray) or np.isscalar(x) or isinstance(x, (list, tuple)):
+        return x.detach().to(device="cpu", dtype=torch.float64)
+    if isinstance(x, (np.ndarray, list, tuple)) or np.isscalar(x):
         a = np.asarray(x)
-        if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        if a.dtype.kind not in "biuf":  # bool, int, unsigned, float: not complex, object or text
             raise TypeError(f"{what}: cannot compare values of dtype {a.dtype}")
-        if np.iscomplexobj(a):
-            raise TypeError(f"{what}: complex arrays are not supported")
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
     raise TypeError(f"{what}: expected a torch.Tensor or numpy array, got {type(x).__name__}")
 
@@ -63,23 +60,19 @@ def as_shard_list(shards: Any) -> list:
         if keys != list(range(len(keys))):
             raise ValueError(f"shards dict must be keyed by rank 0..{len(keys) - 1}, got keys {keys}")
         return [shards[k] for k in keys]
-    if isinstance(shards, (torch.Tensor, np.ndarray)):
+    if isinstance(shards, (torch.Tensor, np.ndarray)) or not hasattr(shards, "__iter__"):
         raise TypeError("shards must be a list with one tensor per rank (rank 0 first), "
                         f"got a single {type(shards).__name__}; wrap it as [t] for one rank")
-    try:
-        return list(shards)
-    except TypeError:
-        raise TypeError(f"shards must be a list with one tensor per rank, got {type(shards).__name__}") from None
+    return list(shards)
 
 
-def fmt_shape(shape) -> str:
-    return str(tuple(int(s) for s in shape))
+def _max(t: torch.Tensor) -> float:
+    return float(t.max()) if t.numel() else 0.0
 
 
-def fmt_index(flat: int, shape) -> str:
-    if len(shape) == 0:
-        return "()"
-    return str(tuple(int(i) for i in np.unravel_index(int(flat), tuple(shape))))
+def _argmax(t: torch.Tensor) -> tuple:
+    """The index (a tuple) of ``t``'s largest element; () when ``t`` is empty or 0-d."""
+    return tuple(int(i) for i in np.unravel_index(int(t.argmax()), t.shape)) if t.numel() else ()
 
 
 def _same_except(shape, other, d: int) -> bool:
@@ -88,7 +81,7 @@ def _same_except(shape, other, d: int) -> bool:
 
 
 def _shape_summary(ts: Sequence[torch.Tensor]) -> str:
-    shapes = [fmt_shape(t.shape) for t in ts]
+    shapes = [tuple(t.shape) for t in ts]
     if len(set(shapes)) == 1:
         return f"{shapes[0]}×{len(shapes)}"
     return ", ".join(f"rank {r}: {s}" for r, s in enumerate(shapes))
@@ -107,49 +100,36 @@ def reassemble(shards, layout: str, *, atol: float = 0.0, rtol: float = 0.0) -> 
     that disagree, or shards whose shapes cannot be concatenated / summed.
     """
     kind, dim = parse_placement(layout)
-    pieces = as_shard_list(shards)
-    if len(pieces) == 0:
+    ts = [to_f64(p, f"shard of rank {r}") for r, p in enumerate(as_shard_list(shards))]
+    if not ts:
         raise ValueError("shards is empty: expected one tensor per rank")
-    ts = [to_f64(p, f"shard of rank {r}") for r, p in enumerate(pieces)]
-
+    ref = ts[0]
+    if kind != "shard" and any(t.shape != ref.shape for t in ts):
+        what = "the same full tensor" if kind == "replicate" else "a full-size partial sum of the same shape"
+        raise AssertionError(f"layout '{placement_text(kind, dim)}': every rank should hold {what}, but shapes "
+                             f"differ: {_shape_summary(ts)}. If each rank holds a block, use 'Shard(d)'.")
+    if kind == "partial":
+        return torch.stack(ts).sum(0)
     if kind == "replicate":
-        ref = ts[0]
-        if any(t.shape != ref.shape for t in ts):
-            raise AssertionError(f"layout 'Replicate()': every rank should hold the same full tensor, but shapes "
-                                 f"differ: {_shape_summary(ts)}. If each rank holds a block, use 'Shard(d)'.")
-        disagree: list[tuple[int, float]] = []
-        for r, t in enumerate(ts[1:], start=1):
-            if not torch.allclose(t, ref, atol=atol, rtol=rtol, equal_nan=True):
-                d = (t - ref).abs()
-                d = torch.where(torch.isnan(d), torch.full_like(d, math.inf), d)
-                disagree.append((r, float(d.max()) if d.numel() else 0.0))
-        if disagree:
-            worst_r, worst = max(disagree, key=lambda x: x[1])
-            ranks = ", ".join(str(r) for r, _ in disagree)
-            raise AssertionError(f"layout 'Replicate()': rank(s) {ranks} disagree with rank 0 (max |Δ| {worst:.1e} "
-                                 f"on rank {worst_r}, tolerance atol {atol:.0e} rtol {rtol:.0e}). If these are partial "
-                                 "sums (e.g. the output of a row-parallel matmul before its all-reduce), use layout "
-                                 "'Partial()' -- or add the missing all-reduce.")
+        off = {r: _max(_errors(t, ref)[0]) for r, t in enumerate(ts)
+               if not torch.allclose(t, ref, atol=atol, rtol=rtol, equal_nan=True)}
+        if off:
+            worst_r = max(off, key=off.get)
+            raise AssertionError(f"layout 'Replicate()': rank(s) {', '.join(map(str, off))} disagree with rank 0 "
+                                 f"(max |Δ| {off[worst_r]:.1e} on rank {worst_r}, tolerance atol {atol:.0e} rtol "
+                                 f"{rtol:.0e}). If these are partial sums (e.g. the output of a row-parallel matmul "
+                                 "before its all-reduce), use layout 'Partial()' -- or add the missing all-reduce.")
         return ref.clone()
 
-    if kind == "partial":
-        ref = ts[0]
-        if any(t.shape != ref.shape for t in ts):
-            raise AssertionError("layout 'Partial()': every rank should hold a full-size partial sum of the same "
-                                 f"shape, but shapes differ: {_shape_summary(ts)}")
-        return torch.stack(ts).sum(0)
-
-    # Shard(d)
-    ndim = ts[0].dim()
-    if any(t.dim() != ndim for t in ts):
-        raise AssertionError(f"layout 'Shard({dim})': shards have different numbers of dims: {_shape_summary(ts)}")
+    # Shard(d); shards with a different number of dims fail the "every dim except d" check
+    ndim = ref.dim()
     if ndim == 0:
         raise ValueError(f"layout 'Shard({dim})' needs shards with at least 1 dim; got 0-d scalars")
     if not -ndim <= dim < ndim:
         raise ValueError(f"layout 'Shard({dim})': dim {dim} is out of range for {ndim}-d shards "
                          f"(valid: {-ndim}..{ndim - 1})")
     d = dim % ndim
-    if not all(_same_except(t.shape, ts[0].shape, d) for t in ts):
+    if not all(_same_except(t.shape, ref.shape, d) for t in ts):
         raise AssertionError(f"layout 'Shard({dim})': shards must match in every dim except {dim}, "
                              f"but got {_shape_summary(ts)}")
     return torch.cat(ts, dim=d)
@@ -193,7 +173,7 @@ class Result:
         if not self.matches and self.argmax:
             err += f" at {self.argmax}"
         ranks = f"{self.n_ranks} rank" + ("s" if self.n_ranks != 1 else "")
-        return f"{mark} {self.name} {self._verb()}  shape {fmt_shape(self.shape)}  {err}  (layout {self.layout}, {ranks})"
+        return f"{mark} {self.name} {self._verb()}  shape {self.shape}  {err}  (layout {self.layout}, {ranks})"
 
     def _repr_html_(self) -> str:
         colour = "#1a7f37" if self.passed else "#cf222e"
@@ -221,11 +201,8 @@ class ComparisonError(AssertionError):
 # ------------------------------------------------------------------------------ compare
 def _errors(tp: torch.Tensor, dense: torch.Tensor):
     """abs and rel error tensors; a NaN/inf where dense is finite counts as an infinite error."""
-    diff = (tp - dense).abs()
-    both_nan = torch.isnan(tp) & torch.isnan(dense)
-    same_inf = torch.isinf(tp) & torch.isinf(dense) & (tp == dense)
-    diff = torch.where(both_nan | same_inf, torch.zeros_like(diff), diff)
-    diff = torch.where(torch.isnan(diff), torch.full_like(diff, math.inf), diff)
+    same = (tp == dense) | (tp.isnan() & dense.isnan())          # equal (infinities too), or both NaN
+    diff = torch.where(same, 0.0, (tp - dense).abs().nan_to_num(nan=math.inf, posinf=math.inf))
     rel = diff / (dense.abs().nan_to_num(nan=0.0, posinf=0.0) + _TINY)
     return diff, rel
 
@@ -233,14 +210,13 @@ def _errors(tp: torch.Tensor, dense: torch.Tensor):
 def _hint(tp_pieces: list[torch.Tensor], kind: str, tp: torch.Tensor, dense: torch.Tensor,
           atol: float, rtol: float) -> str:
     p = len(tp_pieces)
-    if p > 1 and tp.shape == dense.shape and tp.numel():
-        if torch.allclose(tp, p * dense, atol=atol, rtol=rtol):
-            return (f" Hint: the TP result is {p}× dense (p = {p}): something was summed over "
-                    "ranks once too often (an all-reduce on a value that was already complete).")
-    if kind != "partial" and p > 1 and all(t.shape == dense.shape for t in tp_pieces):
-        if torch.allclose(torch.stack(tp_pieces).sum(0), dense, atol=atol, rtol=rtol):
-            return (" Hint: the shards sum to dense: they are partial sums. Either the all-reduce is missing, "
-                    "or the layout is 'Partial()'.")
+    if p > 1 and tp.shape == dense.shape and tp.numel() and torch.allclose(tp, p * dense, atol=atol, rtol=rtol):
+        return (f" Hint: the TP result is {p}× dense (p = {p}): something was summed over "
+                "ranks once too often (an all-reduce on a value that was already complete).")
+    if (kind != "partial" and p > 1 and all(t.shape == dense.shape for t in tp_pieces)
+            and torch.allclose(torch.stack(tp_pieces).sum(0), dense, atol=atol, rtol=rtol)):
+        return (" Hint: the shards sum to dense: they are partial sums. Either the all-reduce is missing, "
+                "or the layout is 'Partial()'.")
     return ""
 
 
@@ -267,9 +243,7 @@ def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
     if ts and kind == "replicate" and all(c.shape == dense_t.shape for c in ts):
         # Every rank should hold the dense answer: judge the worst copy, so a
         # missing all-reduce (copies that disagree) is a mismatch, not a crash.
-        errs = [float((c - dense_t).abs().nan_to_num(nan=math.inf).max()) if c.numel() else 0.0
-                for c in ts]
-        worst_rank = max(range(n), key=lambda r: errs[r])
+        worst_rank = max(range(n), key=lambda r: _max(_errors(ts[r], dense_t)[0]))
         tp = ts[worst_rank]
     else:
         tp = reassemble(ts, layout, atol=atol, rtol=rtol)
@@ -277,23 +251,20 @@ def _compare(name, shards, dense, layout, atol, rtol, expect, show) -> Result:
     if tp.shape != dense_t.shape:
         sugg = _layout_suggestions(ts, dense_t.shape)
         hint = f" Layouts that would give the dense shape: {', '.join(sugg)}." if sugg else ""
-        raise ComparisonError(f"{name} (layout {canon}): reassembled shape {fmt_shape(tp.shape)} from {n} shard(s) "
-                              f"[{_shape_summary(ts)}] != dense shape {fmt_shape(dense_t.shape)}.{hint}")
+        raise ComparisonError(f"{name} (layout {canon}): reassembled shape {tuple(tp.shape)} from {n} shard(s) "
+                              f"[{_shape_summary(ts)}] != dense shape {tuple(dense_t.shape)}.{hint}")
 
     diff, rel = _errors(tp, dense_t)
-    max_abs, i_abs = (float(diff.max()), int(diff.argmax())) if diff.numel() else (0.0, 0)
-    max_rel, i_rel = (float(rel.max()), int(rel.argmax())) if diff.numel() else (0.0, 0)
-    bound = atol + rtol * dense_t.abs().nan_to_num(nan=0.0, posinf=math.inf)
-    n_bad = int((~(diff <= bound)).sum())
+    max_abs, argmax = _max(diff), _argmax(diff)
+    n_bad = int((~(diff <= atol + rtol * dense_t.abs().nan_to_num(nan=0.0, posinf=math.inf))).sum())
     matches = n_bad == 0
-    argmax = tuple(int(i) for i in np.unravel_index(i_abs, tuple(tp.shape))) if diff.numel() else ()
 
     numbers = (f"{name} (layout {canon}): max abs err {max_abs:.1e} {'>' if max_abs > atol else '<='} atol {atol:.0e} "
-               f"at index {fmt_index(i_abs, tp.shape)}; max rel err {max_rel:.1e} at index {fmt_index(i_rel, tp.shape)}; "
+               f"at index {argmax}; max rel err {_max(rel):.1e} at index {_argmax(rel)}; "
                f"{n_bad} of {diff.numel()} elements fail |tp - dense| <= atol + rtol*|dense| "
                f"(atol {atol:.0e}, rtol {rtol:.0e})")
-    res = Result(name=name, passed=matches if expect == "match" else not matches, max_abs=max_abs, max_rel=max_rel,
-                 shape=tuple(int(s) for s in tp.shape), layout=canon, n_ranks=n, matches=matches,
+    res = Result(name=name, passed=matches if expect == "match" else not matches, max_abs=max_abs, max_rel=_max(rel),
+                 shape=tuple(tp.shape), layout=canon, n_ranks=n, matches=matches,
                  expect=expect, atol=atol, rtol=rtol, argmax=argmax, message=numbers)
     if not matches:
         if worst_rank is not None and n > 1:
@@ -347,8 +318,7 @@ def compare_grads(pairs, *, atol: float = 1e-5, rtol: float = 1e-4, show=True) -
     for i, item in enumerate(pairs):
         if not isinstance(item, (tuple, list)) or len(item) not in (3, 4):
             raise ValueError(f"compare_grads: item {i} must be (name, shards, dense[, layout]), got {item!r:.80}")
-        name, shards, dense = item[:3]
-        layout = item[3] if len(item) == 4 else "Replicate()"
+        name, shards, dense, layout = (*item, "Replicate()")[:4]
         try:
             res = _compare(name, shards, dense, layout, atol, rtol, "match", show)
         except AssertionError as e:  # shape / replica problems: keep going, report at the end
@@ -380,13 +350,12 @@ def error_heatmap(tp, dense, title: str | None = None, ax=None):
     tp_t = to_f64(tp, "tp")
     dense_t = to_f64(dense, "dense")
     if tp_t.shape != dense_t.shape:
-        raise ValueError(f"error_heatmap: tp shape {fmt_shape(tp_t.shape)} != dense shape {fmt_shape(dense_t.shape)}")
-    diff, _ = _errors(tp_t, dense_t)
-    finite_max = float(diff[torch.isfinite(diff)].max()) if torch.isfinite(diff).any() else 0.0
+        raise ValueError(f"error_heatmap: tp shape {tuple(tp_t.shape)} != dense shape {tuple(dense_t.shape)}")
+    diff, _ = _errors(tp_t, dense_t)                  # no NaN: a wrong NaN counts as inf
+    finite_max = _max(diff[torch.isfinite(diff)])
     img = to_2d(diff.nan_to_num(posinf=finite_max)).numpy()
     rows, cols = img.shape
-    max_err = float(diff.max()) if diff.numel() else 0.0
-    idx = int(diff.argmax()) if diff.numel() else 0
+    max_err = _max(diff)
 
     if ax is None:
         w = min(10.0, max(4.0, 0.25 * cols + 2.0))
@@ -396,20 +365,18 @@ def error_heatmap(tp, dense, title: str | None = None, ax=None):
     else:
         fig = ax.figure
 
-    vmax = finite_max if finite_max > 0 else 1.0
-    im = ax.imshow(img, cmap="magma", vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest")
+    im = ax.imshow(img, cmap="magma", vmin=0.0, vmax=finite_max or 1.0, aspect="auto", interpolation="nearest")
     fig.colorbar(im, ax=ax, label="|TP − dense|", fraction=0.05)
     if rows <= 32 and cols <= 32:
         ax.set_xticks(np.arange(-0.5, cols, 1), minor=True)
         ax.set_yticks(np.arange(-0.5, rows, 1), minor=True)
         ax.grid(which="minor", color="#808080", linewidth=0.5)
         ax.tick_params(which="minor", length=0)
-    if diff.numel() and max_err > 0:
-        r2, c2 = np.unravel_index(idx, img.shape)
+    if max_err > 0:
+        r2, c2 = np.unravel_index(int(diff.argmax()), img.shape)
         ax.add_patch(Rectangle((c2 - 0.5, r2 - 0.5), 1, 1, fill=False, edgecolor="#00e5ff", linewidth=2))
-    where = fmt_index(idx, tuple(tp_t.shape)) if diff.numel() else "()"
-    shape_note = "" if tp_t.dim() in (1, 2) else f" (shape {fmt_shape(tp_t.shape)} flattened)"
-    ax.set_title(f"{title or '|TP − dense|'}\nmax {max_err:.1e} at {where}{shape_note}", fontsize=10)
+    shape_note = "" if tp_t.dim() in (1, 2) else f" (shape {tuple(tp_t.shape)} flattened)"
+    ax.set_title(f"{title or '|TP − dense|'}\nmax {max_err:.1e} at {_argmax(diff)}{shape_note}", fontsize=10)
     ax.set_xlabel("column")
     ax.set_ylabel("row")
     return fig

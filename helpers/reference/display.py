@@ -33,18 +33,12 @@ class NotebookDisplay:
         self._shell = shell
         self._emit = emit
 
-    def shell(self):
-        from IPython import get_ipython  # always installed (ipyparallel needs it); None outside a kernel
-
-        return self._shell if self._shell is not None else get_ipython()
-
-    def emit(self, obj, **kwargs) -> None:
-        from IPython.display import display
-
-        (self._emit or display)(obj, **kwargs)
-
     def __call__(self, result, *, again: bool = False) -> None:
-        shell = self.shell()
+        from IPython import get_ipython  # always installed (ipyparallel needs it); None outside a kernel
+        from IPython.display import Image, display
+
+        shell = self._shell if self._shell is not None else get_ipython()
+        emit = self._emit or display
         if shell is None:
             print(str(result) if again else text(result))
             return
@@ -52,19 +46,16 @@ class NotebookDisplay:
         if again and result.shown_in is not None and result.shown_in == cell:
             result.shown_in = None  # compare() showed it in this cell already
             return
-        self.emit({"text/plain": str(result), "text/html": result._repr_html_()}, raw=True)
+        emit({"text/plain": str(result), "text/html": result._repr_html_()}, raw=True)
         if again:
             return
         result.shown_in = cell
         if result.expect == "mismatch" and not result.matches:
             print(f"mismatch, as expected: {result.message}")
         if result.figure is not None:
-            # as PNG bytes, so it shows whatever matplotlib backend the kernel uses
-            from IPython.display import Image
-
             from ..viz.figure import figure_to_png
 
-            self.emit(Image(data=figure_to_png(result.figure), format="png"))
+            emit(Image(data=figure_to_png(result.figure), format="png"))   # PNG: shows on any matplotlib backend
 
 
 _current: Callable = NotebookDisplay()

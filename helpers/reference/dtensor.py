@@ -32,7 +32,7 @@ __all__ = ["DTensorView", "pull_dtensor", "views_from_descriptions", "chunk_rang
 
 def chunk_range(size: int, parts: int, index: int) -> tuple[int, int]:
     """(start, stop) of piece ``index`` when ``torch.chunk`` splits ``size`` into ``parts``."""
-    step = math.ceil(size / parts) if size else 0
+    step = math.ceil(size / parts)
     start = min(index * step, size)
     return start, min(start + step, size)
 
@@ -56,13 +56,12 @@ class DTensorView:
         """From every rank's :func:`helpers.engine.dtensor.describe` (rank 0 first)."""
         first = descs[0]
         for r, d in enumerate(descs[1:], start=1):
-            for key in ("shape", "placements"):
-                if d[key] != first[key]:
-                    raise ValueError(f"{name}: rank {r} has {key} {d[key]} but rank 0 has {first[key]}; "
+            for key, mine, rank0 in (("shape", d["shape"], first["shape"]),
+                                     ("placements", d["placements"], first["placements"]),
+                                     ("mesh", d["mesh"]["ranks"], first["mesh"]["ranks"])):
+                if mine != rank0:
+                    raise ValueError(f"{name}: rank {r} has {key} {mine} but rank 0 has {rank0}; "
                                      "every rank must describe the same DTensor")
-            if d["mesh"]["ranks"] != first["mesh"]["ranks"]:
-                raise ValueError(f"{name}: rank {r} is on mesh {d['mesh']['ranks']} but rank 0 on "
-                                 f"{first['mesh']['ranks']}")
         mesh = first["mesh"]
         view = cls(name=name, shape=tuple(first["shape"]), placements=tuple(first["placements"]),
                    mesh_shape=tuple(mesh["shape"]), mesh_dim_names=mesh["dim_names"], mesh_ranks=mesh["ranks"],
@@ -102,11 +101,6 @@ class DTensorView:
                 ranges[d] = [lo + a, lo + b]
         return tuple(slice(lo, hi) for lo, hi in ranges)
 
-    def owners(self) -> list[int]:
-        """Ranks whose shards together make up the tensor (Replicate mesh dims: coordinate 0 only)."""
-        rep = [i for i, (kind, _) in enumerate(self.kinds) if kind == "replicate"]
-        return [r for r, c in enumerate(self.coordinates) if all(c[i] == 0 for i in rep)]
-
     def _check_local_shapes(self) -> None:
         for r, t in enumerate(self.local_shards):
             want = tuple(s.stop - s.start for s in self.region(r))
@@ -118,8 +112,10 @@ class DTensorView:
         """The global tensor (CPU, the DTensor's own dtype, like ``full_tensor()``), rebuilt from
         the local shards by the placements."""
         out = torch.zeros(self.shape, dtype=self.local_shards[0].dtype)
-        for r in self.owners():
-            out[self.region(r)] += self.local_shards[r].detach()
+        rep = [i for i, (kind, _) in enumerate(self.kinds) if kind == "replicate"]
+        for r, c in enumerate(self.coordinates):
+            if all(c[i] == 0 for i in rep):  # a Replicate mesh dim: read from coordinate 0 only
+                out[self.region(r)] += self.local_shards[r].detach()
         return out
 
     def __repr__(self) -> str:
@@ -129,7 +125,7 @@ class DTensorView:
                 f"mesh {self.mesh_shape}{names}; local {shapes}>")
 
 
-_WHAT = {"dtensor": "a DTensor", "dict": "a dict of DTensors", "missing": "not defined"}
+_WHAT = {"dtensor": "a DTensor", "dict": "a dict of DTensors"}   # "missing": missing_ranks raised already
 
 
 def _refuse(name: str, descs: list[dict]) -> None:
