@@ -68,12 +68,10 @@ def same_error_everywhere(err: ipp_error.CompositeError, targets: list[int]) -> 
     return None
 
 
-def _user_line(traceback_lines: list[str]) -> str | None:
-    """The learner's own line that was running: the first ``----> N code`` in the cell frame."""
-    if isinstance(traceback_lines, str):
-        traceback_lines = [traceback_lines]
-    text = _ANSI.sub("", "\n".join(traceback_lines or []))
-    for line in text.splitlines():
+def _user_line(traceback: str | None) -> str | None:
+    """The learner's own line that was running: the first ``----> N code`` in the cell frame
+    (``traceback``: a RemoteError's, its lines joined)."""
+    for line in _ANSI.sub("", traceback or "").splitlines():
         m = _ARROW.match(line.strip())
         if m:
             return f"`{m.group(2)}` (cell line {m.group(1)})"
@@ -189,7 +187,7 @@ class TPParallelMagics(ParallelMagics):
         t0 = time.monotonic()
         with suppress(Exception):
             tpc.client.send_signal(signal.SIGINT, targets=targets, block=True)
-        if result is None or result.wait(self.interrupt_grace):
+        if result.wait(self.interrupt_grace):
             msg = ("Interrupted: every engine stopped on SIGINT. The process group survived "
                    "(no rank was inside a collective).")
         else:
