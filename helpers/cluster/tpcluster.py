@@ -65,9 +65,7 @@ def probe_engines(client) -> list[dict]:
     """``helpers.engine.pg.probe()`` of every registered engine, with its engine id."""
     ids = sorted(client.ids)
     infos = client[ids].apply_sync(engine_pg.probe) if ids else []
-    for eid, info in zip(ids, infos):
-        info["engine_id"] = eid
-    return infos
+    return [dict(info, engine_id=eid) for eid, info in zip(ids, infos)]
 
 
 def _script_name() -> str | None:
@@ -214,28 +212,24 @@ class TPCluster(RankFacts):
                   f"{', '.join(map(str, missing))}; they keep their working directory")
 
     # ---- one notebook drives the cluster at a time
-    def take_over(self, quiet: bool = False) -> str | None:
+    def take_over(self, quiet: bool = False) -> None:
         """This notebook drives the cluster from now on (``connect()`` calls it).
 
         When another notebook (or an earlier kernel of this one) drove the engines, they start
         as a fresh script: ``%%px`` names back to ``connect()``'s, its process groups, meshes and
-        caches released (:func:`helpers.engine.pg.claim`); says so in one line and returns it.
+        caches released (:func:`helpers.engine.pg.claim`); says so in one line unless ``quiet``.
         """
         record = driver_record()
         results = self.view.apply_sync(engine_pg.claim, record)
         self.ref.write_driver(record)
         self._driver_seen = ()
         resets = [r["reset"] for r in results if r["reset"] is not None]
-        if not resets:
-            return None
-        previous = next((r["previous"] for r in results if r["previous"]), {})
-        groups = max(r["groups"] for r in resets)
-        line = (f"connect(): reset the engines' state left by {_who(previous, record['notebook'])}"
-                f" ({max(r['names'] for r in resets)} names, {groups} process group"
-                f"{'' if groups == 1 else 's'}): this notebook starts as a fresh script")
-        if not quiet:
-            print(line)
-        return line
+        if resets and not quiet:
+            previous = next((r["previous"] for r in results if r["previous"]), {})
+            groups = max(r["groups"] for r in resets)
+            print(f"connect(): reset the engines' state left by {_who(previous, record['notebook'])}"
+                  f" ({max(r['names'] for r in resets)} names, {groups} process group"
+                  f"{'' if groups == 1 else 's'}): this notebook starts as a fresh script")
 
     def check_driver(self) -> None:
         """Raise ``ClusterTakenError`` (one line) when another notebook has taken the cluster
@@ -310,29 +304,27 @@ class TPCluster(RankFacts):
         # graph from a notebook still holds it (its sockets and threads with it)
         layout = {e.engine_id: (True, n, e.rank, backend, e.local_rank, e.local_world_size, e.device)
                   for e in self.engines}
-        if not force and all((bool(i["initialized"]), i["world_size"], i["rank"], i["backend"], i.get("local_rank"),
-                              i.get("local_world_size"), i.get("device")) == layout[i["engine_id"]] for i in infos):
-            self.recovery.start_watchdogs(multi_host=len(per_host) > 1)
-            return
-        if threads is None:
-            threads = threads_per_engine(min(i["cpus"] for i in infos), max(per_host.values()))
-        self.view.apply_sync(engine_pg.destroy)
-        rank0 = self.client[self.engine_ids[0]]
-        addr = "127.0.0.1" if len(per_host) == 1 else rank0.apply_sync(engine_pg.host_address)
-        port = rank0.apply_sync(engine_pg.open_store, addr, n, self.timeout)
-        script = _script_name()
-        futures = [self.client[e.engine_id].apply_async(engine_pg.init, e.rank, n, e.local_rank, e.local_world_size,
-                                                        addr, port, backend, e.device, self.timeout, threads, script)
-                   for e in self.engines]
-        deadline = time.monotonic() + self.timeout + 30
-        for e, f in zip(self.engines, futures):
-            try:
-                f.get(timeout=max(1.0, deadline - time.monotonic()))
-            except ipp.error.TimeoutError:
-                raise RuntimeError(
-                    f"rank {e.rank} (engine {e.engine_id} on {e.host}) did not join the "
-                    f"process group within {self.timeout:.0f} s"
-                ) from None
+        if force or not all((bool(i["initialized"]), i["world_size"], i["rank"], i["backend"], i.get("local_rank"),
+                             i.get("local_world_size"), i.get("device")) == layout[i["engine_id"]] for i in infos):
+            if threads is None:
+                threads = threads_per_engine(min(i["cpus"] for i in infos), max(per_host.values()))
+            self.view.apply_sync(engine_pg.destroy)
+            rank0 = self.client[self.engine_ids[0]]
+            addr = "127.0.0.1" if len(per_host) == 1 else rank0.apply_sync(engine_pg.host_address)
+            port = rank0.apply_sync(engine_pg.open_store, addr, n, self.timeout)
+            script = _script_name()
+            futures = [self.client[e.engine_id].apply_async(engine_pg.init, e.rank, n, e.local_rank, e.local_world_size,
+                                                            addr, port, backend, e.device, self.timeout, threads, script)
+                       for e in self.engines]
+            deadline = time.monotonic() + self.timeout + 30
+            for e, f in zip(self.engines, futures):
+                try:
+                    f.get(timeout=max(1.0, deadline - time.monotonic()))
+                except ipp.error.TimeoutError:
+                    raise RuntimeError(
+                        f"rank {e.rank} (engine {e.engine_id} on {e.host}) did not join the "
+                        f"process group within {self.timeout:.0f} s"
+                    ) from None
         self.recovery.start_watchdogs(multi_host=len(per_host) > 1)
 
     # ---- faults (helpers.cluster.recovery)
