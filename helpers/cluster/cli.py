@@ -89,27 +89,10 @@ def _add_pbs_options(p: argparse.ArgumentParser, title: str, pbs_help: str):
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
-
-
-def _add_export_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("notebook", help="the notebook, e.g. notebooks/01_basic_tensor_parallel.ipynb")
-    p.add_argument("-o", "--output", default=None,
-                   help="the script to write (default: next to the notebook, NN_name.py)")
-    p.add_argument("--solutions", action="store_true",
-                   help="run each exercise's collapsed solution in place of the exercise cell")
-    p.add_argument("--timeout", type=_seconds, default=None,
-                   help="seconds a collective may wait in the job before it fails (default 120)")
-    p.add_argument("--ppn", type=_engine_count, default=4,
-                   help="ranks per node in the PBS job (torchrun --nproc_per_node; default 4, one per GPU)")
-    _add_pbs_options(p, "PBS Pro (Derecho): a job that runs the script with torchrun",
-                     "also write a PBS Pro job next to the script (submit it with qsub)")
+    with suppress(ValueError):
+        if float(text) > 0:
+            return float(text)
+    raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,8 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="launch_cluster.sh",
         description="Start, inspect and stop the course's ipyparallel cluster, or run JupyterLab on it.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = argparse.ArgumentParser(add_help=False)  # which cluster: every command but export
     common.add_argument("--cluster-id", default=None,
                         help="cluster id (default: $TP_CLUSTER_ID or tp-$USER)")
@@ -132,7 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a notebook as a torchrun batch job; its checks decide "
                        "the job's exit status (--pbs: and a PBS Pro job for Derecho)")
-    _add_export_options(p)
+    p.add_argument("notebook", help="the notebook, e.g. notebooks/01_basic_tensor_parallel.ipynb")
+    p.add_argument("-o", "--output", default=None,
+                   help="the script to write (default: next to the notebook, NN_name.py)")
+    p.add_argument("--solutions", action="store_true",
+                   help="run each exercise's collapsed solution in place of the exercise cell")
+    p.add_argument("--timeout", type=_seconds, default=None,
+                   help="seconds a collective may wait in the job before it fails (default 120)")
+    p.add_argument("--ppn", type=_engine_count, default=4,
+                   help="ranks per node in the PBS job (torchrun --nproc_per_node; default 4, one per GPU)")
+    _add_pbs_options(p, "PBS Pro (Derecho): a job that runs the script with torchrun",
+                     "also write a PBS Pro job next to the script (submit it with qsub)")
 
     p = sub.add_parser("lab", parents=[common],
                        help="start the cluster (if needed) and JupyterLab on notebooks/")
