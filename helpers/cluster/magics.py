@@ -26,7 +26,6 @@ from contextlib import suppress
 
 from ipyparallel import error as ipp_error
 from ipyparallel.client.magics import ParallelMagics
-from IPython import get_ipython
 
 from .recovery import RECOVER, CourseError
 
@@ -49,9 +48,6 @@ class ProcessGroupError(CourseError):
     """A cell asked for a process group other than the course's, or has none left."""
 
 
-_NO_GROUP = "Default process group has not been initialized"
-
-
 def same_error_everywhere(err: ipp_error.CompositeError, targets: list[int]) -> CourseError | None:
     """One line for an error every targeted rank raised alike, when the course knows it:
     a pasted ``init_process_group`` that does not fit, or a group that is gone."""
@@ -61,7 +57,7 @@ def same_error_everywhere(err: ipp_error.CompositeError, targets: list[int]) -> 
     ename, evalue = seen.pop()
     if ename == "ProcessGroupMismatch":
         return ProcessGroupError(f"{evalue} (every rank refused it; no collective ran)")
-    if _NO_GROUP in evalue:
+    if "Default process group has not been initialized" in evalue:
         return ProcessGroupError(
             "this cell needs the process group, but it is gone (destroyed by "
             f"torch.distributed's own destroy_process_group?). Run  {RECOVER}  to rebuild it")
@@ -202,11 +198,3 @@ class TPParallelMagics(ParallelMagics):
                    f". The process group did NOT survive. Recover with:  {RECOVER}"
                    "   (your engine variables are kept)")
         print(f"{msg}  [{time.monotonic() - t0:.1f} s]", file=sys.stderr)
-
-
-def install_magics(tpc) -> None:
-    """Register ``%%px`` (with fault handling) for this cluster in the running IPython."""
-    shell = get_ipython()
-    if shell is None:
-        return
-    shell.magics_manager.register(TPParallelMagics(shell, tpc.view, tpc))

@@ -26,6 +26,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 
 import ipyparallel as ipp
+from IPython import get_ipython
 
 from ..common.api import RankFacts
 from ..common.topology import (
@@ -192,8 +193,11 @@ class TPCluster(RankFacts):
         return self.view.apply_sync(func, *args, **kwargs)
 
     def activate(self) -> None:
-        """Make ``%%px`` / ``%px`` run on this cluster's engines (inside IPython)."""
-        magics.install_magics(self)
+        """Make ``%%px`` / ``%px`` (with the course's fault handling) run on this cluster's engines
+        (inside IPython)."""
+        shell = get_ipython()
+        if shell is not None:
+            shell.magics_manager.register(magics.TPParallelMagics(shell, self.view, self))
 
     def follow_cwd(self, folder: str | None = None) -> None:
         """Engines work in this notebook's folder (``os.getcwd()``) and import from it first.
@@ -380,7 +384,7 @@ class TPCluster(RankFacts):
         """
         if _CONNECTIONS.get(self.ref) is self:
             del _CONNECTIONS[self.ref]
-        atexit.unregister(self._at_exit)
+        atexit.unregister(self.shutdown)
         if self.owned:
             line = stop_cluster(self.ref, client=self.client, cluster=self.cluster).line(self.ref)
             self.owned = False
@@ -391,9 +395,6 @@ class TPCluster(RankFacts):
             self.client.close()
         if not quiet:
             print(line)
-
-    def _at_exit(self) -> None:
-        self.shutdown(quiet=True)
 
 
 _CONNECTIONS: dict[ClusterRef, TPCluster] = {}
@@ -455,7 +456,7 @@ def connect(
         tc.shutdown(quiet=True)
         raise
     _CONNECTIONS[ref] = tc
-    atexit.register(tc._at_exit)  # owned: stop it; attached: release what this notebook made
+    atexit.register(tc.shutdown, quiet=True)  # owned: stop it; attached: release what this notebook made
     if tc.shares_gpus:
         print(tc.layout_note)
     if activate:
@@ -508,8 +509,7 @@ def _open_client(ref: ClusterRef, n, start_timeout: float):
     attached to; otherwise one is started for this kernel, ended with it.
     """
     if is_running(ref):
-        client = client_of(ref, timeout=30)
-        return client, None, n or ref.read_state().get("n")
+        return client_of(ref, timeout=30), None, n or ref.read_state().get("n")
     try:
         cluster = start_cluster(ref, n, daemon=False, wait=False, timeout=start_timeout,
                                 owner_pid=os.getpid())
