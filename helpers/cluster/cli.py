@@ -20,6 +20,8 @@ import time
 import urllib.request
 from contextlib import suppress
 
+import psutil
+
 from ..common.topology import check_n, default_n, layout_note, plan_ranks
 from .export import export_notebook
 from .lifecycle import (
@@ -28,6 +30,7 @@ from .lifecycle import (
     clean_stale,
     client_of,
     is_running,
+    kill_processes,
     start_cluster,
     stop_cluster,
     visible_gpus,
@@ -418,13 +421,12 @@ def cmd_lab(args) -> int:
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
            f"--port={port}", f"--ServerApp.root_dir={os.path.join(REPO, 'notebooks')}",
            f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
+    if os.geteuid() == 0:
         cmd.append("--allow-root")  # containers and CI run as root
-    lab = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+    lab = psutil.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
     stop = []
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda s, f: stop.append(s))
-    url = f"http://127.0.0.1:{port}/lab?token={token}"
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and lab.poll() is None and not stop:
@@ -434,19 +436,14 @@ def cmd_lab(args) -> int:
             except OSError:
                 time.sleep(0.5)
         if lab.poll() is None and not stop:
-            print(f"\nJupyterLab is running on the cluster {ref}:\n    {url}\n"
+            print(f"\nJupyterLab is running on the cluster {ref}:\n    http://127.0.0.1:{port}/lab?token={token}\n"
                   "Open it in a browser (on Derecho: through an SSH tunnel to this port). "
                   "Ctrl-C stops JupyterLab" + (" and the cluster." if started else "."),
                   flush=True)
         while lab.poll() is None and not stop:
             time.sleep(0.5)
     finally:
-        if lab.poll() is None:
-            lab.terminate()
-            try:
-                lab.wait(10)
-            except subprocess.TimeoutExpired:
-                lab.kill()
+        kill_processes([lab], grace=10)  # SIGTERM, then SIGKILL 10 s later
         if started:
             print(stop_cluster(ref).line(ref))
     return 0
