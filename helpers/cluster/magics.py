@@ -88,23 +88,20 @@ def explain(err: ipp_error.CompositeError, rank_of: dict[int, int], targets: lis
         eid = (einfo or {}).get("engine_id")
         if eid is None or not _COLLECTIVE_FAILURE.search(f"{ename} {evalue}"):
             return None  # an ordinary error in the learner's code: show it as it is
-        failed[eid] = (ename, evalue, etb)
-    if not failed:
-        return None
+        failed[eid] = (evalue, etb)  # not empty: ipyparallel raises a CompositeError for >= 1 error
     lines = [f"A collective did not complete on every rank (process-group timeout {timeout:g} s):"]
     for eid in sorted(targets, key=lambda e: rank_of.get(e, e)):
         r = rank_of.get(eid, f"engine {eid}")
         if eid in failed:
-            ename, evalue, etb = failed[eid]
-            where = _user_line(etb) or "a collective"
-            lines.append(f"  rank {r}: waited in {where} and failed: {_short(evalue)}")
+            evalue, etb = failed[eid]
+            lines.append(f"  rank {r}: waited in {_user_line(etb) or 'a collective'} and failed: {_short(evalue)}")
         else:
             lines.append(f"  rank {r}: finished the cell without entering that collective")
     absent = [r for e, r in sorted(rank_of.items(), key=lambda x: x[1]) if e not in targets]
     if absent:
         lines.append(f"  rank(s) {', '.join(map(str, absent))}: not targeted by this cell "
                      "(every rank of the group must run the collective)")
-    if any("pair closure" in v or "destroyed" in v for _, v, _ in failed.values()):
+    if any("pair closure" in v or "destroyed" in v for v, _ in failed.values()):
         lines.append("The process group was already broken by an earlier failure.")
     lines.append(f"The process group is broken on every rank. Recover with:  {RECOVER}"
                  "   (your engine variables are kept)")
