@@ -1,8 +1,6 @@
 """The recovery protocol: a fast way back from a broken process group or a dead engine.
 
-One :class:`Recovery` per :class:`~helpers.cluster.tpcluster.TPCluster` (``cluster.recovery``)
-owns what a way back needs: the engines' watchdogs and their shared token, and the ``%%px``
-cells run so far (to say which to re-run).  The ``%%px`` magics (:mod:`.magics`) use it through
+:class:`Recovery` (one per cluster: ``cluster.recovery``) is used by the ``%%px`` magics through
 its methods only.  Every message ends with the one call that recovers: ``cluster.recover()``.
 """
 
