@@ -163,11 +163,9 @@ def mpi_launch_args(ppn: int, extra: str | None) -> list[str]:
                                  timeout=20).stdout
     except (OSError, subprocess.TimeoutExpired):
         version = ""
-    if "HYDRA" in version:  # MPICH
-        args = ["-ppn", str(ppn)]
-        if os.environ.get("PBS_NODEFILE"):
-            args += ["-f", os.environ["PBS_NODEFILE"]]
-        return [mpiexec, *args]
+    if "HYDRA" in version:  # MPICH: inside a PBS job, on the job's nodes
+        nodefile = os.environ.get("PBS_NODEFILE")
+        return [mpiexec, "-ppn", str(ppn), *(["-f", nodefile] if nodefile else [])]
     if "Open MPI" in version or "OpenRTE" in version:
         return [mpiexec, "--npernode", str(ppn), "--bind-to", "none"]
     return [mpiexec, "--ppn", str(ppn), "--cpu-bind", "none"]  # Cray PALS (Derecho)
@@ -292,11 +290,9 @@ def submit_pbs(args, ref: ClusterRef) -> int:
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         if is_running(ref):
-            with suppress(Exception):
-                client = client_of(ref, timeout=10)
+            with suppress(Exception), client_of(ref, timeout=10) as client:
                 client.wait_for_engines(args.nodes * args.ppn, timeout=max(1, deadline - time.monotonic()),
                                         interactive=False)
-                client.close()
                 print(f"cluster {ref} is up in job {job_id}: connect() in a notebook attaches to it")
                 return 0
         time.sleep(1)
@@ -377,21 +373,18 @@ def cmd_status(args) -> int:
         print(f"no cluster {ref} is running (profile {ref.profile_dir})")
         return 1
     state = ref.read_state()
-    client = client_of(ref, timeout=10)
-    try:
+    with client_of(ref, timeout=10) as client:
         infos = probe_engines(client)
-        backend, engines = plan_ranks(infos)
-        by_id = {i["engine_id"]: i for i in infos}
-        print(f"cluster {ref}: {len(engines)} engines ({state.get('mode', '?')} mode, "
-              f"controller on {state.get('host', '?')}), backend {backend}")
-        print(f"  {layout_note(backend, engines)}")
-        print(f"{'rank':>4}  {'engine':>6}  {'host':<20} {'device':<8} {'pid':>8}  process group")
-        for e, i in ((e, by_id[e.engine_id]) for e in engines):
-            pg = (f"rank {i['rank']}/{i['world_size']} ({i['backend']})"
-                  if i["initialized"] else "not initialized (connect() does it)")
-            print(f"{e.rank:>4}  {e.engine_id:>6}  {e.host:<20} {e.device:<8} {e.pid:>8}  {pg}")
-    finally:
-        client.close()
+    backend, engines = plan_ranks(infos)
+    by_id = {i["engine_id"]: i for i in infos}
+    print(f"cluster {ref}: {len(engines)} engines ({state.get('mode', '?')} mode, "
+          f"controller on {state.get('host', '?')}), backend {backend}")
+    print(f"  {layout_note(backend, engines)}")
+    print(f"{'rank':>4}  {'engine':>6}  {'host':<20} {'device':<8} {'pid':>8}  process group")
+    for e, i in ((e, by_id[e.engine_id]) for e in engines):
+        pg = (f"rank {i['rank']}/{i['world_size']} ({i['backend']})"
+              if i["initialized"] else "not initialized (connect() does it)")
+        print(f"{e.rank:>4}  {e.engine_id:>6}  {e.host:<20} {e.device:<8} {e.pid:>8}  {pg}")
     return 0
 
 
