@@ -141,11 +141,9 @@ def on_this_host(ref: ClusterRef) -> bool:
 def is_running(ref: ClusterRef) -> bool:
     """Is the controller recorded for this cluster running (and reachable)?"""
     if not on_this_host(ref):  # started on another node (a PBS job): ask it over the network
-        try:
-            client_of(ref, timeout=5).close()
-        except Exception:
-            return False
-        return True
+        with suppress(Exception), client_of(ref, timeout=5):
+            return True
+        return False
     owner = ref.read_state().get("owner_pid")
     if owner and not pid_alive(owner):
         return False  # its notebook kernel or lab session crashed: stale
