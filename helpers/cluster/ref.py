@@ -84,8 +84,7 @@ class ClusterRef:
         """Replace ``path`` at once (a reader never sees half of it), readable by its owner only."""
         os.makedirs(self.security_dir, mode=0o700, exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "w", opener=lambda p, flags: os.open(p, flags, 0o600)) as f:
             json.dump(data, f)
         os.replace(tmp, path)
 
