@@ -1,11 +1,6 @@
 """The notebook side of the course's ipyparallel cluster (never imported on an engine).
 
-* :mod:`.ref` -- :class:`ClusterRef`, one cluster's identity and the files it owns;
-* :mod:`.lifecycle` -- starting, finding and stopping processes; the reaper (:mod:`.reaper`);
-* :mod:`.tpcluster` -- :class:`TPCluster` (a :class:`helpers.common.api.ClusterAPI`) and :func:`connect`;
-* :mod:`.magics` -- ``%%px`` with clear errors and interrupts;
-* :mod:`.recovery` -- :class:`Recovery`, the way back from a broken group or a dead engine;
-* :mod:`.cli` -- the command line behind ``launch_cluster.sh``.
+Its modules are mapped in helpers/README.md.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ import time
 import urllib.request
 from contextlib import suppress
 
+import psutil
+
 from ..common.topology import check_n, default_n, layout_note, plan_ranks
 from .export import export_notebook
 from .lifecycle import (
@@ -28,6 +30,7 @@ from .lifecycle import (
     clean_stale,
     client_of,
     is_running,
+    kill_processes,
     start_cluster,
     stop_cluster,
     visible_gpus,
@@ -89,27 +92,10 @@ def _add_pbs_options(p: argparse.ArgumentParser, title: str, pbs_help: str):
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
-
-
-def _add_export_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("notebook", help="the notebook, e.g. notebooks/01_basic_tensor_parallel.ipynb")
-    p.add_argument("-o", "--output", default=None,
-                   help="the script to write (default: next to the notebook, NN_name.py)")
-    p.add_argument("--solutions", action="store_true",
-                   help="run each exercise's collapsed solution in place of the exercise cell")
-    p.add_argument("--timeout", type=_seconds, default=None,
-                   help="seconds a collective may wait in the job before it fails (default 120)")
-    p.add_argument("--ppn", type=_engine_count, default=4,
-                   help="ranks per node in the PBS job (torchrun --nproc_per_node; default 4, one per GPU)")
-    _add_pbs_options(p, "PBS Pro (Derecho): a job that runs the script with torchrun",
-                     "also write a PBS Pro job next to the script (submit it with qsub)")
+    with suppress(ValueError):
+        if float(text) > 0:
+            return float(text)
+    raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,8 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="launch_cluster.sh",
         description="Start, inspect and stop the course's ipyparallel cluster, or run JupyterLab on it.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = argparse.ArgumentParser(add_help=False)  # which cluster: every command but export
     common.add_argument("--cluster-id", default=None,
                         help="cluster id (default: $TP_CLUSTER_ID or tp-$USER)")
@@ -132,7 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a notebook as a torchrun batch job; its checks decide "
                        "the job's exit status (--pbs: and a PBS Pro job for Derecho)")
-    _add_export_options(p)
+    p.add_argument("notebook", help="the notebook, e.g. notebooks/01_basic_tensor_parallel.ipynb")
+    p.add_argument("-o", "--output", default=None,
+                   help="the script to write (default: next to the notebook, NN_name.py)")
+    p.add_argument("--solutions", action="store_true",
+                   help="run each exercise's collapsed solution in place of the exercise cell")
+    p.add_argument("--timeout", type=_seconds, default=None,
+                   help="seconds a collective may wait in the job before it fails (default 120)")
+    p.add_argument("--ppn", type=_engine_count, default=4,
+                   help="ranks per node in the PBS job (torchrun --nproc_per_node; default 4, one per GPU)")
+    _add_pbs_options(p, "PBS Pro (Derecho): a job that runs the script with torchrun",
+                     "also write a PBS Pro job next to the script (submit it with qsub)")
 
     p = sub.add_parser("lab", parents=[common],
                        help="start the cluster (if needed) and JupyterLab on notebooks/")
@@ -168,11 +163,9 @@ def mpi_launch_args(ppn: int, extra: str | None) -> list[str]:
                                  timeout=20).stdout
     except (OSError, subprocess.TimeoutExpired):
         version = ""
-    if "HYDRA" in version:  # MPICH
-        args = ["-ppn", str(ppn)]
-        if os.environ.get("PBS_NODEFILE"):
-            args += ["-f", os.environ["PBS_NODEFILE"]]
-        return [mpiexec, *args]
+    if "HYDRA" in version:  # MPICH: inside a PBS job, on the job's nodes
+        nodefile = os.environ.get("PBS_NODEFILE")
+        return [mpiexec, "-ppn", str(ppn), *(["-f", nodefile] if nodefile else [])]
     if "Open MPI" in version or "OpenRTE" in version:
         return [mpiexec, "--npernode", str(ppn), "--bind-to", "none"]
     return [mpiexec, "--ppn", str(ppn), "--cpu-bind", "none"]  # Cray PALS (Derecho)
@@ -297,11 +290,9 @@ def submit_pbs(args, ref: ClusterRef) -> int:
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         if is_running(ref):
-            with suppress(Exception):
-                client = client_of(ref, timeout=10)
+            with suppress(Exception), client_of(ref, timeout=10) as client:
                 client.wait_for_engines(args.nodes * args.ppn, timeout=max(1, deadline - time.monotonic()),
                                         interactive=False)
-                client.close()
                 print(f"cluster {ref} is up in job {job_id}: connect() in a notebook attaches to it")
                 return 0
         time.sleep(1)
@@ -382,21 +373,18 @@ def cmd_status(args) -> int:
         print(f"no cluster {ref} is running (profile {ref.profile_dir})")
         return 1
     state = ref.read_state()
-    client = client_of(ref, timeout=10)
-    try:
+    with client_of(ref, timeout=10) as client:
         infos = probe_engines(client)
-        backend, engines = plan_ranks(infos)
-        by_id = {i["engine_id"]: i for i in infos}
-        print(f"cluster {ref}: {len(engines)} engines ({state.get('mode', '?')} mode, "
-              f"controller on {state.get('host', '?')}), backend {backend}")
-        print(f"  {layout_note(backend, engines)}")
-        print(f"{'rank':>4}  {'engine':>6}  {'host':<20} {'device':<8} {'pid':>8}  process group")
-        for e, i in ((e, by_id[e.engine_id]) for e in engines):
-            pg = (f"rank {i['rank']}/{i['world_size']} ({i['backend']})"
-                  if i["initialized"] else "not initialized (connect() does it)")
-            print(f"{e.rank:>4}  {e.engine_id:>6}  {e.host:<20} {e.device:<8} {e.pid:>8}  {pg}")
-    finally:
-        client.close()
+    backend, engines = plan_ranks(infos)
+    by_id = {i["engine_id"]: i for i in infos}
+    print(f"cluster {ref}: {len(engines)} engines ({state.get('mode', '?')} mode, "
+          f"controller on {state.get('host', '?')}), backend {backend}")
+    print(f"  {layout_note(backend, engines)}")
+    print(f"{'rank':>4}  {'engine':>6}  {'host':<20} {'device':<8} {'pid':>8}  process group")
+    for e, i in ((e, by_id[e.engine_id]) for e in engines):
+        pg = (f"rank {i['rank']}/{i['world_size']} ({i['backend']})"
+              if i["initialized"] else "not initialized (connect() does it)")
+        print(f"{e.rank:>4}  {e.engine_id:>6}  {e.host:<20} {e.device:<8} {e.pid:>8}  {pg}")
     return 0
 
 
@@ -426,13 +414,12 @@ def cmd_lab(args) -> int:
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
            f"--port={port}", f"--ServerApp.root_dir={os.path.join(REPO, 'notebooks')}",
            f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
+    if os.geteuid() == 0:
         cmd.append("--allow-root")  # containers and CI run as root
-    lab = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+    lab = psutil.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
     stop = []
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda s, f: stop.append(s))
-    url = f"http://127.0.0.1:{port}/lab?token={token}"
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and lab.poll() is None and not stop:
@@ -442,19 +429,14 @@ def cmd_lab(args) -> int:
             except OSError:
                 time.sleep(0.5)
         if lab.poll() is None and not stop:
-            print(f"\nJupyterLab is running on the cluster {ref}:\n    {url}\n"
+            print(f"\nJupyterLab is running on the cluster {ref}:\n    http://127.0.0.1:{port}/lab?token={token}\n"
                   "Open it in a browser (on Derecho: through an SSH tunnel to this port). "
                   "Ctrl-C stops JupyterLab" + (" and the cluster." if started else "."),
                   flush=True)
         while lab.poll() is None and not stop:
             time.sleep(0.5)
     finally:
-        if lab.poll() is None:
-            lab.terminate()
-            try:
-                lab.wait(10)
-            except subprocess.TimeoutExpired:
-                lab.kill()
+        kill_processes([lab], grace=10)  # SIGTERM, then SIGKILL 10 s later
         if started:
             print(stop_cluster(ref).line(ref))
     return 0

@@ -34,7 +34,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 SKIP_TAG = "export-skip"
-PX = "%%px"
 _LABELS = {"px": "%%px", "local": "%%px --local", "notebook": "notebook"}  # a cell's kind, in the script
 
 _GET_IPYTHON = re.compile(r"\bget_ipython\s*\(")
@@ -85,13 +84,9 @@ def _tags(cell: dict) -> list[str]:
 def with_solutions(nb: dict) -> dict:
     """A copy of ``nb`` whose ``exercise-N`` cells hold the code of their ``solution-N`` cell."""
     cells = [dict(c) for c in nb["cells"]]
-    solutions = {}
-    for c in cells:
-        for tag in _tags(c):
-            if tag.startswith("solution-"):
-                m = _SOLUTION.search(_source(c))
-                if m:
-                    solutions[tag.removeprefix("solution-")] = m.group(1).strip("\n") + "\n"
+    solutions = {tag.removeprefix("solution-"): m.group(1).strip("\n") + "\n"
+                 for c in cells for tag in _tags(c)
+                 if tag.startswith("solution-") and (m := _SOLUTION.search(_source(c)))}
     for i, c in enumerate(cells):
         for tag in _tags(c):
             if tag.startswith("exercise-"):
@@ -130,7 +125,7 @@ def classify(index: int, source: str) -> Cell:
     """Where cell ``index`` runs in the batch job; ExportError if it cannot run outside Jupyter."""
     lines = source.splitlines()
     kind, body = "notebook", source
-    if lines and lines[0].split()[:1] == [PX]:
+    if lines and lines[0].split()[:1] == ["%%px"]:
         options = shlex.split(lines[0].strip())[1:]
         if options not in ([], ["--local"]):
             raise _refuse(index, source, f"uses %%px {' '.join(options)}: only %%px and "
@@ -139,7 +134,7 @@ def classify(index: int, source: str) -> Cell:
         body = "\n".join(lines[1:]) + ("\n" if len(lines) > 1 else "")
     bad = _jupyter_only(body)
     if bad is not None:
-        line = body.splitlines()[bad].strip() if body.splitlines() else ""
+        line = body.splitlines()[bad].strip()  # bad indexes one of its lines
         raise _refuse(index, source, f"has {line[:40]!r}, which only IPython can run "
                                      "(a magic, a !shell line or get_ipython())")
     try:

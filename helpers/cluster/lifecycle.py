@@ -61,12 +61,13 @@ def _pids_in_cluster_file(path: str) -> list[int]:
 
 
 def _belongs(p, cluster_id: str, profile_dir: str | None, unset_ok: bool = False) -> bool:
-    """Is psutil process ``p`` alive (not a zombie) and of this cluster (by its environment)?
-    ``profile_dir=None``: of any profile dir; ``unset_ok``: a process without IPP_PROFILE_DIR
-    counts too (a pid the cluster file names). Guards against reused pids."""
+    """Is process ``p`` (psutil's, or a pid) alive (not a zombie) and of this cluster (by its
+    environment)?  ``profile_dir=None``: of any profile dir; ``unset_ok``: a process without
+    IPP_PROFILE_DIR counts too (a pid the cluster file names). Guards against reused pids."""
     import psutil
 
     try:
+        p = p if isinstance(p, psutil.Process) else psutil.Process(p)
         if p.status() == psutil.STATUS_ZOMBIE:
             return False
         env = p.environ()
@@ -74,16 +75,6 @@ def _belongs(p, cluster_id: str, profile_dir: str | None, unset_ok: bool = False
         return False
     return env.get("IPP_CLUSTER_ID") == cluster_id and (
         profile_dir is None or env.get("IPP_PROFILE_DIR", profile_dir if unset_ok else None) == profile_dir)
-
-
-def _is_ours(pid: int, ref: ClusterRef) -> bool:
-    """True if pid is a live process of this cluster."""
-    import psutil
-
-    try:
-        return _belongs(psutil.Process(pid), ref.cluster_id, ref.profile_dir, unset_ok=True)
-    except psutil.NoSuchProcess:
-        return False
 
 
 def pid_alive(pid: int) -> bool:
@@ -150,11 +141,9 @@ def on_this_host(ref: ClusterRef) -> bool:
 def is_running(ref: ClusterRef) -> bool:
     """Is the controller recorded for this cluster running (and reachable)?"""
     if not on_this_host(ref):  # started on another node (a PBS job): ask it over the network
-        try:
-            client_of(ref, timeout=5).close()
-        except Exception:
-            return False
-        return True
+        with suppress(Exception), client_of(ref, timeout=5):
+            return True
+        return False
     owner = ref.read_state().get("owner_pid")
     if owner and not pid_alive(owner):
         return False  # its notebook kernel or lab session crashed: stale
@@ -163,7 +152,7 @@ def is_running(ref: ClusterRef) -> bool:
             pid = json.load(f)["controller"]["state"]["pid"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return _is_ours(pid, ref)
+    return _belongs(pid, ref.cluster_id, ref.profile_dir, unset_ok=True)
 
 
 def clean_stale(ref: ClusterRef) -> bool:
@@ -309,8 +298,7 @@ class StopReport:
             return f"no cluster {ref} was running"
         extra = (f"; {len(self.ended)} process(es) did not exit and were killed{self.why}"
                  if self.ended else "")
-        return f"cluster {ref} stopped in {self.seconds:.1f} s{extra}" + (
-            self.log_tail if self.failed else "")
+        return f"cluster {ref} stopped in {self.seconds:.1f} s{extra}{self.log_tail}"
 
 
 def stop_cluster(ref: ClusterRef, *, client=None, cluster=None) -> StopReport:
@@ -339,7 +327,8 @@ def stop_cluster(ref: ClusterRef, *, client=None, cluster=None) -> StopReport:
                 client.shutdown(hub=True, block=False)
     if own_client is not None:
         own_client.close()
-    pids = [p for p in _pids_in_cluster_file(ref.cluster_file) if _is_ours(p, ref)]
+    pids = [p for p in _pids_in_cluster_file(ref.cluster_file)
+            if _belongs(p, ref.cluster_id, ref.profile_dir, unset_ok=True)]
     procs = {p.pid: p for p in process_tree(pids) + cluster_processes(ref)}
     engines = [p for p in procs.values() if any("engine" in part for part in _cmdline(p)[1:4])]
     if engines and report.exited:

@@ -26,7 +26,6 @@ from contextlib import suppress
 
 from ipyparallel import error as ipp_error
 from ipyparallel.client.magics import ParallelMagics
-from IPython import get_ipython
 
 from .recovery import RECOVER, CourseError
 
@@ -49,9 +48,6 @@ class ProcessGroupError(CourseError):
     """A cell asked for a process group other than the course's, or has none left."""
 
 
-_NO_GROUP = "Default process group has not been initialized"
-
-
 def same_error_everywhere(err: ipp_error.CompositeError, targets: list[int]) -> CourseError | None:
     """One line for an error every targeted rank raised alike, when the course knows it:
     a pasted ``init_process_group`` that does not fit, or a group that is gone."""
@@ -61,19 +57,17 @@ def same_error_everywhere(err: ipp_error.CompositeError, targets: list[int]) -> 
     ename, evalue = seen.pop()
     if ename == "ProcessGroupMismatch":
         return ProcessGroupError(f"{evalue} (every rank refused it; no collective ran)")
-    if _NO_GROUP in evalue:
+    if "Default process group has not been initialized" in evalue:
         return ProcessGroupError(
             "this cell needs the process group, but it is gone (destroyed by "
             f"torch.distributed's own destroy_process_group?). Run  {RECOVER}  to rebuild it")
     return None
 
 
-def _user_line(traceback_lines: list[str]) -> str | None:
-    """The learner's own line that was running: the first ``----> N code`` in the cell frame."""
-    if isinstance(traceback_lines, str):
-        traceback_lines = [traceback_lines]
-    text = _ANSI.sub("", "\n".join(traceback_lines or []))
-    for line in text.splitlines():
+def _user_line(traceback: str | None) -> str | None:
+    """The learner's own line that was running: the first ``----> N code`` in the cell frame
+    (``traceback``: a RemoteError's, its lines joined)."""
+    for line in _ANSI.sub("", traceback or "").splitlines():
         m = _ARROW.match(line.strip())
         if m:
             return f"`{m.group(2)}` (cell line {m.group(1)})"
@@ -94,23 +88,20 @@ def explain(err: ipp_error.CompositeError, rank_of: dict[int, int], targets: lis
         eid = (einfo or {}).get("engine_id")
         if eid is None or not _COLLECTIVE_FAILURE.search(f"{ename} {evalue}"):
             return None  # an ordinary error in the learner's code: show it as it is
-        failed[eid] = (ename, evalue, etb)
-    if not failed:
-        return None
+        failed[eid] = (evalue, etb)  # not empty: ipyparallel raises a CompositeError for >= 1 error
     lines = [f"A collective did not complete on every rank (process-group timeout {timeout:g} s):"]
     for eid in sorted(targets, key=lambda e: rank_of.get(e, e)):
         r = rank_of.get(eid, f"engine {eid}")
         if eid in failed:
-            ename, evalue, etb = failed[eid]
-            where = _user_line(etb) or "a collective"
-            lines.append(f"  rank {r}: waited in {where} and failed: {_short(evalue)}")
+            evalue, etb = failed[eid]
+            lines.append(f"  rank {r}: waited in {_user_line(etb) or 'a collective'} and failed: {_short(evalue)}")
         else:
             lines.append(f"  rank {r}: finished the cell without entering that collective")
     absent = [r for e, r in sorted(rank_of.items(), key=lambda x: x[1]) if e not in targets]
     if absent:
         lines.append(f"  rank(s) {', '.join(map(str, absent))}: not targeted by this cell "
                      "(every rank of the group must run the collective)")
-    if any("pair closure" in v or "destroyed" in v for _, v, _ in failed.values()):
+    if any("pair closure" in v or "destroyed" in v for v, _ in failed.values()):
         lines.append("The process group was already broken by an earlier failure.")
     lines.append(f"The process group is broken on every rank. Recover with:  {RECOVER}"
                  "   (your engine variables are kept)")
@@ -189,7 +180,7 @@ class TPParallelMagics(ParallelMagics):
         t0 = time.monotonic()
         with suppress(Exception):
             tpc.client.send_signal(signal.SIGINT, targets=targets, block=True)
-        if result is None or result.wait(self.interrupt_grace):
+        if result.wait(self.interrupt_grace):
             msg = ("Interrupted: every engine stopped on SIGINT. The process group survived "
                    "(no rank was inside a collective).")
         else:
@@ -204,11 +195,3 @@ class TPParallelMagics(ParallelMagics):
                    f". The process group did NOT survive. Recover with:  {RECOVER}"
                    "   (your engine variables are kept)")
         print(f"{msg}  [{time.monotonic() - t0:.1f} s]", file=sys.stderr)
-
-
-def install_magics(tpc) -> None:
-    """Register ``%%px`` (with fault handling) for this cluster in the running IPython."""
-    shell = get_ipython()
-    if shell is None:
-        return
-    shell.magics_manager.register(TPParallelMagics(shell, tpc.view, tpc))

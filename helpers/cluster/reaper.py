@@ -17,15 +17,13 @@ POLL = 0.25
 
 def main(argv: list[str]) -> int:
     owner, cluster_id, profile_dir = int(argv[0]), argv[1], argv[2]
-    from .lifecycle import cluster_processes, kill_processes, pid_alive, process_tree
+    from .lifecycle import clean_stale, pid_alive
     from .ref import ClusterRef
 
     ref = ClusterRef(cluster_id, profile_dir)
     while pid_alive(owner):
         time.sleep(POLL)
-    procs = cluster_processes(ref)
-    kill_processes(process_tree([p.pid for p in procs]), grace=1.0)
-    ref.remove_files()
+    clean_stale(ref)  # the owner is gone: what it left is stale
     return 0
 
 

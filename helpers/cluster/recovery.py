@@ -1,8 +1,6 @@
 """The recovery protocol: a fast way back from a broken process group or a dead engine.
 
-One :class:`Recovery` per :class:`~helpers.cluster.tpcluster.TPCluster` (``cluster.recovery``)
-owns what a way back needs: the engines' watchdogs and their shared token, and the ``%%px``
-cells run so far (to say which to re-run).  The ``%%px`` magics (:mod:`.magics`) use it through
+:class:`Recovery` (one per cluster: ``cluster.recovery``) is used by the ``%%px`` magics through
 its methods only.  Every message ends with the one call that recovers: ``cluster.recover()``.
 """
 
@@ -18,8 +16,6 @@ from ..engine import namespace as engine_ns
 from ..engine import pg as engine_pg
 from ..engine import watchdog as engine_watchdog
 from .lifecycle import DEFAULT_START_TIMEOUT, on_this_host
-
-__all__ = ["RECOVER", "ClusterTakenError", "CourseError", "DeadRankError", "Recovery"]
 
 RECOVER = "cluster.recover()"
 
@@ -139,14 +135,13 @@ class Recovery:
         if survivors:
             with suppress(Exception):
                 lost = tpc.client[survivors[0].engine_id].apply_sync(engine_ns.user_names)
-        cells = list(self.px_cells)
         if tpc.cluster is None and not on_this_host(tpc.ref):
             raise DeadRankError(
                 "an engine of a cluster on another node died; restart it there: "
                 "./launch_cluster.sh stop && ./launch_cluster.sh start --pbs ..."
             )
         tpc.restart_engines(timeout=timeout)
-        self.px_cells.clear()
+        cells, self.px_cells = self.px_cells, []  # kept if the restart failed
         ranks = ", ".join(str(e.rank) for e in dead)
         rerun = (f"Rebuild them by re-running the %%px cells In[{'], In['.join(map(str, cells))}] "
                  "in that order." if cells else

@@ -80,19 +80,11 @@ class ClusterRef:
         """Which notebook drives the cluster now (``connect()`` writes it, ``%%px`` reads it)."""
         return os.path.join(self.security_dir, f"tp-{self.cluster_id}.driver.json")
 
-    def _files(self) -> list[str]:
-        return [
-            self.cluster_file, self.state_file, self.driver_file,
-            os.path.join(self.security_dir, f"ipcontroller-{self.cluster_id}-engine.json"),
-            os.path.join(self.security_dir, f"ipcontroller-{self.cluster_id}-client.json"),
-        ]
-
     def _write_json(self, path: str, data: dict) -> None:
         """Replace ``path`` at once (a reader never sees half of it), readable by its owner only."""
         os.makedirs(self.security_dir, mode=0o700, exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "w", opener=lambda p, flags: os.open(p, flags, 0o600)) as f:
             json.dump(data, f)
         os.replace(tmp, path)
 
@@ -130,6 +122,9 @@ class ClusterRef:
         return os.path.exists(self.cluster_file) or os.path.exists(self.state_file)
 
     def remove_files(self) -> None:
-        for path in self._files():
+        """The state file, the driver record, and ipyparallel's cluster and connection files."""
+        connection = [os.path.join(self.security_dir, f"ipcontroller-{self.cluster_id}-{side}.json")
+                      for side in ("engine", "client")]
+        for path in [self.cluster_file, self.state_file, self.driver_file, *connection]:
             with suppress(FileNotFoundError):
                 os.remove(path)

@@ -26,6 +26,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 
 import ipyparallel as ipp
+from IPython import get_ipython
 
 from ..common.api import RankFacts
 from ..common.topology import (
@@ -65,9 +66,7 @@ def probe_engines(client) -> list[dict]:
     """``helpers.engine.pg.probe()`` of every registered engine, with its engine id."""
     ids = sorted(client.ids)
     infos = client[ids].apply_sync(engine_pg.probe) if ids else []
-    for eid, info in zip(ids, infos):
-        info["engine_id"] = eid
-    return infos
+    return [dict(info, engine_id=eid) for eid, info in zip(ids, infos)]
 
 
 def _script_name() -> str | None:
@@ -194,8 +193,11 @@ class TPCluster(RankFacts):
         return self.view.apply_sync(func, *args, **kwargs)
 
     def activate(self) -> None:
-        """Make ``%%px`` / ``%px`` run on this cluster's engines (inside IPython)."""
-        magics.install_magics(self)
+        """Make ``%%px`` / ``%px`` (with the course's fault handling) run on this cluster's engines
+        (inside IPython)."""
+        shell = get_ipython()
+        if shell is not None:
+            shell.magics_manager.register(magics.TPParallelMagics(shell, self.view, self))
 
     def follow_cwd(self, folder: str | None = None) -> None:
         """Engines work in this notebook's folder (``os.getcwd()``) and import from it first.
@@ -214,28 +216,24 @@ class TPCluster(RankFacts):
                   f"{', '.join(map(str, missing))}; they keep their working directory")
 
     # ---- one notebook drives the cluster at a time
-    def take_over(self, quiet: bool = False) -> str | None:
+    def take_over(self, quiet: bool = False) -> None:
         """This notebook drives the cluster from now on (``connect()`` calls it).
 
         When another notebook (or an earlier kernel of this one) drove the engines, they start
         as a fresh script: ``%%px`` names back to ``connect()``'s, its process groups, meshes and
-        caches released (:func:`helpers.engine.pg.claim`); says so in one line and returns it.
+        caches released (:func:`helpers.engine.pg.claim`); says so in one line unless ``quiet``.
         """
         record = driver_record()
         results = self.view.apply_sync(engine_pg.claim, record)
         self.ref.write_driver(record)
         self._driver_seen = ()
         resets = [r["reset"] for r in results if r["reset"] is not None]
-        if not resets:
-            return None
-        previous = next((r["previous"] for r in results if r["previous"]), {})
-        groups = max(r["groups"] for r in resets)
-        line = (f"connect(): reset the engines' state left by {_who(previous, record['notebook'])}"
-                f" ({max(r['names'] for r in resets)} names, {groups} process group"
-                f"{'' if groups == 1 else 's'}): this notebook starts as a fresh script")
-        if not quiet:
-            print(line)
-        return line
+        if resets and not quiet:
+            previous = next((r["previous"] for r in results if r["previous"]), {})
+            groups = max(r["groups"] for r in resets)
+            print(f"connect(): reset the engines' state left by {_who(previous, record['notebook'])}"
+                  f" ({max(r['names'] for r in resets)} names, {groups} process group"
+                  f"{'' if groups == 1 else 's'}): this notebook starts as a fresh script")
 
     def check_driver(self) -> None:
         """Raise ``ClusterTakenError`` (one line) when another notebook has taken the cluster
@@ -310,29 +308,27 @@ class TPCluster(RankFacts):
         # graph from a notebook still holds it (its sockets and threads with it)
         layout = {e.engine_id: (True, n, e.rank, backend, e.local_rank, e.local_world_size, e.device)
                   for e in self.engines}
-        if not force and all((bool(i["initialized"]), i["world_size"], i["rank"], i["backend"], i.get("local_rank"),
-                              i.get("local_world_size"), i.get("device")) == layout[i["engine_id"]] for i in infos):
-            self.recovery.start_watchdogs(multi_host=len(per_host) > 1)
-            return
-        if threads is None:
-            threads = threads_per_engine(min(i["cpus"] for i in infos), max(per_host.values()))
-        self.view.apply_sync(engine_pg.destroy)
-        rank0 = self.client[self.engine_ids[0]]
-        addr = "127.0.0.1" if len(per_host) == 1 else rank0.apply_sync(engine_pg.host_address)
-        port = rank0.apply_sync(engine_pg.open_store, addr, n, self.timeout)
-        script = _script_name()
-        futures = [self.client[e.engine_id].apply_async(engine_pg.init, e.rank, n, e.local_rank, e.local_world_size,
-                                                        addr, port, backend, e.device, self.timeout, threads, script)
-                   for e in self.engines]
-        deadline = time.monotonic() + self.timeout + 30
-        for e, f in zip(self.engines, futures):
-            try:
-                f.get(timeout=max(1.0, deadline - time.monotonic()))
-            except ipp.error.TimeoutError:
-                raise RuntimeError(
-                    f"rank {e.rank} (engine {e.engine_id} on {e.host}) did not join the "
-                    f"process group within {self.timeout:.0f} s"
-                ) from None
+        if force or not all((bool(i["initialized"]), i["world_size"], i["rank"], i["backend"], i.get("local_rank"),
+                             i.get("local_world_size"), i.get("device")) == layout[i["engine_id"]] for i in infos):
+            if threads is None:
+                threads = threads_per_engine(min(i["cpus"] for i in infos), max(per_host.values()))
+            self.view.apply_sync(engine_pg.destroy)
+            rank0 = self.client[self.engine_ids[0]]
+            addr = "127.0.0.1" if len(per_host) == 1 else rank0.apply_sync(engine_pg.host_address)
+            port = rank0.apply_sync(engine_pg.open_store, addr, n, self.timeout)
+            script = _script_name()
+            futures = [self.client[e.engine_id].apply_async(engine_pg.init, e.rank, n, e.local_rank, e.local_world_size,
+                                                            addr, port, backend, e.device, self.timeout, threads, script)
+                       for e in self.engines]
+            deadline = time.monotonic() + self.timeout + 30
+            for e, f in zip(self.engines, futures):
+                try:
+                    f.get(timeout=max(1.0, deadline - time.monotonic()))
+                except ipp.error.TimeoutError:
+                    raise RuntimeError(
+                        f"rank {e.rank} (engine {e.engine_id} on {e.host}) did not join the "
+                        f"process group within {self.timeout:.0f} s"
+                    ) from None
         self.recovery.start_watchdogs(multi_host=len(per_host) > 1)
 
     # ---- faults (helpers.cluster.recovery)
@@ -388,7 +384,7 @@ class TPCluster(RankFacts):
         """
         if _CONNECTIONS.get(self.ref) is self:
             del _CONNECTIONS[self.ref]
-        atexit.unregister(self._at_exit)
+        atexit.unregister(self.shutdown)
         if self.owned:
             line = stop_cluster(self.ref, client=self.client, cluster=self.cluster).line(self.ref)
             self.owned = False
@@ -399,9 +395,6 @@ class TPCluster(RankFacts):
             self.client.close()
         if not quiet:
             print(line)
-
-    def _at_exit(self) -> None:
-        self.shutdown(quiet=True)
 
 
 _CONNECTIONS: dict[ClusterRef, TPCluster] = {}
@@ -463,7 +456,7 @@ def connect(
         tc.shutdown(quiet=True)
         raise
     _CONNECTIONS[ref] = tc
-    atexit.register(tc._at_exit)  # owned: stop it; attached: release what this notebook made
+    atexit.register(tc.shutdown, quiet=True)  # owned: stop it; attached: release what this notebook made
     if tc.shares_gpus:
         print(tc.layout_note)
     if activate:
@@ -516,8 +509,7 @@ def _open_client(ref: ClusterRef, n, start_timeout: float):
     attached to; otherwise one is started for this kernel, ended with it.
     """
     if is_running(ref):
-        client = client_of(ref, timeout=30)
-        return client, None, n or ref.read_state().get("n")
+        return client_of(ref, timeout=30), None, n or ref.read_state().get("n")
     try:
         cluster = start_cluster(ref, n, daemon=False, wait=False, timeout=start_timeout,
                                 owner_pid=os.getpid())
