@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .checks import check_divisible, check_initialized, check_mesh_shape, degrees_text, shard_range
+from .checks import check_divisible, check_initialized, check_input, check_mesh_shape, degrees_text, shard_range
 from .ops import all_reduce, broadcast, reduce
 
 __all__ = ["SummaGrid", "BlockTag", "check_grid_shape", "make_grid", "cut_block", "cut_blocks", "assemble_blocks",
@@ -97,10 +97,7 @@ class SummaGrid:
     @classmethod
     def from_mesh(cls, mesh) -> "SummaGrid":
         """From a 2D ``DeviceMesh`` (dims = grid row index i, grid column index j)."""
-        if mesh.ndim != 2:
-            raise ValueError(f"SUMMA needs a 2D DeviceMesh, got {mesh.ndim} dims {tuple(mesh.shape)}")
-        shape = tuple(int(d) for d in mesh.shape)
-        check_grid_shape(shape, math.prod(shape))
+        shape = check_grid_shape(tuple(mesh.shape), mesh.size())
         coords = mesh.get_coordinate()
         if coords is None:
             raise ValueError(f"global rank {dist.get_rank()} is not on this mesh {mesh.mesh.tolist()}")
@@ -114,7 +111,7 @@ class SummaGrid:
                 f"(i={self.i}, j={self.j}), ranks {[list(r) for r in self.ranks]})")
 
 
-def make_grid(shape=(2, 2), device_type: str | None = None) -> SummaGrid:
+def make_grid(shape=(2, 2)) -> SummaGrid:
     """Check ``shape`` against the world size, then build the (row, col) DeviceMesh.
 
     Collective (every rank calls it, in the same order): ``init_device_mesh`` creates one
@@ -125,8 +122,7 @@ def make_grid(shape=(2, 2), device_type: str | None = None) -> SummaGrid:
 
     check_initialized()
     dims = check_grid_shape(shape, dist.get_world_size())
-    if device_type is None:
-        device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
     mesh = init_device_mesh(device_type, dims, mesh_dim_names=("row", "col"))
     return SummaGrid.from_mesh(mesh)
 
@@ -365,11 +361,9 @@ class SummaLinear(nn.Module):
         return cls(w_blk, b_blk, grid, dense.in_features, dense.out_features, counter)
 
     def forward(self, x_blk: torch.Tensor) -> torch.Tensor:
-        _check_block(x_blk, self.grid, self.in_features // self.grid.s, "the X block")
-        if x_blk.device != self.weight.device or x_blk.dtype != self.weight.dtype:
-            raise ValueError(f"the X block is {x_blk.dtype} on {x_blk.device} but W_ij is "
-                             f"{self.weight.dtype} on {self.weight.device}; move it with "
-                             f"x.to({str(self.weight.device)!r}, {self.weight.dtype})")
+        cols = self.in_features // self.grid.s
+        _check_block(x_blk, self.grid, cols, "the X block")
+        check_input(x_blk, cols, f"this grid expects K/s = {cols}", self.weight)   # its device and dtype
         y = SummaMatmul.apply(x_blk, self.weight, self.grid, self.counter)
         if self.bias is not None:
             y = ColumnBlockBias.apply(y, self.bias, self.grid, self.counter)
