@@ -12,15 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checks import check_divisible, check_input, shard_range, tp_degree_and_rank
+from .checks import check_divisible, check_input, check_module, shard_range, tp_degree_and_rank
 from .ops import copy_to_tp_region, gather_from_tp_region, reduce_from_tp_region, scatter_to_tp_region
 
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP"]
-
-
-def _check_linear(dense, who):
-    if not isinstance(dense, nn.Linear):
-        raise TypeError(f"{who} needs an nn.Linear, got {type(dense).__name__}")
 
 
 class _ShardedLinear(nn.Module):
@@ -53,7 +48,7 @@ class _ShardedLinear(nn.Module):
     def from_linear(cls, dense, **kw):
         """This rank's shard of ``dense`` copied (column: its rows of the weight and slice of the
         bias; row: its columns and the full bias); ``kw``: the layer's own (``group=``, ...)."""
-        _check_linear(dense, f"{cls.__name__}.from_linear")
+        check_module(dense, nn.Linear, f"{cls.__name__}.from_linear")
         layer = cls(dense.in_features, dense.out_features, bias=dense.bias is not None,
                     device=dense.weight.device, dtype=dense.weight.dtype, **kw)
         start, stop = shard_range(getattr(dense, cls.split), layer.tp_degree, layer.tp_rank, cls.split)
@@ -159,8 +154,8 @@ class ParallelMLP(nn.Module):
     @classmethod
     def from_dense(cls, w1, w2, activation=None, group=None):
         """Shard two dense layers (e.g. ``helpers.models.MLP``'s ``w1``, ``w2``) onto this rank."""
-        _check_linear(w1, "ParallelMLP.from_dense (w1)")
-        _check_linear(w2, "ParallelMLP.from_dense (w2)")
+        check_module(w1, nn.Linear, "ParallelMLP.from_dense (w1)")
+        check_module(w2, nn.Linear, "ParallelMLP.from_dense (w2)")
         if w1.out_features != w2.in_features:
             raise ValueError(f"w1.out_features={w1.out_features} must equal "
                              f"w2.in_features={w2.in_features}")
