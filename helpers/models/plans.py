@@ -52,11 +52,11 @@ def block_plan(*, sequence_parallel: bool = True, prepare_input: bool = True, ga
     return plan
 
 
-def tp_plan(model, *, sequence_parallel: bool = False) -> dict:
-    """:func:`block_plan` for every block of ``model.blocks``, keys prefixed ``blocks.i.``
+def tp_plan(model) -> dict:
+    """:func:`block_plan` without SP for every block of ``model.blocks``, keys prefixed ``blocks.i.``
     (notebook 03's :class:`~helpers.models.transformer.TinyTransformer` on its "tp" mesh dim)."""
     return {f"blocks.{i}.{key}": style for i in range(len(model.blocks))
-            for key, style in block_plan(sequence_parallel=sequence_parallel).items()}
+            for key, style in block_plan(sequence_parallel=False).items()}
 
 
 def model_plan(*, sequence_parallel: bool = True, loss_parallel: bool = True) -> dict:
