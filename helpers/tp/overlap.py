@@ -107,10 +107,8 @@ class CustomBackwardColumn(torch.autograd.Function):
         if not (isinstance(out, tuple) and len(out) == 2
                 and all(t is None or isinstance(t, torch.Tensor) for t in out)):
             raise RuntimeError(f"the backward must return (dX, dW) as two tensors, got {type(out).__name__}")
-        dx, dw = out
-        if dx is None or dw is None:                                   # an unfinished exercise: no gradient
-            return dx, dw, None, None
-        if dx.shape != x.shape or dw.shape != w.shape:
+        dx, dw = out                                                   # a None: an unfinished exercise, no gradient
+        if dx is not None and dw is not None and (dx.shape != x.shape or dw.shape != w.shape):
             raise RuntimeError(f"dX must be {tuple(x.shape)} and dW {tuple(w.shape)}; "
                                f"got {tuple(dx.shape)} and {tuple(dw.shape)}")
         return dx, dw, None, None
