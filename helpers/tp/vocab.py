@@ -52,13 +52,9 @@ def vocab_mask(ids: torch.Tensor, start: int, stop: int):
 def pad_embedding(dense: nn.Embedding, multiple: int) -> nn.Embedding:
     """A copy of ``dense`` with rows appended (zeros) up to a multiple of ``multiple``."""
     check_module(dense, nn.Embedding, "pad_embedding")
-    V, D = dense.weight.shape
-    Vp = -(-V // multiple) * multiple
-    out = nn.Embedding(Vp, D, device=dense.weight.device, dtype=dense.weight.dtype)
-    with torch.no_grad():
-        out.weight.zero_()
-        out.weight[:V].copy_(dense.weight)
-    return out
+    V = dense.num_embeddings
+    rows = -(-V // multiple) * multiple - V                           # zero rows appended at the end
+    return nn.Embedding.from_pretrained(F.pad(dense.weight.detach(), (0, 0, 0, rows)), freeze=False)
 
 
 class VocabParallelEmbedding(nn.Module):
