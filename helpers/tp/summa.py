@@ -91,20 +91,7 @@ class SummaGrid:
         return self.coords[1]
 
     def rank_at(self, i: int, j: int) -> int:
-        """The global rank at grid position (i, j)."""
         return self.ranks[i][j]
-
-    @classmethod
-    def from_mesh(cls, mesh) -> "SummaGrid":
-        """From a 2D ``DeviceMesh`` (dims = grid row index i, grid column index j)."""
-        shape = check_grid_shape(tuple(mesh.shape), mesh.size())
-        coords = mesh.get_coordinate()
-        if coords is None:
-            raise ValueError(f"global rank {dist.get_rank()} is not on this mesh {mesh.mesh.tolist()}")
-        ranks = tuple(tuple(int(r) for r in row) for row in mesh.mesh.tolist())
-        # the group along mesh dim 1 (j varies) is my grid ROW; along dim 0, my grid COLUMN
-        return cls(shape, (int(coords[0]), int(coords[1])), ranks,
-                   row_group=mesh.get_group(1), col_group=mesh.get_group(0), mesh=mesh)
 
     def __repr__(self) -> str:
         return (f"SummaGrid({self.s}×{self.s}, rank {self.rank_at(*self.coords)} at "
@@ -123,8 +110,10 @@ def make_grid(shape=(2, 2)) -> SummaGrid:
     check_initialized()
     dims = check_grid_shape(shape, dist.get_world_size())
     device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    mesh = init_device_mesh(device_type, dims, mesh_dim_names=("row", "col"))
-    return SummaGrid.from_mesh(mesh)
+    mesh = init_device_mesh(device_type, dims, mesh_dim_names=("row", "col"))   # every rank is on it
+    # the group along mesh dim 1 (j varies) is my grid ROW; along dim 0, my grid COLUMN
+    return SummaGrid(dims, tuple(mesh.get_coordinate()), tuple(map(tuple, mesh.mesh.tolist())),
+                     row_group=mesh.get_group(1), col_group=mesh.get_group(0), mesh=mesh)
 
 
 # ------------------------------------------------------------------ blocks
