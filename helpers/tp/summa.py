@@ -340,13 +340,9 @@ class SummaLinear(nn.Module):
         s = grid.s
         check_divisible("in_features K", dense.in_features, s)
         check_divisible("out_features N", dense.out_features, s)
-        with torch.no_grad():
-            W = dense.weight.detach().T                                 # W: (K, N)
-            w_blk = cut_block(W, grid.shape, grid.coords, "W")
-            b_blk = None
-            if dense.bias is not None:
-                c0, c1 = shard_range(dense.out_features, s, grid.j, "out_features N")
-                b_blk = dense.bias.detach()[c0:c1].clone()
+        W = dense.weight.detach().T                                     # W: (K, N)
+        w_blk = cut_block(W, grid.shape, grid.coords, "W")              # W_ij: (K/s, N/s), a copy
+        b_blk = None if dense.bias is None else dense.bias.detach().chunk(s)[grid.j].clone()   # b_j: (N/s,)
         return cls(w_blk, b_blk, grid, dense.in_features, dense.out_features, counter)
 
     def forward(self, x_blk: torch.Tensor) -> torch.Tensor:
