@@ -39,16 +39,15 @@ def block_plan(*, sequence_parallel: bool = True, prepare_input: bool = True, ga
         SequenceParallel,
     )
 
-    out = Shard(1) if sequence_parallel else Replicate()            # after wo/w2: reduce-scatter or all-reduce
-    into = (Shard(1),) if sequence_parallel else (Replicate(),)      # Shard(1) -> Replicate(): all-gather (B, T, D)
+    stream = Shard(1) if sequence_parallel else Replicate()           # the residual stream between sub-layers
     plan = {}
     for sub, columns, row in (("attn", ("wq", "wk", "wv"), "wo"), ("mlp", ("w1", "w3") if gated else ("w1",), "w2")):
         if sequence_parallel:
             plan[f"{sub}_norm"] = SequenceParallel()                  # (B, T/p, D) in and out
         if sequence_parallel or prepare_input:
-            plan[sub] = PrepareModuleInput(input_layouts=into, desired_input_layouts=(Replicate(),))
+            plan[sub] = PrepareModuleInput(input_layouts=(stream,), desired_input_layouts=(Replicate(),))
         plan.update({f"{sub}.{name}": ColwiseParallel() for name in columns})
-        plan[f"{sub}.{row}"] = RowwiseParallel(output_layouts=out)
+        plan[f"{sub}.{row}"] = RowwiseParallel(output_layouts=stream)
     return plan
 
 
