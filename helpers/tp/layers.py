@@ -67,9 +67,8 @@ class ColumnParallelLinear(_ShardedLinear):
         W (H, D) = [W_0; W_1; ...; W_{p-1}],  W_i: (H/p, D),  b_i: (H/p,)
 
     ``gather_output=False`` leaves Y_i on rank i (what a following RowParallelLinear wants).
-    ``out_features`` must be divisible by the tp degree: otherwise ``ValueError`` (e.g.
-    "out_features=10 is not divisible by tp degree 4; pick a degree in {1, 2, 5, 10} or
-    pad out_features to 12"). Freshly constructed shards are drawn from each rank's own RNG;
+    ``out_features`` must be divisible by the tp degree (:func:`~helpers.tp.checks.check_divisible`'s
+    ``ValueError`` otherwise). Freshly constructed shards are drawn from each rank's own RNG;
     use :meth:`from_linear` to match a dense layer exactly.
     """
 
@@ -101,9 +100,7 @@ class RowParallelLinear(_ShardedLinear):
 
     The bias is added once, after the all-reduce (adding it on every rank would count it p
     times). ``input_is_parallel=False`` takes the full X (B, H) and scatters it first.
-    ``in_features`` must be divisible by the tp degree: otherwise ``ValueError`` (e.g.
-    "in_features=10 is not divisible by tp degree 4; pick a degree in {1, 2, 5, 10} or
-    pad in_features to 12").
+    ``in_features`` must be divisible by the tp degree (:func:`~helpers.tp.checks.check_divisible`).
     """
 
     split = "in_features"
