@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checks import check_divisible, check_input, check_module, shard_range, tp_degree_and_rank
+from .checks import check_divisible, check_input, check_module, tp_degree_and_rank
 from .ops import copy_to_tp_region, gather_from_tp_region, reduce_from_tp_region, scatter_to_tp_region
 
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP"]
@@ -51,12 +51,11 @@ class _ShardedLinear(nn.Module):
         check_module(dense, nn.Linear, f"{cls.__name__}.from_linear")
         layer = cls(dense.in_features, dense.out_features, bias=dense.bias is not None,
                     device=dense.weight.device, dtype=dense.weight.dtype, **kw)
-        start, stop = shard_range(getattr(dense, cls.split), layer.tp_degree, layer.tp_rank, cls.split)
-        column = cls.split == "out_features"
-        with torch.no_grad():
-            layer.weight.copy_(dense.weight[start:stop] if column else dense.weight[:, start:stop])
+        dim = 0 if cls.split == "out_features" else 1          # column: rows of the weight; row: its columns
+        with torch.no_grad():                                 # cls() has checked that the tp degree divides it
+            layer.weight.copy_(dense.weight.chunk(layer.tp_degree, dim)[layer.tp_rank])
             if layer.bias is not None:
-                layer.bias.copy_(dense.bias[start:stop] if column else dense.bias)
+                layer.bias.copy_(dense.bias.chunk(layer.tp_degree)[layer.tp_rank] if dim == 0 else dense.bias)
         return layer
 
 
