@@ -98,7 +98,7 @@ class SummaGrid:
                 f"(i={self.i}, j={self.j}), ranks {[list(r) for r in self.ranks]})")
 
 
-def make_grid(shape=(2, 2)) -> SummaGrid:
+def make_grid(shape=(2, 2), device_type: str | None = None) -> SummaGrid:
     """Check ``shape`` against the world size, then build the (row, col) DeviceMesh.
 
     Collective (every rank calls it, in the same order): ``init_device_mesh`` creates one
@@ -109,7 +109,8 @@ def make_grid(shape=(2, 2)) -> SummaGrid:
 
     check_initialized()
     dims = check_grid_shape(shape, dist.get_world_size())
-    device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    if device_type is None:
+        device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
     mesh = init_device_mesh(device_type, dims, mesh_dim_names=("row", "col"))   # every rank is on it
     # the group along mesh dim 1 (j varies) is my grid ROW; along dim 0, my grid COLUMN
     return SummaGrid(dims, tuple(mesh.get_coordinate()), tuple(map(tuple, mesh.mesh.tolist())),
