@@ -32,7 +32,7 @@ from ..measure.timer import timed_linear
 from ..tp.checks import check_divisible, tp_degree_and_rank
 from ..tp.ops import reduce_from_tp_region
 from .parts import KVCache, attend
-from .plans import check_heads, kv_heads_of_rank
+from .plans import kv_heads_of_rank
 from .transformer import TinyGPT
 
 __all__ = ["ParallelGPT", "check_cache_room", "generate", "cache_bytes", "prefill_decode_split"]
@@ -48,13 +48,11 @@ class ParallelGPT(nn.Module):
             raise TypeError(f"ParallelGPT.from_dense needs a TinyGPT, got {type(dense).__name__}")
         p, r = tp_degree_and_rank(group)                  # no collective
         cfg = dense.cfg
-        n_kv = cfg.n_kv_heads or cfg.n_heads
-        check_heads(cfg.n_heads, n_kv, p)                 # before any copy or collective
-        check_divisible("d_ff", cfg.d_ff, p)
         m = cls()
+        m.kv_heads = kv_heads_of_rank(cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, p, r)  # refuses the head counts
+        f = check_divisible("d_ff", cfg.d_ff, p)          # both before any copy or collective
         m.cfg, m.group, m.p, m.rank = cfg, group, p, r
-        hd, hq, f = cfg.head_dim, cfg.n_heads // p, cfg.d_ff // p
-        m.kv_heads = kv_heads_of_rank(cfg.n_heads, n_kv, p, r)
+        hd, hq = cfg.head_dim, cfg.n_heads // p
         kv_rows = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in m.kv_heads])
         q_rows = slice(r * hq * hd, (r + 1) * hq * hd)
         m.tok_emb, m.norm, m.head = (copy.deepcopy(x) for x in (dense.tok_emb, dense.norm, dense.head))

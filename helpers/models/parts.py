@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..tp.checks import check_divisible
+
 __all__ = ["attend", "KVCache", "Attention", "MLP", "GatedMLP", "Block", "interleave_qkv"]
 
 
@@ -175,9 +177,6 @@ def interleave_qkv(t: torch.Tensor, degree: int) -> torch.Tensor:
     rows = t.shape[0]
     if rows % 3:
         raise ValueError(f"a fused qkv tensor has 3·D rows; got {rows}")
-    d = rows // 3
-    if d % degree:
-        raise ValueError(f"D={d} is not divisible by tp degree {degree}")
-    q, k, v = t.chunk(3, dim=0)
-    blocks = [torch.cat([q.chunk(degree)[r], k.chunk(degree)[r], v.chunk(degree)[r]]) for r in range(degree)]
-    return torch.cat(blocks)
+    check_divisible("D", rows // 3, degree)
+    # rows as (q/k/v, rank, D/p): swap the first two, so rank r's block is q_r, k_r, v_r
+    return t.reshape(3, degree, rows // 3 // degree, *t.shape[1:]).transpose(0, 1).reshape(t.shape)

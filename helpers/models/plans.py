@@ -39,24 +39,23 @@ def block_plan(*, sequence_parallel: bool = True, prepare_input: bool = True, ga
         SequenceParallel,
     )
 
-    out = Shard(1) if sequence_parallel else Replicate()            # after wo/w2: reduce-scatter or all-reduce
-    into = (Shard(1),) if sequence_parallel else (Replicate(),)      # Shard(1) -> Replicate(): all-gather (B, T, D)
+    stream = Shard(1) if sequence_parallel else Replicate()           # the residual stream between sub-layers
     plan = {}
     for sub, columns, row in (("attn", ("wq", "wk", "wv"), "wo"), ("mlp", ("w1", "w3") if gated else ("w1",), "w2")):
         if sequence_parallel:
             plan[f"{sub}_norm"] = SequenceParallel()                  # (B, T/p, D) in and out
         if sequence_parallel or prepare_input:
-            plan[sub] = PrepareModuleInput(input_layouts=into, desired_input_layouts=(Replicate(),))
+            plan[sub] = PrepareModuleInput(input_layouts=(stream,), desired_input_layouts=(Replicate(),))
         plan.update({f"{sub}.{name}": ColwiseParallel() for name in columns})
-        plan[f"{sub}.{row}"] = RowwiseParallel(output_layouts=out)
+        plan[f"{sub}.{row}"] = RowwiseParallel(output_layouts=stream)
     return plan
 
 
-def tp_plan(model, *, sequence_parallel: bool = False) -> dict:
-    """:func:`block_plan` for every block of ``model.blocks``, keys prefixed ``blocks.i.``
+def tp_plan(model) -> dict:
+    """:func:`block_plan` without SP for every block of ``model.blocks``, keys prefixed ``blocks.i.``
     (notebook 03's :class:`~helpers.models.transformer.TinyTransformer` on its "tp" mesh dim)."""
     return {f"blocks.{i}.{key}": style for i in range(len(model.blocks))
-            for key, style in block_plan(sequence_parallel=sequence_parallel).items()}
+            for key, style in block_plan(sequence_parallel=False).items()}
 
 
 def model_plan(*, sequence_parallel: bool = True, loss_parallel: bool = True) -> dict:

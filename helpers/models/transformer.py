@@ -1,14 +1,12 @@
-"""The course's two small models, built from :mod:`helpers.models.parts`.
-
-* :class:`TinyTransformer` (notebook 03): pre-norm blocks on vectors (B, S, D), no embedding.
-* :class:`TinyGPT` (notebooks 05, 07): a causal language model::
+"""The course's two small models, built from :mod:`helpers.models.parts`: :class:`TinyTransformer`
+(notebook 03) and :class:`TinyGPT` (notebooks 05, 07), a causal language model::
 
     ids (B, T) ──tok_emb──▶ x (B, T, D) ──[Block × n_layers]──▶ norm ──head──▶ logits (B, T, V)
 
-  There is no positional embedding: a causal decoder learns where it is from the mask alone
-  (Haviv et al. 2022, "Transformer Language Models without Positional Encodings Still Learn
-  Positional Information", arXiv:2203.16634). It keeps the sequence-parallel plan to the layers
-  the chapter is about, and decoding with a KV cache needs no position offset.
+There is no positional embedding: a causal decoder learns where it is from the mask alone
+(Haviv et al. 2022, "Transformer Language Models without Positional Encodings Still Learn
+Positional Information", arXiv:2203.16634). It keeps the sequence-parallel plan to the layers
+the chapter is about, and decoding with a KV cache needs no position offset.
 
 Torch only: the same code runs on ipyparallel engines and under torchrun.
 """

@@ -1,10 +1,6 @@
 """Notebook 08: resharding a checkpoint with ``torch.distributed.checkpoint`` (DCP), checked.
 
-* :func:`shard_layout`: which piece (row/column offset and size) of each 2-D parameter this rank
-  holds, from the DTensor's mesh coordinate and placements (even splits, mesh dims in order);
-* :func:`check_reshard`: refuse, before any collective and with the numbers, a checkpoint folder
-  that does not exist and a TP degree that does not divide the saved shapes along the dims a plan
-  shards. It reads only DCP's ``.metadata`` file, the same on every rank.
+The refusals read only DCP's ``.metadata`` file, the same on every rank, so they come before any collective.
 """
 
 from __future__ import annotations
@@ -19,7 +15,8 @@ __all__ = ["shard_layout", "check_reshard", "saved_shapes", "local_shapes_match"
 
 
 def shard_layout(module) -> dict:
-    """{parameter name: ((row offset, col offset), (rows, cols))} of this rank's piece (2-D only)."""
+    """{parameter name: ((row offset, col offset), (rows, cols))} of this rank's piece (2-D only), from
+    the DTensor's mesh coordinate and placements (even splits, mesh dims in order)."""
     out = {}
     for name, p in module.named_parameters():
         if p.dim() != 2:

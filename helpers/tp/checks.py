@@ -15,7 +15,7 @@ from ..common.numbers import divisors
 from ..common.topology import mesh_dims
 
 __all__ = ["degrees_text", "check_divisible", "check_mesh_shape", "shard_range",
-           "tp_degree_and_rank", "check_input", "check_initialized"]
+           "tp_degree_and_rank", "check_module", "check_input", "check_initialized"]
 
 
 def degrees_text(size: int) -> str:
@@ -73,14 +73,17 @@ def check_initialized() -> None:
 def tp_degree_and_rank(group=None) -> tuple[int, int]:
     """(p, rank) of this process inside ``group``; refuses groups it is not part of."""
     check_initialized()
-    if group is dist.GroupMember.NON_GROUP_MEMBER:
+    degree, rank = dist.get_world_size(group), dist.get_rank(group)
+    if rank < 0:                                # torch answers -1 for a group this rank is not in
         raise ValueError(f"this process (global rank {dist.get_rank()}) is not a member of "
                          "the given group; pass the group this rank belongs to")
-    degree, rank = dist.get_world_size(group), dist.get_rank(group)
-    if degree <= 0 or rank < 0:
-        raise ValueError(f"this process (global rank {dist.get_rank()}) is not a member of "
-                         f"the given group (rank {rank}, size {degree}); pass its own group")
     return degree, rank
+
+
+def check_module(module, kind, who: str) -> None:
+    """Refuse anything but a ``kind`` (``nn.Linear``, ``nn.Embedding``) where a dense layer is split."""
+    if not isinstance(module, kind):
+        raise TypeError(f"{who} needs an nn.{kind.__name__}, got {type(module).__name__}")
 
 
 def check_input(x, last_dim: int, expects: str, weight: torch.Tensor) -> None:

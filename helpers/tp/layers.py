@@ -12,15 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checks import check_divisible, check_input, shard_range, tp_degree_and_rank
+from .checks import check_divisible, check_input, check_module, tp_degree_and_rank
 from .ops import copy_to_tp_region, gather_from_tp_region, reduce_from_tp_region, scatter_to_tp_region
 
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP"]
-
-
-def _check_linear(dense, who):
-    if not isinstance(dense, nn.Linear):
-        raise TypeError(f"{who} needs an nn.Linear, got {type(dense).__name__}")
 
 
 class _ShardedLinear(nn.Module):
@@ -53,15 +48,14 @@ class _ShardedLinear(nn.Module):
     def from_linear(cls, dense, **kw):
         """This rank's shard of ``dense`` copied (column: its rows of the weight and slice of the
         bias; row: its columns and the full bias); ``kw``: the layer's own (``group=``, ...)."""
-        _check_linear(dense, f"{cls.__name__}.from_linear")
+        check_module(dense, nn.Linear, f"{cls.__name__}.from_linear")
         layer = cls(dense.in_features, dense.out_features, bias=dense.bias is not None,
                     device=dense.weight.device, dtype=dense.weight.dtype, **kw)
-        start, stop = shard_range(getattr(dense, cls.split), layer.tp_degree, layer.tp_rank, cls.split)
-        column = cls.split == "out_features"
-        with torch.no_grad():
-            layer.weight.copy_(dense.weight[start:stop] if column else dense.weight[:, start:stop])
+        dim = 0 if cls.split == "out_features" else 1          # column: rows of the weight; row: its columns
+        with torch.no_grad():                                 # cls() has checked that the tp degree divides it
+            layer.weight.copy_(dense.weight.chunk(layer.tp_degree, dim)[layer.tp_rank])
             if layer.bias is not None:
-                layer.bias.copy_(dense.bias[start:stop] if column else dense.bias)
+                layer.bias.copy_(dense.bias.chunk(layer.tp_degree)[layer.tp_rank] if dim == 0 else dense.bias)
         return layer
 
 
@@ -72,9 +66,8 @@ class ColumnParallelLinear(_ShardedLinear):
         W (H, D) = [W_0; W_1; ...; W_{p-1}],  W_i: (H/p, D),  b_i: (H/p,)
 
     ``gather_output=False`` leaves Y_i on rank i (what a following RowParallelLinear wants).
-    ``out_features`` must be divisible by the tp degree: otherwise ``ValueError`` (e.g.
-    "out_features=10 is not divisible by tp degree 4; pick a degree in {1, 2, 5, 10} or
-    pad out_features to 12"). Freshly constructed shards are drawn from each rank's own RNG;
+    ``out_features`` must be divisible by the tp degree (:func:`~helpers.tp.checks.check_divisible`'s
+    ``ValueError`` otherwise). Freshly constructed shards are drawn from each rank's own RNG;
     use :meth:`from_linear` to match a dense layer exactly.
     """
 
@@ -106,9 +99,7 @@ class RowParallelLinear(_ShardedLinear):
 
     The bias is added once, after the all-reduce (adding it on every rank would count it p
     times). ``input_is_parallel=False`` takes the full X (B, H) and scatters it first.
-    ``in_features`` must be divisible by the tp degree: otherwise ``ValueError`` (e.g.
-    "in_features=10 is not divisible by tp degree 4; pick a degree in {1, 2, 5, 10} or
-    pad in_features to 12").
+    ``in_features`` must be divisible by the tp degree (:func:`~helpers.tp.checks.check_divisible`).
     """
 
     split = "in_features"
@@ -159,8 +150,8 @@ class ParallelMLP(nn.Module):
     @classmethod
     def from_dense(cls, w1, w2, activation=None, group=None):
         """Shard two dense layers (e.g. ``helpers.models.MLP``'s ``w1``, ``w2``) onto this rank."""
-        _check_linear(w1, "ParallelMLP.from_dense (w1)")
-        _check_linear(w2, "ParallelMLP.from_dense (w2)")
+        check_module(w1, nn.Linear, "ParallelMLP.from_dense (w1)")
+        check_module(w2, nn.Linear, "ParallelMLP.from_dense (w2)")
         if w1.out_features != w2.in_features:
             raise ValueError(f"w1.out_features={w1.out_features} must equal "
                              f"w2.in_features={w2.in_features}")

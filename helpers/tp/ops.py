@@ -34,10 +34,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------ collectives (optionally counted)
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
 def _record(counter, op, group, n, phase, root=False):
     if counter is not None:
         counter.record(op, n, dist.get_world_size(group), root=root, phase=phase)
@@ -47,7 +43,7 @@ def all_reduce(t: torch.Tensor, group=None, counter=None, phase: str = "forward"
     """Sum ``t`` over the ranks (a new tensor: all_reduce is in place, autograd's ``t`` is left alone)."""
     out = t.contiguous().clone()
     dist.all_reduce(out, group=group)
-    _record(counter, "all_reduce", group, _nbytes(out), phase)
+    _record(counter, "all_reduce", group, out.nbytes, phase)
     return out
 
 
@@ -56,14 +52,14 @@ def all_gather(t: torch.Tensor, group=None, dim: int = -1, counter=None, phase: 
     t = t.contiguous()
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, t, group=group)  # list form: works on gloo and NCCL
-    _record(counter, "all_gather", group, _nbytes(t) * len(parts), phase)
+    _record(counter, "all_gather", group, t.nbytes * len(parts), phase)
     return torch.cat(parts, dim=dim)
 
 
 def broadcast(t: torch.Tensor, src: int, group=None, counter=None, phase: str = "forward") -> torch.Tensor:
     """``dist.broadcast`` (in place; ``src`` is a global rank); returns ``t``."""
     dist.broadcast(t, src=src, group=group)
-    _record(counter, "broadcast", group, _nbytes(t), phase, root=dist.get_rank() == src)
+    _record(counter, "broadcast", group, t.nbytes, phase, root=dist.get_rank() == src)
     return t
 
 
@@ -78,7 +74,7 @@ def reduce(t: torch.Tensor, dst: int, group=None, counter=None, phase: str = "fo
         t.copy_(buf)
     else:
         dist.reduce(t, dst=dst, group=group)
-    _record(counter, "reduce", group, _nbytes(t), phase, root=dist.get_rank() == dst)
+    _record(counter, "reduce", group, t.nbytes, phase, root=dist.get_rank() == dst)
     return t
 
 

@@ -69,27 +69,19 @@ class ColumnLinearAsyncAllReduce(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, w = ctx.saved_tensors
-        spans, group = ctx.spans, ctx.group
         dx = dy @ w                                                    # (N, D): this rank's partial sum
         x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+        t0 = time.perf_counter()
+        work = dist.all_reduce(dx, group=ctx.group, async_op=ctx.overlap)  # overlap: in flight from here ...
+        t1 = time.perf_counter()
+        dw = dy2.t() @ x2                                              # ... while dW_r is computed
+        t2 = time.perf_counter()
         if ctx.overlap:
-            t0 = time.perf_counter()
-            handle = dist.all_reduce(dx, group=group, async_op=True)   # in flight from here ...
-            t1 = time.perf_counter()
-            dw = dy2.t() @ x2                                          # ... while dW_r is computed
-            t2 = time.perf_counter()
-            handle.wait()                                              # needed only now
-            t3 = time.perf_counter()
-            _span(spans, "collective", "all-reduce dX (async)", t0, t3)
-            _span(spans, "matmul", "dW = dYᵀX", t1, t2)
-        else:
-            t0 = time.perf_counter()
-            dist.all_reduce(dx, group=group)                           # blocking: nothing else runs
-            t1 = time.perf_counter()
-            dw = dy2.t() @ x2
-            t2 = time.perf_counter()
-            _span(spans, "collective", "all-reduce dX", t0, t1)
-            _span(spans, "matmul", "dW = dYᵀX", t1, t2)
+            work.wait()                                                # needed only now
+        t3 = time.perf_counter()
+        label, end = ("all-reduce dX (async)", t3) if ctx.overlap else ("all-reduce dX", t1)
+        _span(ctx.spans, "collective", label, t0, end)
+        _span(ctx.spans, "matmul", "dW = dYᵀX", t1, t2)
         return dx, dw, None, None, None
 
 
@@ -115,10 +107,8 @@ class CustomBackwardColumn(torch.autograd.Function):
         if not (isinstance(out, tuple) and len(out) == 2
                 and all(t is None or isinstance(t, torch.Tensor) for t in out)):
             raise RuntimeError(f"the backward must return (dX, dW) as two tensors, got {type(out).__name__}")
-        dx, dw = out
-        if dx is None or dw is None:                                   # an unfinished exercise: no gradient
-            return dx, dw, None, None
-        if dx.shape != x.shape or dw.shape != w.shape:
+        dx, dw = out                                                   # a None: an unfinished exercise, no gradient
+        if dx is not None and dw is not None and (dx.shape != x.shape or dw.shape != w.shape):
             raise RuntimeError(f"dX must be {tuple(x.shape)} and dW {tuple(w.shape)}; "
                                f"got {tuple(dx.shape)} and {tuple(dw.shape)}")
         return dx, dw, None, None

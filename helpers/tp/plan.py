@@ -18,8 +18,7 @@ from .checks import check_divisible
 __all__ = ["check_plan"]
 
 
-def _matches(module: nn.Module, key: str) -> list[str]:
-    names = [n for n, _ in module.named_modules() if n]
+def _matches(names: list[str], key: str) -> list[str]:
     if "*" in key:
         return [n for n in names if fnmatch.fnmatchcase(n, key) and n.count(".") == key.count(".")]
     return [key] if key in names else []
@@ -45,7 +44,7 @@ def check_plan(module: nn.Module, plan: dict, degree: int | None = None) -> dict
     for key, style in plan.items():
         if not isinstance(key, str):
             raise TypeError(f"plan key {key!r} must be a submodule name (a string like 'attn.wq')")
-        found = _matches(module, key)
+        found = _matches(names, key)
         if not found:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .checks import check_divisible, check_initialized, check_mesh_shape, degrees_text, shard_range
+from .checks import check_divisible, check_initialized, check_input, check_mesh_shape, degrees_text, shard_range
 from .ops import all_reduce, broadcast, reduce
 
 __all__ = ["SummaGrid", "BlockTag", "check_grid_shape", "make_grid", "cut_block", "cut_blocks", "assemble_blocks",
@@ -91,23 +91,7 @@ class SummaGrid:
         return self.coords[1]
 
     def rank_at(self, i: int, j: int) -> int:
-        """The global rank at grid position (i, j)."""
         return self.ranks[i][j]
-
-    @classmethod
-    def from_mesh(cls, mesh) -> "SummaGrid":
-        """From a 2D ``DeviceMesh`` (dims = grid row index i, grid column index j)."""
-        if mesh.ndim != 2:
-            raise ValueError(f"SUMMA needs a 2D DeviceMesh, got {mesh.ndim} dims {tuple(mesh.shape)}")
-        shape = tuple(int(d) for d in mesh.shape)
-        check_grid_shape(shape, math.prod(shape))
-        coords = mesh.get_coordinate()
-        if coords is None:
-            raise ValueError(f"global rank {dist.get_rank()} is not on this mesh {mesh.mesh.tolist()}")
-        ranks = tuple(tuple(int(r) for r in row) for row in mesh.mesh.tolist())
-        # the group along mesh dim 1 (j varies) is my grid ROW; along dim 0, my grid COLUMN
-        return cls(shape, (int(coords[0]), int(coords[1])), ranks,
-                   row_group=mesh.get_group(1), col_group=mesh.get_group(0), mesh=mesh)
 
     def __repr__(self) -> str:
         return (f"SummaGrid({self.s}×{self.s}, rank {self.rank_at(*self.coords)} at "
@@ -127,8 +111,10 @@ def make_grid(shape=(2, 2), device_type: str | None = None) -> SummaGrid:
     dims = check_grid_shape(shape, dist.get_world_size())
     if device_type is None:
         device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    mesh = init_device_mesh(device_type, dims, mesh_dim_names=("row", "col"))
-    return SummaGrid.from_mesh(mesh)
+    mesh = init_device_mesh(device_type, dims, mesh_dim_names=("row", "col"))   # every rank is on it
+    # the group along mesh dim 1 (j varies) is my grid ROW; along dim 0, my grid COLUMN
+    return SummaGrid(dims, tuple(mesh.get_coordinate()), tuple(map(tuple, mesh.mesh.tolist())),
+                     row_group=mesh.get_group(1), col_group=mesh.get_group(0), mesh=mesh)
 
 
 # ------------------------------------------------------------------ blocks
@@ -355,21 +341,15 @@ class SummaLinear(nn.Module):
         s = grid.s
         check_divisible("in_features K", dense.in_features, s)
         check_divisible("out_features N", dense.out_features, s)
-        with torch.no_grad():
-            W = dense.weight.detach().T                                 # W: (K, N)
-            w_blk = cut_block(W, grid.shape, grid.coords, "W")
-            b_blk = None
-            if dense.bias is not None:
-                c0, c1 = shard_range(dense.out_features, s, grid.j, "out_features N")
-                b_blk = dense.bias.detach()[c0:c1].clone()
+        W = dense.weight.detach().T                                     # W: (K, N)
+        w_blk = cut_block(W, grid.shape, grid.coords, "W")              # W_ij: (K/s, N/s), a copy
+        b_blk = None if dense.bias is None else dense.bias.detach().chunk(s)[grid.j].clone()   # b_j: (N/s,)
         return cls(w_blk, b_blk, grid, dense.in_features, dense.out_features, counter)
 
     def forward(self, x_blk: torch.Tensor) -> torch.Tensor:
-        _check_block(x_blk, self.grid, self.in_features // self.grid.s, "the X block")
-        if x_blk.device != self.weight.device or x_blk.dtype != self.weight.dtype:
-            raise ValueError(f"the X block is {x_blk.dtype} on {x_blk.device} but W_ij is "
-                             f"{self.weight.dtype} on {self.weight.device}; move it with "
-                             f"x.to({str(self.weight.device)!r}, {self.weight.dtype})")
+        cols = self.in_features // self.grid.s
+        _check_block(x_blk, self.grid, cols, "the X block")
+        check_input(x_blk, cols, f"this grid expects K/s = {cols}", self.weight)   # its device and dtype
         y = SummaMatmul.apply(x_blk, self.weight, self.grid, self.counter)
         if self.bias is not None:
             y = ColumnBlockBias.apply(y, self.bias, self.grid, self.counter)

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checks import degrees_text, shard_range, tp_degree_and_rank
+from .checks import check_module, degrees_text, shard_range, tp_degree_and_rank
 from .ops import reduce_from_tp_region
 
 __all__ = ["VocabParallelEmbedding", "pad_embedding", "vocab_mask", "check_token_ids"]
@@ -51,15 +51,10 @@ def vocab_mask(ids: torch.Tensor, start: int, stop: int):
 
 def pad_embedding(dense: nn.Embedding, multiple: int) -> nn.Embedding:
     """A copy of ``dense`` with rows appended (zeros) up to a multiple of ``multiple``."""
-    if not isinstance(dense, nn.Embedding):
-        raise TypeError(f"pad_embedding needs an nn.Embedding, got {type(dense).__name__}")
-    V, D = dense.weight.shape
-    Vp = -(-V // multiple) * multiple
-    out = nn.Embedding(Vp, D, device=dense.weight.device, dtype=dense.weight.dtype)
-    with torch.no_grad():
-        out.weight.zero_()
-        out.weight[:V].copy_(dense.weight)
-    return out
+    check_module(dense, nn.Embedding, "pad_embedding")
+    V = dense.num_embeddings
+    rows = -(-V // multiple) * multiple - V                           # zero rows appended at the end
+    return nn.Embedding.from_pretrained(F.pad(dense.weight.detach(), (0, 0, 0, rows)), freeze=False)
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -89,8 +84,7 @@ class VocabParallelEmbedding(nn.Module):
     @classmethod
     def from_embedding(cls, dense: nn.Embedding, group=None) -> "VocabParallelEmbedding":
         """This rank's rows of ``dense.weight``, copied (dense and TP start from one table)."""
-        if not isinstance(dense, nn.Embedding):
-            raise TypeError(f"from_embedding needs an nn.Embedding, got {type(dense).__name__}")
+        check_module(dense, nn.Embedding, "from_embedding")
         V, D = dense.weight.shape
         layer = cls(V, D, group=group, device=dense.weight.device, dtype=dense.weight.dtype)
         with torch.no_grad():
