@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .figure import MUTED, TEXT, new_axes, new_figure
+from .figure import MUTED, TEXT, new_axes, new_figure, stacked_bars
 
 __all__ = ["MEMORY_COLORS", "memory_bars", "fit_grid", "training_curves", "comm_bars"]
 
@@ -43,12 +43,9 @@ def memory_bars(measured: dict, modelled: dict, title: str = "Memory per rank, o
     x = np.arange(len(setups))
     w = 0.36
     for shift, data, hatch in ((-w / 2 - 0.01, measured, None), (w / 2 + 0.01, modelled, "///")):
-        bottom = np.zeros(len(setups))
-        for k in kinds:
-            v = np.array([float(data[s][k]) for s in setups]) / 1024
-            bars = ax.bar(x + shift, v, w, bottom=bottom, color=MEMORY_COLORS[k], edgecolor="white", hatch=hatch,
-                          linewidth=0.6)
-            bottom += v
+        bottom, bars = stacked_bars(ax, x + shift, [[float(data[s][k]) / 1024 for s in setups] for k in kinds],
+                                    [MEMORY_COLORS[k] for k in kinds], width=w, edgecolor="white", hatch=hatch,
+                                    linewidth=0.6)
         ax.bar_label(bars, [f"{t:.0f}" for t in bottom], fontsize=7.5, color=MUTED)
     ax.set_xticks(x, [f"{s}\nmeasured | formula" for s in setups], fontsize=8.5)
     ax.set_ylabel("KiB per rank")
