@@ -9,6 +9,7 @@ numbers come from the formulas in :mod:`helpers.costmodel.collectives` (pure fun
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from functools import partial
 from typing import Sequence
 
@@ -79,7 +80,6 @@ def grid_blocks_figure(blocks: Sequence, name: str = "A", dims=("K", "N")) -> Fi
     fig = new_figure(2.9 * s + 1.2, 2.5 * s + 0.9)
     gs = fig.add_gridspec(s, s, left=0.04, right=0.86, top=0.84, bottom=0.04, wspace=0.12,
                           hspace=0.42)
-    im = None
     for rank, a in enumerate(arrs):
         i, j = divmod(rank, s)
         sym = (f"{name}[{_frac(i, s, dims[0])}:{_frac(i + 1, s, dims[0])}, "
@@ -93,13 +93,11 @@ def grid_blocks_figure(blocks: Sequence, name: str = "A", dims=("K", "N")) -> Fi
 
 
 def _frac(n: int, s: int, sym: str) -> str:
-    if n == 0:
+    """n/s of ``sym``, reduced: "0", "K/2", "3K/4", "K"."""
+    f = Fraction(n, s)
+    if f == 0:
         return "0"
-    if n == s:
-        return sym
-    g = math.gcd(n, s)
-    num, den = n // g, s // g
-    return f"{'' if num == 1 else num}{sym}/{den}"
+    return f"{'' if f.numerator == 1 else f.numerator}{sym}" + ("" if f.denominator == 1 else f"/{f.denominator}")
 
 
 # --------------------------------------------------------------------------------------------
