@@ -1,9 +1,5 @@
-"""Notebook 07's drawings: the KV cache by rank as the sequence grows, a decode step and a prefill
-split into local matmuls / other / communication per TP degree, and all-reduce times on the
-alpha-beta curve with the decode and prefill messages placed on it.
-
-Drawings only (the numbers come from the ranks); rank colours from :mod:`.figure`, the parts'
-colours from :mod:`.timing`. Every function returns a :class:`~helpers.viz.figure.TPFigure`.
+"""Notebook 07's drawings: the KV cache by rank, decode vs prefill, the alpha-beta curve. Drawings
+only (the numbers come from the ranks); rank colours from :mod:`.figure`, the parts' from :mod:`.timing`.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from ..common.numbers import fmt_bytes
 from .figure import MUTED, REPLICATED_GREY, new_axes, new_figure, partial_cards, rank_blocks, rank_color
@@ -128,8 +129,6 @@ def _sp_glyph(ax, x, y, layout: str, p: int, w: float = 0.9, h: float = 1.2) -> 
     """A (T, D) activation drawn at (x, y) (lower left): T downwards, D across. ``layout``:
     "Shard(1)" (p strips along T in rank colours), "Shard(-1)" (p strips along D),
     "Replicate()" (grey) or "Partial()" (p stacked cards: partial sums, one per rank)."""
-    from matplotlib.patches import Rectangle
-
     if layout == "Replicate()":
         ax.add_patch(Rectangle((x, y), w, h, facecolor=REPLICATED_GREY, edgecolor="#333333", lw=0.8))
     elif layout == "Partial()":

@@ -1,7 +1,5 @@
-"""Schematic TP layouts for learning: which rank owns which block, before any real data.
-
-``layout_figure`` draws X, W and Y of a column-, row- or column+row-parallel layer for a
-degree and sizes; ``layout_explorer`` puts it behind sliders. Nothing here touches tensors.
+"""Schematic TP layouts for learning: which rank owns which block of X, W and Y, before any real
+data (nothing here touches tensors); ``layout_explorer`` puts them behind sliders.
 """
 
 from __future__ import annotations
