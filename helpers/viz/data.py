@@ -220,8 +220,7 @@ def cluster_map(infos) -> Figure:
     for host, ranks in hosts.items():
         ncol = min(per_row, len(ranks))
         nrow = math.ceil(len(ranks) / per_row)
-        bw = pad * 2 + ncol * sq + (ncol - 1) * gap
-        bw = max(bw, 0.14 * len(host) + 0.6)
+        bw = max(pad * 2 + ncol * sq + (ncol - 1) * gap, 0.14 * len(host) + 0.6)  # the ranks, or the host's name
         bh = pad + 0.55 + nrow * (sq + 0.4) + (nrow - 1) * gap * 0.5 + 0.25
         boxes.append((host, ranks, x, bw, bh, ncol))
         x += bw + 0.6
