@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ..reference.compare import as_shard_list, to_f64
-from .figure import MAX_DEGREE, MUTED, TEXT, new_figure, rank_color
+from .figure import MAX_DEGREE, MUTED, TEXT, diagram_axes, new_figure, rank_color
 
 __all__ = ["OPS", "collective_figure", "collective_chain"]
 
@@ -58,9 +58,7 @@ def _sources(op: str, r: int, j: int, n_in: int, p: int, root: int) -> list[tupl
     if op == "reduce_scatter":
         n_out = n_in // p
         return [(s, r * n_out + j) for s in range(p)]
-    if op == "broadcast":
-        return [(root, j)]
-    raise ValueError(f"unknown collective {op!r}; drawn: {', '.join(OPS)}")
+    return [(root, j)]  # broadcast (collective_chain refused any other op)
 
 
 def _check_shapes(op: str, before: list, after: list, root: int) -> None:
@@ -124,10 +122,7 @@ def collective_chain(before: Sequence, steps: Sequence[tuple[str, Sequence]], *,
     w_in = min(2.2 + 0.42 * total_w, 15.5)
     fig = new_figure(w_in, 1.1 + 0.5 * p * row_h)
     left = 0.8 / w_in                                   # room for the "rank r" labels
-    ax = fig.add_axes([left, 0.03, 0.99 - left, 0.8])
-    ax.set_xlim(-0.3, total_w + 0.3)
-    ax.set_ylim(p * row_h + 0.1, -0.25)
-    ax.axis("off")
+    ax = diagram_axes(fig, [left, 0.03, 0.99 - left, 0.8], (-0.3, total_w + 0.3), (p * row_h + 0.1, -0.25))
     for k, st in enumerate(stages):
         head = "before" if k == 0 else OPS[ops[k - 1]].split(":")[0]
         ax.text(xs[k] + widths[k] / 2, -0.15, head, ha="center", va="bottom", fontsize=9, color=TEXT,

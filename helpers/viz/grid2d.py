@@ -26,6 +26,7 @@ from .figure import (
     MUTED,
     REPLICATED_GREY,
     TEXT,
+    diagram_axes,
     grey_panel,
     message_figure,
     new_axes,
@@ -205,11 +206,8 @@ def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA") -
               "1D row": {"X": ("grid", 1, p), "W": ("grid", p, 1), "Y": ("partial", 1, 1)},
               "2D SUMMA": dict.fromkeys("XWY", ("grid", s, s))}[mode]
     for n, (name, rows, cols) in enumerate([("X", M, K), ("W", K, N), ("Y", M, N)]):
-        ax = fig.add_axes([0.04 + n * 0.33, 0.36, 0.27, 0.52])
-        ax.set_axis_off()
+        ax = diagram_axes(fig, [0.04 + n * 0.33, 0.36, 0.27, 0.52], (-0.1, 2.4), (2.4, -0.35))
         h, w = max(rows * scale, 0.5), max(cols * scale, 0.5)
-        ax.set_xlim(-0.1, 2.4)
-        ax.set_ylim(2.4, -0.35)
         kind, nr, nc = owners[name]
         if kind == "rep":
             ax.add_patch(Rectangle((0, 0), w, h, facecolor=REPLICATED_GREY, edgecolor="#333333"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 
-from .figure import MAX_DEGREE, MUTED, REPLICATED_GREY, TEXT, new_figure, rank_color, text_on
+from .figure import MAX_DEGREE, MUTED, REPLICATED_GREY, TEXT, diagram_axes, new_figure, rank_color, text_on
 
 __all__ = ["fg_placement_figure"]
 
@@ -37,10 +37,7 @@ def fg_placement_figure(degree: int) -> Figure:
     xs = [i * (box_w + gap) for i in range(n)]
     width = xs[-1] + box_w
     fig = new_figure(12.5, 1.9 + 0.48 * p)
-    ax = fig.add_axes([0.06, 0.02, 0.93, 0.8])
-    ax.set_xlim(-0.2, width + 0.2)
-    ax.set_ylim(p * row_h + 1.15, -0.55)
-    ax.axis("off")
+    ax = diagram_axes(fig, [0.06, 0.02, 0.93, 0.8], (-0.2, width + 0.2), (p * row_h + 1.15, -0.55))
     for i, (label, shape, _) in enumerate(_STATIONS):
         ax.text(xs[i] + box_w / 2, -0.15, label, ha="center", va="bottom", fontsize=9, color=TEXT,
                 fontweight="bold")

@@ -20,6 +20,7 @@ from .figure import (
     MUTED,
     REPLICATED_GREY,
     TEXT,
+    diagram_axes,
     message_figure,
     new_figure,
     partial_cards,
@@ -218,12 +219,9 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
     fig.suptitle(title, fontsize=12, color=TEXT, y=1 - 0.12 / fig_h, va="top")
 
     ax_w = (data_w + 0.4) * unit_in
-    ax = fig.add_axes([(fig_w - ax_w) / 2 / fig_w, (legend_h + text_h + 0.15) / fig_h,
-                       ax_w / fig_w, draw_h / fig_h])
-    ax.set_axis_off()
-    ax.set_xlim(-0.2, data_w + 0.2)
     half = data_h / 2 + label_pad / unit_in
-    ax.set_ylim(half, -half)  # y grows downwards, like matrix rows
+    ax = diagram_axes(fig, [(fig_w - ax_w) / 2 / fig_w, (legend_h + text_h + 0.15) / fig_h, ax_w / fig_w, draw_h / fig_h],
+                      (-0.2, data_w + 0.2), (half, -half))
 
     for it, (x0, w, h, off) in zip(items, geo):
         if not isinstance(it, _Mat):
