@@ -216,7 +216,6 @@ def cluster_map(infos) -> Figure:
     sq, gap, pad = 1.3, 0.35, 0.35
     boxes = []
     x = 0.0
-    max_h = 0.0
     for host, ranks in hosts.items():
         ncol = min(per_row, len(ranks))
         nrow = math.ceil(len(ranks) / per_row)
@@ -224,7 +223,7 @@ def cluster_map(infos) -> Figure:
         bh = pad + 0.55 + nrow * (sq + 0.4) + (nrow - 1) * gap * 0.5 + 0.25
         boxes.append((host, ranks, x, bw, bh, ncol))
         x += bw + 0.6
-        max_h = max(max_h, bh)
+    max_h = max(b[4] for b in boxes)
     data_w = x - 0.6
     unit = min(0.8, 11.0 / data_w)
     fig = new_figure(max(4.0, data_w * unit + 0.6), max_h * unit + 1.0)

@@ -63,22 +63,19 @@ def plot_activation_memory(measured: Mapping[str, Sequence[float]], formula: Map
                            title: str = "What one block keeps for the backward, per rank") -> Figure:
     """Per-rank measured bytes (rank colours; 'dense' in grey) beside the formula (hatched)."""
     fig, ax = new_axes(8.0, 3.8)
-    x0, ticks, names = 0.0, [], []
-    for name, per_rank in measured.items():
+    ticks = []
+    for x0, (name, per_rank) in enumerate(measured.items()):
         per_rank = list(per_rank)
         n = len(per_rank)
         w = 0.8 / (n + 1)
-        for r, v in enumerate(per_rank):
-            ax.bar(x0 + r * w, v, w, color=REPLICATED_GREY if n == 1 else rank_color(r),
-                   edgecolor="#444444", lw=0.5)
+        ax.bar(x0 + w * np.arange(n), per_rank, w, color=[rank_color(r) for r in range(n)] if n > 1 else REPLICATED_GREY,
+               edgecolor="#444444", lw=0.5)
         f = formula.get(name)
         if f is not None:
             ax.bar(x0 + n * w, f, w, color="white", edgecolor="#444444", hatch="///", lw=0.6)
             ax.text(x0 + n * w, f, fmt_bytes(f), ha="center", va="bottom", fontsize=7.5, color=MUTED)
         ticks.append(x0 + n * w / 2)
-        names.append(name)
-        x0 += 1.0
-    ax.set_xticks(ticks, names)
+    ax.set_xticks(ticks, list(measured))
     ax.set_ylabel("bytes saved for backward")
     ax.set_title(title + "  (coloured: measured on each rank; hatched: formula)", fontsize=9.5)
     ax.grid(True, axis="y", color="#dddddd", lw=0.6)
