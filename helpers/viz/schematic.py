@@ -220,8 +220,8 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
 
     ax_w = (data_w + 0.4) * unit_in
     half = data_h / 2 + label_pad / unit_in
-    ax = diagram_axes(fig, [(fig_w - ax_w) / 2 / fig_w, (legend_h + text_h + 0.15) / fig_h, ax_w / fig_w, draw_h / fig_h],
-                      (-0.2, data_w + 0.2), (half, -half))
+    ax = diagram_axes(fig, [(fig_w - ax_w) / 2 / fig_w, (legend_h + text_h + 0.15) / fig_h,
+                            ax_w / fig_w, draw_h / fig_h], (-0.2, data_w + 0.2), (half, -half))
 
     for it, (x0, w, h, off) in zip(items, geo):
         if not isinstance(it, _Mat):
