@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ..reference.compare import as_shard_list, to_f64
-from .figure import MAX_DEGREE, MUTED, TEXT, new_figure, rank_color
+from .figure import MAX_DEGREE, MUTED, TEXT, diagram_axes, new_figure, rank_blocks, rank_color
 
 __all__ = ["OPS", "collective_figure", "collective_chain"]
 
@@ -58,9 +58,7 @@ def _sources(op: str, r: int, j: int, n_in: int, p: int, root: int) -> list[tupl
     if op == "reduce_scatter":
         n_out = n_in // p
         return [(s, r * n_out + j) for s in range(p)]
-    if op == "broadcast":
-        return [(root, j)]
-    raise ValueError(f"unknown collective {op!r}; drawn: {', '.join(OPS)}")
+    return [(root, j)]  # broadcast (collective_chain refused any other op)
 
 
 def _check_shapes(op: str, before: list, after: list, root: int) -> None:
@@ -85,9 +83,7 @@ def _fmt(v: float) -> str:
 
 def _cell(ax, x, y, ranks, value) -> None:
     """A unit cell at (x, y) striped with the colours of ``ranks`` (one rank: solid)."""
-    k = len(ranks)
-    for i, s in enumerate(sorted(ranks)):
-        ax.add_patch(Rectangle((x + i / k, y), 1 / k, 1, facecolor=rank_color(s), edgecolor="none"))
+    rank_blocks(ax, x, y, 1, 1, [sorted(ranks)], edge="none")
     ax.add_patch(Rectangle((x, y), 1, 1, fill=False, edgecolor="white", lw=1.5))
     ax.text(x + 0.5, y + 0.5, _fmt(value), ha="center", va="center", fontsize=8, color="white",
             fontweight="bold", bbox=dict(boxstyle="round,pad=0.12", fc="#00000055", ec="none"))
@@ -124,20 +120,16 @@ def collective_chain(before: Sequence, steps: Sequence[tuple[str, Sequence]], *,
     w_in = min(2.2 + 0.42 * total_w, 15.5)
     fig = new_figure(w_in, 1.1 + 0.5 * p * row_h)
     left = 0.8 / w_in                                   # room for the "rank r" labels
-    ax = fig.add_axes([left, 0.03, 0.99 - left, 0.8])
-    ax.set_xlim(-0.3, total_w + 0.3)
-    ax.set_ylim(p * row_h + 0.1, -0.25)
-    ax.axis("off")
+    ax = diagram_axes(fig, [left, 0.03, 0.99 - left, 0.8], (-0.3, total_w + 0.3), (p * row_h + 0.1, -0.25))
     for k, st in enumerate(stages):
         head = "before" if k == 0 else OPS[ops[k - 1]].split(":")[0]
         ax.text(xs[k] + widths[k] / 2, -0.15, head, ha="center", va="bottom", fontsize=9, color=TEXT,
                 fontweight="bold")
         for r in range(p):
-            y = r * row_h
-            if k == 0:
-                ax.text(-0.4, y + 0.5, f"rank {r}", ha="right", va="center", fontsize=9, color=TEXT)
             for j, v in enumerate(st[r]):
-                _cell(ax, xs[k] + j, y, prov[k][r][j], v)
+                _cell(ax, xs[k] + j, r * row_h, prov[k][r][j], v)
+    for r in range(p):
+        ax.text(-0.4, r * row_h + 0.5, f"rank {r}", ha="right", va="center", fontsize=9, color=TEXT)
     for k, op in enumerate(ops):                      # who sends to whom, between stage k and k+1
         n_in = len(stages[k][0])
         x0, x1 = xs[k] + widths[k] + 0.15, xs[k + 1] - 0.15

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .figure import MUTED, TEXT, new_axes, new_figure
+from .figure import MUTED, TEXT, new_axes, new_figure, stacked_bars
 
 __all__ = ["MEMORY_COLORS", "memory_bars", "fit_grid", "training_curves", "comm_bars"]
 
@@ -43,12 +43,9 @@ def memory_bars(measured: dict, modelled: dict, title: str = "Memory per rank, o
     x = np.arange(len(setups))
     w = 0.36
     for shift, data, hatch in ((-w / 2 - 0.01, measured, None), (w / 2 + 0.01, modelled, "///")):
-        bottom = np.zeros(len(setups))
-        for k in kinds:
-            v = np.array([float(data[s][k]) for s in setups]) / 1024
-            bars = ax.bar(x + shift, v, w, bottom=bottom, color=MEMORY_COLORS[k], edgecolor="white", hatch=hatch,
-                          linewidth=0.6)
-            bottom += v
+        bottom, bars = stacked_bars(ax, x + shift, [[float(data[s][k]) / 1024 for s in setups] for k in kinds],
+                                    [MEMORY_COLORS[k] for k in kinds], width=w, edgecolor="white", hatch=hatch,
+                                    linewidth=0.6)
         ax.bar_label(bars, [f"{t:.0f}" for t in bottom], fontsize=7.5, color=MUTED)
     ax.set_xticks(x, [f"{s}\nmeasured | formula" for s in setups], fontsize=8.5)
     ax.set_ylabel("KiB per rank")
@@ -73,11 +70,10 @@ def fit_grid(rows: Sequence[str], cols: Sequence[str], fits, totals, note: str =
     fig, ax = new_axes(1.9 + 1.7 * len(cols), 1.0 + 0.55 * len(rows))
     colors = np.where(frac[..., None] >= 1, np.array([0.80, 0.93, 0.80]), np.array([0.99, 0.85, 0.80]))
     ax.imshow(colors, aspect="auto")
-    for i in range(len(rows)):
-        for j in range(len(cols)):
-            n, t = int(fits[i, j]), int(totals[i])
-            ax.text(j, i, f"{'all ' if n >= t else ''}{n} / {t} layers", ha="center", va="center",
-                    fontsize=9, color=TEXT, fontweight="bold" if n >= t else "normal")
+    for (i, j), n in np.ndenumerate(fits.astype(int)):
+        t = int(totals[i])
+        ax.text(j, i, f"{'all ' if n >= t else ''}{n} / {t} layers", ha="center", va="center",
+                fontsize=9, color=TEXT, fontweight="bold" if n >= t else "normal")
     ax.set_xticks(range(len(cols)), cols, fontsize=8.5)
     ax.set_yticks(range(len(rows)), rows, fontsize=9)
     ax.tick_params(length=0)
@@ -121,20 +117,18 @@ def comm_bars(rows: Sequence[dict], title: str = "TP's collectives: per layer an
     fig = new_figure(11.0, 0.9 + 0.5 * len(rows), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     y = np.arange(len(rows))
+    modelled = [r["kind"] != "measured" for r in rows]
     for ax, key, what in ((axes[0], "layer_s", "per layer (forward + backward)"),
                           (axes[1], "step_s", "per training step (all layers)")):
-        for i, r in enumerate(rows):
-            modelled = r["kind"] != "measured"
-            ax.barh(i, r[key], color=MODELLED if modelled else MEASURED, hatch="//" if modelled else None,
-                    edgecolor="white")
-            ax.text(r[key], i, f" {_fmt_s(r[key])}", va="center", fontsize=8, color=TEXT)
+        t = [r[key] for r in rows]
+        bars = ax.barh(y, t, color=[MODELLED if m else MEASURED for m in modelled],
+                       hatch=["//" if m else None for m in modelled], edgecolor="white")
+        ax.bar_label(bars, [f" {_fmt_s(v)}" for v in t], fontsize=8, color=TEXT)
         ax.set_xscale("log")
         ax.set_title(what, fontsize=10)
         ax.set_xlabel("seconds (log scale)")
         ax.grid(True, axis="x", color="#e0e0e0", lw=0.6)
-        lo = min(r[key] for r in rows if r[key] > 0)
-        hi = max(r[key] for r in rows)
-        ax.set_xlim(lo / 3, hi * 30)
+        ax.set_xlim(min(v for v in t if v > 0) / 3, max(t) * 30)
     axes[0].set_yticks(y, [f"{r['label']}  [{r['kind']}]" for r in rows], fontsize=8)
     axes[0].invert_yaxis()
     fig.suptitle(title, fontsize=11)

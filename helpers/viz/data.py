@@ -44,9 +44,8 @@ def shard_figure(shards: Sequence, layout: str, name: str = "W", dense_shape=Non
         raise ValueError("shards is empty: expected one tensor per rank")
     if p > MAX_DEGREE:
         raise ValueError(f"shard_figure draws up to {MAX_DEGREE} ranks, got {p}")
-    finite = [a[np.isfinite(a)] for a in pieces]
-    allv = np.concatenate([f.ravel() for f in finite]) if any(f.size for f in finite) else np.zeros(1)
-    vmin, vmax = float(allv.min()), float(allv.max())
+    allv = np.concatenate([a[np.isfinite(a)] for a in pieces])  # the finite values, 1-D
+    vmin, vmax = (float(allv.min()), float(allv.max())) if allv.size else (0.0, 0.0)
     if vmin == vmax:
         vmin, vmax = vmin - 1.0, vmax + 1.0
 
@@ -81,14 +80,14 @@ def _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax) -> Figure:
     w = min(11.0, max(4.5, 0.32 * cols + 2.5))
     h = min(8.0, max(2.4, 0.32 * rows + 1.8))
     fig = new_figure(w, h)
-    ax = fig.add_axes([0.08, 0.1, 0.72, 0.72])
+    ax = fig.add_axes([0.08, 0.1, 0.72, 0.72] if horizontal else [0.06, 0.1, 0.62, 0.72])
     im = ax.imshow(full, cmap="Greys_r", vmin=vmin, vmax=vmax, interpolation="nearest", aspect="auto")
     _grid(ax, rows, cols)
     start = 0
     for r, blk in enumerate(blocks):
         br, bc = blk.shape
         x0, y0 = (start - 0.5, -0.5) if horizontal else (-0.5, start - 0.5)
-        inset = 0.08
+        inset = 0.08  # the frame inside the block, so neighbours' frames do not overlap
         ax.add_patch(Rectangle((x0 + inset, y0 + inset), bc - 2 * inset, br - 2 * inset, fill=False,
                                edgecolor=rank_color(r), linewidth=4, clip_on=False, zorder=3))
         label = f"rank {r}: {tuple(pieces[r].shape)}"
@@ -105,17 +104,13 @@ def _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax) -> Figure:
         ds = tuple(int(s) for s in dense_shape)
         title += ("  = dense" if ds == tuple(full_shape) else f"  ≠ dense {ds}!")
     fig.suptitle(title, fontsize=10, color=TEXT)
-    cax = fig.add_axes([0.9 if not horizontal else 0.86, 0.1, 0.025, 0.72])
-    fig.colorbar(im, cax=cax)
-    if not horizontal:
-        ax.set_position([0.06, 0.1, 0.62, 0.72])
+    fig.colorbar(im, cax=fig.add_axes([0.86 if horizontal else 0.9, 0.1, 0.025, 0.72]))
     return fig
 
 
 def _shard_panels(pieces, kind, name, dense_shape, vmin, vmax) -> Figure:
     p = len(pieces)
-    shapes = {a.shape for a in pieces}
-    if len(shapes) != 1:
+    if len({a.shape for a in pieces}) != 1:
         raise ValueError(f"layout {placement_text(kind)}: every rank should hold a full-size tensor of one shape; "
                          f"got {[tuple(a.shape) for a in pieces]}")
     panels = [(f"rank {r}: {'partial ' if kind == 'partial' else ''}{tuple(a.shape)}", a, r)
@@ -134,7 +129,6 @@ def _shard_panels(pieces, kind, name, dense_shape, vmin, vmax) -> Figure:
     fig = new_figure(ncols * pw + 1.0, nrows * (ph + 0.6) + 0.7)
     gs = fig.add_gridspec(nrows, ncols, left=0.04, right=0.88, top=1 - 0.6 / (nrows * (ph + 0.6) + 0.7),
                           bottom=0.04, wspace=0.15, hspace=0.45)
-    im = None
     for i, (label, a, r) in enumerate(panels):
         ax = fig.add_subplot(gs[i // ncols, i % ncols])
         a2 = to_2d(a)
@@ -143,16 +137,14 @@ def _shard_panels(pieces, kind, name, dense_shape, vmin, vmax) -> Figure:
         _grid(ax, *a2.shape)
     note = ""
     if kind == "replicate":
-        diffs = [float(np.nanmax(np.abs(a - pieces[0]))) if a.size else 0.0 for a in pieces]
-        worst = max(diffs)
+        worst = max(float(np.nanmax(np.abs(a - pieces[0]))) if a.size else 0.0 for a in pieces)
         note = "  (all copies identical)" if worst == 0 else f"  (copies differ: max |Δ| {worst:.1e})"
     title = f"{name}: {placement_text(kind)} over {p} rank{'s' if p != 1 else ''}{note}"
     if dense_shape is not None:
         ds = tuple(int(s) for s in dense_shape)
         title += "  shape = dense" if ds == tuple(pieces[0].shape) else f"  ≠ dense {ds}!"
     fig.suptitle(title, fontsize=10, color=TEXT)
-    cax = fig.add_axes([0.91, 0.1, 0.02, 0.75])
-    fig.colorbar(im, cax=cax)
+    fig.colorbar(im, cax=fig.add_axes([0.91, 0.1, 0.02, 0.75]))
     return fig
 
 
@@ -224,16 +216,14 @@ def cluster_map(infos) -> Figure:
     sq, gap, pad = 1.3, 0.35, 0.35
     boxes = []
     x = 0.0
-    max_h = 0.0
     for host, ranks in hosts.items():
         ncol = min(per_row, len(ranks))
         nrow = math.ceil(len(ranks) / per_row)
-        bw = pad * 2 + ncol * sq + (ncol - 1) * gap
-        bw = max(bw, 0.14 * len(host) + 0.6)
+        bw = max(pad * 2 + ncol * sq + (ncol - 1) * gap, 0.14 * len(host) + 0.6)  # the ranks, or the host's name
         bh = pad + 0.55 + nrow * (sq + 0.4) + (nrow - 1) * gap * 0.5 + 0.25
         boxes.append((host, ranks, x, bw, bh, ncol))
         x += bw + 0.6
-        max_h = max(max_h, bh)
+    max_h = max(b[4] for b in boxes)
     data_w = x - 0.6
     unit = min(0.8, 11.0 / data_w)
     fig = new_figure(max(4.0, data_w * unit + 0.6), max_h * unit + 1.0)

@@ -1,10 +1,5 @@
-"""Drawings of DTensors and of the collectives they ran: the real shards, the comm trace.
-
-``draw_dtensor(view)`` takes what ``cluster.pull_dtensor(name)`` returned and draws, for every
-rank (laid out as on its mesh), the global tensor with the cells that rank really holds filled in
-its rank colour (solid for Shard / Replicate, with a Σ for a Partial piece). ``comm_chart(trace)``
-draws the collectives per module, forward vs backward, from ``helpers.measure.comm.comm_trace``.
-Nothing here runs a collective.
+"""Drawings of DTensors and of the collectives they ran: the real shards (what
+``cluster.pull_dtensor`` returned), the comm trace. Nothing here runs a collective.
 """
 
 from __future__ import annotations
@@ -12,7 +7,7 @@ from __future__ import annotations
 import math
 
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.patches import Patch, Rectangle
 
 from .figure import MUTED, TEXT, grid_lines, new_axes, new_figure, rank_color, text_on
 
@@ -63,16 +58,15 @@ def draw_dtensor(view, title: str | None = None) -> Figure:
         # rank r's rows and columns of the global tensor (a 1-D tensor is one row)
         (r0, r1), (c0, c1) = [(s.start, s.stop) for s in [slice(0, 1), *view.region(r)][-2:]]
         local = view.local_shards[r].detach().double().reshape(r1 - r0, c1 - c0).numpy() if r1 > r0 and c1 > c0 else None
+        grid_lines(ax, 0, 0, rows_t, cols_t, "#dddddd")
         if local is not None:
             ax.add_patch(Rectangle((c0, r0), c1 - c0, r1 - r0, facecolor=rank_color(r), edgecolor="none"))
+            grid_lines(ax, c0, r0, r1 - r0, c1 - c0)  # white over the grey: lines are drawn above patches
             if values:
                 for a in range(r1 - r0):
                     for b in range(c1 - c0):
                         ax.text(c0 + b + 0.5, r0 + a + 0.5, f"{local[a, b]:.1f}", ha="center", va="center",
                                 fontsize=6.5, color=text_on(r))
-        grid_lines(ax, 0, 0, rows_t, cols_t, "#dddddd")
-        if local is not None:
-            grid_lines(ax, c0, r0, r1 - r0, c1 - c0)
         ax.add_patch(Rectangle((0, 0), cols_t, rows_t, fill=False, edgecolor="#999999", lw=1.0, clip_on=False,
                                zorder=4))
         note = " empty" if local is None else (" partial Σ" if partial else "")
@@ -138,8 +132,6 @@ def comm_chart(trace: dict, title: str = "Collectives per module", order=None) -
     ax.set_xlabel("collectives (count)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_title(title, fontsize=11, color=TEXT)
-    from matplotlib.patches import Patch
-
     handles = [Patch(facecolor=_OP_GREYS.get(op, "#888888"), label=op) for op in ops]
     handles += [Patch(facecolor="white", edgecolor="#555555", label="forward"),
                 Patch(facecolor="white", edgecolor="#555555", hatch="////", label="backward")]

@@ -30,9 +30,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 __all__ = ["RANK_COLORS", "to_2d", "REPLICATED_GREY", "MAX_DEGREE", "TPFigure", "rank_color", "text_on",
-           "new_figure", "new_axes", "message_figure", "frame", "grey_panel", "grid_lines", "rank_handles", "rank_blocks",
-           "partial_cards", "count_rank_colors", "figure_to_png", "render_png", "figure_to_rgba", "TEXT",
-           "MUTED", "BOX", "DPI"]
+           "new_figure", "new_axes", "diagram_axes", "message_figure", "frame", "grey_panel", "grid_lines",
+           "rank_handles", "rank_blocks", "partial_cards", "stacked_bars", "count_rank_colors", "figure_to_png",
+           "render_png", "figure_to_rgba", "TEXT", "MUTED", "BOX", "DPI"]
 
 #: One colour per rank, as (R, G, B) in 0..255: tab10's first seven plus its cyan (tab10's own
 #: grey is skipped because grey means "replicated" here).
@@ -95,6 +95,15 @@ def new_axes(w: float, h: float):
     """A figure with one axes, laid out by matplotlib's constrained layout: ``fig, ax``."""
     fig = new_figure(w, h, layout="constrained")
     return fig, fig.add_subplot()
+
+
+def diagram_axes(fig: Figure, rect, xlim, ylim, **props):
+    """Axes for a diagram at ``rect`` (figure fractions), showing ``xlim`` × ``ylim`` in data units
+    (ylim high to low: y grows downwards, like matrix rows), with no axis lines, ticks or labels;
+    ``props``: more Axes properties, e.g. ``aspect="equal"``."""
+    ax = fig.add_axes(rect, xlim=xlim, ylim=ylim, **props)
+    ax.set_axis_off()
+    return ax
 
 
 def message_figure(title: str, text: str, w: float, h: float, fontsize: float) -> Figure:
@@ -163,6 +172,17 @@ def partial_cards(ax, x: float, y: float, w: float, h: float, p: int, dx: float,
                                linewidth=lw))
     if sigma:
         ax.text(x + w / 2, y + h / 2, "Σ", ha="center", va="center", fontsize=sigma, color=text_on(0))
+
+
+def stacked_bars(ax, x, layers, colors, **bar):
+    """Bars at ``x`` stacked from ``layers`` (heights per x, bottom layer first), layer k in ``colors[k]``;
+    ``bar``: the rest of ``ax.bar``'s arguments (a list of hatches: one per x). Returns the bars' tops
+    and the top layer's bars (for ``ax.bar_label``)."""
+    tops = np.zeros(len(x))
+    for heights, color in zip(layers, colors):
+        bars = ax.bar(x, heights, bottom=tops, color=color, **bar)
+        tops = tops + np.asarray(heights, dtype=float)
+    return tops, bars
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ numbers come from the formulas in :mod:`helpers.costmodel.collectives` (pure fun
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from functools import partial
 from typing import Sequence
 
@@ -18,13 +19,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from ..common.numbers import fmt_bytes
-from ..costmodel.collectives import COMM_FORMULAS
+from ..costmodel.collectives import COMM_FORMULAS, mlp_bytes_1d, mlp_bytes_2d, mlp_crossover_tokens
 from ..reference.compare import to_f64
 from .figure import (
     BOX,
     MUTED,
     REPLICATED_GREY,
     TEXT,
+    diagram_axes,
     grey_panel,
     message_figure,
     new_axes,
@@ -79,7 +81,6 @@ def grid_blocks_figure(blocks: Sequence, name: str = "A", dims=("K", "N")) -> Fi
     fig = new_figure(2.9 * s + 1.2, 2.5 * s + 0.9)
     gs = fig.add_gridspec(s, s, left=0.04, right=0.86, top=0.84, bottom=0.04, wspace=0.12,
                           hspace=0.42)
-    im = None
     for rank, a in enumerate(arrs):
         i, j = divmod(rank, s)
         sym = (f"{name}[{_frac(i, s, dims[0])}:{_frac(i + 1, s, dims[0])}, "
@@ -93,13 +94,11 @@ def grid_blocks_figure(blocks: Sequence, name: str = "A", dims=("K", "N")) -> Fi
 
 
 def _frac(n: int, s: int, sym: str) -> str:
-    if n == 0:
+    """n/s of ``sym``, reduced: "0", "K/2", "3K/4", "K"."""
+    f = Fraction(n, s)
+    if f == 0:
         return "0"
-    if n == s:
-        return sym
-    g = math.gcd(n, s)
-    num, den = n // g, s // g
-    return f"{'' if num == 1 else num}{sym}/{den}"
+    return f"{'' if f.numerator == 1 else f.numerator}{sym}" + ("" if f.denominator == 1 else f"/{f.denominator}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,15 +170,6 @@ summa_stepper = SummaStepper  # the notebook's name for it
 # --------------------------------------------------------------------------------------------
 # 1D vs 2D layouts: schematic and explorer
 # --------------------------------------------------------------------------------------------
-def _owners(mode: str, p: int, which: str, s: int):
-    """(kind, n_row_blocks, n_col_blocks) for matrix X, W or Y in ``mode``."""
-    if mode == "1D column":
-        return {"X": ("rep", 1, 1), "W": ("grid", 1, p), "Y": ("grid", 1, p)}[which]
-    if mode == "1D row":
-        return {"X": ("grid", 1, p), "W": ("grid", p, 1), "Y": ("partial", 1, 1)}[which]
-    return ("grid", s, s)
-
-
 def _problem(mode, p, M, K, N) -> str | None:
     if mode == "2D SUMMA":
         s = math.isqrt(p)
@@ -212,14 +202,13 @@ def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA") -
     fig = new_figure(10, 5.2)
     fig.suptitle(title, fontsize=11, color=TEXT)
     scale = 2.2 / max(M, K, N)
-    specs = [("X", M, K), ("W", K, N), ("Y", M, N)]
-    for n, (name, rows, cols) in enumerate(specs):
-        ax = fig.add_axes([0.04 + n * 0.33, 0.36, 0.27, 0.52])
-        ax.set_axis_off()
+    owners = {"1D column": {"X": ("rep", 1, 1), "W": ("grid", 1, p), "Y": ("grid", 1, p)},  # (kind, row blocks, col blocks)
+              "1D row": {"X": ("grid", 1, p), "W": ("grid", p, 1), "Y": ("partial", 1, 1)},
+              "2D SUMMA": dict.fromkeys("XWY", ("grid", s, s))}[mode]
+    for n, (name, rows, cols) in enumerate([("X", M, K), ("W", K, N), ("Y", M, N)]):
+        ax = diagram_axes(fig, [0.04 + n * 0.33, 0.36, 0.27, 0.52], (-0.1, 2.4), (2.4, -0.35))
         h, w = max(rows * scale, 0.5), max(cols * scale, 0.5)
-        ax.set_xlim(-0.1, 2.4)
-        ax.set_ylim(2.4, -0.35)
-        kind, nr, nc = _owners(mode, p, name, s)
+        kind, nr, nc = owners[name]
         if kind == "rep":
             ax.add_patch(Rectangle((0, 0), w, h, facecolor=REPLICATED_GREY, edgecolor="#333333"))
         elif kind == "partial":
@@ -306,8 +295,6 @@ def mlp_bytes_figure(M: int, D: int, H: int, measured: dict | None = None, measu
     :mod:`helpers.costmodel.collectives` (a model); markers: ``measured`` =
     ``{"1D": {"forward": b, "backward": b}, "2D": {...}}`` counted at ``measured_p``. float32; the
     linears have biases (2D then all-reduces their gradients down grid columns)."""
-    from ..costmodel.collectives import mlp_bytes_1d, mlp_bytes_2d
-
     ps = [int(p) for p in ps]
     fig, ax = new_axes(6.8, 4.0)
     for name, f, color in (("1D", mlp_bytes_1d, "#111111"), ("2D", partial(mlp_bytes_2d, bias=True), "#8a8a8a")):
@@ -338,8 +325,6 @@ def mlp_crossover_figure(D: int, H: int, ps: Sequence[int] = (4, 16, 64), points
     M × D, the weights (n_in + 1)·D·H): below 1, 2D sends less. One shade per p; solid: forward,
     dashed: training (forward + backward). The crossover M of each is marked (formula:
     :func:`helpers.costmodel.collectives.mlp_crossover_tokens`). ``points``: ``{label: M}``."""
-    from ..costmodel.collectives import mlp_bytes_1d, mlp_bytes_2d, mlp_crossover_tokens
-
     fig, ax = new_axes(6.8, 4.0)
     ms = np.unique(np.geomspace(max(1, D // 64), 256 * D, 80).astype(int))
     shades = ["#111111", "#555555", "#999999", "#bbbbbb"]

@@ -1,9 +1,5 @@
-"""Notebook 07's drawings: the KV cache by rank as the sequence grows, a decode step and a prefill
-split into local matmuls / other / communication per TP degree, and all-reduce times on the
-alpha-beta curve with the decode and prefill messages placed on it.
-
-Drawings only (the numbers come from the ranks); rank colours from :mod:`.figure`, the parts'
-colours from :mod:`.timing`. Every function returns a :class:`~helpers.viz.figure.TPFigure`.
+"""Notebook 07's drawings: the KV cache by rank, decode vs prefill, the alpha-beta curve. Drawings
+only (the numbers come from the ranks); rank colours from :mod:`.figure`, the parts' from :mod:`.timing`.
 """
 
 from __future__ import annotations
@@ -11,10 +7,10 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.patches import Patch
 
 from ..costmodel.collectives import bytes_sent, steps
-from .figure import MUTED, TEXT, new_figure, rank_color, rank_handles
+from .figure import MUTED, TEXT, new_axes, new_figure, rank_color, rank_handles, stacked_bars
 from .timing import PART_COLORS
 
 __all__ = ["shared_device_note", "cache_figure", "prefill_decode_figure", "alpha_beta_figure"]
@@ -45,23 +41,19 @@ def cache_figure(holdings: list[list[int]], n_kv_heads: int, lengths: list[int],
     rows = [(h, r) for h in range(n_kv_heads) for r, hs in enumerate(holdings) if h in hs]
     T = max(lengths)
     fig = new_figure(3.2 * len(lengths) + 1.2, 0.32 * len(rows) + 1.6)
-    axes = fig.subplots(1, len(lengths), squeeze=False)[0]
+    axes = fig.subplots(1, len(lengths), squeeze=False, sharey=True)[0]  # tick labels on the first panel only
     for ax, n in zip(axes, lengths):
-        for y, (h, r) in enumerate(rows):
-            for t in range(n):
-                ax.add_patch(Rectangle((t, y), 0.92, 0.86, facecolor=rank_color(r), edgecolor="white",
-                                       hatch="///" if t >= prompt_len else None, linewidth=0))
+        for y, (h, r) in enumerate(rows):  # one cell per position, from t to t + 0.92
+            ax.barh(y + 0.43, 0.92, height=0.86, left=np.arange(n), color=rank_color(r),
+                    edgecolor="white", hatch=["///" if t >= prompt_len else None for t in range(n)], linewidth=0)
         ax.axvline(prompt_len - 0.04, color=TEXT, linestyle="--", linewidth=1)
         ax.set_xlim(0, T)
         ax.set_ylim(len(rows), 0)
-        ax.set_yticks(np.arange(len(rows)) + 0.43)
-        ax.set_yticklabels([f"kv head {h} · rank {r}" for h, r in rows], fontsize=7)
+        ax.set_yticks(np.arange(len(rows)) + 0.43, [f"kv head {h} · rank {r}" for h, r in rows], fontsize=7)
         ax.set_xlabel("position (token)", fontsize=8)
         ax.set_title(f"{n} tokens cached", fontsize=9, color=TEXT)
         ax.tick_params(labelsize=7)
         ax.spines[["top", "right"]].set_visible(False)
-    for ax in axes[1:]:
-        ax.set_yticklabels([])
     fig.legend(handles=rank_handles(len(holdings)), loc="upper right", fontsize=7, ncol=len(holdings), frameon=False)
     fig.suptitle(title + (f"  ({note})" if note else ""), fontsize=10, x=0.02, ha="left", color=TEXT)
     fig.text(0.02, 0.01, "dashed: end of the prompt (prefill); hatched: appended by decode steps",
@@ -79,15 +71,11 @@ def prefill_decode_figure(decode: dict, prefill: dict, note: str = ""):
     for ax, (what, data) in zip(axes, (("one decode step (1 token)", decode), ("the prefill (the prompt)", prefill))):
         degrees = sorted(data)
         x = np.arange(len(degrees))
-        bottom = np.zeros(len(degrees))
-        for part in ("matmul", "other", "communication"):
-            h = np.array([1e3 * data[p][part] for p in degrees])
-            bars = ax.bar(x, h, bottom=bottom, width=0.6, color=PART_COLORS[part], edgecolor="white")
-            bottom += h
+        bottom, bars = stacked_bars(ax, x, [[1e3 * data[p][part] for p in degrees] for part in PART_COLORS],
+                                    PART_COLORS.values(), width=0.6, edgecolor="white")
         shares = [1e3 * data[p]["communication"] / max(t, 1e-9) for p, t in zip(degrees, bottom)]
         ax.bar_label(bars, [f"{t:.2f} ms\n{s:.0%} comm" for t, s in zip(bottom, shares)], fontsize=7, color=TEXT)
-        ax.set_xticks(x)
-        ax.set_xticklabels([f"TP={p}" for p in degrees])
+        ax.set_xticks(x, [f"TP={p}" for p in degrees])
         ax.set_ylabel("ms")
         ax.set_ylim(0, max(bottom) * 1.3 if len(bottom) else 1)
         ax.set_title(what, fontsize=10)
@@ -104,8 +92,7 @@ def alpha_beta_figure(measured: dict[int, float], p: int, latency: float, bandwi
     """Measured all-reduce seconds by message size (points) over ``p`` ranks, the fitted
     t(n) = 2(p-1)·α + 2(p-1)/p·n/β (line), its two regimes (dotted), and the messages of
     ``marks`` ({label: bytes}: a decode step's, a prefill's) placed on the line."""
-    fig = new_figure(6.8, 4.0)
-    ax = fig.subplots()
+    fig, ax = new_axes(6.8, 4.0)
     sizes = sorted(measured)
     lo, hi = min(sizes + list(marks.values())) / 2, max(sizes + list(marks.values())) * 2
     n = np.geomspace(lo, hi, 200)
@@ -129,5 +116,4 @@ def alpha_beta_figure(measured: dict[int, float], p: int, latency: float, bandwi
     ax.set_ylabel("µs per all-reduce")
     ax.legend(fontsize=7.5, frameon=False, loc="upper left")
     ax.set_title("All-reduce time vs message size" + (f"  ({note})" if note else ""), fontsize=10)
-    fig.tight_layout()
     return fig

@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from ..common.numbers import fmt_bytes
 from .figure import MUTED, REPLICATED_GREY, new_axes, new_figure, partial_cards, rank_blocks, rank_color
@@ -26,18 +27,16 @@ def plot_loss_curves(dense: Sequence[float], tp: Sequence[float], tol: float,
     steps = np.arange(1, dense.size + 1)
     fig = new_figure(10.5, 3.6, layout="constrained")
     a1, a2, a3 = fig.subplots(1, 3)
-    a1.plot(steps, dense, color="#222222", lw=1.8, marker="o", ms=3)
-    a1.set_title("dense (one process)", fontsize=10)
-    a2.plot(steps, tp, color=rank_color(0), lw=1.8, marker="s", ms=3)
-    a2.set_title(tp_label, fontsize=10)
     lo, hi = min(dense.min(), tp.min()), max(dense.max(), tp.max())
-    for ax in (a1, a2):
+    for ax, y, color, marker, label in ((a1, dense, "#222222", "o", "dense (one process)"),
+                                        (a2, tp, rank_color(0), "s", tp_label)):
+        ax.plot(steps, y, color=color, lw=1.8, marker=marker, ms=3)
+        ax.set_title(label, fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel("cross-entropy loss")
         ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
         ax.grid(True, color="#dddddd", lw=0.6)
-    diff = np.abs(tp - dense)
-    a3.semilogy(steps, np.maximum(diff, 1e-12), color=MUTED, marker="o", ms=3, label="|TP − dense|")
+    a3.semilogy(steps, np.maximum(np.abs(tp - dense), 1e-12), color=MUTED, marker="o", ms=3, label="|TP − dense|")
     a3.axhline(tol, color="#cf222e", ls="--", lw=1, label=f"tolerance {tol:.0e}")
     a3.set_xlabel("step")
     a3.set_title("difference per step", fontsize=10)
@@ -64,22 +63,19 @@ def plot_activation_memory(measured: Mapping[str, Sequence[float]], formula: Map
                            title: str = "What one block keeps for the backward, per rank") -> Figure:
     """Per-rank measured bytes (rank colours; 'dense' in grey) beside the formula (hatched)."""
     fig, ax = new_axes(8.0, 3.8)
-    x0, ticks, names = 0.0, [], []
-    for name, per_rank in measured.items():
+    ticks = []
+    for x0, (name, per_rank) in enumerate(measured.items()):
         per_rank = list(per_rank)
         n = len(per_rank)
         w = 0.8 / (n + 1)
-        for r, v in enumerate(per_rank):
-            ax.bar(x0 + r * w, v, w, color=REPLICATED_GREY if n == 1 else rank_color(r),
-                   edgecolor="#444444", lw=0.5)
+        ax.bar(x0 + w * np.arange(n), per_rank, w, color=[rank_color(r) for r in range(n)] if n > 1 else REPLICATED_GREY,
+               edgecolor="#444444", lw=0.5)
         f = formula.get(name)
         if f is not None:
             ax.bar(x0 + n * w, f, w, color="white", edgecolor="#444444", hatch="///", lw=0.6)
             ax.text(x0 + n * w, f, fmt_bytes(f), ha="center", va="bottom", fontsize=7.5, color=MUTED)
         ticks.append(x0 + n * w / 2)
-        names.append(name)
-        x0 += 1.0
-    ax.set_xticks(ticks, names)
+    ax.set_xticks(ticks, list(measured))
     ax.set_ylabel("bytes saved for backward")
     ax.set_title(title + "  (coloured: measured on each rank; hatched: formula)", fontsize=9.5)
     ax.grid(True, axis="y", color="#dddddd", lw=0.6)
@@ -93,7 +89,6 @@ def plot_collectives(summaries: Mapping[str, Mapping[str, Mapping[str, float]]],
     summaries: ``{"TP": {"all_reduce": {"count", "sent", ...}}, "TP + SP": {...}}``
     (from :meth:`helpers.measure.comm.CommRecorder.by_op`); memory: ``{"TP": bytes, "TP + SP": bytes}``.
     """
-    kinds = ["all_reduce", "all_gather", "reduce_scatter"]
     greys = {"all_reduce": "#555555", "all_gather": "#9a9a9a", "reduce_scatter": "#d0d0d0"}
     names = list(summaries)
     fig = new_figure(10.5, 3.5, layout="constrained")
@@ -101,10 +96,10 @@ def plot_collectives(summaries: Mapping[str, Mapping[str, Mapping[str, float]]],
     x = np.arange(len(names))
     for ax, key in ((a1, "count"), (a2, "sent")):
         bottom = np.zeros(len(names))
-        for k in kinds:
+        for k, grey in greys.items():
             v = np.array([summaries[n].get(k, {}).get(key, 0) for n in names], float)
             if v.any():
-                ax.bar(x, v, 0.55, bottom=bottom, color=greys[k], edgecolor="#444444", lw=0.6, label=k)
+                ax.bar(x, v, 0.55, bottom=bottom, color=grey, edgecolor="#444444", lw=0.6, label=k)
             bottom += v
         for xi, tot in zip(x, bottom):
             ax.text(xi, tot, fmt_bytes(tot) if key == "sent" else f"{int(tot)}", ha="center",
@@ -128,8 +123,6 @@ def _sp_glyph(ax, x, y, layout: str, p: int, w: float = 0.9, h: float = 1.2) -> 
     """A (T, D) activation drawn at (x, y) (lower left): T downwards, D across. ``layout``:
     "Shard(1)" (p strips along T in rank colours), "Shard(-1)" (p strips along D),
     "Replicate()" (grey) or "Partial()" (p stacked cards: partial sums, one per rank)."""
-    from matplotlib.patches import Rectangle
-
     if layout == "Replicate()":
         ax.add_patch(Rectangle((x, y), w, h, facecolor=REPLICATED_GREY, edgecolor="#333333", lw=0.8))
     elif layout == "Partial()":
@@ -148,18 +141,16 @@ def sp_dataflow_figure(p: int = 4) -> Figure:
     fig, ax = new_axes(12.5, 5.0)
     rows = (("attention", "attn_norm", "wq, wk, wv\n(column)", "heads / p", "attention,\nwo (row)"),
             ("MLP", "mlp_norm", "w1 (column)", "hidden / p", "GELU,\nw2 (row)"))
-    steps = [("x", "Shard(1)", "(B, T/p, D)"), (None, "Shard(1)", "(B, T/p, D)"),
-             (None, "Replicate()", "(B, T, D)"), (None, "Shard(-1)", "(B, T, ·/p)"),
-             (None, "Partial()", "(B, T, D)"), (None, "Shard(1)", "(B, T/p, D)")]
+    steps = [("Shard(1)", "(B, T/p, D)"), ("Shard(1)", "(B, T/p, D)"), ("Replicate()", "(B, T, D)"),
+             ("Shard(-1)", None), ("Partial()", "(B, T, D)"), ("Shard(1)", "(B, T/p, D)")]  # Shard(-1): the row's local
     xs = [0.0, 2.3, 4.6, 6.9, 9.2, 11.5]
     for row, (name, norm, col, local, rowop) in enumerate(rows):
         y = 3.0 - 2.9 * row
         ax.text(-0.25, y + 0.6, name, rotation=90, ha="right", va="center", fontsize=10, weight="bold")
         ops = [f"{norm}\n(local)", "g", col, rowop, "ḡ"]
-        for k, (x, (_, layout, shape)) in enumerate(zip(xs, steps)):
+        for k, (x, (layout, shape)) in enumerate(zip(xs, steps)):
             _sp_glyph(ax, x, y, layout, p)
-            label = local if layout == "Shard(-1)" else shape
-            ax.text(x + 0.45, y - 0.28, f"{label}\n{layout}", ha="center", va="top", fontsize=7.5, color=MUTED)
+            ax.text(x + 0.45, y - 0.28, f"{shape or local}\n{layout}", ha="center", va="top", fontsize=7.5, color=MUTED)
             if k < len(ops):
                 x0, x1 = x + (1.2 if layout == "Partial()" else 1.0), xs[k + 1] - 0.1
                 ax.annotate("", xy=(x1, y + 0.6), xytext=(x0, y + 0.6),

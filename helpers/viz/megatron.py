@@ -13,7 +13,7 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 
-from .figure import MAX_DEGREE, MUTED, REPLICATED_GREY, TEXT, new_figure, rank_color, text_on
+from .figure import MAX_DEGREE, MUTED, REPLICATED_GREY, TEXT, diagram_axes, new_figure, rank_color, text_on
 
 __all__ = ["fg_placement_figure"]
 
@@ -37,10 +37,7 @@ def fg_placement_figure(degree: int) -> Figure:
     xs = [i * (box_w + gap) for i in range(n)]
     width = xs[-1] + box_w
     fig = new_figure(12.5, 1.9 + 0.48 * p)
-    ax = fig.add_axes([0.06, 0.02, 0.93, 0.8])
-    ax.set_xlim(-0.2, width + 0.2)
-    ax.set_ylim(p * row_h + 1.15, -0.55)
-    ax.axis("off")
+    ax = diagram_axes(fig, [0.06, 0.02, 0.93, 0.8], (-0.2, width + 0.2), (p * row_h + 1.15, -0.55))
     for i, (label, shape, _) in enumerate(_STATIONS):
         ax.text(xs[i] + box_w / 2, -0.15, label, ha="center", va="bottom", fontsize=9, color=TEXT,
                 fontweight="bold")
@@ -56,16 +53,15 @@ def fg_placement_figure(degree: int) -> Figure:
             if kind == "partial":
                 ax.text(xs[i] + box_w / 2, y + 0.35, "share of Y", ha="center", va="center",
                         fontsize=8, color=text_on(r))
-        for i, op in enumerate(_BETWEEN):
-            if op not in _OPS:
+    for i, op in enumerate(_BETWEEN):
+        if op not in _OPS:  # a local step: an arrow on every rank's row
+            for y in (r * row_h for r in range(p)):
                 ax.annotate("", xy=(xs[i + 1] - 0.05, y + 0.35), xytext=(xs[i] + box_w + 0.05, y + 0.35),
                             arrowprops=dict(arrowstyle="-|>", color=TEXT, lw=1))
                 ax.text(xs[i] + box_w + gap / 2, y + 0.28, op, ha="center", va="bottom", fontsize=8,
                         color=MUTED)
-    for i, op in enumerate(_BETWEEN):                   # f and g: one box across every rank
-        if op not in _OPS:
             continue
-        x0 = xs[i] + box_w + 0.2
+        x0 = xs[i] + box_w + 0.2  # f and g: one box across every rank
         ax.add_patch(FancyBboxPatch((x0, -0.05), gap - 0.4, p * row_h - 0.1,
                                     boxstyle="round,pad=0.05", facecolor="white", edgecolor=TEXT, lw=1.6))
         ax.text(x0 + (gap - 0.4) / 2, (p * row_h) / 2 - 0.1, op, ha="center", va="center",

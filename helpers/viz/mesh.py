@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 
 from ..common.topology import mesh_groups, tp_groups_across_hosts
-from .figure import MUTED, TEXT, new_figure, rank_color, text_on
+from .figure import MUTED, TEXT, diagram_axes, new_figure, rank_color, text_on
 
 __all__ = ["mesh_map"]
 
@@ -54,12 +54,8 @@ def mesh_map(mesh_shape, dim_names, hosts=None, devices=None, group_dim: str | N
     W = ncol * (sq + gap) - gap
     H = nrow * (sq + gap + 0.25) - gap
     fig = new_figure(max(3.6, 1.25 * W + 1.6), 1.25 * H + 1.6)
-    ax = fig.add_axes([0.05, 0.04, 0.9, 0.78])
-    m = 0.3 if node_boxes else 0.0
-    ax.set_xlim(-0.6 - m, W + 0.6 + m)
-    ax.set_ylim(H + 0.5 + m, -0.6 - m)
-    ax.set_aspect("equal")
-    ax.set_axis_off()
+    m = 0.3 if node_boxes else 0.0  # room for the node boxes
+    ax = diagram_axes(fig, [0.05, 0.04, 0.9, 0.78], (-0.6 - m, W + 0.6 + m), (H + 0.5 + m, -0.6 - m), aspect="equal")
     if node_boxes and hosts is not None:
         for host in dict.fromkeys(map(str, hosts)):
             on = [r for r in range(n) if str(hosts[r]) == host]

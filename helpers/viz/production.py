@@ -26,7 +26,7 @@ def timeline_figure(runs: dict, title: str = "one step, per rank", note: str = "
     collective (hatched) and the matmul, in the rank's colour. Times from each run's first span."""
     n = len(runs)
     p = max(len(v) for v in runs.values())
-    fig = new_figure(10, 0.55 * p * 2 * n + 0.9 * n)
+    fig = new_figure(10, 0.55 * p * 2 * n + 0.9 * n, layout="constrained")
     axes = fig.subplots(n, 1, squeeze=False)[:, 0]
     for ax, (label, by_rank) in zip(axes, runs.items()):
         t0 = min(s[2] for spans in by_rank for s in spans)
@@ -51,7 +51,6 @@ def timeline_figure(runs: dict, title: str = "one step, per rank", note: str = "
         ax.set_xlabel("ms since the first span (time.perf_counter on each rank)")
         ax.set_title(label, fontsize=10, loc="left")
     fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -61,7 +60,7 @@ def checkpoint_figure(layouts: dict, shapes: dict, title: str = "which rank wrot
     Each parameter is a rectangle; each rank's piece is filled in its colour (ranks holding the same
     piece share it in stripes); a setup with one holder and the whole tensor is drawn grey."""
     names = list(shapes)
-    fig = new_figure(2.4 * len(names) + 1.5, 2.1 * len(layouts) + 0.6)
+    fig = new_figure(2.4 * len(names) + 1.5, 2.1 * len(layouts) + 0.6, layout="constrained")
     axes = fig.subplots(len(layouts), len(names), squeeze=False)
     for i, (setup, by_rank) in enumerate(layouts.items()):
         for j, name in enumerate(names):
@@ -88,5 +87,4 @@ def checkpoint_figure(layouts: dict, shapes: dict, title: str = "which rank wrot
             if j == 0:
                 ax.set_ylabel(setup, fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig

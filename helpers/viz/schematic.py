@@ -1,7 +1,5 @@
-"""Schematic TP layouts for learning: which rank owns which block, before any real data.
-
-``layout_figure`` draws X, W and Y of a column-, row- or column+row-parallel layer for a
-degree and sizes; ``layout_explorer`` puts it behind sliders. Nothing here touches tensors.
+"""Schematic TP layouts for learning: which rank owns which block of X, W and Y, before any real
+data (nothing here touches tensors); ``layout_explorer`` puts them behind sliders.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from .figure import (
     MUTED,
     REPLICATED_GREY,
     TEXT,
+    diagram_axes,
     message_figure,
     new_figure,
     partial_cards,
@@ -54,17 +53,18 @@ class _Mat:
     """A matrix in the schematic: rows × cols, with an ownership pattern."""
 
     def __init__(self, name, rows, cols, own, p, under=""):
+        if p == 1:  # one rank holds everything: no "_r" pieces, no copies
+            name, under = name.replace("_r", ""), "rank 0 holds all of it"
         self.name, self.rows, self.cols, self.own, self.p, self.under = name, rows, cols, own, p, under
 
 
 def _layout_items(p, d_in, d_out, batch, mode):
     """Panels left to right: _Mat or ('op', text) or ('comm', text)."""
     one = p == 1
-    x_full = _Mat("X", batch, d_in, "cols" if one else "rep", p, "" if one else "every rank: full copy")
+    x_full = _Mat("X", batch, d_in, "cols" if one else "rep", p, "every rank: full copy")
 
     def partial_sums(d):  # "= Y_r", then (p > 1) the all-reduce into a full Y on every rank
-        items = [("op", "="), _Mat("Y" if one else "Y_r", batch, d, "cols" if one else "partial", p,
-                                   "" if one else f"rank r: partial sum ({batch}, {d})")]
+        items = [("op", "="), _Mat("Y_r", batch, d, "cols" if one else "partial", p, f"rank r: partial sum ({batch}, {d})")]
         return items if one else items + [("comm", "all-reduce\n(sum)"),
                                           _Mat("Y", batch, d, "rep", p, "every rank: full copy")]
 
@@ -178,30 +178,21 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
         return message_figure(title, msg, 10, 3.2, fontsize=13)
 
     items = _layout_items(p, d_in, d_out, batch, mode)
-    if p == 1:
-        for it in items:
-            if isinstance(it, _Mat):
-                it.name, it.under = it.name.replace("_r", ""), "rank 0 holds all of it"
     scale = 4.0 / max(max(m.rows, m.cols) for m in items if isinstance(m, _Mat))
-    clamped = False
 
-    def length(n: int, split: int) -> float:
-        nonlocal clamped
-        lo = max(0.9, 0.36 * split)
-        v = n * scale
-        if v < lo:
-            clamped = True
-            return lo
-        return v
+    def length(n: int, split: int) -> float:  # to scale, but at least 0.9 and 0.36 per block
+        return max(n * scale, 0.9, 0.36 * split)
 
     # geometry: (x, width, height, offset of the stacked partial-sum cards) per item
     geo = []
     x = 0.0
+    clamped = False
     gap = 0.35
     for it in items:
         if isinstance(it, _Mat):
             w = length(it.cols, it.p if it.own == "cols" else 1)
             h = length(it.rows, it.p if it.own == "rows" else 1)
+            clamped = clamped or (w, h) != (it.cols * scale, it.rows * scale)
             off = 0.13 if it.own == "partial" else 0.0
             geo.append((x, w, h, off))
             x += w + off * (it.p - 1) + gap
@@ -221,20 +212,16 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
     if clamped:
         comm += "\n(not to scale: small dims are drawn larger so every block stays visible; true shapes in the labels)"
     comm = "\n".join(textwrap.fill(line, 118, subsequent_indent="   ") for line in comm.split("\n"))
-    n_lines = comm.count("\n") + 1
-    text_h = 0.22 * n_lines + 0.35
+    text_h = 0.22 * (comm.count("\n") + 1) + 0.35  # inches, one line of text: 0.22
     legend_h = 0.45
     fig_h = top_pad + draw_h + legend_h + text_h + 0.15
     fig = new_figure(fig_w, fig_h)
     fig.suptitle(title, fontsize=12, color=TEXT, y=1 - 0.12 / fig_h, va="top")
 
     ax_w = (data_w + 0.4) * unit_in
-    ax = fig.add_axes([(fig_w - ax_w) / 2 / fig_w, (legend_h + text_h + 0.15) / fig_h,
-                       ax_w / fig_w, draw_h / fig_h])
-    ax.set_axis_off()
-    ax.set_xlim(-0.2, data_w + 0.2)
     half = data_h / 2 + label_pad / unit_in
-    ax.set_ylim(half, -half)  # y grows downwards, like matrix rows
+    ax = diagram_axes(fig, [(fig_w - ax_w) / 2 / fig_w, (legend_h + text_h + 0.15) / fig_h,
+                            ax_w / fig_w, draw_h / fig_h], (-0.2, data_w + 0.2), (half, -half))
 
     for it, (x0, w, h, off) in zip(items, geo):
         if not isinstance(it, _Mat):

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .figure import TEXT, new_axes
+from .figure import TEXT, new_axes, stacked_bars
 
 __all__ = ["summarize_splits", "step_efficiency", "step_time_figure", "efficiency_table",
            "efficiency_figure", "Evidence", "PART_COLORS"]
@@ -65,17 +65,13 @@ def step_time_figure(summary: dict[int, dict[str, float]], modeled: dict[int, di
     eff = step_efficiency(allp)
     fig, ax = new_axes(7.2, 4.4)
     x = np.arange(len(degrees))
-    for i, p in enumerate(degrees):
-        s, is_model = allp[p], p not in summary
-        bottom = 0.0
-        for part in ("matmul", "other", "communication"):
-            h = 1e3 * s[part]
-            ax.bar(x[i], h, bottom=bottom, width=0.62, color=PART_COLORS[part], edgecolor="white",
-                   hatch="//" if is_model else None, linewidth=0.8)
-            bottom += h
+    tops, _ = stacked_bars(ax, x, [[1e3 * allp[p][part] for p in degrees] for part in PART_COLORS], PART_COLORS.values(),
+                           width=0.62, edgecolor="white", linewidth=0.8,
+                           hatch=[None if p in summary else "//" for p in degrees])
+    for xi, p, top in zip(x, degrees, tops):
         e = eff[p]
-        ax.annotate(f"{1e3 * s['step']:.1f} ms\neff {e['efficiency']:.0%}\ncomm {e['comm_share']:.0%}",
-                    (x[i], bottom), textcoords="offset points", xytext=(0, 4), ha="center",
+        ax.annotate(f"{1e3 * allp[p]['step']:.1f} ms\neff {e['efficiency']:.0%}\ncomm {e['comm_share']:.0%}",
+                    (xi, top), textcoords="offset points", xytext=(0, 4), ha="center",
                     va="bottom", fontsize=8, color=TEXT)
     t1 = 1e3 * allp[1]["step"]
     ax.plot(x, [t1 / p for p in degrees], ls="--", marker="_", color="#222222", lw=1.0,
