@@ -178,38 +178,27 @@ def _forget_dtensor_caches() -> None:
         _clear_sharding_prop_cache()
 
 
-def _forget_mesh_caches() -> None:
-    """What torch keeps beyond a script's own names that holds DeviceMeshes (and through them
-    their process groups), read from torch 2.13's source: the meshes entered with ``with mesh:``
-    (``device_mesh._mesh_resources.mesh_stack``), the mesh-topology cache
-    (``_collective_utils.MeshTopoInfo.build_from_mesh``), the redistribute planners and plans
-    (``_redistribute``), DTensor's RNG tracker (``_random._rng_tracker``), and DCP's cached
-    save plans (``checkpoint.planner.SavePlanner._cached_*``).  Only modules already imported."""
-    mods = sys.modules
-    steps = []
-    if "torch.distributed.device_mesh" in mods:
-        env = getattr(mods["torch.distributed.device_mesh"], "_mesh_resources", None)
-        steps.append(lambda: env.mesh_stack.clear())
-    if "torch.distributed.tensor._collective_utils" in mods:
-        topo = getattr(mods["torch.distributed.tensor._collective_utils"], "MeshTopoInfo", None)
-        steps.append(lambda: topo.build_from_mesh.cache_clear())
-    if "torch.distributed.tensor._redistribute" in mods:
-        red = mods["torch.distributed.tensor._redistribute"]
-        steps.append(lambda: red.clear_redistribute_planner_cache())
-        steps.append(lambda: red._gen_transform_infos.cache_clear())
-    if "torch.distributed.tensor._random" in mods:
-        steps.append(lambda: setattr(mods["torch.distributed.tensor._random"], "_rng_tracker", None))
-    if "torch.distributed.checkpoint.planner" in mods:
-        planner = mods["torch.distributed.checkpoint.planner"].SavePlanner
+# What torch keeps beyond a script's own names that holds DeviceMeshes (and through them their
+# process groups), read from torch 2.13's source, by module: the meshes entered with
+# ``with mesh:``, the mesh-topology cache, the redistribute planners and plans, DTensor's RNG
+# tracker, and DCP's cached save plans.
+_MESH_CACHES = (
+    ("torch.distributed.device_mesh", lambda m: m._mesh_resources.mesh_stack.clear()),
+    ("torch.distributed.tensor._collective_utils", lambda m: m.MeshTopoInfo.build_from_mesh.cache_clear()),
+    ("torch.distributed.tensor._redistribute", lambda m: m.clear_redistribute_planner_cache()),
+    ("torch.distributed.tensor._redistribute", lambda m: m._gen_transform_infos.cache_clear()),
+    ("torch.distributed.tensor._random", lambda m: setattr(m, "_rng_tracker", None)),
+    ("torch.distributed.checkpoint.planner",
+     lambda m: [v.clear() for k, v in vars(m.SavePlanner).items() if k.startswith("_cached") and isinstance(v, dict)]),
+)
 
-        def _dcp():
-            for name, value in vars(planner).items():
-                if name.startswith("_cached") and isinstance(value, dict):
-                    value.clear()
-        steps.append(_dcp)
-    for step in steps:
-        with contextlib.suppress(Exception):  # another torch version may lack one of them: the rest still goes
-            step()
+
+def _forget_mesh_caches() -> None:
+    """Drop the caches of :data:`_MESH_CACHES`, in the modules already imported only."""
+    for module, drop in _MESH_CACHES:
+        if module in sys.modules:
+            with contextlib.suppress(Exception):  # another torch version may lack one of them: the rest still goes
+                drop(sys.modules[module])
 
 
 def _unhook_stranded_meshes() -> None:
@@ -218,12 +207,10 @@ def _unhook_stranded_meshes() -> None:
     is not collected by ``gc``; such a mesh would keep its process groups, and their sockets and
     threads, alive (a gloo group's are freed when it is deleted, not when it is destroyed).
     Their group registries are emptied, so the destroyed groups go."""
-    if "torch.distributed.device_mesh" not in sys.modules:
-        return
     import gc
 
-    mesh_type = getattr(sys.modules["torch.distributed.device_mesh"], "DeviceMesh", None)
-    if mesh_type is None:
+    mesh_type = getattr(sys.modules.get("torch.distributed.device_mesh"), "DeviceMesh", None)
+    if mesh_type is None:  # DeviceMesh never imported: no mesh to unhook
         return
     stranded = [o for o in gc.get_objects() if type(o) is mesh_type]
     for mesh in stranded:
