@@ -63,6 +63,7 @@ import socket
 import sys
 import tokenize
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -270,8 +271,7 @@ class BatchJob:
                                 "display": self.display}
         cluster.engine_ns.setdefault("display", self.display_on_every_rank)
         self.cell: int | None = None
-        self._figures: dict[tuple[int | None, str], int] = {}
-        self._saved = 0
+        self._figures: Counter[tuple[int | None, str]] = Counter()  # PNGs saved, by (cell, suffix)
         if self.rank == 0:
             # a re-run's figures must not mix with the last run's (only our cell_*.png go)
             for old in glob.glob(os.path.join(glob.escape(self.figures_dir), "cell_*.png")):
@@ -327,7 +327,7 @@ class BatchJob:
     def finish(self) -> None:
         """The notebook ran to its end: leave the process group (the real destroy)."""
         global _ACTIVE
-        saved = sum(_gather(self._saved))
+        saved = sum(_gather(self._figures.total()))
         pg.destroy()
         use_script_namespace(None)
         reference_display.set_display(None)
@@ -367,9 +367,8 @@ class BatchJob:
 
     def _save_png(self, value, suffix: str) -> None:
         """A matplotlib figure (or anything with ``_repr_png_``) as the cell's next PNG."""
-        key = (self.cell, suffix)
-        self._figures[key] = self._figures.get(key, 0) + 1
-        k = self._figures[key]
+        self._figures[self.cell, suffix] += 1
+        k = self._figures[self.cell, suffix]
         name = f"cell_{self.cell:02d}{suffix}" if self.cell is not None else f"figure{suffix}"
         os.makedirs(self.figures_dir, exist_ok=True)
         path = os.path.join(self.figures_dir, name + (f"_{k}" if k > 1 else "") + ".png")
@@ -378,7 +377,6 @@ class BatchJob:
         else:
             with open(path, "wb") as f:
                 f.write(value._repr_png_())
-        self._saved += 1
         print(f"figure saved: {os.path.relpath(path, self.script_dir)}")
 
     def _save_pyplot_figures(self) -> None:
