@@ -21,7 +21,6 @@ def describe_mesh(mesh) -> dict:
         "dim_names": tuple(mesh.mesh_dim_names) if mesh.mesh_dim_names else None,
         "ranks": mesh.mesh.tolist(),
         "coordinate": tuple(int(c) for c in coord) if coord is not None else None,
-        "device_type": mesh.device_type,
     }
 
 
@@ -35,10 +34,15 @@ def describe_dtensor(t) -> dict:
     }
 
 
-def _describe_value(value) -> dict:
+def describe(name: str) -> dict:
+    """This rank's DTensor ``name`` (or dict of DTensors) as plain data; never raises for a bad name."""
     import torch
     from torch.distributed.tensor import DTensor
 
+    ns = user_ns()
+    if name not in ns:
+        return {"kind": "missing"}
+    value = ns[name]
     if isinstance(value, DTensor):
         return describe_dtensor(value)
     if isinstance(value, dict) and value and all(isinstance(v, DTensor) for v in value.values()):
@@ -46,16 +50,6 @@ def _describe_value(value) -> dict:
     if isinstance(value, torch.Tensor):
         return {"kind": "other", "type": f"a plain torch.Tensor of shape {tuple(value.shape)}"}
     return {"kind": "other", "type": f"a {type(value).__name__}"}
-
-
-def describe(name: str) -> dict:
-    """This rank's DTensor ``name`` (or dict of DTensors) as plain data; never raises for a bad name."""
-    import torch.distributed as dist
-
-    ns = user_ns()
-    out = _describe_value(ns[name]) if name in ns else {"kind": "missing"}
-    out["rank"] = dist.get_rank() if dist.is_initialized() else 0
-    return out
 
 
 def param_placements(name: str) -> dict:
