@@ -50,10 +50,8 @@ def abort_collectives() -> int:
     n = 0
     for inode, fd in socket_inodes().items():
         if inode in _PG_SOCKETS:
-            with contextlib.suppress(OSError):
-                s = socket.socket(fileno=os.dup(fd))
+            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as s:
                 s.shutdown(socket.SHUT_RDWR)
-                s.close()
                 n += 1
     return n
 
@@ -75,13 +73,9 @@ def start_watchdog(addr: str, token: str) -> int:
                 conn, _ = srv.accept()
             except OSError:  # closed by stop_watchdog(): the engine is exiting
                 return
-            with conn:
+            with conn, contextlib.suppress(OSError, UnicodeDecodeError):  # a client gone, or garbage: wait for the next
                 conn.settimeout(5)
-                try:
-                    msg = conn.recv(256).decode().strip()
-                except OSError:
-                    continue
-                if msg == f"{_WATCHDOG['token']} abort":
+                if conn.recv(256).decode().strip() == f"{_WATCHDOG['token']} abort":
                     conn.sendall(f"{abort_collectives()}\n".encode())
 
     _WATCHDOG.update(sock=srv, port=srv.getsockname()[1], token=token)
