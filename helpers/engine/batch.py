@@ -20,32 +20,18 @@ reads like this::
 Two namespaces, as in Jupyter:
 
 * the **engine namespace** is the script's globals: a ``%%px`` cell *is* the body of a
-  torchrun script.  :func:`start` puts there what ``connect()`` gives an engine (``torch``,
-  ``dist``, ``rank``, ``world_size``, ``local_rank``, ``device``, ``backend``, the backend and
-  device chosen as ``connect()`` chooses them) after ``init_process_group`` from torchrun's
-  environment.  Engine-side helpers that read the engine namespace
-  (:func:`helpers.engine.namespace.user_ns`) see these globals.
+  torchrun script.  :func:`start` puts there what ``connect()`` gives an engine, after
+  ``init_process_group`` from torchrun's environment; engine-side helpers read it through
+  :func:`helpers.engine.namespace.user_ns`.
 * the **kernel namespace** is a dict of its own, where notebook cells run
-  (:meth:`BatchJob.notebook`).  ``from helpers import connect; connect()`` there returns a
-  :class:`BatchCluster`: the same :class:`helpers.common.api.ClusterAPI` as ``TPCluster``.
-  Notebook cells run on **every** rank -- ``cluster.pull`` is a collective here
-  (``all_gather_object``) -- but only rank 0 prints.
-  ``%%px --local`` cells run in both namespaces, engine first (as ipyparallel does).
+  (:meth:`BatchJob.notebook`); ``connect()`` there returns a :class:`BatchCluster`, the same
+  :class:`helpers.common.api.ClusterAPI` as ``TPCluster``.  Notebook cells run on **every**
+  rank -- ``cluster.pull`` is a collective here (``all_gather_object``) -- but only rank 0
+  prints.  ``%%px --local`` cells run in both namespaces, engine first (as ipyparallel does).
 
 A notebook cell's last expression (not ended by ``;``) and ``display(...)`` calls are shown the
-batch way, by rank 0: a matplotlib figure (or anything with ``_repr_png_``) is saved as
-``<script stem>_figures/cell_NN.png`` (``cell_NN_2.png``... for more); pyplot figures still open
-at the end of a cell are saved and closed, as the inline backend does; ipywidgets are left out
-(interactive only); ``compare()`` shows its result through the job's display (the line, its
-error heatmap saved: :func:`helpers.reference.display.set_display`), not twice; anything else is
-pretty-printed.  ``display`` in a ``%%px`` cell does the same
-on every rank (``cell_NN_rankR.png``).
-
-A notebook cell that raises on any rank -- a failing ``compare()`` (``ComparisonError``) above
-all -- ends the job: rank 0 prints which cell failed on which ranks and why (a traceback too
-unless it is a failed check), every rank leaves the process group and exits with status 1.
-After each notebook cell the ranks exchange their outcome (one small collective), so a cell
-that fails on one rank only does not leave the others waiting in the next collective.
+batch way (:meth:`BatchJob.display`).  A notebook cell that raises on any rank -- a failing
+``compare()`` above all -- ends the job with status 1 (:meth:`BatchJob.notebook`).
 """
 
 from __future__ import annotations
@@ -314,7 +300,10 @@ class BatchJob:
     def notebook(self, cell: int, source: str) -> None:
         """Run notebook cell ``cell`` in the kernel namespace, on every rank; only rank 0 prints.
 
-        Ends the job (exit status 1) when the cell raised on any rank.
+        Ends the job when the cell raised on any rank: rank 0 prints which cell failed on which
+        ranks and why (a traceback too unless it is a failed check), every rank leaves the process
+        group and exits with status 1.  The ranks exchange their outcome after every cell (one
+        small collective), so a cell that fails on one rank only leaves no other rank waiting.
         """
         self.cell = cell
         self._header(cell, "notebook")
@@ -339,7 +328,10 @@ class BatchJob:
 
     # ---- display, the batch way
     def display(self, *values) -> None:
-        """``display(...)`` in a notebook cell: shown by rank 0 (see the module docstring)."""
+        """``display(...)`` in a notebook cell, shown by rank 0: a matplotlib figure (or anything
+        with ``_repr_png_``) saved as ``<script stem>_figures/cell_NN.png`` (``cell_NN_2.png``...
+        for more), an ipywidget left out (interactive only), a ``compare()`` result left to
+        :meth:`show_comparison`, anything else pretty-printed."""
         if self.rank == 0:
             for value in values:
                 self._show(value, suffix="")

@@ -1,17 +1,10 @@
 """The process group on an engine, set up so that a ``%%px`` cell runs like a torchrun script.
 
 Shipped to the engines by reference (``cluster.apply(pg.init, ...)``), never as strings.
-After :func:`init` an engine has what a torchrun worker has:
-
-* the names ``torch``, ``dist``, ``rank``, ``world_size``, ``local_rank``, ``device``, ``backend``;
-* torchrun's environment: ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``,
-  ``MASTER_ADDR``, ``MASTER_PORT``;
-* ``sys.argv == [script name]``, so ``argparse.ArgumentParser().parse_args()`` gives defaults;
-* the notebook's folder as working directory and first entry of ``sys.path`` (:func:`follow_cwd`);
-* a pasted ``dist.init_process_group(...)`` adopts the course's group when it asks for the same
-  backend and world size, and is refused in one line naming both values when it does not
-  (before any collective, so no rank waits); a pasted ``dist.destroy_process_group()`` keeps
-  the course's group (a batch job would end there; a notebook goes on to the next cell).
+After :func:`init` an engine has what a torchrun worker has: its names, torchrun's environment,
+a bare ``sys.argv``, the notebook's folder (:func:`follow_cwd`), and a pasted
+``init_process_group``/``destroy_process_group`` that keeps the course's group (the list, as a
+learner reads it: README.md, after ``connect()``).
 """
 
 from __future__ import annotations
