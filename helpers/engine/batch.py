@@ -205,17 +205,13 @@ class BatchCluster(RankFacts):
 
 # ----------------------------------------------------------------------------- the job
 def _ends_with_semicolon(source: str) -> bool:
-    """IPython's rule: a cell whose last token is ``;`` shows no value."""
-    last = None
-    skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.ENDMARKER, tokenize.INDENT,
-            tokenize.DEDENT}
-    try:
-        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-            if tok.type not in skip:
-                last = tok.string
+    """IPython's rule: a cell whose last token (comments aside) is ``;`` shows no value."""
+    try:  # NL, NEWLINE, INDENT, DEDENT and ENDMARKER are blank
+        tokens = [t.string for t in tokenize.generate_tokens(io.StringIO(source).readline)
+                  if t.type != tokenize.COMMENT and t.string.strip()]
     except (tokenize.TokenError, SyntaxError):
         return False
-    return last == ";"
+    return tokens[-1:] == [";"]
 
 
 def _compile_cell(source: str, filename: str):
