@@ -233,8 +233,7 @@ def _is(value, module: str, name: str) -> bool:
 
 @dataclass(frozen=True)
 class _CellError:
-    kind: str         # the exception's class name
-    message: str
+    summary: str      # "KeyError: 'x'": the exception's class name and message
     traceback: str
     is_check: bool    # an AssertionError (compare's ComparisonError): the message says it all
     where: str        # "line 3: compare(...)", the cell's line that raised
@@ -404,7 +403,7 @@ class BatchJob:
             # the cell's innermost line in the traceback
             frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == filename]
             where = f"line {frames[-1].lineno}: {(frames[-1].line or '').strip()[:80]}" if frames else ""
-            return _CellError(type(e).__name__, str(e), traceback.format_exc(), isinstance(e, AssertionError), where)
+            return _CellError(f"{type(e).__name__}: {e}", traceback.format_exc(), isinstance(e, AssertionError), where)
         finally:
             sys.stdout.flush()
         return None
@@ -416,7 +415,7 @@ class BatchJob:
             if not first.is_check:
                 print(first.traceback, file=sys.stderr, end="")
             every = "every rank" if len(failed) == self.cluster.world_size else ranks_text(failed)
-            print(f"❌ notebook cell {cell} failed on {every}: {first.kind}: {first.message}"
+            print(f"❌ notebook cell {cell} failed on {every}: {first.summary}"
                   + (f"\n   (cell {cell}, {first.where})" if first.where else ""),
                   file=sys.stderr, flush=True)
         pg.destroy()
