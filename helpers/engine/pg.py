@@ -16,7 +16,7 @@ import sys
 from datetime import timedelta
 
 from .namespace import reset_namespace, user_ns
-from .watchdog import record_pg_sockets, socket_inodes
+from .watchdog import record_pg_sockets, socket_inodes, stop_watchdog
 
 # Environment variables that carry the MPI rank, by launcher:
 # MPICH/hydra and Cray PALS (Derecho) set PMI_RANK / PALS_RANKID, Open MPI its own.
@@ -379,20 +379,17 @@ def install_script_hooks() -> None:
         mod.destroy_process_group = keeping_destroy_process_group
 
 
-def exit_process(delay: float = 0.2, destroy_within: float = 1.0) -> int:
-    """Leave cleanly on request: drop the process group (for at most ``destroy_within`` s),
-    then exit with status 0 (:func:`exit_now`), ``delay`` s later, after this call's reply has
-    gone back."""
+def exit_process() -> int:
+    """Leave cleanly on request: drop the process group (for at most 1 s), then exit with
+    status 0 (:func:`exit_now`) 0.2 s later, after this call's reply has gone back."""
     import threading
-
-    from .watchdog import stop_watchdog
 
     # a long day's groups (or a broken one) may take a while to shut down: not past the exit
     leaving = threading.Thread(target=destroy, daemon=True)
     leaving.start()
-    leaving.join(destroy_within)
+    leaving.join(1.0)
     stop_watchdog()
-    threading.Timer(delay, exit_now, (0,)).start()
+    threading.Timer(0.2, exit_now, (0,)).start()
     return os.getpid()
 
 
