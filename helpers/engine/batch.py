@@ -152,8 +152,7 @@ class BatchCluster(RankFacts):
 
     # ---- data in and out, by rank
     def pull(self, name: str) -> list:
-        """The engine variable ``name`` from every rank, by rank: CPU, detached, own dtype
-        (:func:`helpers.engine.namespace.to_cpu`); ``NameError`` naming the ranks that lack it."""
+        """As :class:`helpers.common.api.ClusterAPI` says, gathered with ``all_gather_object``."""
         return pulled(name, _gather(fetch_values([name])))
 
     def push(self, **values) -> None:
@@ -161,15 +160,13 @@ class BatchCluster(RankFacts):
         self.engine_ns.update(values)
 
     def push_by_rank(self, name: str, values: list) -> None:
-        """``values[r]`` to rank r as ``name``."""
         if len(values) != self.world_size:
             raise ValueError(f"push_by_rank needs one value per rank: got {len(values)} for "
                              f"{self.world_size} ranks")
         self.engine_ns[name] = values[self.rank]
 
     def pull_dtensor(self, name: str):
-        """The DTensor ``name`` from every rank, as the notebook's view of it
-        (:func:`helpers.reference.dtensor.pull_dtensor`, as ``TPCluster.pull_dtensor``)."""
+        """As ``TPCluster.pull_dtensor`` (:func:`helpers.reference.dtensor.pull_dtensor`)."""
         from ..reference.dtensor import pull_dtensor
 
         return pull_dtensor(self, name)

@@ -57,7 +57,7 @@ def param_placements(name: str) -> dict:
     from torch.distributed.tensor import DTensor
 
     module = user_ns().get(name)
-    if module is None or not hasattr(module, "named_parameters"):
+    if not hasattr(module, "named_parameters"):  # missing (None) or not a module
         return {}
     return {n: (describe_placements(p.placements) if isinstance(p, DTensor) else "dense")
             for n, p in module.named_parameters()}
