@@ -81,9 +81,7 @@ def open_store(addr: str, world_size: int, timeout_s: float) -> int:
     import torch.distributed as dist
 
     # Bind the listening socket ourselves: TCPStore alone listens on every interface.
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.bind((addr, 0))
-    srv.listen(128)
+    srv = socket.create_server((addr, 0), backlog=128)
     store = dist.TCPStore(
         addr, srv.getsockname()[1], world_size, is_master=True,
         timeout=timedelta(seconds=timeout_s), wait_for_workers=False,

@@ -63,9 +63,7 @@ def start_watchdog(addr: str, token: str) -> int:
     if "sock" in _WATCHDOG:  # already running: a new connect() may bring a new token
         _WATCHDOG["token"] = token
         return _WATCHDOG["port"]
-    srv = socket.socket()
-    srv.bind((addr, 0))
-    srv.listen(8)
+    srv = socket.create_server((addr, 0), backlog=8)
 
     def serve():
         while True:
