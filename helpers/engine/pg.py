@@ -1,10 +1,10 @@
 """The process group on an engine, set up so that a ``%%px`` cell runs like a torchrun script.
 
 Shipped to the engines by reference (``cluster.apply(pg.init, ...)``), never as strings.
-After :func:`init` an engine has what a torchrun worker has: its names, torchrun's environment,
-a bare ``sys.argv``, the notebook's folder (:func:`follow_cwd`), and a pasted
-``init_process_group``/``destroy_process_group`` that keeps the course's group (the list, as a
-learner reads it: README.md, after ``connect()``).
+After :func:`init` an engine has what a torchrun worker has (README.md lists it, after
+``connect()``): its names, torchrun's environment, a bare ``sys.argv``, the notebook's folder
+(:func:`follow_cwd`), and a pasted ``init_process_group``/``destroy_process_group`` that keeps
+the course's group.
 """
 
 from __future__ import annotations
@@ -345,11 +345,9 @@ def adopting_init_process_group(backend=None, init_method=None, timeout=None, wo
 def _why_backend(backend: str) -> str:
     import torch
 
-    if backend == "gloo" and not torch.cuda.is_available():
-        return "CPU engines, no GPU"
-    if backend == "gloo":
-        return "engines share GPUs, which NCCL refuses"
-    return "one GPU per engine"
+    if backend != "gloo":
+        return "one GPU per engine"
+    return "engines share GPUs, which NCCL refuses" if torch.cuda.is_available() else "CPU engines, no GPU"
 
 
 def keeping_destroy_process_group(group=None):
