@@ -37,17 +37,15 @@ def parse_placement(text: str) -> tuple[str, int | None]:
     Spaces are ignored; ``"Partial(sum)"`` is read as ``"Partial()"``.  Anything else raises a
     ValueError that shows the spelling (``"shard(0)"``: did you mean ``"Shard(0)"``?).
     """
-    s = text.replace(" ", "") if isinstance(text, str) else None
-    for pattern, kind in _FORMS if s is not None else ():
+    s = text.replace(" ", "") if isinstance(text, str) else ""  # "" matches no form and guesses nothing
+    for pattern, kind in _FORMS:
         m = pattern.match(s)
         if m:
             return kind, (int(m.group(1)) if kind == "shard" else None)
-    hint = ""
-    if s is not None:
-        low = s.lower().rstrip("()")
-        m = re.match(r"^shard\((-?\d+)$", low)
-        guess = f"Shard({m.group(1)})" if m else {"replicate": "Replicate()", "partial": "Partial()"}.get(low)
-        hint = f"; did you mean {guess!r}?" if guess else ""
+    low = s.lower().rstrip("()")
+    m = re.match(r"^shard\((-?\d+)$", low)
+    guess = f"Shard({m.group(1)})" if m else {"replicate": "Replicate()", "partial": "Partial()"}.get(low)
+    hint = f"; did you mean {guess!r}?" if guess else ""
     raise ValueError(f"unknown placement {text!r}{hint} ({PLACEMENT_HELP})")
 
 

@@ -3,16 +3,11 @@ ranks form each group of a device mesh, and which TP groups would leave a node.
 
 Pure functions of what the engines reported (:func:`helpers.engine.pg.probe`) or of a mesh
 shape: no process, no torch, no network, so every branch (several hosts, MPI ranks, NCCL
-refused) is unit-tested on one machine.  The notebook side plans its ranks with them, a batch
-job (:mod:`helpers.engine.batch`) its simulated nodes, :mod:`helpers.tp.mesh` its layout checks:
-all decided before any rank enters a collective.
+refused) is unit-tested on one machine, and all is decided before any rank enters a collective.
 
 Ranks fill a mesh in row-major order, as ``init_device_mesh`` lays them out: for a mesh of
 shape (2, 2) with dim names ("dp", "tp"), the tp groups are the rows [0, 1] and [2, 3] and the
 dp groups are the columns [0, 2] and [1, 3].
-
-Conventions (DESIGN.md): rank is not engine id; ranks are 0..N-1 in the order of the
-sorted engine ids, and under MPI they equal the MPI rank.
 """
 
 from __future__ import annotations

@@ -20,32 +20,18 @@ reads like this::
 Two namespaces, as in Jupyter:
 
 * the **engine namespace** is the script's globals: a ``%%px`` cell *is* the body of a
-  torchrun script.  :func:`start` puts there what ``connect()`` gives an engine (``torch``,
-  ``dist``, ``rank``, ``world_size``, ``local_rank``, ``device``, ``backend``, the backend and
-  device chosen as ``connect()`` chooses them) after ``init_process_group`` from torchrun's
-  environment.  Engine-side helpers that read the engine namespace
-  (:func:`helpers.engine.namespace.user_ns`) see these globals.
+  torchrun script.  :func:`start` puts there what ``connect()`` gives an engine, after
+  ``init_process_group`` from torchrun's environment; engine-side helpers read it through
+  :func:`helpers.engine.namespace.user_ns`.
 * the **kernel namespace** is a dict of its own, where notebook cells run
-  (:meth:`BatchJob.notebook`).  ``from helpers import connect; connect()`` there returns a
-  :class:`BatchCluster`: the same :class:`helpers.common.api.ClusterAPI` as ``TPCluster``.
-  Notebook cells run on **every** rank -- ``cluster.pull`` is a collective here
-  (``all_gather_object``) -- but only rank 0 prints.
-  ``%%px --local`` cells run in both namespaces, engine first (as ipyparallel does).
+  (:meth:`BatchJob.notebook`); ``connect()`` there returns a :class:`BatchCluster`, the same
+  :class:`helpers.common.api.ClusterAPI` as ``TPCluster``.  Notebook cells run on **every**
+  rank -- ``cluster.pull`` is a collective here (``all_gather_object``) -- but only rank 0
+  prints.  ``%%px --local`` cells run in both namespaces, engine first (as ipyparallel does).
 
 A notebook cell's last expression (not ended by ``;``) and ``display(...)`` calls are shown the
-batch way, by rank 0: a matplotlib figure (or anything with ``_repr_png_``) is saved as
-``<script stem>_figures/cell_NN.png`` (``cell_NN_2.png``... for more); pyplot figures still open
-at the end of a cell are saved and closed, as the inline backend does; ipywidgets are left out
-(interactive only); ``compare()`` shows its result through the job's display (the line, its
-error heatmap saved: :func:`helpers.reference.display.set_display`), not twice; anything else is
-pretty-printed.  ``display`` in a ``%%px`` cell does the same
-on every rank (``cell_NN_rankR.png``).
-
-A notebook cell that raises on any rank -- a failing ``compare()`` (``ComparisonError``) above
-all -- ends the job: rank 0 prints which cell failed on which ranks and why (a traceback too
-unless it is a failed check), every rank leaves the process group and exits with status 1.
-After each notebook cell the ranks exchange their outcome (one small collective), so a cell
-that fails on one rank only does not leave the others waiting in the next collective.
+batch way (:meth:`BatchJob.display`).  A notebook cell that raises on any rank -- a failing
+``compare()`` above all -- ends the job with status 1 (:meth:`BatchJob.notebook`).
 """
 
 from __future__ import annotations
@@ -63,6 +49,7 @@ import socket
 import sys
 import tokenize
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -165,8 +152,7 @@ class BatchCluster(RankFacts):
 
     # ---- data in and out, by rank
     def pull(self, name: str) -> list:
-        """The engine variable ``name`` from every rank, by rank: CPU, detached, own dtype
-        (:func:`helpers.engine.namespace.to_cpu`); ``NameError`` naming the ranks that lack it."""
+        """As :class:`helpers.common.api.ClusterAPI` says, gathered with ``all_gather_object``."""
         return pulled(name, _gather(fetch_values([name])))
 
     def push(self, **values) -> None:
@@ -174,15 +160,13 @@ class BatchCluster(RankFacts):
         self.engine_ns.update(values)
 
     def push_by_rank(self, name: str, values: list) -> None:
-        """``values[r]`` to rank r as ``name``."""
         if len(values) != self.world_size:
             raise ValueError(f"push_by_rank needs one value per rank: got {len(values)} for "
                              f"{self.world_size} ranks")
         self.engine_ns[name] = values[self.rank]
 
     def pull_dtensor(self, name: str):
-        """The DTensor ``name`` from every rank, as the notebook's view of it
-        (:func:`helpers.reference.dtensor.pull_dtensor`, as ``TPCluster.pull_dtensor``)."""
+        """As ``TPCluster.pull_dtensor`` (:func:`helpers.reference.dtensor.pull_dtensor`)."""
         from ..reference.dtensor import pull_dtensor
 
         return pull_dtensor(self, name)
@@ -218,17 +202,13 @@ class BatchCluster(RankFacts):
 
 # ----------------------------------------------------------------------------- the job
 def _ends_with_semicolon(source: str) -> bool:
-    """IPython's rule: a cell whose last token is ``;`` shows no value."""
-    last = None
-    skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.ENDMARKER, tokenize.INDENT,
-            tokenize.DEDENT}
-    try:
-        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-            if tok.type not in skip:
-                last = tok.string
+    """IPython's rule: a cell whose last token (comments aside) is ``;`` shows no value."""
+    try:  # NL, NEWLINE, INDENT, DEDENT and ENDMARKER are blank
+        tokens = [t.string for t in tokenize.generate_tokens(io.StringIO(source).readline)
+                  if t.type != tokenize.COMMENT and t.string.strip()]
     except (tokenize.TokenError, SyntaxError):
         return False
-    return last == ";"
+    return tokens[-1:] == [";"]
 
 
 def _compile_cell(source: str, filename: str):
@@ -250,8 +230,7 @@ def _is(value, module: str, name: str) -> bool:
 
 @dataclass(frozen=True)
 class _CellError:
-    kind: str         # the exception's class name
-    message: str
+    summary: str      # "KeyError: 'x'": the exception's class name and message
     traceback: str
     is_check: bool    # an AssertionError (compare's ComparisonError): the message says it all
     where: str        # "line 3: compare(...)", the cell's line that raised
@@ -270,8 +249,7 @@ class BatchJob:
                                 "display": self.display}
         cluster.engine_ns.setdefault("display", self.display_on_every_rank)
         self.cell: int | None = None
-        self._figures: dict[tuple[int | None, str], int] = {}
-        self._saved = 0
+        self._figures: Counter[tuple[int | None, str]] = Counter()  # PNGs saved, by (cell, suffix)
         if self.rank == 0:
             # a re-run's figures must not mix with the last run's (only our cell_*.png go)
             for old in glob.glob(os.path.join(glob.escape(self.figures_dir), "cell_*.png")):
@@ -314,7 +292,10 @@ class BatchJob:
     def notebook(self, cell: int, source: str) -> None:
         """Run notebook cell ``cell`` in the kernel namespace, on every rank; only rank 0 prints.
 
-        Ends the job (exit status 1) when the cell raised on any rank.
+        Ends the job when the cell raised on any rank: rank 0 prints which cell failed on which
+        ranks and why (a traceback too unless it is a failed check), every rank leaves the process
+        group and exits with status 1.  The ranks exchange their outcome after every cell (one
+        small collective), so a cell that fails on one rank only leaves no other rank waiting.
         """
         self.cell = cell
         self._header(cell, "notebook")
@@ -327,7 +308,7 @@ class BatchJob:
     def finish(self) -> None:
         """The notebook ran to its end: leave the process group (the real destroy)."""
         global _ACTIVE
-        saved = sum(_gather(self._saved))
+        saved = sum(_gather(self._figures.total()))
         pg.destroy()
         use_script_namespace(None)
         reference_display.set_display(None)
@@ -339,7 +320,10 @@ class BatchJob:
 
     # ---- display, the batch way
     def display(self, *values) -> None:
-        """``display(...)`` in a notebook cell: shown by rank 0 (see the module docstring)."""
+        """``display(...)`` in a notebook cell, shown by rank 0: a matplotlib figure (or anything
+        with ``_repr_png_``) saved as ``<script stem>_figures/cell_NN.png`` (``cell_NN_2.png``...
+        for more), an ipywidget left out (interactive only), a ``compare()`` result left to
+        :meth:`show_comparison`, anything else pretty-printed."""
         if self.rank == 0:
             for value in values:
                 self._show(value, suffix="")
@@ -367,9 +351,8 @@ class BatchJob:
 
     def _save_png(self, value, suffix: str) -> None:
         """A matplotlib figure (or anything with ``_repr_png_``) as the cell's next PNG."""
-        key = (self.cell, suffix)
-        self._figures[key] = self._figures.get(key, 0) + 1
-        k = self._figures[key]
+        self._figures[self.cell, suffix] += 1
+        k = self._figures[self.cell, suffix]
         name = f"cell_{self.cell:02d}{suffix}" if self.cell is not None else f"figure{suffix}"
         os.makedirs(self.figures_dir, exist_ok=True)
         path = os.path.join(self.figures_dir, name + (f"_{k}" if k > 1 else "") + ".png")
@@ -378,7 +361,6 @@ class BatchJob:
         else:
             with open(path, "wb") as f:
                 f.write(value._repr_png_())
-        self._saved += 1
         print(f"figure saved: {os.path.relpath(path, self.script_dir)}")
 
     def _save_pyplot_figures(self) -> None:
@@ -418,7 +400,7 @@ class BatchJob:
             # the cell's innermost line in the traceback
             frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == filename]
             where = f"line {frames[-1].lineno}: {(frames[-1].line or '').strip()[:80]}" if frames else ""
-            return _CellError(type(e).__name__, str(e), traceback.format_exc(), isinstance(e, AssertionError), where)
+            return _CellError(f"{type(e).__name__}: {e}", traceback.format_exc(), isinstance(e, AssertionError), where)
         finally:
             sys.stdout.flush()
         return None
@@ -430,7 +412,7 @@ class BatchJob:
             if not first.is_check:
                 print(first.traceback, file=sys.stderr, end="")
             every = "every rank" if len(failed) == self.cluster.world_size else ranks_text(failed)
-            print(f"❌ notebook cell {cell} failed on {every}: {first.kind}: {first.message}"
+            print(f"❌ notebook cell {cell} failed on {every}: {first.summary}"
                   + (f"\n   (cell {cell}, {first.where})" if first.where else ""),
                   file=sys.stderr, flush=True)
         pg.destroy()

@@ -21,7 +21,6 @@ def describe_mesh(mesh) -> dict:
         "dim_names": tuple(mesh.mesh_dim_names) if mesh.mesh_dim_names else None,
         "ranks": mesh.mesh.tolist(),
         "coordinate": tuple(int(c) for c in coord) if coord is not None else None,
-        "device_type": mesh.device_type,
     }
 
 
@@ -35,10 +34,15 @@ def describe_dtensor(t) -> dict:
     }
 
 
-def _describe_value(value) -> dict:
+def describe(name: str) -> dict:
+    """This rank's DTensor ``name`` (or dict of DTensors) as plain data; never raises for a bad name."""
     import torch
     from torch.distributed.tensor import DTensor
 
+    ns = user_ns()
+    if name not in ns:
+        return {"kind": "missing"}
+    value = ns[name]
     if isinstance(value, DTensor):
         return describe_dtensor(value)
     if isinstance(value, dict) and value and all(isinstance(v, DTensor) for v in value.values()):
@@ -48,22 +52,12 @@ def _describe_value(value) -> dict:
     return {"kind": "other", "type": f"a {type(value).__name__}"}
 
 
-def describe(name: str) -> dict:
-    """This rank's DTensor ``name`` (or dict of DTensors) as plain data; never raises for a bad name."""
-    import torch.distributed as dist
-
-    ns = user_ns()
-    out = _describe_value(ns[name]) if name in ns else {"kind": "missing"}
-    out["rank"] = dist.get_rank() if dist.is_initialized() else 0
-    return out
-
-
 def param_placements(name: str) -> dict:
     """``{parameter name: "Shard(0)" | ... | "dense"}`` of the module ``name`` on this rank."""
     from torch.distributed.tensor import DTensor
 
     module = user_ns().get(name)
-    if module is None or not hasattr(module, "named_parameters"):
+    if not hasattr(module, "named_parameters"):  # missing (None) or not a module
         return {}
     return {n: (describe_placements(p.placements) if isinstance(p, DTensor) else "dense")
             for n, p in module.named_parameters()}

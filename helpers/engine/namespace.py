@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import re
+import sys
 import types
 
 # names connect() defines on every engine: not the learner's state
@@ -33,11 +34,9 @@ def use_script_namespace(ns: dict | None) -> None:
 
 
 def _ipython():
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - engines always have IPython
-        return None
-    return get_ipython()
+    """The running IPython shell; None where IPython was never imported (a batch job)."""
+    ipython = sys.modules.get("IPython")
+    return ipython.get_ipython() if ipython is not None else None
 
 
 def user_ns() -> dict:
@@ -138,7 +137,6 @@ def load_module(name: str, path: str) -> str:
     reference (``cluster.apply(module.func, ...)``).  Returns ``name``.
     """
     import importlib.util
-    import sys
 
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:

@@ -1,17 +1,10 @@
 """The process group on an engine, set up so that a ``%%px`` cell runs like a torchrun script.
 
 Shipped to the engines by reference (``cluster.apply(pg.init, ...)``), never as strings.
-After :func:`init` an engine has what a torchrun worker has:
-
-* the names ``torch``, ``dist``, ``rank``, ``world_size``, ``local_rank``, ``device``, ``backend``;
-* torchrun's environment: ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``,
-  ``MASTER_ADDR``, ``MASTER_PORT``;
-* ``sys.argv == [script name]``, so ``argparse.ArgumentParser().parse_args()`` gives defaults;
-* the notebook's folder as working directory and first entry of ``sys.path`` (:func:`follow_cwd`);
-* a pasted ``dist.init_process_group(...)`` adopts the course's group when it asks for the same
-  backend and world size, and is refused in one line naming both values when it does not
-  (before any collective, so no rank waits); a pasted ``dist.destroy_process_group()`` keeps
-  the course's group (a batch job would end there; a notebook goes on to the next cell).
+After :func:`init` an engine has what a torchrun worker has (README.md lists it, after
+``connect()``): its names, torchrun's environment, a bare ``sys.argv``, the notebook's folder
+(:func:`follow_cwd`), and a pasted ``init_process_group``/``destroy_process_group`` that keeps
+the course's group.
 """
 
 from __future__ import annotations
@@ -23,7 +16,7 @@ import sys
 from datetime import timedelta
 
 from .namespace import reset_namespace, user_ns
-from .watchdog import record_pg_sockets, socket_inodes
+from .watchdog import record_pg_sockets, socket_inodes, stop_watchdog
 
 # Environment variables that carry the MPI rank, by launcher:
 # MPICH/hydra and Cray PALS (Derecho) set PMI_RANK / PALS_RANKID, Open MPI its own.
@@ -88,9 +81,7 @@ def open_store(addr: str, world_size: int, timeout_s: float) -> int:
     import torch.distributed as dist
 
     # Bind the listening socket ourselves: TCPStore alone listens on every interface.
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.bind((addr, 0))
-    srv.listen(128)
+    srv = socket.create_server((addr, 0), backlog=128)
     store = dist.TCPStore(
         addr, srv.getsockname()[1], world_size, is_master=True,
         timeout=timedelta(seconds=timeout_s), wait_for_workers=False,
@@ -178,38 +169,27 @@ def _forget_dtensor_caches() -> None:
         _clear_sharding_prop_cache()
 
 
-def _forget_mesh_caches() -> None:
-    """What torch keeps beyond a script's own names that holds DeviceMeshes (and through them
-    their process groups), read from torch 2.13's source: the meshes entered with ``with mesh:``
-    (``device_mesh._mesh_resources.mesh_stack``), the mesh-topology cache
-    (``_collective_utils.MeshTopoInfo.build_from_mesh``), the redistribute planners and plans
-    (``_redistribute``), DTensor's RNG tracker (``_random._rng_tracker``), and DCP's cached
-    save plans (``checkpoint.planner.SavePlanner._cached_*``).  Only modules already imported."""
-    mods = sys.modules
-    steps = []
-    if "torch.distributed.device_mesh" in mods:
-        env = getattr(mods["torch.distributed.device_mesh"], "_mesh_resources", None)
-        steps.append(lambda: env.mesh_stack.clear())
-    if "torch.distributed.tensor._collective_utils" in mods:
-        topo = getattr(mods["torch.distributed.tensor._collective_utils"], "MeshTopoInfo", None)
-        steps.append(lambda: topo.build_from_mesh.cache_clear())
-    if "torch.distributed.tensor._redistribute" in mods:
-        red = mods["torch.distributed.tensor._redistribute"]
-        steps.append(lambda: red.clear_redistribute_planner_cache())
-        steps.append(lambda: red._gen_transform_infos.cache_clear())
-    if "torch.distributed.tensor._random" in mods:
-        steps.append(lambda: setattr(mods["torch.distributed.tensor._random"], "_rng_tracker", None))
-    if "torch.distributed.checkpoint.planner" in mods:
-        planner = mods["torch.distributed.checkpoint.planner"].SavePlanner
+# What torch keeps beyond a script's own names that holds DeviceMeshes (and through them their
+# process groups), read from torch 2.13's source, by module: the meshes entered with
+# ``with mesh:``, the mesh-topology cache, the redistribute planners and plans, DTensor's RNG
+# tracker, and DCP's cached save plans.
+_MESH_CACHES = (
+    ("torch.distributed.device_mesh", lambda m: m._mesh_resources.mesh_stack.clear()),
+    ("torch.distributed.tensor._collective_utils", lambda m: m.MeshTopoInfo.build_from_mesh.cache_clear()),
+    ("torch.distributed.tensor._redistribute", lambda m: m.clear_redistribute_planner_cache()),
+    ("torch.distributed.tensor._redistribute", lambda m: m._gen_transform_infos.cache_clear()),
+    ("torch.distributed.tensor._random", lambda m: setattr(m, "_rng_tracker", None)),
+    ("torch.distributed.checkpoint.planner",
+     lambda m: [v.clear() for k, v in vars(m.SavePlanner).items() if k.startswith("_cached") and isinstance(v, dict)]),
+)
 
-        def _dcp():
-            for name, value in vars(planner).items():
-                if name.startswith("_cached") and isinstance(value, dict):
-                    value.clear()
-        steps.append(_dcp)
-    for step in steps:
-        with contextlib.suppress(Exception):  # another torch version may lack one of them: the rest still goes
-            step()
+
+def _forget_mesh_caches() -> None:
+    """Drop the caches of :data:`_MESH_CACHES`, in the modules already imported only."""
+    for module, drop in _MESH_CACHES:
+        if module in sys.modules:
+            with contextlib.suppress(Exception):  # another torch version may lack one of them: the rest still goes
+                drop(sys.modules[module])
 
 
 def _unhook_stranded_meshes() -> None:
@@ -218,12 +198,10 @@ def _unhook_stranded_meshes() -> None:
     is not collected by ``gc``; such a mesh would keep its process groups, and their sockets and
     threads, alive (a gloo group's are freed when it is deleted, not when it is destroyed).
     Their group registries are emptied, so the destroyed groups go."""
-    if "torch.distributed.device_mesh" not in sys.modules:
-        return
     import gc
 
-    mesh_type = getattr(sys.modules["torch.distributed.device_mesh"], "DeviceMesh", None)
-    if mesh_type is None:
+    mesh_type = getattr(sys.modules.get("torch.distributed.device_mesh"), "DeviceMesh", None)
+    if mesh_type is None:  # DeviceMesh never imported: no mesh to unhook
         return
     stranded = [o for o in gc.get_objects() if type(o) is mesh_type]
     for mesh in stranded:
@@ -367,11 +345,9 @@ def adopting_init_process_group(backend=None, init_method=None, timeout=None, wo
 def _why_backend(backend: str) -> str:
     import torch
 
-    if backend == "gloo" and not torch.cuda.is_available():
-        return "CPU engines, no GPU"
-    if backend == "gloo":
-        return "engines share GPUs, which NCCL refuses"
-    return "one GPU per engine"
+    if backend != "gloo":
+        return "one GPU per engine"
+    return "engines share GPUs, which NCCL refuses" if torch.cuda.is_available() else "CPU engines, no GPU"
 
 
 def keeping_destroy_process_group(group=None):
@@ -399,20 +375,17 @@ def install_script_hooks() -> None:
         mod.destroy_process_group = keeping_destroy_process_group
 
 
-def exit_process(delay: float = 0.2, destroy_within: float = 1.0) -> int:
-    """Leave cleanly on request: drop the process group (for at most ``destroy_within`` s),
-    then exit with status 0 (:func:`exit_now`), ``delay`` s later, after this call's reply has
-    gone back."""
+def exit_process() -> int:
+    """Leave cleanly on request: drop the process group (for at most 1 s), then exit with
+    status 0 (:func:`exit_now`) 0.2 s later, after this call's reply has gone back."""
     import threading
-
-    from .watchdog import stop_watchdog
 
     # a long day's groups (or a broken one) may take a while to shut down: not past the exit
     leaving = threading.Thread(target=destroy, daemon=True)
     leaving.start()
-    leaving.join(destroy_within)
+    leaving.join(1.0)
     stop_watchdog()
-    threading.Timer(delay, exit_now, (0,)).start()
+    threading.Timer(0.2, exit_now, (0,)).start()
     return os.getpid()
 
 

@@ -50,10 +50,8 @@ def abort_collectives() -> int:
     n = 0
     for inode, fd in socket_inodes().items():
         if inode in _PG_SOCKETS:
-            with contextlib.suppress(OSError):
-                s = socket.socket(fileno=os.dup(fd))
+            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as s:
                 s.shutdown(socket.SHUT_RDWR)
-                s.close()
                 n += 1
     return n
 
@@ -65,9 +63,7 @@ def start_watchdog(addr: str, token: str) -> int:
     if "sock" in _WATCHDOG:  # already running: a new connect() may bring a new token
         _WATCHDOG["token"] = token
         return _WATCHDOG["port"]
-    srv = socket.socket()
-    srv.bind((addr, 0))
-    srv.listen(8)
+    srv = socket.create_server((addr, 0), backlog=8)
 
     def serve():
         while True:
@@ -75,13 +71,9 @@ def start_watchdog(addr: str, token: str) -> int:
                 conn, _ = srv.accept()
             except OSError:  # closed by stop_watchdog(): the engine is exiting
                 return
-            with conn:
+            with conn, contextlib.suppress(OSError, UnicodeDecodeError):  # a client gone, or garbage: wait for the next
                 conn.settimeout(5)
-                try:
-                    msg = conn.recv(256).decode().strip()
-                except OSError:
-                    continue
-                if msg == f"{_WATCHDOG['token']} abort":
+                if conn.recv(256).decode().strip() == f"{_WATCHDOG['token']} abort":
                     conn.sendall(f"{abort_collectives()}\n".encode())
 
     _WATCHDOG.update(sock=srv, port=srv.getsockname()[1], token=token)
