@@ -179,9 +179,14 @@ _MESH_CACHES = (
     ("torch.distributed.tensor._redistribute", lambda m: m.clear_redistribute_planner_cache()),
     ("torch.distributed.tensor._redistribute", lambda m: m._gen_transform_infos.cache_clear()),
     ("torch.distributed.tensor._random", lambda m: setattr(m, "_rng_tracker", None)),
-    ("torch.distributed.checkpoint.planner",
-     lambda m: [v.clear() for k, v in vars(m.SavePlanner).items() if k.startswith("_cached") and isinstance(v, dict)]),
+    ("torch.distributed.checkpoint.planner", lambda m: _clear_save_plans(m.SavePlanner)),
 )
+
+
+def _clear_save_plans(planner) -> None:
+    for name, value in vars(planner).items():
+        if name.startswith("_cached") and isinstance(value, dict):
+            value.clear()
 
 
 def _forget_mesh_caches() -> None:
