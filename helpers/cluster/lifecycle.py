@@ -22,6 +22,8 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 
+import psutil
+
 from ..common.topology import check_n, default_n
 from .ref import ClusterRef
 
@@ -64,8 +66,6 @@ def _belongs(p, cluster_id: str, profile_dir: str | None, unset_ok: bool = False
     """Is process ``p`` (psutil's, or a pid) alive (not a zombie) and of this cluster (by its
     environment)?  ``profile_dir=None``: of any profile dir; ``unset_ok``: a process without
     IPP_PROFILE_DIR counts too (a pid the cluster file names). Guards against reused pids."""
-    import psutil
-
     try:
         p = p if isinstance(p, psutil.Process) else psutil.Process(p)
         if p.status() == psutil.STATUS_ZOMBIE:
@@ -78,8 +78,6 @@ def _belongs(p, cluster_id: str, profile_dir: str | None, unset_ok: bool = False
 
 
 def pid_alive(pid: int) -> bool:
-    import psutil
-
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
@@ -87,8 +85,6 @@ def pid_alive(pid: int) -> bool:
 
 
 def process_tree(pids: list[int]) -> list:
-    import psutil
-
     procs = []
     for pid in pids:
         with suppress(psutil.NoSuchProcess):
@@ -102,8 +98,6 @@ def kill_processes(procs: list, grace: float = 1.0) -> list:
 
     Returns the processes that had to be killed (they ignored SIGTERM).
     """
-    import psutil
-
     for p in procs:
         with suppress(psutil.NoSuchProcess):
             p.terminate()
@@ -118,8 +112,6 @@ def kill_processes(procs: list, grace: float = 1.0) -> list:
 def cluster_processes(ref_or_id) -> list:
     """Live processes (on this host) that belong to a cluster: ``cluster_processes(ref)``, or
     ``cluster_processes(cluster_id)`` for every profile dir."""
-    import psutil
-
     ref = ref_or_id if isinstance(ref_or_id, ClusterRef) else None
     cluster_id, profile_dir = (ref.cluster_id, ref.profile_dir) if ref else (ref_or_id, None)
     return [p for p in psutil.process_iter(["pid"])
@@ -192,8 +184,6 @@ def start_cluster(
     from traitlets.config import Config
 
     n = check_n(default_n(visible_gpus()) if n is None else n)
-    if mode not in ("local", "mpi"):
-        raise ValueError(f"mode must be 'local' or 'mpi', got {mode!r}")
     if is_running(ref):
         raise RuntimeError(
             f"cluster {ref} is already running; stop it first with ./launch_cluster.sh stop"
@@ -237,19 +227,17 @@ def start_cluster(
     if owner_pid:
         start_reaper(ref, owner_pid)
     if wait:
-        client = cluster.connect_client_sync()
-        try:
-            client.wait_for_engines(n, timeout=timeout, interactive=False)
-        except TimeoutError:
-            got = len(client.ids)
-            client.close()
-            log = engine_log_tail(cluster)
-            stop_cluster(ref, cluster=cluster)
-            raise RuntimeError(
-                f"only {got} of {n} engines registered within {timeout:.0f} s; "
-                f"nothing was left running.{log}"
-            ) from None
-        client.close()
+        with cluster.connect_client_sync() as client:
+            try:
+                client.wait_for_engines(n, timeout=timeout, interactive=False)
+            except TimeoutError:
+                got = len(client.ids)
+                log = engine_log_tail(cluster)
+                stop_cluster(ref, client=client, cluster=cluster)
+                raise RuntimeError(
+                    f"only {got} of {n} engines registered within {timeout:.0f} s; "
+                    f"nothing was left running.{log}"
+                ) from None
     return cluster
 
 
@@ -332,8 +320,6 @@ def stop_cluster(ref: ClusterRef, *, client=None, cluster=None) -> StopReport:
     procs = {p.pid: p for p in process_tree(pids) + cluster_processes(ref)}
     engines = [p for p in procs.values() if any("engine" in part for part in _cmdline(p)[1:4])]
     if engines and report.exited:
-        import psutil
-
         psutil.wait_procs(engines, timeout=STOP_GRACE)
     alive = [p for p in procs.values() if p.is_running() and p.status() != "zombie"]
     # the reaper is ended last: it cleans up if we die mid-stop
