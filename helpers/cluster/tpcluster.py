@@ -75,12 +75,6 @@ def _script_name() -> str | None:
     return os.path.basename(path) if path else None
 
 
-def driver_record() -> dict:
-    """Who drives the cluster from this kernel: ``DRIVER_ID`` and the notebook's name."""
-    return {"id": DRIVER_ID, "notebook": _script_name(), "pid": os.getpid(),
-            "host": socket.gethostname(), "since": time.time()}
-
-
 def _who(record: dict, me: str | None = None) -> str:
     """A driver record in words: ``notebook '03_tp_and_fsdp.ipynb'``, or ``another notebook``."""
     name = (record or {}).get("notebook")
@@ -223,7 +217,8 @@ class TPCluster(RankFacts):
         as a fresh script: ``%%px`` names back to ``connect()``'s, its process groups, meshes and
         caches released (:func:`helpers.engine.pg.claim`); says so in one line unless ``quiet``.
         """
-        record = driver_record()
+        record = {"id": DRIVER_ID, "notebook": _script_name(), "pid": os.getpid(),
+                  "host": socket.gethostname(), "since": time.time()}  # who drives it from here
         results = self.view.apply_sync(engine_pg.claim, record)
         self.ref.write_driver(record)
         self._driver_seen = ()
