@@ -8,6 +8,7 @@ stderr and exit status 2; nothing is left running after a refusal.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import secrets
 import shlex
@@ -37,11 +38,6 @@ from .lifecycle import (
 )
 from .ref import ClusterRef
 from .tpcluster import probe_engines
-
-
-class UsageError(Exception):
-    """A bad command line: reported as one line, exit status 2."""
-
 
 # --------------------------------------------------------------------------- arguments
 
@@ -138,10 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _ref(args) -> ClusterRef:
-    return ClusterRef.of(args.cluster_id, args.profile_dir)
-
-
 # --------------------------------------------------------------------------- MPI / PBS
 
 def mpi_launch_args(ppn: int, extra: str | None) -> list[str]:
@@ -152,7 +144,7 @@ def mpi_launch_args(ppn: int, extra: str | None) -> list[str]:
     name = os.environ.get("TP_MPIEXEC", "mpiexec")
     mpiexec = shutil.which(name)
     if mpiexec is None:
-        raise UsageError(
+        raise ValueError(
             f"{name} not found: load an MPI (Derecho: module load cray-mpich; "
             "Debian: apt-get install mpich) or start without --mpi"
         )
@@ -223,7 +215,7 @@ mpiexec -n {nodes} --ppn 1 --cpu-bind none \\
 
 def _check_account(args) -> None:
     if not args.account:
-        raise UsageError("PBS needs a project code: add -A/--account CODE (or set TP_PBS_ACCOUNT)")
+        raise ValueError("PBS needs a project code: add -A/--account CODE (or set TP_PBS_ACCOUNT)")
 
 
 def write_pbs_job(args, path: str, *, name: str, log: str, purpose: str, body: str) -> str:
@@ -255,7 +247,7 @@ def write_pbs_script(args, ref: ClusterRef) -> str:
     _check_account(args)
     n = args.n or args.nodes * args.ppn
     if n != args.nodes * args.ppn:
-        raise UsageError(
+        raise ValueError(
             f"-n {n} does not fill {args.nodes} node(s) x {args.ppn} engines per node; "
             f"use -n {args.nodes * args.ppn} or change --nodes/--ppn"
         )
@@ -279,10 +271,10 @@ def submit_pbs(args, ref: ClusterRef) -> int:
         return 0
     qsub = shutil.which("qsub")
     if qsub is None:
-        raise UsageError(f"qsub not found: run this on a PBS login node (job script written to {path})")
+        raise ValueError(f"qsub not found: run this on a PBS login node (job script written to {path})")
     out = subprocess.run([qsub, path], capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
-        raise UsageError(f"qsub refused the job: {out.stderr.strip() or out.stdout.strip()}")
+        raise RuntimeError(f"qsub refused the job: {out.stderr.strip() or out.stdout.strip()}")
     job_id = out.stdout.strip()
     with open(ref.job_file, "w") as f:
         f.write(job_id)
@@ -304,26 +296,24 @@ def submit_pbs(args, ref: ClusterRef) -> int:
 # --------------------------------------------------------------------------- commands
 
 def cmd_start(args) -> int:
-    ref = _ref(args)
+    ref = ClusterRef.of(args.cluster_id, args.profile_dir)
     if args.pbs:
         return submit_pbs(args, ref)
     in_job = bool(os.environ.get("PBS_NODEFILE"))
     if not in_job and (args.nodes > 1 or args.script_only):
-        raise UsageError(
+        raise ValueError(
             "PBS options need a PBS job: add --pbs to write and submit one, "
             "or run this inside a job (PBS_NODEFILE set)"
         )
     mode = "mpi" if (args.mpi or in_job) else "local"
+    n = args.n or default_n(visible_gpus())
     if args.nccl:
-        gpus = visible_gpus()
-        check_n(args.n or default_n(gpus), backend="nccl", gpus=gpus)
+        check_n(n, backend="nccl", gpus=visible_gpus())
     mpi_args = None
     if mode == "mpi":
         mpi_args = mpi_launch_args(args.ppn, args.mpi_args)
-        try:
-            import mpi4py  # noqa: F401
-        except ImportError:
-            raise UsageError("MPI engines need mpi4py: pip install mpi4py (built against this MPI)") from None
+        if importlib.util.find_spec("mpi4py") is None:
+            raise ValueError("MPI engines need mpi4py: pip install mpi4py (built against this MPI)")
     # in a job, compute nodes must reach the controller: bind the interface of this host's name
     controller_ip = socket.gethostbyname(socket.gethostname()) if in_job else "127.0.0.1"
     if is_running(ref):
@@ -332,7 +322,6 @@ def cmd_start(args) -> int:
         return 0
     if clean_stale(ref):
         print(f"cleaned up a stale cluster {ref} left by a crash")
-    n = args.n or default_n(visible_gpus())
     t0 = time.monotonic()
     start_cluster(ref, n, mode=mode, controller_ip=controller_ip, mpi_args=mpi_args,
                   daemon=True, timeout=args.timeout, owner_pid=getattr(args, "owner_pid", None))
@@ -355,7 +344,7 @@ def _hold(ref: ClusterRef) -> int:
 
 
 def cmd_stop(args) -> int:
-    ref = _ref(args)
+    ref = ClusterRef.of(args.cluster_id, args.profile_dir)
     report = stop_cluster(ref)
     if os.path.exists(ref.job_file):
         with open(ref.job_file) as f:
@@ -368,7 +357,7 @@ def cmd_stop(args) -> int:
 
 
 def cmd_status(args) -> int:
-    ref = _ref(args)
+    ref = ClusterRef.of(args.cluster_id, args.profile_dir)
     if not is_running(ref):
         print(f"no cluster {ref} is running (profile {ref.profile_dir})")
         return 1
@@ -403,7 +392,7 @@ def _free_port() -> int:
 
 
 def cmd_lab(args) -> int:
-    ref = _ref(args)
+    ref = ClusterRef.of(args.cluster_id, args.profile_dir)
     started = not args.no_cluster and not is_running(ref)
     if started:
         args.owner_pid = os.getpid()  # if this session crashes, the next start cleans up
@@ -464,7 +453,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError) as e:  # a refusal: one line, exit status 2
         print(f"launch_cluster.sh {args.command}: {e}", file=sys.stderr)
         return 2
 
