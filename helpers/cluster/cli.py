@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.request
 from contextlib import suppress
+from pathlib import Path
 
 import psutil
 
@@ -150,11 +151,10 @@ def mpi_launch_args(ppn: int, extra: str | None) -> list[str]:
         )
     if extra is not None:
         return [mpiexec, *shlex.split(extra)]
-    try:
+    version = ""
+    with suppress(OSError, subprocess.TimeoutExpired):
         version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True,
                                  timeout=20).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        version = ""
     if "HYDRA" in version:  # MPICH: inside a PBS job, on the job's nodes
         nodefile = os.environ.get("PBS_NODEFILE")
         return [mpiexec, "-ppn", str(ppn), *(["-f", nodefile] if nodefile else [])]
@@ -228,8 +228,7 @@ def write_pbs_job(args, path: str, *, name: str, log: str, purpose: str, body: s
         walltime=args.walltime, log=log, modules=modules,
         bindir=shlex.quote(os.path.dirname(sys.executable)), python=shlex.quote(sys.executable),
     )
-    with open(path, "w") as f:
-        f.write(head + body)
+    Path(path).write_text(head + body)
     return path
 
 
@@ -276,8 +275,7 @@ def submit_pbs(args, ref: ClusterRef) -> int:
     if out.returncode != 0:
         raise RuntimeError(f"qsub refused the job: {out.stderr.strip() or out.stdout.strip()}")
     job_id = out.stdout.strip()
-    with open(ref.job_file, "w") as f:
-        f.write(job_id)
+    Path(ref.job_file).write_text(job_id)
     print(f"submitted PBS job {job_id} ({path}); waiting for its engines ...")
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
@@ -347,8 +345,7 @@ def cmd_stop(args) -> int:
     ref = ClusterRef.of(args.cluster_id, args.profile_dir)
     report = stop_cluster(ref)
     if os.path.exists(ref.job_file):
-        with open(ref.job_file) as f:
-            job = f.read().strip()
+        job = Path(ref.job_file).read_text().strip()
         if job and shutil.which("qdel"):
             subprocess.run(["qdel", job], capture_output=True, timeout=60)
         os.remove(ref.job_file)
@@ -412,11 +409,10 @@ def cmd_lab(args) -> int:
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and lab.poll() is None and not stop:
-            try:
+            with suppress(OSError):
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
                 break
-            except OSError:
-                time.sleep(0.5)
+            time.sleep(0.5)
         if lab.poll() is None and not stop:
             print(f"\nJupyterLab is running on the cluster {ref}:\n    http://127.0.0.1:{port}/lab?token={token}\n"
                   "Open it in a browser (on Derecho: through an SSH tunnel to this port). "

@@ -32,6 +32,7 @@ import re
 import shlex
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 SKIP_TAG = "export-skip"
 _LABELS = {"px": "%%px", "local": "%%px --local", "notebook": "notebook"}  # a cell's kind, in the script
@@ -62,8 +63,7 @@ def read_notebook(path: str) -> dict:
         raise ExportError(f"{path} is not a notebook (.ipynb file); e.g. "
                           "./launch_cluster.sh export notebooks/01_basic_tensor_parallel.ipynb")
     try:
-        with open(path, encoding="utf-8") as f:
-            nb = json.load(f)
+        nb = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ExportError(f"{path} is not a notebook: it cannot be read as JSON ({e})") from None
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
@@ -243,6 +243,5 @@ def export_notebook(notebook: str, output: str | None = None, *, solutions: bool
         raise ExportError(f"the script would not compile (line {e.lineno}: {e.msg}); tag the "
                           f"cell at fault {SKIP_TAG}") from None
     os.makedirs(os.path.dirname(os.path.abspath(script)), exist_ok=True)
-    with open(script, "w", encoding="utf-8") as f:
-        f.write(text)
+    Path(script).write_text(text, encoding="utf-8")
     return Exported(script, cells, skipped)

@@ -12,6 +12,7 @@ import json
 import os
 from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,7 @@ class ClusterRef:
     @staticmethod
     def _read_json(path: str) -> dict:
         try:
-            with open(path) as f:
-                return json.load(f)
+            return json.loads(Path(path).read_text())
         except (OSError, ValueError):
             return {}
 
