@@ -21,6 +21,7 @@ import sys
 import time
 from contextlib import suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
@@ -55,8 +56,7 @@ def _pids_in_cluster_file(path: str) -> list[int]:
         return d
 
     try:
-        with open(path) as f:
-            json.load(f, object_hook=keep_pid)
+        json.loads(Path(path).read_text(), object_hook=keep_pid)
     except (OSError, ValueError):
         return []
     return pids
@@ -140,8 +140,7 @@ def is_running(ref: ClusterRef) -> bool:
     if owner and not pid_alive(owner):
         return False  # its notebook kernel or lab session crashed: stale
     try:
-        with open(ref.cluster_file) as f:
-            pid = json.load(f)["controller"]["state"]["pid"]
+        pid = json.loads(Path(ref.cluster_file).read_text())["controller"]["state"]["pid"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return _belongs(pid, ref.cluster_id, ref.profile_dir, unset_ok=True)
@@ -243,13 +242,12 @@ def start_cluster(
 
 def start_reaper(ref: ClusterRef, owner_pid: int) -> None:
     """Start the process that ends this cluster when ``owner_pid`` dies (see reaper.py)."""
-    env = dict(os.environ, IPP_CLUSTER_ID=ref.cluster_id, IPP_PROFILE_DIR=ref.profile_dir)
-    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    subprocess.Popen(
+    subprocess.Popen(  # python -m puts its working directory, REPO, first on sys.path
         [sys.executable, "-m", "helpers.cluster.reaper", str(owner_pid), ref.cluster_id,
          ref.profile_dir],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+        env=dict(os.environ, IPP_CLUSTER_ID=ref.cluster_id, IPP_PROFILE_DIR=ref.profile_dir),
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
     )
 
 
