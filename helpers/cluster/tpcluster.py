@@ -9,8 +9,6 @@ After it every engine has what a torchrun worker has (``torch``, ``dist``, ``ran
 ``world_size``, ``local_rank``, ``device``, ``backend``; torchrun's environment variables;
 a script-like ``sys.argv``; the notebook's folder as working directory), and ``%%px`` runs
 a cell on every engine at once.  The learner's kernel never joins the process group.
-``TPCluster`` is one :class:`helpers.common.api.ClusterAPI`; a batch job's is
-:class:`helpers.engine.batch.BatchCluster` (``helpers.connect`` picks).
 """
 
 from __future__ import annotations
@@ -87,9 +85,8 @@ def _who(record: dict, me: str | None = None) -> str:
 class TPCluster(RankFacts):
     """A connected cluster with torch.distributed initialized on every engine.
 
-    ``view`` is a blocking DirectView over all engines in rank order; ``%%px``
-    runs on it.  ``pull(name)`` returns that engine variable from every rank, as
-    a list ordered by rank: the basis of every dense-reference check.  ``recovery``
+    One :class:`helpers.common.api.ClusterAPI`.  ``view`` is a blocking DirectView over all
+    engines in rank order; ``%%px`` runs on it.  ``recovery``
     (:class:`helpers.cluster.recovery.Recovery`) gets it back from a fault.
     """
 
@@ -145,11 +142,7 @@ class TPCluster(RankFacts):
 
     # ---- data in and out, by rank
     def pull(self, name: str) -> list:
-        """The engine variable ``name`` from every rank, as a list ordered by rank: CPU, detached,
-        in its own dtype (:func:`helpers.engine.namespace.to_cpu`), lists, tuples and dicts walked.
-
-        Raises ``NameError`` naming the ranks where ``name`` is not defined.
-        """
+        """As :class:`helpers.common.api.ClusterAPI` says, fetched from each engine at once."""
         self.recovery.check_alive()
         futures = [self.client[eid].apply_async(engine_ns.fetch_values, [name]) for eid in self.engine_ids]
         return engine_ns.pulled(name, [f.get() for f in futures])
@@ -171,8 +164,7 @@ class TPCluster(RankFacts):
             f.get()
 
     def pull_dtensor(self, name: str):
-        """The DTensor ``name`` from every rank, as a notebook-side view
-        (:class:`helpers.reference.dtensor.DTensorView`; ``.full()`` keeps its dtype)."""
+        """As :class:`helpers.common.api.ClusterAPI` says (:func:`helpers.reference.dtensor.pull_dtensor`)."""
         from ..reference.dtensor import pull_dtensor  # torch: loaded when first used, not by connect()
 
         return pull_dtensor(self, name)
