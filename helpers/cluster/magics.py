@@ -152,7 +152,10 @@ class TPParallelMagics(ParallelMagics):
             return None
         except ipp_error.CompositeError as e:
             self.tpc.check_driver()  # interrupted by another notebook taking the cluster over
-            raise self._translate(e) from None
+            targets = self._targets()
+            rank_of = {eng.engine_id: eng.rank for eng in self.tpc.engines}
+            raise (same_error_everywhere(e, targets)
+                   or explain(e, rank_of, targets, self.tpc.timeout) or e) from None
         finally:
             if result.ready():
                 result.wait_for_output(1)
@@ -160,12 +163,6 @@ class TPParallelMagics(ParallelMagics):
                     result.display_outputs(groupby)
         self.tpc.recovery.note_px_cell(self.shell.execution_count)
         return None
-
-    def _translate(self, e):
-        targets = self._targets()
-        rank_of = {eng.engine_id: eng.rank for eng in self.tpc.engines}
-        return (same_error_everywhere(e, targets)
-                or explain(e, rank_of, targets, self.tpc.timeout) or e)
 
     def _targets(self) -> list[int]:
         t = self.view.targets
