@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -296,23 +296,21 @@ def stop_cluster(ref: ClusterRef, *, client=None, cluster=None) -> StopReport:
     t0 = time.monotonic()
     report = StopReport(was_running=is_running(ref))
     remote = report.was_running and not on_this_host(ref)
-    own_client = None
-    if report.was_running and client is None:
-        with suppress(Exception):
-            client = own_client = client_of(ref, timeout=5)
-    if client is not None:
-        from ..engine.pg import exit_process
-
-        ids = list(client.ids)
-        report.exited = len(ids)
-        with suppress(Exception):  # a dead or stuck engine is ended below
-            if ids:  # each drops its process group and exits with status 0
-                client[ids].apply_async(exit_process).get(timeout=STOP_GRACE)
-        if remote:  # a PBS job on another node: its controller stops, the job ends
+    with ExitStack() as opened:  # a client opened here is closed here
+        if report.was_running and client is None:
             with suppress(Exception):
-                client.shutdown(hub=True, block=False)
-    if own_client is not None:
-        own_client.close()
+                client = opened.enter_context(client_of(ref, timeout=5))
+        if client is not None:
+            from ..engine.pg import exit_process
+
+            ids = list(client.ids)
+            report.exited = len(ids)
+            with suppress(Exception):  # a dead or stuck engine is ended below
+                if ids:  # each drops its process group and exits with status 0
+                    client[ids].apply_async(exit_process).get(timeout=STOP_GRACE)
+            if remote:  # a PBS job on another node: its controller stops, the job ends
+                with suppress(Exception):
+                    client.shutdown(hub=True, block=False)
     pids = [p for p in _pids_in_cluster_file(ref.cluster_file)
             if _belongs(p, ref.cluster_id, ref.profile_dir, unset_ok=True)]
     procs = {p.pid: p for p in process_tree(pids) + cluster_processes(ref)}
@@ -368,12 +366,11 @@ def _reap(cluster) -> list[int]:
     """
     def wait(launcher) -> int:
         thread = getattr(launcher, "_wait_thread", None)
+        code = None
         if thread is not None:
             thread.join(2)  # the process was asked to exit or ended above: this is quick
-        code = None
-        if thread is not None and not thread.is_alive():
             with suppress(Exception):
-                code = launcher.process.wait(0)
+                code = None if thread.is_alive() else launcher.process.wait(0)
         try:
             return launcher._popen_process.wait(2) if code is None else code
         except Exception:
