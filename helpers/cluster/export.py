@@ -1,23 +1,13 @@
 """A notebook as a torchrun batch job: ``./launch_cluster.sh export notebooks/NN_….ipynb``.
 
-The script written here runs the notebook's code cells in order under torchrun, with the
-runtime :mod:`helpers.engine.batch` (read its docstring for what runs where):
-
-* a ``%%px`` cell's body goes into the script **verbatim, at top level**: the script's globals
-  are the engines' namespace, so a ``%%px`` cell is exactly the body of a torchrun script;
-* a notebook cell goes in as ``_job.notebook(N, r'''<its source>''')``: run in a namespace of
-  its own (the kernel's), on every rank, printed by rank 0; its checks (``compare``) end the
-  job with status 1 when they fail;
-* a ``%%px --local`` cell goes in both ways, engine first;
-* a ``%%px`` cell's last expression shows nothing (a script's expression statements never
-  do; the notebook shows ``Out[0:N]``): print what a batch job should show;
-* markdown and raw cells, empty cells and cells tagged ``export-skip`` are left out.
-
-Notebook authors: tag a cell ``export-skip`` (cell metadata ``"tags": ["export-skip"]``) when it
-only makes sense in Jupyter.  Cells that cannot run outside Jupyter make the export fail with
-one line naming the cell (its 0-based position among all cells, and its first line) unless so
-tagged: IPython magics and ``!shell`` lines, ``%px`` line magics, ``%%px`` with options other than
-``--local``, ``get_ipython()``.
+What each cell becomes is told in README.md ("A notebook as a batch job") and by the runtime,
+:mod:`helpers.engine.batch`: a ``%%px`` cell's body verbatim at top level, a notebook cell as
+``_job.notebook(N, r'''<its source>''')``, a ``%%px --local`` cell both ways, engine first.  A
+``%%px`` cell's last expression shows nothing (a script's expression statements never do):
+print what a batch job should show.  Markdown, raw and empty cells and cells tagged
+``export-skip`` are left out; any other cell that only IPython can run (a magic, a ``!shell``
+line, ``%px``, ``%%px`` with options other than ``--local``, ``get_ipython()``) makes the export
+fail with one line naming the cell (its 0-based position among all cells, and its first line).
 
 ``solutions=True`` (``--solutions``) puts each exercise's collapsed solution (the ```python
 block of the markdown cell tagged ``solution-N``) in place of the cell tagged ``exercise-N``: the
