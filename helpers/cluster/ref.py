@@ -10,7 +10,6 @@ from __future__ import annotations
 import getpass
 import json
 import os
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,8 +114,7 @@ class ClusterRef:
     def clear_driver(self, driver_id: str) -> None:
         """Remove the record if ``driver_id`` still holds it (a notebook that is done)."""
         if self.read_driver().get("id") == driver_id:
-            with suppress(FileNotFoundError):
-                os.remove(self.driver_file)
+            Path(self.driver_file).unlink(missing_ok=True)
 
     def has_files(self) -> bool:
         return os.path.exists(self.cluster_file) or os.path.exists(self.state_file)
@@ -126,5 +124,4 @@ class ClusterRef:
         connection = [os.path.join(self.security_dir, f"ipcontroller-{self.cluster_id}-{side}.json")
                       for side in ("engine", "client")]
         for path in [self.cluster_file, self.state_file, self.driver_file, *connection]:
-            with suppress(FileNotFoundError):
-                os.remove(path)
+            Path(path).unlink(missing_ok=True)
