@@ -345,8 +345,7 @@ def _why_killed(killed: list, engines: list, asked: int) -> str:
     """Why processes had to be killed, in words (empty when none was)."""
     if not killed:
         return ""
-    pids = {p.pid for p in engines}
-    n_eng = sum(p.pid in pids for p in killed)
+    n_eng = sum(p in engines for p in killed)
     if not n_eng:
         return " (not engines: the controller or a nanny ignored SIGTERM)"
     if not asked:
@@ -390,10 +389,9 @@ def _forget(cluster) -> None:
         from ipyparallel.cluster import cluster as ipp_cluster
 
         ipp_cluster._atexit_clusters.discard(cluster)
-        for es in list(cluster.engines.values()):
-            es.get_output(remove=True)
-        if cluster.controller is not None:
-            cluster.controller.get_output(remove=True)
+        for launcher in [*cluster.engines.values(), cluster.controller]:
+            if launcher is not None:
+                launcher.get_output(remove=True)
         cluster.shutdown_atexit = False  # its __del__ would stop it again at interpreter exit
         cluster.engines = {}
         cluster.controller = None
