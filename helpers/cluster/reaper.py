@@ -20,10 +20,9 @@ def main(argv: list[str]) -> int:
     from .lifecycle import clean_stale, pid_alive
     from .ref import ClusterRef
 
-    ref = ClusterRef(cluster_id, profile_dir)
     while pid_alive(owner):
         time.sleep(POLL)
-    clean_stale(ref)  # the owner is gone: what it left is stale
+    clean_stale(ClusterRef(cluster_id, profile_dir))  # the owner is gone: what it left is stale
     return 0
 
 
