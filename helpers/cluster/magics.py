@@ -1,19 +1,9 @@
-"""``%%px`` for the course: clear messages, and the interrupt.
+"""``%%px`` for the course: clear messages, and the interrupt (notebook side only).
 
-Notebook side only.  Three things a classroom hits all the time:
-
-* a collective that not every rank enters (``if rank == 0: dist.all_reduce(t)``, a
-  ``%%px --targets`` slip) or ranks entering different collectives: the ranks
-  that wait time out after the process-group timeout; :func:`explain` turns the
-  engines' errors into one message naming who waited where and who did not come;
-* the notebook's interrupt during a ``%%px`` cell: SIGINT first; a rank stuck in
-  a collective does not see it, so its process-group sockets are shut down
-  (``helpers.engine.watchdog.abort_collectives``) and the learner is told the group
-  did not survive;
-* an engine that died: reported by rank before the next ``%%px`` cell runs.
-
-Every message ends with the one call that recovers: ``cluster.recover()``; the way back is the
-cluster's :class:`~helpers.cluster.recovery.Recovery`, used here through its methods.
+A collective that not every rank entered gets one message naming who waited where
+(:func:`explain`); the interrupt also stops a rank stuck in a collective (README.md says why
+SIGINT alone cannot); a dead engine is named before the next cell runs.  Every message ends with
+the one call that recovers: ``cluster.recover()`` (:class:`~helpers.cluster.recovery.Recovery`).
 """
 
 from __future__ import annotations

@@ -5,10 +5,9 @@ The first code cell of every notebook is::
     from helpers import connect
     cluster = connect()   # attach to the cluster launch_cluster.sh started, or start the local default
 
-After it every engine has what a torchrun worker has (``torch``, ``dist``, ``rank``,
-``world_size``, ``local_rank``, ``device``, ``backend``; torchrun's environment variables;
-a script-like ``sys.argv``; the notebook's folder as working directory), and ``%%px`` runs
-a cell on every engine at once.  The learner's kernel never joins the process group.
+After it every engine has what a torchrun worker has (README.md lists it; :mod:`helpers.engine.pg`
+sets it up), and ``%%px`` runs a cell on every engine at once.  The learner's kernel never joins
+the process group.
 """
 
 from __future__ import annotations
