@@ -165,7 +165,9 @@ def mpi_launch_args(ppn: int, extra: str | None) -> list[str]:
 
 # A PBS Pro job's head (Derecho is PBS Pro: no Torque "#PBS -t" line), then a body per use.
 PBS_HEADER = """#!/bin/bash
-{purpose}#PBS -N {name}
+# PBS Pro job: {what}.
+# Written by launch_cluster.sh {how}.
+#PBS -N {name}
 #PBS -A {account}
 #PBS -q {queue}
 #PBS -l select={nodes}:ncpus={ncpus}:ngpus={ngpus}:mpiprocs={ppn}
@@ -176,17 +178,9 @@ set -euo pipefail
 {modules}export TP_PYTHON={python} PATH={bindir}:$PATH
 """
 
-CLUSTER_PURPOSE = """# PBS Pro job: an ipyparallel cluster for the tensor-parallel course.
-# Written by launch_cluster.sh start --pbs; the notebook's connect() finds it.
-"""
-
 CLUSTER_BODY = """export TP_CLUSTER_ID={cluster_id} TP_PROFILE_DIR={profile_dir}
 cd {repo}
 exec ./launch_cluster.sh start --mpi --foreground -n {n} --ppn {ppn}
-"""
-
-TORCHRUN_PURPOSE = """# PBS Pro job: {notebook} as a torchrun batch job (its checks decide the exit status).
-# Written by launch_cluster.sh export --pbs; submit it with qsub.
 """
 
 # What the job exports for NCCL on Slingshot, and where each setting comes from, is in its comments.
@@ -218,12 +212,12 @@ def _check_account(args) -> None:
         raise ValueError("PBS needs a project code: add -A/--account CODE (or set TP_PBS_ACCOUNT)")
 
 
-def write_pbs_job(args, path: str, *, name: str, log: str, purpose: str, body: str) -> str:
-    """Write a job to ``path``: its ``#PBS`` lines (select, -A, -q, walltime), modules and python,
-    then ``body``; returns ``path``.  The caller has checked the account (``_check_account``)."""
+def write_pbs_job(args, path: str, *, name: str, log: str, what: str, how: str, body: str) -> str:
+    """Write a job to ``path``: what it is, its ``#PBS`` lines, modules and python, then ``body``;
+    returns ``path``.  The caller has checked the account (``_check_account``)."""
     modules = "".join(f"module load {m}\n" for m in args.modules.split())
     head = PBS_HEADER.format(
-        purpose=purpose, name=name[:15], account=args.account, queue=args.queue,
+        what=what, how=how, name=name[:15], account=args.account, queue=args.queue,
         nodes=args.nodes, ncpus=args.ncpus, ngpus=args.ngpus, ppn=args.ppn,
         walltime=args.walltime, log=log, modules=modules,
         bindir=shlex.quote(os.path.dirname(sys.executable)), python=shlex.quote(sys.executable),
@@ -239,7 +233,8 @@ def write_torchrun_pbs(args, script: str) -> str:
     body = TORCHRUN_BODY.format(repo=shlex.quote(REPO), workdir=shlex.quote(os.path.dirname(script)),
                                 nodes=args.nodes, ppn=args.ppn, script=shlex.quote(script))
     return write_pbs_job(args, stem + ".pbs", name=f"tp-{os.path.basename(stem)}", log=stem + ".log",
-                         purpose=TORCHRUN_PURPOSE.format(notebook=os.path.basename(stem)), body=body)
+                         what=f"{os.path.basename(stem)} as a torchrun batch job (its checks decide "
+                         "the exit status)", how="export --pbs; submit it with qsub", body=body)
 
 
 def write_pbs_script(args, ref: ClusterRef) -> str:
@@ -256,7 +251,8 @@ def write_pbs_script(args, ref: ClusterRef) -> str:
                                profile_dir=shlex.quote(ref.profile_dir), repo=shlex.quote(REPO),
                                n=n, ppn=args.ppn)
     return write_pbs_job(args, ref.pbs_script, name=f"tp-{ref.cluster_id}", log=ref.pbs_log,
-                         purpose=CLUSTER_PURPOSE, body=body)
+                         what="an ipyparallel cluster for the tensor-parallel course",
+                         how="start --pbs; the notebook's connect() finds it", body=body)
 
 
 def submit_pbs(args, ref: ClusterRef) -> int:
