@@ -37,12 +37,11 @@ TERM_GRACE = 5.0  # seconds from SIGTERM to SIGKILL at a stop (a loaded controll
 
 def visible_gpus() -> int:
     """Number of CUDA devices this process sees (0 without torch.cuda)."""
-    try:
+    with suppress(Exception):
         import torch
 
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:
-        return 0
+    return 0
 
 
 # --------------------------------------------------------------------------- processes
