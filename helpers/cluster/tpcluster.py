@@ -126,9 +126,7 @@ class TPCluster(RankFacts):
     @property
     def view(self):
         self.recovery.check_alive()  # a dead rank is named, not a bare KeyError
-        view = self.client[self.engine_ids]
-        view.block = True
-        return view
+        return self.client.direct_view(self.engine_ids, block=True)
 
     def __repr__(self) -> str:
         hosts = sorted({e.host for e in self.engines})
