@@ -138,11 +138,10 @@ def is_running(ref: ClusterRef) -> bool:
     owner = ref.read_state().get("owner_pid")
     if owner and not pid_alive(owner):
         return False  # its notebook kernel or lab session crashed: stale
-    try:
+    with suppress(OSError, ValueError, KeyError, TypeError):
         pid = json.loads(Path(ref.cluster_file).read_text())["controller"]["state"]["pid"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return _belongs(pid, ref.cluster_id, ref.profile_dir, unset_ok=True)
+        return _belongs(pid, ref.cluster_id, ref.profile_dir, unset_ok=True)
+    return False
 
 
 def clean_stale(ref: ClusterRef) -> bool:
@@ -334,10 +333,9 @@ def stop_cluster(ref: ClusterRef, *, client=None, cluster=None) -> StopReport:
 
 
 def _cmdline(p) -> list[str]:
-    try:
+    with suppress(Exception):
         return p.cmdline()
-    except Exception:
-        return []
+    return []
 
 
 def _why_killed(killed: list, engines: list, asked: int) -> str:
