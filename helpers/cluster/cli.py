@@ -300,9 +300,9 @@ def cmd_start(args) -> int:
             "or run this inside a job (PBS_NODEFILE set)"
         )
     mode = "mpi" if (args.mpi or in_job) else "local"
-    n = args.n or default_n(visible_gpus())
     if args.nccl:
-        check_n(n, backend="nccl", gpus=visible_gpus())
+        gpus = visible_gpus()
+        check_n(args.n or default_n(gpus), backend="nccl", gpus=gpus)
     mpi_args = None
     if mode == "mpi":
         mpi_args = mpi_launch_args(args.ppn, args.mpi_args)
@@ -316,6 +316,7 @@ def cmd_start(args) -> int:
         return 0
     if clean_stale(ref):
         print(f"cleaned up a stale cluster {ref} left by a crash")
+    n = args.n or default_n(visible_gpus())
     t0 = time.monotonic()
     start_cluster(ref, n, mode=mode, controller_ip=controller_ip, mpi_args=mpi_args,
                   daemon=True, timeout=args.timeout, owner_pid=getattr(args, "owner_pid", None))
