@@ -46,11 +46,10 @@ def user_ns() -> dict:
 
 def user_names() -> list[str]:
     """The learner's variables on this engine (what a restart would lose)."""
-    ns = user_ns()
-    hidden = {"In", "Out", "exit", "quit", "get_ipython"} | set(vars(builtins))
+    hidden = CONNECT_NAMES | {"In", "Out", "exit", "quit", "get_ipython"} | set(vars(builtins))
     return sorted(
-        k for k, v in ns.items()
-        if not k.startswith("_") and k not in CONNECT_NAMES and k not in hidden
+        k for k, v in user_ns().items()
+        if not k.startswith("_") and k not in hidden
         and not isinstance(v, types.ModuleType)
     )
 
