@@ -85,5 +85,4 @@ class RankFacts:
         return [e.node for e in self.engines]
 
     def info(self) -> list[dict]:
-        """One dict per rank: rank, engine id, host, pid, device, backend, ..."""
         return [dict(vars(e), backend=self.backend) for e in self.engines]

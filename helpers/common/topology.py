@@ -45,7 +45,7 @@ def default_n(gpus: int) -> int:
     >>> default_n(0), default_n(1), default_n(4), default_n(8)
     (4, 4, 4, 8)
     """
-    return gpus if gpus >= DEFAULT_CPU_ENGINES else DEFAULT_CPU_ENGINES
+    return max(gpus, DEFAULT_CPU_ENGINES)
 
 
 def device_for(backend: str, host_local_rank: int, gpus: int) -> str:

@@ -10,27 +10,22 @@ from ..common.placements import describe as describe_placements
 from ..common.placements import text_of
 from .namespace import to_cpu, user_ns
 
-__all__ = ["describe_mesh", "describe_dtensor", "describe", "param_placements"]
-
-
-def describe_mesh(mesh) -> dict:
-    """Shape, dim names, the rank grid and this rank's coordinate of a DeviceMesh."""
-    coord = mesh.get_coordinate()
-    return {
-        "shape": tuple(int(s) for s in mesh.shape),
-        "dim_names": tuple(mesh.mesh_dim_names) if mesh.mesh_dim_names else None,
-        "ranks": mesh.mesh.tolist(),
-        "coordinate": tuple(int(c) for c in coord) if coord is not None else None,
-    }
+__all__ = ["describe_dtensor", "describe", "param_placements"]
 
 
 def describe_dtensor(t) -> dict:
+    mesh, coord = t.device_mesh, t.device_mesh.get_coordinate()
     return {
         "kind": "dtensor",
         "placements": [text_of(p) for p in t.placements],   # "Shard(0)", ... (common.placements)
         "shape": tuple(int(s) for s in t.shape),
         "local": to_cpu(t),                                  # this rank's local shard
-        "mesh": describe_mesh(t.device_mesh),
+        "mesh": {  # its shape, dim names, rank grid, and this rank's coordinate
+            "shape": tuple(int(s) for s in mesh.shape),
+            "dim_names": tuple(mesh.mesh_dim_names) if mesh.mesh_dim_names else None,
+            "ranks": mesh.mesh.tolist(),
+            "coordinate": tuple(int(c) for c in coord) if coord is not None else None,
+        },
     }
 
 

@@ -10,10 +10,6 @@ import types
 
 # names connect() defines on every engine: not the learner's state
 CONNECT_NAMES = {"torch", "dist", "rank", "world_size", "local_rank", "device", "backend"}
-
-
-# the course's own entries on an engine (the store, the watchdog token, the driver record)
-COURSE_PREFIX = "_tp_"
 # IPython's numbered history entries (_i7, _7): they hold old inputs and outputs
 _HISTORY = re.compile(r"^_i?\d+$")
 
@@ -50,34 +46,32 @@ def user_ns() -> dict:
 
 def user_names() -> list[str]:
     """The learner's variables on this engine (what a restart would lose)."""
-    ns = user_ns()
-    hidden = {"In", "Out", "exit", "quit", "get_ipython"} | set(vars(builtins))
+    hidden = CONNECT_NAMES | {"In", "Out", "exit", "quit", "get_ipython"} | set(vars(builtins))
     return sorted(
-        k for k, v in ns.items()
-        if not k.startswith("_") and k not in CONNECT_NAMES and k not in hidden
+        k for k, v in user_ns().items()
+        if not k.startswith("_") and k not in hidden
         and not isinstance(v, types.ModuleType)
     )
 
 
 def reset_namespace() -> list[str]:
     """Back to what ``connect()`` gives, as a fresh torchrun script starts: every name a cell
-    defined is dropped; ``CONNECT_NAMES``, IPython's own entries and the course's ``_tp_*``
-    stay; the output history (``Out``, ``_``, ``_7``) is emptied.  Returns the dropped names
-    (modules imported by cells stay in ``sys.modules``, as an import cache)."""
+    defined is dropped; ``CONNECT_NAMES``, IPython's own entries and the course's ``_tp_*`` (the
+    store, the watchdog token, the driver record) stay; the output history (``Out``, ``_``,
+    ``_7``) is emptied.  Returns the dropped names (modules imported by cells stay in
+    ``sys.modules``, as an import cache)."""
     ip = _ipython()
     ns = user_ns()
     keep = set(CONNECT_NAMES) | set(getattr(ip, "user_ns_hidden", ()))
     dropped = sorted(
         k for k in ns
-        if (k not in keep or _HISTORY.match(k)) and not k.startswith(COURSE_PREFIX)
+        if (k not in keep or _HISTORY.match(k)) and not k.startswith("_tp_")
         and not (k.startswith("__") and k.endswith("__"))
     )
     for k in dropped:
         del ns[k]
-    hook = getattr(ip, "displayhook", None)
-    if hasattr(hook, "flush"):
-        with contextlib.suppress(Exception):
-            hook.flush()  # Out, _, __, ___ (IPython's own way, as %reset out does)
+    with contextlib.suppress(Exception):  # no IPython (a batch job): no output history
+        ip.displayhook.flush()  # Out, _, __, ___ (IPython's own way, as %reset out does)
     return [k for k in dropped if not _HISTORY.match(k)]
 
 

@@ -10,6 +10,7 @@ the course's group.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import socket
 import sys
@@ -22,19 +23,9 @@ from .watchdog import record_pg_sockets, socket_inodes, stop_watchdog
 # MPICH/hydra and Cray PALS (Derecho) set PMI_RANK / PALS_RANKID, Open MPI its own.
 _MPI_RANK_VARS = ("PMI_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK")
 
-#: what ``sys.argv[0]`` is on the engines when the notebook's name is unknown
-SCRIPT_NAME = "px_cell.py"
-
 
 class ProcessGroupMismatch(ValueError):
     """A pasted ``init_process_group`` asks for another backend or world size than the course's."""
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def probe() -> dict:
@@ -49,7 +40,7 @@ def probe() -> dict:
         "pid": os.getpid(),
         "mpi_rank": next((int(os.environ[v]) for v in _MPI_RANK_VARS if v in os.environ), None),
         "cuda_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-        "cpus": _cpu_count(),
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
         "initialized": initialized,
         "rank": dist.get_rank() if initialized else None,
         "world_size": dist.get_world_size() if initialized else None,
@@ -139,11 +130,11 @@ def init(rank: int, world_size: int, local_rank: int, local_world_size: int, add
         RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank),
         LOCAL_WORLD_SIZE=str(local_world_size), MASTER_ADDR=addr, MASTER_PORT=str(port),
     )
-    sys.argv = [script or SCRIPT_NAME]  # not ipengine's own flags: argparse sees a bare script
+    sys.argv = [script or "px_cell.py"]  # not ipengine's own flags: argparse sees a bare script
     before = socket_inodes()
     _real("init_process_group")(backend, store=store, rank=rank, world_size=world_size,
                                 timeout=timeout)
-    _forget_dtensor_caches()
+    _forget_mesh_caches()
     dist.barrier()  # every pair connected now, so its sockets are known
     record_pg_sockets(before)
     install_script_hooks()
@@ -154,25 +145,13 @@ def init(rank: int, world_size: int, local_rank: int, local_world_size: int, add
     return {"rank": rank, "device": str(device), "threads": torch.get_num_threads()}
 
 
-def _forget_dtensor_caches() -> None:
-    """DTensor caches its sharding decisions keyed by the mesh's *value* (ranks, dim names), and
-    a cached result holds its mesh. After a new process group, a new mesh equals an old one, so a
-    cache hit would hand back the old mesh and its dead groups ("Could not resolve the process
-    group registered under the name 19"). A new group starts with empty caches.
-
-    Only where DTensor was used: importing it costs seconds per engine at start-up."""
-    if "torch.distributed.tensor" not in sys.modules:
-        return
-    with contextlib.suppress(Exception):  # older torch: no such cache API
-        from torch.distributed.tensor.debug import _clear_sharding_prop_cache
-
-        _clear_sharding_prop_cache()
-
-
 # What torch keeps beyond a script's own names that holds DeviceMeshes (and through them their
 # process groups), read from torch 2.13's source, by module: the meshes entered with
 # ``with mesh:``, the mesh-topology cache, the redistribute planners and plans, DTensor's RNG
-# tracker, and DCP's cached save plans.
+# tracker, DCP's cached save plans, and DTensor's sharding decisions.  Caches keyed by a mesh's
+# *value* (ranks, dim names) matter most: after a new process group a new mesh equals an old one,
+# so a hit would hand back the old mesh and its dead groups ("Could not resolve the process group
+# registered under the name 19").  A new group starts with all of them empty (init, fresh_script).
 _MESH_CACHES = (
     ("torch.distributed.device_mesh", lambda m: m._mesh_resources.mesh_stack.clear()),
     ("torch.distributed.tensor._collective_utils", lambda m: m.MeshTopoInfo.build_from_mesh.cache_clear()),
@@ -180,6 +159,8 @@ _MESH_CACHES = (
     ("torch.distributed.tensor._redistribute", lambda m: m._gen_transform_infos.cache_clear()),
     ("torch.distributed.tensor._random", lambda m: setattr(m, "_rng_tracker", None)),
     ("torch.distributed.checkpoint.planner", lambda m: _clear_save_plans(m.SavePlanner)),
+    ("torch.distributed.tensor",
+     lambda m: importlib.import_module("torch.distributed.tensor.debug")._clear_sharding_prop_cache()),
 )
 
 
@@ -190,7 +171,8 @@ def _clear_save_plans(planner) -> None:
 
 
 def _forget_mesh_caches() -> None:
-    """Drop the caches of :data:`_MESH_CACHES`, in the modules already imported only."""
+    """Drop the caches of :data:`_MESH_CACHES`, in the modules already imported only (importing
+    DTensor costs seconds per engine at start-up)."""
     for module, drop in _MESH_CACHES:
         if module in sys.modules:
             with contextlib.suppress(Exception):  # another torch version may lack one of them: the rest still goes
@@ -237,15 +219,6 @@ def destroy_subgroups() -> int:
     return len(groups)
 
 
-def _stop_profiler() -> None:
-    """A profiler a cell started and never stopped (``prof.start()``) ends with the script."""
-    import torch
-
-    with contextlib.suppress(Exception):
-        if torch.autograd._profiler_enabled():
-            torch.autograd._disable_profiler()
-
-
 def fresh_script() -> dict:
     """This engine as a new torchrun script finds it, keeping the course's process group:
     the ``%%px`` namespace back to ``connect()``'s names, every other process group destroyed,
@@ -256,10 +229,11 @@ def fresh_script() -> dict:
     import torch
 
     names = reset_namespace()
-    _stop_profiler()
+    with contextlib.suppress(Exception):  # a profiler a cell started and never stopped (prof.start())
+        if torch.autograd._profiler_enabled():
+            torch.autograd._disable_profiler()
     groups = destroy_subgroups()
     _forget_mesh_caches()
-    _forget_dtensor_caches()
     gc.collect()
     _unhook_stranded_meshes()
     if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -89,7 +89,5 @@ def record_pg_sockets(before: dict[int, int]) -> None:
 
 def stop_watchdog() -> None:
     """Close the watchdog's listening socket (at engine exit)."""
-    sock = _WATCHDOG.pop("sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()
+    with contextlib.suppress(KeyError, OSError):  # KeyError: no watchdog was started
+        _WATCHDOG.pop("sock").close()
