@@ -21,10 +21,6 @@ all_reduce, all_gather, reduce_scatter: a ring (an all-reduce is a reduce-scatte
 all-gather); broadcast and reduce: the root talks to each other rank directly. Real libraries pick
 other algorithms (trees, pipelines) whose per-rank bytes differ by small factors; the ratios
 between layouts do not depend on that choice.
-
-Also here, on top of that convention: the alpha-beta and ring times of a collective and their
-inverse (a link fitted to measured times), what Megatron-style TP moves per block, and notebook
-04's 1D and 2D layouts.
 """
 
 from __future__ import annotations
@@ -274,10 +270,12 @@ def tp_comm_time_per_layer(dims: ModelDims, tp: int, *, batch: int, seq_len: int
 
 
 # ------------------------------------------------------------------------------ 1D vs 2D (notebook 04)
-def _check_dims(M, K, N, p, dtype_bytes):
+def _check_dims(M, K, N, p, dtype_bytes, n_in=1):
     for name, v in (("M", M), ("K", K), ("N", N), ("p", p), ("dtype_bytes", dtype_bytes)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if n_in not in (1, 2):
+        raise ValueError(f"n_in must be 1 (plain MLP: w1) or 2 (gated MLP: w1 and w3), got {n_in!r}")
 
 
 def grid_side(p: int) -> int:
@@ -336,12 +334,6 @@ COMM_FORMULAS = {"1D column": bytes_1d_column, "1D row": bytes_1d_row, "2D SUMMA
 
 
 # ------------------------------------------------------------------------------ one MLP block, 1D vs 2D; loss parallel
-def _check_mlp(M, D, H, p, dtype_bytes, n_in):
-    _check_dims(M, D, H, p, dtype_bytes)
-    if n_in not in (1, 2):
-        raise ValueError(f"n_in must be 1 (plain MLP: w1) or 2 (gated MLP: w1 and w3), got {n_in!r}")
-
-
 def mlp_bytes_1d(M: int, D: int, H: int, p: int, dtype_bytes: int = 4, n_in: int = 1) -> dict:
     """ONE Megatron MLP block, column → row (Shoeybi et al. 2019, Fig. 3a), on p ranks, per rank:
 
@@ -354,7 +346,7 @@ def mlp_bytes_1d(M: int, D: int, H: int, p: int, dtype_bytes: int = 4, n_in: int
     >>> f["forward"]["sent"], f["backward"]["sent"], f["forward"]["calls"]
     (393216.0, 393216.0, 1)
     """
-    _check_mlp(M, D, H, p, dtype_bytes, n_in)
+    _check_dims(M, D, H, p, dtype_bytes, n_in)
     one = bytes_1d_row(M, H, D, p, dtype_bytes)      # an all-reduce of an (M, D) tensor
     return {"forward": dict(one), "backward": dict(one)}
 
@@ -378,7 +370,7 @@ def mlp_bytes_2d(M: int, D: int, H: int, p: int, dtype_bytes: int = 4, n_in: int
     >>> f["forward"]["sent"], f["backward"]["sent"], f["forward"]["calls"], f["backward"]["calls"]
     (360448.0, 720896.0, 8, 16)
     """
-    _check_mlp(M, D, H, p, dtype_bytes, n_in)
+    _check_dims(M, D, H, p, dtype_bytes, n_in)
     s = grid_side(p)
     if s == 1:
         return {"forward": _result(0.0, 0.0, 0), "backward": _result(0.0, 0.0, 0)}
@@ -405,7 +397,7 @@ def mlp_crossover_tokens(D: int, H: int, p: int, training: bool = False, n_in: i
     >>> mlp_crossover_tokens(64, 256, 4), mlp_crossover_tokens(64, 256, 4, training=True)
     (512.0, inf)
     """
-    _check_mlp(1, D, H, p, 1, n_in)
+    _check_dims(1, D, H, p, 1, n_in)
     s = grid_side(p)
     if s == 1:
         return math.inf
@@ -431,6 +423,5 @@ def loss_parallel_bytes(B: int, T: int, V: int, p: int, dtype_bytes: int = 4) ->
     ar = 3 * bytes_sent("all_reduce", B * T * dtype_bytes, p)
     ag = bytes_sent("all_gather", B * T * V * dtype_bytes, p)
     calls = int(p > 1)
-    none = _result(0.0, 0.0, 0)
-    return {"loss_parallel": {"forward": _result(ar, ar, 3 * calls), "backward": dict(none)},
-            "gathered": {"forward": _result(ag, ag, calls), "backward": dict(none)}}
+    return {"loss_parallel": {"forward": _result(ar, ar, 3 * calls), "backward": _result(0.0, 0.0, 0)},
+            "gathered": {"forward": _result(ag, ag, calls), "backward": _result(0.0, 0.0, 0)}}
