@@ -39,12 +39,6 @@ __all__ = ["KINDS", "bytes_sent", "bytes_received", "steps", "collective_time", 
 KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "reduce")
 
 
-def _check(kind: str, p: int) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    check_whole("p", p, " of ranks")
-
-
 def bytes_sent(kind: str, n: float, p: int, *, root: bool = False) -> float:
     """Bytes one rank sends in collective ``kind`` of a full tensor of ``n`` bytes over ``p`` ranks
     (``root``: this rank is the root of a broadcast or reduce). See the module's table.
@@ -52,12 +46,12 @@ def bytes_sent(kind: str, n: float, p: int, *, root: bool = False) -> float:
     >>> bytes_sent("all_reduce", 1000, 4), bytes_sent("all_gather", 1000, 4), bytes_sent("broadcast", 1000, 4, root=True)
     (1500.0, 750.0, 3000.0)
     """
-    _check(kind, p)
+    n_steps = steps(kind, p)                       # refuses an unknown kind or p
     if kind == "broadcast":
         return float((p - 1) * n) if root else 0.0
     if kind == "reduce":
         return 0.0 if root or p == 1 else float(n)
-    return (2 if kind == "all_reduce" else 1) * (p - 1) * n / p      # a ring: one chunk of n/p per step
+    return n_steps * n / p                         # a ring: one chunk of n/p per step
 
 
 def bytes_received(kind: str, n: float, p: int, *, root: bool = False) -> float:
@@ -72,7 +66,9 @@ def bytes_received(kind: str, n: float, p: int, *, root: bool = False) -> float:
 
 def steps(kind: str, p: int) -> int:
     """Latency-bound steps of one collective: 2(p-1) for an all-reduce, p-1 for the others."""
-    _check(kind, p)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    check_whole("p", p, " of ranks")
     return 2 * (p - 1) if kind == "all_reduce" else p - 1
 
 
