@@ -148,11 +148,8 @@ def ring_time(kind: str, nbytes: float, p: int, *, ranks_per_node: int, nics_per
 
 
 def fit_link(times: dict[int, float], nbytes: float) -> Link:
-    """A ring all-reduce's latency α (per step) and bandwidth β that best explain measured
-    all-reduce seconds ``times[p]`` of an ``nbytes`` message (least squares, both >= 0):
-    t(p) = 2(p-1)·α + bytes_sent(p)/β (:func:`collective_time`). When the best unconstrained fit
-    needs a negative α or β, the better of "latency only" and "bandwidth only" (smaller squared
-    error) is used; a single measurement fits the bandwidth only.
+    """:func:`fit_alpha_beta` over measured all-reduce seconds ``times[p]`` of ONE ``nbytes`` message
+    size; a single measurement fits the bandwidth only.
 
     >>> link = fit_link({2: 2e-6 * 2 + 1000 / 1e9, 4: 2e-6 * 6 + 1500 / 1e9}, 1000)
     >>> round(link.latency * 1e6, 3), round(link.bandwidth / 1e9, 3)
@@ -162,9 +159,11 @@ def fit_link(times: dict[int, float], nbytes: float) -> Link:
 
 
 def fit_alpha_beta(points: list[tuple[int, float, float]], name: str = "fitted", min_points: int = 2) -> tuple[Link, dict]:
-    """α (s per ring step) and β (bytes/s) of ring all-reduces, t = 2(p-1)·α + bytes_sent(n, p)/β, least
-    squares over measured ``points`` [(p, n bytes, seconds), ...] -- several message sizes and/or degrees
-    (both α, β >= 0, as :func:`fit_link`). Returns the link and how well it fits:
+    """α (s per ring step) and β (bytes/s) of ring all-reduces, t = 2(p-1)·α + bytes_sent(n, p)/β
+    (:func:`collective_time`), least squares over measured ``points`` [(p, n bytes, seconds), ...] --
+    several message sizes and/or degrees. Both α, β >= 0: when the best unconstrained fit needs a
+    negative one, the better of "latency only" and "bandwidth only" (smaller squared error) is used.
+    Returns the link and how well it fits:
     {"r2": coefficient of determination, "max_rel_err": worst |model - measured| / measured,
     "points": how many}.
 
