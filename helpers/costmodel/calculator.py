@@ -195,12 +195,9 @@ class DegreeRow:
     comm_s_slow: float = 0.0      # the slow bound: one NIC across nodes, one NVLink pair per ring
 
     @property
-    def step_s(self) -> float:
-        return self.compute_s + self.comm_s
-
-    @property
     def comm_share(self) -> float:
-        return self.comm_s / self.step_s if self.step_s > 0 else 0.0
+        step = self.compute_s + self.comm_s
+        return self.comm_s / step if step > 0 else 0.0
 
 
 @dataclass(frozen=True)
