@@ -24,7 +24,7 @@ Also here: notebook 07's inference rows (weights and KV cache per GPU, time per 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from .collectives import collective_time, tp_comm_time_per_layer
 from .dims import LLAMA2_70B, PRECISIONS, ModelDims, Setup, check_whole, layer_param_specs
@@ -62,10 +62,8 @@ def interpolate_efficiency(curve: dict[int, float], p: int) -> float:
     0.9
     """
     pts = sorted((int(k), float(v)) for k, v in curve.items())
-    if not pts:
+    if not pts or p < pts[0][0]:
         return 1.0
-    if p <= pts[0][0]:
-        return pts[0][1] if p == pts[0][0] else 1.0
     for (p0, e0), (p1, e1) in zip(pts, pts[1:]):
         if p0 <= p <= p1:
             w = (math.log2(p) - math.log2(p0)) / (math.log2(p1) - math.log2(p0))
@@ -197,12 +195,9 @@ class DegreeRow:
     comm_s_slow: float = 0.0      # the slow bound: one NIC across nodes, one NVLink pair per ring
 
     @property
-    def step_s(self) -> float:
-        return self.compute_s + self.comm_s
-
-    @property
     def comm_share(self) -> float:
-        return self.comm_s / self.step_s if self.step_s > 0 else 0.0
+        step = self.compute_s + self.comm_s
+        return self.comm_s / step if step > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -211,7 +206,7 @@ class Plan:
     rows: list[DegreeRow]
     rate_tflops: float
     efficiency_source: str
-    recommendation: list[str] = field(default_factory=list)
+    recommendation: list[str]
 
     def row(self, tp: int) -> DegreeRow:
         for r in self.rows:
@@ -304,20 +299,18 @@ def plan(inp: CalculatorInputs, efficiency: dict[int, float] | None = None,
     degrees = sorted({t for t in [2 ** k for k in range(int(math.log2(top)) + 1)] + [inp.gpus_per_node, inp.tp]
                       if t <= top and _splits(dims, t)})
     rows = [_degree_row(dims, inp, t, rate, curve, node) for t in degrees]
-    result = Plan(inp, rows, rate, source)
-    return replace(result, recommendation=_recommend(result))
+    return Plan(inp, rows, rate, source, _recommend(inp, rows))
 
 
 def _gb(x: float) -> str:
     return f"{x / GB:.1f} GB"
 
 
-def _recommend(pl: Plan) -> list[str]:
-    inp = pl.inputs
+def _recommend(inp: CalculatorInputs, rows: list[DegreeRow]) -> list[str]:
     cap = inp.gpu_memory_gb * GB
-    r1 = pl.row(1)
+    r1 = rows[0]                                   # TP=1: every plan starts there
     lines = []
-    tp2 = next((r for r in pl.rows if r.tp > 1), None)
+    tp2 = next((r for r in rows if r.tp > 1), None)
     if r1.model_fits or r1.fsdp_fits:
         if r1.model_fits:
             lines.append(f"The whole model fits one GPU ({_gb(r1.model_bytes)} of {_gb(cap)}): no TP. Train "
@@ -340,8 +333,8 @@ def _recommend(pl: Plan) -> list[str]:
                      f"{_gb(r1.fsdp_floor_bytes)} (every layer's activations and one all-gathered layer) "
                      f"> {_gb(cap)}: FSDP's temporary all-gather runs out of memory, the second reason "
                      "to use TP.")
-    in_node = [r for r in pl.rows if r.within_node]
-    across = next((r for r in pl.rows if not r.within_node), None)
+    in_node = [r for r in rows if r.within_node]
+    across = next((r for r in rows if not r.within_node), None)
     best = next((r for r in in_node if r.model_fits or r.fsdp_fits), None)
     if best is None:
         top = in_node[-1]
@@ -352,10 +345,8 @@ def _recommend(pl: Plan) -> list[str]:
                      + ": use fewer tokens per micro-batch, a fused (flash) attention, or recompute "
                      "activations (activation checkpointing), then check again.")
         return lines
-    if best.model_fits:
-        where, need = "it holds the whole model", best.model_bytes
-    else:
-        where, need = "with FSDP across nodes for the rest", best.fsdp_floor_bytes
+    where, need = (("it holds the whole model", best.model_bytes) if best.model_fits
+                   else ("with FSDP across nodes for the rest", best.fsdp_floor_bytes))
     lines.append(f"Use TP={best.tp} within the node ({best.link}), {where}: {_gb(need)} per GPU; "
                  f"communication is {best.comm_share:.0%} of each step.")
     if across:

@@ -21,10 +21,6 @@ all_reduce, all_gather, reduce_scatter: a ring (an all-reduce is a reduce-scatte
 all-gather); broadcast and reduce: the root talks to each other rank directly. Real libraries pick
 other algorithms (trees, pipelines) whose per-rank bytes differ by small factors; the ratios
 between layouts do not depend on that choice.
-
-Also here, on top of that convention: the alpha-beta and ring times of a collective and their
-inverse (a link fitted to measured times), what Megatron-style TP moves per block, and notebook
-04's 1D and 2D layouts.
 """
 
 from __future__ import annotations
@@ -43,12 +39,6 @@ __all__ = ["KINDS", "bytes_sent", "bytes_received", "steps", "collective_time", 
 KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "reduce")
 
 
-def _check(kind: str, p: int) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    check_whole("p", p, " of ranks")
-
-
 def bytes_sent(kind: str, n: float, p: int, *, root: bool = False) -> float:
     """Bytes one rank sends in collective ``kind`` of a full tensor of ``n`` bytes over ``p`` ranks
     (``root``: this rank is the root of a broadcast or reduce). See the module's table.
@@ -56,12 +46,12 @@ def bytes_sent(kind: str, n: float, p: int, *, root: bool = False) -> float:
     >>> bytes_sent("all_reduce", 1000, 4), bytes_sent("all_gather", 1000, 4), bytes_sent("broadcast", 1000, 4, root=True)
     (1500.0, 750.0, 3000.0)
     """
-    _check(kind, p)
+    n_steps = steps(kind, p)                       # refuses an unknown kind or p
     if kind == "broadcast":
         return float((p - 1) * n) if root else 0.0
     if kind == "reduce":
         return 0.0 if root or p == 1 else float(n)
-    return (2 if kind == "all_reduce" else 1) * (p - 1) * n / p      # a ring: one chunk of n/p per step
+    return n_steps * n / p                         # a ring: one chunk of n/p per step
 
 
 def bytes_received(kind: str, n: float, p: int, *, root: bool = False) -> float:
@@ -76,7 +66,9 @@ def bytes_received(kind: str, n: float, p: int, *, root: bool = False) -> float:
 
 def steps(kind: str, p: int) -> int:
     """Latency-bound steps of one collective: 2(p-1) for an all-reduce, p-1 for the others."""
-    _check(kind, p)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    check_whole("p", p, " of ranks")
     return 2 * (p - 1) if kind == "all_reduce" else p - 1
 
 
@@ -156,11 +148,8 @@ def ring_time(kind: str, nbytes: float, p: int, *, ranks_per_node: int, nics_per
 
 
 def fit_link(times: dict[int, float], nbytes: float) -> Link:
-    """A ring all-reduce's latency α (per step) and bandwidth β that best explain measured
-    all-reduce seconds ``times[p]`` of an ``nbytes`` message (least squares, both >= 0):
-    t(p) = 2(p-1)·α + bytes_sent(p)/β (:func:`collective_time`). When the best unconstrained fit
-    needs a negative α or β, the better of "latency only" and "bandwidth only" (smaller squared
-    error) is used; a single measurement fits the bandwidth only.
+    """:func:`fit_alpha_beta` over measured all-reduce seconds ``times[p]`` of ONE ``nbytes`` message
+    size; a single measurement fits the bandwidth only.
 
     >>> link = fit_link({2: 2e-6 * 2 + 1000 / 1e9, 4: 2e-6 * 6 + 1500 / 1e9}, 1000)
     >>> round(link.latency * 1e6, 3), round(link.bandwidth / 1e9, 3)
@@ -170,9 +159,11 @@ def fit_link(times: dict[int, float], nbytes: float) -> Link:
 
 
 def fit_alpha_beta(points: list[tuple[int, float, float]], name: str = "fitted", min_points: int = 2) -> tuple[Link, dict]:
-    """α (s per ring step) and β (bytes/s) of ring all-reduces, t = 2(p-1)·α + bytes_sent(n, p)/β, least
-    squares over measured ``points`` [(p, n bytes, seconds), ...] -- several message sizes and/or degrees
-    (both α, β >= 0, as :func:`fit_link`). Returns the link and how well it fits:
+    """α (s per ring step) and β (bytes/s) of ring all-reduces, t = 2(p-1)·α + bytes_sent(n, p)/β
+    (:func:`collective_time`), least squares over measured ``points`` [(p, n bytes, seconds), ...] --
+    several message sizes and/or degrees. Both α, β >= 0: when the best unconstrained fit needs a
+    negative one, the better of "latency only" and "bandwidth only" (smaller squared error) is used.
+    Returns the link and how well it fits:
     {"r2": coefficient of determination, "max_rel_err": worst |model - measured| / measured,
     "points": how many}.
 
@@ -274,10 +265,12 @@ def tp_comm_time_per_layer(dims: ModelDims, tp: int, *, batch: int, seq_len: int
 
 
 # ------------------------------------------------------------------------------ 1D vs 2D (notebook 04)
-def _check_dims(M, K, N, p, dtype_bytes):
+def _check_dims(M, K, N, p, dtype_bytes, n_in=1):
     for name, v in (("M", M), ("K", K), ("N", N), ("p", p), ("dtype_bytes", dtype_bytes)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if n_in not in (1, 2):
+        raise ValueError(f"n_in must be 1 (plain MLP: w1) or 2 (gated MLP: w1 and w3), got {n_in!r}")
 
 
 def grid_side(p: int) -> int:
@@ -336,12 +329,6 @@ COMM_FORMULAS = {"1D column": bytes_1d_column, "1D row": bytes_1d_row, "2D SUMMA
 
 
 # ------------------------------------------------------------------------------ one MLP block, 1D vs 2D; loss parallel
-def _check_mlp(M, D, H, p, dtype_bytes, n_in):
-    _check_dims(M, D, H, p, dtype_bytes)
-    if n_in not in (1, 2):
-        raise ValueError(f"n_in must be 1 (plain MLP: w1) or 2 (gated MLP: w1 and w3), got {n_in!r}")
-
-
 def mlp_bytes_1d(M: int, D: int, H: int, p: int, dtype_bytes: int = 4, n_in: int = 1) -> dict:
     """ONE Megatron MLP block, column → row (Shoeybi et al. 2019, Fig. 3a), on p ranks, per rank:
 
@@ -354,7 +341,7 @@ def mlp_bytes_1d(M: int, D: int, H: int, p: int, dtype_bytes: int = 4, n_in: int
     >>> f["forward"]["sent"], f["backward"]["sent"], f["forward"]["calls"]
     (393216.0, 393216.0, 1)
     """
-    _check_mlp(M, D, H, p, dtype_bytes, n_in)
+    _check_dims(M, D, H, p, dtype_bytes, n_in)
     one = bytes_1d_row(M, H, D, p, dtype_bytes)      # an all-reduce of an (M, D) tensor
     return {"forward": dict(one), "backward": dict(one)}
 
@@ -378,7 +365,7 @@ def mlp_bytes_2d(M: int, D: int, H: int, p: int, dtype_bytes: int = 4, n_in: int
     >>> f["forward"]["sent"], f["backward"]["sent"], f["forward"]["calls"], f["backward"]["calls"]
     (360448.0, 720896.0, 8, 16)
     """
-    _check_mlp(M, D, H, p, dtype_bytes, n_in)
+    _check_dims(M, D, H, p, dtype_bytes, n_in)
     s = grid_side(p)
     if s == 1:
         return {"forward": _result(0.0, 0.0, 0), "backward": _result(0.0, 0.0, 0)}
@@ -405,7 +392,7 @@ def mlp_crossover_tokens(D: int, H: int, p: int, training: bool = False, n_in: i
     >>> mlp_crossover_tokens(64, 256, 4), mlp_crossover_tokens(64, 256, 4, training=True)
     (512.0, inf)
     """
-    _check_mlp(1, D, H, p, 1, n_in)
+    _check_dims(1, D, H, p, 1, n_in)
     s = grid_side(p)
     if s == 1:
         return math.inf
@@ -431,6 +418,5 @@ def loss_parallel_bytes(B: int, T: int, V: int, p: int, dtype_bytes: int = 4) ->
     ar = 3 * bytes_sent("all_reduce", B * T * dtype_bytes, p)
     ag = bytes_sent("all_gather", B * T * V * dtype_bytes, p)
     calls = int(p > 1)
-    none = _result(0.0, 0.0, 0)
-    return {"loss_parallel": {"forward": _result(ar, ar, 3 * calls), "backward": dict(none)},
-            "gathered": {"forward": _result(ag, ag, calls), "backward": dict(none)}}
+    return {"loss_parallel": {"forward": _result(ar, ar, 3 * calls), "backward": _result(0.0, 0.0, 0)},
+            "gathered": {"forward": _result(ag, ag, calls), "backward": _result(0.0, 0.0, 0)}}

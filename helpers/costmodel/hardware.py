@@ -1,7 +1,5 @@
-"""Hardware, each number with its source: GPUs (peak and achieved matmul rates), Derecho's GPU
-nodes and links (NVLink inside a node, Slingshot NICs between nodes, NCCL's ring-step latencies),
-the reference shard-efficiency table, and whether ranks share a device (timing caveats).
-Pure Python, no torch.
+"""Hardware as data, each number with its source (GPUs, Derecho's nodes and links, the reference
+shard-efficiency table), and whether ranks share a device (timing caveats). Pure Python, no torch.
 
 A bandwidth is bytes per second **in one direction**; a latency is seconds per ring step;
 ``1 GB = 1e9 B`` where a vendor says GB. Where sources leave a range, both ends are kept
