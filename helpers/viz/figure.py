@@ -78,11 +78,7 @@ class TPFigure(Figure):
 def to_2d(a):
     """A tensor or array as 2-D for drawing: scalars 1×1, vectors 1×N, >2-D flattened to
     (prod(leading dims), last dim)."""
-    if a.ndim == 0:
-        return a.reshape(1, 1)
-    if a.ndim == 1:
-        return a.reshape(1, -1)
-    return a if a.ndim == 2 else a.reshape(-1, a.shape[-1])
+    return a.reshape(1, -1) if a.ndim < 2 else a.reshape(-1, a.shape[-1])
 
 
 def new_figure(w: float, h: float, dpi: int = DPI, **kw) -> Figure:
@@ -124,9 +120,7 @@ def frame(ax, color, lw: float = 5) -> None:
     """No ticks; the axes' border drawn in ``color`` (a rank's colour frames what that rank holds)."""
     ax.set_xticks([])
     ax.set_yticks([])
-    for sp in ax.spines.values():
-        sp.set_edgecolor(color)
-        sp.set_linewidth(lw)
+    ax.spines[:].set(edgecolor=color, linewidth=lw)
 
 
 def grey_panel(ax, a, color, title: str, fontsize: float = 8.5, lw: float = 5, **imshow):
