@@ -63,22 +63,20 @@ def _layout_items(p, d_in, d_out, batch, mode):
     one = p == 1
     x_full = _Mat("X", batch, d_in, "cols" if one else "rep", p, "every rank: full copy")
 
-    def partial_sums(d):  # "= Y_r", then (p > 1) the all-reduce into a full Y on every rank
-        items = [("op", "="), _Mat("Y_r", batch, d, "cols" if one else "partial", p, f"rank r: partial sum ({batch}, {d})")]
-        return items if one else items + [("comm", "all-reduce\n(sum)"),
-                                          _Mat("Y", batch, d, "rep", p, "every rank: full copy")]
+    def result(d, own, under, comm):  # "= Y_r", then (p > 1) the collective into a full Y on every rank
+        items = [("op", "="), _Mat("Y_r", batch, d, own, p, under)]
+        return items if one else items + [("comm", comm), _Mat("Y", batch, d, "rep", p, "every rank: full copy")]
+
+    def partial_sums(d):
+        return result(d, "cols" if one else "partial", f"rank r: partial sum ({batch}, {d})", "all-reduce\n(sum)")
 
     if mode == "column":
-        items = [
+        return [
             x_full,
             ("op", "·"),
             _Mat("W", d_in, d_out, "cols", p, f"rank r: W[:, r-th block] ({d_in}, {d_out // p})"),
-            ("op", "="),
-            _Mat("Y_r", batch, d_out, "cols", p, f"rank r: Y_r ({batch}, {d_out // p})"),
+            *result(d_out, "cols", f"rank r: Y_r ({batch}, {d_out // p})", "all-gather"),
         ]
-        if not one:
-            items += [("comm", "all-gather"), _Mat("Y", batch, d_out, "rep", p, "every rank: full copy")]
-        return items
     if mode == "row":
         return [
             _Mat("X", batch, d_in, "cols", p, f"rank r: X_r ({batch}, {d_in // p})"),
@@ -100,16 +98,15 @@ def _layout_items(p, d_in, d_out, batch, mode):
 
 
 def _comm_text(p, d_in, d_out, batch, b, mode) -> str:
-    if mode == "column":
-        head = (f"column-parallel: W ({d_in}×{d_out}) split by columns, X replicated → rank r computes "
-                f"Y_r = X·W_r ({batch}×{d_out // p}).")
-    elif mode == "row":
-        head = (f"row-parallel: W ({d_in}×{d_out}) split by rows, X split by columns → rank r computes a "
-                f"full-size partial sum Y_r = X_r·W_r ({batch}×{d_out}); Y = Σ_r Y_r.")
-    else:
-        head = (f"MLP = column then row (in_features = model dim D = {d_in}, out_features = hidden H = "
-                f"{d_out}): W1 (D×H) split by columns, W2 (H×D) split by rows. H_r = GeLU(X·W1_r) "
-                f"stays on rank r and feeds W2_r: no communication in between.")
+    head = {
+        "column": (f"column-parallel: W ({d_in}×{d_out}) split by columns, X replicated → rank r computes "
+                   f"Y_r = X·W_r ({batch}×{d_out // p})."),
+        "row": (f"row-parallel: W ({d_in}×{d_out}) split by rows, X split by columns → rank r computes a "
+                f"full-size partial sum Y_r = X_r·W_r ({batch}×{d_out}); Y = Σ_r Y_r."),
+        "column+row": (f"MLP = column then row (in_features = model dim D = {d_in}, out_features = hidden H = "
+                       f"{d_out}): W1 (D×H) split by columns, W2 (H×D) split by rows. H_r = GeLU(X·W1_r) "
+                       f"stays on rank r and feeds W2_r: no communication in between."),
+    }[mode]
     if p == 1:
         return head + "\nTP degree 1: a single rank holds everything — no communication."
     if mode == "column":
@@ -121,20 +118,18 @@ def _comm_text(p, d_in, d_out, batch, b, mode) -> str:
             f"{fmt_bytes(bytes_sent('all_gather', full, p))} (and receives as much)."
             f"\nbackward: all-reduce of dL/dX, B·in·bytes = {fmt_bytes(batch * d_in * b)} per rank."
         )
-    d_y = d_out if mode == "row" else d_in
+    row = mode == "row"  # else column+row: the all-reduce of the MLP's output, (B, D)
+    d_y, sym = (d_out, "out") if row else (d_in, "D")
     buf = batch * d_y * b
-    sym = "out" if mode == "row" else "D"
-    text = head + (
-        f"\nforward: {'one ' if mode != 'row' else ''}all-reduce of Y. Buffer per rank = B·{sym}·bytes = "
+    backward = ("none (every rank already holds the full dL/dY)" if row
+                else f"one all-reduce of dL/dX, B·D·bytes = {fmt_bytes(buf)} per rank")
+    return head + (
+        f"\nforward: {'' if row else 'one '}all-reduce of Y. Buffer per rank = B·{sym}·bytes = "
         f"{batch}·{d_y}·{b} = {fmt_bytes(buf)};"
         f"\nring all-reduce: each rank sends 2(p−1)/p·B·{sym}·bytes = "
         f"{fmt_bytes(bytes_sent('all_reduce', buf, p))} (and receives as much)."
+        f"\nbackward: {backward}."
     )
-    if mode == "row":
-        text += "\nbackward: none (every rank already holds the full dL/dY)."
-    else:
-        text += f"\nbackward: one all-reduce of dL/dX, B·D·bytes = {fmt_bytes(buf)} per rank."
-    return text
 
 
 def _uneven_message(p, d_in, d_out, mode) -> str | None:
@@ -189,18 +184,16 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
     clamped = False
     gap = 0.35
     for it in items:
+        h, off = 0.0, 0.0  # an operator or a collective: text only
         if isinstance(it, _Mat):
-            w = length(it.cols, it.p if it.own == "cols" else 1)
-            h = length(it.rows, it.p if it.own == "rows" else 1)
+            w = length(it.cols, p if it.own == "cols" else 1)
+            h = length(it.rows, p if it.own == "rows" else 1)
             clamped = clamped or (w, h) != (it.cols * scale, it.rows * scale)
             off = 0.13 if it.own == "partial" else 0.0
-            geo.append((x, w, h, off))
-            x += w + off * (it.p - 1) + gap
         else:
-            kind, text = it
-            w = 1.9 if kind == "comm" else (1.7 if "GeLU" in text else 0.55)
-            geo.append((x, w, 0.0, 0.0))
-            x += w + gap
+            w = 1.9 if it[0] == "comm" else (1.7 if "GeLU" in it[1] else 0.55)
+        geo.append((x, w, h, off))
+        x += w + off * (p - 1) + gap
     data_w = x - gap
     data_h = max(g[2] + g[3] * 8 for g in geo)
 
@@ -224,18 +217,16 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
                             ax_w / fig_w, draw_h / fig_h], (-0.2, data_w + 0.2), (half, -half))
 
     for it, (x0, w, h, off) in zip(items, geo):
-        if not isinstance(it, _Mat):
-            kind, text = it
-            if kind == "comm":
-                ax.annotate("", xy=(x0 + w, 0), xytext=(x0, 0),
-                            arrowprops=dict(arrowstyle="-|>", color=TEXT, lw=1.6))
-                ax.text(x0 + w / 2, -0.15, text, ha="center", va="bottom", fontsize=10,
-                        color=TEXT, fontweight="bold")
-            else:
-                ax.text(x0 + w / 2, 0, text, ha="center", va="center",
-                        fontsize=18 if len(text) == 1 else 10, color=TEXT)
-            continue
-        _draw_mat(ax, it, x0, w, h, off, unit_in)
+        if isinstance(it, _Mat):
+            _draw_mat(ax, it, x0, w, h, off, unit_in)
+        elif it[0] == "comm":
+            ax.annotate("", xy=(x0 + w, 0), xytext=(x0, 0),
+                        arrowprops=dict(arrowstyle="-|>", color=TEXT, lw=1.6))
+            ax.text(x0 + w / 2, -0.15, it[1], ha="center", va="bottom", fontsize=10,
+                    color=TEXT, fontweight="bold")
+        else:
+            ax.text(x0 + w / 2, 0, it[1], ha="center", va="center",
+                    fontsize=18 if len(it[1]) == 1 else 10, color=TEXT)
 
     # legend: ranks, replicated, partial
     handles = rank_handles(p)
