@@ -125,7 +125,7 @@ def summa_step_figure(traces: Sequence[Sequence[dict]], k: int, X=None, W=None) 
     for rank, steps in enumerate(traces):
         st = steps[k]
         i, j = st["coords"]
-        inner = outer[i, j].subgridspec(1, 3, wspace=0.35, width_ratios=[1, 1, 1])
+        inner = outer[i, j].subgridspec(1, 3, wspace=0.35)
         xi, xj = st["x_from"]
         wi, wj = st["w_from"]
         x_owner, w_owner = xi * s + xj, wi * s + wj
@@ -134,8 +134,7 @@ def summa_step_figure(traces: Sequence[Sequence[dict]], k: int, X=None, W=None) 
         if Xd is not None and Wd is not None:
             mb, kb = st["x"].shape
             nb = st["w"].shape[1]
-            dense = sum(Xd[i * mb:(i + 1) * mb, t * kb:(t + 1) * kb]
-                        @ Wd[t * kb:(t + 1) * kb, j * nb:(j + 1) * nb] for t in range(k + 1))
+            dense = Xd[i * mb:(i + 1) * mb, :(k + 1) * kb] @ Wd[:(k + 1) * kb, j * nb:(j + 1) * nb]  # Σ_{t≤k}
             note = f"\nmax|Δ| {float(np.abs(acc - dense).max()):.0e}"
         for col, (a, owner, label) in enumerate([
                 (_np(st["x"]), x_owner, f"X[{xi},{xj}]\nfrom rank {x_owner}"),
@@ -236,7 +235,7 @@ def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA") -
     handles = rank_handles(min(p, 8))
     if mode == "1D column":
         handles.append(Patch(facecolor=REPLICATED_GREY, label="grey: full copy on every rank"))
-    fig.legend(handles=handles, loc="center", ncol=min(len(handles), 9), frameon=False,
+    fig.legend(handles=handles, loc="center", ncol=len(handles), frameon=False,
                fontsize=8, bbox_to_anchor=(0.5, 0.3))
     return fig
 
@@ -274,9 +273,8 @@ def comm_time_figure(times: dict, p: int = 4, what: str = "forward, ms",
                      how: str = "slowest rank, best of 15 runs", subject: str = "Y = X·W") -> Figure:
     """Bars of measured times per layout (``{mode: milliseconds}``), measured on this cluster."""
     fig, ax = new_axes(6.0, 3.0)
-    names = list(times)
-    vals = [float(times[n]) for n in names]
-    bars = ax.barh(names, vals, color=["#333333", "#777777", "#aaaaaa"][:len(names)])
+    vals = [float(v) for v in times.values()]
+    bars = ax.barh(list(times), vals, color=["#333333", "#777777", "#aaaaaa"][:len(vals)])
     ax.bar_label(bars, [f" {v:.2f}" for v in vals], fontsize=8.5, color=MUTED)
     ax.invert_yaxis()
     ax.set_xlabel(what)
