@@ -113,7 +113,10 @@ class TPCalculator(widgets.HBox):
         self._measured = dict(measured) if measured else None
         self._measured_label = measured_label
         kw = dict(style={"description_width": "160px"}, layout=widgets.Layout(width="310px"))
-        self.preset = widgets.Dropdown(options=[*PRESETS, "custom"], value=self._preset_of(inputs), description="model",
+        preset = next((name for name, m in PRESETS.items()  # the preset whose shape these inputs have
+                       if all(getattr(inputs, k) == getattr(m, k) for k in ("d_model", "n_layers", "n_heads", "d_ff"))),
+                      "custom")
+        self.preset = widgets.Dropdown(options=[*PRESETS, "custom"], value=preset, description="model",
                                        **kw).add_class("tp-calc-preset")
         self.fields = {}
         for name, label in _LABELS.items():
@@ -147,13 +150,6 @@ class TPCalculator(widgets.HBox):
             w.observe(self._on_change, names="value")
 
     # ---------------------------------------------------------------- reading the fields
-    @staticmethod
-    def _preset_of(inp: CalculatorInputs) -> str:
-        for name, m in PRESETS.items():
-            if all(getattr(inp, k) == getattr(m, k) for k in ("d_model", "n_layers", "n_heads", "d_ff")):
-                return name
-        return "custom"
-
     def inputs(self) -> CalculatorInputs:
         """The fields as :class:`CalculatorInputs` (0 means "none" for kv heads and TFLOP/s)."""
         vals = {k: w.value for k, w in self.fields.items()}
@@ -192,30 +188,23 @@ class TPCalculator(widgets.HBox):
     def update(self) -> None:
         """Recompute the plan from the fields; problems become a message, never a traceback."""
         self.updates += 1
+        self.plan = None
         try:
             inp = self.inputs()
             problems = check_inputs(inp)
-            if problems:
-                self._show_problems(problems)
-                return
-            use_measured = self._measured and self.efficiency.value == self._measured_label
-            pl = plan(inp, efficiency=self._measured if use_measured else None,
-                      efficiency_source=self._measured_label if use_measured else None)
-            png = render_png(plan_figure(pl))
+            if not problems:
+                use_measured = self._measured and self.efficiency.value == self._measured_label
+                pl = plan(inp, efficiency=self._measured if use_measured else None,
+                          efficiency_source=self._measured_label if use_measured else None)
+                self.image.value = render_png(plan_figure(pl))
+                self.plan = pl
         except Exception as e:  # keep the widget alive and say what went wrong
-            self._show_problems([f"could not compute this plan: {type(e).__name__}: {e}"])
-            return
-        self.plan = pl
-        self.message.value = ""
-        self.result.value = f"<small>TP calculator: {self.updates} updates</small><br>" + plan_html(pl)
-        self.image.value = png
-
-    def _show_problems(self, problems: list[str]) -> None:
-        self.plan = None
+            problems = [f"could not compute this plan: {type(e).__name__}: {e}"]
         items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
         self.message.value = (f"<div style='color:#a40000'><b>Please check the inputs:</b>"
-                              f"<ul>{items}</ul></div>")
-        self.result.value = f"<small>TP calculator: {self.updates} updates</small><br>(no plan until the inputs make sense)"
+                              f"<ul>{items}</ul></div>") if problems else ""
+        self.result.value = (f"<small>TP calculator: {self.updates} updates</small><br>"
+                             + (plan_html(self.plan) if self.plan else "(no plan until the inputs make sense)"))
 
 
 tp_calculator = TPCalculator  # the notebook's name for it
