@@ -75,30 +75,27 @@ def _shard_blocks(pieces, dim, vmin, vmax):
         raise ValueError(f"shard_figure draws >2-d tensors flattened to 2-d, so the shard dim must be "
                          f"the first or last; got Shard({dim}) of {nd}-d shards")
     horizontal = (nd == 1) or (d == nd - 1)
-    blocks = [to_2d(a) for a in pieces]
     try:
-        full = np.concatenate(blocks, axis=1 if horizontal else 0)
+        full = np.concatenate(pieces, axis=d)
     except ValueError:
         raise ValueError(f"layout Shard({dim}): shard shapes do not fit together: "
                          f"{[tuple(a.shape) for a in pieces]}") from None
-    full_shape = list(pieces[0].shape)
-    full_shape[d] = sum(a.shape[d] for a in pieces)
-    rows, cols = full.shape
+    rows, cols = to_2d(full).shape  # flattened, each rank's block stays contiguous (d is the first or last dim)
 
     w = min(11.0, max(4.5, 0.32 * cols + 2.5))
     h = min(8.0, max(2.4, 0.32 * rows + 1.8))
     fig = new_figure(w, h)
     ax = fig.add_axes([0.08, 0.1, 0.72, 0.72] if horizontal else [0.06, 0.1, 0.62, 0.72])
-    im = ax.imshow(full, cmap="Greys_r", vmin=vmin, vmax=vmax, interpolation="nearest", aspect="auto")
+    im = ax.imshow(to_2d(full), cmap="Greys_r", vmin=vmin, vmax=vmax, interpolation="nearest", aspect="auto")
     _grid(ax, rows, cols)
     start = 0
-    for r, blk in enumerate(blocks):
-        br, bc = blk.shape
+    for r, a in enumerate(pieces):
+        br, bc = to_2d(a).shape
         x0, y0 = (start - 0.5, -0.5) if horizontal else (-0.5, start - 0.5)
         inset = 0.08  # the frame inside the block, so neighbours' frames do not overlap
         ax.add_patch(Rectangle((x0 + inset, y0 + inset), bc - 2 * inset, br - 2 * inset, fill=False,
                                edgecolor=rank_color(r), linewidth=4, clip_on=False, zorder=3))
-        label = f"rank {r}: {tuple(pieces[r].shape)}"
+        label = f"rank {r}: {a.shape}"
         if horizontal:
             ax.text(x0 + bc / 2, -0.5 - 0.02 * rows - 0.3, label, ha="center", va="bottom", fontsize=8,
                     color=TEXT, rotation=0 if bc >= 4 or p <= 2 else 30, clip_on=False)
@@ -108,7 +105,7 @@ def _shard_blocks(pieces, dim, vmin, vmax):
         start += bc if horizontal else br
     ax.axis("off")
     fig.colorbar(im, cax=fig.add_axes([0.86 if horizontal else 0.9, 0.1, 0.025, 0.72]))
-    return fig, tuple(full_shape), f", full shape {tuple(full_shape)}"
+    return fig, full.shape, f", full shape {full.shape}"
 
 
 def _shard_panels(pieces, kind, vmin, vmax):

@@ -75,7 +75,6 @@ def grid_blocks_figure(blocks: Sequence, name: str = "A", dims=("K", "N")) -> Fi
     arrs = [_np(b) for b in blocks]
     s = _side(len(arrs), "grid_blocks_figure")
     r, c = arrs[0].shape
-    R, C = r * s, c * s
     vmin = min(float(a.min()) for a in arrs)
     vmax = max(float(a.max()) for a in arrs)
     fig = new_figure(2.9 * s + 1.2, 2.5 * s + 0.9)
@@ -87,7 +86,7 @@ def grid_blocks_figure(blocks: Sequence, name: str = "A", dims=("K", "N")) -> Fi
                f"{_frac(j, s, dims[1])}:{_frac(j + 1, s, dims[1])}]")
         im = grey_panel(fig.add_subplot(gs[i, j]), a, rank_color(rank), f"GPU ({i},{j}) = rank {rank}\n{sym} = "
                         f"{name}[{i * r}:{(i + 1) * r}, {j * c}:{(j + 1) * c}]", vmin=vmin, vmax=vmax)
-    fig.suptitle(f"{name} [{dims[0]} × {dims[1]}] = ({R}, {C}) on a {s}×{s} grid: each rank holds "
+    fig.suptitle(f"{name} [{dims[0]} × {dims[1]}] = ({r * s}, {c * s}) on a {s}×{s} grid: each rank holds "
                  f"one ({r}, {c}) block", fontsize=10, color=TEXT)
     fig.colorbar(im, cax=fig.add_axes([0.9, 0.1, 0.025, 0.7]))
     return fig
@@ -113,8 +112,7 @@ def summa_step_figure(traces: Sequence[Sequence[dict]], k: int, X=None, W=None) 
     (its own colour). With the full ``X``, ``W`` the title of each Y block gives
     max|Δ| against the dense partial sum Σ_{t≤k} X_it·W_tj.
     """
-    n = len(traces)
-    s = _side(n, "summa_step_figure")
+    s = _side(len(traces), "summa_step_figure")
     if not 0 <= k < s:
         raise ValueError(f"step k={k} is outside 0..{s - 1} for a {s}×{s} grid")
     fig = new_figure(4.2 * s + 0.4, 2.3 * s + 1.0)
