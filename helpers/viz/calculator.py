@@ -22,7 +22,7 @@ import ipywidgets as widgets
 from ..costmodel.calculator import DTYPES, CalculatorInputs, Plan, check_inputs, derecho_inputs, plan
 from ..costmodel.dims import PRESETS
 from ..costmodel.hardware import GPUS
-from .figure import TEXT, new_axes, render_png
+from .figure import TEXT, new_axes, render_png, stacked_bars
 from .timing import PART_COLORS
 
 __all__ = ["TPCalculator", "tp_calculator", "plan_html", "plan_figure"]
@@ -83,16 +83,14 @@ def plan_figure(pl: Plan):
     """One layer's step time per TP degree: compute and communication, the considered degree framed."""
     fig, ax = new_axes(5.6, 2.9)
     xs = list(range(len(pl.rows)))
-    comp = [1e3 * r.compute_s for r in pl.rows]
-    comm = [1e3 * r.comm_s for r in pl.rows]
-    ax.bar(xs, comp, color=PART_COLORS["matmul"], width=0.6, label="compute")
-    bars = ax.bar(xs, comm, bottom=comp, color=PART_COLORS["communication"], width=0.6, label="TP all-reduces")
+    tops, bars = stacked_bars(ax, xs, [[1e3 * r.compute_s for r in pl.rows], [1e3 * r.comm_s for r in pl.rows]],
+                              [PART_COLORS["matmul"], PART_COLORS["communication"]], width=0.6)
     ax.bar_label(bars, [f"{r.comm_share:.0%}" for r in pl.rows], fontsize=8, color=TEXT)
     ax.set_xticks(xs, [f"{r.tp}" + ("" if r.within_node else "\n(2+ nodes)") for r in pl.rows])
     ax.set_xlabel("TP degree")
     ax.set_ylabel("ms per layer-step")
-    ax.set_ylim(0, max(a + b for a, b in zip(comp, comm)) * 1.25)
-    ax.legend(fontsize=8, frameon=False)
+    ax.set_ylim(0, tops.max() * 1.25)
+    ax.legend(ax.containers, ["compute", "TP all-reduces"], fontsize=8, frameon=False)
     ax.set_title("One layer's training step (% = communication share)", fontsize=10)
     return fig
 
