@@ -49,9 +49,8 @@ def plan_html(pl: Plan) -> str:
     inp = pl.inputs
     r1 = pl.row(1)
     yes = {True: "<b style='color:#1a7f37'>fits</b>", False: "<b style='color:#a40000'>does not fit</b>"}
-    cap = _gb(inp.gpu_memory_gb * 1e9)
     head = [
-        f"<b>Without TP</b> ({cap} per GPU): one layer {_gb(r1.layer_bytes)} {yes[r1.layer_fits]}; "
+        f"<b>Without TP</b> ({_gb(inp.gpu_memory_gb * 1e9)} per GPU): one layer {_gb(r1.layer_bytes)} {yes[r1.layer_fits]}; "
         f"the whole model {_gb(r1.model_bytes)} {yes[r1.model_fits]}.",
         "<b>Smallest TP degree that fits</b>: one layer "
         f"{pl.smallest_tp_for_layer or 'none'}; the whole model on the TP group alone "

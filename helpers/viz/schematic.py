@@ -53,22 +53,18 @@ class _Mat:
     """A matrix in the schematic: rows × cols, with an ownership pattern."""
 
     def __init__(self, name, rows, cols, own, p, under=""):
-        if p == 1:  # one rank holds everything: no "_r" pieces, no copies
-            name, under = name.replace("_r", ""), "rank 0 holds all of it"
+        if p == 1:  # one rank holds everything: no "_r" pieces, no copies, no partial sums: one block
+            name, own, under = name.replace("_r", ""), "cols", "rank 0 holds all of it"
         self.name, self.rows, self.cols, self.own, self.p, self.under = name, rows, cols, own, p, under
 
 
 def _layout_items(p, d_in, d_out, batch, mode):
     """Panels left to right: _Mat or ('op', text) or ('comm', text)."""
-    one = p == 1
-    x_full = _Mat("X", batch, d_in, "cols" if one else "rep", p, "every rank: full copy")
+    x_full = _Mat("X", batch, d_in, "rep", p, "every rank: full copy")
 
     def result(d, own, under, comm):  # "= Y_r", then (p > 1) the collective into a full Y on every rank
         items = [("op", "="), _Mat("Y_r", batch, d, own, p, under)]
-        return items if one else items + [("comm", comm), _Mat("Y", batch, d, "rep", p, "every rank: full copy")]
-
-    def partial_sums(d):
-        return result(d, "cols" if one else "partial", f"rank r: partial sum ({batch}, {d})", "all-reduce\n(sum)")
+        return items if p == 1 else items + [("comm", comm), _Mat("Y", batch, d, "rep", p, "every rank: full copy")]
 
     if mode == "column":
         return [
@@ -82,7 +78,7 @@ def _layout_items(p, d_in, d_out, batch, mode):
             _Mat("X", batch, d_in, "cols", p, f"rank r: X_r ({batch}, {d_in // p})"),
             ("op", "·"),
             _Mat("W", d_in, d_out, "rows", p, f"rank r: W[r-th block, :] ({d_in // p}, {d_out})"),
-            *partial_sums(d_out),
+            *result(d_out, "partial", f"rank r: partial sum ({batch}, {d_out})", "all-reduce\n(sum)"),
         ]
     # column+row: the MLP. in_features = model dim D, out_features = hidden dim H.
     return [
@@ -93,7 +89,7 @@ def _layout_items(p, d_in, d_out, batch, mode):
         _Mat("H_r", batch, d_out, "cols", p, f"rank r: H_r ({batch}, {d_out // p})"),
         ("op", "·"),
         _Mat("W2", d_out, d_in, "rows", p, f"row: ({d_out // p}, {d_in})"),
-        *partial_sums(d_in),
+        *result(d_in, "partial", f"rank r: partial sum ({batch}, {d_in})", "all-reduce\n(sum)"),
     ]
 
 
@@ -272,18 +268,15 @@ def _draw_mat(ax, m: _Mat, x0: float, w: float, h: float, off: float, unit_in: f
 class LayoutExplorer(FigureWidget):
     """Interactive :func:`layout_figure`: sliders for TP degree and feature sizes, a mode menu.
 
-    A :class:`~.widget.FigureWidget` with the CSS class ``tp-layout-explorer``; its picture is an
-    ``ipywidgets.Image`` (CSS class ``tp-layout-image``; in the DOM the ``<img>`` element itself,
-    with a ``blob:`` src that changes on every redraw).
-
-    Browser tests: ``.tp-layout-explorer img.tp-layout-image`` is the picture;
-    ``.tp-layout-explorer .tp-degree`` is the TP-degree slider (label text "TP degree"), whose
-    ``.widget-readout`` is contenteditable: click it, select all, type "2", press Enter.
-    Other controls: ``.tp-in-features``, ``.tp-out-features`` (sliders), ``.tp-mode`` (a
-    ``<select>`` inside). Then screenshot the ``<img>`` and call :func:`count_rank_colors`.
+    Browser tests: ``.tp-layout-explorer img.tp-layout-image`` is the picture (the ``<img>`` of an
+    ``ipywidgets.Image``, whose ``blob:`` src changes on every redraw); ``.tp-layout-explorer
+    .tp-degree`` is the TP-degree slider (label text "TP degree"), whose ``.widget-readout`` is
+    contenteditable: click it, select all, type "2", press Enter. Other controls:
+    ``.tp-in-features``, ``.tp-out-features`` (sliders), ``.tp-mode`` (a ``<select>`` inside).
+    Then screenshot the ``<img>`` and call :func:`count_rank_colors`.
 
     Attributes: ``degree``, ``in_features``, ``out_features`` (IntSlider), ``mode`` (Dropdown),
-    and :class:`~.widget.FigureWidget`'s ``image``, ``messages``, ``redraw_count``, ``png``.
+    and those of :class:`~.widget.FigureWidget`.
     """
 
     what = "layout"
