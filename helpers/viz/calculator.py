@@ -152,8 +152,7 @@ class TPCalculator(widgets.HBox):
         vals = {k: w.value for k, w in self.fields.items()}
         vals["n_kv_heads"] = vals["n_kv_heads"] or None
         vals["matmul_tflops"] = vals["matmul_tflops"] or None
-        model = PRESETS.get(self.preset.value)
-        bias = model.bias if model is not None else self._inputs.bias
+        bias = PRESETS.get(self.preset.value, self._inputs).bias  # a preset's, or (custom) the starting inputs'
         return replace(self._inputs, **vals, dtype=self.dtype.value, gated_mlp=self.gated.value, bias=bias,
                        flash_attention=self.flash.value, gpu=self.gpu.value)
 

@@ -119,9 +119,8 @@ def _shard_panels(pieces, kind, vmin, vmax):
         total = np.sum(pieces, axis=0)
         panels.append((f"Σ over ranks: {tuple(total.shape)}", total, None))
         vmin, vmax = min(vmin, float(np.nanmin(total))), max(vmax, float(np.nanmax(total)))
-    n = len(panels)
-    ncols = min(n, 4)
-    nrows = math.ceil(n / ncols)
+    ncols = min(len(panels), 4)
+    nrows = math.ceil(len(panels) / ncols)
     b2 = to_2d(pieces[0])
     aspect = b2.shape[0] / max(b2.shape[1], 1)
     pw = 2.6

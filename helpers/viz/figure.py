@@ -57,8 +57,7 @@ BOX = "#f2f2f2"
 
 def rank_color(rank: int) -> tuple[float, float, float]:
     """Matplotlib colour (floats 0..1) of ``rank``; ranks >= 8 reuse colours (rank % 8)."""
-    r, g, b = RANK_COLORS[int(rank) % len(RANK_COLORS)]
-    return (r / 255.0, g / 255.0, b / 255.0)
+    return tuple(c / 255.0 for c in RANK_COLORS[int(rank) % len(RANK_COLORS)])
 
 
 def text_on(rank: int) -> str:
@@ -207,7 +206,16 @@ def figure_to_rgba(fig: Figure) -> np.ndarray:
     return np.asarray(fig.canvas.buffer_rgba()).copy()
 
 
-def _to_rgb_array(img: Any) -> np.ndarray:
+def count_rank_colors(png_or_rgb_array: Any, min_pixels: int = 50, tol: int = 0) -> set[int]:
+    """Which ranks' colours appear in an image: ``{r : RANK_COLORS[r] covers >= min_pixels}``.
+
+    Accepts PNG bytes, a matplotlib Figure, or an (H, W, 3|4) array (uint8, or floats in 0..1).
+    Pixels must match ``RANK_COLORS[r]`` exactly (``tol`` = allowed difference per channel, for
+    screenshots that went through colour management); in RGBA input, pixels that are not opaque
+    are ignored. ``min_pixels`` makes anti-aliased edges, which blend
+    colours, irrelevant: solid blocks contribute hundreds of exact pixels.
+    """
+    img = png_or_rgb_array
     if isinstance(img, Figure):
         img = figure_to_rgba(img)
     if isinstance(img, (bytes, bytearray, memoryview)):
@@ -224,19 +232,7 @@ def _to_rgb_array(img: Any) -> np.ndarray:
         a = np.clip(a, 0, 255).astype(np.uint8)
     if a.shape[2] == 4:
         a = a[..., :3][a[..., 3] >= 250]
-    return a.reshape(-1, 3)
-
-
-def count_rank_colors(png_or_rgb_array: Any, min_pixels: int = 50, tol: int = 0) -> set[int]:
-    """Which ranks' colours appear in an image: ``{r : RANK_COLORS[r] covers >= min_pixels}``.
-
-    Accepts PNG bytes, a matplotlib Figure, or an (H, W, 3|4) array (uint8, or floats in 0..1).
-    Pixels must match ``RANK_COLORS[r]`` exactly (``tol`` = allowed difference per channel, for
-    screenshots that went through colour management); in RGBA input, pixels that are not opaque
-    are ignored. ``min_pixels`` makes anti-aliased edges, which blend
-    colours, irrelevant: solid blocks contribute hundreds of exact pixels.
-    """
-    rgb = _to_rgb_array(png_or_rgb_array).astype(np.int32)
+    rgb = a.reshape(-1, 3).astype(np.int32)
     keys, counts = np.unique((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2], return_counts=True)
     colors = np.stack([keys >> 16, (keys >> 8) & 255, keys & 255], axis=1)  # each distinct colour once
     return {r for r, c in enumerate(RANK_COLORS) if counts[np.all(np.abs(colors - c) <= tol, axis=1)].sum() >= min_pixels}
