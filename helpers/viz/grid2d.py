@@ -1,9 +1,6 @@
-"""Drawings for 2D tensor parallelism (notebook 04): blocks on an s × s grid, SUMMA step by step,
-the 1D-vs-2D layout explorer, and the communication model.
-
-Rank r is drawn in ``RANK_COLORS[r]`` (see :mod:`.figure`); grey = every rank holds a full copy.
-Blocks are laid out row-major: the rank at grid position (i, j) is ``i·s + j``. The byte
-numbers come from the formulas in :mod:`helpers.costmodel.collectives` (pure functions, no collective).
+"""Drawings for 2D tensor parallelism (notebook 04). Blocks are laid out row-major: the rank at
+grid position (i, j) is ``i·s + j``. The byte numbers come from the formulas in
+:mod:`helpers.costmodel.collectives` (pure functions, no collective).
 """
 
 from __future__ import annotations
@@ -218,15 +215,14 @@ def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA") -
     b = COMM_FORMULAS[mode](M, K, N, p)
     lines = {
         "1D column": ("one all-gather of Y_r (M, N/p); X must already be on every rank",
-                      "sent = received = (p−1)·M·N/p·bytes", "1 group (all p ranks)"),
-        "1D row": ("one all-reduce of the (M, N) partial sums", "sent = received = 2(p−1)/p·M·N·bytes",
-                   "1 group (all p ranks)"),
+                      "(p−1)·M·N/p·bytes", "1 group (all p ranks)"),
+        "1D row": ("one all-reduce of the (M, N) partial sums", "2(p−1)/p·M·N·bytes", "1 group (all p ranks)"),
         "2D SUMMA": (f"{2 * s} broadcasts: at each of the {s} steps, X blocks along the rows, "
                      "W blocks down the columns",
-                     "sent = received = (√p−1)·(M·K + K·N)/p·bytes",
+                     "(√p−1)·(M·K + K·N)/p·bytes",
                      f"{2 * s} groups ({s} grid rows + {s} grid columns); X arrives in blocks"),
     }[mode]
-    text = (f"forward: {lines[0]}\nformula: {lines[1]} = {fmt_bytes(b['sent'])} per rank "
+    text = (f"forward: {lines[0]}\nformula: sent = received = {lines[1]} = {fmt_bytes(b['sent'])} per rank "
             f"(float32)\nsynchronisation points: {b['calls']};  needs: {lines[2]}")
     fig.text(0.5, 0.05, text, ha="center", va="bottom", fontsize=8.5, color=TEXT, linespacing=1.5,
              bbox=dict(boxstyle="round,pad=0.5", facecolor=BOX, edgecolor="#999999"))
