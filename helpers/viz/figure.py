@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 __all__ = ["RANK_COLORS", "to_2d", "REPLICATED_GREY", "MAX_DEGREE", "TPFigure", "rank_color", "text_on",
-           "new_figure", "new_axes", "diagram_axes", "message_figure", "frame", "grey_panel", "grid_lines",
+           "new_figure", "new_axes", "diagram_axes", "message_figure", "grey_panel", "grid_lines",
            "rank_handles", "rank_blocks", "partial_cards", "stacked_bars", "count_rank_colors", "figure_to_png",
            "render_png", "figure_to_rgba", "TEXT", "MUTED", "BOX", "DPI"]
 
@@ -115,17 +115,13 @@ def message_figure(title: str, text: str, w: float, h: float, fontsize: float) -
 # --------------------------------------------------------------------------------------------
 
 
-def frame(ax, color, lw: float = 5) -> None:
-    """No ticks; the axes' border drawn in ``color`` (a rank's colour frames what that rank holds)."""
+def grey_panel(ax, a, color, title: str, fontsize: float = 8.5, lw: float = 5, **imshow):
+    """Real values in a grey colormap (``imshow`` passes vmin/vmax for a shared scale), no ticks, the
+    axes' border drawn in ``color`` (a rank's colour frames what that rank holds)."""
+    im = ax.imshow(a, cmap="Greys_r", aspect="auto", interpolation="nearest", **imshow)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.spines[:].set(edgecolor=color, linewidth=lw)
-
-
-def grey_panel(ax, a, color, title: str, fontsize: float = 8.5, lw: float = 5, **imshow):
-    """Real values in a grey colormap (``imshow`` passes vmin/vmax for a shared scale), framed in ``color``."""
-    im = ax.imshow(a, cmap="Greys_r", aspect="auto", interpolation="nearest", **imshow)
-    frame(ax, color, lw)
     ax.set_title(title, fontsize=fontsize, color=TEXT)
     return im
 
