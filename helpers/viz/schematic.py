@@ -247,12 +247,11 @@ def _draw_mat(ax, m: _Mat, x0: float, w: float, h: float, off: float, unit_in: f
     if m.own == "partial":  # p full-size cards, rank p-1 at the back; rank 0 on top (front, bottom-left)
         partial_cards(ax, x0, top, w, h, p, off, -off, lw=1.2, sigma=12)
     elif m.own == "rep":
-        ax.add_patch(Rectangle((x0, top), w, h, facecolor=REPLICATED_GREY, edgecolor="none"))
+        ax.add_patch(Rectangle((x0, top), w, h, facecolor=REPLICATED_GREY, edgecolor="#333333", linewidth=1.0))
     else:  # split by columns or by rows; blocks ~0.15 inch wide or more show their rank
         ranks = [list(range(p))] if m.own == "cols" else [[r] for r in range(p)]
         rank_blocks(ax, x0, top, w, h, ranks, label_min=0.15 / unit_in if p > 1 else None)
-    if m.own != "partial":
-        ax.add_patch(Rectangle((x0, top), w, h, fill=False, edgecolor="#333333", linewidth=1.0))
+        ax.add_patch(Rectangle((x0, top), w, h, fill=False, edgecolor="#333333", linewidth=1.0))  # over the blocks' edges
     ax.text(x0 + w / 2 + off * (p - 1) / 2, top - off * (p - 1) - 0.12,  # above the cards (off = 0: no cards)
             f"{m.name}\n({m.rows}, {m.cols})", ha="center", va="bottom", fontsize=9, color=TEXT)
     if m.under:
