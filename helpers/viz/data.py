@@ -74,7 +74,7 @@ def _shard_blocks(pieces, dim, vmin, vmax):
     if nd > 2 and d not in (0, nd - 1):
         raise ValueError(f"shard_figure draws >2-d tensors flattened to 2-d, so the shard dim must be "
                          f"the first or last; got Shard({dim}) of {nd}-d shards")
-    horizontal = (nd == 1) or (d == nd - 1)
+    horizontal = d == nd - 1  # 1-d shards too: drawn as 1×N
     try:
         full = np.concatenate(pieces, axis=d)
     except ValueError:
@@ -126,7 +126,7 @@ def _shard_panels(pieces, kind, vmin, vmax):
     pw = 2.6
     ph = min(3.0, max(0.9, pw * aspect))
     fig = new_figure(ncols * pw + 1.0, nrows * (ph + 0.6) + 0.7)
-    gs = fig.add_gridspec(nrows, ncols, left=0.04, right=0.88, top=1 - 0.6 / (nrows * (ph + 0.6) + 0.7),
+    gs = fig.add_gridspec(nrows, ncols, left=0.04, right=0.88, top=1 - 0.6 / fig.get_figheight(),
                           bottom=0.04, wspace=0.15, hspace=0.45)
     for i, (label, a, r) in enumerate(panels):
         ax = fig.add_subplot(gs[i // ncols, i % ncols])
