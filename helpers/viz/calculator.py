@@ -22,7 +22,7 @@ import ipywidgets as widgets
 from ..costmodel.calculator import DTYPES, CalculatorInputs, Plan, check_inputs, derecho_inputs, plan
 from ..costmodel.dims import PRESETS
 from ..costmodel.hardware import GPUS
-from .figure import TEXT, new_axes, render_png
+from .figure import TEXT, new_axes, render_png, stacked_bars
 from .timing import PART_COLORS
 
 __all__ = ["TPCalculator", "tp_calculator", "plan_html", "plan_figure"]
@@ -49,9 +49,8 @@ def plan_html(pl: Plan) -> str:
     inp = pl.inputs
     r1 = pl.row(1)
     yes = {True: "<b style='color:#1a7f37'>fits</b>", False: "<b style='color:#a40000'>does not fit</b>"}
-    cap = _gb(inp.gpu_memory_gb * 1e9)
     head = [
-        f"<b>Without TP</b> ({cap} per GPU): one layer {_gb(r1.layer_bytes)} {yes[r1.layer_fits]}; "
+        f"<b>Without TP</b> ({_gb(inp.gpu_memory_gb * 1e9)} per GPU): one layer {_gb(r1.layer_bytes)} {yes[r1.layer_fits]}; "
         f"the whole model {_gb(r1.model_bytes)} {yes[r1.model_fits]}.",
         "<b>Smallest TP degree that fits</b>: one layer "
         f"{pl.smallest_tp_for_layer or 'none'}; the whole model on the TP group alone "
@@ -83,16 +82,14 @@ def plan_figure(pl: Plan):
     """One layer's step time per TP degree: compute and communication, the considered degree framed."""
     fig, ax = new_axes(5.6, 2.9)
     xs = list(range(len(pl.rows)))
-    comp = [1e3 * r.compute_s for r in pl.rows]
-    comm = [1e3 * r.comm_s for r in pl.rows]
-    ax.bar(xs, comp, color=PART_COLORS["matmul"], width=0.6, label="compute")
-    bars = ax.bar(xs, comm, bottom=comp, color=PART_COLORS["communication"], width=0.6, label="TP all-reduces")
+    tops, bars = stacked_bars(ax, xs, [[1e3 * r.compute_s for r in pl.rows], [1e3 * r.comm_s for r in pl.rows]],
+                              [PART_COLORS["matmul"], PART_COLORS["communication"]], width=0.6)
     ax.bar_label(bars, [f"{r.comm_share:.0%}" for r in pl.rows], fontsize=8, color=TEXT)
     ax.set_xticks(xs, [f"{r.tp}" + ("" if r.within_node else "\n(2+ nodes)") for r in pl.rows])
     ax.set_xlabel("TP degree")
     ax.set_ylabel("ms per layer-step")
-    ax.set_ylim(0, max(a + b for a, b in zip(comp, comm)) * 1.25)
-    ax.legend(fontsize=8, frameon=False)
+    ax.set_ylim(0, tops.max() * 1.25)
+    ax.legend(ax.containers, ["compute", "TP all-reduces"], fontsize=8, frameon=False)
     ax.set_title("One layer's training step (% = communication share)", fontsize=10)
     return fig
 
@@ -113,7 +110,10 @@ class TPCalculator(widgets.HBox):
         self._measured = dict(measured) if measured else None
         self._measured_label = measured_label
         kw = dict(style={"description_width": "160px"}, layout=widgets.Layout(width="310px"))
-        self.preset = widgets.Dropdown(options=[*PRESETS, "custom"], value=self._preset_of(inputs), description="model",
+        preset = next((name for name, m in PRESETS.items()  # the preset whose shape these inputs have
+                       if all(getattr(inputs, k) == getattr(m, k) for k in ("d_model", "n_layers", "n_heads", "d_ff"))),
+                      "custom")
+        self.preset = widgets.Dropdown(options=[*PRESETS, "custom"], value=preset, description="model",
                                        **kw).add_class("tp-calc-preset")
         self.fields = {}
         for name, label in _LABELS.items():
@@ -147,20 +147,12 @@ class TPCalculator(widgets.HBox):
             w.observe(self._on_change, names="value")
 
     # ---------------------------------------------------------------- reading the fields
-    @staticmethod
-    def _preset_of(inp: CalculatorInputs) -> str:
-        for name, m in PRESETS.items():
-            if all(getattr(inp, k) == getattr(m, k) for k in ("d_model", "n_layers", "n_heads", "d_ff")):
-                return name
-        return "custom"
-
     def inputs(self) -> CalculatorInputs:
         """The fields as :class:`CalculatorInputs` (0 means "none" for kv heads and TFLOP/s)."""
         vals = {k: w.value for k, w in self.fields.items()}
         vals["n_kv_heads"] = vals["n_kv_heads"] or None
         vals["matmul_tflops"] = vals["matmul_tflops"] or None
-        model = PRESETS.get(self.preset.value)
-        bias = model.bias if model is not None else self._inputs.bias
+        bias = PRESETS.get(self.preset.value, self._inputs).bias  # a preset's, or (custom) the starting inputs'
         return replace(self._inputs, **vals, dtype=self.dtype.value, gated_mlp=self.gated.value, bias=bias,
                        flash_attention=self.flash.value, gpu=self.gpu.value)
 
@@ -192,30 +184,23 @@ class TPCalculator(widgets.HBox):
     def update(self) -> None:
         """Recompute the plan from the fields; problems become a message, never a traceback."""
         self.updates += 1
+        self.plan = None
         try:
             inp = self.inputs()
             problems = check_inputs(inp)
-            if problems:
-                self._show_problems(problems)
-                return
-            use_measured = self._measured and self.efficiency.value == self._measured_label
-            pl = plan(inp, efficiency=self._measured if use_measured else None,
-                      efficiency_source=self._measured_label if use_measured else None)
-            png = render_png(plan_figure(pl))
+            if not problems:
+                use_measured = self._measured and self.efficiency.value == self._measured_label
+                pl = plan(inp, efficiency=self._measured if use_measured else None,
+                          efficiency_source=self._measured_label if use_measured else None)
+                self.image.value = render_png(plan_figure(pl))
+                self.plan = pl
         except Exception as e:  # keep the widget alive and say what went wrong
-            self._show_problems([f"could not compute this plan: {type(e).__name__}: {e}"])
-            return
-        self.plan = pl
-        self.message.value = ""
-        self.result.value = f"<small>TP calculator: {self.updates} updates</small><br>" + plan_html(pl)
-        self.image.value = png
-
-    def _show_problems(self, problems: list[str]) -> None:
-        self.plan = None
+            problems = [f"could not compute this plan: {type(e).__name__}: {e}"]
         items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
         self.message.value = (f"<div style='color:#a40000'><b>Please check the inputs:</b>"
-                              f"<ul>{items}</ul></div>")
-        self.result.value = f"<small>TP calculator: {self.updates} updates</small><br>(no plan until the inputs make sense)"
+                              f"<ul>{items}</ul></div>") if problems else ""
+        self.result.value = (f"<small>TP calculator: {self.updates} updates</small><br>"
+                             + (plan_html(self.plan) if self.plan else "(no plan until the inputs make sense)"))
 
 
 tp_calculator = TPCalculator  # the notebook's name for it

@@ -50,11 +50,19 @@ def shard_figure(shards: Sequence, layout: str, name: str = "W", dense_shape=Non
         vmin, vmax = vmin - 1.0, vmax + 1.0
 
     if kind == "shard":
-        return _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax)
-    return _shard_panels(pieces, kind, name, dense_shape, vmin, vmax)
+        fig, shape, note = _shard_blocks(pieces, dim, vmin, vmax)
+    else:
+        fig, shape, note = _shard_panels(pieces, kind, vmin, vmax)
+    title = f"{name}: {placement_text(kind, dim)} over {p} rank{'s' if p != 1 else ''}{note}"
+    if dense_shape is not None:
+        ds = tuple(int(s) for s in dense_shape)
+        title += "  = dense" if ds == shape else f"  ≠ dense {ds}!"
+    fig.suptitle(title, fontsize=10, color=TEXT)
+    return fig
 
 
-def _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax) -> Figure:
+def _shard_blocks(pieces, dim, vmin, vmax):
+    """Each rank's block at its place in the full tensor: ``fig``, the full shape, the title's note."""
     p = len(pieces)
     nd = pieces[0].ndim
     if nd == 0 or any(a.ndim != nd for a in pieces):
@@ -66,31 +74,28 @@ def _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax) -> Figure:
     if nd > 2 and d not in (0, nd - 1):
         raise ValueError(f"shard_figure draws >2-d tensors flattened to 2-d, so the shard dim must be "
                          f"the first or last; got Shard({dim}) of {nd}-d shards")
-    horizontal = (nd == 1) or (d == nd - 1)
-    blocks = [to_2d(a) for a in pieces]
+    horizontal = d == nd - 1  # 1-d shards too: drawn as 1×N
     try:
-        full = np.concatenate(blocks, axis=1 if horizontal else 0)
+        full = np.concatenate(pieces, axis=d)
     except ValueError:
         raise ValueError(f"layout Shard({dim}): shard shapes do not fit together: "
                          f"{[tuple(a.shape) for a in pieces]}") from None
-    full_shape = list(pieces[0].shape)
-    full_shape[d] = sum(a.shape[d] for a in pieces)
-    rows, cols = full.shape
+    rows, cols = to_2d(full).shape  # flattened, each rank's block stays contiguous (d is the first or last dim)
 
     w = min(11.0, max(4.5, 0.32 * cols + 2.5))
     h = min(8.0, max(2.4, 0.32 * rows + 1.8))
     fig = new_figure(w, h)
     ax = fig.add_axes([0.08, 0.1, 0.72, 0.72] if horizontal else [0.06, 0.1, 0.62, 0.72])
-    im = ax.imshow(full, cmap="Greys_r", vmin=vmin, vmax=vmax, interpolation="nearest", aspect="auto")
+    im = ax.imshow(to_2d(full), cmap="Greys_r", vmin=vmin, vmax=vmax, interpolation="nearest", aspect="auto")
     _grid(ax, rows, cols)
     start = 0
-    for r, blk in enumerate(blocks):
-        br, bc = blk.shape
+    for r, a in enumerate(pieces):
+        br, bc = to_2d(a).shape
         x0, y0 = (start - 0.5, -0.5) if horizontal else (-0.5, start - 0.5)
         inset = 0.08  # the frame inside the block, so neighbours' frames do not overlap
         ax.add_patch(Rectangle((x0 + inset, y0 + inset), bc - 2 * inset, br - 2 * inset, fill=False,
                                edgecolor=rank_color(r), linewidth=4, clip_on=False, zorder=3))
-        label = f"rank {r}: {tuple(pieces[r].shape)}"
+        label = f"rank {r}: {a.shape}"
         if horizontal:
             ax.text(x0 + bc / 2, -0.5 - 0.02 * rows - 0.3, label, ha="center", va="bottom", fontsize=8,
                     color=TEXT, rotation=0 if bc >= 4 or p <= 2 else 30, clip_on=False)
@@ -99,17 +104,12 @@ def _shard_blocks(pieces, dim, name, dense_shape, vmin, vmax) -> Figure:
                     fontsize=8, color=TEXT, clip_on=False)
         start += bc if horizontal else br
     ax.axis("off")
-    title = f"{name}: Shard({dim}) over {p} rank{'s' if p != 1 else ''}, full shape {tuple(full_shape)}"
-    if dense_shape is not None:
-        ds = tuple(int(s) for s in dense_shape)
-        title += ("  = dense" if ds == tuple(full_shape) else f"  ≠ dense {ds}!")
-    fig.suptitle(title, fontsize=10, color=TEXT)
     fig.colorbar(im, cax=fig.add_axes([0.86 if horizontal else 0.9, 0.1, 0.025, 0.72]))
-    return fig
+    return fig, full.shape, f", full shape {full.shape}"
 
 
-def _shard_panels(pieces, kind, name, dense_shape, vmin, vmax) -> Figure:
-    p = len(pieces)
+def _shard_panels(pieces, kind, vmin, vmax):
+    """One full-size panel per rank (and Σ for ``Partial()``): ``fig``, the shape, the title's note."""
     if len({a.shape for a in pieces}) != 1:
         raise ValueError(f"layout {placement_text(kind)}: every rank should hold a full-size tensor of one shape; "
                          f"got {[tuple(a.shape) for a in pieces]}")
@@ -119,15 +119,14 @@ def _shard_panels(pieces, kind, name, dense_shape, vmin, vmax) -> Figure:
         total = np.sum(pieces, axis=0)
         panels.append((f"Σ over ranks: {tuple(total.shape)}", total, None))
         vmin, vmax = min(vmin, float(np.nanmin(total))), max(vmax, float(np.nanmax(total)))
-    n = len(panels)
-    ncols = min(n, 4)
-    nrows = math.ceil(n / ncols)
+    ncols = min(len(panels), 4)
+    nrows = math.ceil(len(panels) / ncols)
     b2 = to_2d(pieces[0])
     aspect = b2.shape[0] / max(b2.shape[1], 1)
     pw = 2.6
     ph = min(3.0, max(0.9, pw * aspect))
     fig = new_figure(ncols * pw + 1.0, nrows * (ph + 0.6) + 0.7)
-    gs = fig.add_gridspec(nrows, ncols, left=0.04, right=0.88, top=1 - 0.6 / (nrows * (ph + 0.6) + 0.7),
+    gs = fig.add_gridspec(nrows, ncols, left=0.04, right=0.88, top=1 - 0.6 / fig.get_figheight(),
                           bottom=0.04, wspace=0.15, hspace=0.45)
     for i, (label, a, r) in enumerate(panels):
         ax = fig.add_subplot(gs[i // ncols, i % ncols])
@@ -135,17 +134,13 @@ def _shard_panels(pieces, kind, name, dense_shape, vmin, vmax) -> Figure:
         im = grey_panel(ax, a2, rank_color(r) if r is not None else "#222222", label, lw=5 if r is not None else 1.5,
                         vmin=vmin, vmax=vmax)
         _grid(ax, *a2.shape)
-    note = ""
+    shape = tuple(pieces[0].shape)
+    note = f", each {shape}"
     if kind == "replicate":
         worst = max(float(np.nanmax(np.abs(a - pieces[0]))) if a.size else 0.0 for a in pieces)
-        note = "  (all copies identical)" if worst == 0 else f"  (copies differ: max |Δ| {worst:.1e})"
-    title = f"{name}: {placement_text(kind)} over {p} rank{'s' if p != 1 else ''}{note}"
-    if dense_shape is not None:
-        ds = tuple(int(s) for s in dense_shape)
-        title += "  shape = dense" if ds == tuple(pieces[0].shape) else f"  ≠ dense {ds}!"
-    fig.suptitle(title, fontsize=10, color=TEXT)
+        note += "  (all copies identical)" if worst == 0 else f"  (copies differ: max |Δ| {worst:.1e})"
     fig.colorbar(im, cax=fig.add_axes([0.91, 0.1, 0.02, 0.75]))
-    return fig
+    return fig, shape, note
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,17 +158,17 @@ def plot_flops(degrees: Sequence[int], flops, title: str = "Achieved GFLOP/s vs 
     degrees = [int(d) for d in degrees]
     if not degrees:
         raise ValueError("degrees is empty")
-    series = dict(flops) if isinstance(flops, dict) else {"measured": flops}
-    for label, vals in series.items():
-        if len(list(vals)) != len(degrees):
-            raise ValueError(f"series {label!r} has {len(list(vals))} values for {len(degrees)} degrees")
+    series = {label: np.asarray(list(vals), dtype=float)
+              for label, vals in (flops.items() if isinstance(flops, dict) else [("measured", flops)])}
+    for label, v in series.items():
+        if len(v) != len(degrees):
+            raise ValueError(f"series {label!r} has {len(v)} values for {len(degrees)} degrees")
     fig, ax = new_axes(6.4, 4.0)
     markers = ["o", "s", "^", "D", "v", "P"]
     greys = ["#111111", "#555555", "#888888", "#333333", "#777777", "#999999"]
-    for i, (label, vals) in enumerate(series.items()):
-        v = np.asarray(list(vals), dtype=float)
+    for i, (label, v) in enumerate(series.items()):
         ax.plot(degrees, v, marker=markers[i % 6], color=greys[i % 6], lw=1.8, label=label)
-        if v.size and np.isfinite(v[0]) and v[0] > 0:
+        if np.isfinite(v[0]) and v[0] > 0:  # v has one value per degree, and degrees is not empty
             ideal_v = v[0] * np.asarray(degrees, dtype=float) / degrees[0]
             ax.plot(degrees, ideal_v, ls="--", color=greys[i % 6], lw=1.0, alpha=0.6,
                     label=f"ideal (linear from degree {degrees[0]})" if len(series) == 1 else None)

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 __all__ = ["RANK_COLORS", "to_2d", "REPLICATED_GREY", "MAX_DEGREE", "TPFigure", "rank_color", "text_on",
-           "new_figure", "new_axes", "diagram_axes", "message_figure", "frame", "grey_panel", "grid_lines",
+           "new_figure", "new_axes", "diagram_axes", "message_figure", "grey_panel", "grid_lines",
            "rank_handles", "rank_blocks", "partial_cards", "stacked_bars", "count_rank_colors", "figure_to_png",
            "render_png", "figure_to_rgba", "TEXT", "MUTED", "BOX", "DPI"]
 
@@ -57,8 +57,7 @@ BOX = "#f2f2f2"
 
 def rank_color(rank: int) -> tuple[float, float, float]:
     """Matplotlib colour (floats 0..1) of ``rank``; ranks >= 8 reuse colours (rank % 8)."""
-    r, g, b = RANK_COLORS[int(rank) % len(RANK_COLORS)]
-    return (r / 255.0, g / 255.0, b / 255.0)
+    return tuple(c / 255.0 for c in RANK_COLORS[int(rank) % len(RANK_COLORS)])
 
 
 def text_on(rank: int) -> str:
@@ -78,11 +77,7 @@ class TPFigure(Figure):
 def to_2d(a):
     """A tensor or array as 2-D for drawing: scalars 1×1, vectors 1×N, >2-D flattened to
     (prod(leading dims), last dim)."""
-    if a.ndim == 0:
-        return a.reshape(1, 1)
-    if a.ndim == 1:
-        return a.reshape(1, -1)
-    return a if a.ndim == 2 else a.reshape(-1, a.shape[-1])
+    return a.reshape(1, -1) if a.ndim < 2 else a.reshape(-1, a.shape[-1])
 
 
 def new_figure(w: float, h: float, dpi: int = DPI, **kw) -> Figure:
@@ -120,19 +115,13 @@ def message_figure(title: str, text: str, w: float, h: float, fontsize: float) -
 # --------------------------------------------------------------------------------------------
 
 
-def frame(ax, color, lw: float = 5) -> None:
-    """No ticks; the axes' border drawn in ``color`` (a rank's colour frames what that rank holds)."""
+def grey_panel(ax, a, color, title: str, fontsize: float = 8.5, lw: float = 5, **imshow):
+    """Real values in a grey colormap (``imshow`` passes vmin/vmax for a shared scale), no ticks, the
+    axes' border drawn in ``color`` (a rank's colour frames what that rank holds)."""
+    im = ax.imshow(a, cmap="Greys_r", aspect="auto", interpolation="nearest", **imshow)
     ax.set_xticks([])
     ax.set_yticks([])
-    for sp in ax.spines.values():
-        sp.set_edgecolor(color)
-        sp.set_linewidth(lw)
-
-
-def grey_panel(ax, a, color, title: str, fontsize: float = 8.5, lw: float = 5, **imshow):
-    """Real values in a grey colormap (``imshow`` passes vmin/vmax for a shared scale), framed in ``color``."""
-    im = ax.imshow(a, cmap="Greys_r", aspect="auto", interpolation="nearest", **imshow)
-    frame(ax, color, lw)
+    ax.spines[:].set(edgecolor=color, linewidth=lw)
     ax.set_title(title, fontsize=fontsize, color=TEXT)
     return im
 
@@ -213,7 +202,16 @@ def figure_to_rgba(fig: Figure) -> np.ndarray:
     return np.asarray(fig.canvas.buffer_rgba()).copy()
 
 
-def _to_rgb_array(img: Any) -> np.ndarray:
+def count_rank_colors(png_or_rgb_array: Any, min_pixels: int = 50, tol: int = 0) -> set[int]:
+    """Which ranks' colours appear in an image: ``{r : RANK_COLORS[r] covers >= min_pixels}``.
+
+    Accepts PNG bytes, a matplotlib Figure, or an (H, W, 3|4) array (uint8, or floats in 0..1).
+    Pixels must match ``RANK_COLORS[r]`` exactly (``tol`` = allowed difference per channel, for
+    screenshots that went through colour management); in RGBA input, pixels that are not opaque
+    are ignored. ``min_pixels`` makes anti-aliased edges, which blend
+    colours, irrelevant: solid blocks contribute hundreds of exact pixels.
+    """
+    img = png_or_rgb_array
     if isinstance(img, Figure):
         img = figure_to_rgba(img)
     if isinstance(img, (bytes, bytearray, memoryview)):
@@ -230,19 +228,7 @@ def _to_rgb_array(img: Any) -> np.ndarray:
         a = np.clip(a, 0, 255).astype(np.uint8)
     if a.shape[2] == 4:
         a = a[..., :3][a[..., 3] >= 250]
-    return a.reshape(-1, 3)
-
-
-def count_rank_colors(png_or_rgb_array: Any, min_pixels: int = 50, tol: int = 0) -> set[int]:
-    """Which ranks' colours appear in an image: ``{r : RANK_COLORS[r] covers >= min_pixels}``.
-
-    Accepts PNG bytes, a matplotlib Figure, or an (H, W, 3|4) array (uint8, or floats in 0..1).
-    Pixels must match ``RANK_COLORS[r]`` exactly (``tol`` = allowed difference per channel, for
-    screenshots that went through colour management); in RGBA input, pixels that are not opaque
-    are ignored. ``min_pixels`` makes anti-aliased edges, which blend
-    colours, irrelevant: solid blocks contribute hundreds of exact pixels.
-    """
-    rgb = _to_rgb_array(png_or_rgb_array).astype(np.int32)
+    rgb = a.reshape(-1, 3).astype(np.int32)
     keys, counts = np.unique((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2], return_counts=True)
     colors = np.stack([keys >> 16, (keys >> 8) & 255, keys & 255], axis=1)  # each distinct colour once
     return {r for r, c in enumerate(RANK_COLORS) if counts[np.all(np.abs(colors - c) <= tol, axis=1)].sum() >= min_pixels}

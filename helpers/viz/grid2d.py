@@ -1,9 +1,6 @@
-"""Drawings for 2D tensor parallelism (notebook 04): blocks on an s × s grid, SUMMA step by step,
-the 1D-vs-2D layout explorer, and the communication model.
-
-Rank r is drawn in ``RANK_COLORS[r]`` (see :mod:`.figure`); grey = every rank holds a full copy.
-Blocks are laid out row-major: the rank at grid position (i, j) is ``i·s + j``. The byte
-numbers come from the formulas in :mod:`helpers.costmodel.collectives` (pure functions, no collective).
+"""Drawings for 2D tensor parallelism (notebook 04). Blocks are laid out row-major: the rank at
+grid position (i, j) is ``i·s + j``. The byte numbers come from the formulas in
+:mod:`helpers.costmodel.collectives` (pure functions, no collective).
 """
 
 from __future__ import annotations
@@ -75,7 +72,6 @@ def grid_blocks_figure(blocks: Sequence, name: str = "A", dims=("K", "N")) -> Fi
     arrs = [_np(b) for b in blocks]
     s = _side(len(arrs), "grid_blocks_figure")
     r, c = arrs[0].shape
-    R, C = r * s, c * s
     vmin = min(float(a.min()) for a in arrs)
     vmax = max(float(a.max()) for a in arrs)
     fig = new_figure(2.9 * s + 1.2, 2.5 * s + 0.9)
@@ -87,7 +83,7 @@ def grid_blocks_figure(blocks: Sequence, name: str = "A", dims=("K", "N")) -> Fi
                f"{_frac(j, s, dims[1])}:{_frac(j + 1, s, dims[1])}]")
         im = grey_panel(fig.add_subplot(gs[i, j]), a, rank_color(rank), f"GPU ({i},{j}) = rank {rank}\n{sym} = "
                         f"{name}[{i * r}:{(i + 1) * r}, {j * c}:{(j + 1) * c}]", vmin=vmin, vmax=vmax)
-    fig.suptitle(f"{name} [{dims[0]} × {dims[1]}] = ({R}, {C}) on a {s}×{s} grid: each rank holds "
+    fig.suptitle(f"{name} [{dims[0]} × {dims[1]}] = ({r * s}, {c * s}) on a {s}×{s} grid: each rank holds "
                  f"one ({r}, {c}) block", fontsize=10, color=TEXT)
     fig.colorbar(im, cax=fig.add_axes([0.9, 0.1, 0.025, 0.7]))
     return fig
@@ -113,8 +109,7 @@ def summa_step_figure(traces: Sequence[Sequence[dict]], k: int, X=None, W=None) 
     (its own colour). With the full ``X``, ``W`` the title of each Y block gives
     max|Δ| against the dense partial sum Σ_{t≤k} X_it·W_tj.
     """
-    n = len(traces)
-    s = _side(n, "summa_step_figure")
+    s = _side(len(traces), "summa_step_figure")
     if not 0 <= k < s:
         raise ValueError(f"step k={k} is outside 0..{s - 1} for a {s}×{s} grid")
     fig = new_figure(4.2 * s + 0.4, 2.3 * s + 1.0)
@@ -125,7 +120,7 @@ def summa_step_figure(traces: Sequence[Sequence[dict]], k: int, X=None, W=None) 
     for rank, steps in enumerate(traces):
         st = steps[k]
         i, j = st["coords"]
-        inner = outer[i, j].subgridspec(1, 3, wspace=0.35, width_ratios=[1, 1, 1])
+        inner = outer[i, j].subgridspec(1, 3, wspace=0.35)
         xi, xj = st["x_from"]
         wi, wj = st["w_from"]
         x_owner, w_owner = xi * s + xj, wi * s + wj
@@ -134,8 +129,7 @@ def summa_step_figure(traces: Sequence[Sequence[dict]], k: int, X=None, W=None) 
         if Xd is not None and Wd is not None:
             mb, kb = st["x"].shape
             nb = st["w"].shape[1]
-            dense = sum(Xd[i * mb:(i + 1) * mb, t * kb:(t + 1) * kb]
-                        @ Wd[t * kb:(t + 1) * kb, j * nb:(j + 1) * nb] for t in range(k + 1))
+            dense = Xd[i * mb:(i + 1) * mb, :(k + 1) * kb] @ Wd[:(k + 1) * kb, j * nb:(j + 1) * nb]  # Σ_{t≤k}
             note = f"\nmax|Δ| {float(np.abs(acc - dense).max()):.0e}"
         for col, (a, owner, label) in enumerate([
                 (_np(st["x"]), x_owner, f"X[{xi},{xj}]\nfrom rank {x_owner}"),
@@ -221,22 +215,21 @@ def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA") -
     b = COMM_FORMULAS[mode](M, K, N, p)
     lines = {
         "1D column": ("one all-gather of Y_r (M, N/p); X must already be on every rank",
-                      "sent = received = (p−1)·M·N/p·bytes", "1 group (all p ranks)"),
-        "1D row": ("one all-reduce of the (M, N) partial sums", "sent = received = 2(p−1)/p·M·N·bytes",
-                   "1 group (all p ranks)"),
+                      "(p−1)·M·N/p·bytes", "1 group (all p ranks)"),
+        "1D row": ("one all-reduce of the (M, N) partial sums", "2(p−1)/p·M·N·bytes", "1 group (all p ranks)"),
         "2D SUMMA": (f"{2 * s} broadcasts: at each of the {s} steps, X blocks along the rows, "
                      "W blocks down the columns",
-                     "sent = received = (√p−1)·(M·K + K·N)/p·bytes",
+                     "(√p−1)·(M·K + K·N)/p·bytes",
                      f"{2 * s} groups ({s} grid rows + {s} grid columns); X arrives in blocks"),
     }[mode]
-    text = (f"forward: {lines[0]}\nformula: {lines[1]} = {fmt_bytes(b['sent'])} per rank "
+    text = (f"forward: {lines[0]}\nformula: sent = received = {lines[1]} = {fmt_bytes(b['sent'])} per rank "
             f"(float32)\nsynchronisation points: {b['calls']};  needs: {lines[2]}")
     fig.text(0.5, 0.05, text, ha="center", va="bottom", fontsize=8.5, color=TEXT, linespacing=1.5,
              bbox=dict(boxstyle="round,pad=0.5", facecolor=BOX, edgecolor="#999999"))
     handles = rank_handles(min(p, 8))
     if mode == "1D column":
         handles.append(Patch(facecolor=REPLICATED_GREY, label="grey: full copy on every rank"))
-    fig.legend(handles=handles, loc="center", ncol=min(len(handles), 9), frameon=False,
+    fig.legend(handles=handles, loc="center", ncol=len(handles), frameon=False,
                fontsize=8, bbox_to_anchor=(0.5, 0.3))
     return fig
 
@@ -274,9 +267,8 @@ def comm_time_figure(times: dict, p: int = 4, what: str = "forward, ms",
                      how: str = "slowest rank, best of 15 runs", subject: str = "Y = X·W") -> Figure:
     """Bars of measured times per layout (``{mode: milliseconds}``), measured on this cluster."""
     fig, ax = new_axes(6.0, 3.0)
-    names = list(times)
-    vals = [float(times[n]) for n in names]
-    bars = ax.barh(names, vals, color=["#333333", "#777777", "#aaaaaa"][:len(names)])
+    vals = [float(v) for v in times.values()]
+    bars = ax.barh(list(times), vals, color=["#333333", "#777777", "#aaaaaa"])
     ax.bar_label(bars, [f" {v:.2f}" for v in vals], fontsize=8.5, color=MUTED)
     ax.invert_yaxis()
     ax.set_xlabel(what)

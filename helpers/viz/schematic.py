@@ -53,38 +53,32 @@ class _Mat:
     """A matrix in the schematic: rows × cols, with an ownership pattern."""
 
     def __init__(self, name, rows, cols, own, p, under=""):
-        if p == 1:  # one rank holds everything: no "_r" pieces, no copies
-            name, under = name.replace("_r", ""), "rank 0 holds all of it"
+        if p == 1:  # one rank holds everything: no "_r" pieces, no copies, no partial sums: one block
+            name, own, under = name.replace("_r", ""), "cols", "rank 0 holds all of it"
         self.name, self.rows, self.cols, self.own, self.p, self.under = name, rows, cols, own, p, under
 
 
 def _layout_items(p, d_in, d_out, batch, mode):
     """Panels left to right: _Mat or ('op', text) or ('comm', text)."""
-    one = p == 1
-    x_full = _Mat("X", batch, d_in, "cols" if one else "rep", p, "every rank: full copy")
+    x_full = _Mat("X", batch, d_in, "rep", p, "every rank: full copy")
 
-    def partial_sums(d):  # "= Y_r", then (p > 1) the all-reduce into a full Y on every rank
-        items = [("op", "="), _Mat("Y_r", batch, d, "cols" if one else "partial", p, f"rank r: partial sum ({batch}, {d})")]
-        return items if one else items + [("comm", "all-reduce\n(sum)"),
-                                          _Mat("Y", batch, d, "rep", p, "every rank: full copy")]
+    def result(d, own, under, comm):  # "= Y_r", then (p > 1) the collective into a full Y on every rank
+        items = [("op", "="), _Mat("Y_r", batch, d, own, p, under)]
+        return items if p == 1 else items + [("comm", comm), _Mat("Y", batch, d, "rep", p, "every rank: full copy")]
 
     if mode == "column":
-        items = [
+        return [
             x_full,
             ("op", "·"),
             _Mat("W", d_in, d_out, "cols", p, f"rank r: W[:, r-th block] ({d_in}, {d_out // p})"),
-            ("op", "="),
-            _Mat("Y_r", batch, d_out, "cols", p, f"rank r: Y_r ({batch}, {d_out // p})"),
+            *result(d_out, "cols", f"rank r: Y_r ({batch}, {d_out // p})", "all-gather"),
         ]
-        if not one:
-            items += [("comm", "all-gather"), _Mat("Y", batch, d_out, "rep", p, "every rank: full copy")]
-        return items
     if mode == "row":
         return [
             _Mat("X", batch, d_in, "cols", p, f"rank r: X_r ({batch}, {d_in // p})"),
             ("op", "·"),
             _Mat("W", d_in, d_out, "rows", p, f"rank r: W[r-th block, :] ({d_in // p}, {d_out})"),
-            *partial_sums(d_out),
+            *result(d_out, "partial", f"rank r: partial sum ({batch}, {d_out})", "all-reduce\n(sum)"),
         ]
     # column+row: the MLP. in_features = model dim D, out_features = hidden dim H.
     return [
@@ -95,21 +89,20 @@ def _layout_items(p, d_in, d_out, batch, mode):
         _Mat("H_r", batch, d_out, "cols", p, f"rank r: H_r ({batch}, {d_out // p})"),
         ("op", "·"),
         _Mat("W2", d_out, d_in, "rows", p, f"row: ({d_out // p}, {d_in})"),
-        *partial_sums(d_in),
+        *result(d_in, "partial", f"rank r: partial sum ({batch}, {d_in})", "all-reduce\n(sum)"),
     ]
 
 
 def _comm_text(p, d_in, d_out, batch, b, mode) -> str:
-    if mode == "column":
-        head = (f"column-parallel: W ({d_in}×{d_out}) split by columns, X replicated → rank r computes "
-                f"Y_r = X·W_r ({batch}×{d_out // p}).")
-    elif mode == "row":
-        head = (f"row-parallel: W ({d_in}×{d_out}) split by rows, X split by columns → rank r computes a "
-                f"full-size partial sum Y_r = X_r·W_r ({batch}×{d_out}); Y = Σ_r Y_r.")
-    else:
-        head = (f"MLP = column then row (in_features = model dim D = {d_in}, out_features = hidden H = "
-                f"{d_out}): W1 (D×H) split by columns, W2 (H×D) split by rows. H_r = GeLU(X·W1_r) "
-                f"stays on rank r and feeds W2_r: no communication in between.")
+    head = {
+        "column": (f"column-parallel: W ({d_in}×{d_out}) split by columns, X replicated → rank r computes "
+                   f"Y_r = X·W_r ({batch}×{d_out // p})."),
+        "row": (f"row-parallel: W ({d_in}×{d_out}) split by rows, X split by columns → rank r computes a "
+                f"full-size partial sum Y_r = X_r·W_r ({batch}×{d_out}); Y = Σ_r Y_r."),
+        "column+row": (f"MLP = column then row (in_features = model dim D = {d_in}, out_features = hidden H = "
+                       f"{d_out}): W1 (D×H) split by columns, W2 (H×D) split by rows. H_r = GeLU(X·W1_r) "
+                       f"stays on rank r and feeds W2_r: no communication in between."),
+    }[mode]
     if p == 1:
         return head + "\nTP degree 1: a single rank holds everything — no communication."
     if mode == "column":
@@ -121,20 +114,18 @@ def _comm_text(p, d_in, d_out, batch, b, mode) -> str:
             f"{fmt_bytes(bytes_sent('all_gather', full, p))} (and receives as much)."
             f"\nbackward: all-reduce of dL/dX, B·in·bytes = {fmt_bytes(batch * d_in * b)} per rank."
         )
-    d_y = d_out if mode == "row" else d_in
+    row = mode == "row"  # else column+row: the all-reduce of the MLP's output, (B, D)
+    d_y, sym = (d_out, "out") if row else (d_in, "D")
     buf = batch * d_y * b
-    sym = "out" if mode == "row" else "D"
-    text = head + (
-        f"\nforward: {'one ' if mode != 'row' else ''}all-reduce of Y. Buffer per rank = B·{sym}·bytes = "
+    backward = ("none (every rank already holds the full dL/dY)" if row
+                else f"one all-reduce of dL/dX, B·D·bytes = {fmt_bytes(buf)} per rank")
+    return head + (
+        f"\nforward: {'' if row else 'one '}all-reduce of Y. Buffer per rank = B·{sym}·bytes = "
         f"{batch}·{d_y}·{b} = {fmt_bytes(buf)};"
         f"\nring all-reduce: each rank sends 2(p−1)/p·B·{sym}·bytes = "
         f"{fmt_bytes(bytes_sent('all_reduce', buf, p))} (and receives as much)."
+        f"\nbackward: {backward}."
     )
-    if mode == "row":
-        text += "\nbackward: none (every rank already holds the full dL/dY)."
-    else:
-        text += f"\nbackward: one all-reduce of dL/dX, B·D·bytes = {fmt_bytes(buf)} per rank."
-    return text
 
 
 def _uneven_message(p, d_in, d_out, mode) -> str | None:
@@ -189,18 +180,16 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
     clamped = False
     gap = 0.35
     for it in items:
+        h, off = 0.0, 0.0  # an operator or a collective: text only
         if isinstance(it, _Mat):
-            w = length(it.cols, it.p if it.own == "cols" else 1)
-            h = length(it.rows, it.p if it.own == "rows" else 1)
+            w = length(it.cols, p if it.own == "cols" else 1)
+            h = length(it.rows, p if it.own == "rows" else 1)
             clamped = clamped or (w, h) != (it.cols * scale, it.rows * scale)
             off = 0.13 if it.own == "partial" else 0.0
-            geo.append((x, w, h, off))
-            x += w + off * (it.p - 1) + gap
         else:
-            kind, text = it
-            w = 1.9 if kind == "comm" else (1.7 if "GeLU" in text else 0.55)
-            geo.append((x, w, 0.0, 0.0))
-            x += w + gap
+            w = 1.9 if it[0] == "comm" else (1.7 if "GeLU" in it[1] else 0.55)
+        geo.append((x, w, h, off))
+        x += w + off * (p - 1) + gap
     data_w = x - gap
     data_h = max(g[2] + g[3] * 8 for g in geo)
 
@@ -224,18 +213,16 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
                             ax_w / fig_w, draw_h / fig_h], (-0.2, data_w + 0.2), (half, -half))
 
     for it, (x0, w, h, off) in zip(items, geo):
-        if not isinstance(it, _Mat):
-            kind, text = it
-            if kind == "comm":
-                ax.annotate("", xy=(x0 + w, 0), xytext=(x0, 0),
-                            arrowprops=dict(arrowstyle="-|>", color=TEXT, lw=1.6))
-                ax.text(x0 + w / 2, -0.15, text, ha="center", va="bottom", fontsize=10,
-                        color=TEXT, fontweight="bold")
-            else:
-                ax.text(x0 + w / 2, 0, text, ha="center", va="center",
-                        fontsize=18 if len(text) == 1 else 10, color=TEXT)
-            continue
-        _draw_mat(ax, it, x0, w, h, off, unit_in)
+        if isinstance(it, _Mat):
+            _draw_mat(ax, it, x0, w, h, off, unit_in)
+        elif it[0] == "comm":
+            ax.annotate("", xy=(x0 + w, 0), xytext=(x0, 0),
+                        arrowprops=dict(arrowstyle="-|>", color=TEXT, lw=1.6))
+            ax.text(x0 + w / 2, -0.15, it[1], ha="center", va="bottom", fontsize=10,
+                    color=TEXT, fontweight="bold")
+        else:
+            ax.text(x0 + w / 2, 0, it[1], ha="center", va="center",
+                    fontsize=18 if len(it[1]) == 1 else 10, color=TEXT)
 
     # legend: ranks, replicated, partial
     handles = rank_handles(p)
@@ -260,12 +247,11 @@ def _draw_mat(ax, m: _Mat, x0: float, w: float, h: float, off: float, unit_in: f
     if m.own == "partial":  # p full-size cards, rank p-1 at the back; rank 0 on top (front, bottom-left)
         partial_cards(ax, x0, top, w, h, p, off, -off, lw=1.2, sigma=12)
     elif m.own == "rep":
-        ax.add_patch(Rectangle((x0, top), w, h, facecolor=REPLICATED_GREY, edgecolor="none"))
+        ax.add_patch(Rectangle((x0, top), w, h, facecolor=REPLICATED_GREY, edgecolor="#333333", linewidth=1.0))
     else:  # split by columns or by rows; blocks ~0.15 inch wide or more show their rank
         ranks = [list(range(p))] if m.own == "cols" else [[r] for r in range(p)]
         rank_blocks(ax, x0, top, w, h, ranks, label_min=0.15 / unit_in if p > 1 else None)
-    if m.own != "partial":
-        ax.add_patch(Rectangle((x0, top), w, h, fill=False, edgecolor="#333333", linewidth=1.0))
+        ax.add_patch(Rectangle((x0, top), w, h, fill=False, edgecolor="#333333", linewidth=1.0))  # over the blocks' edges
     ax.text(x0 + w / 2 + off * (p - 1) / 2, top - off * (p - 1) - 0.12,  # above the cards (off = 0: no cards)
             f"{m.name}\n({m.rows}, {m.cols})", ha="center", va="bottom", fontsize=9, color=TEXT)
     if m.under:
@@ -281,18 +267,15 @@ def _draw_mat(ax, m: _Mat, x0: float, w: float, h: float, off: float, unit_in: f
 class LayoutExplorer(FigureWidget):
     """Interactive :func:`layout_figure`: sliders for TP degree and feature sizes, a mode menu.
 
-    A :class:`~.widget.FigureWidget` with the CSS class ``tp-layout-explorer``; its picture is an
-    ``ipywidgets.Image`` (CSS class ``tp-layout-image``; in the DOM the ``<img>`` element itself,
-    with a ``blob:`` src that changes on every redraw).
-
-    Browser tests: ``.tp-layout-explorer img.tp-layout-image`` is the picture;
-    ``.tp-layout-explorer .tp-degree`` is the TP-degree slider (label text "TP degree"), whose
-    ``.widget-readout`` is contenteditable: click it, select all, type "2", press Enter.
-    Other controls: ``.tp-in-features``, ``.tp-out-features`` (sliders), ``.tp-mode`` (a
-    ``<select>`` inside). Then screenshot the ``<img>`` and call :func:`count_rank_colors`.
+    Browser tests: ``.tp-layout-explorer img.tp-layout-image`` is the picture (the ``<img>`` of an
+    ``ipywidgets.Image``, whose ``blob:`` src changes on every redraw); ``.tp-layout-explorer
+    .tp-degree`` is the TP-degree slider (label text "TP degree"), whose ``.widget-readout`` is
+    contenteditable: click it, select all, type "2", press Enter. Other controls:
+    ``.tp-in-features``, ``.tp-out-features`` (sliders), ``.tp-mode`` (a ``<select>`` inside).
+    Then screenshot the ``<img>`` and call :func:`count_rank_colors`.
 
     Attributes: ``degree``, ``in_features``, ``out_features`` (IntSlider), ``mode`` (Dropdown),
-    and :class:`~.widget.FigureWidget`'s ``image``, ``messages``, ``redraw_count``, ``png``.
+    and those of :class:`~.widget.FigureWidget`.
     """
 
     what = "layout"
