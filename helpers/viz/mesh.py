@@ -77,8 +77,7 @@ def mesh_map(mesh_shape, dim_names, hosts=None, devices=None, group_dim: str | N
         x, y = pos[r]
         ax.add_patch(Rectangle((x, y), sq, sq, facecolor=rank_color(r), edgecolor="none"))
         ax.text(x + sq / 2, y + sq / 2, f"rank {r}", ha="center", va="center", fontsize=8.5, color=text_on(r))
-        under = [s for s in ((hosts[r] if hosts is not None else None),
-                             (devices[r] if devices is not None else None)) if s]
+        under = [seq[r] for seq in (hosts, devices) if seq is not None and seq[r]]
         if under:
             ax.text(x + sq / 2, y + sq + 0.05, "\n".join(map(str, under)), ha="center", va="top",
                     fontsize=6.5, color=MUTED, linespacing=1.0)

@@ -37,12 +37,9 @@ def timeline_figure(runs: dict, title: str = "one step, per rank", note: str = "
                 yv = (p - 1 - r) * 2.6 + (1 - k) * 1.1
                 ticks.append(yv + 0.45)
                 names.append(f"rank {r} {lane}")
-                for ln, what, a, b in spans:
-                    if ln != lane:
-                        continue
-                    ax.broken_barh([((a - t0) * 1e3, max((b - a) * 1e3, 1e-3))], (yv, 0.9),
-                                   facecolors=rank_color(r), edgecolor=TEXT, linewidth=0.4,
-                                   hatch="///" if lane == "collective" else None)
+                ax.broken_barh([((a - t0) * 1e3, max((b - a) * 1e3, 1e-3)) for ln, _, a, b in spans if ln == lane],
+                               (yv, 0.9), facecolors=rank_color(r), edgecolor=TEXT, linewidth=0.4,
+                               hatch="///" if lane == "collective" else None)
             ov = overlap_seconds(spans)
             ax.text((t_end - t0) * 1e3 * 1.01, (p - 1 - r) * 2.6 + 0.9, f"overlap {ov * 1e3:.2f} ms",
                     fontsize=8, color=MUTED, va="center")
@@ -61,7 +58,7 @@ def checkpoint_figure(layouts: dict, shapes: dict, title: str = "which rank wrot
     piece share it in stripes); a setup with one holder and the whole tensor is drawn grey."""
     names = list(shapes)
     fig = new_figure(2.4 * len(names) + 1.5, 2.1 * len(layouts) + 0.6, layout="constrained")
-    axes = fig.subplots(len(layouts), len(names), squeeze=False)
+    axes = fig.subplots(len(layouts), len(names), squeeze=False, subplot_kw=dict(xticks=[], yticks=[]))
     for i, (setup, by_rank) in enumerate(layouts.items()):
         for j, name in enumerate(names):
             ax = axes[i, j]
@@ -80,8 +77,6 @@ def checkpoint_figure(layouts: dict, shapes: dict, title: str = "which rank wrot
                         ha="center", va="center", fontsize=7, color="white" if not whole else TEXT)
             ax.set_xlim(0, cols)
             ax.set_ylim(0, rows)
-            ax.set_xticks([])
-            ax.set_yticks([])
             if i == 0:
                 ax.set_title(f"{name}\n{rows}×{cols}", fontsize=8)
             if j == 0:
