@@ -77,18 +77,6 @@ def _check_shapes(op: str, before: list, after: list, root: int) -> None:
         raise ValueError(f"broadcast: root {root} is not a rank of 0..{p - 1}")
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.0f}" if float(v).is_integer() and abs(v) < 1e5 else f"{v:.3g}"
-
-
-def _cell(ax, x, y, ranks, value) -> None:
-    """A unit cell at (x, y) striped with the colours of ``ranks`` (one rank: solid)."""
-    rank_blocks(ax, x, y, 1, 1, [sorted(ranks)], edge="none")
-    ax.add_patch(Rectangle((x, y), 1, 1, fill=False, edgecolor="white", lw=1.5))
-    ax.text(x + 0.5, y + 0.5, _fmt(value), ha="center", va="center", fontsize=8, color="white",
-            fontweight="bold", bbox=dict(boxstyle="round,pad=0.12", fc="#00000055", ec="none"))
-
-
 def collective_chain(before: Sequence, steps: Sequence[tuple[str, Sequence]], *, root: int = 0,
                      title: str | None = None) -> Figure:
     """Draw ``before`` (one 1-D tensor per rank) and the result of each (op, after) step in turn.
@@ -126,8 +114,13 @@ def collective_chain(before: Sequence, steps: Sequence[tuple[str, Sequence]], *,
         ax.text(xs[k] + widths[k] / 2, -0.15, head, ha="center", va="bottom", fontsize=9, color=TEXT,
                 fontweight="bold")
         for r in range(p):
-            for j, v in enumerate(st[r]):
-                _cell(ax, xs[k] + j, r * row_h, prov[k][r][j], v)
+            for j, v in enumerate(st[r]):  # a unit cell striped with the colours of the ranks it sums
+                x, y = xs[k] + j, r * row_h
+                rank_blocks(ax, x, y, 1, 1, [sorted(prov[k][r][j])], edge="none")
+                ax.add_patch(Rectangle((x, y), 1, 1, fill=False, edgecolor="white", lw=1.5))
+                ax.text(x + 0.5, y + 0.5, f"{v:.0f}" if v.is_integer() and abs(v) < 1e5 else f"{v:.3g}",
+                        ha="center", va="center", fontsize=8, color="white", fontweight="bold",
+                        bbox=dict(boxstyle="round,pad=0.12", fc="#00000055", ec="none"))
     for r in range(p):
         ax.text(-0.4, r * row_h + 0.5, f"rank {r}", ha="right", va="center", fontsize=9, color=TEXT)
     for k, op in enumerate(ops):                      # who sends to whom, between stage k and k+1

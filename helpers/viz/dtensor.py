@@ -17,16 +17,6 @@ __all__ = ["draw_dtensor", "comm_chart"]
 _MAX_VALUES = 64  # print the numbers in the cells when the tensor has at most this many
 
 
-def _panel_grid(mesh_shape) -> tuple[int, int]:
-    if len(mesh_shape) == 1:
-        n = mesh_shape[0]
-        cols = min(n, 4)
-        return math.ceil(n / cols), cols
-    if len(mesh_shape) == 2:
-        return mesh_shape[0], mesh_shape[1]
-    raise ValueError(f"draw_dtensor draws DTensors on 1-D and 2-D meshes; this one is {tuple(mesh_shape)}")
-
-
 def draw_dtensor(view, title: str | None = None) -> Figure:
     """One panel per rank, placed as on the mesh: the global tensor, rank r's cells in its colour.
 
@@ -38,7 +28,11 @@ def draw_dtensor(view, title: str | None = None) -> Figure:
     if len(shape) not in (1, 2):
         raise ValueError(f"draw_dtensor draws 1-D and 2-D tensors; {view.name} has shape {shape}")
     rows_t, cols_t = (1, shape[0]) if len(shape) == 1 else shape
-    nrow, ncol = _panel_grid(view.mesh_shape)
+    if len(view.mesh_shape) not in (1, 2):
+        raise ValueError(f"draw_dtensor draws DTensors on 1-D and 2-D meshes; this one is {tuple(view.mesh_shape)}")
+    # the panels placed as the ranks on the mesh; a 1-D mesh in rows of at most 4
+    ncol = min(view.mesh_shape[0], 4) if len(view.mesh_shape) == 1 else view.mesh_shape[1]
+    nrow = math.ceil(view.world_size / ncol)
     values = rows_t * cols_t <= _MAX_VALUES
     cell = min(0.42, 2.6 / max(cols_t, 1), 2.2 / max(rows_t, 1))
     pw, ph = max(cols_t * cell, 1.2), max(rows_t * cell, 0.4)

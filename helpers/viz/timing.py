@@ -72,8 +72,7 @@ def step_time_figure(summary: dict[int, dict[str, float]], modeled: dict[int, di
     ax.set_xticks(x, [f"{p}" + (" (model)" if p not in summary else "") for p in degrees])
     ax.set_xlabel("TP degree p (ranks sharing the block)")
     ax.set_ylabel("ms per step (forward + backward)")
-    top = max(1e3 * allp[p]["step"] for p in degrees)
-    ax.set_ylim(0, top * 1.38)
+    ax.set_ylim(0, 1.38e3 * max(allp[p]["step"] for p in degrees))
     handles = [Patch(facecolor=PART_COLORS[k], label=PART_LABELS[k]) for k in PART_COLORS]
     if modeled:
         handles.append(Patch(facecolor="white", edgecolor="#666666", hatch="//",
