@@ -40,8 +40,7 @@ def timeline_figure(runs: dict, title: str = "one step, per rank", note: str = "
                 ax.broken_barh([((a - t0) * 1e3, max((b - a) * 1e3, 1e-3)) for ln, _, a, b in spans if ln == lane],
                                (yv, 0.9), facecolors=rank_color(r), edgecolor=TEXT, linewidth=0.4,
                                hatch="///" if lane == "collective" else None)
-            ov = overlap_seconds(spans)
-            ax.text((t_end - t0) * 1e3 * 1.01, (p - 1 - r) * 2.6 + 0.9, f"overlap {ov * 1e3:.2f} ms",
+            ax.text((t_end - t0) * 1e3 * 1.01, (p - 1 - r) * 2.6 + 0.9, f"overlap {overlap_seconds(spans) * 1e3:.2f} ms",
                     fontsize=8, color=MUTED, va="center")
         ax.set_yticks(ticks, names, fontsize=8)
         ax.set_xlim(0, (t_end - t0) * 1e3 * 1.22)

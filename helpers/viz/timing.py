@@ -66,8 +66,7 @@ def step_time_figure(summary: dict[int, dict[str, float]], modeled: dict[int, di
                            hatch=[None if p in summary else "//" for p in degrees])
     ax.bar_label(bars, [f"{1e3 * allp[p]['step']:.1f} ms\neff {eff[p]['efficiency']:.0%}\ncomm {eff[p]['comm_share']:.0%}"
                         for p in degrees], padding=4, fontsize=8, color=TEXT)
-    t1 = 1e3 * allp[1]["step"]
-    ax.plot(x, [t1 / p for p in degrees], ls="--", marker="_", color="#222222", lw=1.0,
+    ax.plot(x, [1e3 * allp[1]["step"] / p for p in degrees], ls="--", marker="_", color="#222222", lw=1.0,
             label="ideal: T(1) / p")
     ax.set_xticks(x, [f"{p}" + (" (model)" if p not in summary else "") for p in degrees])
     ax.set_xlabel("TP degree p (ranks sharing the block)")
@@ -167,5 +166,4 @@ class Evidence(_HTML):
         super().__init__(f"<table class='tp-evidence'><tr><th>the chapter says</th>"
                          f"<th>measured or computed here</th></tr>{body}</table>",
                          "\n".join(f"* {b}\n    -> {e}" for b, e in rows))
-        self.rows = list(rows)
 
