@@ -107,10 +107,9 @@ def alpha_beta_figure(measured: dict[int, float], p: int, latency: float, bandwi
     ax.loglog(sizes, [1e6 * measured[s] for s in sizes], "o", color=PART_COLORS["communication"],
               markersize=7, label=f"measured all-reduce, p = {p}")
     for label, nb in marks.items():
-        t = lat + bytes_sent("all_reduce", nb, p) / bandwidth
         ax.axvline(nb, color=MUTED, linewidth=0.8)
-        ax.annotate(f"{label}\n{nb:,} B", (nb, 1e6 * t), textcoords="offset points", xytext=(6, 10),
-                    fontsize=8, color=TEXT)
+        ax.annotate(f"{label}\n{nb:,} B", (nb, 1e6 * (lat + bytes_sent("all_reduce", nb, p) / bandwidth)),  # on the fit
+                    textcoords="offset points", xytext=(6, 10), fontsize=8, color=TEXT)
     ax.set_xlabel("message: bytes of the full tensor")
     ax.set_ylabel("µs per all-reduce")
     ax.legend(fontsize=7.5, frameon=False, loc="upper left")
