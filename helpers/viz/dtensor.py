@@ -110,12 +110,13 @@ def comm_chart(trace: dict, title: str = "Collectives per module", order=None) -
     for k, m in enumerate(modules):
         for off, p, hatch in ((-h / 2, "forward", None), (h / 2, "backward", "////")):
             n = [trace[m].get(p, {}).get(op, 0) for op in ops]  # one bar per op, end to end
+            total = sum(n)
             ax.barh(k + off, n, left=np.cumsum([0] + n[:-1]), height=h, color=colors, hatch=hatch,
                     edgecolor="white", linewidth=0.5)
-            if sum(n):
-                ax.text(sum(n) + 0.05, k + off, f"{sum(n)} {'fwd' if p == 'forward' else 'bwd'}", va="center",
+            if total:
+                ax.text(total + 0.05, k + off, f"{total} {'fwd' if p == 'forward' else 'bwd'}", va="center",
                         fontsize=7.5, color=MUTED)
-            xmax = max(xmax, sum(n))
+            xmax = max(xmax, total)
     ax.set_yticks(range(len(modules)), _short_names(modules), fontsize=8.5)
     ax.invert_yaxis()
     ax.set_xlabel("collectives (count)")
