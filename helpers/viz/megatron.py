@@ -46,9 +46,8 @@ def fg_placement_figure(degree: int) -> Figure:
         y = r * row_h
         ax.text(-0.3, y + 0.35, f"rank {r}", ha="right", va="center", fontsize=9, color=TEXT)
         for i, (_, _, kind) in enumerate(_STATIONS):
-            colour = REPLICATED_GREY if kind == "rep" else rank_color(r)
-            ax.add_patch(Rectangle((xs[i], y), box_w, 0.7, facecolor=colour, edgecolor="white",
-                                   hatch="//" if kind == "partial" else None))
+            ax.add_patch(Rectangle((xs[i], y), box_w, 0.7, facecolor=REPLICATED_GREY if kind == "rep" else rank_color(r),
+                                   edgecolor="white", hatch="//" if kind == "partial" else None))
             if kind == "partial":
                 ax.text(xs[i] + box_w / 2, y + 0.35, "share of Y", ha="center", va="center",
                         fontsize=8, color=text_on(r))
