@@ -77,18 +77,6 @@ def _check_shapes(op: str, before: list, after: list, root: int) -> None:
         raise ValueError(f"broadcast: root {root} is not a rank of 0..{p - 1}")
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.0f}" if float(v).is_integer() and abs(v) < 1e5 else f"{v:.3g}"
-
-
-def _cell(ax, x, y, ranks, value) -> None:
-    """A unit cell at (x, y) striped with the colours of ``ranks`` (one rank: solid)."""
-    rank_blocks(ax, x, y, 1, 1, [sorted(ranks)], edge="none")
-    ax.add_patch(Rectangle((x, y), 1, 1, fill=False, edgecolor="white", lw=1.5))
-    ax.text(x + 0.5, y + 0.5, _fmt(value), ha="center", va="center", fontsize=8, color="white",
-            fontweight="bold", bbox=dict(boxstyle="round,pad=0.12", fc="#00000055", ec="none"))
-
-
 def collective_chain(before: Sequence, steps: Sequence[tuple[str, Sequence]], *, root: int = 0,
                      title: str | None = None) -> Figure:
     """Draw ``before`` (one 1-D tensor per rank) and the result of each (op, after) step in turn.
@@ -106,12 +94,6 @@ def collective_chain(before: Sequence, steps: Sequence[tuple[str, Sequence]], *,
         _check_shapes(op, stages[-2], stages[-1], root)
         ops.append(op)
     p = len(stages[0])
-    # provenance: for each stage, rank, element -> the set of original ranks summed into it
-    prov = [[[{r} for _ in stages[0][r]] for r in range(p)]]
-    for k, op in enumerate(ops):
-        n_in = len(stages[k][0])
-        prov.append([[set().union(*(prov[k][s][e] for s, e in _sources(op, r, j, n_in, p, root)))
-                      for j in range(len(stages[k + 1][r]))] for r in range(p)])
 
     gap, row_h = 3.2, 1.4
     widths = [len(st[0]) for st in stages]
@@ -121,26 +103,33 @@ def collective_chain(before: Sequence, steps: Sequence[tuple[str, Sequence]], *,
     fig = new_figure(w_in, 1.1 + 0.5 * p * row_h)
     left = 0.8 / w_in                                   # room for the "rank r" labels
     ax = diagram_axes(fig, [left, 0.03, 0.99 - left, 0.8], (-0.3, total_w + 0.3), (p * row_h + 0.1, -0.25))
+    # provenance: for each stage, rank, element -> the set of original ranks summed into it
+    prov = [[[{r} for _ in stages[0][r]] for r in range(p)]]
+    for k, op in enumerate(ops):  # and who sends to whom, between stage k and k+1
+        n_in = len(stages[k][0])
+        sources = [[_sources(op, r, j, n_in, p, root) for j in range(len(stages[k + 1][r]))] for r in range(p)]
+        prov.append([[set().union(*(prov[k][s][e] for s, e in src)) for src in row] for row in sources])
+        x0, x1 = xs[k] + widths[k] + 0.15, xs[k + 1] - 0.15
+        for r in range(p):
+            for s in sorted({s for src in sources[r] for s, _ in src}):
+                dy = (s - (p - 1) / 2) * 0.08
+                ax.annotate("", xy=(x1, r * row_h + 0.5 + dy), xytext=(x0, s * row_h + 0.5 + dy),
+                            arrowprops=dict(arrowstyle="-|>", color=rank_color(s), lw=1.1,
+                                            alpha=0.85, shrinkA=0, shrinkB=0))
     for k, st in enumerate(stages):
         head = "before" if k == 0 else OPS[ops[k - 1]].split(":")[0]
         ax.text(xs[k] + widths[k] / 2, -0.15, head, ha="center", va="bottom", fontsize=9, color=TEXT,
                 fontweight="bold")
         for r in range(p):
-            for j, v in enumerate(st[r]):
-                _cell(ax, xs[k] + j, r * row_h, prov[k][r][j], v)
+            for j, v in enumerate(st[r]):  # a unit cell striped with the colours of the ranks it sums
+                x, y = xs[k] + j, r * row_h
+                rank_blocks(ax, x, y, 1, 1, [sorted(prov[k][r][j])], edge="none")
+                ax.add_patch(Rectangle((x, y), 1, 1, fill=False, edgecolor="white", lw=1.5))
+                ax.text(x + 0.5, y + 0.5, f"{v:.0f}" if v.is_integer() and abs(v) < 1e5 else f"{v:.3g}",
+                        ha="center", va="center", fontsize=8, color="white", fontweight="bold",
+                        bbox=dict(boxstyle="round,pad=0.12", fc="#00000055", ec="none"))
     for r in range(p):
         ax.text(-0.4, r * row_h + 0.5, f"rank {r}", ha="right", va="center", fontsize=9, color=TEXT)
-    for k, op in enumerate(ops):                      # who sends to whom, between stage k and k+1
-        n_in = len(stages[k][0])
-        x0, x1 = xs[k] + widths[k] + 0.15, xs[k + 1] - 0.15
-        for r in range(p):
-            senders = sorted({s for j in range(len(stages[k + 1][r]))
-                              for s, _ in _sources(op, r, j, n_in, p, root)})
-            for s in senders:
-                dy = (s - (p - 1) / 2) * 0.08
-                ax.annotate("", xy=(x1, r * row_h + 0.5 + dy), xytext=(x0, s * row_h + 0.5 + dy),
-                            arrowprops=dict(arrowstyle="-|>", color=rank_color(s), lw=1.1,
-                                            alpha=0.85, shrinkA=0, shrinkB=0))
     subtitle = " · ".join(OPS[op] for op in ops)
     fig.suptitle(title or subtitle, fontsize=10, color=TEXT, y=0.99)
     if title:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
@@ -14,16 +15,6 @@ from .figure import MUTED, TEXT, grid_lines, new_axes, new_figure, rank_color, t
 __all__ = ["draw_dtensor", "comm_chart"]
 
 _MAX_VALUES = 64  # print the numbers in the cells when the tensor has at most this many
-
-
-def _panel_grid(mesh_shape) -> tuple[int, int]:
-    if len(mesh_shape) == 1:
-        n = mesh_shape[0]
-        cols = min(n, 4)
-        return math.ceil(n / cols), cols
-    if len(mesh_shape) == 2:
-        return mesh_shape[0], mesh_shape[1]
-    raise ValueError(f"draw_dtensor draws DTensors on 1-D and 2-D meshes; this one is {tuple(mesh_shape)}")
 
 
 def draw_dtensor(view, title: str | None = None) -> Figure:
@@ -37,7 +28,11 @@ def draw_dtensor(view, title: str | None = None) -> Figure:
     if len(shape) not in (1, 2):
         raise ValueError(f"draw_dtensor draws 1-D and 2-D tensors; {view.name} has shape {shape}")
     rows_t, cols_t = (1, shape[0]) if len(shape) == 1 else shape
-    nrow, ncol = _panel_grid(view.mesh_shape)
+    if len(view.mesh_shape) not in (1, 2):
+        raise ValueError(f"draw_dtensor draws DTensors on 1-D and 2-D meshes; this one is {tuple(view.mesh_shape)}")
+    # the panels placed as the ranks on the mesh; a 1-D mesh in rows of at most 4
+    ncol = min(view.mesh_shape[0], 4) if len(view.mesh_shape) == 1 else view.mesh_shape[1]
+    nrow = math.ceil(view.world_size / ncol)
     values = rows_t * cols_t <= _MAX_VALUES
     cell = min(0.42, 2.6 / max(cols_t, 1), 2.2 / max(rows_t, 1))
     pw, ph = max(cols_t * cell, 1.2), max(rows_t * cell, 0.4)
@@ -50,10 +45,8 @@ def draw_dtensor(view, title: str | None = None) -> Figure:
     partial = any(kind == "partial" for kind, _ in view.kinds)
     for r in range(view.world_size):
         c = view.coordinates[r]
-        ax = fig.add_subplot(gs[divmod(c[0], ncol) if len(view.mesh_shape) == 1 else tuple(c)])
-        ax.set_xlim(0, cols_t)
-        ax.set_ylim(rows_t, 0)
-        ax.set_aspect("equal")
+        ax = fig.add_subplot(gs[divmod(c[0], ncol) if len(view.mesh_shape) == 1 else tuple(c)],
+                             xlim=(0, cols_t), ylim=(rows_t, 0), aspect="equal")
         ax.set_axis_off()
         # rank r's rows and columns of the global tensor (a 1-D tensor is one row)
         (r0, r1), (c0, c1) = [(s.start, s.stop) for s in [slice(0, 1), *view.region(r)][-2:]]
@@ -63,10 +56,9 @@ def draw_dtensor(view, title: str | None = None) -> Figure:
             ax.add_patch(Rectangle((c0, r0), c1 - c0, r1 - r0, facecolor=rank_color(r), edgecolor="none"))
             grid_lines(ax, c0, r0, r1 - r0, c1 - c0)  # white over the grey: lines are drawn above patches
             if values:
-                for a in range(r1 - r0):
-                    for b in range(c1 - c0):
-                        ax.text(c0 + b + 0.5, r0 + a + 0.5, f"{local[a, b]:.1f}", ha="center", va="center",
-                                fontsize=6.5, color=text_on(r))
+                for (a, b), v in np.ndenumerate(local):
+                    ax.text(c0 + b + 0.5, r0 + a + 0.5, f"{v:.1f}", ha="center", va="center", fontsize=6.5,
+                            color=text_on(r))
         ax.add_patch(Rectangle((0, 0), cols_t, rows_t, fill=False, edgecolor="#999999", lw=1.0, clip_on=False,
                                zorder=4))
         note = " empty" if local is None else (" partial Σ" if partial else "")
@@ -112,31 +104,28 @@ def comm_chart(trace: dict, title: str = "Collectives per module", order=None) -
     if not modules:
         raise ValueError("the trace is empty: run the forward and backward inside `with CommDebugMode() as comm:`")
     ops = sorted({op for m in modules for p in ("forward", "backward") for op in trace[m].get(p, {})})
-    labels = _short_names(modules)
+    colors = [_OP_GREYS.get(op, "#888888") for op in ops]
     fig, ax = new_axes(7.0, 0.55 * len(modules) + 1.4)
-    h = 0.38
+    h, xmax = 0.38, 1
     for k, m in enumerate(modules):
         for off, p, hatch in ((-h / 2, "forward", None), (h / 2, "backward", "////")):
-            left = 0
-            for op in ops:
-                n = trace[m].get(p, {}).get(op, 0)
-                if n:
-                    ax.barh(k + off, n, left=left, height=h, color=_OP_GREYS.get(op, "#888888"),
-                            hatch=hatch, edgecolor="white", linewidth=0.5)
-                    left += n
-            if left:
-                ax.text(left + 0.05, k + off, f"{left} {'fwd' if p == 'forward' else 'bwd'}", va="center",
+            n = [trace[m].get(p, {}).get(op, 0) for op in ops]  # one bar per op, end to end
+            total = sum(n)
+            ax.barh(k + off, n, left=np.cumsum([0] + n[:-1]), height=h, color=colors, hatch=hatch,
+                    edgecolor="white", linewidth=0.5)
+            if total:
+                ax.text(total + 0.05, k + off, f"{total} {'fwd' if p == 'forward' else 'bwd'}", va="center",
                         fontsize=7.5, color=MUTED)
-    ax.set_yticks(range(len(modules)), labels, fontsize=8.5)
+            xmax = max(xmax, total)
+    ax.set_yticks(range(len(modules)), _short_names(modules), fontsize=8.5)
     ax.invert_yaxis()
     ax.set_xlabel("collectives (count)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_title(title, fontsize=11, color=TEXT)
-    handles = [Patch(facecolor=_OP_GREYS.get(op, "#888888"), label=op) for op in ops]
+    handles = [Patch(facecolor=c, label=op) for op, c in zip(ops, colors)]
     handles += [Patch(facecolor="white", edgecolor="#555555", label="forward"),
                 Patch(facecolor="white", edgecolor="#555555", hatch="////", label="backward")]
     ax.legend(handles=handles, fontsize=8, frameon=False, loc="lower right")
     ax.grid(True, axis="x", color="#dddddd", lw=0.6)
-    xmax = max([1] + [sum(trace[m].get(p, {}).values()) for m in modules for p in ("forward", "backward")])
     ax.set_xlim(0, xmax + 1.2)
     return fig

@@ -39,7 +39,6 @@ def cache_figure(holdings: list[list[int]], n_kv_heads: int, lengths: list[int],
     hatched cells were appended by decode steps. ``holdings[r]``: the global kv heads rank r holds
     (a head on several ranks is replicated: several rows)."""
     rows = [(h, r) for h in range(n_kv_heads) for r, hs in enumerate(holdings) if h in hs]
-    T = max(lengths)
     fig = new_figure(3.2 * len(lengths) + 1.2, 0.32 * len(rows) + 1.6)
     axes = fig.subplots(1, len(lengths), squeeze=False, sharey=True)[0]  # tick labels on the first panel only
     for ax, n in zip(axes, lengths):
@@ -47,7 +46,7 @@ def cache_figure(holdings: list[list[int]], n_kv_heads: int, lengths: list[int],
             ax.barh(y + 0.43, 0.92, height=0.86, left=np.arange(n), color=rank_color(r),
                     edgecolor="white", hatch=["///" if t >= prompt_len else None for t in range(n)], linewidth=0)
         ax.axvline(prompt_len - 0.04, color=TEXT, linestyle="--", linewidth=1)
-        ax.set_xlim(0, T)
+        ax.set_xlim(0, max(lengths))
         ax.set_ylim(len(rows), 0)
         ax.set_yticks(np.arange(len(rows)) + 0.43, [f"kv head {h} · rank {r}" for h, r in rows], fontsize=7)
         ax.set_xlabel("position (token)", fontsize=8)
@@ -108,10 +107,9 @@ def alpha_beta_figure(measured: dict[int, float], p: int, latency: float, bandwi
     ax.loglog(sizes, [1e6 * measured[s] for s in sizes], "o", color=PART_COLORS["communication"],
               markersize=7, label=f"measured all-reduce, p = {p}")
     for label, nb in marks.items():
-        t = lat + bytes_sent("all_reduce", nb, p) / bandwidth
         ax.axvline(nb, color=MUTED, linewidth=0.8)
-        ax.annotate(f"{label}\n{nb:,} B", (nb, 1e6 * t), textcoords="offset points", xytext=(6, 10),
-                    fontsize=8, color=TEXT)
+        ax.annotate(f"{label}\n{nb:,} B", (nb, 1e6 * (lat + bytes_sent("all_reduce", nb, p) / bandwidth)),  # on the fit
+                    textcoords="offset points", xytext=(6, 10), fontsize=8, color=TEXT)
     ax.set_xlabel("message: bytes of the full tensor")
     ax.set_ylabel("µs per all-reduce")
     ax.legend(fontsize=7.5, frameon=False, loc="upper left")

@@ -92,29 +92,25 @@ def plot_collectives(summaries: Mapping[str, Mapping[str, Mapping[str, float]]],
     greys = {"all_reduce": "#555555", "all_gather": "#9a9a9a", "reduce_scatter": "#d0d0d0"}
     names = list(summaries)
     fig = new_figure(10.5, 3.5, layout="constrained")
-    a1, a2, a3 = fig.subplots(1, 3)
+    axes = fig.subplots(1, 3)
     x = np.arange(len(names))
-    for ax, key in ((a1, "count"), (a2, "sent")):
+    by_op = {key: {k: ([summaries[n].get(k, {}).get(key, 0) for n in names], grey) for k, grey in greys.items()}
+             for key in ("count", "sent")}
+    for ax, what, layers, fmt in ((axes[0], "collectives", by_op["count"], lambda t: f"{int(t)}"),
+                                  (axes[1], "bytes sent (ring algorithm)", by_op["sent"], fmt_bytes),
+                                  (axes[2], "activations held (rank 0)",
+                                   {None: ([memory.get(n, 0) for n in names], rank_color(0))}, fmt_bytes)):
         bottom = np.zeros(len(names))
-        for k, grey in greys.items():
-            v = np.array([summaries[n].get(k, {}).get(key, 0) for n in names], float)
-            if v.any():
-                ax.bar(x, v, 0.55, bottom=bottom, color=grey, edgecolor="#444444", lw=0.6, label=k)
+        for label, (v, color) in layers.items():  # a kind no setup ran gets no bar (and no legend entry)
+            if any(v):
+                ax.bar(x, v, 0.55, bottom=bottom, color=color, edgecolor="#444444", lw=0.6, label=label)
             bottom += v
         for xi, tot in zip(x, bottom):
-            ax.text(xi, tot, fmt_bytes(tot) if key == "sent" else f"{int(tot)}", ha="center",
-                    va="bottom", fontsize=8.5)
+            ax.text(xi, tot, fmt(tot), ha="center", va="bottom", fontsize=8.5)
         ax.set_xticks(x, names)
         ax.set_ylim(0, max(bottom.max(), 1) * 1.2)
-    a1.set_title("collectives", fontsize=10)
-    a1.legend(fontsize=7.5, frameon=False, loc="upper left")
-    a2.set_title("bytes sent (ring algorithm)", fontsize=10)
-    mem = np.array([memory.get(n, 0) for n in names], float)
-    bars = a3.bar(x, mem, 0.55, color=rank_color(0), edgecolor="#444444", lw=0.6)
-    a3.bar_label(bars, [fmt_bytes(v) for v in mem], fontsize=8.5)
-    a3.set_xticks(x, names)
-    a3.set_ylim(0, max(mem.max(), 1) * 1.2)
-    a3.set_title("activations held (rank 0)", fontsize=10)
+        ax.set_title(what, fontsize=10)
+    axes[0].legend(fontsize=7.5, frameon=False, loc="upper left")
     fig.suptitle(title, fontsize=10.5)
     return fig
 

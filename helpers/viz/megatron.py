@@ -33,8 +33,7 @@ def fg_placement_figure(degree: int) -> Figure:
     if not isinstance(degree, int) or not 1 <= degree <= MAX_DEGREE:
         raise ValueError(f"degree must be an integer in 1..{MAX_DEGREE}, got {degree!r}")
     p, box_w, gap, row_h = degree, 2.3, 1.5, 0.9
-    n = len(_STATIONS)
-    xs = [i * (box_w + gap) for i in range(n)]
+    xs = [i * (box_w + gap) for i in range(len(_STATIONS))]
     width = xs[-1] + box_w
     fig = new_figure(12.5, 1.9 + 0.48 * p)
     ax = diagram_axes(fig, [0.06, 0.02, 0.93, 0.8], (-0.2, width + 0.2), (p * row_h + 1.15, -0.55))
@@ -47,9 +46,8 @@ def fg_placement_figure(degree: int) -> Figure:
         y = r * row_h
         ax.text(-0.3, y + 0.35, f"rank {r}", ha="right", va="center", fontsize=9, color=TEXT)
         for i, (_, _, kind) in enumerate(_STATIONS):
-            colour = REPLICATED_GREY if kind == "rep" else rank_color(r)
-            ax.add_patch(Rectangle((xs[i], y), box_w, 0.7, facecolor=colour, edgecolor="white",
-                                   hatch="//" if kind == "partial" else None))
+            ax.add_patch(Rectangle((xs[i], y), box_w, 0.7, facecolor=REPLICATED_GREY if kind == "rep" else rank_color(r),
+                                   edgecolor="white", hatch="//" if kind == "partial" else None))
             if kind == "partial":
                 ax.text(xs[i] + box_w / 2, y + 0.35, "share of Y", ha="center", va="center",
                         fontsize=8, color=text_on(r))

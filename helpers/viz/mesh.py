@@ -77,18 +77,16 @@ def mesh_map(mesh_shape, dim_names, hosts=None, devices=None, group_dim: str | N
         x, y = pos[r]
         ax.add_patch(Rectangle((x, y), sq, sq, facecolor=rank_color(r), edgecolor="none"))
         ax.text(x + sq / 2, y + sq / 2, f"rank {r}", ha="center", va="center", fontsize=8.5, color=text_on(r))
-        under = [s for s in ((hosts[r] if hosts is not None else None),
-                             (devices[r] if devices is not None else None)) if s]
+        under = [seq[r] for seq in (hosts, devices) if seq is not None and seq[r]]
         if under:
             ax.text(x + sq / 2, y + sq + 0.05, "\n".join(map(str, under)), ha="center", va="top",
                     fontsize=6.5, color=MUTED, linespacing=1.0)
     dims = " × ".join(f"{nm}={s}" for nm, s in zip(names, shape))
-    head = title or f"DeviceMesh ({dims})"
     sub = f"outlined: the {group_dim!r} groups " + ", ".join(str(g) for g in groups)
     if crossing:
         sub += f"\n{len(crossing)} {group_dim!r} group(s) cross hosts (dashed red)"
     if len(shape) == 2:
         sub += f"\nrows: {names[0]} coordinate · columns: {names[1]} coordinate"
-    fig.suptitle(head, fontsize=10.5, color=TEXT, y=0.99)
+    fig.suptitle(title or f"DeviceMesh ({dims})", fontsize=10.5, color=TEXT, y=0.99)
     fig.text(0.5, 0.9, sub, ha="center", va="top", fontsize=7.5, color=MUTED)
     return fig

@@ -31,22 +31,17 @@ def timeline_figure(runs: dict, title: str = "one step, per rank", note: str = "
     for ax, (label, by_rank) in zip(axes, runs.items()):
         t0 = min(s[2] for spans in by_rank for s in spans)
         t_end = max(s[3] for spans in by_rank for s in spans)
-        ticks, names = [], []
+        ticks = []
         for r, spans in enumerate(by_rank):
             for k, lane in enumerate(LANES):
                 yv = (p - 1 - r) * 2.6 + (1 - k) * 1.1
                 ticks.append(yv + 0.45)
-                names.append(f"rank {r} {lane}")
-                for ln, what, a, b in spans:
-                    if ln != lane:
-                        continue
-                    ax.broken_barh([((a - t0) * 1e3, max((b - a) * 1e3, 1e-3))], (yv, 0.9),
-                                   facecolors=rank_color(r), edgecolor=TEXT, linewidth=0.4,
-                                   hatch="///" if lane == "collective" else None)
-            ov = overlap_seconds(spans)
-            ax.text((t_end - t0) * 1e3 * 1.01, (p - 1 - r) * 2.6 + 0.9, f"overlap {ov * 1e3:.2f} ms",
+                ax.broken_barh([((a - t0) * 1e3, max((b - a) * 1e3, 1e-3)) for ln, _, a, b in spans if ln == lane],
+                               (yv, 0.9), facecolors=rank_color(r), edgecolor=TEXT, linewidth=0.4,
+                               hatch="///" if lane == "collective" else None)
+            ax.text((t_end - t0) * 1e3 * 1.01, (p - 1 - r) * 2.6 + 0.9, f"overlap {overlap_seconds(spans) * 1e3:.2f} ms",
                     fontsize=8, color=MUTED, va="center")
-        ax.set_yticks(ticks, names, fontsize=8)
+        ax.set_yticks(ticks, [f"rank {r} {lane}" for r in range(len(by_rank)) for lane in LANES], fontsize=8)
         ax.set_xlim(0, (t_end - t0) * 1e3 * 1.22)
         ax.set_xlabel("ms since the first span (time.perf_counter on each rank)")
         ax.set_title(label, fontsize=10, loc="left")
@@ -61,7 +56,7 @@ def checkpoint_figure(layouts: dict, shapes: dict, title: str = "which rank wrot
     piece share it in stripes); a setup with one holder and the whole tensor is drawn grey."""
     names = list(shapes)
     fig = new_figure(2.4 * len(names) + 1.5, 2.1 * len(layouts) + 0.6, layout="constrained")
-    axes = fig.subplots(len(layouts), len(names), squeeze=False)
+    axes = fig.subplots(len(layouts), len(names), squeeze=False, subplot_kw=dict(xticks=[], yticks=[]))
     for i, (setup, by_rank) in enumerate(layouts.items()):
         for j, name in enumerate(names):
             ax = axes[i, j]
@@ -80,8 +75,6 @@ def checkpoint_figure(layouts: dict, shapes: dict, title: str = "which rank wrot
                         ha="center", va="center", fontsize=7, color="white" if not whole else TEXT)
             ax.set_xlim(0, cols)
             ax.set_ylim(0, rows)
-            ax.set_xticks([])
-            ax.set_yticks([])
             if i == 0:
                 ax.set_title(f"{name}\n{rows}×{cols}", fontsize=8)
             if j == 0:

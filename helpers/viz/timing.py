@@ -35,13 +35,9 @@ def summarize_splits(per_rank: Sequence[dict]) -> dict[int, dict[str, float]]:
     per_rank = list(per_rank)
     if not per_rank:
         raise ValueError("no timings: expected one {degree: split} dict per rank")
-    degrees = sorted({int(p) for r in per_rank for p in r})
-    out = {}
-    for p in degrees:
-        rows = [r[p] for r in per_rank if p in r]
-        out[p] = {k: float(np.mean([row[k] for row in rows]))
-                  for k in ("step", "matmul", "other", "communication")}
-    return out
+    return {p: {k: float(np.mean([r[p][k] for r in per_rank if p in r]))
+                for k in ("step", "matmul", "other", "communication")}
+            for p in sorted({int(p) for r in per_rank for p in r})}
 
 
 def step_efficiency(summary: dict[int, dict[str, float]]) -> dict[int, dict[str, float]]:
@@ -65,22 +61,17 @@ def step_time_figure(summary: dict[int, dict[str, float]], modeled: dict[int, di
     eff = step_efficiency(allp)
     fig, ax = new_axes(7.2, 4.4)
     x = np.arange(len(degrees))
-    tops, _ = stacked_bars(ax, x, [[1e3 * allp[p][part] for p in degrees] for part in PART_COLORS], PART_COLORS.values(),
+    _, bars = stacked_bars(ax, x, [[1e3 * allp[p][part] for p in degrees] for part in PART_COLORS], PART_COLORS.values(),
                            width=0.62, edgecolor="white", linewidth=0.8,
                            hatch=[None if p in summary else "//" for p in degrees])
-    for xi, p, top in zip(x, degrees, tops):
-        e = eff[p]
-        ax.annotate(f"{1e3 * allp[p]['step']:.1f} ms\neff {e['efficiency']:.0%}\ncomm {e['comm_share']:.0%}",
-                    (xi, top), textcoords="offset points", xytext=(0, 4), ha="center",
-                    va="bottom", fontsize=8, color=TEXT)
-    t1 = 1e3 * allp[1]["step"]
-    ax.plot(x, [t1 / p for p in degrees], ls="--", marker="_", color="#222222", lw=1.0,
+    ax.bar_label(bars, [f"{1e3 * allp[p]['step']:.1f} ms\neff {eff[p]['efficiency']:.0%}\ncomm {eff[p]['comm_share']:.0%}"
+                        for p in degrees], padding=4, fontsize=8, color=TEXT)
+    ax.plot(x, [1e3 * allp[1]["step"] / p for p in degrees], ls="--", marker="_", color="#222222", lw=1.0,
             label="ideal: T(1) / p")
     ax.set_xticks(x, [f"{p}" + (" (model)" if p not in summary else "") for p in degrees])
     ax.set_xlabel("TP degree p (ranks sharing the block)")
     ax.set_ylabel("ms per step (forward + backward)")
-    top = max(1e3 * allp[p]["step"] for p in degrees)
-    ax.set_ylim(0, top * 1.38)
+    ax.set_ylim(0, 1.38e3 * max(allp[p]["step"] for p in degrees))
     handles = [Patch(facecolor=PART_COLORS[k], label=PART_LABELS[k]) for k in PART_COLORS]
     if modeled:
         handles.append(Patch(facecolor="white", edgecolor="#666666", hatch="//",
@@ -114,26 +105,23 @@ def efficiency_table(reference: dict, measured: dict | None = None, *, source: s
     """
     measured = {label: {int(p): v for p, v in row.items()} for label, row in (measured or {}).items()}
     degrees = sorted({p for _, curve in reference.values() for p in curve} | {p for row in measured.values() for p in row})
-    head = "".join(f"<th>p={p}</th>" for p in degrees)
-    lines = [f"{'':28s}" + "".join(f"{'p=' + str(p):>9s}" for p in degrees)]
-    rows = []
+    rows = []  # (the row's HTML up to its cells, its label as text, its cells), both renderings from one list
     for (dtype, tokens), (rate, curve) in reference.items():
-        cells = [f"{rate:.1f} TFLOP/s" if p == 1 else (f"{curve[p]:.0%}" if p in curve else "–") for p in degrees]
-        rows.append(f"<tr><td>H100 reference</td><td>{dtype}</td><td>{tokens}</td>"
-                    + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        lines.append(f"{'H100 ' + dtype + ' ' + str(tokens):28s}" + "".join(f"{c:>9s}" for c in cells))
+        rows.append((f"<tr><td>H100 reference</td><td>{dtype}</td><td>{tokens}</td>", f"H100 {dtype} {tokens}",
+                     [f"{rate:.1f} TFLOP/s" if p == 1 else (f"{curve[p]:.0%}" if p in curve else "–") for p in degrees]))
     for label, row in measured.items():
         base = row.get(1)  # the % is against p = 1: without it, only dashes
-        cells = [f"{base:.3g} TFLOP/s" if p == 1 and base else f"{row[p] / base:.0%}" if p in row and base else "–"
-                 for p in degrees]
-        rows.append(f"<tr style='font-weight:bold'><td>{html.escape(measured_label)}</td>"
-                    f"<td colspan=2>{html.escape(str(label))}</td>"
-                    + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        lines.append(f"{str(label)[:28]:28s}" + "".join(f"{c:>9s}" for c in cells))
+        rows.append((f"<tr style='font-weight:bold'><td>{html.escape(measured_label)}</td>"
+                     f"<td colspan=2>{html.escape(str(label))}</td>", str(label)[:28],
+                     [f"{base:.3g} TFLOP/s" if p == 1 and base else f"{row[p] / base:.0%}" if p in row and base else "–"
+                      for p in degrees]))
     cap = (f"<caption style='caption-side:bottom;text-align:left;font-size:85%'>Reference: "
            f"{html.escape(source)}; {html.escape(shape)}.</caption>") if source else ""
+    head = "".join(f"<th>p={p}</th>" for p in degrees)
     table = (f"<table class='tp-efficiency-table'>{cap}<tr><th>source</th><th>dtype</th><th>tokens</th>{head}</tr>"
-             + "".join(rows) + "</table>")
+             + "".join(start + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for start, _, cells in rows) + "</table>")
+    lines = [f"{'':28s}" + "".join(f"{'p=' + str(p):>9s}" for p in degrees)]
+    lines += [f"{label:28s}" + "".join(f"{c:>9s}" for c in cells) for _, label, cells in rows]
     return _HTML(table, "\n".join(lines) + (f"\nreference: {source}; {shape}" if source else ""))
 
 
@@ -178,5 +166,4 @@ class Evidence(_HTML):
         super().__init__(f"<table class='tp-evidence'><tr><th>the chapter says</th>"
                          f"<th>measured or computed here</th></tr>{body}</table>",
                          "\n".join(f"* {b}\n    -> {e}" for b, e in rows))
-        self.rows = list(rows)
 
