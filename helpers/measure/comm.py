@@ -28,11 +28,13 @@ received per rank):
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.distributed_c10d import _resolve_process_group
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.debug import CommDebugMode
 from torch.distributed.tensor.debug._comm_mode import c10d_collective_ops
@@ -46,10 +48,8 @@ def op_name(op) -> str:
     """``c10d_functional.all_gather_into_tensor`` -> ``all_gather``; ``c10d.allreduce_`` -> ``all_reduce``."""
     s = str(op).split(".")[-1].strip("_").replace("allreduce", "all_reduce").replace("allgather", "all_gather")
     s = s.replace("alltoall", "all_to_all")
-    for short in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "scatter", "reduce"):
-        if s.startswith(short):
-            return short
-    return s
+    shorts = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "scatter", "reduce")
+    return next((short for short in shorts if s.startswith(short)), s)
 
 
 @dataclass
@@ -66,22 +66,17 @@ class CommRecord:
 
 
 def _nbytes(x) -> int:
-    if isinstance(x, torch.Tensor):
-        return x.numel() * x.element_size()
     if isinstance(x, (list, tuple)):
-        return sum(_nbytes(t) for t in x)
-    return 0
+        return sum(map(_nbytes, x))
+    return x.nbytes if isinstance(x, torch.Tensor) else 0
 
 
 def _group_size(args, default) -> int:
     """The group size of a functional collective (its group name is the last str argument)."""
     names = [a for a in args if isinstance(a, str)]
     if names:
-        try:
-            from torch.distributed.distributed_c10d import _resolve_process_group
+        with contextlib.suppress(Exception):  # an unknown name: fall back on the recorder's p
             return _resolve_process_group(names[-1]).size()
-        except Exception:  # noqa: BLE001 -- an unknown name: fall back on the recorder's p
-            pass
     for a in args:
         if hasattr(a, "size") and not isinstance(a, torch.Tensor) and callable(a.size):
             return a.size()                                # a c10d op's ProcessGroup
