@@ -75,7 +75,7 @@ class SavedActivations:
         self.seen: dict = {}
         self.peak_bytes: int | None = None
         self._fixed = {_storage_key(p)[0] for p in params}
-        self._hooks = None
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
         self._base = 0
 
     @property
@@ -99,7 +99,6 @@ class SavedActivations:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
         self._hooks.__enter__()
         return self
 
