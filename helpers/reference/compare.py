@@ -360,10 +360,8 @@ def error_heatmap(tp, dense, title: str | None = None, ax=None):
     if ax is None:
         w = min(10.0, max(4.0, 0.25 * cols + 2.0))
         h = min(8.0, max(1.8, 0.25 * rows + 1.4))
-        fig = new_figure(w, h, dpi=100, layout="constrained")
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+        ax = new_figure(w, h, dpi=100, layout="constrained").add_subplot()
+    fig = ax.figure
 
     im = ax.imshow(img, cmap="magma", vmin=0.0, vmax=finite_max or 1.0, aspect="auto", interpolation="nearest")
     fig.colorbar(im, ax=ax, label="|TP − dense|", fraction=0.05)
