@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -138,12 +139,10 @@ class CommRecorder(CommDebugMode):
 
     def by_op(self, phase=None) -> dict[str, dict]:
         """``{op: {"count", "bytes", "sent", "received"}}`` (picklable, for ``cluster.pull``)."""
-        out: dict[str, dict] = {}
+        out: dict[str, Counter] = defaultdict(Counter)
         for r in self._sel(phase):
-            d = out.setdefault(r.op, {"count": 0, "bytes": 0, "sent": 0.0, "received": 0.0})
-            for key, value in (("count", 1), ("bytes", r.nbytes), ("sent", r.sent), ("received", r.received)):
-                d[key] += value
-        return dict(sorted(out.items()))
+            out[r.op].update(count=1, bytes=r.nbytes, sent=r.sent, received=r.received)
+        return {op: dict(totals) for op, totals in sorted(out.items())}
 
     def summary(self, phase=None) -> dict:
         """A plain dict: ``{"sent", "received", "calls", "ops": {op: count}}``."""
