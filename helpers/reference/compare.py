@@ -345,7 +345,7 @@ def error_heatmap(tp, dense, title: str | None = None, ax=None):
     """
     from matplotlib.patches import Rectangle
 
-    from ..viz.figure import new_figure, to_2d
+    from ..viz.figure import grid_lines, new_figure, to_2d
 
     tp_t = to_f64(tp, "tp")
     dense_t = to_f64(dense, "dense")
@@ -366,10 +366,7 @@ def error_heatmap(tp, dense, title: str | None = None, ax=None):
     im = ax.imshow(img, cmap="magma", vmin=0.0, vmax=finite_max or 1.0, aspect="auto", interpolation="nearest")
     fig.colorbar(im, ax=ax, label="|TP − dense|", fraction=0.05)
     if rows <= 32 and cols <= 32:
-        ax.set_xticks(np.arange(-0.5, cols, 1), minor=True)
-        ax.set_yticks(np.arange(-0.5, rows, 1), minor=True)
-        ax.grid(which="minor", color="#808080", linewidth=0.5)
-        ax.tick_params(which="minor", length=0)
+        grid_lines(ax, -0.5, -0.5, rows, cols, color="#808080")
     if max_err > 0:
         r2, c2 = np.unravel_index(int(diff.argmax()), img.shape)
         ax.add_patch(Rectangle((c2 - 0.5, r2 - 0.5), 1, 1, fill=False, edgecolor="#00e5ff", linewidth=2))
