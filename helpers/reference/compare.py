@@ -162,18 +162,16 @@ class Result:
     shown_in: Any = field(default=None, repr=False, compare=False)  # the cell that showed it
 
     # -- text ---------------------------------------------------------------------------
-    def _verb(self) -> str:
-        if self.matches:
-            return "matches dense" + (" (expected a mismatch!)" if self.expect == "mismatch" else "")
-        return "differs from dense" + (", as expected" if self.expect == "mismatch" else "")
-
     def __str__(self) -> str:
+        verb = "matches dense" if self.matches else "differs from dense"
+        if self.expect == "mismatch":
+            verb += " (expected a mismatch!)" if self.matches else ", as expected"
         mark = "✅" if self.passed else "❌"
         err = f"max|Δ| {self.max_abs:.1e}"
         if not self.matches and self.argmax:
             err += f" at {self.argmax}"
         ranks = f"{self.n_ranks} rank" + ("s" if self.n_ranks != 1 else "")
-        return f"{mark} {self.name} {self._verb()}  shape {self.shape}  {err}  (layout {self.layout}, {ranks})"
+        return f"{mark} {self.name} {verb}  shape {self.shape}  {err}  (layout {self.layout}, {ranks})"
 
     def _repr_html_(self) -> str:
         colour = "#1a7f37" if self.passed else "#cf222e"
@@ -210,7 +208,7 @@ def _errors(tp: torch.Tensor, dense: torch.Tensor):
 def _hint(tp_pieces: list[torch.Tensor], kind: str, tp: torch.Tensor, dense: torch.Tensor,
           atol: float, rtol: float) -> str:
     p = len(tp_pieces)
-    if p > 1 and tp.shape == dense.shape and tp.numel() and torch.allclose(tp, p * dense, atol=atol, rtol=rtol):
+    if p > 1 and torch.allclose(tp, p * dense, atol=atol, rtol=rtol):   # a mismatch: same shape, not empty
         return (f" Hint: the TP result is {p}× dense (p = {p}): something was summed over "
                 "ranks once too often (an all-reduce on a value that was already complete).")
     if (kind != "partial" and p > 1 and all(t.shape == dense.shape for t in tp_pieces)
