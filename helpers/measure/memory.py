@@ -29,14 +29,10 @@ __all__ = ["local_tensor", "storage_bytes", "tensor_bytes", "SavedActivations", 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
     """The plain tensor that owns the memory: a DTensor's local shard (FSDP2 and TP parameters
     are DTensors), a waiting collective's result (``AsyncCollectiveTensor.elem``), or ``t``."""
-    for _ in range(4):
-        inner = getattr(t, "_local_tensor", None)
-        if not isinstance(inner, torch.Tensor):
-            inner = getattr(t, "elem", None)
-        if not isinstance(inner, torch.Tensor):
-            return t
-        t = inner
-    return t
+    inner = getattr(t, "_local_tensor", None)
+    if not isinstance(inner, torch.Tensor):
+        inner = getattr(t, "elem", None)
+    return local_tensor(inner) if isinstance(inner, torch.Tensor) else t
 
 
 def _storage_key(t: torch.Tensor):
