@@ -105,7 +105,7 @@ class CommRecorder(CommDebugMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         packet = getattr(func, "_overloadpacket", None)
-        if (packet is not None and not any(t == DTensor for t in types)
+        if (packet is not None and DTensor not in types
                 and (packet in self.comm_registry or packet in c10d_collective_ops)):
             self._hear(op_name(packet), "functional" in str(packet), args)
         return super().__torch_dispatch__(func, types, args, kwargs)
