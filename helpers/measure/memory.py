@@ -103,7 +103,6 @@ class SavedActivations:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
-        return False
 
     def __repr__(self) -> str:
         peak = "" if self.peak_bytes is None else f", peak {self.peak_bytes} B"
