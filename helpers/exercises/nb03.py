@@ -1,10 +1,7 @@
 """Checker for notebook 03's exercise: the 2-D mesh and both plans (TP on "tp", FSDP on "fsdp").
 
-The learner builds, on every rank, ``ex_mesh`` (a DeviceMesh), parallelizes and shards
-``ex_model`` and runs it on this rank's micro-batch (``ex_out``). The checker asks every rank
-to describe what it holds (:func:`describe_hybrid`, run on the engines by reference), then
-judges, in order: the mesh, where its TP groups sit, each weight's placements, and the output
-against the dense model on the same micro-batch.
+Every rank describes what it holds (:func:`describe_hybrid`, run on the engines by reference);
+the checker judges, in order, the mesh, its TP groups, each weight's placements and the output.
 """
 
 from __future__ import annotations
