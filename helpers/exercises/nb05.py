@@ -80,7 +80,7 @@ def check_sp_block_plan(cluster, dense_block, x, y_name: str = "y_ex", dx_name: 
     note = ""
     if partial:
         n = sorted(partial)[0]
-        off = max_abs(f64(partial[n]), want[n])
+        off = max_abs(partial[n], want[n])
         note = (f" Each rank's own gradient of the norms' weights is only the sum over its T/p positions "
                 f"(rank 0's {n} is {off:.1e} off dense): DTensor keeps it Partial() and reduces it when it is "
                 "read; a hand-written SP must all-reduce it, or the ranks' norm weights drift apart.")
