@@ -22,8 +22,6 @@ received per rank):
 
   Use one way or the other for a given piece of code: an explicit collective run inside ``with``
   would be heard twice.
-
-:func:`comm_counts` and :func:`comm_trace` read the counts of any ``CommDebugMode`` as plain dicts.
 """
 
 from __future__ import annotations
@@ -162,7 +160,7 @@ def _by_short_name(counts) -> dict[str, int]:
 
 
 def comm_counts(comm_mode) -> dict[str, int]:
-    """``{"all_reduce": 2, ...}``: every collective a ``CommDebugMode`` saw, by short name."""
+    """``{"all_reduce": 2, ...}``: every collective any ``CommDebugMode`` saw (torch's own too), by short name."""
     return _by_short_name(comm_mode.get_comm_counts())
 
 
