@@ -67,7 +67,7 @@ class SavedActivations:
 
     def __init__(self, device=None, params=(), exclude: torch.nn.Module | None = None):
         self.exclude = exclude
-        self.device = torch.device(device or "cpu")
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.seen: dict = {}
         self.peak_bytes: int | None = None
         self._fixed = {_storage_key(p)[0] for p in params}
