@@ -41,12 +41,11 @@ def check_row_forward(cluster, A, fc2, name: str = "Y_ex1") -> bool:
                            "(adding it to every rank's partial sum lets the all-reduce sum it p times).")
     if all_close(ys, dense - bias):
         return say(False, f"almost: the sum is right but the bias is missing; {name} = partial + b2.")
-    ref = ys[0]
-    for r, y in enumerate(ys[1:], start=1):
-        if not close(y, ref):
-            return say(False, f"the ranks disagree (rank {r} differs from rank 0 by up to "
-                               f"{max_abs(y, ref):.1e}); after the all-reduce every rank must "
-                               "hold the same full result.")
+    r = next((r for r, y in enumerate(ys) if not close(y, ys[0])), None)
+    if r is not None:
+        return say(False, f"the ranks disagree (rank {r} differs from rank 0 by up to "
+                           f"{max_abs(ys[r], ys[0]):.1e}); after the all-reduce every rank must "
+                           "hold the same full result.")
     return say(False, f"{name} differs from dense fc2(A) by up to {max_abs(ys[0], dense):.1e}. "
                        + what)
 

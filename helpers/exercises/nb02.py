@@ -73,7 +73,7 @@ def check_one_all_gather(cluster, A_dense, name: str = "B_ex2", comm: str = "com
         view = cluster.pull_dtensor(name)
     except (NameError, ValueError):
         return say(False, f"{name} is not a DTensor on every rank: keep `{name} = A_ex2.redistribute(...)`.")
-    placements = tuple(view.placements)
+    placements = view.placements
     if not close(view.full(), A_dense):
         return say(False, f"{name} does not hold the same numbers as A (max|Δ| {max_abs(view.full(), A_dense):.1e}).")
     if placements[0] != "Shard(0)":

@@ -1,10 +1,7 @@
 """Checker for notebook 03's exercise: the 2-D mesh and both plans (TP on "tp", FSDP on "fsdp").
 
-The learner builds, on every rank, ``ex_mesh`` (a DeviceMesh), parallelizes and shards
-``ex_model`` and runs it on this rank's micro-batch (``ex_out``). The checker asks every rank
-to describe what it holds (:func:`describe_hybrid`, run on the engines by reference), then
-judges, in order: the mesh, where its TP groups sit, each weight's placements, and the output
-against the dense model on the same micro-batch.
+Every rank describes what it holds (:func:`describe_hybrid`, run on the engines by reference);
+the checker judges, in order, the mesh, its TP groups, each weight's placements and the output.
 """
 
 from __future__ import annotations
@@ -99,11 +96,10 @@ def check_hybrid_plan(cluster, dense_model, X, fsdp: int = 2, tp: int = 2) -> bo
     if bad:
         return say(False, f"ex_out is not a tensor on rank(s) {bad}: keep the last line of the cell "
                           "(ex_out = ex_model(ex_x)).")
-    b = X.shape[0] // fsdp
     with torch.no_grad():
         for r, info in enumerate(infos):
             f_rank = info["mesh"]["groups"]["fsdp"].index(r)
-            dense = f64(dense_model(X[f_rank * b:(f_rank + 1) * b]))
+            dense = f64(dense_model(X.split(X.shape[0] // fsdp)[f_rank]))   # this rank's micro-batch
             if not close(info["out"], dense):
                 return say(False, f"the plan is in place, but ex_out on rank {r} differs from the dense model on "
                                   f"its micro-batch by up to {max_abs(info['out'], dense):.1e}. Did each column "

@@ -60,8 +60,8 @@ def check_sp_block_plan(cluster, dense_block, x, y_name: str = "y_ex", dx_name: 
     dense_block: the dense ``Block``; x: the full input (B, T, D).
     """
     y, dx, want = dense_grads(dense_block, x, squared=False)
-    io = _check_sp_block_io(cluster, y, dx, y_name, dx_name, comm_name)
-    values = fetch(cluster, grads_name, partial_name)
+    values = fetch(cluster, y_name, dx_name, comm_name, grads_name, partial_name)
+    io = _check_sp_block_io(values, y, dx, y_name, dx_name, comm_name)
     got = [v.get(grads_name) for v in values]
     if any(not isinstance(g, dict) for g in got):
         return say(False, f"{grads_name} is missing: keep the lines below the plan as they are and re-run the cell.")
@@ -80,7 +80,7 @@ def check_sp_block_plan(cluster, dense_block, x, y_name: str = "y_ex", dx_name: 
     note = ""
     if partial:
         n = sorted(partial)[0]
-        off = max_abs(f64(partial[n]), want[n])
+        off = max_abs(partial[n], want[n])
         note = (f" Each rank's own gradient of the norms' weights is only the sum over its T/p positions "
                 f"(rank 0's {n} is {off:.1e} off dense): DTensor keeps it Partial() and reduces it when it is "
                 "read; a hand-written SP must all-reduce it, or the ranks' norm weights drift apart.")
@@ -88,16 +88,15 @@ def check_sp_block_plan(cluster, dense_block, x, y_name: str = "y_ex", dx_name: 
                       f"gradients, match dense {io}{note}")
 
 
-def _check_sp_block_io(cluster, y, dx, y_name, dx_name, comm_name) -> str:
-    """The verdict on the output, dL/dx (dense: ``y``, ``dx``) and the collectives; :class:`NotYet`
-    when one is wrong."""
-    p = cluster.world_size
+def _check_sp_block_io(values, y, dx, y_name, dx_name, comm_name) -> str:
+    """The verdict on the output, dL/dx (dense: ``y``, ``dx``) and the collectives in ``values``
+    (by rank); :class:`NotYet` when one is wrong."""
+    p = len(values)
     B, T, D = y.shape
     if T % p:
         raise NotYet(f"T={T} is not divisible by {p} ranks; sequence parallelism needs T % p == 0.")
     n = T // p
     want, want_dx = y.split(n, dim=1), dx.split(n, dim=1)                 # rank r: positions r·n … (B, T/p, D)
-    values = fetch(cluster, y_name, dx_name, comm_name)
     ys = [v.get(y_name) for v in values]
     if any(t is None for t in ys):
         raise NotYet(f"{y_name} is missing on some rank: run the exercise cell as it is, after your plan.")

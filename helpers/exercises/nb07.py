@@ -29,7 +29,7 @@ def check_decode_attention(cluster, q_all, k_dense, v_dense, name: str = "y_ex")
     """
     p = cluster.world_size
     q, k, v = f64(q_all), f64(k_dense), f64(v_dense)
-    B, h, _, hd = q.shape
+    h = q.shape[1]
     if h % p:
         return say(False, f"{h} query heads do not split over {p} ranks.")
     n = h // p

@@ -20,7 +20,7 @@ def check_overlapped_backward(cluster, x_dense, w_dense, dy_dense, names=("dx_ex
     x, w, dy = f64(x_dense), f64(w_dense), f64(dy_dense)
     h = w.shape[0] // p
     dx_want = dy @ w
-    dw_want = [dy[:, r * h:(r + 1) * h].t() @ x for r in range(p)]
+    dw_want = [dy_r.t() @ x for dy_r in dy.split(h, dim=1)]          # rank r: dY_r (N, H/p) -> (H/p, D)
     vals = fetch(cluster, *names)
     n_dx, n_dw, n_async = names
     what = "Return (dx, dw) from overlapped_backward; dw = dy.t() @ x (this rank's rows of dW)."
@@ -29,7 +29,7 @@ def check_overlapped_backward(cluster, x_dense, w_dense, dy_dense, names=("dx_ex
         return say(False, f"dW differs from the dense rows (max|Δ| {worst(dws, dw_want):.1e}): "
                           "dw = dy.t() @ x, with dy this rank's (N, H/p) slice of the upstream gradient.")
     if not all_close(dxs, dx_want):
-        if all_close(dxs, [dy[:, r * h:(r + 1) * h] @ w[r * h:(r + 1) * h] for r in range(p)]):
+        if all_close(dxs, [dy_r @ w_r for dy_r, w_r in zip(dy.split(h, dim=1), w.split(h))]):
             return say(False, "dX is this rank's partial sum dY_r · W_r: all-reduce it over the TP group "
                               "(dist.all_reduce(dx, group=group, async_op=True), then handle.wait()).")
         return say(False, f"dX differs from dense (max|Δ| {worst(dxs, dx_want):.1e}).")

@@ -22,17 +22,18 @@ received per rank):
 
   Use one way or the other for a given piece of code: an explicit collective run inside ``with``
   would be heard twice.
-
-:func:`comm_counts` and :func:`comm_trace` read the counts of any ``CommDebugMode`` as plain dicts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.distributed_c10d import _resolve_process_group
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.debug import CommDebugMode
 from torch.distributed.tensor.debug._comm_mode import c10d_collective_ops
@@ -46,10 +47,8 @@ def op_name(op) -> str:
     """``c10d_functional.all_gather_into_tensor`` -> ``all_gather``; ``c10d.allreduce_`` -> ``all_reduce``."""
     s = str(op).split(".")[-1].strip("_").replace("allreduce", "all_reduce").replace("allgather", "all_gather")
     s = s.replace("alltoall", "all_to_all")
-    for short in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "scatter", "reduce"):
-        if s.startswith(short):
-            return short
-    return s
+    shorts = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "scatter", "reduce")
+    return next((short for short in shorts if s.startswith(short)), s)
 
 
 @dataclass
@@ -66,22 +65,17 @@ class CommRecord:
 
 
 def _nbytes(x) -> int:
-    if isinstance(x, torch.Tensor):
-        return x.numel() * x.element_size()
     if isinstance(x, (list, tuple)):
-        return sum(_nbytes(t) for t in x)
-    return 0
+        return sum(map(_nbytes, x))
+    return x.nbytes if isinstance(x, torch.Tensor) else 0
 
 
 def _group_size(args, default) -> int:
     """The group size of a functional collective (its group name is the last str argument)."""
     names = [a for a in args if isinstance(a, str)]
     if names:
-        try:
-            from torch.distributed.distributed_c10d import _resolve_process_group
+        with contextlib.suppress(Exception):  # an unknown name: fall back on the recorder's p
             return _resolve_process_group(names[-1]).size()
-        except Exception:  # noqa: BLE001 -- an unknown name: fall back on the recorder's p
-            pass
     for a in args:
         if hasattr(a, "size") and not isinstance(a, torch.Tensor) and callable(a.size):
             return a.size()                                # a c10d op's ProcessGroup
@@ -109,7 +103,7 @@ class CommRecorder(CommDebugMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         packet = getattr(func, "_overloadpacket", None)
-        if (packet is not None and not any(t == DTensor for t in types)
+        if (packet is not None and DTensor not in types
                 and (packet in self.comm_registry or packet in c10d_collective_ops)):
             self._hear(op_name(packet), "functional" in str(packet), args)
         return super().__torch_dispatch__(func, types, args, kwargs)
@@ -143,12 +137,10 @@ class CommRecorder(CommDebugMode):
 
     def by_op(self, phase=None) -> dict[str, dict]:
         """``{op: {"count", "bytes", "sent", "received"}}`` (picklable, for ``cluster.pull``)."""
-        out: dict[str, dict] = {}
+        out: dict[str, Counter] = defaultdict(Counter)
         for r in self._sel(phase):
-            d = out.setdefault(r.op, {"count": 0, "bytes": 0, "sent": 0.0, "received": 0.0})
-            for key, value in (("count", 1), ("bytes", r.nbytes), ("sent", r.sent), ("received", r.received)):
-                d[key] += value
-        return dict(sorted(out.items()))
+            out[r.op].update(count=1, bytes=r.nbytes, sent=r.sent, received=r.received)
+        return {op: dict(totals) for op, totals in sorted(out.items())}
 
     def summary(self, phase=None) -> dict:
         """A plain dict: ``{"sent", "received", "calls", "ops": {op: count}}``."""
@@ -168,7 +160,7 @@ def _by_short_name(counts) -> dict[str, int]:
 
 
 def comm_counts(comm_mode) -> dict[str, int]:
-    """``{"all_reduce": 2, ...}``: every collective a ``CommDebugMode`` saw, by short name."""
+    """``{"all_reduce": 2, ...}``: every collective any ``CommDebugMode`` saw (torch's own too), by short name."""
     return _by_short_name(comm_mode.get_comm_counts())
 
 

@@ -29,14 +29,10 @@ __all__ = ["local_tensor", "storage_bytes", "tensor_bytes", "SavedActivations", 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
     """The plain tensor that owns the memory: a DTensor's local shard (FSDP2 and TP parameters
     are DTensors), a waiting collective's result (``AsyncCollectiveTensor.elem``), or ``t``."""
-    for _ in range(4):
-        inner = getattr(t, "_local_tensor", None)
-        if not isinstance(inner, torch.Tensor):
-            inner = getattr(t, "elem", None)
-        if not isinstance(inner, torch.Tensor):
-            return t
-        t = inner
-    return t
+    inner = getattr(t, "_local_tensor", None)
+    if not isinstance(inner, torch.Tensor):
+        inner = getattr(t, "elem", None)
+    return local_tensor(inner) if isinstance(inner, torch.Tensor) else t
 
 
 def _storage_key(t: torch.Tensor):
@@ -75,7 +71,7 @@ class SavedActivations:
         self.seen: dict = {}
         self.peak_bytes: int | None = None
         self._fixed = {_storage_key(p)[0] for p in params}
-        self._hooks = None
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
         self._base = 0
 
     @property
@@ -99,7 +95,6 @@ class SavedActivations:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
         self._hooks.__enter__()
         return self
 
@@ -108,7 +103,6 @@ class SavedActivations:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
-        return False
 
     def __repr__(self) -> str:
         peak = "" if self.peak_bytes is None else f", peak {self.peak_bytes} B"

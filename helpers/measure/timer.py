@@ -105,7 +105,7 @@ class _TimedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, timer, name):
         ctx.save_for_backward(x, weight)
-        ctx.has_bias, ctx.timer, ctx.name = bias is not None, timer, name
+        ctx.timer, ctx.name = timer, name
         with timer.span("matmul", f"{name} forward"):
             return F.linear(x, weight, bias)          # (..., in) @ (out, in)ᵀ -> (..., out)
 
@@ -119,7 +119,7 @@ class _TimedLinear(torch.autograd.Function):
                 gx = grad @ weight                    # dL/dX: (..., in)
             if ctx.needs_input_grad[1]:
                 gw = g2.T @ x.reshape(-1, x.shape[-1])  # dL/dW: (out, in)
-            if ctx.has_bias and ctx.needs_input_grad[2]:
+            if ctx.needs_input_grad[2]:               # False for bias=None
                 gb = g2.sum(0)                        # dL/db: (out,)
         return gx, gw, gb, None, None
 

@@ -1,7 +1,4 @@
-"""Dense-vs-TP checks, the notebook's side of every comparison (torch; never a collective):
-:mod:`.compare` (pure, a :class:`Result` out), :mod:`.display` (how a result is shown, injected),
-:mod:`.dtensor` (:class:`DTensorView`, a DTensor living on the ranks seen here).
-"""
+"""Dense-vs-TP checks, the notebook's side of every comparison (torch; never a collective)."""
 
 from .compare import ComparisonError, Result, compare, compare_grads, error_heatmap, reassemble
 from .display import NotebookDisplay, set_display

@@ -162,18 +162,16 @@ class Result:
     shown_in: Any = field(default=None, repr=False, compare=False)  # the cell that showed it
 
     # -- text ---------------------------------------------------------------------------
-    def _verb(self) -> str:
-        if self.matches:
-            return "matches dense" + (" (expected a mismatch!)" if self.expect == "mismatch" else "")
-        return "differs from dense" + (", as expected" if self.expect == "mismatch" else "")
-
     def __str__(self) -> str:
+        verb = "matches dense" if self.matches else "differs from dense"
+        if self.expect == "mismatch":
+            verb += " (expected a mismatch!)" if self.matches else ", as expected"
         mark = "✅" if self.passed else "❌"
         err = f"max|Δ| {self.max_abs:.1e}"
         if not self.matches and self.argmax:
             err += f" at {self.argmax}"
         ranks = f"{self.n_ranks} rank" + ("s" if self.n_ranks != 1 else "")
-        return f"{mark} {self.name} {self._verb()}  shape {self.shape}  {err}  (layout {self.layout}, {ranks})"
+        return f"{mark} {self.name} {verb}  shape {self.shape}  {err}  (layout {self.layout}, {ranks})"
 
     def _repr_html_(self) -> str:
         colour = "#1a7f37" if self.passed else "#cf222e"
@@ -210,7 +208,7 @@ def _errors(tp: torch.Tensor, dense: torch.Tensor):
 def _hint(tp_pieces: list[torch.Tensor], kind: str, tp: torch.Tensor, dense: torch.Tensor,
           atol: float, rtol: float) -> str:
     p = len(tp_pieces)
-    if p > 1 and tp.shape == dense.shape and tp.numel() and torch.allclose(tp, p * dense, atol=atol, rtol=rtol):
+    if p > 1 and torch.allclose(tp, p * dense, atol=atol, rtol=rtol):   # a mismatch: same shape, not empty
         return (f" Hint: the TP result is {p}× dense (p = {p}): something was summed over "
                 "ranks once too often (an all-reduce on a value that was already complete).")
     if (kind != "partial" and p > 1 and all(t.shape == dense.shape for t in tp_pieces)
@@ -345,7 +343,7 @@ def error_heatmap(tp, dense, title: str | None = None, ax=None):
     """
     from matplotlib.patches import Rectangle
 
-    from ..viz.figure import new_figure, to_2d
+    from ..viz.figure import grid_lines, new_figure, to_2d
 
     tp_t = to_f64(tp, "tp")
     dense_t = to_f64(dense, "dense")
@@ -360,18 +358,13 @@ def error_heatmap(tp, dense, title: str | None = None, ax=None):
     if ax is None:
         w = min(10.0, max(4.0, 0.25 * cols + 2.0))
         h = min(8.0, max(1.8, 0.25 * rows + 1.4))
-        fig = new_figure(w, h, dpi=100, layout="constrained")
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+        ax = new_figure(w, h, dpi=100, layout="constrained").add_subplot()
+    fig = ax.figure
 
     im = ax.imshow(img, cmap="magma", vmin=0.0, vmax=finite_max or 1.0, aspect="auto", interpolation="nearest")
     fig.colorbar(im, ax=ax, label="|TP − dense|", fraction=0.05)
     if rows <= 32 and cols <= 32:
-        ax.set_xticks(np.arange(-0.5, cols, 1), minor=True)
-        ax.set_yticks(np.arange(-0.5, rows, 1), minor=True)
-        ax.grid(which="minor", color="#808080", linewidth=0.5)
-        ax.tick_params(which="minor", length=0)
+        grid_lines(ax, -0.5, -0.5, rows, cols, color="#808080")
     if max_err > 0:
         r2, c2 = np.unravel_index(int(diff.argmax()), img.shape)
         ax.add_patch(Rectangle((c2 - 0.5, r2 - 0.5), 1, 1, fill=False, edgecolor="#00e5ff", linewidth=2))

@@ -66,7 +66,11 @@ class DTensorView:
         view = cls(name=name, shape=tuple(first["shape"]), placements=tuple(first["placements"]),
                    mesh_shape=tuple(mesh["shape"]), mesh_dim_names=mesh["dim_names"], mesh_ranks=mesh["ranks"],
                    coordinates=[tuple(d["mesh"]["coordinate"]) for d in descs], local_shards=[d["local"] for d in descs])
-        view._check_local_shapes()
+        for r, t in enumerate(view.local_shards):
+            want = tuple(s.stop - s.start for s in view.region(r))
+            if tuple(t.shape) != want:
+                raise ValueError(f"{name}: rank {r}'s local shard has shape {tuple(t.shape)} but placements "
+                                 f"{view.placements} on mesh {view.mesh_shape} give it {want}")
         return view
 
     # ---- facts
@@ -101,13 +105,6 @@ class DTensorView:
                 ranges[d] = [lo + a, lo + b]
         return tuple(slice(lo, hi) for lo, hi in ranges)
 
-    def _check_local_shapes(self) -> None:
-        for r, t in enumerate(self.local_shards):
-            want = tuple(s.stop - s.start for s in self.region(r))
-            if tuple(t.shape) != want:
-                raise ValueError(f"{self.name}: rank {r}'s local shard has shape {tuple(t.shape)} but placements "
-                                 f"{self.placements} on mesh {self.mesh_shape} give it {want}")
-
     def full(self) -> torch.Tensor:
         """The global tensor (CPU, the DTensor's own dtype, like ``full_tensor()``), rebuilt from
         the local shards by the placements."""
@@ -125,22 +122,9 @@ class DTensorView:
                 f"mesh {self.mesh_shape}{names}; local {shapes}>")
 
 
-_WHAT = {"dtensor": "a DTensor", "dict": "a dict of DTensors"}   # "missing": missing_ranks raised already
-
-
-def _refuse(name: str, descs: list[dict]) -> None:
-    missing_ranks(name, [{} if d["kind"] == "missing" else {name: d} for d in descs])
-    by_what: dict[str, list[int]] = {}
-    for r, d in enumerate(descs):
-        by_what.setdefault(_WHAT.get(d["kind"]) or d.get("type", "something else"), []).append(r)
-    parts = "; ".join(f"rank{'s' if len(rs) > 1 else ''} {', '.join(map(str, rs))}: {w}"
-                      for w, rs in by_what.items())
-    raise ValueError(f"{name!r} is not a DTensor on every rank ({parts}). Make it one on every rank, e.g. "
-                     f"{name} = distribute_tensor(t, mesh, [Shard(0)]) or DTensor.from_local(t, mesh, [Partial()])")
-
-
 def views_from_descriptions(name: str, descs: list[dict]):
-    """A :class:`DTensorView` (or ``{key: DTensorView}``) from every rank's description."""
+    """A :class:`DTensorView` (or ``{key: DTensorView}``) from every rank's description; refused,
+    naming the ranks, when ``name`` is missing somewhere or not a DTensor on every rank."""
     kinds = {d["kind"] for d in descs}
     if kinds == {"dtensor"}:
         return DTensorView.from_descriptions(name, descs)
@@ -150,7 +134,15 @@ def views_from_descriptions(name: str, descs: list[dict]):
             if list(d["items"]) != keys:
                 raise ValueError(f"{name!r}: rank {r} has keys {list(d['items'])} but rank 0 has {keys}")
         return {k: DTensorView.from_descriptions(f"{name}[{k!r}]", [d["items"][k] for d in descs]) for k in keys}
-    _refuse(name, descs)
+    missing_ranks(name, [{} if d["kind"] == "missing" else {name: d} for d in descs])
+    what = {"dtensor": "a DTensor", "dict": "a dict of DTensors"}   # "missing": missing_ranks raised already
+    by_what: dict[str, list[int]] = {}
+    for r, d in enumerate(descs):
+        by_what.setdefault(what.get(d["kind"]) or d.get("type", "something else"), []).append(r)
+    parts = "; ".join(f"rank{'s' if len(rs) > 1 else ''} {', '.join(map(str, rs))}: {w}"
+                      for w, rs in by_what.items())
+    raise ValueError(f"{name!r} is not a DTensor on every rank ({parts}). Make it one on every rank, e.g. "
+                     f"{name} = distribute_tensor(t, mesh, [Shard(0)]) or DTensor.from_local(t, mesh, [Partial()])")
 
 
 def pull_dtensor(cluster, name: str):
