@@ -23,7 +23,7 @@ import contextlib
 import torch
 import torch.distributed as dist
 
-from .checks import check_divisible, shard_range, tp_degree_and_rank
+from .checks import check_divisible, tp_degree_and_rank
 
 __all__ = [
     "CopyToModelParallelRegion", "ReduceFromModelParallelRegion",
@@ -79,9 +79,8 @@ def reduce(t: torch.Tensor, dst: int, group=None, counter=None, phase: str = "fo
 
 
 def _split_last(x, group):
-    degree, rank = dist.get_world_size(group), dist.get_rank(group)
-    start, stop = shard_range(x.shape[-1], degree, rank, name="input last dim")
-    return x[..., start:stop].contiguous()
+    """This rank's slice of the last dim (scatter_to_tp_region has checked that it divides)."""
+    return x.chunk(dist.get_world_size(group), dim=-1)[dist.get_rank(group)].contiguous()
 
 
 def _span(timer, name):
