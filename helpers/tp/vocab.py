@@ -45,8 +45,7 @@ def vocab_mask(ids: torch.Tensor, start: int, stop: int):
     """(local ids, mask): ``mask`` is True where an id is NOT in ``[start, stop)``; those local
     ids are set to 0 so the lookup stays inside the shard."""
     mask = (ids < start) | (ids >= stop)
-    local = (ids - start).masked_fill(mask, 0)
-    return local, mask
+    return (ids - start).masked_fill(mask, 0), mask
 
 
 def pad_embedding(dense: nn.Embedding, multiple: int) -> nn.Embedding:
@@ -85,8 +84,7 @@ class VocabParallelEmbedding(nn.Module):
     def from_embedding(cls, dense: nn.Embedding, group=None) -> "VocabParallelEmbedding":
         """This rank's rows of ``dense.weight``, copied (dense and TP start from one table)."""
         check_module(dense, nn.Embedding, "from_embedding")
-        V, D = dense.weight.shape
-        layer = cls(V, D, group=group, device=dense.weight.device, dtype=dense.weight.dtype)
+        layer = cls(*dense.weight.shape, group=group, device=dense.weight.device, dtype=dense.weight.dtype)  # (V, D)
         with torch.no_grad():
             layer.weight.copy_(dense.weight[layer.start:layer.stop])
         return layer
