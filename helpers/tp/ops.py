@@ -182,6 +182,5 @@ def gather_from_tp_region(x, group=None, *, timer=None, name: str = "gather"):
 
 def scatter_to_tp_region(x, group=None, *, timer=None, name: str = "scatter"):
     """Split along the last dim forward, all-gather backward (checks divisibility first)."""
-    degree, _ = tp_degree_and_rank(group)
-    check_divisible("input last dim", x.shape[-1], degree)
+    check_divisible("input last dim", x.shape[-1], tp_degree_and_rank(group)[0])
     return _apply(ScatterToModelParallelRegion, x, group, timer, name)
