@@ -156,12 +156,10 @@ def cut_blocks(t: torch.Tensor, grid_shape, name: str = "tensor") -> list[torch.
 def assemble_blocks(blocks, grid_shape) -> torch.Tensor:
     """Inverse of :func:`cut_blocks`: blocks in row-major rank order -> the full 2-D tensor."""
     p, q = (int(d) for d in grid_shape)
-    blocks = list(blocks)
+    blocks = [torch.as_tensor(b) for b in blocks]
     if len(blocks) != p * q:
         raise ValueError(f"a {p}×{q} grid has {p * q} blocks, got {len(blocks)}")
-    rows = [torch.cat([torch.as_tensor(b) for b in blocks[i * q:(i + 1) * q]], dim=1)
-            for i in range(p)]
-    return torch.cat(rows, dim=0)
+    return torch.cat([torch.cat(blocks[i * q:(i + 1) * q], dim=1) for i in range(p)], dim=0)
 
 
 def block_of(t: torch.Tensor, grid: SummaGrid, name: str = "X") -> torch.Tensor:
