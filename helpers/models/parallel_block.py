@@ -39,9 +39,8 @@ class ParallelBlock(nn.Module):
                             f"got {type(dense).__name__}")
         p, _ = tp_degree_and_rank(group)
         attn = dense.attn
-        check_divisible("n_heads", attn.n_heads, p)                  # before any copy or collective
-        check_divisible("n_kv_heads", attn.n_kv_heads, p)
-        check_divisible("d_ff", dense.mlp.w1.out_features, p)
+        for name, n in (("n_heads", attn.n_heads), ("n_kv_heads", attn.n_kv_heads), ("d_ff", dense.mlp.w1.out_features)):
+            check_divisible(name, n, p)                              # before any copy or collective
         blk = cls()
         blk.group, blk.head_dim, blk.causal = group, attn.head_dim, attn.causal
         blk.attn_norm, blk.mlp_norm = copy.deepcopy(dense.attn_norm), copy.deepcopy(dense.mlp_norm)
