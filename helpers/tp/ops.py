@@ -68,12 +68,9 @@ def reduce(t: torch.Tensor, dst: int, group=None, counter=None, phase: str = "fo
 
     gloo reduces CPU tensors only; a CUDA tensor on gloo goes through a CPU copy.
     """
-    if t.device.type != "cpu" and dist.get_backend(group) == "gloo":
-        buf = t.cpu()
-        dist.reduce(buf, dst=dst, group=group)
-        t.copy_(buf)
-    else:
-        dist.reduce(t, dst=dst, group=group)
+    buf = t.cpu() if t.device.type != "cpu" and dist.get_backend(group) == "gloo" else t
+    dist.reduce(buf, dst=dst, group=group)
+    t.copy_(buf)                                          # from the CPU copy (copying t onto itself is a no-op)
     _record(counter, "reduce", group, t.nbytes, phase, root=dist.get_rank() == dst)
     return t
 

@@ -57,7 +57,7 @@ def check_plan(module: nn.Module, plan: dict, degree: int | None = None) -> dict
             elif isinstance(sub, nn.Linear) and isinstance(style, RowwiseParallel):
                 check_divisible(f"{name}.in_features", sub.in_features, degree)
             parent_name = name.rpartition(".")[0]
-            parent = module.get_submodule(parent_name) if parent_name else module
+            parent = module.get_submodule(parent_name)          # "": the module itself
             for attr in ("n_heads", "n_kv_heads"):
                 if isinstance(getattr(parent, attr, None), int):
                     check_divisible(f"{parent_name or type(module).__name__}.{attr}", getattr(parent, attr), degree)
