@@ -51,8 +51,7 @@ def vocab_mask(ids: torch.Tensor, start: int, stop: int):
 def pad_embedding(dense: nn.Embedding, multiple: int) -> nn.Embedding:
     """A copy of ``dense`` with rows appended (zeros) up to a multiple of ``multiple``."""
     check_module(dense, nn.Embedding, "pad_embedding")
-    V = dense.num_embeddings
-    rows = -(-V // multiple) * multiple - V                           # zero rows appended at the end
+    rows = -dense.num_embeddings % multiple                           # zero rows appended: up to the next multiple
     return nn.Embedding.from_pretrained(F.pad(dense.weight.detach(), (0, 0, 0, rows)), freeze=False)
 
 
