@@ -52,10 +52,9 @@ def check_plan(module: nn.Module, plan: dict, degree: int | None = None) -> dict
             continue
         for name in found:
             sub = module.get_submodule(name)
-            if isinstance(sub, nn.Linear) and isinstance(style, ColwiseParallel):
-                check_divisible(f"{name}.out_features", sub.out_features, degree)
-            elif isinstance(sub, nn.Linear) and isinstance(style, RowwiseParallel):
-                check_divisible(f"{name}.in_features", sub.in_features, degree)
+            for kind, attr in ((ColwiseParallel, "out_features"), (RowwiseParallel, "in_features")):
+                if isinstance(sub, nn.Linear) and isinstance(style, kind):
+                    check_divisible(f"{name}.{attr}", getattr(sub, attr), degree)
             parent_name = name.rpartition(".")[0]
             parent = module.get_submodule(parent_name)          # "": the module itself
             for attr in ("n_heads", "n_kv_heads"):
