@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 
+from ..common.placements import describe
 from ..common.topology import check_mesh, mesh_groups, tp_groups_across_hosts
 from .checks import degrees_text
 
@@ -85,16 +86,12 @@ def check_placements(shape, placements, mesh_ndim: int) -> None:
     shape = tuple(int(s) for s in shape)
     placements = tuple(placements)
     if len(placements) != mesh_ndim:
-        raise ValueError(f"{len(placements)} placement(s) {_fmt(placements)} for a {mesh_ndim}-d mesh: give "
+        raise ValueError(f"{len(placements)} placement(s) [{describe(placements)}] for a {mesh_ndim}-d mesh: give "
                          f"exactly one placement per mesh dim, e.g. "
-                         f"{_fmt(('Shard(0)',) + ('Replicate()',) * (mesh_ndim - 1))}")
+                         f"[{', '.join(['Shard(0)'] + ['Replicate()'] * (mesh_ndim - 1))}]")
     nd = len(shape)
     for i, p in enumerate(placements):
         if type(p).__name__ == "Shard" and not -nd <= p.dim < nd:
             ok = ", ".join(f"Shard({d})" for d in range(nd)) or "none"
             raise ValueError(f"placement {i} is Shard({p.dim}) but the tensor has shape {shape} "
                              f"with {nd} dim(s); shardable dims: {ok} (or Replicate())")
-
-
-def _fmt(placements) -> str:
-    return "(" + ", ".join(str(p) for p in placements) + ("," if len(placements) == 1 else "") + ")"
