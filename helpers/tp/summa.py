@@ -339,8 +339,7 @@ class SummaLinear(nn.Module):
         s = grid.s
         check_divisible("in_features K", dense.in_features, s)
         check_divisible("out_features N", dense.out_features, s)
-        W = dense.weight.detach().T                                     # W: (K, N)
-        w_blk = cut_block(W, grid.shape, grid.coords, "W")              # W_ij: (K/s, N/s), a copy
+        w_blk = cut_block(dense.weight.detach().T, grid.shape, grid.coords, "W")   # W (K, N) -> W_ij: (K/s, N/s), a copy
         b_blk = None if dense.bias is None else dense.bias.detach().chunk(s)[grid.j].clone()   # b_j: (N/s,)
         return cls(w_blk, b_blk, grid, dense.in_features, dense.out_features, counter)
 
