@@ -158,8 +158,7 @@ class ScatterToModelParallelRegion(torch.autograd.Function):
 
 
 def _apply(fn, x, group, timer, name):
-    degree, _ = tp_degree_and_rank(group)
-    return x if degree == 1 else fn.apply(x, group, timer, name)  # degree 1: no collective at all
+    return x if tp_degree_and_rank(group)[0] == 1 else fn.apply(x, group, timer, name)  # degree 1: no collective at all
 
 
 def copy_to_tp_region(x, group=None, *, timer=None, name: str = "f"):
