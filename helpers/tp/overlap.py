@@ -139,6 +139,12 @@ class TracedAllReduce:
 
 
 # ------------------------------------------------------------------------------ forward overlap
+def _ring(group):
+    p, r = dist.get_world_size(group), dist.get_rank(group)
+    glob = (lambda i: i) if group is None else (lambda i: dist.get_global_rank(group, i))
+    return p, r, glob((r + 1) % p), glob((r - 1) % p)
+
+
 class AllGatherMatmul(torch.autograd.Function):
     """Y_r = all_gather(X) · W_rᵀ computed in p ring steps: at step s rank r holds the rows of rank
     (r − s) mod p, multiplies them, and meanwhile sends them on to rank r + 1 and receives the
@@ -147,7 +153,7 @@ class AllGatherMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_r, w, group, spans):
-        p, r = dist.get_world_size(group), dist.get_rank(group)
+        p, r, nxt, prv = _ring(group)
         n = x_r.shape[0]
         y = x_r.new_empty(p * n, w.shape[0])                           # (N, H/p)
         x_full = x_r.new_empty(p * n, x_r.shape[1])                    # (N, D), filled as blocks arrive
@@ -157,8 +163,8 @@ class AllGatherMatmul(torch.autograd.Function):
             reqs, t0 = [], time.perf_counter()
             if s < p - 1:
                 nxt_buf = torch.empty_like(cur)
-                reqs = dist.batch_isend_irecv([dist.P2POp(dist.isend, cur, group=group, group_peer=(r + 1) % p),
-                                               dist.P2POp(dist.irecv, nxt_buf, group=group, group_peer=(r - 1) % p)])
+                reqs = dist.batch_isend_irecv([dist.P2POp(dist.isend, cur, nxt, group),
+                                               dist.P2POp(dist.irecv, nxt_buf, prv, group)])
             t1 = time.perf_counter()
             y[src * n:(src + 1) * n] = cur @ w.t()                     # the block present, while the next arrives
             x_full[src * n:(src + 1) * n] = cur
