@@ -97,9 +97,7 @@ class ParallelGPT(nn.Module):
 
 def check_cache_room(cache, new_tokens: int) -> None:
     """Refuse, before any collective, tokens that would overflow a cache made with a capacity."""
-    if not cache:
-        return
-    cap = getattr(cache[0], "capacity", None)
+    cap = cache[0].capacity if cache else None           # no cache, or one without a capacity: no limit
     if cap is not None and len(cache[0]) + new_tokens > cap:
         raise ValueError(f"the KV cache holds {cap} tokens: {len(cache[0])} cached + {new_tokens} new = "
                          f"{len(cache[0]) + new_tokens} do not fit; shorten the prompt or generate fewer "

@@ -1,11 +1,9 @@
 """Notebook 06's tensor-parallel block, built by hand from ``helpers.tp``'s layers and timed.
 
-:class:`ParallelBlock` is cut ``from_dense`` from a :class:`~helpers.models.parts.Block`: wq, wk
-and wv column-parallel (each rank keeps whole heads), wo row-parallel, the MLP Megatron's
-column → GELU → row. One *g* after each row layer in forward, one *f* before each group of
-column layers in backward: four all-reduces per training step (Shoeybi et al. 2019,
-arXiv:1909.08053, Fig. 3). Its forward takes an optional step timer that times every local
-matmul and every collective; the attention core is the dense block's own :func:`attend`.
+:class:`ParallelBlock` (its split: the class docstring): one *g* after each row layer in forward,
+one *f* before each group of column layers in backward, four all-reduces per training step
+(Shoeybi et al. 2019, arXiv:1909.08053, Fig. 3). Its forward takes an optional step timer that
+times every local matmul and every collective; the attention core is the dense block's own :func:`attend`.
 """
 
 from __future__ import annotations
@@ -27,8 +25,8 @@ class ParallelBlock(nn.Module):
     """A dense :class:`~helpers.models.parts.Block` split over a TP group (see the module docstring).
 
     Rank r of p keeps heads r·h/p … (r+1)·h/p: rows of wq, wk, wv (column-parallel) and the
-    matching columns of wo (row-parallel); hidden units r·F/p … of the MLP. The norms and the row
-    layers' biases are full copies. The submodule names are the dense block's (``attn.wq``,
+    matching columns of wo (row-parallel); hidden units r·F/p … of the MLP (column → GELU → row). The
+    norms and the row layers' biases are full copies. The submodule names are the dense block's (``attn.wq``,
     ``mlp.w2``, ...). ``n_heads``, ``n_kv_heads`` and ``d_ff`` must be divisible by p.
     """
 
@@ -39,9 +37,8 @@ class ParallelBlock(nn.Module):
                             f"got {type(dense).__name__}")
         p, _ = tp_degree_and_rank(group)
         attn = dense.attn
-        check_divisible("n_heads", attn.n_heads, p)                  # before any copy or collective
-        check_divisible("n_kv_heads", attn.n_kv_heads, p)
-        check_divisible("d_ff", dense.mlp.w1.out_features, p)
+        for name, n in (("n_heads", attn.n_heads), ("n_kv_heads", attn.n_kv_heads), ("d_ff", dense.mlp.w1.out_features)):
+            check_divisible(name, n, p)                              # before any copy or collective
         blk = cls()
         blk.group, blk.head_dim, blk.causal = group, attn.head_dim, attn.causal
         blk.attn_norm, blk.mlp_norm = copy.deepcopy(dense.attn_norm), copy.deepcopy(dense.mlp_norm)

@@ -148,10 +148,9 @@ def replicate_kv_heads(model, p: int):
         for name in ("wk", "wv"):
             old = getattr(blk.attn, name)
             new = torch.nn.Linear(old.in_features, p * hd, bias=old.bias is not None)
-            with torch.no_grad():
-                new.weight.copy_(old.weight.view(n_kv, hd, -1).repeat_interleave(rep, 0).reshape(p * hd, -1))
-                if old.bias is not None:
-                    new.bias.copy_(old.bias.view(n_kv, hd).repeat_interleave(rep, 0).reshape(-1))
+            with torch.no_grad():                                   # weight (n_kv·hd, D) -> (p·hd, D), bias alike
+                for t_new, t_old in zip(new.parameters(), old.parameters()):
+                    t_new.copy_(t_old.unflatten(0, (n_kv, hd)).repeat_interleave(rep, 0).flatten(0, 1))
             setattr(blk.attn, name, new.to(old.weight.device))
         blk.attn.n_kv_heads = p
     return model
@@ -192,10 +191,9 @@ def parallelize_tiny_gpt(model, mesh, sequence_parallel: bool = True, loss_paral
     for block in model.blocks:
         parallelize_module(block, mesh, block_plan(sequence_parallel=sequence_parallel))
     parallelize_module(model, mesh, model_plan(sequence_parallel=sequence_parallel, loss_parallel=loss_parallel))
-    vocab = model.cfg.vocab_size
 
     def _check(module, args):
-        check_ids(args[0], vocab, p, sequence_parallel)
+        check_ids(args[0], module.cfg.vocab_size, p, sequence_parallel)
 
     model.register_forward_pre_hook(_check)
     return model

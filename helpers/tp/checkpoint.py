@@ -22,15 +22,14 @@ def shard_layout(module) -> dict:
         if p.dim() != 2:
             continue
         size, off = list(p.shape), [0, 0]
-        mesh = getattr(p, "device_mesh", None)
         placements = list(enumerate(getattr(p, "placements", ())))
         if any(type(pl).__name__ == "_StridedShard" for _, pl in placements):
             placements.reverse()        # FSDP over a TP shard: the TP split is the outer one
         for i, pl in placements:
             if getattr(pl, "dim", None) is not None:          # Shard or FSDP's _StridedShard
                 d = pl.dim % 2
-                size[d] //= mesh.size(i)
-                off[d] += mesh.get_coordinate()[i] * size[d]
+                size[d] //= p.device_mesh.size(i)
+                off[d] += p.device_mesh.get_coordinate()[i] * size[d]
         out[name] = (tuple(off), tuple(size))
     return out
 

@@ -39,9 +39,8 @@ class _ShardedLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(*((per_rank, in_features) if column else (out_features, per_rank)), **kw))
         self.bias = nn.Parameter(torch.empty(per_rank if column else out_features, **kw)) if bias else None
         bound = 1 / math.sqrt(in_features)            # nn.Linear's default U(-1/√fan_in, 1/√fan_in), on a shard
-        with torch.no_grad():
-            for t in (self.weight, self.bias) if bias else (self.weight,):
-                t.uniform_(-bound, bound)
+        for t in self.parameters():                   # the weight, and the bias if there is one
+            nn.init.uniform_(t, -bound, bound)
         return per_rank
 
     @classmethod

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import warnings
 
-from ..common.numbers import divisors
+from ..common.placements import describe
 from ..common.topology import check_mesh, mesh_groups, tp_groups_across_hosts
+from .checks import degrees_text
 
 __all__ = ["TPLayoutWarning", "mesh_groups", "tp_groups_across_hosts", "warn_if_tp_crosses_hosts",
            "check_tp_in_node", "check_placements"]
@@ -63,9 +64,8 @@ def check_tp_in_node(shape, dim_names, ranks_per_node: int, tp_dim: str = "tp") 
         raise ValueError(f"ranks_per_node must be a positive whole number, got {ranks_per_node!r}")
     tp = dims[names.index(tp_dim)]
     if ranks_per_node % tp:
-        ok = ", ".join(str(k) for k in divisors(ranks_per_node))
         raise ValueError(f"TP degree {tp} does not divide the {ranks_per_node} ranks per node: some TP groups "
-                         f"would cross a node boundary; pick a TP degree in {{{ok}}}")
+                         f"would cross a node boundary; pick a TP degree in {degrees_text(ranks_per_node)}")
     nodes = [r // ranks_per_node for r in range(math.prod(dims))]
     crossing = tp_groups_across_hosts(dims, names, nodes, tp_dim)
     if crossing:
@@ -86,17 +86,12 @@ def check_placements(shape, placements, mesh_ndim: int) -> None:
     shape = tuple(int(s) for s in shape)
     placements = tuple(placements)
     if len(placements) != mesh_ndim:
-        raise ValueError(f"{len(placements)} placement(s) {_fmt(placements)} for a {mesh_ndim}-d mesh: give "
+        raise ValueError(f"{len(placements)} placement(s) [{describe(placements)}] for a {mesh_ndim}-d mesh: give "
                          f"exactly one placement per mesh dim, e.g. "
-                         f"{_fmt(('Shard(0)',) + ('Replicate()',) * (mesh_ndim - 1))}")
+                         f"[{', '.join(['Shard(0)'] + ['Replicate()'] * (mesh_ndim - 1))}]")
     nd = len(shape)
     for i, p in enumerate(placements):
-        dim = getattr(p, "dim", None)
-        if type(p).__name__ == "Shard" and dim is not None and not -nd <= dim < nd:
+        if type(p).__name__ == "Shard" and not -nd <= p.dim < nd:
             ok = ", ".join(f"Shard({d})" for d in range(nd)) or "none"
-            raise ValueError(f"placement {i} is Shard({dim}) but the tensor has shape {shape} "
+            raise ValueError(f"placement {i} is Shard({p.dim}) but the tensor has shape {shape} "
                              f"with {nd} dim(s); shardable dims: {ok} (or Replicate())")
-
-
-def _fmt(placements) -> str:
-    return "(" + ", ".join(str(p) for p in placements) + ("," if len(placements) == 1 else "") + ")"

@@ -23,7 +23,7 @@ import contextlib
 import torch
 import torch.distributed as dist
 
-from .checks import check_divisible, shard_range, tp_degree_and_rank
+from .checks import check_divisible, tp_degree_and_rank
 
 __all__ = [
     "CopyToModelParallelRegion", "ReduceFromModelParallelRegion",
@@ -68,20 +68,16 @@ def reduce(t: torch.Tensor, dst: int, group=None, counter=None, phase: str = "fo
 
     gloo reduces CPU tensors only; a CUDA tensor on gloo goes through a CPU copy.
     """
-    if t.device.type != "cpu" and dist.get_backend(group) == "gloo":
-        buf = t.cpu()
-        dist.reduce(buf, dst=dst, group=group)
-        t.copy_(buf)
-    else:
-        dist.reduce(t, dst=dst, group=group)
+    buf = t.cpu() if t.device.type != "cpu" and dist.get_backend(group) == "gloo" else t
+    dist.reduce(buf, dst=dst, group=group)
+    t.copy_(buf)                                          # from the CPU copy (copying t onto itself is a no-op)
     _record(counter, "reduce", group, t.nbytes, phase, root=dist.get_rank() == dst)
     return t
 
 
 def _split_last(x, group):
-    degree, rank = dist.get_world_size(group), dist.get_rank(group)
-    start, stop = shard_range(x.shape[-1], degree, rank, name="input last dim")
-    return x[..., start:stop].contiguous()
+    """This rank's slice of the last dim (scatter_to_tp_region has checked that it divides)."""
+    return x.chunk(dist.get_world_size(group), dim=-1)[dist.get_rank(group)].contiguous()
 
 
 def _span(timer, name):
@@ -162,8 +158,7 @@ class ScatterToModelParallelRegion(torch.autograd.Function):
 
 
 def _apply(fn, x, group, timer, name):
-    degree, _ = tp_degree_and_rank(group)
-    return x if degree == 1 else fn.apply(x, group, timer, name)  # degree 1: no collective at all
+    return x if tp_degree_and_rank(group)[0] == 1 else fn.apply(x, group, timer, name)  # degree 1: no collective at all
 
 
 def copy_to_tp_region(x, group=None, *, timer=None, name: str = "f"):
@@ -183,6 +178,5 @@ def gather_from_tp_region(x, group=None, *, timer=None, name: str = "gather"):
 
 def scatter_to_tp_region(x, group=None, *, timer=None, name: str = "scatter"):
     """Split along the last dim forward, all-gather backward (checks divisibility first)."""
-    degree, _ = tp_degree_and_rank(group)
-    check_divisible("input last dim", x.shape[-1], degree)
+    check_divisible("input last dim", x.shape[-1], tp_degree_and_rank(group)[0])
     return _apply(ScatterToModelParallelRegion, x, group, timer, name)

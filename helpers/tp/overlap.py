@@ -70,11 +70,10 @@ class ColumnLinearAsyncAllReduce(torch.autograd.Function):
     def backward(ctx, dy):
         x, w = ctx.saved_tensors
         dx = dy @ w                                                    # (N, D): this rank's partial sum
-        x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
         t0 = time.perf_counter()
         work = dist.all_reduce(dx, group=ctx.group, async_op=ctx.overlap)  # overlap: in flight from here ...
         t1 = time.perf_counter()
-        dw = dy2.t() @ x2                                              # ... while dW_r is computed
+        dw = dy.flatten(0, -2).t() @ x.flatten(0, -2)                  # ... while dW_r is computed (rows: all leading dims)
         t2 = time.perf_counter()
         if ctx.overlap:
             work.wait()                                                # needed only now

@@ -18,12 +18,6 @@ from .checks import check_divisible
 __all__ = ["check_plan"]
 
 
-def _matches(names: list[str], key: str) -> list[str]:
-    if "*" in key:
-        return [n for n in names if fnmatch.fnmatchcase(n, key) and n.count(".") == key.count(".")]
-    return [key] if key in names else []
-
-
 def check_plan(module: nn.Module, plan: dict, degree: int | None = None) -> dict:
     """Refuse a plan that ``parallelize_module(module, mesh, plan)`` would apply wrongly.
 
@@ -44,7 +38,8 @@ def check_plan(module: nn.Module, plan: dict, degree: int | None = None) -> dict
     for key, style in plan.items():
         if not isinstance(key, str):
             raise TypeError(f"plan key {key!r} must be a submodule name (a string like 'attn.wq')")
-        found = _matches(names, key)
+        # parallelize_module matches each dotted part with fnmatch ("*" stays inside one part)
+        found = [n for n in names if fnmatch.fnmatchcase(n, key) and n.count(".") == key.count(".")]
         if not found:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -57,12 +52,11 @@ def check_plan(module: nn.Module, plan: dict, degree: int | None = None) -> dict
             continue
         for name in found:
             sub = module.get_submodule(name)
-            if isinstance(sub, nn.Linear) and isinstance(style, ColwiseParallel):
-                check_divisible(f"{name}.out_features", sub.out_features, degree)
-            elif isinstance(sub, nn.Linear) and isinstance(style, RowwiseParallel):
-                check_divisible(f"{name}.in_features", sub.in_features, degree)
+            for kind, attr in ((ColwiseParallel, "out_features"), (RowwiseParallel, "in_features")):
+                if isinstance(sub, nn.Linear) and isinstance(style, kind):
+                    check_divisible(f"{name}.{attr}", getattr(sub, attr), degree)
             parent_name = name.rpartition(".")[0]
-            parent = module.get_submodule(parent_name) if parent_name else module
+            parent = module.get_submodule(parent_name)          # "": the module itself
             for attr in ("n_heads", "n_kv_heads"):
                 if isinstance(getattr(parent, attr, None), int):
                     check_divisible(f"{parent_name or type(module).__name__}.{attr}", getattr(parent, attr), degree)

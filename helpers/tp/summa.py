@@ -156,12 +156,10 @@ def cut_blocks(t: torch.Tensor, grid_shape, name: str = "tensor") -> list[torch.
 def assemble_blocks(blocks, grid_shape) -> torch.Tensor:
     """Inverse of :func:`cut_blocks`: blocks in row-major rank order -> the full 2-D tensor."""
     p, q = (int(d) for d in grid_shape)
-    blocks = list(blocks)
+    blocks = [torch.as_tensor(b) for b in blocks]
     if len(blocks) != p * q:
         raise ValueError(f"a {p}×{q} grid has {p * q} blocks, got {len(blocks)}")
-    rows = [torch.cat([torch.as_tensor(b) for b in blocks[i * q:(i + 1) * q]], dim=1)
-            for i in range(p)]
-    return torch.cat(rows, dim=0)
+    return torch.cat([torch.cat(blocks[i * q:(i + 1) * q], dim=1) for i in range(p)], dim=0)
 
 
 def block_of(t: torch.Tensor, grid: SummaGrid, name: str = "X") -> torch.Tensor:
@@ -341,8 +339,7 @@ class SummaLinear(nn.Module):
         s = grid.s
         check_divisible("in_features K", dense.in_features, s)
         check_divisible("out_features N", dense.out_features, s)
-        W = dense.weight.detach().T                                     # W: (K, N)
-        w_blk = cut_block(W, grid.shape, grid.coords, "W")              # W_ij: (K/s, N/s), a copy
+        w_blk = cut_block(dense.weight.detach().T, grid.shape, grid.coords, "W")   # W (K, N) -> W_ij: (K/s, N/s), a copy
         b_blk = None if dense.bias is None else dense.bias.detach().chunk(s)[grid.j].clone()   # b_j: (N/s,)
         return cls(w_blk, b_blk, grid, dense.in_features, dense.out_features, counter)
 

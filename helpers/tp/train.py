@@ -29,8 +29,7 @@ def micro_batch(x: torch.Tensor, fsdp_rank: int, fsdp_size: int) -> torch.Tensor
         raise ValueError(f"the global batch of {n} samples is not divisible by the FSDP degree {fsdp_size}: "
                          f"each FSDP rank needs the same micro-batch size; use a batch of "
                          f"{math.ceil(n / fsdp_size) * fsdp_size}")
-    b = n // fsdp_size
-    return x[fsdp_rank * b:(fsdp_rank + 1) * b].clone()
+    return x.tensor_split(fsdp_size)[fsdp_rank].clone()
 
 
 @torch.no_grad()

@@ -45,15 +45,13 @@ def vocab_mask(ids: torch.Tensor, start: int, stop: int):
     """(local ids, mask): ``mask`` is True where an id is NOT in ``[start, stop)``; those local
     ids are set to 0 so the lookup stays inside the shard."""
     mask = (ids < start) | (ids >= stop)
-    local = (ids - start).masked_fill(mask, 0)
-    return local, mask
+    return (ids - start).masked_fill(mask, 0), mask
 
 
 def pad_embedding(dense: nn.Embedding, multiple: int) -> nn.Embedding:
     """A copy of ``dense`` with rows appended (zeros) up to a multiple of ``multiple``."""
     check_module(dense, nn.Embedding, "pad_embedding")
-    V = dense.num_embeddings
-    rows = -(-V // multiple) * multiple - V                           # zero rows appended at the end
+    rows = -dense.num_embeddings % multiple                           # zero rows appended: up to the next multiple
     return nn.Embedding.from_pretrained(F.pad(dense.weight.detach(), (0, 0, 0, rows)), freeze=False)
 
 
@@ -85,8 +83,7 @@ class VocabParallelEmbedding(nn.Module):
     def from_embedding(cls, dense: nn.Embedding, group=None) -> "VocabParallelEmbedding":
         """This rank's rows of ``dense.weight``, copied (dense and TP start from one table)."""
         check_module(dense, nn.Embedding, "from_embedding")
-        V, D = dense.weight.shape
-        layer = cls(V, D, group=group, device=dense.weight.device, dtype=dense.weight.dtype)
+        layer = cls(*dense.weight.shape, group=group, device=dense.weight.device, dtype=dense.weight.dtype)  # (V, D)
         with torch.no_grad():
             layer.weight.copy_(dense.weight[layer.start:layer.stop])
         return layer
