@@ -37,12 +37,11 @@ class ClusterTakenError(CourseError):
 
 def busy_engines(client, targets="all") -> list[int]:
     """Engines running or queueing a task (asked of the controller: answers while they work)."""
-    try:
+    with suppress(Exception):
         status = client.queue_status(targets=targets, verbose=False)
-    except Exception:
-        return []
-    return [eid for eid, st in status.items() if isinstance(st, dict)
-            and st.get("tasks", 0) + st.get("queue", 0) > 0]
+        return [eid for eid, st in status.items() if isinstance(st, dict)
+                and st.get("tasks", 0) + st.get("queue", 0) > 0]
+    return []
 
 
 class Recovery:
@@ -108,9 +107,8 @@ class Recovery:
                 s.recv(64)  # the watchdog answers once it has closed them (how many)
 
     def recover(self, timeout: float = DEFAULT_START_TIMEOUT) -> str:
-        """``TPCluster.recover``: every engine alive, what is still blocked is aborted and only the
-        process group rebuilt (on a fresh port); an engine died, all N are restarted (new engine
-        ids).  Returns (and prints) what it did."""
+        """:meth:`TPCluster.recover`; what is still blocked is aborted first, the group rebuilt
+        on a fresh port.  Returns (and prints) what it did."""
         t0 = time.monotonic()
         dead = self.dead_ranks()
         msg = self._rebuild_group(t0) if not dead else self._restart_engines(dead, timeout, t0)
@@ -130,11 +128,10 @@ class Recovery:
 
     def _restart_engines(self, dead: list[EngineInfo], timeout: float, t0: float) -> str:
         tpc = self.tpc
-        survivors = [e for e in tpc.engines if e not in dead]
         lost = []
-        if survivors:
-            with suppress(Exception):
-                lost = tpc.client[survivors[0].engine_id].apply_sync(engine_ns.user_names)
+        with suppress(Exception):  # no survivor, or it cannot answer: the variables go unnamed
+            survivor = next(e for e in tpc.engines if e not in dead)
+            lost = tpc.client[survivor.engine_id].apply_sync(engine_ns.user_names)
         if tpc.cluster is None and not on_this_host(tpc.ref):
             raise DeadRankError(
                 "an engine of a cluster on another node died; restart it there: "
