@@ -159,15 +159,14 @@ def start_cluster(
     ref: ClusterRef,
     n: int | None = None,
     *,
-    mode: str = "local",
     controller_ip: str | None = None,
-    mpi_args: list[str] | None = None,  # mode='mpi': [mpiexec, args...]
+    mpi_args: list[str] | None = None,  # MPI engines: [mpiexec, args...] (cli.mpi_launch_args)
     daemon: bool = True,
     wait: bool = True,
     timeout: float = DEFAULT_START_TIMEOUT,
     owner_pid: int | None = None,
 ):
-    """Start a controller and ``n`` engines (``mode='local'`` or ``'mpi'``).
+    """Start a controller and ``n`` engines (local ones, or MPI ones with ``mpi_args``).
 
     ``daemon=True`` leaves them running after this process exits (what
     ``launch_cluster.sh start`` wants); ``daemon=False`` stops them at exit.
@@ -186,6 +185,7 @@ def start_cluster(
             f"cluster {ref} is already running; stop it first with ./launch_cluster.sh stop"
         )
     clean_stale(ref)
+    mode = "mpi" if mpi_args else "local"
     os.makedirs(ref.security_dir, mode=0o700, exist_ok=True)
 
     config = Config()
@@ -193,16 +193,14 @@ def start_cluster(
     config.EngineLauncher.engine_cmd = list(ENGINE_CMD)
     # engines stop after this many missed pings: 50 s at 100 ms, as 50 x 1 s before
     config.EngineLauncher.engine_args = ["--IPEngine.max_heartbeat_misses=500"]
-    if mode == "mpi":
-        # mpi_args: [mpiexec, arg, ...] as chosen by helpers.cluster.cli.mpi_launch_args
-        mpi_cmd, *rest = list(mpi_args or ["mpiexec"])
-        config.MPILauncher.mpi_cmd = [mpi_cmd]
-        config.MPILauncher.mpi_args = rest
+    if mpi_args:
+        config.MPILauncher.mpi_cmd = mpi_args[:1]
+        config.MPILauncher.mpi_args = mpi_args[1:]
     cluster = ipp.Cluster(
         n=n,
         cluster_id=ref.cluster_id,
         profile_dir=ref.profile_dir,
-        engines="mpi" if mode == "mpi" else "local",
+        engines=mode,
         controller_ip=controller_ip or "127.0.0.1",
         # An engine is registered on the 2nd heartbeat after it connects: beat every
         # 100 ms (not 1 s), with the same tolerance in seconds as before (10 s).
