@@ -74,7 +74,7 @@ def _script_name() -> str | None:
 
 def _who(record: dict, me: str | None = None) -> str:
     """A driver record in words: ``notebook '03_tp_and_fsdp.ipynb'``, or ``another notebook``."""
-    name = (record or {}).get("notebook")
+    name = record.get("notebook")
     if name and name == me:
         return f"an earlier kernel of {name!r}"
     return f"notebook {name!r}" if name else "another notebook"
