@@ -44,6 +44,16 @@ def visible_gpus() -> int:
     return 0
 
 
+def wait_until(done, seconds: float, poll: float = 0.05) -> bool:
+    """Ask ``done()`` every ``poll`` s until it is true (True) or ``seconds`` have passed (False)."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll)
+    return True
+
+
 # --------------------------------------------------------------------------- processes
 def _pids_in_cluster_file(path: str) -> list[int]:
     """Every pid an ipyparallel cluster file records (controller, engines, mpiexec)."""
@@ -249,11 +259,9 @@ def start_reaper(ref: ClusterRef, owner_pid: int) -> None:
 
 def engine_log_tail(cluster, lines: int = 8) -> str:
     """The last lines the engines printed (shown when a start or stop failed)."""
-    try:
-        out = "".join(es.get_output() for es in cluster.engines.values())
-    except Exception:
-        return ""
-    tail = out.strip().splitlines()[-lines:]
+    tail = []
+    with suppress(Exception):
+        tail = "".join(es.get_output() for es in cluster.engines.values()).strip().splitlines()[-lines:]
     return ("\nlast engine output:\n  " + "\n  ".join(tail)) if tail else ""
 
 

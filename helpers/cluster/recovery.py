@@ -15,7 +15,7 @@ from ..common.topology import EngineInfo
 from ..engine import namespace as engine_ns
 from ..engine import pg as engine_pg
 from ..engine import watchdog as engine_watchdog
-from .lifecycle import DEFAULT_START_TIMEOUT, on_this_host
+from .lifecycle import DEFAULT_START_TIMEOUT, on_this_host, wait_until
 
 RECOVER = "cluster.recover()"
 
@@ -55,12 +55,11 @@ class Recovery:
         self.tpc = tpc
         self.token = secrets.token_hex(16)              # proves an abort comes from this notebook
         self.watchdogs: dict[int, tuple[str, int]] = {}  # rank -> (address, port)
-        self.px_cells: list[int] = []                    # In[n] of the %%px cells run, in order
+        self.px_cells: dict[int, None] = {}              # In[n] of the %%px cells run, in order
 
     def note_px_cell(self, execution_count: int) -> None:
         """A ``%%px`` cell ran (to name it if the engines must be rebuilt)."""
-        if execution_count not in self.px_cells:
-            self.px_cells.append(execution_count)
+        self.px_cells[execution_count] = None  # a dict: each cell once, where it first ran
 
     def start_watchdogs(self, multi_host: bool) -> None:
         """One watchdog thread per engine (see helpers.engine.watchdog); it outlives groups."""
@@ -119,9 +118,7 @@ class Recovery:
     def _rebuild_group(self, t0: float) -> str:
         if self.busy_ranks():
             self.abort_collectives()
-            deadline = time.monotonic() + 5
-            while self.busy_ranks() and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: not self.busy_ranks(), 5)
         self.tpc.init_distributed(force=True)
         return (f"Process group rebuilt on all {self.tpc.world_size} ranks in {time.monotonic() - t0:.1f} s; "
                 "every engine variable was kept.")
@@ -138,7 +135,7 @@ class Recovery:
                 "./launch_cluster.sh stop && ./launch_cluster.sh start --pbs ..."
             )
         tpc.restart_engines(timeout=timeout)
-        cells, self.px_cells = self.px_cells, []  # kept if the restart failed
+        cells, self.px_cells = self.px_cells, {}  # kept if the restart failed
         ranks = ", ".join(str(e.rank) for e in dead)
         rerun = (f"Rebuild them by re-running the %%px cells In[{'], In['.join(map(str, cells))}] "
                  "in that order." if cells else
