@@ -57,18 +57,11 @@ def wait_until(done, seconds: float, poll: float = 0.05) -> bool:
 # --------------------------------------------------------------------------- processes
 def _pids_in_cluster_file(path: str) -> list[int]:
     """Every pid an ipyparallel cluster file records (controller, engines, mpiexec)."""
-    pids = []
-
-    def keep_pid(d: dict) -> dict:
-        if isinstance(d.get("pid"), int) and d["pid"] > 0:
-            pids.append(d["pid"])
-        return d
-
-    try:
-        json.loads(Path(path).read_text(), object_hook=keep_pid)
-    except (OSError, ValueError):
-        return []
-    return pids
+    found = []  # each JSON object's "pid", noted as json.loads builds the object
+    with suppress(OSError, ValueError):
+        json.loads(Path(path).read_text(), object_hook=lambda d: found.append(d.get("pid")) or d)
+        return [p for p in found if isinstance(p, int) and p > 0]
+    return []
 
 
 def _belongs(p, cluster_id: str, profile_dir: str | None, unset_ok: bool = False) -> bool:
