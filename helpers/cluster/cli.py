@@ -299,12 +299,11 @@ def cmd_start(args) -> int:
             "PBS options need a PBS job: add --pbs to write and submit one, "
             "or run this inside a job (PBS_NODEFILE set)"
         )
-    mode = "mpi" if (args.mpi or in_job) else "local"
     if args.nccl:
         gpus = visible_gpus()
         check_n(args.n or default_n(gpus), backend="nccl", gpus=gpus)
     mpi_args = None
-    if mode == "mpi":
+    if args.mpi or in_job:
         mpi_args = mpi_launch_args(args.ppn, args.mpi_args)
         if importlib.util.find_spec("mpi4py") is None:
             raise ValueError("MPI engines need mpi4py: pip install mpi4py (built against this MPI)")
@@ -318,9 +317,9 @@ def cmd_start(args) -> int:
         print(f"cleaned up a stale cluster {ref} left by a crash")
     n = args.n or default_n(visible_gpus())
     t0 = time.monotonic()
-    start_cluster(ref, n, mode=mode, controller_ip=controller_ip, mpi_args=mpi_args,
+    start_cluster(ref, n, controller_ip=controller_ip, mpi_args=mpi_args,
                   daemon=True, timeout=args.timeout, owner_pid=getattr(args, "owner_pid", None))
-    print(f"cluster {ref} started: {n} {mode} engines in "
+    print(f"cluster {ref} started: {n} {'mpi' if mpi_args else 'local'} engines in "
           f"{time.monotonic() - t0:.1f} s (profile {ref.profile_dir})")
     if args.foreground:
         return _hold(ref)

@@ -1,17 +1,9 @@
 """A notebook as a torchrun batch job: ``./launch_cluster.sh export notebooks/NN_….ipynb``.
 
-What each cell becomes is told in README.md ("A notebook as a batch job") and by the runtime,
-:mod:`helpers.engine.batch`: a ``%%px`` cell's body verbatim at top level, a notebook cell as
-``_job.notebook(N, r'''<its source>''')``, a ``%%px --local`` cell both ways, engine first.  A
-``%%px`` cell's last expression shows nothing (a script's expression statements never do):
-print what a batch job should show.  Markdown, raw and empty cells and cells tagged
-``export-skip`` are left out; any other cell that only IPython can run (a magic, a ``!shell``
-line, ``%px``, ``%%px`` with options other than ``--local``, ``get_ipython()``) makes the export
-fail with one line naming the cell (its 0-based position among all cells, and its first line).
-
-``solutions=True`` (``--solutions``) puts each exercise's collapsed solution (the ```python
-block of the markdown cell tagged ``solution-N``) in place of the cell tagged ``exercise-N``: the
-whole course then runs as a checked job (what the tests do).
+README.md ("A notebook as a batch job") tells what each cell becomes, which cells are left out
+(``export-skip``) or refused, and what ``--solutions`` does; :mod:`helpers.engine.batch` is the
+runtime.  A ``%%px`` cell's last expression shows nothing (a script's expression statements never
+do): print what a batch job should show.
 """
 
 from __future__ import annotations

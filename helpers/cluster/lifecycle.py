@@ -44,21 +44,24 @@ def visible_gpus() -> int:
     return 0
 
 
+def wait_until(done, seconds: float, poll: float = 0.05) -> bool:
+    """Ask ``done()`` every ``poll`` s until it is true (True) or ``seconds`` have passed (False)."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll)
+    return True
+
+
 # --------------------------------------------------------------------------- processes
 def _pids_in_cluster_file(path: str) -> list[int]:
     """Every pid an ipyparallel cluster file records (controller, engines, mpiexec)."""
-    pids = []
-
-    def keep_pid(d: dict) -> dict:
-        if isinstance(d.get("pid"), int) and d["pid"] > 0:
-            pids.append(d["pid"])
-        return d
-
-    try:
-        json.loads(Path(path).read_text(), object_hook=keep_pid)
-    except (OSError, ValueError):
-        return []
-    return pids
+    found = []  # each JSON object's "pid", noted as json.loads builds the object
+    with suppress(OSError, ValueError):
+        json.loads(Path(path).read_text(), object_hook=lambda d: found.append(d.get("pid")) or d)
+        return [p for p in found if isinstance(p, int) and p > 0]
+    return []
 
 
 def _belongs(p, cluster_id: str, profile_dir: str | None, unset_ok: bool = False) -> bool:
@@ -159,15 +162,14 @@ def start_cluster(
     ref: ClusterRef,
     n: int | None = None,
     *,
-    mode: str = "local",
     controller_ip: str | None = None,
-    mpi_args: list[str] | None = None,  # mode='mpi': [mpiexec, args...]
+    mpi_args: list[str] | None = None,  # MPI engines: [mpiexec, args...] (cli.mpi_launch_args)
     daemon: bool = True,
     wait: bool = True,
     timeout: float = DEFAULT_START_TIMEOUT,
     owner_pid: int | None = None,
 ):
-    """Start a controller and ``n`` engines (``mode='local'`` or ``'mpi'``).
+    """Start a controller and ``n`` engines (local ones, or MPI ones with ``mpi_args``).
 
     ``daemon=True`` leaves them running after this process exits (what
     ``launch_cluster.sh start`` wants); ``daemon=False`` stops them at exit.
@@ -186,6 +188,7 @@ def start_cluster(
             f"cluster {ref} is already running; stop it first with ./launch_cluster.sh stop"
         )
     clean_stale(ref)
+    mode = "mpi" if mpi_args else "local"
     os.makedirs(ref.security_dir, mode=0o700, exist_ok=True)
 
     config = Config()
@@ -193,16 +196,14 @@ def start_cluster(
     config.EngineLauncher.engine_cmd = list(ENGINE_CMD)
     # engines stop after this many missed pings: 50 s at 100 ms, as 50 x 1 s before
     config.EngineLauncher.engine_args = ["--IPEngine.max_heartbeat_misses=500"]
-    if mode == "mpi":
-        # mpi_args: [mpiexec, arg, ...] as chosen by helpers.cluster.cli.mpi_launch_args
-        mpi_cmd, *rest = list(mpi_args or ["mpiexec"])
-        config.MPILauncher.mpi_cmd = [mpi_cmd]
-        config.MPILauncher.mpi_args = rest
+    if mpi_args:
+        config.MPILauncher.mpi_cmd = mpi_args[:1]
+        config.MPILauncher.mpi_args = mpi_args[1:]
     cluster = ipp.Cluster(
         n=n,
         cluster_id=ref.cluster_id,
         profile_dir=ref.profile_dir,
-        engines="mpi" if mode == "mpi" else "local",
+        engines=mode,
         controller_ip=controller_ip or "127.0.0.1",
         # An engine is registered on the 2nd heartbeat after it connects: beat every
         # 100 ms (not 1 s), with the same tolerance in seconds as before (10 s).
@@ -251,11 +252,9 @@ def start_reaper(ref: ClusterRef, owner_pid: int) -> None:
 
 def engine_log_tail(cluster, lines: int = 8) -> str:
     """The last lines the engines printed (shown when a start or stop failed)."""
-    try:
-        out = "".join(es.get_output() for es in cluster.engines.values())
-    except Exception:
-        return ""
-    tail = out.strip().splitlines()[-lines:]
+    tail = []
+    with suppress(Exception):
+        tail = "".join(es.get_output() for es in cluster.engines.values()).strip().splitlines()[-lines:]
     return ("\nlast engine output:\n  " + "\n  ".join(tail)) if tail else ""
 
 

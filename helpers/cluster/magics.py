@@ -87,7 +87,7 @@ def explain(err: ipp_error.CompositeError, rank_of: dict[int, int], targets: lis
             lines.append(f"  rank {r}: waited in {_user_line(etb) or 'a collective'} and failed: {_short(evalue)}")
         else:
             lines.append(f"  rank {r}: finished the cell without entering that collective")
-    absent = [r for e, r in sorted(rank_of.items(), key=lambda x: x[1]) if e not in targets]
+    absent = sorted(r for e, r in rank_of.items() if e not in targets)
     if absent:
         lines.append(f"  rank(s) {', '.join(map(str, absent))}: not targeted by this cell "
                      "(every rank of the group must run the collective)")

@@ -15,7 +15,7 @@ from ..common.topology import EngineInfo
 from ..engine import namespace as engine_ns
 from ..engine import pg as engine_pg
 from ..engine import watchdog as engine_watchdog
-from .lifecycle import DEFAULT_START_TIMEOUT, on_this_host
+from .lifecycle import DEFAULT_START_TIMEOUT, on_this_host, wait_until
 
 RECOVER = "cluster.recover()"
 
@@ -37,12 +37,11 @@ class ClusterTakenError(CourseError):
 
 def busy_engines(client, targets="all") -> list[int]:
     """Engines running or queueing a task (asked of the controller: answers while they work)."""
-    try:
+    with suppress(Exception):
         status = client.queue_status(targets=targets, verbose=False)
-    except Exception:
-        return []
-    return [eid for eid, st in status.items() if isinstance(st, dict)
-            and st.get("tasks", 0) + st.get("queue", 0) > 0]
+        return [eid for eid, st in status.items() if isinstance(st, dict)
+                and st.get("tasks", 0) + st.get("queue", 0) > 0]
+    return []
 
 
 class Recovery:
@@ -56,12 +55,11 @@ class Recovery:
         self.tpc = tpc
         self.token = secrets.token_hex(16)              # proves an abort comes from this notebook
         self.watchdogs: dict[int, tuple[str, int]] = {}  # rank -> (address, port)
-        self.px_cells: list[int] = []                    # In[n] of the %%px cells run, in order
+        self.px_cells: dict[int, None] = {}              # In[n] of the %%px cells run, in order
 
     def note_px_cell(self, execution_count: int) -> None:
         """A ``%%px`` cell ran (to name it if the engines must be rebuilt)."""
-        if execution_count not in self.px_cells:
-            self.px_cells.append(execution_count)
+        self.px_cells[execution_count] = None  # a dict: each cell once, where it first ran
 
     def start_watchdogs(self, multi_host: bool) -> None:
         """One watchdog thread per engine (see helpers.engine.watchdog); it outlives groups."""
@@ -108,9 +106,8 @@ class Recovery:
                 s.recv(64)  # the watchdog answers once it has closed them (how many)
 
     def recover(self, timeout: float = DEFAULT_START_TIMEOUT) -> str:
-        """``TPCluster.recover``: every engine alive, what is still blocked is aborted and only the
-        process group rebuilt (on a fresh port); an engine died, all N are restarted (new engine
-        ids).  Returns (and prints) what it did."""
+        """:meth:`TPCluster.recover`; what is still blocked is aborted first, the group rebuilt
+        on a fresh port.  Returns (and prints) what it did."""
         t0 = time.monotonic()
         dead = self.dead_ranks()
         msg = self._rebuild_group(t0) if not dead else self._restart_engines(dead, timeout, t0)
@@ -121,27 +118,24 @@ class Recovery:
     def _rebuild_group(self, t0: float) -> str:
         if self.busy_ranks():
             self.abort_collectives()
-            deadline = time.monotonic() + 5
-            while self.busy_ranks() and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: not self.busy_ranks(), 5)
         self.tpc.init_distributed(force=True)
         return (f"Process group rebuilt on all {self.tpc.world_size} ranks in {time.monotonic() - t0:.1f} s; "
                 "every engine variable was kept.")
 
     def _restart_engines(self, dead: list[EngineInfo], timeout: float, t0: float) -> str:
         tpc = self.tpc
-        survivors = [e for e in tpc.engines if e not in dead]
         lost = []
-        if survivors:
-            with suppress(Exception):
-                lost = tpc.client[survivors[0].engine_id].apply_sync(engine_ns.user_names)
+        with suppress(Exception):  # no survivor, or it cannot answer: the variables go unnamed
+            survivor = next(e for e in tpc.engines if e not in dead)
+            lost = tpc.client[survivor.engine_id].apply_sync(engine_ns.user_names)
         if tpc.cluster is None and not on_this_host(tpc.ref):
             raise DeadRankError(
                 "an engine of a cluster on another node died; restart it there: "
                 "./launch_cluster.sh stop && ./launch_cluster.sh start --pbs ..."
             )
         tpc.restart_engines(timeout=timeout)
-        cells, self.px_cells = self.px_cells, []  # kept if the restart failed
+        cells, self.px_cells = self.px_cells, {}  # kept if the restart failed
         ranks = ", ".join(str(e.rank) for e in dead)
         rerun = (f"Rebuild them by re-running the %%px cells In[{'], In['.join(map(str, cells))}] "
                  "in that order." if cells else

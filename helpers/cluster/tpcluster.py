@@ -47,6 +47,7 @@ from .lifecycle import (
     start_cluster,
     stop_cluster,
     visible_gpus,
+    wait_until,
 )
 from .recovery import ClusterTakenError, Recovery, busy_engines
 from .ref import ClusterRef
@@ -74,7 +75,7 @@ def _script_name() -> str | None:
 
 def _who(record: dict, me: str | None = None) -> str:
     """A driver record in words: ``notebook '03_tp_and_fsdp.ipynb'``, or ``another notebook``."""
-    name = (record or {}).get("notebook")
+    name = record.get("notebook")
     if name and name == me:
         return f"an earlier kernel of {name!r}"
     return f"notebook {name!r}" if name else "another notebook"
@@ -247,14 +248,11 @@ class TPCluster(RankFacts):
             return False
         with suppress(Exception):
             self.client.send_signal(signal.SIGINT, targets=list(self.client.ids), block=True)
-        deadline = time.monotonic() + 1.0
-        while busy_engines(self.client):
-            if time.monotonic() > deadline:
-                print(f"connect(): {_who(other)} has a cell blocked in a collective on the engines; "
-                      f"it ends at its process-group timeout, then the group is rebuilt")
-                return True
-            time.sleep(0.05)
-        return False
+        if wait_until(lambda: not busy_engines(self.client), 1.0):
+            return False
+        print(f"connect(): {_who(other)} has a cell blocked in a collective on the engines; "
+              f"it ends at its process-group timeout, then the group is rebuilt")
+        return True
 
     def _release(self) -> None:
         """This notebook is done: if it still drives the engines, what it made there is
@@ -338,21 +336,13 @@ class TPCluster(RankFacts):
                 profile_dir=self.profile_dir, cluster_id=self.cluster_id
             )
         self.cluster.restart_engines_sync()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            new = [i for i in self.client.ids if i not in old]
-            if len(new) >= n:
-                break
-            time.sleep(0.2)
-        else:
+        if not wait_until(lambda: len(set(self.client.ids) - old) >= n, timeout, poll=0.2):
             raise RuntimeError(
-                f"only {len(new)} of {n} engines came back within {timeout:.0f} s; "
+                f"only {len(set(self.client.ids) - old)} of {n} engines came back within {timeout:.0f} s; "
                 "./launch_cluster.sh stop && ./launch_cluster.sh start"
             )
         # forget the dead ones so sorted(client.ids) is the new set
-        deadline = time.monotonic() + 15
-        while set(self.client.ids) & old and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: not set(self.client.ids) & old, 15, poll=0.2)
         self._cwd = None
         self.init_distributed(force=True)
         self.take_over(quiet=True)  # the new engines know who drives them
