@@ -289,11 +289,9 @@ def plan(inp: CalculatorInputs, efficiency: dict[int, float] | None = None,
     curve = efficiency or ref_curve                # interpolate_efficiency reads its keys as ints
     source = efficiency_source or ("measured" if efficiency else f"e(p): the {REFERENCE_GPU} reference's relative "
                                    f"curve, {inp.dtype}, {ref_tokens} tokens ({REFERENCE_SOURCE})")
-    if inp.matmul_tflops:
-        source += f"; rate at TP=1: {rate:g} TFLOP/s (yours)"
-    else:
-        source += (f"; rate at TP=1: {rate:.0f} TFLOP/s = {gpu.name}'s {inp.dtype} peak "
-                   f"{gpu.peak_tflops[inp.dtype]:g} × {gpu.achieved[inp.dtype]:.3f} achieved ({gpu.achieved_source})")
+    source += "; rate at TP=1: " + (f"{rate:g} TFLOP/s (yours)" if inp.matmul_tflops else
+                                    f"{rate:.0f} TFLOP/s = {gpu.name}'s {inp.dtype} peak {gpu.peak_tflops[inp.dtype]:g} "
+                                    f"× {gpu.achieved[inp.dtype]:.3f} achieved ({gpu.achieved_source})")
     node = _node(inp)
     top = max(16, 4 * inp.gpus_per_node)
     degrees = sorted({t for t in [2 ** k for k in range(int(math.log2(top)) + 1)] + [inp.gpus_per_node, inp.tp]

@@ -374,9 +374,8 @@ def mlp_bytes_2d(M: int, D: int, H: int, p: int, dtype_bytes: int = 4, n_in: int
     bwd = 2 * fwd
     calls_fwd = 2 * s * w - (n_in - 1) * s                      # a gated MLP's w1, w3 share X's broadcasts
     calls_bwd = 4 * s * w
-    if bias:
-        for n_bias in (n_in * H, D):                            # b1 (and b3), then b2
-            bwd += bytes_sent("all_reduce", n_bias * dtype_bytes / s, s)
+    if bias:                                                    # b1 (and b3), then b2
+        bwd += sum(bytes_sent("all_reduce", n_bias * dtype_bytes / s, s) for n_bias in (n_in * H, D))
         calls_bwd += w
     return {"forward": _result(fwd, fwd, calls_fwd), "backward": _result(bwd, bwd, calls_bwd)}
 
