@@ -317,10 +317,9 @@ def bytes_summa(M: int, K: int, N: int, p: int, dtype_bytes: int = 4) -> dict:
     """
     _check_dims(M, K, N, p, dtype_bytes)
     s = grid_side(p)
-    sent = received = 0.0
-    for blk in (M * K * dtype_bytes / p, K * N * dtype_bytes / p):     # one X block, one W block
-        sent += bytes_sent("broadcast", blk, s, root=True)              # my one turn as the root
-        received += (s - 1) * bytes_received("broadcast", blk, s)       # the other s-1 steps
+    blocks = (M * K * dtype_bytes / p, K * N * dtype_bytes / p)        # one X block, one W block
+    sent = sum(bytes_sent("broadcast", blk, s, root=True) for blk in blocks)             # my one turn as the root
+    received = sum((s - 1) * bytes_received("broadcast", blk, s) for blk in blocks)      # the other s-1 steps
     return _result(sent, received, 2 * s if p > 1 else 0)
 
 
