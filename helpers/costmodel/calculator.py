@@ -289,11 +289,9 @@ def plan(inp: CalculatorInputs, efficiency: dict[int, float] | None = None,
     curve = efficiency or ref_curve                # interpolate_efficiency reads its keys as ints
     source = efficiency_source or ("measured" if efficiency else f"e(p): the {REFERENCE_GPU} reference's relative "
                                    f"curve, {inp.dtype}, {ref_tokens} tokens ({REFERENCE_SOURCE})")
-    if inp.matmul_tflops:
-        source += f"; rate at TP=1: {rate:g} TFLOP/s (yours)"
-    else:
-        source += (f"; rate at TP=1: {rate:.0f} TFLOP/s = {gpu.name}'s {inp.dtype} peak "
-                   f"{gpu.peak_tflops[inp.dtype]:g} × {gpu.achieved[inp.dtype]:.3f} achieved ({gpu.achieved_source})")
+    source += "; rate at TP=1: " + (f"{rate:g} TFLOP/s (yours)" if inp.matmul_tflops else
+                                    f"{rate:.0f} TFLOP/s = {gpu.name}'s {inp.dtype} peak {gpu.peak_tflops[inp.dtype]:g} "
+                                    f"× {gpu.achieved[inp.dtype]:.3f} achieved ({gpu.achieved_source})")
     node = _node(inp)
     top = max(16, 4 * inp.gpus_per_node)
     degrees = sorted({t for t in [2 ** k for k in range(int(math.log2(top)) + 1)] + [inp.gpus_per_node, inp.tp]
@@ -309,30 +307,25 @@ def _gb(x: float) -> str:
 def _recommend(inp: CalculatorInputs, rows: list[DegreeRow]) -> list[str]:
     cap = inp.gpu_memory_gb * GB
     r1 = rows[0]                                   # TP=1: every plan starts there
-    lines = []
-    tp2 = next((r for r in rows if r.tp > 1), None)
     if r1.model_fits or r1.fsdp_fits:
-        if r1.model_fits:
-            lines.append(f"The whole model fits one GPU ({_gb(r1.model_bytes)} of {_gb(cap)}): no TP. Train "
-                         "with data parallelism (DDP, or FSDP to save memory).")
-        else:
-            lines.append(f"The model does not fit one GPU ({_gb(r1.model_bytes)}), but FSDP can hold it: "
-                         f"its floor (every layer's activations + one all-gathered layer) is "
-                         f"{_gb(r1.fsdp_floor_bytes)} per GPU, however many GPUs share the rest. Use FSDP "
-                         "across GPUs, no TP.")
+        lines = [(f"The whole model fits one GPU ({_gb(r1.model_bytes)} of {_gb(cap)}): no TP. Train "
+                  "with data parallelism (DDP, or FSDP to save memory).") if r1.model_fits else
+                 (f"The model does not fit one GPU ({_gb(r1.model_bytes)}), but FSDP can hold it: "
+                  f"its floor (every layer's activations + one all-gathered layer) is "
+                  f"{_gb(r1.fsdp_floor_bytes)} per GPU, however many GPUs share the rest. Use FSDP "
+                  "across GPUs, no TP.")]
+        tp2 = next((r for r in rows if r.tp > 1), None)
         if tp2:
             lines.append(f"TP={tp2.tp} would {'only ' if r1.model_fits else ''}add communication: "
                          f"{tp2.comm_share:.0%} of each step.")
         return lines
-    if r1.gathered_layer_bytes > cap:
-        lines.append(f"One layer's weights and gradients alone need {_gb(r1.gathered_layer_bytes)} on one "
-                     f"GPU, more than its {_gb(cap)}: a single layer is too large for one GPU, the first "
-                     "reason to use TP.")
-    else:
-        lines.append(f"FSDP alone fails: even with everything else sharded away, each GPU needs "
-                     f"{_gb(r1.fsdp_floor_bytes)} (every layer's activations and one all-gathered layer) "
-                     f"> {_gb(cap)}: FSDP's temporary all-gather runs out of memory, the second reason "
-                     "to use TP.")
+    lines = [(f"One layer's weights and gradients alone need {_gb(r1.gathered_layer_bytes)} on one "
+              f"GPU, more than its {_gb(cap)}: a single layer is too large for one GPU, the first "
+              "reason to use TP.") if r1.gathered_layer_bytes > cap else
+             (f"FSDP alone fails: even with everything else sharded away, each GPU needs "
+              f"{_gb(r1.fsdp_floor_bytes)} (every layer's activations and one all-gathered layer) "
+              f"> {_gb(cap)}: FSDP's temporary all-gather runs out of memory, the second reason "
+              "to use TP.")]
     in_node = [r for r in rows if r.within_node]
     across = next((r for r in rows if not r.within_node), None)
     best = next((r for r in in_node if r.model_fits or r.fsdp_fits), None)

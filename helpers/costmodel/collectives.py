@@ -317,10 +317,9 @@ def bytes_summa(M: int, K: int, N: int, p: int, dtype_bytes: int = 4) -> dict:
     """
     _check_dims(M, K, N, p, dtype_bytes)
     s = grid_side(p)
-    sent = received = 0.0
-    for blk in (M * K * dtype_bytes / p, K * N * dtype_bytes / p):     # one X block, one W block
-        sent += bytes_sent("broadcast", blk, s, root=True)              # my one turn as the root
-        received += (s - 1) * bytes_received("broadcast", blk, s)       # the other s-1 steps
+    blocks = (M * K * dtype_bytes / p, K * N * dtype_bytes / p)        # one X block, one W block
+    sent = sum(bytes_sent("broadcast", blk, s, root=True) for blk in blocks)             # my one turn as the root
+    received = sum((s - 1) * bytes_received("broadcast", blk, s) for blk in blocks)      # the other s-1 steps
     return _result(sent, received, 2 * s if p > 1 else 0)
 
 
@@ -374,9 +373,8 @@ def mlp_bytes_2d(M: int, D: int, H: int, p: int, dtype_bytes: int = 4, n_in: int
     bwd = 2 * fwd
     calls_fwd = 2 * s * w - (n_in - 1) * s                      # a gated MLP's w1, w3 share X's broadcasts
     calls_bwd = 4 * s * w
-    if bias:
-        for n_bias in (n_in * H, D):                            # b1 (and b3), then b2
-            bwd += bytes_sent("all_reduce", n_bias * dtype_bytes / s, s)
+    if bias:                                                    # b1 (and b3), then b2
+        bwd += sum(bytes_sent("all_reduce", n_bias * dtype_bytes / s, s) for n_bias in (n_in * H, D))
         calls_bwd += w
     return {"forward": _result(fwd, fwd, calls_fwd), "backward": _result(bwd, bwd, calls_bwd)}
 

@@ -53,8 +53,7 @@ def max_abs(a, b) -> float:
     a, b = f64(a), f64(b)
     if a.shape != b.shape:
         return float("inf")
-    d = (a - b).abs()
-    return float(d.max()) if d.numel() else 0.0
+    return float((a - b).abs().max()) if a.numel() else 0.0
 
 
 def _per_rank(dense, n: int) -> list:

@@ -85,9 +85,8 @@ def check_hybrid_plan(cluster, dense_model, X, fsdp: int = 2, tp: int = 2) -> bo
             return say(False, f"{name} is not sharded by FSDP: fully_shard(block, mesh=ex_mesh[\"fsdp\"]) for "
                               "each block, then fully_shard(ex_model, mesh=ex_mesh[\"fsdp\"]).")
         pl = dict(zip(info["dims"], info["placements"]))
-        want = "Shard(0)" if short in COLUMN else "Shard(1)" if short in ROW else None
-        if want and pl.get("tp") != want:
-            style = "ColwiseParallel" if want == "Shard(0)" else "RowwiseParallel"
+        want, style = ("Shard(0)", "ColwiseParallel") if short in COLUMN else ("Shard(1)", "RowwiseParallel")
+        if short in COLUMN + ROW and pl.get("tp") != want:
             return say(False, f"{name} is {pl.get('tp')} on \"tp\"; it should be {want}: use {style}() for "
                               f"{short.rsplit('.', 1)[0]}.")
         if not pl.get("fsdp", "").startswith("Shard"):

@@ -128,8 +128,7 @@ def _check_sp_block_io(values, y, dx, y_name, dx_name, comm_name) -> str:
         raise NotYet("the forward is right but dL/dx is not this rank's slice of the dense gradient; "
                      "keep the lines below the plan as they are and re-run the cell.")
     kinds = ", ".join(f"{v} {k}" for k, v in sorted(comm.items()))
-    extra = ""
-    if comm.get("all_gather", 0) > comm.get("reduce_scatter", 0):
-        extra = (" It works, with more all-gathers than needed: PrepareModuleInput on attn and mlp "
-                 "gathers the sequence once for wq, wk and wv together instead of once per projection.")
+    extra = (" It works, with more all-gathers than needed: PrepareModuleInput on attn and mlp "
+             "gathers the sequence once for wq, wk and wv together instead of once per projection."
+             if comm.get("all_gather", 0) > comm.get("reduce_scatter", 0) else "")
     return f"(max|Δ| {worst(ys, want):.1e}); forward collectives: {kinds}.{extra}"
