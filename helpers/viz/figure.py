@@ -222,13 +222,9 @@ def count_rank_colors(png_or_rgb_array: Any, min_pixels: int = 50, tol: int = 0)
     a = np.asarray(img)
     if a.ndim != 3 or a.shape[2] not in (3, 4):
         raise ValueError(f"expected an (H, W, 3) or (H, W, 4) image, got shape {a.shape}")
-    if a.dtype != np.uint8:
-        if np.issubdtype(a.dtype, np.floating) and a.size and float(np.nanmax(a)) <= 1.0:
-            a = np.round(a * 255.0)
-        a = np.clip(a, 0, 255).astype(np.uint8)
+    if np.issubdtype(a.dtype, np.floating) and a.size and float(np.nanmax(a)) <= 1.0:
+        a = np.round(a * 255.0)
     if a.shape[2] == 4:
         a = a[..., :3][a[..., 3] >= 250]
-    rgb = a.reshape(-1, 3).astype(np.int32)
-    keys, counts = np.unique((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2], return_counts=True)
-    colors = np.stack([keys >> 16, (keys >> 8) & 255, keys & 255], axis=1)  # each distinct colour once
-    return {r for r, c in enumerate(RANK_COLORS) if counts[np.all(np.abs(colors - c) <= tol, axis=1)].sum() >= min_pixels}
+    rgb = np.clip(a, 0, 255).astype(np.int32).reshape(-1, 3)
+    return {r for r, c in enumerate(RANK_COLORS) if np.all(np.abs(rgb - c) <= tol, axis=1).sum() >= min_pixels}
