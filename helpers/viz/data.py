@@ -222,10 +222,8 @@ def cluster_map(infos) -> Figure:
     data_w = x - 0.6
     unit = min(0.8, 11.0 / data_w)
     fig = new_figure(max(4.0, data_w * unit + 0.6), max_h * unit + 1.0)
-    ax = fig.add_axes([0.3 / (data_w * unit + 0.6), 0.04, data_w * unit / (data_w * unit + 0.6), 0.8])
-    ax.set_xlim(-0.1, data_w + 0.1)
-    ax.set_ylim(max_h + 0.1, -0.1)
-    ax.set_aspect("equal")
+    ax = fig.add_axes([0.3 / (data_w * unit + 0.6), 0.04, data_w * unit / (data_w * unit + 0.6), 0.8],
+                      xlim=(-0.1, data_w + 0.1), ylim=(max_h + 0.1, -0.1), aspect="equal")
     ax.set_axis_off()
     for host, ranks, x0, bw, bh, ncol in boxes:
         ax.add_patch(FancyBboxPatch((x0, 0), bw, bh, boxstyle="round,pad=0,rounding_size=0.2",
