@@ -326,8 +326,7 @@ def mlp_crossover_figure(D: int, H: int, ps: Sequence[int] = (4, 16, 64), points
                 / sum(mlp_bytes_1d(int(m), D, H, p, n_in=n_in)[ph]["sent"] for ph in phases))
 
     for p, color in zip(ps, shades):
-        for training, ls in ((False, "-"), (True, "--")):
-            phases = ("forward", "backward") if training else ("forward",)
+        for training, phases, ls in ((False, ("forward",), "-"), (True, ("forward", "backward"), "--")):
             x = mlp_crossover_tokens(D, H, p, training=training, n_in=n_in)
             where = f"2D wins above M = {x:,.0f}" if math.isfinite(x) else "2D never wins"
             ax.plot(ms, [ratio(m, p, phases) for m in ms], ls=ls, color=color, lw=1.7,
