@@ -63,7 +63,6 @@ def shard_figure(shards: Sequence, layout: str, name: str = "W", dense_shape=Non
 
 def _shard_blocks(pieces, dim, vmin, vmax):
     """Each rank's block at its place in the full tensor: ``fig``, the full shape, the title's note."""
-    p = len(pieces)
     nd = pieces[0].ndim
     if nd == 0 or any(a.ndim != nd for a in pieces):
         raise ValueError(f"layout Shard({dim}): shards must all have the same number (>= 1) of dims; "
@@ -98,7 +97,7 @@ def _shard_blocks(pieces, dim, vmin, vmax):
         label = f"rank {r}: {a.shape}"
         if horizontal:
             ax.text(x0 + bc / 2, -0.5 - 0.02 * rows - 0.3, label, ha="center", va="bottom", fontsize=8,
-                    color=TEXT, rotation=0 if bc >= 4 or p <= 2 else 30, clip_on=False)
+                    color=TEXT, rotation=0 if bc >= 4 or len(pieces) <= 2 else 30, clip_on=False)
         else:
             ax.text(cols - 0.5 + 0.3 + 0.02 * cols, y0 + br / 2, label, ha="left", va="center",
                     fontsize=8, color=TEXT, clip_on=False)
@@ -121,10 +120,9 @@ def _shard_panels(pieces, kind, vmin, vmax):
         vmin, vmax = min(vmin, float(np.nanmin(total))), max(vmax, float(np.nanmax(total)))
     ncols = min(len(panels), 4)
     nrows = math.ceil(len(panels) / ncols)
-    b2 = to_2d(pieces[0])
-    aspect = b2.shape[0] / max(b2.shape[1], 1)
+    rows, cols = to_2d(pieces[0]).shape
     pw = 2.6
-    ph = min(3.0, max(0.9, pw * aspect))
+    ph = min(3.0, max(0.9, pw * rows / max(cols, 1)))
     fig = new_figure(ncols * pw + 1.0, nrows * (ph + 0.6) + 0.7)
     gs = fig.add_gridspec(nrows, ncols, left=0.04, right=0.88, top=1 - 0.6 / fig.get_figheight(),
                           bottom=0.04, wspace=0.15, hspace=0.45)
