@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 __all__ = ["RANK_COLORS", "to_2d", "REPLICATED_GREY", "MAX_DEGREE", "TPFigure", "rank_color", "text_on",
-           "new_figure", "new_axes", "diagram_axes", "message_figure", "grey_panel", "grid_lines",
+           "check_choice", "new_figure", "new_axes", "diagram_axes", "message_figure", "grey_panel", "grid_lines",
            "rank_handles", "rank_blocks", "partial_cards", "stacked_bars", "count_rank_colors", "figure_to_png",
            "render_png", "figure_to_rgba", "TEXT", "MUTED", "BOX", "DPI"]
 
@@ -78,6 +78,12 @@ def to_2d(a):
     """A tensor or array as 2-D for drawing: scalars 1×1, vectors 1×N, >2-D flattened to
     (prod(leading dims), last dim)."""
     return a.reshape(1, -1) if a.ndim < 2 else a.reshape(-1, a.shape[-1])
+
+
+def check_choice(name: str, value, choices) -> None:
+    """Refuse ``value`` unless it is one of ``choices``, naming them (a learner's typo in a mode)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
 def new_figure(w: float, h: float, dpi: int = DPI, **kw) -> Figure:

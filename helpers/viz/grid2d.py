@@ -23,6 +23,7 @@ from .figure import (
     MUTED,
     REPLICATED_GREY,
     TEXT,
+    check_choice,
     diagram_axes,
     grey_panel,
     message_figure,
@@ -45,11 +46,6 @@ GRID_MODES = tuple(COMM_FORMULAS)  # ("1D column", "1D row", "2D SUMMA")
 
 def _np(t) -> np.ndarray:
     return to_2d(to_f64(t, "block").numpy())
-
-
-def _check_mode(mode) -> None:
-    if mode not in GRID_MODES:
-        raise ValueError(f"mode must be one of {GRID_MODES}, got {mode!r}")
 
 
 def _side(n: int, what: str) -> int:
@@ -184,7 +180,7 @@ def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA") -
     box gives the formulas' bytes per rank, the collectives, the synchronisation points and the
     groups each layout needs (float32).
     """
-    _check_mode(mode)
+    check_choice("mode", mode, GRID_MODES)
     for name, v in (("p", p), ("M", M), ("K", K), ("N", N)):
         if not isinstance(v, (int, np.integer)) or v <= 0:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -242,9 +238,8 @@ class GridLayoutExplorer(FigureWidget):
     what = "layout"
 
     def __init__(self, p=4, M=16, K=16, N=16, mode="2D SUMMA"):
-        _check_mode(mode)
-        if p not in self.P_CHOICES:
-            raise ValueError(f"p must be one of {self.P_CHOICES}, got {p!r}")
+        check_choice("mode", mode, GRID_MODES)
+        check_choice("p", p, self.P_CHOICES)
         kw = dict(style={"description_width": "70px"}, layout=widgets.Layout(width="300px"))
         self.p = widgets.Dropdown(options=list(self.P_CHOICES), value=p, description="ranks p", **kw).add_class("tp-p")
         self.mode = widgets.Dropdown(options=list(GRID_MODES), value=mode, description="layout", **kw).add_class("tp-mode")
