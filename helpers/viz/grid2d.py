@@ -117,9 +117,8 @@ def summa_step_figure(traces: Sequence[Sequence[dict]], k: int, X=None, W=None) 
         st = steps[k]
         i, j = st["coords"]
         inner = outer[i, j].subgridspec(1, 3, wspace=0.35)
-        xi, xj = st["x_from"]
-        wi, wj = st["w_from"]
-        x_owner, w_owner = xi * s + xj, wi * s + wj
+        panels = [(_np(st[b]), bi * s + bj, f"{b.upper()}[{bi},{bj}]\nfrom rank {bi * s + bj}")  # X_ik, W_kj, owners
+                  for b, (bi, bj) in (("x", st["x_from"]), ("w", st["w_from"]))]
         acc = _np(st["acc"])
         note = ""
         if Xd is not None and Wd is not None:
@@ -127,10 +126,8 @@ def summa_step_figure(traces: Sequence[Sequence[dict]], k: int, X=None, W=None) 
             nb = st["w"].shape[1]
             dense = Xd[i * mb:(i + 1) * mb, :(k + 1) * kb] @ Wd[:(k + 1) * kb, j * nb:(j + 1) * nb]  # Σ_{t≤k}
             note = f"\nmax|Δ| {float(np.abs(acc - dense).max()):.0e}"
-        for col, (a, owner, label) in enumerate([
-                (_np(st["x"]), x_owner, f"X[{xi},{xj}]\nfrom rank {x_owner}"),
-                (_np(st["w"]), w_owner, f"W[{wi},{wj}]\nfrom rank {w_owner}"),
-                (acc, rank, f"rank {rank}: Y[{i},{j}]\n= Σ t≤{k}{note}")]):
+        panels.append((acc, rank, f"rank {rank}: Y[{i},{j}]\n= Σ t≤{k}{note}"))
+        for col, (a, owner, label) in enumerate(panels):
             grey_panel(fig.add_subplot(inner[0, col]), a, rank_color(owner), label, fontsize=7.5, lw=4)
     fig.suptitle(f"SUMMA step {k + 1} of {s}: X blocks of grid column {k} travel along the rows, "
                  f"W blocks of grid row {k} down the columns;\nevery rank adds X[i,{k}]·W[{k},j] "
