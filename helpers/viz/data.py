@@ -112,11 +112,11 @@ def _shard_panels(pieces, kind, vmin, vmax):
     if len({a.shape for a in pieces}) != 1:
         raise ValueError(f"layout {placement_text(kind)}: every rank should hold a full-size tensor of one shape; "
                          f"got {[tuple(a.shape) for a in pieces]}")
-    panels = [(f"rank {r}: {'partial ' if kind == 'partial' else ''}{tuple(a.shape)}", a, r)
-              for r, a in enumerate(pieces)]
+    panels = [(f"rank {r}: {'partial ' if kind == 'partial' else ''}{tuple(a.shape)}", a, rank_color(r), 5)
+              for r, a in enumerate(pieces)]  # (title, values, frame colour, frame width)
     if kind == "partial":
         total = np.sum(pieces, axis=0)
-        panels.append((f"Σ over ranks: {tuple(total.shape)}", total, None))
+        panels.append((f"Σ over ranks: {tuple(total.shape)}", total, TEXT, 1.5))
         vmin, vmax = min(vmin, float(np.nanmin(total))), max(vmax, float(np.nanmax(total)))
     ncols = min(len(panels), 4)
     nrows = math.ceil(len(panels) / ncols)
@@ -126,11 +126,10 @@ def _shard_panels(pieces, kind, vmin, vmax):
     fig = new_figure(ncols * pw + 1.0, nrows * (ph + 0.6) + 0.7)
     gs = fig.add_gridspec(nrows, ncols, left=0.04, right=0.88, top=1 - 0.6 / fig.get_figheight(),
                           bottom=0.04, wspace=0.15, hspace=0.45)
-    for i, (label, a, r) in enumerate(panels):
+    for i, (label, a, color, lw) in enumerate(panels):
         ax = fig.add_subplot(gs[i // ncols, i % ncols])
         a2 = to_2d(a)
-        im = grey_panel(ax, a2, rank_color(r) if r is not None else "#222222", label, lw=5 if r is not None else 1.5,
-                        vmin=vmin, vmax=vmax)
+        im = grey_panel(ax, a2, color, label, lw=lw, vmin=vmin, vmax=vmax)
         _grid(ax, *a2.shape)
     shape = tuple(pieces[0].shape)
     note = f", each {shape}"
