@@ -63,7 +63,6 @@ def shard_figure(shards: Sequence, layout: str, name: str = "W", dense_shape=Non
 
 def _shard_blocks(pieces, dim, vmin, vmax):
     """Each rank's block at its place in the full tensor: ``fig``, the full shape, the title's note."""
-    p = len(pieces)
     nd = pieces[0].ndim
     if nd == 0 or any(a.ndim != nd for a in pieces):
         raise ValueError(f"layout Shard({dim}): shards must all have the same number (>= 1) of dims; "
@@ -98,7 +97,7 @@ def _shard_blocks(pieces, dim, vmin, vmax):
         label = f"rank {r}: {a.shape}"
         if horizontal:
             ax.text(x0 + bc / 2, -0.5 - 0.02 * rows - 0.3, label, ha="center", va="bottom", fontsize=8,
-                    color=TEXT, rotation=0 if bc >= 4 or p <= 2 else 30, clip_on=False)
+                    color=TEXT, rotation=0 if bc >= 4 or len(pieces) <= 2 else 30, clip_on=False)
         else:
             ax.text(cols - 0.5 + 0.3 + 0.02 * cols, y0 + br / 2, label, ha="left", va="center",
                     fontsize=8, color=TEXT, clip_on=False)
@@ -113,26 +112,24 @@ def _shard_panels(pieces, kind, vmin, vmax):
     if len({a.shape for a in pieces}) != 1:
         raise ValueError(f"layout {placement_text(kind)}: every rank should hold a full-size tensor of one shape; "
                          f"got {[tuple(a.shape) for a in pieces]}")
-    panels = [(f"rank {r}: {'partial ' if kind == 'partial' else ''}{tuple(a.shape)}", a, r)
-              for r, a in enumerate(pieces)]
+    panels = [(f"rank {r}: {'partial ' if kind == 'partial' else ''}{tuple(a.shape)}", a, rank_color(r), 5)
+              for r, a in enumerate(pieces)]  # (title, values, frame colour, frame width)
     if kind == "partial":
         total = np.sum(pieces, axis=0)
-        panels.append((f"Σ over ranks: {tuple(total.shape)}", total, None))
+        panels.append((f"Σ over ranks: {tuple(total.shape)}", total, TEXT, 1.5))
         vmin, vmax = min(vmin, float(np.nanmin(total))), max(vmax, float(np.nanmax(total)))
     ncols = min(len(panels), 4)
     nrows = math.ceil(len(panels) / ncols)
-    b2 = to_2d(pieces[0])
-    aspect = b2.shape[0] / max(b2.shape[1], 1)
+    rows, cols = to_2d(pieces[0]).shape
     pw = 2.6
-    ph = min(3.0, max(0.9, pw * aspect))
+    ph = min(3.0, max(0.9, pw * rows / max(cols, 1)))
     fig = new_figure(ncols * pw + 1.0, nrows * (ph + 0.6) + 0.7)
     gs = fig.add_gridspec(nrows, ncols, left=0.04, right=0.88, top=1 - 0.6 / fig.get_figheight(),
                           bottom=0.04, wspace=0.15, hspace=0.45)
-    for i, (label, a, r) in enumerate(panels):
+    for i, (label, a, color, lw) in enumerate(panels):
         ax = fig.add_subplot(gs[i // ncols, i % ncols])
         a2 = to_2d(a)
-        im = grey_panel(ax, a2, rank_color(r) if r is not None else "#222222", label, lw=5 if r is not None else 1.5,
-                        vmin=vmin, vmax=vmax)
+        im = grey_panel(ax, a2, color, label, lw=lw, vmin=vmin, vmax=vmax)
         _grid(ax, *a2.shape)
     shape = tuple(pieces[0].shape)
     note = f", each {shape}"
@@ -222,10 +219,8 @@ def cluster_map(infos) -> Figure:
     data_w = x - 0.6
     unit = min(0.8, 11.0 / data_w)
     fig = new_figure(max(4.0, data_w * unit + 0.6), max_h * unit + 1.0)
-    ax = fig.add_axes([0.3 / (data_w * unit + 0.6), 0.04, data_w * unit / (data_w * unit + 0.6), 0.8])
-    ax.set_xlim(-0.1, data_w + 0.1)
-    ax.set_ylim(max_h + 0.1, -0.1)
-    ax.set_aspect("equal")
+    ax = fig.add_axes([0.3 / (data_w * unit + 0.6), 0.04, data_w * unit / (data_w * unit + 0.6), 0.8],
+                      xlim=(-0.1, data_w + 0.1), ylim=(max_h + 0.1, -0.1), aspect="equal")
     ax.set_axis_off()
     for host, ranks, x0, bw, bh, ncol in boxes:
         ax.add_patch(FancyBboxPatch((x0, 0), bw, bh, boxstyle="round,pad=0,rounding_size=0.2",

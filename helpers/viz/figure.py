@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 __all__ = ["RANK_COLORS", "to_2d", "REPLICATED_GREY", "MAX_DEGREE", "TPFigure", "rank_color", "text_on",
-           "new_figure", "new_axes", "diagram_axes", "message_figure", "grey_panel", "grid_lines",
+           "check_choice", "new_figure", "new_axes", "diagram_axes", "message_figure", "grey_panel", "grid_lines",
            "rank_handles", "rank_blocks", "partial_cards", "stacked_bars", "count_rank_colors", "figure_to_png",
            "render_png", "figure_to_rgba", "TEXT", "MUTED", "BOX", "DPI"]
 
@@ -78,6 +78,12 @@ def to_2d(a):
     """A tensor or array as 2-D for drawing: scalars 1×1, vectors 1×N, >2-D flattened to
     (prod(leading dims), last dim)."""
     return a.reshape(1, -1) if a.ndim < 2 else a.reshape(-1, a.shape[-1])
+
+
+def check_choice(name: str, value, choices) -> None:
+    """Refuse ``value`` unless it is one of ``choices``, naming them (a learner's typo in a mode)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
 def new_figure(w: float, h: float, dpi: int = DPI, **kw) -> Figure:
@@ -222,13 +228,9 @@ def count_rank_colors(png_or_rgb_array: Any, min_pixels: int = 50, tol: int = 0)
     a = np.asarray(img)
     if a.ndim != 3 or a.shape[2] not in (3, 4):
         raise ValueError(f"expected an (H, W, 3) or (H, W, 4) image, got shape {a.shape}")
-    if a.dtype != np.uint8:
-        if np.issubdtype(a.dtype, np.floating) and a.size and float(np.nanmax(a)) <= 1.0:
-            a = np.round(a * 255.0)
-        a = np.clip(a, 0, 255).astype(np.uint8)
+    if np.issubdtype(a.dtype, np.floating) and a.size and float(np.nanmax(a)) <= 1.0:
+        a = np.round(a * 255.0)
     if a.shape[2] == 4:
         a = a[..., :3][a[..., 3] >= 250]
-    rgb = a.reshape(-1, 3).astype(np.int32)
-    keys, counts = np.unique((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2], return_counts=True)
-    colors = np.stack([keys >> 16, (keys >> 8) & 255, keys & 255], axis=1)  # each distinct colour once
-    return {r for r, c in enumerate(RANK_COLORS) if counts[np.all(np.abs(colors - c) <= tol, axis=1)].sum() >= min_pixels}
+    rgb = np.clip(a, 0, 255).astype(np.int32).reshape(-1, 3)
+    return {r for r, c in enumerate(RANK_COLORS) if np.all(np.abs(rgb - c) <= tol, axis=1).sum() >= min_pixels}

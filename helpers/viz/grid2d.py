@@ -23,6 +23,7 @@ from .figure import (
     MUTED,
     REPLICATED_GREY,
     TEXT,
+    check_choice,
     diagram_axes,
     grey_panel,
     message_figure,
@@ -45,11 +46,6 @@ GRID_MODES = tuple(COMM_FORMULAS)  # ("1D column", "1D row", "2D SUMMA")
 
 def _np(t) -> np.ndarray:
     return to_2d(to_f64(t, "block").numpy())
-
-
-def _check_mode(mode) -> None:
-    if mode not in GRID_MODES:
-        raise ValueError(f"mode must be one of {GRID_MODES}, got {mode!r}")
 
 
 def _side(n: int, what: str) -> int:
@@ -121,9 +117,8 @@ def summa_step_figure(traces: Sequence[Sequence[dict]], k: int, X=None, W=None) 
         st = steps[k]
         i, j = st["coords"]
         inner = outer[i, j].subgridspec(1, 3, wspace=0.35)
-        xi, xj = st["x_from"]
-        wi, wj = st["w_from"]
-        x_owner, w_owner = xi * s + xj, wi * s + wj
+        panels = [(_np(st[b]), bi * s + bj, f"{b.upper()}[{bi},{bj}]\nfrom rank {bi * s + bj}")  # X_ik, W_kj, owners
+                  for b, (bi, bj) in (("x", st["x_from"]), ("w", st["w_from"]))]
         acc = _np(st["acc"])
         note = ""
         if Xd is not None and Wd is not None:
@@ -131,10 +126,8 @@ def summa_step_figure(traces: Sequence[Sequence[dict]], k: int, X=None, W=None) 
             nb = st["w"].shape[1]
             dense = Xd[i * mb:(i + 1) * mb, :(k + 1) * kb] @ Wd[:(k + 1) * kb, j * nb:(j + 1) * nb]  # Σ_{t≤k}
             note = f"\nmax|Δ| {float(np.abs(acc - dense).max()):.0e}"
-        for col, (a, owner, label) in enumerate([
-                (_np(st["x"]), x_owner, f"X[{xi},{xj}]\nfrom rank {x_owner}"),
-                (_np(st["w"]), w_owner, f"W[{wi},{wj}]\nfrom rank {w_owner}"),
-                (acc, rank, f"rank {rank}: Y[{i},{j}]\n= Σ t≤{k}{note}")]):
+        panels.append((acc, rank, f"rank {rank}: Y[{i},{j}]\n= Σ t≤{k}{note}"))
+        for col, (a, owner, label) in enumerate(panels):
             grey_panel(fig.add_subplot(inner[0, col]), a, rank_color(owner), label, fontsize=7.5, lw=4)
     fig.suptitle(f"SUMMA step {k + 1} of {s}: X blocks of grid column {k} travel along the rows, "
                  f"W blocks of grid row {k} down the columns;\nevery rank adds X[i,{k}]·W[{k},j] "
@@ -184,7 +177,7 @@ def grid_layout_figure(p: int, M: int, K: int, N: int, mode: str = "2D SUMMA") -
     box gives the formulas' bytes per rank, the collectives, the synchronisation points and the
     groups each layout needs (float32).
     """
-    _check_mode(mode)
+    check_choice("mode", mode, GRID_MODES)
     for name, v in (("p", p), ("M", M), ("K", K), ("N", N)):
         if not isinstance(v, (int, np.integer)) or v <= 0:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -242,9 +235,8 @@ class GridLayoutExplorer(FigureWidget):
     what = "layout"
 
     def __init__(self, p=4, M=16, K=16, N=16, mode="2D SUMMA"):
-        _check_mode(mode)
-        if p not in self.P_CHOICES:
-            raise ValueError(f"p must be one of {self.P_CHOICES}, got {p!r}")
+        check_choice("mode", mode, GRID_MODES)
+        check_choice("p", p, self.P_CHOICES)
         kw = dict(style={"description_width": "70px"}, layout=widgets.Layout(width="300px"))
         self.p = widgets.Dropdown(options=list(self.P_CHOICES), value=p, description="ranks p", **kw).add_class("tp-p")
         self.mode = widgets.Dropdown(options=list(GRID_MODES), value=mode, description="layout", **kw).add_class("tp-mode")
@@ -326,8 +318,7 @@ def mlp_crossover_figure(D: int, H: int, ps: Sequence[int] = (4, 16, 64), points
                 / sum(mlp_bytes_1d(int(m), D, H, p, n_in=n_in)[ph]["sent"] for ph in phases))
 
     for p, color in zip(ps, shades):
-        for training, ls in ((False, "-"), (True, "--")):
-            phases = ("forward", "backward") if training else ("forward",)
+        for training, phases, ls in ((False, ("forward",), "-"), (True, ("forward", "backward"), "--")):
             x = mlp_crossover_tokens(D, H, p, training=training, n_in=n_in)
             where = f"2D wins above M = {x:,.0f}" if math.isfinite(x) else "2D never wins"
             ax.plot(ms, [ratio(m, p, phases) for m in ms], ls=ls, color=color, lw=1.7,

@@ -20,6 +20,7 @@ from .figure import (
     MUTED,
     REPLICATED_GREY,
     TEXT,
+    check_choice,
     diagram_axes,
     message_figure,
     new_figure,
@@ -42,11 +43,6 @@ def _check_int(name: str, v, lo: int, hi: int | None = None) -> int:
         rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
         raise ValueError(f"{name}={v} is out of range ({rng})")
     return v
-
-
-def _check_mode(mode) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}; got {mode!r}")
 
 
 class _Mat:
@@ -161,7 +157,7 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
     d_out = _check_int("out_features", out_features, 1)
     batch = _check_int("batch", batch, 1)
     b = _check_int("dtype_bytes", dtype_bytes, 1)
-    _check_mode(mode)
+    check_choice("mode", mode, MODES)
     title = f"Y = X·W, {mode}-parallel, TP degree {p}" if mode != "column+row" else \
         f"MLP  Y = GeLU(X·W1)·W2, column+row parallel, TP degree {p}"
     msg = _uneven_message(p, d_in, d_out, mode)
@@ -282,7 +278,7 @@ class LayoutExplorer(FigureWidget):
 
     def __init__(self, degree=4, in_features=16, out_features=32, mode="column", batch=4,
                  dtype_bytes=4):
-        _check_mode(mode)
+        check_choice("mode", mode, MODES)
         self.batch = _check_int("batch", batch, 1)
         self.dtype_bytes = _check_int("dtype_bytes", dtype_bytes, 1)
         kw = dict(style={"description_width": "90px"}, layout=widgets.Layout(width="330px"))
