@@ -26,19 +26,16 @@ def plot_loss_curves(dense: Sequence[float], tp: Sequence[float], tol: float,
         raise ValueError(f"the curves have {dense.size} and {tp.size} steps")
     steps = np.arange(1, dense.size + 1)
     fig = new_figure(10.5, 3.6, layout="constrained")
-    a1, a2, a3 = fig.subplots(1, 3)
-    lo, hi = min(dense.min(), tp.min()), max(dense.max(), tp.max())
+    a1, a2, a3 = fig.subplots(1, 3, subplot_kw=dict(xlabel="step"))
+    a2.sharey(a1)  # one loss scale for the two curves
     for ax, y, color, marker, label in ((a1, dense, "#222222", "o", "dense (one process)"),
                                         (a2, tp, rank_color(0), "s", tp_label)):
         ax.plot(steps, y, color=color, lw=1.8, marker=marker, ms=3)
         ax.set_title(label, fontsize=10)
-        ax.set_xlabel("step")
         ax.set_ylabel("cross-entropy loss")
-        ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
         ax.grid(True, color="#dddddd", lw=0.6)
     a3.semilogy(steps, np.maximum(np.abs(tp - dense), 1e-12), color=MUTED, marker="o", ms=3, label="|TP − dense|")
     a3.axhline(tol, color="#cf222e", ls="--", lw=1, label=f"tolerance {tol:.0e}")
-    a3.set_xlabel("step")
     a3.set_title("difference per step", fontsize=10)
     a3.legend(fontsize=8, frameon=False)
     a3.grid(True, color="#dddddd", lw=0.6)
