@@ -86,13 +86,12 @@ def collective_chain(before: Sequence, steps: Sequence[tuple[str, Sequence]], *,
     reduce-scatter then all-gather, every cell carries every rank's colour, as after an all-reduce.
     """
     stages = [_vectors(before, "before")]
-    ops = []
+    ops = [op for op, _ in steps]
     for op, after in steps:
         if op not in OPS:
             raise ValueError(f"unknown collective {op!r}; drawn: {', '.join(OPS)}")
         stages.append(_vectors(after, f"after {op}"))
         _check_shapes(op, stages[-2], stages[-1], root)
-        ops.append(op)
     p = len(stages[0])
 
     gap, row_h = 3.2, 1.4
