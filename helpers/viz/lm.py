@@ -1,8 +1,4 @@
-"""Drawings for notebook 05 (a whole TP language model): loss curves, bytes, memory, collectives.
-
-Follows the figure contract of :mod:`.figure`: Agg figures, rank colours for per-rank bars,
-greys for everything else (dense, formulas).
-"""
+"""Drawings for notebook 05 (a whole TP language model): loss curves, bytes, memory, collectives."""
 
 from __future__ import annotations
 
