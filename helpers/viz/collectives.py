@@ -10,8 +10,6 @@ algorithm that moves it (NCCL and gloo run rings or trees; the result is the sam
 
     collective_figure("all_reduce", before, after)
     collective_chain(before, [("reduce_scatter", shard), ("all_gather", full)])
-
-Matplotlib only; nothing here runs a collective.
 """
 
 from __future__ import annotations

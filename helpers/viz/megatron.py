@@ -4,8 +4,6 @@ Shoeybi et al. 2019, arXiv:1909.08053, Section 3 and Fig. 3a: the column-paralle
 entered through *f* (identity forward, all-reduce backward), the row-parallel layer is left
 through *g* (all-reduce forward, identity backward). One row per rank, in the rank colours of
 :mod:`helpers.viz.figure`; grey is what every rank holds whole (replicated).
-
-Matplotlib only; nothing here runs a collective.
 """
 
 from __future__ import annotations
