@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ..common.numbers import fmt_bytes
-from .figure import MUTED, REPLICATED_GREY, new_axes, new_figure, partial_cards, rank_blocks, rank_color
+from .figure import MUTED, REPLICATED_GREY, diagram_axes, new_axes, new_figure, partial_cards, rank_blocks, rank_color
 
 __all__ = ["plot_loss_curves", "plot_bytes", "plot_activation_memory", "plot_collectives", "sp_dataflow_figure"]
 
@@ -127,7 +127,8 @@ def sp_dataflow_figure(p: int = 4) -> Figure:
     ``Shard(-1)``; grey: every rank holds it whole; stacked cards: partial sums), with the
     paper's *g* (all-gather forward, reduce-scatter backward) and *ḡ* (reduce-scatter forward,
     all-gather backward) transitions."""
-    fig, ax = new_axes(12.5, 5.0)
+    fig = new_figure(12.5, 5.0)
+    ax = diagram_axes(fig, [0.005, 0.01, 0.99, 0.94], (-0.6, 13.1), (-0.9, 4.6))
     rows = (("attention", "attn_norm", "wq, wk, wv\n(column)", "heads / p", "attention,\nwo (row)"),
             ("MLP", "mlp_norm", "w1 (column)", "hidden / p", "GELU,\nw2 (row)"))
     steps = [("Shard(1)", "(B, T/p, D)"), ("Shard(1)", "(B, T/p, D)"), ("Replicate()", "(B, T, D)"),
@@ -154,9 +155,6 @@ def sp_dataflow_figure(p: int = 4) -> Figure:
                 else:
                     ax.text((x0 + x1) / 2, y + 0.7, op, ha="center", va="bottom", fontsize=7.5)
         ax.text(xs[-1] + 1.05, y + 0.6, "+ x", fontsize=9, va="center")
-    ax.set_xlim(-0.6, 13.1)
-    ax.set_ylim(-0.9, 4.6)
-    ax.axis("off")
     ax.set_title(f"Sequence parallelism in one block on p = {p} ranks: norms and residuals on T/p "
                  "positions; g gathers the sequence, ḡ scatters it back", fontsize=10)
     return fig
