@@ -10,8 +10,6 @@ algorithm that moves it (NCCL and gloo run rings or trees; the result is the sam
 
     collective_figure("all_reduce", before, after)
     collective_chain(before, [("reduce_scatter", shard), ("all_gather", full)])
-
-Matplotlib only; nothing here runs a collective.
 """
 
 from __future__ import annotations
@@ -55,9 +53,8 @@ def _sources(op: str, r: int, j: int, n_in: int, p: int, root: int) -> list[tupl
         return [(s, j) for s in range(p)]
     if op == "all_gather":
         return [(j // n_in, j % n_in)]
-    if op == "reduce_scatter":
-        n_out = n_in // p
-        return [(s, r * n_out + j) for s in range(p)]
+    if op == "reduce_scatter":  # rank r's result is block r (n_in / p values) of the sum
+        return [(s, r * (n_in // p) + j) for s in range(p)]
     return [(root, j)]  # broadcast (collective_chain refused any other op)
 
 
@@ -86,13 +83,12 @@ def collective_chain(before: Sequence, steps: Sequence[tuple[str, Sequence]], *,
     reduce-scatter then all-gather, every cell carries every rank's colour, as after an all-reduce.
     """
     stages = [_vectors(before, "before")]
-    ops = []
+    ops = [op for op, _ in steps]
     for op, after in steps:
         if op not in OPS:
             raise ValueError(f"unknown collective {op!r}; drawn: {', '.join(OPS)}")
         stages.append(_vectors(after, f"after {op}"))
         _check_shapes(op, stages[-2], stages[-1], root)
-        ops.append(op)
     p = len(stages[0])
 
     gap, row_h = 3.2, 1.4
@@ -106,8 +102,7 @@ def collective_chain(before: Sequence, steps: Sequence[tuple[str, Sequence]], *,
     # provenance: for each stage, rank, element -> the set of original ranks summed into it
     prov = [[[{r} for _ in stages[0][r]] for r in range(p)]]
     for k, op in enumerate(ops):  # and who sends to whom, between stage k and k+1
-        n_in = len(stages[k][0])
-        sources = [[_sources(op, r, j, n_in, p, root) for j in range(len(stages[k + 1][r]))] for r in range(p)]
+        sources = [[_sources(op, r, j, widths[k], p, root) for j in range(widths[k + 1])] for r in range(p)]
         prov.append([[set().union(*(prov[k][s][e] for s, e in src)) for src in row] for row in sources])
         x0, x1 = xs[k] + widths[k] + 0.15, xs[k + 1] - 0.15
         for r in range(p):

@@ -41,7 +41,7 @@ def draw_dtensor(view, title: str | None = None) -> Figure:
     head = f"{title or view.name}: ({', '.join(view.placements)}) on mesh{names}, global {shape}"
     fig = new_figure(max(ncol * (pw + 0.5) + 0.4, 0.085 * len(head) + 0.6), nrow * (ph + 0.75) + 0.7)
     gs = fig.add_gridspec(nrow, ncol, left=0.03, right=0.97, bottom=0.04,
-                          top=1 - 0.6 / (nrow * (ph + 0.75) + 0.7), wspace=0.25, hspace=0.55)
+                          top=1 - 0.6 / fig.get_figheight(), wspace=0.25, hspace=0.55)
     partial = any(kind == "partial" for kind, _ in view.kinds)
     for r in range(view.world_size):
         c = view.coordinates[r]

@@ -23,10 +23,9 @@ def shared_device_note(info: list[dict]) -> str:
     """'' when every rank has a device of its own; else a label such as 'shared GPU: 4 ranks on
     cuda:0' (or 'shared CPU: 4 ranks on 1 host'), for the figures' titles. ``info``: ``cluster.info()``."""
     seen = Counter((e.get("host"), str(e.get("device"))) for e in info)
-    shared = {k: n for k, n in seen.items() if n > 1}
-    if not shared:
+    (_, dev), n = max(seen.items(), key=lambda kv: kv[1], default=((None, ""), 1))  # the most shared device
+    if n < 2:
         return ""
-    (host, dev), n = max(shared.items(), key=lambda kv: kv[1])
     if dev.startswith("cuda"):
         return f"shared GPU: {n} ranks on {dev}"
     return f"shared CPU: {n} ranks on {len({h for h, _ in seen})} host(s)"
@@ -40,14 +39,13 @@ def cache_figure(holdings: list[list[int]], n_kv_heads: int, lengths: list[int],
     (a head on several ranks is replicated: several rows)."""
     rows = [(h, r) for h in range(n_kv_heads) for r, hs in enumerate(holdings) if h in hs]
     fig = new_figure(3.2 * len(lengths) + 1.2, 0.32 * len(rows) + 1.6)
-    axes = fig.subplots(1, len(lengths), squeeze=False, sharey=True)[0]  # tick labels on the first panel only
+    axes = fig.subplots(1, len(lengths), squeeze=False, sharey=True,  # tick labels on the first panel only
+                        subplot_kw=dict(xlim=(0, max(lengths)), ylim=(len(rows), 0)))[0]
     for ax, n in zip(axes, lengths):
         for y, (h, r) in enumerate(rows):  # one cell per position, from t to t + 0.92
             ax.barh(y + 0.43, 0.92, height=0.86, left=np.arange(n), color=rank_color(r),
                     edgecolor="white", hatch=["///" if t >= prompt_len else None for t in range(n)], linewidth=0)
         ax.axvline(prompt_len - 0.04, color=TEXT, linestyle="--", linewidth=1)
-        ax.set_xlim(0, max(lengths))
-        ax.set_ylim(len(rows), 0)
         ax.set_yticks(np.arange(len(rows)) + 0.43, [f"kv head {h} · rank {r}" for h, r in rows], fontsize=7)
         ax.set_xlabel("position (token)", fontsize=8)
         ax.set_title(f"{n} tokens cached", fontsize=9, color=TEXT)
@@ -66,16 +64,15 @@ def prefill_decode_figure(decode: dict, prefill: dict, note: str = ""):
     prefill (ms), each split into local matmuls, other and all-reduce. ``decode``/``prefill``:
     {p: {"matmul", "other", "communication"} in seconds}."""
     fig = new_figure(9.5, 3.6)
-    axes = fig.subplots(1, 2)
+    axes = fig.subplots(1, 2, subplot_kw=dict(ylabel="ms"))
     for ax, (what, data) in zip(axes, (("one decode step (1 token)", decode), ("the prefill (the prompt)", prefill))):
         degrees = sorted(data)
         x = np.arange(len(degrees))
         bottom, bars = stacked_bars(ax, x, [[1e3 * data[p][part] for p in degrees] for part in PART_COLORS],
                                     PART_COLORS.values(), width=0.6, edgecolor="white")
-        shares = [1e3 * data[p]["communication"] / max(t, 1e-9) for p, t in zip(degrees, bottom)]
-        ax.bar_label(bars, [f"{t:.2f} ms\n{s:.0%} comm" for t, s in zip(bottom, shares)], fontsize=7, color=TEXT)
+        ax.bar_label(bars, [f"{t:.2f} ms\n{1e3 * data[p]['communication'] / max(t, 1e-9):.0%} comm"
+                            for p, t in zip(degrees, bottom)], fontsize=7, color=TEXT)
         ax.set_xticks(x, [f"TP={p}" for p in degrees])
-        ax.set_ylabel("ms")
         ax.set_ylim(0, max(bottom) * 1.3 if len(bottom) else 1)
         ax.set_title(what, fontsize=10)
         ax.spines[["top", "right"]].set_visible(False)

@@ -1,8 +1,4 @@
-"""Drawings for notebook 05 (a whole TP language model): loss curves, bytes, memory, collectives.
-
-Follows the figure contract of :mod:`.figure`: Agg figures, rank colours for per-rank bars,
-greys for everything else (dense, formulas).
-"""
+"""Drawings for notebook 05 (a whole TP language model): loss curves, bytes, memory, collectives."""
 
 from __future__ import annotations
 
@@ -13,7 +9,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ..common.numbers import fmt_bytes
-from .figure import MUTED, REPLICATED_GREY, new_axes, new_figure, partial_cards, rank_blocks, rank_color
+from .figure import MUTED, REPLICATED_GREY, diagram_axes, new_axes, new_figure, partial_cards, rank_blocks, rank_color
 
 __all__ = ["plot_loss_curves", "plot_bytes", "plot_activation_memory", "plot_collectives", "sp_dataflow_figure"]
 
@@ -26,19 +22,16 @@ def plot_loss_curves(dense: Sequence[float], tp: Sequence[float], tol: float,
         raise ValueError(f"the curves have {dense.size} and {tp.size} steps")
     steps = np.arange(1, dense.size + 1)
     fig = new_figure(10.5, 3.6, layout="constrained")
-    a1, a2, a3 = fig.subplots(1, 3)
-    lo, hi = min(dense.min(), tp.min()), max(dense.max(), tp.max())
+    a1, a2, a3 = fig.subplots(1, 3, subplot_kw=dict(xlabel="step"))
+    a2.sharey(a1)  # one loss scale for the two curves
     for ax, y, color, marker, label in ((a1, dense, "#222222", "o", "dense (one process)"),
                                         (a2, tp, rank_color(0), "s", tp_label)):
         ax.plot(steps, y, color=color, lw=1.8, marker=marker, ms=3)
         ax.set_title(label, fontsize=10)
-        ax.set_xlabel("step")
         ax.set_ylabel("cross-entropy loss")
-        ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
         ax.grid(True, color="#dddddd", lw=0.6)
     a3.semilogy(steps, np.maximum(np.abs(tp - dense), 1e-12), color=MUTED, marker="o", ms=3, label="|TP − dense|")
     a3.axhline(tol, color="#cf222e", ls="--", lw=1, label=f"tolerance {tol:.0e}")
-    a3.set_xlabel("step")
     a3.set_title("difference per step", fontsize=10)
     a3.legend(fontsize=8, frameon=False)
     a3.grid(True, color="#dddddd", lw=0.6)
@@ -134,7 +127,8 @@ def sp_dataflow_figure(p: int = 4) -> Figure:
     ``Shard(-1)``; grey: every rank holds it whole; stacked cards: partial sums), with the
     paper's *g* (all-gather forward, reduce-scatter backward) and *ḡ* (reduce-scatter forward,
     all-gather backward) transitions."""
-    fig, ax = new_axes(12.5, 5.0)
+    fig = new_figure(12.5, 5.0)
+    ax = diagram_axes(fig, [0.005, 0.01, 0.99, 0.94], (-0.6, 13.1), (-0.9, 4.6))
     rows = (("attention", "attn_norm", "wq, wk, wv\n(column)", "heads / p", "attention,\nwo (row)"),
             ("MLP", "mlp_norm", "w1 (column)", "hidden / p", "GELU,\nw2 (row)"))
     steps = [("Shard(1)", "(B, T/p, D)"), ("Shard(1)", "(B, T/p, D)"), ("Replicate()", "(B, T, D)"),
@@ -161,9 +155,6 @@ def sp_dataflow_figure(p: int = 4) -> Figure:
                 else:
                     ax.text((x0 + x1) / 2, y + 0.7, op, ha="center", va="bottom", fontsize=7.5)
         ax.text(xs[-1] + 1.05, y + 0.6, "+ x", fontsize=9, va="center")
-    ax.set_xlim(-0.6, 13.1)
-    ax.set_ylim(-0.9, 4.6)
-    ax.axis("off")
     ax.set_title(f"Sequence parallelism in one block on p = {p} ranks: norms and residuals on T/p "
                  "positions; g gathers the sequence, ḡ scatters it back", fontsize=10)
     return fig

@@ -4,8 +4,6 @@ Shoeybi et al. 2019, arXiv:1909.08053, Section 3 and Fig. 3a: the column-paralle
 entered through *f* (identity forward, all-reduce backward), the row-parallel layer is left
 through *g* (all-reduce forward, identity backward). One row per rank, in the rank colours of
 :mod:`helpers.viz.figure`; grey is what every rank holds whole (replicated).
-
-Matplotlib only; nothing here runs a collective.
 """
 
 from __future__ import annotations
@@ -64,8 +62,7 @@ def fg_placement_figure(degree: int) -> Figure:
                                     boxstyle="round,pad=0.05", facecolor="white", edgecolor=TEXT, lw=1.6))
         ax.text(x0 + (gap - 0.4) / 2, (p * row_h) / 2 - 0.1, op, ha="center", va="center",
                 fontsize=22, style="italic", color=TEXT)
-        fwd, bwd = _OPS[op]
-        ax.text(x0 + (gap - 0.4) / 2, p * row_h + 0.45, f"{fwd}\n{bwd}", ha="center", va="top",
+        ax.text(x0 + (gap - 0.4) / 2, p * row_h + 0.45, "\n".join(_OPS[op]), ha="center", va="top",
                 fontsize=8, color=TEXT)
     ax.annotate("", xy=(0.0, p * row_h + 1.05), xytext=(width, p * row_h + 1.05),
                 arrowprops=dict(arrowstyle="-|>", color=MUTED, lw=1, ls="--"))

@@ -59,15 +59,14 @@ def mesh_map(mesh_shape, dim_names, hosts=None, devices=None, group_dim: str | N
     if node_boxes and hosts is not None:
         for host in dict.fromkeys(map(str, hosts)):
             on = [r for r in range(n) if str(hosts[r]) == host]
-            xs, ys = [pos[r][0] for r in on], [pos[r][1] for r in on]
+            xs, ys = zip(*(pos[r] for r in on))
             ax.add_patch(FancyBboxPatch((min(xs) - 0.4, min(ys) - 0.38), max(xs) - min(xs) + sq + 0.8,
                                         max(ys) - min(ys) + sq + 0.83, boxstyle="round,pad=0,rounding_size=0.2",
                                         facecolor=_NODE, edgecolor="#8a9bb8", linewidth=1.0, zorder=0))
             ax.text(min(xs) - 0.33, min(ys) - 0.33, host, ha="left", va="top", fontsize=7, color=TEXT,
                     fontweight="bold", zorder=0.5)
     for g in groups:
-        xs = [pos[r][0] for r in g]
-        ys = [pos[r][1] for r in g]
+        xs, ys = zip(*(pos[r] for r in g))
         bad = set(g) in crossing_sets
         ax.add_patch(FancyBboxPatch((min(xs) - 0.22, min(ys) - 0.22), max(xs) - min(xs) + sq + 0.44,
                                     max(ys) - min(ys) + sq + 0.62, boxstyle="round,pad=0,rounding_size=0.15",

@@ -134,14 +134,13 @@ def efficiency_figure(reference: dict, measured: dict | None = None,
         ps = sorted(curve)
         ax.plot(ps, [100 * curve[p] for p in ps], color=greys[i % len(greys)], lw=1.2, ls="--",
                 marker=".", label=f"H100 {dtype}, {tokens} tokens")
-    markers = ["o", "s", "^", "D"]
     for i, (label, row) in enumerate((measured or {}).items()):
         rowp = {int(k): v for k, v in row.items()}
         if not rowp.get(1):
             continue
         ps = sorted(rowp)
         ax.plot(ps, [100 * rowp[p] / rowp[1] for p in ps], color="#111111", lw=2.0,
-                marker=markers[i % 4], label=f"here: {label}")
+                marker="os^D"[i % 4], label=f"here: {label}")
     ax.axhline(100, color="#444444", lw=0.8)
     ax.set_xscale("log", base=2)
     ticks = sorted({p for _, c in reference.values() for p in c})
