@@ -57,10 +57,9 @@ def probe() -> dict:
 def host_address() -> str:
     """An address of this host that other hosts of the job can reach."""
     host = socket.gethostname()
-    try:
+    with contextlib.suppress(OSError):
         return socket.gethostbyname(host)
-    except OSError:
-        return host
+    return host
 
 
 def open_store(addr: str, world_size: int, timeout_s: float) -> int:
