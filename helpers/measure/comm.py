@@ -77,7 +77,7 @@ def _group_size(args, default) -> int:
         with contextlib.suppress(Exception):  # an unknown name: fall back on the recorder's p
             return _resolve_process_group(names[-1]).size()
     for a in args:
-        if hasattr(a, "size") and not isinstance(a, torch.Tensor) and callable(a.size):
+        if callable(getattr(a, "size", None)) and not isinstance(a, torch.Tensor):
             return a.size()                                # a c10d op's ProcessGroup
     return default if default is not None else dist.get_world_size()
 

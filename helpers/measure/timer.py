@@ -95,8 +95,7 @@ class StepTimer:
         """The median step (by total time) and its parts, in seconds; ``spans`` lists its pieces."""
         if not self.steps:
             raise RuntimeError("no step was timed yet: run the work inside `with timer.step():`")
-        ranked = sorted(self.steps, key=lambda s: s["step"])
-        median = ranked[(len(ranked) - 1) // 2]
+        median = sorted(self.steps, key=lambda s: s["step"])[(len(self.steps) - 1) // 2]
         return {**{k: median[k] for k in ("step", *KINDS)}, "spans": list(median["spans"])}
 
 
