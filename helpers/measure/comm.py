@@ -153,10 +153,10 @@ class CommRecorder(CommDebugMode):
 
 
 def _by_short_name(counts) -> dict[str, int]:
-    out: dict[str, int] = {}
+    out: Counter[str] = Counter()
     for op, n in counts.items():
-        out[op_name(op)] = out.get(op_name(op), 0) + int(n)
-    return out
+        out[op_name(op)] += int(n)
+    return dict(out)
 
 
 def comm_counts(comm_mode) -> dict[str, int]:
