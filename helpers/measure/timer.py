@@ -186,7 +186,6 @@ def matmul_tflops(tokens: int, d_in: int, d_out: int, dtype=torch.float32, devic
                   repeats: int = 3, min_time: float = 0.01) -> float:
     """TFLOP/s of one (tokens × d_in)·(d_in × d_out) matmul on ``device``: the best of ``repeats``
     timings, each repeating the matmul until it lasts ``min_time`` seconds (synchronised on a GPU)."""
-    device = torch.device(device)
     x = torch.randn(tokens, d_in, device=device, dtype=dtype)
     w = torch.randn(d_in, d_out, device=device, dtype=dtype)
     timer = StepTimer(device)
