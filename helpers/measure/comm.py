@@ -47,8 +47,7 @@ def op_name(op) -> str:
     """``c10d_functional.all_gather_into_tensor`` -> ``all_gather``; ``c10d.allreduce_`` -> ``all_reduce``."""
     s = str(op).split(".")[-1].strip("_").replace("allreduce", "all_reduce").replace("allgather", "all_gather")
     s = s.replace("alltoall", "all_to_all")
-    shorts = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "scatter", "reduce")
-    return next((short for short in shorts if s.startswith(short)), s)
+    return next((kind for kind in (*KINDS, "scatter") if s.startswith(kind)), s)  # reduce_scatter before reduce
 
 
 @dataclass
