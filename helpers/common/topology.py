@@ -251,13 +251,11 @@ def mesh_groups(shape, dim_names) -> dict[str, list[list[int]]]:
     {'dp': [[0, 2], [1, 3]], 'tp': [[0, 1], [2, 3]]}
     """
     dims, names = check_mesh(shape, dim_names)
-    strides = [math.prod(dims[i + 1:]) for i in range(len(dims))]
-    out = {}
-    for d, name in enumerate(names):
-        others = [i for i in range(len(dims)) if i != d]
-        out[name] = [[sum(c * strides[i] for c, i in zip(rest, others)) + k * strides[d] for k in range(dims[d])]
-                     for rest in itertools.product(*[range(dims[i]) for i in others])]
-    return out
+    coords = list(itertools.product(*map(range, dims)))  # coords[r]: rank r's coordinate (row-major)
+    # a group along dim d: the ranks whose coordinate agrees with `rest` in every other dim
+    return {name: [[r for r, c in enumerate(coords) if c[:d] + c[d + 1:] == rest]
+                   for rest in itertools.product(*map(range, dims[:d] + dims[d + 1:]))]
+            for d, name in enumerate(names)}
 
 
 def tp_groups_across_hosts(shape, dim_names, hosts, tp_dim: str = "tp") -> list[dict]:

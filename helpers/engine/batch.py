@@ -299,7 +299,9 @@ class BatchJob:
         """
         self.cell = cell
         self._header(cell, "notebook")
-        with self._muted():
+        # ranks other than 0 run notebook cells silently (their errors are gathered)
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink if self.rank else sys.stdout), \
+                contextlib.redirect_stderr(sink if self.rank else sys.stderr):
             error = self._run_kernel_cell(cell, source)
         errors = _gather(error)
         if any(errors):
@@ -377,16 +379,6 @@ class BatchJob:
     def _header(self, cell: int, kind: str) -> None:
         if self.rank == 0:
             print(f"── cell {cell} · {kind}", flush=True)
-
-    @contextlib.contextmanager
-    def _muted(self):
-        """Ranks other than 0 run notebook cells silently (their errors are gathered)."""
-        if self.rank == 0:
-            yield
-            return
-        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), \
-                contextlib.redirect_stderr(sink):
-            yield
 
     def _run_kernel_cell(self, cell: int, source: str) -> _CellError | None:
         filename = f"<notebook cell {cell}>"

@@ -1,10 +1,7 @@
-"""The process group on an engine, set up so that a ``%%px`` cell runs like a torchrun script.
+"""The process group on an engine, set up so that a ``%%px`` cell runs like a torchrun script:
+after :func:`init` an engine has what a torchrun worker has (README.md lists it, after ``connect()``).
 
 Shipped to the engines by reference (``cluster.apply(pg.init, ...)``), never as strings.
-After :func:`init` an engine has what a torchrun worker has (README.md lists it, after
-``connect()``): its names, torchrun's environment, a bare ``sys.argv``, the notebook's folder
-(:func:`follow_cwd`), and a pasted ``init_process_group``/``destroy_process_group`` that keeps
-the course's group.
 """
 
 from __future__ import annotations
@@ -57,10 +54,9 @@ def probe() -> dict:
 def host_address() -> str:
     """An address of this host that other hosts of the job can reach."""
     host = socket.gethostname()
-    try:
+    with contextlib.suppress(OSError):
         return socket.gethostbyname(host)
-    except OSError:
-        return host
+    return host
 
 
 def open_store(addr: str, world_size: int, timeout_s: float) -> int:

@@ -23,12 +23,10 @@ def socket_inodes() -> dict[int, int]:
     """inode -> fd of every socket this process holds now."""
     found = {}
     for fd in os.listdir("/proc/self/fd"):
-        try:
+        with contextlib.suppress(OSError):  # closed meanwhile
             link = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue  # closed meanwhile
-        if link.startswith("socket:["):
-            found[int(link[8:-1])] = int(fd)
+            if link.startswith("socket:["):
+                found[int(link[8:-1])] = int(fd)
     return found
 
 

@@ -47,8 +47,7 @@ def op_name(op) -> str:
     """``c10d_functional.all_gather_into_tensor`` -> ``all_gather``; ``c10d.allreduce_`` -> ``all_reduce``."""
     s = str(op).split(".")[-1].strip("_").replace("allreduce", "all_reduce").replace("allgather", "all_gather")
     s = s.replace("alltoall", "all_to_all")
-    shorts = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "scatter", "reduce")
-    return next((short for short in shorts if s.startswith(short)), s)
+    return next((kind for kind in (*KINDS, "scatter") if s.startswith(kind)), s)  # reduce_scatter before reduce
 
 
 @dataclass
@@ -77,7 +76,7 @@ def _group_size(args, default) -> int:
         with contextlib.suppress(Exception):  # an unknown name: fall back on the recorder's p
             return _resolve_process_group(names[-1]).size()
     for a in args:
-        if hasattr(a, "size") and not isinstance(a, torch.Tensor) and callable(a.size):
+        if callable(getattr(a, "size", None)) and not isinstance(a, torch.Tensor):
             return a.size()                                # a c10d op's ProcessGroup
     return default if default is not None else dist.get_world_size()
 
@@ -153,10 +152,10 @@ class CommRecorder(CommDebugMode):
 
 
 def _by_short_name(counts) -> dict[str, int]:
-    out: dict[str, int] = {}
+    out: Counter[str] = Counter()
     for op, n in counts.items():
-        out[op_name(op)] = out.get(op_name(op), 0) + int(n)
-    return out
+        out[op_name(op)] += int(n)
+    return dict(out)
 
 
 def comm_counts(comm_mode) -> dict[str, int]:

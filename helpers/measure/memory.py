@@ -86,7 +86,7 @@ class SavedActivations:
     def _pack(self, t):
         if not isinstance(t, torch.nn.Parameter):
             key, nbytes = _storage_key(t)
-            if key is not None and nbytes and key not in self.seen and key not in self._param_keys():
+            if nbytes and key not in self.seen and key not in self._param_keys():  # no storage: 0 bytes
                 self.seen[key] = nbytes
         return t
 

@@ -95,8 +95,7 @@ class StepTimer:
         """The median step (by total time) and its parts, in seconds; ``spans`` lists its pieces."""
         if not self.steps:
             raise RuntimeError("no step was timed yet: run the work inside `with timer.step():`")
-        ranked = sorted(self.steps, key=lambda s: s["step"])
-        median = ranked[(len(ranked) - 1) // 2]
+        median = sorted(self.steps, key=lambda s: s["step"])[(len(self.steps) - 1) // 2]
         return {**{k: median[k] for k in ("step", *KINDS)}, "spans": list(median["spans"])}
 
 
@@ -187,7 +186,6 @@ def matmul_tflops(tokens: int, d_in: int, d_out: int, dtype=torch.float32, devic
                   repeats: int = 3, min_time: float = 0.01) -> float:
     """TFLOP/s of one (tokens × d_in)·(d_in × d_out) matmul on ``device``: the best of ``repeats``
     timings, each repeating the matmul until it lasts ``min_time`` seconds (synchronised on a GPU)."""
-    device = torch.device(device)
     x = torch.randn(tokens, d_in, device=device, dtype=dtype)
     w = torch.randn(d_in, d_out, device=device, dtype=dtype)
     timer = StepTimer(device)

@@ -25,7 +25,7 @@ import torch
 
 from ..common.placements import parse_placement, placement_text
 from ..engine import dtensor as engine_dtensor
-from ..engine.namespace import missing_ranks
+from ..engine.namespace import missing_ranks, ranks_text
 
 __all__ = ["DTensorView", "pull_dtensor", "views_from_descriptions", "chunk_range"]
 
@@ -139,8 +139,7 @@ def views_from_descriptions(name: str, descs: list[dict]):
     by_what: dict[str, list[int]] = {}
     for r, d in enumerate(descs):
         by_what.setdefault(what.get(d["kind"]) or d.get("type", "something else"), []).append(r)
-    parts = "; ".join(f"rank{'s' if len(rs) > 1 else ''} {', '.join(map(str, rs))}: {w}"
-                      for w, rs in by_what.items())
+    parts = "; ".join(f"{ranks_text(rs)}: {w}" for w, rs in by_what.items())
     raise ValueError(f"{name!r} is not a DTensor on every rank ({parts}). Make it one on every rank, e.g. "
                      f"{name} = distribute_tensor(t, mesh, [Shard(0)]) or DTensor.from_local(t, mesh, [Partial()])")
 
