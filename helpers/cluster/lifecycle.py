@@ -57,9 +57,14 @@ def wait_until(done, seconds: float, poll: float = 0.05) -> bool:
 # --------------------------------------------------------------------------- processes
 def _pids_in_cluster_file(path: str) -> list[int]:
     """Every pid an ipyparallel cluster file records (controller, engines, mpiexec)."""
-    found = []  # each JSON object's "pid", noted as json.loads builds the object
+    found = []
+
+    def note_pid(obj: dict) -> dict:  # each JSON object's "pid", noted as json.loads builds the object
+        found.append(obj.get("pid"))
+        return obj
+
     with suppress(OSError, ValueError):
-        json.loads(Path(path).read_text(), object_hook=lambda d: found.append(d.get("pid")) or d)
+        json.loads(Path(path).read_text(), object_hook=note_pid)
         return [p for p in found if isinstance(p, int) and p > 0]
     return []
 

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.distributed.distributed_c10d import _resolve_process_group
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.debug import CommDebugMode
 from torch.distributed.tensor.debug._comm_mode import c10d_collective_ops
@@ -73,7 +72,9 @@ def _group_size(args, default) -> int:
     """The group size of a functional collective (its group name is the last str argument)."""
     names = [a for a in args if isinstance(a, str)]
     if names:
-        with contextlib.suppress(Exception):  # an unknown name: fall back on the recorder's p
+        with contextlib.suppress(Exception):  # an unknown name, or a torch without it: the recorder's p
+            from torch.distributed.distributed_c10d import _resolve_process_group
+
             return _resolve_process_group(names[-1]).size()
     for a in args:
         if callable(getattr(a, "size", None)) and not isinstance(a, torch.Tensor):
