@@ -308,24 +308,28 @@ def _recommend(inp: CalculatorInputs, rows: list[DegreeRow]) -> list[str]:
     cap = inp.gpu_memory_gb * GB
     r1 = rows[0]                                   # TP=1: every plan starts there
     if r1.model_fits or r1.fsdp_fits:
-        lines = [(f"The whole model fits one GPU ({_gb(r1.model_bytes)} of {_gb(cap)}): no TP. Train "
-                  "with data parallelism (DDP, or FSDP to save memory).") if r1.model_fits else
-                 (f"The model does not fit one GPU ({_gb(r1.model_bytes)}), but FSDP can hold it: "
-                  f"its floor (every layer's activations + one all-gathered layer) is "
-                  f"{_gb(r1.fsdp_floor_bytes)} per GPU, however many GPUs share the rest. Use FSDP "
-                  "across GPUs, no TP.")]
+        if r1.model_fits:
+            lines = [f"The whole model fits one GPU ({_gb(r1.model_bytes)} of {_gb(cap)}): no TP. Train "
+                     "with data parallelism (DDP, or FSDP to save memory)."]
+        else:
+            lines = [f"The model does not fit one GPU ({_gb(r1.model_bytes)}), but FSDP can hold it: "
+                     f"its floor (every layer's activations + one all-gathered layer) is "
+                     f"{_gb(r1.fsdp_floor_bytes)} per GPU, however many GPUs share the rest. Use FSDP "
+                     "across GPUs, no TP."]
         tp2 = next((r for r in rows if r.tp > 1), None)
         if tp2:
             lines.append(f"TP={tp2.tp} would {'only ' if r1.model_fits else ''}add communication: "
                          f"{tp2.comm_share:.0%} of each step.")
         return lines
-    lines = [(f"One layer's weights and gradients alone need {_gb(r1.gathered_layer_bytes)} on one "
-              f"GPU, more than its {_gb(cap)}: a single layer is too large for one GPU, the first "
-              "reason to use TP.") if r1.gathered_layer_bytes > cap else
-             (f"FSDP alone fails: even with everything else sharded away, each GPU needs "
-              f"{_gb(r1.fsdp_floor_bytes)} (every layer's activations and one all-gathered layer) "
-              f"> {_gb(cap)}: FSDP's temporary all-gather runs out of memory, the second reason "
-              "to use TP.")]
+    if r1.gathered_layer_bytes > cap:
+        lines = [f"One layer's weights and gradients alone need {_gb(r1.gathered_layer_bytes)} on one "
+                 f"GPU, more than its {_gb(cap)}: a single layer is too large for one GPU, the first "
+                 "reason to use TP."]
+    else:
+        lines = [f"FSDP alone fails: even with everything else sharded away, each GPU needs "
+                 f"{_gb(r1.fsdp_floor_bytes)} (every layer's activations and one all-gathered layer) "
+                 f"> {_gb(cap)}: FSDP's temporary all-gather runs out of memory, the second reason "
+                 "to use TP."]
     in_node = [r for r in rows if r.within_node]
     across = next((r for r in rows if not r.within_node), None)
     best = next((r for r in in_node if r.model_fits or r.fsdp_fits), None)
