@@ -92,21 +92,19 @@ def _real(name: str):
     return _REAL[name]
 
 
-def destroy() -> bool:
+def destroy() -> None:
     """Tear down this engine's process group, if any (keeps every other variable)."""
     import torch.distributed as dist
 
-    existed = dist.is_available() and dist.is_initialized()
-    if existed:
+    if dist.is_available() and dist.is_initialized():
         with contextlib.suppress(Exception):  # a group killed by a timeout may refuse a clean exit
             _real("destroy_process_group")()
     user_ns().pop("_tp_store", None)
-    return existed
 
 
 def init(rank: int, world_size: int, local_rank: int, local_world_size: int, addr: str,
          port: int, backend: str, device: str, timeout_s: float, threads: int,
-         script: str | None = None) -> dict:
+         script: str | None = None) -> None:
     """Join the process group and make this engine look like a torchrun worker."""
     import torch
     import torch.distributed as dist
@@ -138,7 +136,6 @@ def init(rank: int, world_size: int, local_rank: int, local_world_size: int, add
         torch=torch, dist=dist, rank=rank, world_size=world_size,
         local_rank=local_rank, device=device, backend=backend,
     )
-    return {"rank": rank, "device": str(device), "threads": torch.get_num_threads()}
 
 
 # What torch keeps beyond a script's own names that holds DeviceMeshes (and through them their
@@ -254,15 +251,13 @@ def claim(driver: dict) -> dict:
     return {"previous": previous, "reset": reset}
 
 
-def release(driver_id: str) -> dict | None:
+def release(driver_id: str) -> None:
     """The notebook ``driver_id`` is done (``cluster.shutdown()``, its kernel exits): if it
     still drives this engine, what it made is released and no one drives it."""
     ns = user_ns()
-    if (ns.get(DRIVER) or {}).get("id") != driver_id:
-        return None
-    reset = fresh_script()
-    ns.pop(DRIVER, None)
-    return reset
+    if (ns.get(DRIVER) or {}).get("id") == driver_id:
+        fresh_script()
+        ns.pop(DRIVER, None)
 
 
 def follow_cwd(folder: str, previous: str | None = None) -> bool:
@@ -350,7 +345,7 @@ def install_script_hooks() -> None:
         mod.destroy_process_group = keeping_destroy_process_group
 
 
-def exit_process() -> int:
+def exit_process() -> None:
     """Leave cleanly on request: drop the process group (for at most 1 s), then exit with
     status 0 (:func:`exit_now`) 0.2 s later, after this call's reply has gone back."""
     import threading
@@ -361,7 +356,6 @@ def exit_process() -> int:
     leaving.join(1.0)
     stop_watchdog()
     threading.Timer(0.2, exit_now, (0,)).start()
-    return os.getpid()
 
 
 def exit_now(status: int) -> None:
