@@ -7,10 +7,12 @@ Shipped to the engines by reference (``cluster.apply(pg.init, ...)``), never as 
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import os
 import socket
 import sys
+import threading
 from datetime import timedelta
 
 from .namespace import reset_namespace, user_ns
@@ -178,8 +180,6 @@ def _unhook_stranded_meshes() -> None:
     is not collected by ``gc``; such a mesh would keep its process groups, and their sockets and
     threads, alive (a gloo group's are freed when it is deleted, not when it is destroyed).
     Their group registries are emptied, so the destroyed groups go."""
-    import gc
-
     mesh_type = getattr(sys.modules.get("torch.distributed.device_mesh"), "DeviceMesh", None)
     if mesh_type is None:  # DeviceMesh never imported: no mesh to unhook
         return
@@ -217,8 +217,6 @@ def fresh_script() -> dict:
     the ``%%px`` namespace back to ``connect()``'s names, every other process group destroyed,
     DeviceMesh and DTensor caches dropped, a running profiler stopped, memory returned as far
     as Python allows (``gc.collect()``, and CUDA's cache).  What it dropped, as counts."""
-    import gc
-
     import torch
 
     names = reset_namespace()
@@ -348,8 +346,6 @@ def install_script_hooks() -> None:
 def exit_process() -> None:
     """Leave cleanly on request: drop the process group (for at most 1 s), then exit with
     status 0 (:func:`exit_now`) 0.2 s later, after this call's reply has gone back."""
-    import threading
-
     # a long day's groups (or a broken one) may take a while to shut down: not past the exit
     leaving = threading.Thread(target=destroy, daemon=True)
     leaving.start()
