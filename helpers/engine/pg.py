@@ -198,14 +198,10 @@ def destroy_subgroups() -> int:
 
     Every rank destroys the same groups in the same order (creation order), as all ranks
     created them."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return 0
     from torch.distributed import distributed_c10d as c10d
 
-    world = c10d._get_default_group()
-    groups = [pg for pg in list(c10d._world.pg_map) if pg is not world]  # creation order
+    # creation order; no group at all before init_process_group (group.WORLD is None then)
+    groups = [pg for pg in list(c10d._world.pg_map) if pg is not c10d.group.WORLD]
     for pg in groups:
         with contextlib.suppress(Exception):  # a group broken by a timeout may refuse a clean shutdown
             _real("destroy_process_group")(pg)
