@@ -308,13 +308,9 @@ class BatchJob:
             self._fail(cell, errors)
 
     def finish(self) -> None:
-        """The notebook ran to its end: leave the process group (the real destroy)."""
-        global _ACTIVE
+        """The notebook ran to its end: leave the process group (the real destroy) and exit."""
         saved = sum(_gather(self._figures.total()))
         pg.destroy()
-        use_script_namespace(None)
-        reference_display.set_display(None)
-        _ACTIVE = None
         if self.rank == 0:
             where = f"; {saved} figure(s) in {self.figures_dir}" if saved else ""
             print(f"done: the notebook ran to its end on {self.cluster.world_size} ranks{where}", flush=True)
