@@ -231,8 +231,7 @@ def _is(value, module: str, name: str) -> bool:
 @dataclass(frozen=True)
 class _CellError:
     summary: str      # "KeyError: 'x'": the exception's class name and message
-    traceback: str
-    is_check: bool    # an AssertionError (compare's ComparisonError): the message says it all
+    traceback: str    # "" for an AssertionError (compare's ComparisonError): the message says it all
     where: str        # "line 3: compare(...)", the cell's line that raised
 
 
@@ -388,7 +387,8 @@ class BatchJob:
             # the cell's innermost line in the traceback
             frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == filename]
             where = f"line {frames[-1].lineno}: {(frames[-1].line or '').strip()[:80]}" if frames else ""
-            return _CellError(f"{type(e).__name__}: {e}", traceback.format_exc(), isinstance(e, AssertionError), where)
+            shown = "" if isinstance(e, AssertionError) else traceback.format_exc()
+            return _CellError(f"{type(e).__name__}: {e}", shown, where)
         finally:
             sys.stdout.flush()
         return None
@@ -397,8 +397,7 @@ class BatchJob:
         failed = [r for r, e in enumerate(errors) if e]
         first: _CellError = errors[failed[0]]
         if self.rank == 0:
-            if not first.is_check:
-                print(first.traceback, file=sys.stderr, end="")
+            print(first.traceback, file=sys.stderr, end="")
             every = "every rank" if len(failed) == self.cluster.world_size else ranks_text(failed)
             print(f"❌ notebook cell {cell} failed on {every}: {first.summary}"
                   + (f"\n   (cell {cell}, {first.where})" if first.where else ""),
