@@ -17,21 +17,12 @@ reads like this::
 
     _job.finish()
 
-Two namespaces, as in Jupyter:
-
-* the **engine namespace** is the script's globals: a ``%%px`` cell *is* the body of a
-  torchrun script.  :func:`start` puts there what ``connect()`` gives an engine, after
-  ``init_process_group`` from torchrun's environment; engine-side helpers read it through
-  :func:`helpers.engine.namespace.user_ns`.
-* the **kernel namespace** is a dict of its own, where notebook cells run
-  (:meth:`BatchJob.notebook`); ``connect()`` there returns a :class:`BatchCluster`, the same
-  :class:`helpers.common.api.ClusterAPI` as ``TPCluster``.  Notebook cells run on **every**
-  rank -- ``cluster.pull`` is a collective here (``all_gather_object``) -- but only rank 0
-  prints.  ``%%px --local`` cells run in both namespaces, engine first (as ipyparallel does).
-
-A notebook cell's last expression (not ended by ``;``) and ``display(...)`` calls are shown the
-batch way (:meth:`BatchJob.display`).  A notebook cell that raises on any rank -- a failing
-``compare()`` above all -- ends the job with status 1 (:meth:`BatchJob.notebook`).
+Two namespaces, as in Jupyter: the script's globals are the **engine namespace** (a ``%%px``
+cell *is* the body of a torchrun script; engine-side helpers read it through
+:func:`helpers.engine.namespace.user_ns`); notebook cells run in a dict of their own, on every
+rank, where ``connect()`` returns the job's :class:`BatchCluster` (``%%px --local`` cells run
+in both, engine first).  What each cell shows, and how a failing one ends the job: README.md,
+"A notebook as a batch job".
 """
 
 from __future__ import annotations
