@@ -1,7 +1,5 @@
 """The process group on an engine, set up so that a ``%%px`` cell runs like a torchrun script:
 after :func:`init` an engine has what a torchrun worker has (README.md lists it, after ``connect()``).
-
-Shipped to the engines by reference (``cluster.apply(pg.init, ...)``), never as strings.
 """
 
 from __future__ import annotations
