@@ -335,7 +335,7 @@ class BatchJob:
         elif _is(value, "matplotlib.figure", "Figure") or callable(getattr(value, "_repr_png_", None)):
             self._save_png(value, suffix)
         else:
-            print(pprint.pformat(value))
+            pprint.pprint(value)
 
     def _save_png(self, value, suffix: str) -> None:
         """A matplotlib figure (or anything with ``_repr_png_``) as the cell's next PNG."""
