@@ -95,10 +95,9 @@ def check_min_ranks(world_size: int, min_ranks: int | None, note: str = "") -> N
             + f"; use connect(n={k}) ({k} ranks; where there are fewer GPUs they share them over gloo)")
 
 
-def check_backend(backend) -> str | None:
+def check_backend(backend) -> None:
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return backend
 
 
 def check_n(n, *, backend: str | None = None, gpus: int = 0) -> int:
@@ -139,7 +138,7 @@ def rank_order(infos: list[dict]) -> list[dict]:
     return infos
 
 
-def check_nodes(nodes, hosts: list[str]) -> int:
+def check_nodes(nodes, hosts: list[str]) -> None:
     """Refuse a simulated-node count that does not fit the engines (before anything starts).
 
     >>> check_nodes(3, ["vm"] * 4)
@@ -156,7 +155,6 @@ def check_nodes(nodes, hosts: list[str]) -> int:
     if n % nodes:
         fits = ", ".join(map(str, divisors(n)))
         raise ValueError(f"nodes={nodes} does not divide the {n} engines; pick nodes in {{{fits}}}")
-    return nodes
 
 
 def node_names(hosts: list[str], nodes: int | None) -> list[str]:

@@ -17,21 +17,12 @@ reads like this::
 
     _job.finish()
 
-Two namespaces, as in Jupyter:
-
-* the **engine namespace** is the script's globals: a ``%%px`` cell *is* the body of a
-  torchrun script.  :func:`start` puts there what ``connect()`` gives an engine, after
-  ``init_process_group`` from torchrun's environment; engine-side helpers read it through
-  :func:`helpers.engine.namespace.user_ns`.
-* the **kernel namespace** is a dict of its own, where notebook cells run
-  (:meth:`BatchJob.notebook`); ``connect()`` there returns a :class:`BatchCluster`, the same
-  :class:`helpers.common.api.ClusterAPI` as ``TPCluster``.  Notebook cells run on **every**
-  rank -- ``cluster.pull`` is a collective here (``all_gather_object``) -- but only rank 0
-  prints.  ``%%px --local`` cells run in both namespaces, engine first (as ipyparallel does).
-
-A notebook cell's last expression (not ended by ``;``) and ``display(...)`` calls are shown the
-batch way (:meth:`BatchJob.display`).  A notebook cell that raises on any rank -- a failing
-``compare()`` above all -- ends the job with status 1 (:meth:`BatchJob.notebook`).
+Two namespaces, as in Jupyter: the script's globals are the **engine namespace** (a ``%%px``
+cell *is* the body of a torchrun script; engine-side helpers read it through
+:func:`helpers.engine.namespace.user_ns`); notebook cells run in a dict of their own, on every
+rank, where ``connect()`` returns the job's :class:`BatchCluster` (``%%px --local`` cells run
+in both, engine first).  What each cell shows, and how a failing one ends the job: README.md,
+"A notebook as a batch job".
 """
 
 from __future__ import annotations
@@ -231,8 +222,7 @@ def _is(value, module: str, name: str) -> bool:
 @dataclass(frozen=True)
 class _CellError:
     summary: str      # "KeyError: 'x'": the exception's class name and message
-    traceback: str
-    is_check: bool    # an AssertionError (compare's ComparisonError): the message says it all
+    traceback: str    # "" for an AssertionError (compare's ComparisonError): the message says it all
     where: str        # "line 3: compare(...)", the cell's line that raised
 
 
@@ -308,13 +298,9 @@ class BatchJob:
             self._fail(cell, errors)
 
     def finish(self) -> None:
-        """The notebook ran to its end: leave the process group (the real destroy)."""
-        global _ACTIVE
+        """The notebook ran to its end: leave the process group (the real destroy) and exit."""
         saved = sum(_gather(self._figures.total()))
         pg.destroy()
-        use_script_namespace(None)
-        reference_display.set_display(None)
-        _ACTIVE = None
         if self.rank == 0:
             where = f"; {saved} figure(s) in {self.figures_dir}" if saved else ""
             print(f"done: the notebook ran to its end on {self.cluster.world_size} ranks{where}", flush=True)
@@ -349,7 +335,7 @@ class BatchJob:
         elif _is(value, "matplotlib.figure", "Figure") or callable(getattr(value, "_repr_png_", None)):
             self._save_png(value, suffix)
         else:
-            print(pprint.pformat(value))
+            pprint.pprint(value)
 
     def _save_png(self, value, suffix: str) -> None:
         """A matplotlib figure (or anything with ``_repr_png_``) as the cell's next PNG."""
@@ -392,7 +378,8 @@ class BatchJob:
             # the cell's innermost line in the traceback
             frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == filename]
             where = f"line {frames[-1].lineno}: {(frames[-1].line or '').strip()[:80]}" if frames else ""
-            return _CellError(f"{type(e).__name__}: {e}", traceback.format_exc(), isinstance(e, AssertionError), where)
+            shown = "" if isinstance(e, AssertionError) else traceback.format_exc()
+            return _CellError(f"{type(e).__name__}: {e}", shown, where)
         finally:
             sys.stdout.flush()
         return None
@@ -401,8 +388,7 @@ class BatchJob:
         failed = [r for r, e in enumerate(errors) if e]
         first: _CellError = errors[failed[0]]
         if self.rank == 0:
-            if not first.is_check:
-                print(first.traceback, file=sys.stderr, end="")
+            print(first.traceback, file=sys.stderr, end="")
             every = "every rank" if len(failed) == self.cluster.world_size else ranks_text(failed)
             print(f"❌ notebook cell {cell} failed on {every}: {first.summary}"
                   + (f"\n   (cell {cell}, {first.where})" if first.where else ""),

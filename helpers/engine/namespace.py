@@ -14,17 +14,12 @@ CONNECT_NAMES = {"torch", "dist", "rank", "world_size", "local_rank", "device", 
 _HISTORY = re.compile(r"^_i?\d+$")
 
 
-# a torchrun script's globals, when it runs a notebook as a batch job (helpers.engine.batch)
 _SCRIPT_NS: dict | None = None
 
 
-def use_script_namespace(ns: dict | None) -> None:
-    """Make ``ns`` (a batch script's ``globals()``) the engine namespace where there is no IPython.
-
-    In a job written by ``launch_cluster.sh export`` the ``%%px`` cells are the script's top
-    level, so its globals are what those cells see; engine-side helpers (``fetch_values``, the
-    exercise checkers) read them through :func:`user_ns` as they read an engine's.
-    """
+def use_script_namespace(ns: dict) -> None:
+    """Make ``ns`` (a batch script's ``globals()``: :mod:`helpers.engine.batch`) the engine
+    namespace where there is no IPython."""
     global _SCRIPT_NS
     _SCRIPT_NS = ns
 

@@ -1,16 +1,16 @@
 """The process group on an engine, set up so that a ``%%px`` cell runs like a torchrun script:
 after :func:`init` an engine has what a torchrun worker has (README.md lists it, after ``connect()``).
-
-Shipped to the engines by reference (``cluster.apply(pg.init, ...)``), never as strings.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import os
 import socket
 import sys
+import threading
 from datetime import timedelta
 
 from .namespace import reset_namespace, user_ns
@@ -92,21 +92,19 @@ def _real(name: str):
     return _REAL[name]
 
 
-def destroy() -> bool:
+def destroy() -> None:
     """Tear down this engine's process group, if any (keeps every other variable)."""
     import torch.distributed as dist
 
-    existed = dist.is_available() and dist.is_initialized()
-    if existed:
+    if dist.is_available() and dist.is_initialized():
         with contextlib.suppress(Exception):  # a group killed by a timeout may refuse a clean exit
             _real("destroy_process_group")()
     user_ns().pop("_tp_store", None)
-    return existed
 
 
 def init(rank: int, world_size: int, local_rank: int, local_world_size: int, addr: str,
          port: int, backend: str, device: str, timeout_s: float, threads: int,
-         script: str | None = None) -> dict:
+         script: str | None = None) -> None:
     """Join the process group and make this engine look like a torchrun worker."""
     import torch
     import torch.distributed as dist
@@ -138,7 +136,6 @@ def init(rank: int, world_size: int, local_rank: int, local_world_size: int, add
         torch=torch, dist=dist, rank=rank, world_size=world_size,
         local_rank=local_rank, device=device, backend=backend,
     )
-    return {"rank": rank, "device": str(device), "threads": torch.get_num_threads()}
 
 
 # What torch keeps beyond a script's own names that holds DeviceMeshes (and through them their
@@ -181,8 +178,6 @@ def _unhook_stranded_meshes() -> None:
     is not collected by ``gc``; such a mesh would keep its process groups, and their sockets and
     threads, alive (a gloo group's are freed when it is deleted, not when it is destroyed).
     Their group registries are emptied, so the destroyed groups go."""
-    import gc
-
     mesh_type = getattr(sys.modules.get("torch.distributed.device_mesh"), "DeviceMesh", None)
     if mesh_type is None:  # DeviceMesh never imported: no mesh to unhook
         return
@@ -201,14 +196,10 @@ def destroy_subgroups() -> int:
 
     Every rank destroys the same groups in the same order (creation order), as all ranks
     created them."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return 0
     from torch.distributed import distributed_c10d as c10d
 
-    world = c10d._get_default_group()
-    groups = [pg for pg in list(c10d._world.pg_map) if pg is not world]  # creation order
+    # creation order; no group at all before init_process_group (group.WORLD is None then)
+    groups = [pg for pg in list(c10d._world.pg_map) if pg is not c10d.group.WORLD]
     for pg in groups:
         with contextlib.suppress(Exception):  # a group broken by a timeout may refuse a clean shutdown
             _real("destroy_process_group")(pg)
@@ -220,8 +211,6 @@ def fresh_script() -> dict:
     the ``%%px`` namespace back to ``connect()``'s names, every other process group destroyed,
     DeviceMesh and DTensor caches dropped, a running profiler stopped, memory returned as far
     as Python allows (``gc.collect()``, and CUDA's cache).  What it dropped, as counts."""
-    import gc
-
     import torch
 
     names = reset_namespace()
@@ -254,15 +243,13 @@ def claim(driver: dict) -> dict:
     return {"previous": previous, "reset": reset}
 
 
-def release(driver_id: str) -> dict | None:
+def release(driver_id: str) -> None:
     """The notebook ``driver_id`` is done (``cluster.shutdown()``, its kernel exits): if it
     still drives this engine, what it made is released and no one drives it."""
     ns = user_ns()
-    if (ns.get(DRIVER) or {}).get("id") != driver_id:
-        return None
-    reset = fresh_script()
-    ns.pop(DRIVER, None)
-    return reset
+    if (ns.get(DRIVER) or {}).get("id") == driver_id:
+        fresh_script()
+        ns.pop(DRIVER, None)
 
 
 def follow_cwd(folder: str, previous: str | None = None) -> bool:
@@ -350,18 +337,15 @@ def install_script_hooks() -> None:
         mod.destroy_process_group = keeping_destroy_process_group
 
 
-def exit_process() -> int:
+def exit_process() -> None:
     """Leave cleanly on request: drop the process group (for at most 1 s), then exit with
     status 0 (:func:`exit_now`) 0.2 s later, after this call's reply has gone back."""
-    import threading
-
     # a long day's groups (or a broken one) may take a while to shut down: not past the exit
     leaving = threading.Thread(target=destroy, daemon=True)
     leaving.start()
     leaving.join(1.0)
     stop_watchdog()
     threading.Timer(0.2, exit_now, (0,)).start()
-    return os.getpid()
 
 
 def exit_now(status: int) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 
 _PG_SOCKETS: set[int] = set()  # socket inodes opened by init_process_group
 _WATCHDOG: dict = {}
@@ -56,8 +57,6 @@ def abort_collectives() -> int:
 
 def start_watchdog(addr: str, token: str) -> int:
     """Start (once per engine) the thread that aborts collectives on request; its port."""
-    import threading
-
     if "sock" in _WATCHDOG:  # already running: a new connect() may bring a new token
         _WATCHDOG["token"] = token
         return _WATCHDOG["port"]
