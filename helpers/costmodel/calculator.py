@@ -214,26 +214,14 @@ class Plan:
                 return r
         raise KeyError(f"no row for TP degree {tp}; degrees: {[r.tp for r in self.rows]}")
 
-    @property
-    def layer_fits_without_tp(self) -> bool:
-        return self.row(1).layer_fits
-
-    @property
-    def model_fits_without_tp(self) -> bool:
-        return self.row(1).model_fits
-
-    @property
-    def smallest_tp_for_layer(self) -> int | None:
-        return next((r.tp for r in self.rows if r.layer_fits), None)
-
-    @property
-    def smallest_tp_for_model(self) -> int | None:
-        return next((r.tp for r in self.rows if r.model_fits), None)
-
-    @property
-    def smallest_tp_with_fsdp(self) -> int | None:
-        """The smallest TP degree at which FSDP (across the other GPUs) can hold the model."""
-        return next((r.tp for r in self.rows if r.fsdp_fits), None)
+    #: does one layer, does the whole model fit one GPU at TP=1?
+    layer_fits_without_tp = property(lambda self: self.row(1).layer_fits)
+    model_fits_without_tp = property(lambda self: self.row(1).model_fits)
+    #: the smallest TP degree at which one layer fits a GPU, the whole model does, FSDP (across the
+    #: other GPUs) can hold the model (None: no degree up to the plan's largest)
+    smallest_tp_for_layer = property(lambda self: next((r.tp for r in self.rows if r.layer_fits), None))
+    smallest_tp_for_model = property(lambda self: next((r.tp for r in self.rows if r.model_fits), None))
+    smallest_tp_with_fsdp = property(lambda self: next((r.tp for r in self.rows if r.fsdp_fits), None))
 
 
 def _node(inp: CalculatorInputs):
@@ -247,7 +235,7 @@ def _node(inp: CalculatorInputs):
                    **links)
 
 
-def _degree_row(dims, inp, t, rate, curve, node) -> DegreeRow:
+def _degree_row(dims, inp, t, rate, curve) -> DegreeRow:
     precision = DTYPES[inp.dtype]
     cap = inp.gpu_memory_gb * GB
     setup = Setup(f"TP={t}", tp=t)
@@ -260,7 +248,7 @@ def _degree_row(dims, inp, t, rate, curve, node) -> DegreeRow:
     # one layer all-gathered (its weights and their full gradients before the reduce-scatter)
     gathered = param_elements_per_rank(dims, setup) * (prec.param + prec.grad)
     floor = dims.n_layers * one.activations + gathered
-    layout = dict(batch=inp.batch, seq_len=inp.seq_len, precision=precision, node=node)
+    layout = dict(batch=inp.batch, seq_len=inp.seq_len, precision=precision, node=_node(inp))
     fast = tp_comm_time_per_layer(dims, t, nics_per_node=inp.nics_per_node, nvlink="gpu", **layout)
     slow = tp_comm_time_per_layer(dims, t, nics_per_node=1, nvlink="pair", **layout)
     eff = interpolate_efficiency(curve, t)
@@ -292,11 +280,10 @@ def plan(inp: CalculatorInputs, efficiency: dict[int, float] | None = None,
     source += "; rate at TP=1: " + (f"{rate:g} TFLOP/s (yours)" if inp.matmul_tflops else
                                     f"{rate:.0f} TFLOP/s = {gpu.name}'s {inp.dtype} peak {gpu.peak_tflops[inp.dtype]:g} "
                                     f"× {gpu.achieved[inp.dtype]:.3f} achieved ({gpu.achieved_source})")
-    node = _node(inp)
     top = max(16, 4 * inp.gpus_per_node)
     degrees = sorted({t for t in [2 ** k for k in range(int(math.log2(top)) + 1)] + [inp.gpus_per_node, inp.tp]
                       if t <= top and _splits(dims, t)})
-    rows = [_degree_row(dims, inp, t, rate, curve, node) for t in degrees]
+    rows = [_degree_row(dims, inp, t, rate, curve) for t in degrees]
     return Plan(inp, rows, rate, source, _recommend(inp, rows))
 
 

@@ -282,8 +282,8 @@ def grid_side(p: int) -> int:
     return s
 
 
-def _result(sent, received, calls) -> dict:
-    return {"sent": sent, "received": received, "calls": calls}
+def _result(per_rank, calls) -> dict:
+    return {"sent": per_rank, "received": per_rank, "calls": calls}    # every layout here receives what it sends
 
 
 def bytes_1d_column(M: int, K: int, N: int, p: int, dtype_bytes: int = 4) -> dict:
@@ -292,8 +292,7 @@ def bytes_1d_column(M: int, K: int, N: int, p: int, dtype_bytes: int = 4) -> dic
     sent = received = (p-1)/p · M·N · bytes. X (M, K) must already be on every rank.
     """
     _check_dims(M, K, N, p, dtype_bytes)
-    n = M * N * dtype_bytes
-    return _result(bytes_sent("all_gather", n, p), bytes_received("all_gather", n, p), int(p > 1))
+    return _result(bytes_sent("all_gather", M * N * dtype_bytes, p), int(p > 1))
 
 
 def bytes_1d_row(M: int, K: int, N: int, p: int, dtype_bytes: int = 4) -> dict:
@@ -302,8 +301,7 @@ def bytes_1d_row(M: int, K: int, N: int, p: int, dtype_bytes: int = 4) -> dict:
     sent = received = 2(p-1)/p · M·N · bytes.
     """
     _check_dims(M, K, N, p, dtype_bytes)
-    n = M * N * dtype_bytes
-    return _result(bytes_sent("all_reduce", n, p), bytes_received("all_reduce", n, p), int(p > 1))
+    return _result(bytes_sent("all_reduce", M * N * dtype_bytes, p), int(p > 1))
 
 
 def bytes_summa(M: int, K: int, N: int, p: int, dtype_bytes: int = 4) -> dict:
@@ -318,9 +316,8 @@ def bytes_summa(M: int, K: int, N: int, p: int, dtype_bytes: int = 4) -> dict:
     _check_dims(M, K, N, p, dtype_bytes)
     s = grid_side(p)
     blocks = (M * K * dtype_bytes / p, K * N * dtype_bytes / p)        # one X block, one W block
-    sent = sum(bytes_sent("broadcast", blk, s, root=True) for blk in blocks)             # my one turn as the root
-    received = sum((s - 1) * bytes_received("broadcast", blk, s) for blk in blocks)      # the other s-1 steps
-    return _result(sent, received, 2 * s if p > 1 else 0)
+    # my one turn as the root of each block's broadcasts sends it to s-1 ranks; the other s-1 steps receive as much
+    return _result(sum(bytes_sent("broadcast", blk, s, root=True) for blk in blocks), 2 * s if p > 1 else 0)
 
 
 #: The three layouts of notebook 04, by name.
@@ -367,7 +364,7 @@ def mlp_bytes_2d(M: int, D: int, H: int, p: int, dtype_bytes: int = 4, n_in: int
     _check_dims(M, D, H, p, dtype_bytes, n_in)
     s = grid_side(p)
     if s == 1:
-        return {"forward": _result(0.0, 0.0, 0), "backward": _result(0.0, 0.0, 0)}
+        return {"forward": _result(0.0, 0), "backward": _result(0.0, 0)}
     w = n_in + 1                                                # weight matrices: w1 (and w3), w2
     fwd = (s - 1) * (M * D + M * H + w * D * H) * dtype_bytes / p     # every block broadcast, once each
     bwd = 2 * fwd
@@ -376,7 +373,7 @@ def mlp_bytes_2d(M: int, D: int, H: int, p: int, dtype_bytes: int = 4, n_in: int
     if bias:                                                    # b1 (and b3), then b2
         bwd += sum(bytes_sent("all_reduce", n_bias * dtype_bytes / s, s) for n_bias in (n_in * H, D))
         calls_bwd += w
-    return {"forward": _result(fwd, fwd, calls_fwd), "backward": _result(bwd, bwd, calls_bwd)}
+    return {"forward": _result(fwd, calls_fwd), "backward": _result(bwd, calls_bwd)}
 
 
 def mlp_crossover_tokens(D: int, H: int, p: int, training: bool = False, n_in: int = 1) -> float:
@@ -416,5 +413,5 @@ def loss_parallel_bytes(B: int, T: int, V: int, p: int, dtype_bytes: int = 4) ->
     ar = 3 * bytes_sent("all_reduce", B * T * dtype_bytes, p)
     ag = bytes_sent("all_gather", B * T * V * dtype_bytes, p)
     calls = int(p > 1)
-    return {"loss_parallel": {"forward": _result(ar, ar, 3 * calls), "backward": _result(0.0, 0.0, 0)},
-            "gathered": {"forward": _result(ag, ag, calls), "backward": _result(0.0, 0.0, 0)}}
+    return {"loss_parallel": {"forward": _result(ar, 3 * calls), "backward": _result(0.0, 0)},
+            "gathered": {"forward": _result(ag, calls), "backward": _result(0.0, 0)}}

@@ -12,10 +12,6 @@ parameters)::
     with saved_activation_bytes(device, params=block.parameters()) as mem:
         loss = block(x).sum()
     mem.saved_bytes   # bytes this rank holds for the backward; mem.peak_bytes on a GPU
-
-    m = measure_training_step(model, opt, x, lambda out: F.mse_loss(out, y))
-    # {'parameters': ..., 'gradients': ..., 'optimizer state': ..., 'activations': ...,
-    #  'peak_allocated': None}
 """
 
 from __future__ import annotations
@@ -78,16 +74,12 @@ class SavedActivations:
     def saved_bytes(self) -> int:
         return sum(self.seen.values())
 
-    def _param_keys(self) -> set:
-        if self.exclude is None:
-            return self._fixed
-        return self._fixed | {_storage_key(p)[0] for p in self.exclude.parameters()}
-
     def _pack(self, t):
         if not isinstance(t, torch.nn.Parameter):
             key, nbytes = _storage_key(t)
-            if nbytes and key not in self.seen and key not in self._param_keys():  # no storage: 0 bytes
-                self.seen[key] = nbytes
+            excluded = self.exclude.parameters() if self.exclude is not None else ()
+            if nbytes and key not in self.seen and key not in self._fixed | {_storage_key(p)[0] for p in excluded}:
+                self.seen[key] = nbytes                    # a tensor without storage has 0 bytes: not counted
         return t
 
     def __enter__(self):

@@ -161,10 +161,7 @@ def tp_subgroup(degree: int):
         ok = ", ".join(str(d) for d in divisors(world))
         raise ValueError(f"tp degree {degree!r} does not divide the {world} ranks into equal groups; "
                          f"pick one of {{{ok}}}")
-    if degree == world:
-        return None
-    group, _ = dist.new_subgroups(group_size=degree)
-    return group
+    return None if degree == world else dist.new_subgroups(group_size=degree)[0]   # (this rank's group, all groups)
 
 
 def turns(degree: int):
