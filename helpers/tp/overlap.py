@@ -139,12 +139,6 @@ class TracedAllReduce:
 
 
 # ------------------------------------------------------------------------------ forward overlap
-def _ring(group):
-    p, r = dist.get_world_size(group), dist.get_rank(group)
-    glob = (lambda i: i) if group is None else (lambda i: dist.get_global_rank(group, i))
-    return p, r, glob((r + 1) % p), glob((r - 1) % p)
-
-
 class AllGatherMatmul(torch.autograd.Function):
     """Y_r = all_gather(X) · W_rᵀ computed in p ring steps: at step s rank r holds the rows of rank
     (r − s) mod p, multiplies them, and meanwhile sends them on to rank r + 1 and receives the
@@ -153,7 +147,9 @@ class AllGatherMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_r, w, group, spans):
-        p, r, nxt, prv = _ring(group)
+        p, r = dist.get_world_size(group), dist.get_rank(group)
+        glob = (lambda i: i) if group is None else (lambda i: dist.get_global_rank(group, i))
+        nxt, prv = glob((r + 1) % p), glob((r - 1) % p)                # my ring neighbours, as P2POp's global ranks
         n = x_r.shape[0]
         y = x_r.new_empty(p * n, w.shape[0])                           # (N, H/p)
         x_full = x_r.new_empty(p * n, x_r.shape[1])                    # (N, D), filled as blocks arrive
