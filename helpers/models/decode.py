@@ -35,7 +35,7 @@ from .parts import KVCache, attend
 from .plans import kv_heads_of_rank
 from .transformer import TinyGPT
 
-__all__ = ["ParallelGPT", "check_cache_room", "generate", "cache_bytes", "prefill_decode_split"]
+__all__ = ["ParallelGPT", "generate", "cache_bytes", "prefill_decode_split"]
 
 
 class ParallelGPT(nn.Module):
@@ -51,7 +51,7 @@ class ParallelGPT(nn.Module):
         m = cls()
         m.kv_heads = kv_heads_of_rank(cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, p, r)  # refuses the head counts
         f = check_divisible("d_ff", cfg.d_ff, p)          # both before any copy or collective
-        m.cfg, m.group, m.p, m.rank = cfg, group, p, r
+        m.cfg, m.group = cfg, group
         hd, hq = cfg.head_dim, cfg.n_heads // p
         kv_rows = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in m.kv_heads])
         q_rows = slice(r * hq * hd, (r + 1) * hq * hd)
@@ -76,9 +76,13 @@ class ParallelGPT(nn.Module):
     @torch.no_grad()
     def forward(self, ids, *, cache: list[KVCache] | None = None, timer=None):
         """ids: (B, S) on every rank of the group -> logits (B, S, V), the same on every rank."""
-        check_cache_room(cache, ids.shape[1])            # before any collective
-        g, hd = self.group, self.cfg.head_dim
         B, S = ids.shape
+        cap = cache[0].capacity if cache else None       # no cache, or one without a capacity: no limit
+        if cap is not None and len(cache[0]) + S > cap:  # refused before any collective
+            raise ValueError(f"the KV cache holds {cap} tokens: {len(cache[0])} cached + {S} new = "
+                             f"{len(cache[0]) + S} do not fit; shorten the prompt or generate fewer "
+                             f"tokens, or make the cache with capacity >= {len(cache[0]) + S}")
+        g, hd = self.group, self.cfg.head_dim
         x = self.tok_emb(ids)                                                       # (B, S, D), full copy
         for i, b in enumerate(self.blocks):
             h = b.attn_norm(x)
@@ -93,15 +97,6 @@ class ParallelGPT(nn.Module):
             x = x + reduce_from_tp_region(timed_linear(z, b.w2, None, timer, "w2"), g, timer=timer,
                                           name="MLP out")                           # g
         return self.head(self.norm(x))                                             # (B, S, V)
-
-
-def check_cache_room(cache, new_tokens: int) -> None:
-    """Refuse, before any collective, tokens that would overflow a cache made with a capacity."""
-    cap = cache[0].capacity if cache else None           # no cache, or one without a capacity: no limit
-    if cap is not None and len(cache[0]) + new_tokens > cap:
-        raise ValueError(f"the KV cache holds {cap} tokens: {len(cache[0])} cached + {new_tokens} new = "
-                         f"{len(cache[0]) + new_tokens} do not fit; shorten the prompt or generate fewer "
-                         f"tokens, or make the cache with capacity >= {len(cache[0]) + new_tokens}")
 
 
 @torch.no_grad()
