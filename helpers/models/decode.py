@@ -17,7 +17,7 @@ count that divides neither way is refused before anything else (:func:`~helpers.
 
 Every matmul runs through :func:`~helpers.measure.timer.timed_linear` and every all-reduce through
 :func:`~helpers.tp.ops.reduce_from_tp_region`, so an optional ``timer`` splits a decode step into
-local matmuls, communication and the rest. Torch only (engines and torchrun alike).
+local matmuls, communication and the rest.
 """
 
 from __future__ import annotations

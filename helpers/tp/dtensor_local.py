@@ -1,7 +1,7 @@
 """From a DTensor to what this rank holds: its local shard, its placement as text, its gradients.
 
 Duck-typed (``to_local``, ``placements``), so plain tensors pass through unchanged. Placements are
-spelled as DTensor prints them: ``"Shard(0)"``, ``"Replicate()"``, ``"Partial()"``. Torch only.
+spelled as DTensor prints them: ``"Shard(0)"``, ``"Replicate()"``, ``"Partial()"``.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ of my **grid column** j are ``mesh.get_group("row")``. :class:`SummaGrid` names 
 ``row_group`` and ``col_group`` so no one has to think about it twice.
 
 Every check (grid size, square grid, divisibility, a block from another grid) runs before any
-collective, so no rank is left waiting for a peer that failed. Torch only.
+collective, so no rank is left waiting for a peer that failed.
 """
 
 from __future__ import annotations
