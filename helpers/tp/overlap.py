@@ -180,8 +180,7 @@ class AllGatherMatmul(torch.autograd.Function):
     def backward(ctx, dy):
         x_full, w = ctx.saved_tensors
         dw = dy.t() @ x_full                                           # (H/p, D)
-        dx = dy @ w                                                    # (N, D): partial over ranks
-        dist.all_reduce(dx, group=ctx.group)
+        dx = all_reduce(dy @ w, ctx.group)                             # (N, D): the ranks' partial sums, summed
         return dx[ctx.r * ctx.n:(ctx.r + 1) * ctx.n].contiguous(), dw, None, None
 
 
