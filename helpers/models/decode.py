@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import statistics
 
 import torch
 import torch.nn as nn
@@ -121,8 +122,7 @@ def generate(model, prompt, n_new: int, *, capacity: int | None = None, timer=No
     kw = {"timer": timer} if isinstance(model, ParallelGPT) else {}      # the dense model takes no timer
     for _ in range(n_new):
         with timer.step() if timer is not None else contextlib.nullcontext():
-            logits = model(step_in, cache=cache, **kw)
-        last = logits[:, -1]                                         # (B, V)
+            last = model(step_in, cache=cache, **kw)[:, -1]          # (B, V): the last position's logits
         steps.append(last)
         step_in = last.argmax(-1, keepdim=True)                      # (B, 1): the next token
         ids = torch.cat([ids, step_in], dim=1)
@@ -138,8 +138,6 @@ def prefill_decode_split(timer, n_new: int) -> dict:
     """A timer's steps from repeated :func:`generate` calls of ``n_new`` tokens, split in two: the
     median prefill (step 0 of each call) and the median decode step, each {step, matmul,
     communication, other} in seconds."""
-    import statistics
-
     if not timer.steps or len(timer.steps) % n_new:
         raise ValueError(f"expected whole generate() calls of {n_new} timed steps, got {len(timer.steps)} steps")
     prefill = timer.steps[::n_new]
