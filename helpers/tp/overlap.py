@@ -46,9 +46,9 @@ def _span(spans, lane, label, t0, t1):
         spans.append((lane, label, t0, t1))
 
 
-def check_rows(n_rows: int, p: int, what: str = "X") -> None:
-    """Refuse a row count that does not split over p ranks (before any collective)."""
-    check_divisible(f"{what} rows", n_rows, p)
+def check_rows(n_rows: int, p: int) -> None:
+    """Refuse a row count of X that does not split over p ranks (before any collective)."""
+    check_divisible("X rows", n_rows, p)
 
 
 # ------------------------------------------------------------------------------ backward overlap
