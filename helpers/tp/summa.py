@@ -352,7 +352,8 @@ def summa_trace(x_blk, w_blk, grid: SummaGrid) -> list[dict]:
     acc = x_blk.new_zeros(x_blk.shape[0], w_blk.shape[1])
     steps = []
     for k in range(grid.s):
-        x_k, w_k = row_broadcast(x_blk, grid, k), col_broadcast(w_blk, grid, k)   # X_ik, W_kj
+        x_k = row_broadcast(x_blk, grid, k)               # X_ik: (M/s, K/s)
+        w_k = col_broadcast(w_blk, grid, k)               # W_kj: (K/s, N/s)
         acc = acc + x_k @ w_k
         steps.append({"k": k, "x_from": (grid.i, k), "w_from": (k, grid.j),
                       "x": x_k.detach().cpu(), "w": w_k.detach().cpu(),
