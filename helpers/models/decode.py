@@ -17,13 +17,14 @@ count that divides neither way is refused before anything else (:func:`~helpers.
 
 Every matmul runs through :func:`~helpers.measure.timer.timed_linear` and every all-reduce through
 :func:`~helpers.tp.ops.reduce_from_tp_region`, so an optional ``timer`` splits a decode step into
-local matmuls, communication and the rest. Torch only (engines and torchrun alike).
+local matmuls, communication and the rest.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import statistics
 
 import torch
 import torch.nn as nn
@@ -35,7 +36,7 @@ from .parts import KVCache, attend
 from .plans import kv_heads_of_rank
 from .transformer import TinyGPT
 
-__all__ = ["ParallelGPT", "check_cache_room", "generate", "cache_bytes", "prefill_decode_split"]
+__all__ = ["ParallelGPT", "generate", "cache_bytes", "prefill_decode_split"]
 
 
 class ParallelGPT(nn.Module):
@@ -51,7 +52,7 @@ class ParallelGPT(nn.Module):
         m = cls()
         m.kv_heads = kv_heads_of_rank(cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, p, r)  # refuses the head counts
         f = check_divisible("d_ff", cfg.d_ff, p)          # both before any copy or collective
-        m.cfg, m.group, m.p, m.rank = cfg, group, p, r
+        m.cfg, m.group = cfg, group
         hd, hq = cfg.head_dim, cfg.n_heads // p
         kv_rows = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in m.kv_heads])
         q_rows = slice(r * hq * hd, (r + 1) * hq * hd)
@@ -76,9 +77,13 @@ class ParallelGPT(nn.Module):
     @torch.no_grad()
     def forward(self, ids, *, cache: list[KVCache] | None = None, timer=None):
         """ids: (B, S) on every rank of the group -> logits (B, S, V), the same on every rank."""
-        check_cache_room(cache, ids.shape[1])            # before any collective
-        g, hd = self.group, self.cfg.head_dim
         B, S = ids.shape
+        cap = cache[0].capacity if cache else None       # no cache, or one without a capacity: no limit
+        if cap is not None and len(cache[0]) + S > cap:  # refused before any collective
+            raise ValueError(f"the KV cache holds {cap} tokens: {len(cache[0])} cached + {S} new = "
+                             f"{len(cache[0]) + S} do not fit; shorten the prompt or generate fewer "
+                             f"tokens, or make the cache with capacity >= {len(cache[0]) + S}")
+        g, hd = self.group, self.cfg.head_dim
         x = self.tok_emb(ids)                                                       # (B, S, D), full copy
         for i, b in enumerate(self.blocks):
             h = b.attn_norm(x)
@@ -93,15 +98,6 @@ class ParallelGPT(nn.Module):
             x = x + reduce_from_tp_region(timed_linear(z, b.w2, None, timer, "w2"), g, timer=timer,
                                           name="MLP out")                           # g
         return self.head(self.norm(x))                                             # (B, S, V)
-
-
-def check_cache_room(cache, new_tokens: int) -> None:
-    """Refuse, before any collective, tokens that would overflow a cache made with a capacity."""
-    cap = cache[0].capacity if cache else None           # no cache, or one without a capacity: no limit
-    if cap is not None and len(cache[0]) + new_tokens > cap:
-        raise ValueError(f"the KV cache holds {cap} tokens: {len(cache[0])} cached + {new_tokens} new = "
-                         f"{len(cache[0]) + new_tokens} do not fit; shorten the prompt or generate fewer "
-                         f"tokens, or make the cache with capacity >= {len(cache[0]) + new_tokens}")
 
 
 @torch.no_grad()
@@ -126,8 +122,7 @@ def generate(model, prompt, n_new: int, *, capacity: int | None = None, timer=No
     kw = {"timer": timer} if isinstance(model, ParallelGPT) else {}      # the dense model takes no timer
     for _ in range(n_new):
         with timer.step() if timer is not None else contextlib.nullcontext():
-            logits = model(step_in, cache=cache, **kw)
-        last = logits[:, -1]                                         # (B, V)
+            last = model(step_in, cache=cache, **kw)[:, -1]          # (B, V): the last position's logits
         steps.append(last)
         step_in = last.argmax(-1, keepdim=True)                      # (B, 1): the next token
         ids = torch.cat([ids, step_in], dim=1)
@@ -143,8 +138,6 @@ def prefill_decode_split(timer, n_new: int) -> dict:
     """A timer's steps from repeated :func:`generate` calls of ``n_new`` tokens, split in two: the
     median prefill (step 0 of each call) and the median decode step, each {step, matmul,
     communication, other} in seconds."""
-    import statistics
-
     if not timer.steps or len(timer.steps) % n_new:
         raise ValueError(f"expected whole generate() calls of {n_new} timed steps, got {len(timer.steps)} steps")
     prefill = timer.steps[::n_new]

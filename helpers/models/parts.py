@@ -1,8 +1,7 @@
 """The parts every notebook's model is built from: attention, MLP, gated MLP, the pre-norm block.
 
-Torch only (runs on engines and under torchrun). One naming everywhere, Llama's:
-``attn.wq, attn.wk, attn.wv, attn.wo`` (or one fused ``attn.wqkv``), ``mlp.w1, mlp.w2`` (and
-``mlp.w3`` when gated), ``attn_norm`` and ``mlp_norm``.
+One naming everywhere, Llama's: ``attn.wq, attn.wk, attn.wv, attn.wo`` (or one fused ``attn.wqkv``),
+``mlp.w1, mlp.w2`` (and ``mlp.w3`` when gated), ``attn_norm`` and ``mlp_norm``.
 
 Attention is written out (two matmuls and a softmax, :func:`attend`). Why not
 ``F.scaled_dot_product_attention``: on CPU it runs the flash-attention kernel for CPU, and in

@@ -6,7 +6,6 @@ row-parallel, so each rank keeps whole heads and whole hidden units. Sequence pa
 (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models",
 arXiv:2205.05198) shards the residual stream on the sequence between the sub-layers. Every
 refusal (head count, vocabulary, sequence length, token ids) happens before any collective.
-Torch only.
 """
 
 from __future__ import annotations

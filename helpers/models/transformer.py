@@ -7,8 +7,6 @@ There is no positional embedding: a causal decoder learns where it is from the m
 (Haviv et al. 2022, "Transformer Language Models without Positional Encodings Still Learn
 Positional Information", arXiv:2203.16634). It keeps the sequence-parallel plan to the layers
 the chapter is about, and decoding with a KV cache needs no position offset.
-
-Torch only: the same code runs on ipyparallel engines and under torchrun.
 """
 
 from __future__ import annotations

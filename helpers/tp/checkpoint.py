@@ -10,6 +10,7 @@ import os
 import torch
 
 from .checks import degrees_text
+from .dtensor_local import to_local
 
 __all__ = ["shard_layout", "check_reshard", "saved_shapes", "local_shapes_match", "sgd_step"]
 
@@ -66,7 +67,7 @@ def check_reshard(path: str, sharded_dims: dict, degree: int) -> dict:
 
 def local_shapes_match(local_sd: dict, model) -> list[str]:
     """The mismatches between a plain per-rank state dict and what ``model`` holds on this rank."""
-    want = {k: (v.to_local() if hasattr(v, "to_local") else v).shape for k, v in model.state_dict().items()}
+    want = {k: to_local(v).shape for k, v in model.state_dict().items()}
     return [f"{k}: file {tuple(t.shape)} vs this rank's piece {tuple(want[k])}"
             for k, t in local_sd.items() if k in want and isinstance(t, torch.Tensor) and t.shape != want[k]]
 

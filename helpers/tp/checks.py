@@ -1,8 +1,5 @@
-"""Checks done before any collective: divisibility, mesh shapes, group membership.
-
-Torch only (runs on engines and under torchrun). Every refusal names the offending
-numbers and the fix, so no rank is left waiting for a peer that failed.
-"""
+"""Checks done before any collective: divisibility, mesh shapes, group membership. Every refusal
+names the offending numbers and the fix."""
 
 from __future__ import annotations
 

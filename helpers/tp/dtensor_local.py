@@ -1,12 +1,12 @@
 """From a DTensor to what this rank holds: its local shard, its placement as text, its gradients.
 
 Duck-typed (``to_local``, ``placements``), so plain tensors pass through unchanged. Placements are
-spelled as DTensor prints them: ``"Shard(0)"``, ``"Replicate()"``, ``"Partial()"``. Torch only.
+spelled as DTensor prints them: ``"Shard(0)"``, ``"Replicate()"``, ``"Partial()"``.
 """
 
 from __future__ import annotations
 
-__all__ = ["to_local", "layout_of", "local_grads"]
+__all__ = ["to_local", "local_grads"]
 
 from ..common.placements import text_of
 
@@ -14,12 +14,6 @@ from ..common.placements import text_of
 def to_local(t):
     """A DTensor's local shard (autograd-tracked); any other tensor as it is."""
     return t.to_local() if hasattr(t, "to_local") else t
-
-
-def layout_of(t) -> str:
-    """The placement of a tensor on a 1-D mesh as text (a plain tensor: ``"Replicate()"``)."""
-    placements = getattr(t, "placements", None)
-    return text_of(placements[0]) if placements else "Replicate()"
 
 
 def local_grads(model) -> dict:
@@ -36,5 +30,6 @@ def local_grads(model) -> dict:
         if hasattr(g, "placements") and any(pl.is_partial() for pl in g.placements):
             from torch.distributed.tensor import Replicate
             g = g.redistribute(placements=[Replicate()] * len(g.placements))
-        out[name] = (to_local(g).detach().cpu(), layout_of(g))
+        layout = text_of(g.placements[0]) if hasattr(g, "placements") else "Replicate()"   # on a 1-D mesh
+        out[name] = (to_local(g).detach().cpu(), layout)
     return out

@@ -46,9 +46,9 @@ def _span(spans, lane, label, t0, t1):
         spans.append((lane, label, t0, t1))
 
 
-def check_rows(n_rows: int, p: int, what: str = "X") -> None:
-    """Refuse a row count that does not split over p ranks (before any collective)."""
-    check_divisible(f"{what} rows", n_rows, p)
+def check_rows(n_rows: int, p: int) -> None:
+    """Refuse a row count of X that does not split over p ranks (before any collective)."""
+    check_divisible("X rows", n_rows, p)
 
 
 # ------------------------------------------------------------------------------ backward overlap
@@ -139,12 +139,6 @@ class TracedAllReduce:
 
 
 # ------------------------------------------------------------------------------ forward overlap
-def _ring(group):
-    p, r = dist.get_world_size(group), dist.get_rank(group)
-    glob = (lambda i: i) if group is None else (lambda i: dist.get_global_rank(group, i))
-    return p, r, glob((r + 1) % p), glob((r - 1) % p)
-
-
 class AllGatherMatmul(torch.autograd.Function):
     """Y_r = all_gather(X) · W_rᵀ computed in p ring steps: at step s rank r holds the rows of rank
     (r − s) mod p, multiplies them, and meanwhile sends them on to rank r + 1 and receives the
@@ -153,7 +147,9 @@ class AllGatherMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_r, w, group, spans):
-        p, r, nxt, prv = _ring(group)
+        p, r = dist.get_world_size(group), dist.get_rank(group)
+        glob = (lambda i: i) if group is None else (lambda i: dist.get_global_rank(group, i))
+        nxt, prv = glob((r + 1) % p), glob((r - 1) % p)                # my ring neighbours, as P2POp's global ranks
         n = x_r.shape[0]
         y = x_r.new_empty(p * n, w.shape[0])                           # (N, H/p)
         x_full = x_r.new_empty(p * n, x_r.shape[1])                    # (N, D), filled as blocks arrive
@@ -184,8 +180,7 @@ class AllGatherMatmul(torch.autograd.Function):
     def backward(ctx, dy):
         x_full, w = ctx.saved_tensors
         dw = dy.t() @ x_full                                           # (H/p, D)
-        dx = dy @ w                                                    # (N, D): partial over ranks
-        dist.all_reduce(dx, group=ctx.group)
+        dx = all_reduce(dy @ w, ctx.group)                             # (N, D): the ranks' partial sums, summed
         return dx[ctx.r * ctx.n:(ctx.r + 1) * ctx.n].contiguous(), dw, None, None
 
 

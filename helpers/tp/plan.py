@@ -3,7 +3,6 @@
 ``parallelize_module`` only *warns* when a plan names a submodule that does not exist (the entry
 is skipped and the layer stays dense), and a head count that does not split over the ranks shows
 up much later as wrong numbers. :func:`check_plan` refuses both, with the names and numbers.
-Torch only (runs on engines and under torchrun).
 """
 
 from __future__ import annotations

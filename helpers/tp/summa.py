@@ -22,7 +22,7 @@ of my **grid column** j are ``mesh.get_group("row")``. :class:`SummaGrid` names 
 ``row_group`` and ``col_group`` so no one has to think about it twice.
 
 Every check (grid size, square grid, divisibility, a block from another grid) runs before any
-collective, so no rank is left waiting for a peer that failed. Torch only.
+collective, so no rank is left waiting for a peer that failed.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import torch.nn as nn
 from .checks import check_divisible, check_initialized, check_input, check_mesh_shape, degrees_text, shard_range
 from .ops import all_reduce, broadcast, reduce
 
-__all__ = ["SummaGrid", "BlockTag", "check_grid_shape", "make_grid", "cut_block", "cut_blocks", "assemble_blocks",
-           "block_of", "row_broadcast", "col_broadcast", "summa_step", "summa_matmul", "summa_grad_x", "summa_grad_w",
+__all__ = ["SummaGrid", "check_grid_shape", "make_grid", "cut_block", "cut_blocks", "assemble_blocks",
+           "block_of", "row_broadcast", "col_broadcast", "summa_matmul", "summa_grad_x", "summa_grad_w",
            "SummaMatmul", "ColumnBlockBias", "SummaLinear", "summa_trace"]
 
 
@@ -118,15 +118,6 @@ def make_grid(shape=(2, 2), device_type: str | None = None) -> SummaGrid:
 
 
 # ------------------------------------------------------------------ blocks
-@dataclass(frozen=True)
-class BlockTag:
-    """Where a block was cut: the grid's ranks, the position, and the full tensor's shape."""
-
-    ranks: tuple[tuple[int, ...], ...]
-    coords: tuple[int, int]
-    full_shape: tuple[int, int]
-
-
 def _check_2d(t, what):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
@@ -163,27 +154,27 @@ def assemble_blocks(blocks, grid_shape) -> torch.Tensor:
 
 
 def block_of(t: torch.Tensor, grid: SummaGrid, name: str = "X") -> torch.Tensor:
-    """This rank's block of the full 2-D ``t`` on ``grid``, tagged with where it was cut.
+    """This rank's block of the full 2-D ``t`` on ``grid``, tagged with where it was cut: the grid's
+    ranks, the position, and the full tensor's shape.
 
     A SUMMA layer refuses a tagged block cut for another grid or another position.
     """
     blk = cut_block(t, grid.shape, grid.coords, name)
-    blk.summa_tag = BlockTag(grid.ranks, grid.coords, (int(t.shape[0]), int(t.shape[1])))
+    blk.summa_tag = (grid.ranks, grid.coords, (int(t.shape[0]), int(t.shape[1])))
     return blk
 
 
 def _check_block(x, grid: SummaGrid, cols: int, what: str) -> None:
     """A block's shape and tag must fit this grid; raised before any collective."""
     _check_2d(x, what)
-    tag = getattr(x, "summa_tag", None)
-    if tag is not None and (tag.ranks != grid.ranks or tag.coords != grid.coords):
-        s_tag = (len(tag.ranks), len(tag.ranks[0]))
+    ranks, coords, full_shape = getattr(x, "summa_tag", (grid.ranks, grid.coords, None))   # block_of's; untagged passes
+    if (ranks, coords) != (grid.ranks, grid.coords):
         raise ValueError(
-            f"{what} was cut for grid {s_tag} with ranks {[list(r) for r in tag.ranks]} at position "
-            f"{tag.coords}, but this rank is at {grid.coords} of grid {grid.shape} with ranks "
+            f"{what} was cut for grid {(len(ranks), len(ranks[0]))} with ranks {[list(r) for r in ranks]} "
+            f"at position {coords}, but this rank is at {grid.coords} of grid {grid.shape} with ranks "
             f"{[list(r) for r in grid.ranks]}; cut it again with block_of(X, grid)")
     if x.shape[1] != cols:
-        hint = f" (it was cut from a full tensor of shape {tag.full_shape})" if tag is not None else ""
+        hint = f" (it was cut from a full tensor of shape {full_shape})" if full_shape else ""
         raise ValueError(f"{what} has {x.shape[1]} columns but this {grid.s}×{grid.s} grid expects "
                          f"K/s = {cols * grid.s}/{grid.s} = {cols}{hint}; is it a block from a "
                          "different grid? cut the full X with block_of(X, grid)")
@@ -209,20 +200,12 @@ def col_broadcast(w_blk: torch.Tensor, grid: SummaGrid, k: int,
     return broadcast(buf, src, grid.col_group, counter, phase) if grid.s > 1 else buf
 
 
-def summa_step(acc: torch.Tensor, x_blk, w_blk, grid: SummaGrid, k: int,
-               counter=None):
-    """One SUMMA step: receive X_ik and W_kj, return (acc + X_ik · W_kj, X_ik, W_kj)."""
-    x_k = row_broadcast(x_blk, grid, k, counter)      # X_ik: (M/s, K/s)
-    w_k = col_broadcast(w_blk, grid, k, counter)      # W_kj: (K/s, N/s)
-    return acc + x_k @ w_k, x_k, w_k
-
-
 # ------------------------------------------------------------------ the three products
 def summa_matmul(x_blk, w_blk, grid: SummaGrid, counter=None) -> torch.Tensor:
     """Y_ij = Σ_k X_ik · W_kj in s steps (the forward). x_blk: (M/s, K/s), w_blk: (K/s, N/s)."""
     acc = x_blk.new_zeros(x_blk.shape[0], w_blk.shape[1])   # Y_ij: (M/s, N/s)
-    for k in range(grid.s):
-        acc, _, _ = summa_step(acc, x_blk, w_blk, grid, k, counter)
+    for k in range(grid.s):                                  # step k: X_ik: (M/s, K/s), W_kj: (K/s, N/s)
+        acc = acc + row_broadcast(x_blk, grid, k, counter) @ col_broadcast(w_blk, grid, k, counter)
     return acc
 
 
@@ -369,7 +352,9 @@ def summa_trace(x_blk, w_blk, grid: SummaGrid) -> list[dict]:
     acc = x_blk.new_zeros(x_blk.shape[0], w_blk.shape[1])
     steps = []
     for k in range(grid.s):
-        acc, x_k, w_k = summa_step(acc, x_blk, w_blk, grid, k)
+        x_k = row_broadcast(x_blk, grid, k)               # X_ik: (M/s, K/s)
+        w_k = col_broadcast(w_blk, grid, k)               # W_kj: (K/s, N/s)
+        acc = acc + x_k @ w_k
         steps.append({"k": k, "x_from": (grid.i, k), "w_from": (k, grid.j),
                       "x": x_k.detach().cpu(), "w": w_k.detach().cpu(),
                       "acc": acc.detach().cpu(), "coords": grid.coords})

@@ -1,5 +1,5 @@
 """Training on a 2-D ("fsdp", "tp") mesh: the batch each rank reads, and gradient clipping whose
-norm is taken over both meshes. Torch only (runs on engines and under torchrun)."""
+norm is taken over both meshes."""
 
 from __future__ import annotations
 
