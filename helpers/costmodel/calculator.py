@@ -214,14 +214,26 @@ class Plan:
                 return r
         raise KeyError(f"no row for TP degree {tp}; degrees: {[r.tp for r in self.rows]}")
 
-    #: does one layer, does the whole model fit one GPU at TP=1?
-    layer_fits_without_tp = property(lambda self: self.row(1).layer_fits)
-    model_fits_without_tp = property(lambda self: self.row(1).model_fits)
-    #: the smallest TP degree at which one layer fits a GPU, the whole model does, FSDP (across the
-    #: other GPUs) can hold the model (None: no degree up to the plan's largest)
-    smallest_tp_for_layer = property(lambda self: next((r.tp for r in self.rows if r.layer_fits), None))
-    smallest_tp_for_model = property(lambda self: next((r.tp for r in self.rows if r.model_fits), None))
-    smallest_tp_with_fsdp = property(lambda self: next((r.tp for r in self.rows if r.fsdp_fits), None))
+    @property
+    def layer_fits_without_tp(self) -> bool:
+        return self.row(1).layer_fits
+
+    @property
+    def model_fits_without_tp(self) -> bool:
+        return self.row(1).model_fits
+
+    @property
+    def smallest_tp_for_layer(self) -> int | None:
+        return next((r.tp for r in self.rows if r.layer_fits), None)
+
+    @property
+    def smallest_tp_for_model(self) -> int | None:
+        return next((r.tp for r in self.rows if r.model_fits), None)
+
+    @property
+    def smallest_tp_with_fsdp(self) -> int | None:
+        """The smallest TP degree at which FSDP (across the other GPUs) can hold the model."""
+        return next((r.tp for r in self.rows if r.fsdp_fits), None)
 
 
 def _node(inp: CalculatorInputs):

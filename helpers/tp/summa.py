@@ -38,7 +38,7 @@ import torch.nn as nn
 from .checks import check_divisible, check_initialized, check_input, check_mesh_shape, degrees_text, shard_range
 from .ops import all_reduce, broadcast, reduce
 
-__all__ = ["SummaGrid", "check_grid_shape", "make_grid", "cut_block", "cut_blocks", "assemble_blocks",
+__all__ = ["SummaGrid", "BlockTag", "check_grid_shape", "make_grid", "cut_block", "cut_blocks", "assemble_blocks",
            "block_of", "row_broadcast", "col_broadcast", "summa_matmul", "summa_grad_x", "summa_grad_w",
            "SummaMatmul", "ColumnBlockBias", "SummaLinear", "summa_trace"]
 
@@ -118,6 +118,15 @@ def make_grid(shape=(2, 2), device_type: str | None = None) -> SummaGrid:
 
 
 # ------------------------------------------------------------------ blocks
+@dataclass(frozen=True)
+class BlockTag:
+    """Where a block was cut: the grid's ranks, the position, and the full tensor's shape."""
+
+    ranks: tuple[tuple[int, ...], ...]
+    coords: tuple[int, int]
+    full_shape: tuple[int, int]
+
+
 def _check_2d(t, what):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
@@ -154,27 +163,27 @@ def assemble_blocks(blocks, grid_shape) -> torch.Tensor:
 
 
 def block_of(t: torch.Tensor, grid: SummaGrid, name: str = "X") -> torch.Tensor:
-    """This rank's block of the full 2-D ``t`` on ``grid``, tagged with where it was cut: the grid's
-    ranks, the position, and the full tensor's shape.
+    """This rank's block of the full 2-D ``t`` on ``grid``, tagged with where it was cut.
 
     A SUMMA layer refuses a tagged block cut for another grid or another position.
     """
     blk = cut_block(t, grid.shape, grid.coords, name)
-    blk.summa_tag = (grid.ranks, grid.coords, (int(t.shape[0]), int(t.shape[1])))
+    blk.summa_tag = BlockTag(grid.ranks, grid.coords, (int(t.shape[0]), int(t.shape[1])))
     return blk
 
 
 def _check_block(x, grid: SummaGrid, cols: int, what: str) -> None:
     """A block's shape and tag must fit this grid; raised before any collective."""
     _check_2d(x, what)
-    ranks, coords, full_shape = getattr(x, "summa_tag", (grid.ranks, grid.coords, None))   # block_of's; untagged passes
-    if (ranks, coords) != (grid.ranks, grid.coords):
+    tag = getattr(x, "summa_tag", None)
+    if tag is not None and (tag.ranks != grid.ranks or tag.coords != grid.coords):
+        s_tag = (len(tag.ranks), len(tag.ranks[0]))
         raise ValueError(
-            f"{what} was cut for grid {(len(ranks), len(ranks[0]))} with ranks {[list(r) for r in ranks]} "
-            f"at position {coords}, but this rank is at {grid.coords} of grid {grid.shape} with ranks "
+            f"{what} was cut for grid {s_tag} with ranks {[list(r) for r in tag.ranks]} at position "
+            f"{tag.coords}, but this rank is at {grid.coords} of grid {grid.shape} with ranks "
             f"{[list(r) for r in grid.ranks]}; cut it again with block_of(X, grid)")
     if x.shape[1] != cols:
-        hint = f" (it was cut from a full tensor of shape {full_shape})" if full_shape else ""
+        hint = f" (it was cut from a full tensor of shape {tag.full_shape})" if tag is not None else ""
         raise ValueError(f"{what} has {x.shape[1]} columns but this {grid.s}×{grid.s} grid expects "
                          f"K/s = {cols * grid.s}/{grid.s} = {cols}{hint}; is it a block from a "
                          "different grid? cut the full X with block_of(X, grid)")
