@@ -145,12 +145,10 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
     "column+row": the Megatron MLP, W1 (in × out) column-parallel then W2 (out × in)
     row-parallel, one all-reduce, no communication in between.
 
-    Blocks are filled with their owner's ``RANK_COLORS`` entry; grey = every rank holds a full
-    copy; stacked cards = every rank holds a full-size partial sum. Box lengths follow the
-    feature sizes but are clamped so that every rank's block stays visible (the figure says so
-    when it is not to scale). A text box states the communication and the byte formulas.
-    When the split dimension is not divisible by ``degree`` no shards are drawn; the figure shows
-    e.g. "out_features=10 is not divisible by 4" instead.
+    Box lengths follow the feature sizes, clamped so that every rank's block stays visible (the
+    figure says when it is not to scale); a text box states the communication and its bytes. When
+    the split dimension is not divisible by ``degree``, no shards are drawn: the figure says why
+    (e.g. "out_features=10 is not divisible by 4").
     """
     p = _check_int("degree", degree, 1, MAX_DEGREE)
     d_in = _check_int("in_features", in_features, 1)
@@ -261,26 +259,19 @@ def _draw_mat(ax, m: _Mat, x0: float, w: float, h: float, off: float, unit_in: f
 
 
 class LayoutExplorer(FigureWidget):
-    """Interactive :func:`layout_figure`: sliders for TP degree and feature sizes, a mode menu.
+    """Interactive :func:`layout_figure` (batch 4, float32): sliders for TP degree and feature sizes,
+    a mode menu. Attributes: ``degree``, ``in_features``, ``out_features`` (IntSlider), ``mode``
+    (Dropdown), and those of :class:`~.widget.FigureWidget`.
 
-    Browser tests: ``.tp-layout-explorer img.tp-layout-image`` is the picture (the ``<img>`` of an
-    ``ipywidgets.Image``, whose ``blob:`` src changes on every redraw); ``.tp-layout-explorer
-    .tp-degree`` is the TP-degree slider (label text "TP degree"), whose ``.widget-readout`` is
-    contenteditable: click it, select all, type "2", press Enter. Other controls:
-    ``.tp-in-features``, ``.tp-out-features`` (sliders), ``.tp-mode`` (a ``<select>`` inside).
-    Then screenshot the ``<img>`` and call :func:`count_rank_colors`.
-
-    Attributes: ``degree``, ``in_features``, ``out_features`` (IntSlider), ``mode`` (Dropdown),
-    and those of :class:`~.widget.FigureWidget`.
+    CSS classes, for the browser tests: ``.tp-layout-explorer`` (the widget), ``img.tp-layout-image``
+    (the picture), ``.tp-degree`` (the slider labelled "TP degree"), ``.tp-in-features``,
+    ``.tp-out-features``, ``.tp-mode``.
     """
 
     what = "layout"
 
-    def __init__(self, degree=4, in_features=16, out_features=32, mode="column", batch=4,
-                 dtype_bytes=4):
+    def __init__(self, degree=4, in_features=16, out_features=32, mode="column"):
         check_choice("mode", mode, MODES)
-        self.batch = _check_int("batch", batch, 1)
-        self.dtype_bytes = _check_int("dtype_bytes", dtype_bytes, 1)
         kw = dict(style={"description_width": "90px"}, layout=widgets.Layout(width="330px"))
         self.degree = widgets.IntSlider(value=_check_int("degree", degree, 1, MAX_DEGREE), min=1, max=MAX_DEGREE,
                                         description="TP degree", continuous_update=False, **kw).add_class("tp-degree")
@@ -293,8 +284,7 @@ class LayoutExplorer(FigureWidget):
                        "tp-layout-image")
 
     def figure(self) -> Figure:
-        return layout_figure(self.degree.value, self.in_features.value, self.out_features.value,
-                             self.mode.value, batch=self.batch, dtype_bytes=self.dtype_bytes)
+        return layout_figure(self.degree.value, self.in_features.value, self.out_features.value, self.mode.value)
 
 
 layout_explorer = LayoutExplorer  # the notebooks' name for it
