@@ -1,8 +1,4 @@
-"""Drawings of real data pulled from the engines: shards by rank, FLOP/s, the cluster map.
-
-Each takes what ``cluster.pull(...)`` returned (a list, rank 0 first) and draws it in the
-rank colours of :mod:`helpers.viz.figure`. Nothing here runs a collective.
-"""
+"""Drawings of real data from the engines, by rank (rank 0 first): shards, FLOP/s, the cluster map."""
 
 from __future__ import annotations
 

@@ -13,8 +13,6 @@ Every figure function returns a ``matplotlib.figure.Figure`` with an Agg canvas;
 ``plt.show()`` and none registers the figure with pyplot, so nothing leaks and a notebook cell
 ending in ``layout_figure(...)`` shows the figure exactly once. ``fig.canvas.draw()`` and
 ``np.asarray(fig.canvas.buffer_rgba())`` work on every returned figure.
-
-Matplotlib only; nothing here runs a collective or imports ipyparallel / torch.distributed.
 """
 
 
