@@ -15,7 +15,7 @@ none), ``.tp-calc-result`` the plan (its first line is ``TP calculator: <n> upda
 from __future__ import annotations
 
 import html
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import ipywidgets as widgets
 
@@ -35,8 +35,7 @@ _LABELS = {
     "intra_node_gb_s": "NVLink GB/s per GPU", "inter_node_gb_s": "GB/s per NIC",
     "nics_per_node": "NICs per node in use", "tp": "TP degree to try", "matmul_tflops": "your TFLOP/s at TP=1 (0: GPU's)",
 }
-_INTS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab", "batch", "seq_len",
-         "gpus_per_node", "tp", "nics_per_node")
+_INTS = {f.name for f in fields(CalculatorInputs) if f.type.startswith("int")}  # IntText; the rest FloatText
 _MODEL_FIELDS = tuple(_LABELS)[:6]
 
 
