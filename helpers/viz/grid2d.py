@@ -259,9 +259,8 @@ def comm_time_figure(times: dict, p: int = 4, what: str = "forward, ms",
                      how: str = "slowest rank, best of 15 runs", subject: str = "Y = X·W") -> Figure:
     """Bars of measured times per layout (``{mode: milliseconds}``), measured on this cluster."""
     fig, ax = new_axes(6.0, 3.0)
-    vals = [float(v) for v in times.values()]
-    bars = ax.barh(list(times), vals, color=["#333333", "#777777", "#aaaaaa"])
-    ax.bar_label(bars, [f" {v:.2f}" for v in vals], fontsize=8.5, color=MUTED)
+    bars = ax.barh(list(times), [float(v) for v in times.values()], color=["#333333", "#777777", "#aaaaaa"])
+    ax.bar_label(bars, fmt=" {:.2f}", fontsize=8.5, color=MUTED)
     ax.invert_yaxis()
     ax.set_xlabel(what)
     ax.set_title(f"{subject} at p={p}, measured on this cluster ({how})",
