@@ -124,18 +124,6 @@ def _comm_text(p, d_in, d_out, batch, b, mode) -> str:
     )
 
 
-def _uneven_message(p, d_in, d_out, mode) -> str | None:
-    name, n = ("in_features", d_in) if mode == "row" else ("out_features", d_out)
-    if n % p == 0:
-        return None
-    ok = ", ".join(str(d) for d in divisors(n, upto=MAX_DEGREE))
-    pad = math.ceil(n / p) * p
-    what = "the hidden dim H" if mode == "column+row" else name
-    return (f"{name}={n} is not divisible by {p}\n"
-            f"({mode} mode splits {what} across the {p} ranks)\n"
-            f"pick a TP degree in {{{ok}}} or pad {name} to {pad}")
-
-
 def layout_figure(degree: int, in_features: int, out_features: int, mode: str, batch: int = 4,
                   dtype_bytes: int = 4) -> Figure:
     """Schematic of Y = X·W (W is in_features × out_features) split over ``degree`` ranks.
@@ -158,9 +146,14 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
     check_choice("mode", mode, MODES)
     title = f"Y = X·W, {mode}-parallel, TP degree {p}" if mode != "column+row" else \
         f"MLP  Y = GeLU(X·W1)·W2, column+row parallel, TP degree {p}"
-    msg = _uneven_message(p, d_in, d_out, mode)
-    if msg is not None:
-        return message_figure(title, msg, 10, 3.2, fontsize=13)
+    name, n = ("in_features", d_in) if mode == "row" else ("out_features", d_out)
+    if n % p:  # an uneven split: the figure says why, and draws no shards
+        ok = ", ".join(str(d) for d in divisors(n, upto=MAX_DEGREE))
+        what = "the hidden dim H" if mode == "column+row" else name
+        return message_figure(title, f"{name}={n} is not divisible by {p}\n"
+                              f"({mode} mode splits {what} across the {p} ranks)\n"
+                              f"pick a TP degree in {{{ok}}} or pad {name} to {math.ceil(n / p) * p}",
+                              10, 3.2, fontsize=13)
 
     items = _layout_items(p, d_in, d_out, batch, mode)
     scale = 4.0 / max(max(m.rows, m.cols) for m in items if isinstance(m, _Mat))
