@@ -131,7 +131,6 @@ class TPCalculator(widgets.HBox):
         self.message = widgets.HTML("").add_class("tp-calc-message")
         self.result = widgets.HTML("").add_class("tp-calc-result")
         self.image = widgets.Image(format="png").add_class("tp-calc-image")
-        self.plan: Plan | None = None
         self.updates = 0
         n = list(self.fields.values())
         left = [self.preset, *n[:6], self.gated, *n[6:8], self.flash, self.dtype, self.gpu, *n[8:], self.efficiency]
@@ -183,7 +182,7 @@ class TPCalculator(widgets.HBox):
     def update(self) -> None:
         """Recompute the plan from the fields; problems become a message, never a traceback."""
         self.updates += 1
-        self.plan = None
+        self.plan: Plan | None = None
         try:
             inp = self.inputs()
             problems = check_inputs(inp)
