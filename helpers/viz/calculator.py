@@ -6,9 +6,8 @@ Nothing here computes a result: the widget reads its fields into
 for problems (shown as sentences, never a traceback), and shows the :class:`Plan`.
 
 Browser tests: ``.tp-calculator`` is the widget; each field has a class ``tp-calc-<name>``
-(``tp-calc-tp``, ``tp-calc-gpu_memory_gb``, ``tp-calc-d_model``, ...) with an ``<input>`` inside;
-``.tp-calc-gpu`` picks the GPU (A100 40GB, Derecho's, by default; H100 80GB), which sets the GPU
-memory and the achieved matmul rate; ``.tp-calc-message`` holds the problems (empty when there are
+(``tp-calc-tp``, ``tp-calc-gpu_memory_gb``, ...) with an ``<input>`` inside; ``.tp-calc-gpu`` picks
+the GPU (it sets the GPU memory field); ``.tp-calc-message`` holds the problems (empty when there are
 none), ``.tp-calc-result`` the plan (its first line is ``TP calculator: <n> updates``), ``img.tp-calc-image`` the bar chart.
 """
 
