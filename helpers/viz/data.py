@@ -124,9 +124,8 @@ def _shard_panels(pieces, kind, vmin, vmax):
                           bottom=0.04, wspace=0.15, hspace=0.45)
     for i, (label, a, color, lw) in enumerate(panels):
         ax = fig.add_subplot(gs[i // ncols, i % ncols])
-        a2 = to_2d(a)
-        im = grey_panel(ax, a2, color, label, lw=lw, vmin=vmin, vmax=vmax)
-        _grid(ax, *a2.shape)
+        im = grey_panel(ax, to_2d(a), color, label, lw=lw, vmin=vmin, vmax=vmax)
+        _grid(ax, rows, cols)  # every panel has the shape of pieces[0]
     shape = tuple(pieces[0].shape)
     note = f", each {shape}"
     if kind == "replicate":
