@@ -77,7 +77,7 @@ def plan_html(pl: Plan) -> str:
 
 
 def plan_figure(pl: Plan):
-    """One layer's step time per TP degree: compute and communication, the considered degree framed."""
+    """One layer's step time per TP degree: compute and communication, labelled with communication's share."""
     fig, ax = new_axes(5.6, 2.9)
     xs = list(range(len(pl.rows)))
     tops, bars = stacked_bars(ax, xs, [[1e3 * r.compute_s for r in pl.rows], [1e3 * r.comm_s for r in pl.rows]],
