@@ -184,11 +184,10 @@ def plot_flops(degrees: Sequence[int], flops, title: str = "Achieved GFLOP/s vs 
 
 
 def cluster_map(infos) -> Figure:
-    """Which rank sits on which host and device.
+    """Which rank sits on which host and device: a box per host, its ranks inside.
 
     infos: one dict per rank (a list, or ``{rank: dict}``) with keys ``rank``, ``host``,
-    ``device``, ``backend`` (missing keys are shown as "?"). Hosts are drawn as boxes, ranks as
-    squares in their rank colour labelled with the rank and device. Ranks >= 8 reuse colours.
+    ``device``, ``backend`` (missing keys are shown as "?").
     """
     items = sorted(infos.items()) if isinstance(infos, dict) else enumerate(infos)
     infos = sorted(({"rank": k, **info} for k, info in items), key=lambda d: int(d["rank"]))  # a "rank" key wins
