@@ -102,26 +102,22 @@ def _comm_text(p, d_in, d_out, batch, b, mode) -> str:
     if p == 1:
         return head + "\nTP degree 1: a single rank holds everything — no communication."
     if mode == "column":
-        shard, full = batch * (d_out // p) * b, batch * d_out * b
-        return head + (
-            f"\nforward: all-gather of Y. Each rank contributes Y_r = B·out/p·bytes = "
-            f"{batch}·{d_out}/{p}·{b} = {fmt_bytes(shard)};"
-            f"\nring all-gather: each rank sends (p−1)·B·out/p·bytes = {p - 1}·{fmt_bytes(shard)} = "
-            f"{fmt_bytes(bytes_sent('all_gather', full, p))} (and receives as much)."
-            f"\nbackward: all-reduce of dL/dX, B·in·bytes = {fmt_bytes(batch * d_in * b)} per rank."
-        )
-    row = mode == "row"  # else column+row: the all-reduce of the MLP's output, (B, D)
-    d_y, sym = (d_out, "out") if row else (d_in, "D")
-    buf = batch * d_y * b
-    backward = ("none (every rank already holds the full dL/dY)" if row
-                else f"one all-reduce of dL/dX, B·D·bytes = {fmt_bytes(buf)} per rank")
-    return head + (
-        f"\nforward: {'' if row else 'one '}all-reduce of Y. Buffer per rank = B·{sym}·bytes = "
-        f"{batch}·{d_y}·{b} = {fmt_bytes(buf)};"
-        f"\nring all-reduce: each rank sends 2(p−1)/p·B·{sym}·bytes = "
-        f"{fmt_bytes(bytes_sent('all_reduce', buf, p))} (and receives as much)."
-        f"\nbackward: {backward}."
-    )
+        shard = batch * (d_out // p) * b
+        forward = (f"all-gather of Y. Each rank contributes Y_r = B·out/p·bytes = {batch}·{d_out}/{p}·{b} = "
+                   f"{fmt_bytes(shard)}")
+        ring = (f"all-gather: each rank sends (p−1)·B·out/p·bytes = {p - 1}·{fmt_bytes(shard)} = "
+                f"{fmt_bytes(bytes_sent('all_gather', batch * d_out * b, p))}")
+        backward = f"all-reduce of dL/dX, B·in·bytes = {fmt_bytes(batch * d_in * b)} per rank"
+    else:
+        row = mode == "row"  # else column+row: the all-reduce of the MLP's output, (B, D)
+        d_y, sym = (d_out, "out") if row else (d_in, "D")
+        buf = batch * d_y * b
+        forward = (f"{'' if row else 'one '}all-reduce of Y. Buffer per rank = B·{sym}·bytes = "
+                   f"{batch}·{d_y}·{b} = {fmt_bytes(buf)}")
+        ring = f"all-reduce: each rank sends 2(p−1)/p·B·{sym}·bytes = {fmt_bytes(bytes_sent('all_reduce', buf, p))}"
+        backward = ("none (every rank already holds the full dL/dY)" if row
+                    else f"one all-reduce of dL/dX, B·D·bytes = {fmt_bytes(buf)} per rank")
+    return head + f"\nforward: {forward};\nring {ring} (and receives as much).\nbackward: {backward}."
 
 
 def layout_figure(degree: int, in_features: int, out_features: int, mode: str, batch: int = 4,
