@@ -6,16 +6,15 @@ Nothing here computes a result: the widget reads its fields into
 for problems (shown as sentences, never a traceback), and shows the :class:`Plan`.
 
 Browser tests: ``.tp-calculator`` is the widget; each field has a class ``tp-calc-<name>``
-(``tp-calc-tp``, ``tp-calc-gpu_memory_gb``, ``tp-calc-d_model``, ...) with an ``<input>`` inside;
-``.tp-calc-gpu`` picks the GPU (A100 40GB, Derecho's, by default; H100 80GB), which sets the GPU
-memory and the achieved matmul rate; ``.tp-calc-message`` holds the problems (empty when there are
+(``tp-calc-tp``, ``tp-calc-gpu_memory_gb``, ...) with an ``<input>`` inside; ``.tp-calc-gpu`` picks
+the GPU (it sets the GPU memory field); ``.tp-calc-message`` holds the problems (empty when there are
 none), ``.tp-calc-result`` the plan (its first line is ``TP calculator: <n> updates``), ``img.tp-calc-image`` the bar chart.
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import ipywidgets as widgets
 
@@ -35,8 +34,7 @@ _LABELS = {
     "intra_node_gb_s": "NVLink GB/s per GPU", "inter_node_gb_s": "GB/s per NIC",
     "nics_per_node": "NICs per node in use", "tp": "TP degree to try", "matmul_tflops": "your TFLOP/s at TP=1 (0: GPU's)",
 }
-_INTS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab", "batch", "seq_len",
-         "gpus_per_node", "tp", "nics_per_node")
+_INTS = {f.name for f in fields(CalculatorInputs) if f.type.startswith("int")}  # IntText; the rest FloatText
 _MODEL_FIELDS = tuple(_LABELS)[:6]
 
 
@@ -79,7 +77,7 @@ def plan_html(pl: Plan) -> str:
 
 
 def plan_figure(pl: Plan):
-    """One layer's step time per TP degree: compute and communication, the considered degree framed."""
+    """One layer's step time per TP degree: compute and communication, labelled with communication's share."""
     fig, ax = new_axes(5.6, 2.9)
     xs = list(range(len(pl.rows)))
     tops, bars = stacked_bars(ax, xs, [[1e3 * r.compute_s for r in pl.rows], [1e3 * r.comm_s for r in pl.rows]],
@@ -132,7 +130,6 @@ class TPCalculator(widgets.HBox):
         self.message = widgets.HTML("").add_class("tp-calc-message")
         self.result = widgets.HTML("").add_class("tp-calc-result")
         self.image = widgets.Image(format="png").add_class("tp-calc-image")
-        self.plan: Plan | None = None
         self.updates = 0
         n = list(self.fields.values())
         left = [self.preset, *n[:6], self.gated, *n[6:8], self.flash, self.dtype, self.gpu, *n[8:], self.efficiency]
@@ -184,7 +181,7 @@ class TPCalculator(widgets.HBox):
     def update(self) -> None:
         """Recompute the plan from the fields; problems become a message, never a traceback."""
         self.updates += 1
-        self.plan = None
+        self.plan: Plan | None = None
         try:
             inp = self.inputs()
             problems = check_inputs(inp)

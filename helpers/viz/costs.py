@@ -3,7 +3,6 @@ the time of TP's collectives, measured and modelled side by side.
 
 Every figure labels where its numbers come from ("measured here" / "formula" / "model, cited
 links"). The categories are drawn in their own colours, never in a rank colour (figure.py).
-Matplotlib and numpy only; nothing here runs a collective.
 """
 
 from __future__ import annotations

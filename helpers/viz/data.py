@@ -1,8 +1,4 @@
-"""Drawings of real data pulled from the engines: shards by rank, FLOP/s, the cluster map.
-
-Each takes what ``cluster.pull(...)`` returned (a list, rank 0 first) and draws it in the
-rank colours of :mod:`helpers.viz.figure`. Nothing here runs a collective.
-"""
+"""Drawings of real data from the engines, by rank (rank 0 first): shards, FLOP/s, the cluster map."""
 
 from __future__ import annotations
 
@@ -128,9 +124,8 @@ def _shard_panels(pieces, kind, vmin, vmax):
                           bottom=0.04, wspace=0.15, hspace=0.45)
     for i, (label, a, color, lw) in enumerate(panels):
         ax = fig.add_subplot(gs[i // ncols, i % ncols])
-        a2 = to_2d(a)
-        im = grey_panel(ax, a2, color, label, lw=lw, vmin=vmin, vmax=vmax)
-        _grid(ax, *a2.shape)
+        im = grey_panel(ax, to_2d(a), color, label, lw=lw, vmin=vmin, vmax=vmax)
+        _grid(ax, rows, cols)  # every panel has the shape of pieces[0]
     shape = tuple(pieces[0].shape)
     note = f", each {shape}"
     if kind == "replicate":
@@ -189,11 +184,10 @@ def plot_flops(degrees: Sequence[int], flops, title: str = "Achieved GFLOP/s vs 
 
 
 def cluster_map(infos) -> Figure:
-    """Which rank sits on which host and device.
+    """Which rank sits on which host and device: a box per host, its ranks inside.
 
     infos: one dict per rank (a list, or ``{rank: dict}``) with keys ``rank``, ``host``,
-    ``device``, ``backend`` (missing keys are shown as "?"). Hosts are drawn as boxes, ranks as
-    squares in their rank colour labelled with the rank and device. Ranks >= 8 reuse colours.
+    ``device``, ``backend`` (missing keys are shown as "?").
     """
     items = sorted(infos.items()) if isinstance(infos, dict) else enumerate(infos)
     infos = sorted(({"rank": k, **info} for k, info in items), key=lambda d: int(d["rank"]))  # a "rank" key wins

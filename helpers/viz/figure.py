@@ -13,8 +13,6 @@ Every figure function returns a ``matplotlib.figure.Figure`` with an Agg canvas;
 ``plt.show()`` and none registers the figure with pyplot, so nothing leaks and a notebook cell
 ending in ``layout_figure(...)`` shows the figure exactly once. ``fig.canvas.draw()`` and
 ``np.asarray(fig.canvas.buffer_rgba())`` work on every returned figure.
-
-Matplotlib only; nothing here runs a collective or imports ipyparallel / torch.distributed.
 """
 
 
@@ -221,10 +219,7 @@ def count_rank_colors(png_or_rgb_array: Any, min_pixels: int = 50, tol: int = 0)
     if isinstance(img, Figure):
         img = figure_to_rgba(img)
     if isinstance(img, (bytes, bytearray, memoryview)):
-        from PIL import Image
-
-        with Image.open(io.BytesIO(bytes(img))) as im:
-            img = np.asarray(im.convert("RGBA"))
+        img = plt.imread(io.BytesIO(bytes(img)))  # floats in 0..1, RGB or RGBA
     a = np.asarray(img)
     if a.ndim != 3 or a.shape[2] not in (3, 4):
         raise ValueError(f"expected an (H, W, 3) or (H, W, 4) image, got shape {a.shape}")

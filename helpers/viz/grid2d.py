@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from ..common.numbers import fmt_bytes
-from ..costmodel.collectives import COMM_FORMULAS, mlp_bytes_1d, mlp_bytes_2d, mlp_crossover_tokens
+from ..costmodel.collectives import COMM_FORMULAS, grid_side, mlp_bytes_1d, mlp_bytes_2d, mlp_crossover_tokens
 from ..reference.compare import to_f64
 from .figure import (
     BOX,
@@ -48,13 +48,6 @@ def _np(t) -> np.ndarray:
     return to_2d(to_f64(t, "block").numpy())
 
 
-def _side(n: int, what: str) -> int:
-    s = math.isqrt(n)
-    if s * s != n:
-        raise ValueError(f"{what}: {n} blocks do not make a square grid")
-    return s
-
-
 # --------------------------------------------------------------------------------------------
 # the chapter's figure, from real blocks
 # --------------------------------------------------------------------------------------------
@@ -66,7 +59,7 @@ def grid_blocks_figure(blocks: Sequence, name: str = "A", dims=("K", "N")) -> Fi
     both ways: ``A[0:K/2, 0:N/2]`` and ``A[0:4, 0:6]``.
     """
     arrs = [_np(b) for b in blocks]
-    s = _side(len(arrs), "grid_blocks_figure")
+    s = grid_side(len(arrs))
     r, c = arrs[0].shape
     vmin = min(float(a.min()) for a in arrs)
     vmax = max(float(a.max()) for a in arrs)
@@ -105,7 +98,7 @@ def summa_step_figure(traces: Sequence[Sequence[dict]], k: int, X=None, W=None) 
     (its own colour). With the full ``X``, ``W`` the title of each Y block gives
     max|Δ| against the dense partial sum Σ_{t≤k} X_it·W_tj.
     """
-    s = _side(len(traces), "summa_step_figure")
+    s = grid_side(len(traces))
     if not 0 <= k < s:
         raise ValueError(f"step k={k} is outside 0..{s - 1} for a {s}×{s} grid")
     fig = new_figure(4.2 * s + 0.4, 2.3 * s + 1.0)
@@ -143,7 +136,7 @@ class SummaStepper(FigureWidget):
 
     def __init__(self, traces, X=None, W=None):
         self.traces, self.X, self.W = traces, X, W
-        self.step = widgets.IntSlider(value=1, min=1, max=_side(len(traces), "summa_stepper"), description="SUMMA step",
+        self.step = widgets.IntSlider(value=1, min=1, max=grid_side(len(traces)), description="SUMMA step",
                                       continuous_update=False, style={"description_width": "90px"})
         self._assemble([[self.step.add_class("tp-summa-step")]], "tp-summa-stepper")
 
@@ -259,9 +252,8 @@ def comm_time_figure(times: dict, p: int = 4, what: str = "forward, ms",
                      how: str = "slowest rank, best of 15 runs", subject: str = "Y = X·W") -> Figure:
     """Bars of measured times per layout (``{mode: milliseconds}``), measured on this cluster."""
     fig, ax = new_axes(6.0, 3.0)
-    vals = [float(v) for v in times.values()]
-    bars = ax.barh(list(times), vals, color=["#333333", "#777777", "#aaaaaa"])
-    ax.bar_label(bars, [f" {v:.2f}" for v in vals], fontsize=8.5, color=MUTED)
+    bars = ax.barh(list(times), [float(v) for v in times.values()], color=["#333333", "#777777", "#aaaaaa"])
+    ax.bar_label(bars, fmt=" {:.2f}", fontsize=8.5, color=MUTED)
     ax.invert_yaxis()
     ax.set_xlabel(what)
     ax.set_title(f"{subject} at p={p}, measured on this cluster ({how})",

@@ -102,38 +102,22 @@ def _comm_text(p, d_in, d_out, batch, b, mode) -> str:
     if p == 1:
         return head + "\nTP degree 1: a single rank holds everything — no communication."
     if mode == "column":
-        shard, full = batch * (d_out // p) * b, batch * d_out * b
-        return head + (
-            f"\nforward: all-gather of Y. Each rank contributes Y_r = B·out/p·bytes = "
-            f"{batch}·{d_out}/{p}·{b} = {fmt_bytes(shard)};"
-            f"\nring all-gather: each rank sends (p−1)·B·out/p·bytes = {p - 1}·{fmt_bytes(shard)} = "
-            f"{fmt_bytes(bytes_sent('all_gather', full, p))} (and receives as much)."
-            f"\nbackward: all-reduce of dL/dX, B·in·bytes = {fmt_bytes(batch * d_in * b)} per rank."
-        )
-    row = mode == "row"  # else column+row: the all-reduce of the MLP's output, (B, D)
-    d_y, sym = (d_out, "out") if row else (d_in, "D")
-    buf = batch * d_y * b
-    backward = ("none (every rank already holds the full dL/dY)" if row
-                else f"one all-reduce of dL/dX, B·D·bytes = {fmt_bytes(buf)} per rank")
-    return head + (
-        f"\nforward: {'' if row else 'one '}all-reduce of Y. Buffer per rank = B·{sym}·bytes = "
-        f"{batch}·{d_y}·{b} = {fmt_bytes(buf)};"
-        f"\nring all-reduce: each rank sends 2(p−1)/p·B·{sym}·bytes = "
-        f"{fmt_bytes(bytes_sent('all_reduce', buf, p))} (and receives as much)."
-        f"\nbackward: {backward}."
-    )
-
-
-def _uneven_message(p, d_in, d_out, mode) -> str | None:
-    name, n = ("in_features", d_in) if mode == "row" else ("out_features", d_out)
-    if n % p == 0:
-        return None
-    ok = ", ".join(str(d) for d in divisors(n, upto=MAX_DEGREE))
-    pad = math.ceil(n / p) * p
-    what = "the hidden dim H" if mode == "column+row" else name
-    return (f"{name}={n} is not divisible by {p}\n"
-            f"({mode} mode splits {what} across the {p} ranks)\n"
-            f"pick a TP degree in {{{ok}}} or pad {name} to {pad}")
+        shard = batch * (d_out // p) * b
+        forward = (f"all-gather of Y. Each rank contributes Y_r = B·out/p·bytes = {batch}·{d_out}/{p}·{b} = "
+                   f"{fmt_bytes(shard)}")
+        ring = (f"all-gather: each rank sends (p−1)·B·out/p·bytes = {p - 1}·{fmt_bytes(shard)} = "
+                f"{fmt_bytes(bytes_sent('all_gather', batch * d_out * b, p))}")
+        backward = f"all-reduce of dL/dX, B·in·bytes = {fmt_bytes(batch * d_in * b)} per rank"
+    else:
+        row = mode == "row"  # else column+row: the all-reduce of the MLP's output, (B, D)
+        d_y, sym = (d_out, "out") if row else (d_in, "D")
+        buf = batch * d_y * b
+        forward = (f"{'' if row else 'one '}all-reduce of Y. Buffer per rank = B·{sym}·bytes = "
+                   f"{batch}·{d_y}·{b} = {fmt_bytes(buf)}")
+        ring = f"all-reduce: each rank sends 2(p−1)/p·B·{sym}·bytes = {fmt_bytes(bytes_sent('all_reduce', buf, p))}"
+        backward = ("none (every rank already holds the full dL/dY)" if row
+                    else f"one all-reduce of dL/dX, B·D·bytes = {fmt_bytes(buf)} per rank")
+    return head + f"\nforward: {forward};\nring {ring} (and receives as much).\nbackward: {backward}."
 
 
 def layout_figure(degree: int, in_features: int, out_features: int, mode: str, batch: int = 4,
@@ -145,12 +129,10 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
     "column+row": the Megatron MLP, W1 (in × out) column-parallel then W2 (out × in)
     row-parallel, one all-reduce, no communication in between.
 
-    Blocks are filled with their owner's ``RANK_COLORS`` entry; grey = every rank holds a full
-    copy; stacked cards = every rank holds a full-size partial sum. Box lengths follow the
-    feature sizes but are clamped so that every rank's block stays visible (the figure says so
-    when it is not to scale). A text box states the communication and the byte formulas.
-    When the split dimension is not divisible by ``degree`` no shards are drawn; the figure shows
-    e.g. "out_features=10 is not divisible by 4" instead.
+    Box lengths follow the feature sizes, clamped so that every rank's block stays visible (the
+    figure says when it is not to scale); a text box states the communication and its bytes. When
+    the split dimension is not divisible by ``degree``, no shards are drawn: the figure says why
+    (e.g. "out_features=10 is not divisible by 4").
     """
     p = _check_int("degree", degree, 1, MAX_DEGREE)
     d_in = _check_int("in_features", in_features, 1)
@@ -160,9 +142,14 @@ def layout_figure(degree: int, in_features: int, out_features: int, mode: str, b
     check_choice("mode", mode, MODES)
     title = f"Y = X·W, {mode}-parallel, TP degree {p}" if mode != "column+row" else \
         f"MLP  Y = GeLU(X·W1)·W2, column+row parallel, TP degree {p}"
-    msg = _uneven_message(p, d_in, d_out, mode)
-    if msg is not None:
-        return message_figure(title, msg, 10, 3.2, fontsize=13)
+    name, n = ("in_features", d_in) if mode == "row" else ("out_features", d_out)
+    if n % p:  # an uneven split: the figure says why, and draws no shards
+        ok = ", ".join(str(d) for d in divisors(n, upto=MAX_DEGREE))
+        what = "the hidden dim H" if mode == "column+row" else name
+        return message_figure(title, f"{name}={n} is not divisible by {p}\n"
+                              f"({mode} mode splits {what} across the {p} ranks)\n"
+                              f"pick a TP degree in {{{ok}}} or pad {name} to {math.ceil(n / p) * p}",
+                              10, 3.2, fontsize=13)
 
     items = _layout_items(p, d_in, d_out, batch, mode)
     scale = 4.0 / max(max(m.rows, m.cols) for m in items if isinstance(m, _Mat))
@@ -261,26 +248,19 @@ def _draw_mat(ax, m: _Mat, x0: float, w: float, h: float, off: float, unit_in: f
 
 
 class LayoutExplorer(FigureWidget):
-    """Interactive :func:`layout_figure`: sliders for TP degree and feature sizes, a mode menu.
+    """Interactive :func:`layout_figure` (batch 4, float32): sliders for TP degree and feature sizes,
+    a mode menu. Attributes: ``degree``, ``in_features``, ``out_features`` (IntSlider), ``mode``
+    (Dropdown), and those of :class:`~.widget.FigureWidget`.
 
-    Browser tests: ``.tp-layout-explorer img.tp-layout-image`` is the picture (the ``<img>`` of an
-    ``ipywidgets.Image``, whose ``blob:`` src changes on every redraw); ``.tp-layout-explorer
-    .tp-degree`` is the TP-degree slider (label text "TP degree"), whose ``.widget-readout`` is
-    contenteditable: click it, select all, type "2", press Enter. Other controls:
-    ``.tp-in-features``, ``.tp-out-features`` (sliders), ``.tp-mode`` (a ``<select>`` inside).
-    Then screenshot the ``<img>`` and call :func:`count_rank_colors`.
-
-    Attributes: ``degree``, ``in_features``, ``out_features`` (IntSlider), ``mode`` (Dropdown),
-    and those of :class:`~.widget.FigureWidget`.
+    CSS classes, for the browser tests: ``.tp-layout-explorer`` (the widget), ``img.tp-layout-image``
+    (the picture), ``.tp-degree`` (the slider labelled "TP degree"), ``.tp-in-features``,
+    ``.tp-out-features``, ``.tp-mode``.
     """
 
     what = "layout"
 
-    def __init__(self, degree=4, in_features=16, out_features=32, mode="column", batch=4,
-                 dtype_bytes=4):
+    def __init__(self, degree=4, in_features=16, out_features=32, mode="column"):
         check_choice("mode", mode, MODES)
-        self.batch = _check_int("batch", batch, 1)
-        self.dtype_bytes = _check_int("dtype_bytes", dtype_bytes, 1)
         kw = dict(style={"description_width": "90px"}, layout=widgets.Layout(width="330px"))
         self.degree = widgets.IntSlider(value=_check_int("degree", degree, 1, MAX_DEGREE), min=1, max=MAX_DEGREE,
                                         description="TP degree", continuous_update=False, **kw).add_class("tp-degree")
@@ -293,8 +273,7 @@ class LayoutExplorer(FigureWidget):
                        "tp-layout-image")
 
     def figure(self) -> Figure:
-        return layout_figure(self.degree.value, self.in_features.value, self.out_features.value,
-                             self.mode.value, batch=self.batch, dtype_bytes=self.dtype_bytes)
+        return layout_figure(self.degree.value, self.in_features.value, self.out_features.value, self.mode.value)
 
 
 layout_explorer = LayoutExplorer  # the notebooks' name for it
