@@ -7,14 +7,15 @@ for problems (shown as sentences, never a traceback), and shows the :class:`Plan
 
 Browser tests: ``.tp-calculator`` is the widget; each field has a class ``tp-calc-<name>``
 (``tp-calc-tp``, ``tp-calc-gpu_memory_gb``, ...) with an ``<input>`` inside; ``.tp-calc-gpu`` picks
-the GPU (it sets the GPU memory field); ``.tp-calc-message`` holds the problems (empty when there are
-none), ``.tp-calc-result`` the plan (its first line is ``TP calculator: <n> updates``), ``img.tp-calc-image`` the bar chart.
+the GPU (A100 40GB, Derecho's, by default; H100 80GB), which sets the GPU memory and the achieved
+matmul rate; ``.tp-calc-message`` holds the problems (empty when there are none), ``.tp-calc-result``
+the plan (its first line is ``TP calculator: <n> updates``), ``img.tp-calc-image`` the bar chart.
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import ipywidgets as widgets
 
@@ -34,7 +35,8 @@ _LABELS = {
     "intra_node_gb_s": "NVLink GB/s per GPU", "inter_node_gb_s": "GB/s per NIC",
     "nics_per_node": "NICs per node in use", "tp": "TP degree to try", "matmul_tflops": "your TFLOP/s at TP=1 (0: GPU's)",
 }
-_INTS = {f.name for f in fields(CalculatorInputs) if f.type.startswith("int")}  # IntText; the rest FloatText
+_INTS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab", "batch", "seq_len",
+         "gpus_per_node", "tp", "nics_per_node")
 _MODEL_FIELDS = tuple(_LABELS)[:6]
 
 
