@@ -427,13 +427,13 @@ def cmd_export(args) -> int:
     """Write the notebook as a torchrun script (helpers.cluster.export), and with --pbs a PBS job."""
     if args.pbs:
         _check_account(args)  # refused before anything is written
-    done = export_notebook(args.notebook, args.output, solutions=args.solutions, timeout=args.timeout)
-    print(done.summary())
+    script, summary = export_notebook(args.notebook, args.output, solutions=args.solutions, timeout=args.timeout)
+    print(summary)
     if args.pbs:
-        job = write_torchrun_pbs(args, done.script)
+        job = write_torchrun_pbs(args, script)
         print(f"wrote {job} ({args.nodes} node(s) x {args.ppn} ranks): qsub {shlex.quote(job)}")
     else:
-        print(f"run it: torchrun --standalone --nproc_per_node=4 {shlex.quote(done.script)}")
+        print(f"run it: torchrun --standalone --nproc_per_node=4 {shlex.quote(script)}")
     return 0
 
 

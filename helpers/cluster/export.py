@@ -191,23 +191,10 @@ def render_script(cells: list[Cell], *, notebook: str, script: str, skipped: lis
     return "\n".join(out)
 
 
-@dataclass(frozen=True)
-class Exported:
-    script: str
-    cells: list[Cell]
-    skipped: list[int]
-
-    def summary(self) -> str:
-        kinds = Counter(c.kind for c in self.cells)
-        left = f"; left out ({SKIP_TAG}): cells {', '.join(map(str, self.skipped))}" if self.skipped else ""
-        return (f"wrote {self.script}: {kinds['px']} %%px, {kinds['local']} %%px --local and "
-                f"{kinds['notebook']} notebook cells{left}")
-
-
 def export_notebook(notebook: str, output: str | None = None, *, solutions: bool = False,
-                    timeout: float | None = None) -> Exported:
+                    timeout: float | None = None) -> tuple[str, str]:
     """Write ``notebook`` as a torchrun script (default: next to it, ``.py``); nothing is
-    written when a cell cannot be exported."""
+    written when a cell cannot be exported.  Returns (the script, a line saying what it holds)."""
     from ..engine.batch import DEFAULT_TIMEOUT
 
     nb = read_notebook(notebook)
@@ -226,4 +213,7 @@ def export_notebook(notebook: str, output: str | None = None, *, solutions: bool
                           f"cell at fault {SKIP_TAG}") from None
     os.makedirs(os.path.dirname(os.path.abspath(script)), exist_ok=True)
     Path(script).write_text(text, encoding="utf-8")
-    return Exported(script, cells, skipped)
+    kinds = Counter(c.kind for c in cells)
+    left = f"; left out ({SKIP_TAG}): cells {', '.join(map(str, skipped))}" if skipped else ""
+    return script, (f"wrote {script}: {kinds['px']} %%px, {kinds['local']} %%px --local and "
+                    f"{kinds['notebook']} notebook cells{left}")
