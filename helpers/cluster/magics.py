@@ -27,7 +27,7 @@ _COLLECTIVE_FAILURE = re.compile(
     re.I,
 )
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_ARROW = re.compile(r"^-+>\s*(\d+)\s+(.*\S)\s*$")
+_ARROW = re.compile(r"^[ \t]*-+>[ \t]*(\d+)[ \t]+(.*\S)", re.M)  # a traceback's "----> N code" line
 
 
 class CollectiveError(CourseError):
@@ -57,11 +57,8 @@ def same_error_everywhere(err: ipp_error.CompositeError, targets: list[int]) -> 
 def _user_line(traceback: str | None) -> str | None:
     """The learner's own line that was running: the first ``----> N code`` in the cell frame
     (``traceback``: a RemoteError's, its lines joined)."""
-    for line in _ANSI.sub("", traceback or "").splitlines():
-        m = _ARROW.match(line.strip())
-        if m:
-            return f"`{m.group(2)}` (cell line {m.group(1)})"
-    return None
+    m = _ARROW.search(_ANSI.sub("", traceback or ""))
+    return f"`{m.group(2)}` (cell line {m.group(1)})" if m else None
 
 
 def _short(evalue: str) -> str:
