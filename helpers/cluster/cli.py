@@ -315,11 +315,10 @@ def cmd_start(args) -> int:
         return 0
     if clean_stale(ref):
         print(f"cleaned up a stale cluster {ref} left by a crash")
-    n = args.n or default_n(visible_gpus())
     t0 = time.monotonic()
-    start_cluster(ref, n, controller_ip=controller_ip, mpi_args=mpi_args,
-                  daemon=True, timeout=args.timeout, owner_pid=getattr(args, "owner_pid", None))
-    print(f"cluster {ref} started: {n} {'mpi' if mpi_args else 'local'} engines in "
+    cluster = start_cluster(ref, args.n, controller_ip=controller_ip, mpi_args=mpi_args,
+                            daemon=True, timeout=args.timeout, owner_pid=getattr(args, "owner_pid", None))
+    print(f"cluster {ref} started: {cluster.n} {'mpi' if mpi_args else 'local'} engines in "
           f"{time.monotonic() - t0:.1f} s (profile {ref.profile_dir})")
     if args.foreground:
         return _hold(ref)

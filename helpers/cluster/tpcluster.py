@@ -32,7 +32,6 @@ from ..common.topology import (
     check_min_ranks,
     check_n,
     check_nodes,
-    default_n,
     layout_note,
     plan_ranks,
     threads_per_engine,
@@ -493,7 +492,7 @@ def _open_client(ref: ClusterRef, n, start_timeout: float):
             "Start one in a terminal with ./launch_cluster.sh start, then connect() again."
         ) from e
     try:
-        return cluster.connect_client_sync(), cluster, n or default_n(visible_gpus())
+        return cluster.connect_client_sync(), cluster, cluster.n
     except BaseException:
         stop_cluster(ref, cluster=cluster)
         raise
