@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack, suppress
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 import psutil
@@ -119,8 +119,7 @@ def kill_processes(procs: list, grace: float = 1.0) -> list:
 def cluster_processes(ref_or_id) -> list:
     """Live processes (on this host) that belong to a cluster: ``cluster_processes(ref)``, or
     ``cluster_processes(cluster_id)`` for every profile dir."""
-    ref = ref_or_id if isinstance(ref_or_id, ClusterRef) else None
-    cluster_id, profile_dir = (ref.cluster_id, ref.profile_dir) if ref else (ref_or_id, None)
+    cluster_id, profile_dir = astuple(ref_or_id) if isinstance(ref_or_id, ClusterRef) else (ref_or_id, None)
     return [p for p in psutil.process_iter(["pid"])
             if p.pid != os.getpid() and _belongs(p, cluster_id, profile_dir)]
 
