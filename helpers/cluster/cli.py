@@ -320,19 +320,13 @@ def cmd_start(args) -> int:
                             daemon=True, timeout=args.timeout, owner_pid=getattr(args, "owner_pid", None))
     print(f"cluster {ref} started: {cluster.n} {'mpi' if mpi_args else 'local'} engines in "
           f"{time.monotonic() - t0:.1f} s (profile {ref.profile_dir})")
-    if args.foreground:
-        return _hold(ref)
-    return 0
-
-
-def _hold(ref: ClusterRef) -> int:
-    """Block until the cluster stops; stop it on SIGTERM/SIGINT (PBS walltime, Ctrl-C)."""
-    stopping = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
-    while not stopping and is_running(ref):
-        time.sleep(1)
-    stop_cluster(ref)
+    if args.foreground:  # block until the cluster stops; stop it on SIGTERM/SIGINT (PBS walltime, Ctrl-C)
+        stopping = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+        while not stopping and is_running(ref):
+            time.sleep(1)
+        stop_cluster(ref)
     return 0
 
 
