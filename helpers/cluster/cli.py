@@ -216,12 +216,9 @@ def write_pbs_job(args, path: str, *, name: str, log: str, what: str, how: str, 
     """Write a job to ``path``: what it is, its ``#PBS`` lines, modules and python, then ``body``;
     returns ``path``.  The caller has checked the account (``_check_account``)."""
     modules = "".join(f"module load {m}\n" for m in args.modules.split())
-    head = PBS_HEADER.format(
-        what=what, how=how, name=name[:15], account=args.account, queue=args.queue,
-        nodes=args.nodes, ncpus=args.ncpus, ngpus=args.ngpus, ppn=args.ppn,
-        walltime=args.walltime, log=log, modules=modules,
-        bindir=shlex.quote(os.path.dirname(sys.executable)), python=shlex.quote(sys.executable),
-    )
+    head = PBS_HEADER.format_map(dict(  # account, queue, nodes, ncpus, ngpus, ppn, walltime: the options
+        vars(args), what=what, how=how, name=name[:15], log=log, modules=modules,
+        bindir=shlex.quote(os.path.dirname(sys.executable)), python=shlex.quote(sys.executable)))
     Path(path).write_text(head + body)
     return path
 
