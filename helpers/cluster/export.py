@@ -82,18 +82,18 @@ def with_solutions(nb: dict) -> dict:
 
 
 # ------------------------------------------------------------------------- classifying
-def _jupyter_only(source: str) -> int | None:
-    """The index of the first line of ``source`` that only IPython can run (a magic, ``!shell``,
-    ``get_ipython()``), if any."""
+def _jupyter_only(source: str) -> str | None:
+    """The first line of ``source`` that only IPython can run (a magic, ``!shell``,
+    ``get_ipython()``), stripped, if any."""
     from IPython.core.inputtransformer2 import TransformerManager
 
     plain = source if source.endswith("\n") else source + "\n"
     transformed = TransformerManager().transform_cell(plain)
+    lines, new = plain.splitlines(), transformed.splitlines()
     if transformed == plain:
         match = _GET_IPYTHON.search(source)
-        return source[: match.start()].count("\n") if match else None
-    lines, new = plain.splitlines(), transformed.splitlines()
-    return next((k for k, (a, b) in enumerate(zip(lines, new)) if a != b), min(len(lines), len(new)) - 1)
+        return lines[source[: match.start()].count("\n")].strip() if match else None
+    return next((a for a, b in zip(lines, new) if a != b), lines[min(len(lines), len(new)) - 1]).strip()
 
 
 def _refuse(index: int, source: str, why: str) -> ExportError:
@@ -116,8 +116,7 @@ def classify(index: int, source: str) -> Cell:
         body = "\n".join(lines[1:]) + ("\n" if len(lines) > 1 else "")
     bad = _jupyter_only(body)
     if bad is not None:
-        line = body.splitlines()[bad].strip()  # bad indexes one of its lines
-        raise _refuse(index, source, f"has {line[:40]!r}, which only IPython can run "
+        raise _refuse(index, source, f"has {bad[:40]!r}, which only IPython can run "
                                      "(a magic, a !shell line or get_ipython())")
     try:
         compile(body, f"<cell {index}>", "exec")
