@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 def mpi_launch_args(ppn: int, extra: str | None) -> list[str]:
     """mpiexec and its arguments: Cray PALS on Derecho, MPICH hydra on Debian.
 
-    ``$TP_MPIEXEC`` names another mpiexec (default: the one on PATH).
+    ``$TP_MPIEXEC`` names another mpiexec (default: the one on PATH); refused without it or mpi4py.
     """
     name = os.environ.get("TP_MPIEXEC", "mpiexec")
     mpiexec = shutil.which(name)
@@ -149,6 +149,8 @@ def mpi_launch_args(ppn: int, extra: str | None) -> list[str]:
             f"{name} not found: load an MPI (Derecho: module load cray-mpich; "
             "Debian: apt-get install mpich) or start without --mpi"
         )
+    if importlib.util.find_spec("mpi4py") is None:
+        raise ValueError("MPI engines need mpi4py: pip install mpi4py (built against this MPI)")
     if extra is not None:
         return [mpiexec, *shlex.split(extra)]
     version = ""
@@ -299,11 +301,7 @@ def cmd_start(args) -> int:
     if args.nccl:
         gpus = visible_gpus()
         check_n(args.n or default_n(gpus), backend="nccl", gpus=gpus)
-    mpi_args = None
-    if args.mpi or in_job:
-        mpi_args = mpi_launch_args(args.ppn, args.mpi_args)
-        if importlib.util.find_spec("mpi4py") is None:
-            raise ValueError("MPI engines need mpi4py: pip install mpi4py (built against this MPI)")
+    mpi_args = mpi_launch_args(args.ppn, args.mpi_args) if args.mpi or in_job else None
     # in a job, compute nodes must reach the controller: bind the interface of this host's name
     controller_ip = socket.gethostbyname(socket.gethostname()) if in_job else "127.0.0.1"
     if is_running(ref):
