@@ -55,8 +55,8 @@ def wait_until(done, seconds: float, poll: float = 0.05) -> bool:
 
 
 # --------------------------------------------------------------------------- processes
-def _pids_in_cluster_file(path: str) -> list[int]:
-    """Every pid an ipyparallel cluster file records (controller, engines, mpiexec)."""
+def _recorded_pids(ref: ClusterRef) -> list[int]:
+    """Pids of this cluster's live processes that its ipyparallel cluster file records (controller, engines, mpiexec)."""
     found = []
 
     def note_pid(obj: dict) -> dict:  # each JSON object's "pid", noted as json.loads builds the object
@@ -64,8 +64,9 @@ def _pids_in_cluster_file(path: str) -> list[int]:
         return obj
 
     with suppress(OSError, ValueError):
-        json.loads(Path(path).read_text(), object_hook=note_pid)
-        return [p for p in found if isinstance(p, int) and p > 0]
+        json.loads(Path(ref.cluster_file).read_text(), object_hook=note_pid)
+        return [p for p in found if isinstance(p, int) and p > 0
+                and _belongs(p, ref.cluster_id, ref.profile_dir, unset_ok=True)]
     return []
 
 
@@ -312,9 +313,7 @@ def stop_cluster(ref: ClusterRef, *, client=None, cluster=None) -> StopReport:
             if remote:  # a PBS job on another node: its controller stops, the job ends
                 with suppress(Exception):
                     client.shutdown(hub=True, block=False)
-    pids = [p for p in _pids_in_cluster_file(ref.cluster_file)
-            if _belongs(p, ref.cluster_id, ref.profile_dir, unset_ok=True)]
-    procs = {p.pid: p for p in process_tree(pids) + cluster_processes(ref)}
+    procs = {p.pid: p for p in process_tree(_recorded_pids(ref)) + cluster_processes(ref)}
     engines = [p for p in procs.values() if any("engine" in part for part in _cmdline(p)[1:4])]
     if engines and report.exited:
         psutil.wait_procs(engines, timeout=STOP_GRACE)
