@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SKIP_TAG = "export-skip"
-_LABELS = {"px": "%%px", "local": "%%px --local", "notebook": "notebook"}  # a cell's kind, in the script
 
 _GET_IPYTHON = re.compile(r"\bget_ipython\s*\(")
 _SOLUTION = re.compile(r"```python\n(.*?)```", re.S)
@@ -32,7 +31,7 @@ class Cell:
     """One code cell to export: where it runs, and its body (without the ``%%px`` line)."""
 
     index: int      # position among all the notebook's cells, from 0
-    kind: str       # "px", "local" (%%px --local) or "notebook"
+    kind: str       # "%%px", "%%px --local" or "notebook", as the script's comments name it
     body: str
 
 
@@ -112,7 +111,7 @@ def classify(index: int, source: str) -> Cell:
         if options not in ([], ["--local"]):
             raise _refuse(index, source, f"uses %%px {' '.join(options)}: only %%px and "
                                          "%%px --local have a batch equivalent")
-        kind = "local" if options else "px"
+        kind = "%%px --local" if options else "%%px"
         body = "\n".join(lines[1:]) + ("\n" if len(lines) > 1 else "")
     bad = _jupyter_only(body)
     if bad is not None:
@@ -180,11 +179,11 @@ def render_script(cells: list[Cell], *, notebook: str, script: str, skipped: lis
     if skipped:
         out.append(f"# left out ({SKIP_TAG}): cells {', '.join(map(str, skipped))}")
     for cell in cells:
-        out += ["", f"# ── cell {cell.index} · {_LABELS[cell.kind]}"]
+        out += ["", f"# ── cell {cell.index} · {cell.kind}"]
         if cell.kind != "notebook":  # on the engines: %%px and %%px --local
-            out.append(f"_job.px({cell.index}{', local=True' if cell.kind == 'local' else ''})")
+            out.append(f"_job.px({cell.index}{', local=True' if cell.kind == '%%px --local' else ''})")
             out.append(cell.body.rstrip("\n"))
-        if cell.kind != "px":  # in the kernel: notebook cells and %%px --local
+        if cell.kind != "%%px":  # in the kernel: notebook cells and %%px --local
             out.append(f"_job.notebook({cell.index}, {_literal(cell.body)})")
     out += ["", "_job.finish()", ""]
     return "\n".join(out)
@@ -214,5 +213,5 @@ def export_notebook(notebook: str, output: str | None = None, *, solutions: bool
     Path(script).write_text(text, encoding="utf-8")
     kinds = Counter(c.kind for c in cells)
     left = f"; left out ({SKIP_TAG}): cells {', '.join(map(str, skipped))}" if skipped else ""
-    return script, (f"wrote {script}: {kinds['px']} %%px, {kinds['local']} %%px --local and "
+    return script, (f"wrote {script}: {kinds['%%px']} %%px, {kinds['%%px --local']} %%px --local and "
                     f"{kinds['notebook']} notebook cells{left}")
