@@ -155,7 +155,6 @@ def render_script(cells: list[Cell], *, notebook: str, script: str, skipped: lis
     """The torchrun script's text (paths: the notebook's and the script's, as written)."""
     from ..engine.batch import FIGURES_SUFFIX
 
-    name = os.path.basename(notebook)
     stem = os.path.splitext(os.path.basename(script))[0]
     nb_dir = os.path.dirname(os.path.abspath(notebook))
     rel = os.path.relpath(nb_dir, os.path.dirname(os.path.abspath(script)))
@@ -164,7 +163,7 @@ def render_script(cells: list[Cell], *, notebook: str, script: str, skipped: lis
         "#!/usr/bin/env python",
         "# ruff: noqa",
         "# flake8: noqa",
-        f'"""{name} as a torchrun batch job, written by ./launch_cluster.sh export.',
+        f'"""{os.path.basename(notebook)} as a torchrun batch job, written by ./launch_cluster.sh export.',
         "",
         "Edit the notebook, not this file, and export again.  Run it with",
         f"    torchrun --standalone --nproc_per_node=4 {os.path.basename(script)}",
