@@ -155,10 +155,7 @@ class TPCluster(RankFacts):
                 f"push_by_rank needs one value per rank: got {len(values)} for "
                 f"{self.world_size} ranks"
             )
-        self.recovery.check_alive()
-        futures = [self.client[eid].push({name: v}, block=False) for eid, v in zip(self.engine_ids, values)]
-        for f in futures:
-            f.get()
+        self.view.scatter(name, values, flatten=True, block=False).get()  # values[r] alone to rank r's engine
 
     def pull_dtensor(self, name: str):
         """As :class:`helpers.common.api.ClusterAPI` says (:func:`helpers.reference.dtensor.pull_dtensor`)."""
