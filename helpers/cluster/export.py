@@ -126,14 +126,9 @@ def classify(index: int, source: str) -> Cell:
 
 def plan_cells(nb: dict) -> tuple[list[Cell], list[int]]:
     """(cells to export in order, indices of code cells left out with export-skip)."""
-    cells, skipped = [], []
-    for i, c in enumerate(nb["cells"]):
-        if c.get("cell_type") != "code":
-            continue
-        if SKIP_TAG in _tags(c):
-            skipped.append(i)
-        elif _source(c).strip():
-            cells.append(classify(i, _source(c)))
+    code = [(i, c) for i, c in enumerate(nb["cells"]) if c.get("cell_type") == "code"]
+    skipped = [i for i, c in code if SKIP_TAG in _tags(c)]
+    cells = [classify(i, _source(c)) for i, c in code if i not in skipped and _source(c).strip()]
     return cells, skipped
 
 
