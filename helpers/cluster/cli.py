@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 def mpi_launch_args(ppn: int, extra: str | None) -> list[str]:
     """mpiexec and its arguments: Cray PALS on Derecho, MPICH hydra on Debian.
 
-    ``$TP_MPIEXEC`` names another mpiexec (default: the one on PATH).
+    ``$TP_MPIEXEC`` names another mpiexec (default: the one on PATH); refused without it or mpi4py.
     """
     name = os.environ.get("TP_MPIEXEC", "mpiexec")
     mpiexec = shutil.which(name)
@@ -149,6 +149,8 @@ def mpi_launch_args(ppn: int, extra: str | None) -> list[str]:
             f"{name} not found: load an MPI (Derecho: module load cray-mpich; "
             "Debian: apt-get install mpich) or start without --mpi"
         )
+    if importlib.util.find_spec("mpi4py") is None:
+        raise ValueError("MPI engines need mpi4py: pip install mpi4py (built against this MPI)")
     if extra is not None:
         return [mpiexec, *shlex.split(extra)]
     version = ""
@@ -216,12 +218,9 @@ def write_pbs_job(args, path: str, *, name: str, log: str, what: str, how: str, 
     """Write a job to ``path``: what it is, its ``#PBS`` lines, modules and python, then ``body``;
     returns ``path``.  The caller has checked the account (``_check_account``)."""
     modules = "".join(f"module load {m}\n" for m in args.modules.split())
-    head = PBS_HEADER.format(
-        what=what, how=how, name=name[:15], account=args.account, queue=args.queue,
-        nodes=args.nodes, ncpus=args.ncpus, ngpus=args.ngpus, ppn=args.ppn,
-        walltime=args.walltime, log=log, modules=modules,
-        bindir=shlex.quote(os.path.dirname(sys.executable)), python=shlex.quote(sys.executable),
-    )
+    head = PBS_HEADER.format_map(dict(  # account, queue, nodes, ncpus, ngpus, ppn, walltime: the options
+        vars(args), what=what, how=how, name=name[:15], log=log, modules=modules,
+        bindir=shlex.quote(os.path.dirname(sys.executable)), python=shlex.quote(sys.executable)))
     Path(path).write_text(head + body)
     return path
 
@@ -302,11 +301,7 @@ def cmd_start(args) -> int:
     if args.nccl:
         gpus = visible_gpus()
         check_n(args.n or default_n(gpus), backend="nccl", gpus=gpus)
-    mpi_args = None
-    if args.mpi or in_job:
-        mpi_args = mpi_launch_args(args.ppn, args.mpi_args)
-        if importlib.util.find_spec("mpi4py") is None:
-            raise ValueError("MPI engines need mpi4py: pip install mpi4py (built against this MPI)")
+    mpi_args = mpi_launch_args(args.ppn, args.mpi_args) if args.mpi or in_job else None
     # in a job, compute nodes must reach the controller: bind the interface of this host's name
     controller_ip = socket.gethostbyname(socket.gethostname()) if in_job else "127.0.0.1"
     if is_running(ref):
@@ -315,25 +310,18 @@ def cmd_start(args) -> int:
         return 0
     if clean_stale(ref):
         print(f"cleaned up a stale cluster {ref} left by a crash")
-    n = args.n or default_n(visible_gpus())
     t0 = time.monotonic()
-    start_cluster(ref, n, controller_ip=controller_ip, mpi_args=mpi_args,
-                  daemon=True, timeout=args.timeout, owner_pid=getattr(args, "owner_pid", None))
-    print(f"cluster {ref} started: {n} {'mpi' if mpi_args else 'local'} engines in "
+    cluster = start_cluster(ref, args.n, controller_ip=controller_ip, mpi_args=mpi_args,
+                            daemon=True, timeout=args.timeout, owner_pid=getattr(args, "owner_pid", None))
+    print(f"cluster {ref} started: {cluster.n} {'mpi' if mpi_args else 'local'} engines in "
           f"{time.monotonic() - t0:.1f} s (profile {ref.profile_dir})")
-    if args.foreground:
-        return _hold(ref)
-    return 0
-
-
-def _hold(ref: ClusterRef) -> int:
-    """Block until the cluster stops; stop it on SIGTERM/SIGINT (PBS walltime, Ctrl-C)."""
-    stopping = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
-    while not stopping and is_running(ref):
-        time.sleep(1)
-    stop_cluster(ref)
+    if args.foreground:  # block until the cluster stops; stop it on SIGTERM/SIGINT (PBS walltime, Ctrl-C)
+        stopping = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+        while not stopping and is_running(ref):
+            time.sleep(1)
+        stop_cluster(ref)
     return 0
 
 
@@ -427,13 +415,13 @@ def cmd_export(args) -> int:
     """Write the notebook as a torchrun script (helpers.cluster.export), and with --pbs a PBS job."""
     if args.pbs:
         _check_account(args)  # refused before anything is written
-    done = export_notebook(args.notebook, args.output, solutions=args.solutions, timeout=args.timeout)
-    print(done.summary())
+    script, summary = export_notebook(args.notebook, args.output, solutions=args.solutions, timeout=args.timeout)
+    print(summary)
     if args.pbs:
-        job = write_torchrun_pbs(args, done.script)
+        job = write_torchrun_pbs(args, script)
         print(f"wrote {job} ({args.nodes} node(s) x {args.ppn} ranks): qsub {shlex.quote(job)}")
     else:
-        print(f"run it: torchrun --standalone --nproc_per_node=4 {shlex.quote(done.script)}")
+        print(f"run it: torchrun --standalone --nproc_per_node=4 {shlex.quote(script)}")
     return 0
 
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SKIP_TAG = "export-skip"
-_LABELS = {"px": "%%px", "local": "%%px --local", "notebook": "notebook"}  # a cell's kind, in the script
 
 _GET_IPYTHON = re.compile(r"\bget_ipython\s*\(")
 _SOLUTION = re.compile(r"```python\n(.*?)```", re.S)
@@ -32,7 +31,7 @@ class Cell:
     """One code cell to export: where it runs, and its body (without the ``%%px`` line)."""
 
     index: int      # position among all the notebook's cells, from 0
-    kind: str       # "px", "local" (%%px --local) or "notebook"
+    kind: str       # "%%px", "%%px --local" or "notebook", as the script's comments name it
     body: str
 
 
@@ -82,18 +81,18 @@ def with_solutions(nb: dict) -> dict:
 
 
 # ------------------------------------------------------------------------- classifying
-def _jupyter_only(source: str) -> int | None:
-    """The index of the first line of ``source`` that only IPython can run (a magic, ``!shell``,
-    ``get_ipython()``), if any."""
+def _jupyter_only(source: str) -> str | None:
+    """The first line of ``source`` that only IPython can run (a magic, ``!shell``,
+    ``get_ipython()``), stripped, if any."""
     from IPython.core.inputtransformer2 import TransformerManager
 
     plain = source if source.endswith("\n") else source + "\n"
     transformed = TransformerManager().transform_cell(plain)
+    lines, new = plain.splitlines(), transformed.splitlines()
     if transformed == plain:
         match = _GET_IPYTHON.search(source)
-        return source[: match.start()].count("\n") if match else None
-    lines, new = plain.splitlines(), transformed.splitlines()
-    return next((k for k, (a, b) in enumerate(zip(lines, new)) if a != b), min(len(lines), len(new)) - 1)
+        return lines[source[: match.start()].count("\n")].strip() if match else None
+    return next((a for a, b in zip(lines, new) if a != b), lines[min(len(lines), len(new)) - 1]).strip()
 
 
 def _refuse(index: int, source: str, why: str) -> ExportError:
@@ -112,12 +111,11 @@ def classify(index: int, source: str) -> Cell:
         if options not in ([], ["--local"]):
             raise _refuse(index, source, f"uses %%px {' '.join(options)}: only %%px and "
                                          "%%px --local have a batch equivalent")
-        kind = "local" if options else "px"
+        kind = "%%px --local" if options else "%%px"
         body = "\n".join(lines[1:]) + ("\n" if len(lines) > 1 else "")
     bad = _jupyter_only(body)
     if bad is not None:
-        line = body.splitlines()[bad].strip()  # bad indexes one of its lines
-        raise _refuse(index, source, f"has {line[:40]!r}, which only IPython can run "
+        raise _refuse(index, source, f"has {bad[:40]!r}, which only IPython can run "
                                      "(a magic, a !shell line or get_ipython())")
     try:
         compile(body, f"<cell {index}>", "exec")
@@ -128,14 +126,9 @@ def classify(index: int, source: str) -> Cell:
 
 def plan_cells(nb: dict) -> tuple[list[Cell], list[int]]:
     """(cells to export in order, indices of code cells left out with export-skip)."""
-    cells, skipped = [], []
-    for i, c in enumerate(nb["cells"]):
-        if c.get("cell_type") != "code":
-            continue
-        if SKIP_TAG in _tags(c):
-            skipped.append(i)
-        elif _source(c).strip():
-            cells.append(classify(i, _source(c)))
+    code = [(i, c) for i, c in enumerate(nb["cells"]) if c.get("cell_type") == "code"]
+    skipped = [i for i, c in code if SKIP_TAG in _tags(c)]
+    cells = [classify(i, _source(c)) for i, c in code if i not in skipped and _source(c).strip()]
     return cells, skipped
 
 
@@ -157,7 +150,6 @@ def render_script(cells: list[Cell], *, notebook: str, script: str, skipped: lis
     """The torchrun script's text (paths: the notebook's and the script's, as written)."""
     from ..engine.batch import FIGURES_SUFFIX
 
-    name = os.path.basename(notebook)
     stem = os.path.splitext(os.path.basename(script))[0]
     nb_dir = os.path.dirname(os.path.abspath(notebook))
     rel = os.path.relpath(nb_dir, os.path.dirname(os.path.abspath(script)))
@@ -166,7 +158,7 @@ def render_script(cells: list[Cell], *, notebook: str, script: str, skipped: lis
         "#!/usr/bin/env python",
         "# ruff: noqa",
         "# flake8: noqa",
-        f'"""{name} as a torchrun batch job, written by ./launch_cluster.sh export.',
+        f'"""{os.path.basename(notebook)} as a torchrun batch job, written by ./launch_cluster.sh export.',
         "",
         "Edit the notebook, not this file, and export again.  Run it with",
         f"    torchrun --standalone --nproc_per_node=4 {os.path.basename(script)}",
@@ -181,33 +173,20 @@ def render_script(cells: list[Cell], *, notebook: str, script: str, skipped: lis
     if skipped:
         out.append(f"# left out ({SKIP_TAG}): cells {', '.join(map(str, skipped))}")
     for cell in cells:
-        out += ["", f"# ── cell {cell.index} · {_LABELS[cell.kind]}"]
+        out += ["", f"# ── cell {cell.index} · {cell.kind}"]
         if cell.kind != "notebook":  # on the engines: %%px and %%px --local
-            out.append(f"_job.px({cell.index}{', local=True' if cell.kind == 'local' else ''})")
+            out.append(f"_job.px({cell.index}{', local=True' if cell.kind == '%%px --local' else ''})")
             out.append(cell.body.rstrip("\n"))
-        if cell.kind != "px":  # in the kernel: notebook cells and %%px --local
+        if cell.kind != "%%px":  # in the kernel: notebook cells and %%px --local
             out.append(f"_job.notebook({cell.index}, {_literal(cell.body)})")
     out += ["", "_job.finish()", ""]
     return "\n".join(out)
 
 
-@dataclass(frozen=True)
-class Exported:
-    script: str
-    cells: list[Cell]
-    skipped: list[int]
-
-    def summary(self) -> str:
-        kinds = Counter(c.kind for c in self.cells)
-        left = f"; left out ({SKIP_TAG}): cells {', '.join(map(str, self.skipped))}" if self.skipped else ""
-        return (f"wrote {self.script}: {kinds['px']} %%px, {kinds['local']} %%px --local and "
-                f"{kinds['notebook']} notebook cells{left}")
-
-
 def export_notebook(notebook: str, output: str | None = None, *, solutions: bool = False,
-                    timeout: float | None = None) -> Exported:
+                    timeout: float | None = None) -> tuple[str, str]:
     """Write ``notebook`` as a torchrun script (default: next to it, ``.py``); nothing is
-    written when a cell cannot be exported."""
+    written when a cell cannot be exported.  Returns (the script, a line saying what it holds)."""
     from ..engine.batch import DEFAULT_TIMEOUT
 
     nb = read_notebook(notebook)
@@ -226,4 +205,7 @@ def export_notebook(notebook: str, output: str | None = None, *, solutions: bool
                           f"cell at fault {SKIP_TAG}") from None
     os.makedirs(os.path.dirname(os.path.abspath(script)), exist_ok=True)
     Path(script).write_text(text, encoding="utf-8")
-    return Exported(script, cells, skipped)
+    kinds = Counter(c.kind for c in cells)
+    left = f"; left out ({SKIP_TAG}): cells {', '.join(map(str, skipped))}" if skipped else ""
+    return script, (f"wrote {script}: {kinds['%%px']} %%px, {kinds['%%px --local']} %%px --local and "
+                    f"{kinds['notebook']} notebook cells{left}")

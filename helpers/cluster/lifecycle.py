@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack, suppress
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 import psutil
@@ -55,8 +55,8 @@ def wait_until(done, seconds: float, poll: float = 0.05) -> bool:
 
 
 # --------------------------------------------------------------------------- processes
-def _pids_in_cluster_file(path: str) -> list[int]:
-    """Every pid an ipyparallel cluster file records (controller, engines, mpiexec)."""
+def _recorded_pids(ref: ClusterRef) -> list[int]:
+    """Pids of this cluster's live processes that its ipyparallel cluster file records (controller, engines, mpiexec)."""
     found = []
 
     def note_pid(obj: dict) -> dict:  # each JSON object's "pid", noted as json.loads builds the object
@@ -64,8 +64,9 @@ def _pids_in_cluster_file(path: str) -> list[int]:
         return obj
 
     with suppress(OSError, ValueError):
-        json.loads(Path(path).read_text(), object_hook=note_pid)
-        return [p for p in found if isinstance(p, int) and p > 0]
+        json.loads(Path(ref.cluster_file).read_text(), object_hook=note_pid)
+        return [p for p in found if isinstance(p, int) and p > 0
+                and _belongs(p, ref.cluster_id, ref.profile_dir, unset_ok=True)]
     return []
 
 
@@ -119,8 +120,7 @@ def kill_processes(procs: list, grace: float = 1.0) -> list:
 def cluster_processes(ref_or_id) -> list:
     """Live processes (on this host) that belong to a cluster: ``cluster_processes(ref)``, or
     ``cluster_processes(cluster_id)`` for every profile dir."""
-    ref = ref_or_id if isinstance(ref_or_id, ClusterRef) else None
-    cluster_id, profile_dir = (ref.cluster_id, ref.profile_dir) if ref else (ref_or_id, None)
+    cluster_id, profile_dir = astuple(ref_or_id) if isinstance(ref_or_id, ClusterRef) else (ref_or_id, None)
     return [p for p in psutil.process_iter(["pid"])
             if p.pid != os.getpid() and _belongs(p, cluster_id, profile_dir)]
 
@@ -227,8 +227,14 @@ def start_cluster(
     cluster.start_engines_sync(n)
     ref.write_state(host=socket.gethostname(), mode=mode, n=n, started=time.time(),
                     job_id=os.environ.get("PBS_JOBID"), owner_pid=owner_pid)
-    if owner_pid:
-        start_reaper(ref, owner_pid)
+    if owner_pid:  # the reaper (reaper.py) ends the cluster when owner_pid dies
+        subprocess.Popen(  # python -m puts its working directory, REPO, first on sys.path
+            [sys.executable, "-m", "helpers.cluster.reaper", str(owner_pid), ref.cluster_id,
+             ref.profile_dir],
+            env=dict(os.environ, IPP_CLUSTER_ID=ref.cluster_id, IPP_PROFILE_DIR=ref.profile_dir),
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )
     if wait:
         with cluster.connect_client_sync() as client:
             try:
@@ -242,17 +248,6 @@ def start_cluster(
                     f"nothing was left running.{log}"
                 ) from None
     return cluster
-
-
-def start_reaper(ref: ClusterRef, owner_pid: int) -> None:
-    """Start the process that ends this cluster when ``owner_pid`` dies (see reaper.py)."""
-    subprocess.Popen(  # python -m puts its working directory, REPO, first on sys.path
-        [sys.executable, "-m", "helpers.cluster.reaper", str(owner_pid), ref.cluster_id,
-         ref.profile_dir],
-        env=dict(os.environ, IPP_CLUSTER_ID=ref.cluster_id, IPP_PROFILE_DIR=ref.profile_dir),
-        cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-    )
 
 
 def engine_log_tail(cluster, lines: int = 8) -> str:
@@ -313,9 +308,7 @@ def stop_cluster(ref: ClusterRef, *, client=None, cluster=None) -> StopReport:
             if remote:  # a PBS job on another node: its controller stops, the job ends
                 with suppress(Exception):
                     client.shutdown(hub=True, block=False)
-    pids = [p for p in _pids_in_cluster_file(ref.cluster_file)
-            if _belongs(p, ref.cluster_id, ref.profile_dir, unset_ok=True)]
-    procs = {p.pid: p for p in process_tree(pids) + cluster_processes(ref)}
+    procs = {p.pid: p for p in process_tree(_recorded_pids(ref)) + cluster_processes(ref)}
     engines = [p for p in procs.values() if any("engine" in part for part in _cmdline(p)[1:4])]
     if engines and report.exited:
         psutil.wait_procs(engines, timeout=STOP_GRACE)

@@ -27,7 +27,7 @@ _COLLECTIVE_FAILURE = re.compile(
     re.I,
 )
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_ARROW = re.compile(r"^-+>\s*(\d+)\s+(.*\S)\s*$")
+_ARROW = re.compile(r"^[ \t]*-+>[ \t]*(\d+)[ \t]+(.*\S)", re.M)  # a traceback's "----> N code" line
 
 
 class CollectiveError(CourseError):
@@ -57,11 +57,8 @@ def same_error_everywhere(err: ipp_error.CompositeError, targets: list[int]) -> 
 def _user_line(traceback: str | None) -> str | None:
     """The learner's own line that was running: the first ``----> N code`` in the cell frame
     (``traceback``: a RemoteError's, its lines joined)."""
-    for line in _ANSI.sub("", traceback or "").splitlines():
-        m = _ARROW.match(line.strip())
-        if m:
-            return f"`{m.group(2)}` (cell line {m.group(1)})"
-    return None
+    m = _ARROW.search(_ANSI.sub("", traceback or ""))
+    return f"`{m.group(2)}` (cell line {m.group(1)})" if m else None
 
 
 def _short(evalue: str) -> str:
@@ -73,25 +70,21 @@ def _short(evalue: str) -> str:
 def explain(err: ipp_error.CompositeError, rank_of: dict[int, int], targets: list[int],
             timeout: float) -> CollectiveError | None:
     """A CollectiveError describing a failed collective, or None if that is not what failed."""
-    failed = {}
+    failed = {}  # engine id -> what its rank did; never empty (a CompositeError holds >= 1 error)
     for ename, evalue, etb, einfo in err.elist:
         eid = (einfo or {}).get("engine_id")
         if eid is None or not _COLLECTIVE_FAILURE.search(f"{ename} {evalue}"):
             return None  # an ordinary error in the learner's code: show it as it is
-        failed[eid] = (evalue, etb)  # not empty: ipyparallel raises a CompositeError for >= 1 error
+        failed[eid] = f"waited in {_user_line(etb) or 'a collective'} and failed: {_short(evalue)}"
     lines = [f"A collective did not complete on every rank (process-group timeout {timeout:g} s):"]
     for eid in sorted(targets, key=lambda e: rank_of.get(e, e)):
         r = rank_of.get(eid, f"engine {eid}")
-        if eid in failed:
-            evalue, etb = failed[eid]
-            lines.append(f"  rank {r}: waited in {_user_line(etb) or 'a collective'} and failed: {_short(evalue)}")
-        else:
-            lines.append(f"  rank {r}: finished the cell without entering that collective")
+        lines.append(f"  rank {r}: {failed.get(eid, 'finished the cell without entering that collective')}")
     absent = sorted(r for e, r in rank_of.items() if e not in targets)
     if absent:
         lines.append(f"  rank(s) {', '.join(map(str, absent))}: not targeted by this cell "
                      "(every rank of the group must run the collective)")
-    if any("pair closure" in v or "destroyed" in v for v, _ in failed.values()):
+    if any("pair closure" in evalue or "destroyed" in evalue for _, evalue, _, _ in err.elist):
         lines.append("The process group was already broken by an earlier failure.")
     lines.append(f"The process group is broken on every rank. Recover with:  {RECOVER}"
                  "   (your engine variables are kept)")

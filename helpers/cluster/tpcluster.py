@@ -32,7 +32,6 @@ from ..common.topology import (
     check_min_ranks,
     check_n,
     check_nodes,
-    default_n,
     layout_note,
     plan_ranks,
     threads_per_engine,
@@ -156,10 +155,7 @@ class TPCluster(RankFacts):
                 f"push_by_rank needs one value per rank: got {len(values)} for "
                 f"{self.world_size} ranks"
             )
-        self.recovery.check_alive()
-        futures = [self.client[eid].push({name: v}, block=False) for eid, v in zip(self.engine_ids, values)]
-        for f in futures:
-            f.get()
+        self.view.scatter(name, values, flatten=True, block=False).get()  # values[r] alone to rank r's engine
 
     def pull_dtensor(self, name: str):
         """As :class:`helpers.common.api.ClusterAPI` says (:func:`helpers.reference.dtensor.pull_dtensor`)."""
@@ -282,13 +278,12 @@ class TPCluster(RankFacts):
                 f"cluster {self.cluster_id!r} has no engines; restart it with "
                 "./launch_cluster.sh stop && ./launch_cluster.sh start"
             )
-        backend, self.engines = plan_ranks(infos, backend, nodes=self.simulated_nodes)
-        self.backend = backend
+        self.backend, self.engines = plan_ranks(infos, backend, nodes=self.simulated_nodes)
         per_host = Counter(e.host for e in self.engines)
         # the group is kept when it was made for this very layout (simulated nodes included):
         # a rebuilt world group costs a second, and a destroyed one lives on while an autograd
         # graph from a notebook still holds it (its sockets and threads with it)
-        layout = {e.engine_id: (True, n, e.rank, backend, e.local_rank, e.local_world_size, e.device)
+        layout = {e.engine_id: (True, n, e.rank, self.backend, e.local_rank, e.local_world_size, e.device)
                   for e in self.engines}
         if force or not all((bool(i["initialized"]), i["world_size"], i["rank"], i["backend"], i.get("local_rank"),
                              i.get("local_world_size"), i.get("device")) == layout[i["engine_id"]] for i in infos):
@@ -298,9 +293,9 @@ class TPCluster(RankFacts):
             rank0 = self.client[self.engine_ids[0]]
             addr = "127.0.0.1" if len(per_host) == 1 else rank0.apply_sync(engine_pg.host_address)
             port = rank0.apply_sync(engine_pg.open_store, addr, n, self.timeout)
-            script = _script_name()
             futures = [self.client[e.engine_id].apply_async(engine_pg.init, e.rank, n, e.local_rank, e.local_world_size,
-                                                            addr, port, backend, e.device, self.timeout, threads, script)
+                                                            addr, port, self.backend, e.device, self.timeout, threads,
+                                                            _script_name())
                        for e in self.engines]
             deadline = time.monotonic() + self.timeout + 30
             for e, f in zip(self.engines, futures):
@@ -493,7 +488,7 @@ def _open_client(ref: ClusterRef, n, start_timeout: float):
             "Start one in a terminal with ./launch_cluster.sh start, then connect() again."
         ) from e
     try:
-        return cluster.connect_client_sync(), cluster, n or default_n(visible_gpus())
+        return cluster.connect_client_sync(), cluster, cluster.n
     except BaseException:
         stop_cluster(ref, cluster=cluster)
         raise
