@@ -227,14 +227,8 @@ def start_cluster(
     cluster.start_engines_sync(n)
     ref.write_state(host=socket.gethostname(), mode=mode, n=n, started=time.time(),
                     job_id=os.environ.get("PBS_JOBID"), owner_pid=owner_pid)
-    if owner_pid:  # the reaper (reaper.py) ends the cluster when owner_pid dies
-        subprocess.Popen(  # python -m puts its working directory, REPO, first on sys.path
-            [sys.executable, "-m", "helpers.cluster.reaper", str(owner_pid), ref.cluster_id,
-             ref.profile_dir],
-            env=dict(os.environ, IPP_CLUSTER_ID=ref.cluster_id, IPP_PROFILE_DIR=ref.profile_dir),
-            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
-        )
+    if owner_pid:
+        start_reaper(ref, owner_pid)
     if wait:
         with cluster.connect_client_sync() as client:
             try:
@@ -248,6 +242,17 @@ def start_cluster(
                     f"nothing was left running.{log}"
                 ) from None
     return cluster
+
+
+def start_reaper(ref: ClusterRef, owner_pid: int) -> None:
+    """Start the process that ends this cluster when ``owner_pid`` dies (see reaper.py)."""
+    subprocess.Popen(  # python -m puts its working directory, REPO, first on sys.path
+        [sys.executable, "-m", "helpers.cluster.reaper", str(owner_pid), ref.cluster_id,
+         ref.profile_dir],
+        env=dict(os.environ, IPP_CLUSTER_ID=ref.cluster_id, IPP_PROFILE_DIR=ref.profile_dir),
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )
 
 
 def engine_log_tail(cluster, lines: int = 8) -> str:

@@ -1,6 +1,6 @@
 """``python -m helpers.cluster.reaper OWNER_PID CLUSTER_ID PROFILE_DIR``: end a cluster with its owner.
 
-Started by :func:`helpers.cluster.lifecycle.start_cluster` for a cluster that a notebook kernel
+Started by :func:`helpers.cluster.lifecycle.start_reaper` for a cluster that a notebook kernel
 (``connect()``) or a ``lab`` session owns.  It checks the owner four times a second; when the
 owner is gone -- a normal exit, a restart, a crash, ``kill -9`` -- it ends the cluster's
 processes and removes its files, then exits.  When the cluster is stopped normally, the
