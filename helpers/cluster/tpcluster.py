@@ -155,6 +155,7 @@ class TPCluster(RankFacts):
                 f"push_by_rank needs one value per rank: got {len(values)} for "
                 f"{self.world_size} ranks"
             )
+        self.recovery.check_alive()
         self.view.scatter(name, values, flatten=True, block=False).get()  # values[r] alone to rank r's engine
 
     def pull_dtensor(self, name: str):
