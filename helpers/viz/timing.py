@@ -2,7 +2,7 @@
 and matmul efficiency next to the cited H100 reference table.
 
 Inputs are what ``cluster.pull(...)`` returned (a list, rank 0 first) of
-:meth:`helpers.measure.timer.StepTimer.split` dicts, keyed by TP degree. Nothing here runs a collective.
+:meth:`helpers.measure.timer.StepTimer.split` dicts, keyed by TP degree.
 The bars use no rank colour (the parts of a step are not ranks): greys for compute, amber for
 communication, hatching for modelled degrees.
 """
