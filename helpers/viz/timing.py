@@ -125,8 +125,7 @@ def efficiency_table(reference: dict, measured: dict | None = None, *, source: s
     return _HTML(table, "\n".join(lines) + (f"\nreference: {source}; {shape}" if source else ""))
 
 
-def efficiency_figure(reference: dict, measured: dict | None = None,
-                      title: str = "Matmul rate relative to p = 1 (one GPU's shard of the layer)") -> Figure:
+def efficiency_figure(reference: dict, measured: dict | None = None) -> Figure:
     """Rate at degree p relative to p = 1: the reference rows in grey, this machine's in black."""
     fig, ax = new_axes(6.4, 3.8)
     greys = ["#9a9a9a", "#b0b0b0", "#7f7f7f", "#c4c4c4", "#8c8c8c", "#a8a8a8"]
@@ -147,7 +146,7 @@ def efficiency_figure(reference: dict, measured: dict | None = None,
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("TP degree p (the shard is 1/p of the layer)")
     ax.set_ylabel("% of the rate at p = 1")
-    ax.set_title(title, fontsize=10.5)
+    ax.set_title("Matmul rate relative to p = 1 (one GPU's shard of the layer)", fontsize=10.5)
     ax.grid(True, color="#dddddd", lw=0.6)
     ax.legend(fontsize=7, frameon=False, ncol=2)
     return fig
