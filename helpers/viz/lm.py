@@ -56,7 +56,6 @@ def plot_activation_memory(measured: Mapping[str, Sequence[float]], formula: Map
     fig, ax = new_axes(8.0, 3.8)
     ticks = []
     for x0, (name, per_rank) in enumerate(measured.items()):
-        per_rank = list(per_rank)
         n = len(per_rank)
         w = 0.8 / (n + 1)
         ax.bar(x0 + w * np.arange(n), per_rank, w, color=[rank_color(r) for r in range(n)] if n > 1 else REPLICATED_GREY,

@@ -32,7 +32,6 @@ def summarize_splits(per_rank: Sequence[dict]) -> dict[int, dict[str, float]]:
     """Mean over ranks of each part of the median step, per degree: {p: {step, matmul, other,
     communication}} in seconds. (The ranks of one TP group wait for each other in every
     all-reduce, so their steps take the same time; the mean also averages the groups.)"""
-    per_rank = list(per_rank)
     if not per_rank:
         raise ValueError("no timings: expected one {degree: split} dict per rank")
     return {p: {k: float(np.mean([r[p][k] for r in per_rank if p in r]))
