@@ -55,10 +55,9 @@ class DTensorView:
     def from_descriptions(cls, name: str, descs: list[dict]) -> "DTensorView":
         """From every rank's :func:`helpers.engine.dtensor.describe` (rank 0 first)."""
         first = descs[0]
-        for r, d in enumerate(descs[1:], start=1):
-            for key, mine, rank0 in (("shape", d["shape"], first["shape"]),
-                                     ("placements", d["placements"], first["placements"]),
-                                     ("mesh", d["mesh"]["ranks"], first["mesh"]["ranks"])):
+        facts = [(d["shape"], d["placements"], d["mesh"]["ranks"]) for d in descs]   # what every rank must agree on
+        for r, fact in enumerate(facts[1:], start=1):
+            for key, mine, rank0 in zip(("shape", "placements", "mesh"), fact, facts[0]):
                 if mine != rank0:
                     raise ValueError(f"{name}: rank {r} has {key} {mine} but rank 0 has {rank0}; "
                                      "every rank must describe the same DTensor")
