@@ -77,7 +77,6 @@ def say(ok: bool, text: str) -> bool:
 
 def per_rank(values: list[dict], name: str, shape, what: str) -> list[torch.Tensor]:
     """The tensor ``name`` from every rank in float64; :class:`NotYet` when one is missing or malformed."""
-    tensors = []
     for r, vals in enumerate(values):
         v = vals.get(name)
         if v is None:
@@ -89,8 +88,7 @@ def per_rank(values: list[dict], name: str, shape, what: str) -> list[torch.Tens
         if tuple(v.shape) != tuple(shape):
             raise NotYet(f"{name} on rank {r} has shape {tuple(v.shape)}, expected {tuple(shape)} "
                          f"on every rank. {what}")
-        tensors.append(f64(v))
-    return tensors
+    return [f64(vals[name]) for vals in values]
 
 
 def dense_grads(module, x, squared: bool = True):

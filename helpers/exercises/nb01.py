@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..reference.compare import reassemble
-from .common import all_close, checker, close, dense_grads, f64, fetch, max_abs, per_rank, say, worst
+from .common import ATOL, RTOL, all_close, checker, close, dense_grads, f64, fetch, max_abs, per_rank, say, worst
 
 __all__ = ["check_row_forward", "check_f_backward", "GRADS_EX2"]
 
@@ -104,7 +104,7 @@ def check_f_backward(cluster, dense_mlp, X, y_name: str = "Y_ex2", grads_name: s
         return say(False, f"dL/dX differs from dense by up to {worst(dxs, dx):.1e}: "
                           "f's backward returns the sum over the ranks of their dx.")
     for name, (param, layout) in GRADS_EX2.items():
-        got = reassemble([g[name] for g in grads], layout, atol=1e-5, rtol=1e-4)
+        got = reassemble([g[name] for g in grads], layout, atol=ATOL, rtol=RTOL)
         if not close(got, g_dense[param]):
             return say(False, f"dL/dX is right, but {name} (each rank's piece, {layout}) differs from "
                               f"dense by up to {max_abs(got, g_dense[param]):.1e}. Keep the lines below "

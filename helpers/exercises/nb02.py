@@ -13,15 +13,14 @@ _WANT = {"w1.weight": "Shard(0)", "w3.weight": "Shard(0)", "w2.weight": "Shard(1
 
 
 @checker
-def check_llama_plan(cluster, dense_ffn, X, module: str = "ffn_ex1", name: str = "Y_ex1",
-                     dx_name: str = "dX_ex1", grads_name: str = "grads_ex1") -> bool:
-    """Exercise 1: ``module`` was parallelized column-wise on w1 and w3, row-wise on w2; ``name``
+def check_llama_plan(cluster, dense_ffn, X) -> bool:
+    """Exercise 1: ``ffn_ex1`` was parallelized column-wise on w1 and w3, row-wise on w2; ``Y_ex1``
     (its output on X) equals the dense ``dense_ffn(X)`` on every rank, and so do dL/dX
-    (``dx_name``) and every parameter gradient (``grads_name``: ``{param name: grad DTensor}``),
+    (``dX_ex1``) and every parameter gradient (``grads_ex1``: ``{param name: grad DTensor}``),
     reassembled from their real shards, for the loss ``Y.pow(2).sum()``."""
-    placed = cluster.apply(engine_dtensor.param_placements, module)
+    placed = cluster.apply(engine_dtensor.param_placements, "ffn_ex1")
     if not placed[0]:
-        return say(False, f"{module} is not defined on the engines: run the exercise cell first.")
+        return say(False, "ffn_ex1 is not defined on the engines: run the exercise cell first.")
     got = {k: placed[0].get(k, "?") for k in _WANT}
     if all(v == "dense" for v in got.values()):
         return say(False, "no weight is sharded yet: the plan is empty. Map 'w1', 'w3' and 'w2' to "
@@ -35,24 +34,24 @@ def check_llama_plan(cluster, dense_ffn, X, module: str = "ffn_ex1", name: str =
                     "and ends with the block's one all-reduce")
             return say(False, f"{layer}.weight is {got[param]}, expected {want}: give {layer!r} {style} -- {role}.")
     dense, dx_dense, g_dense = dense_grads(dense_ffn, X)
-    values = fetch(cluster, name, dx_name)
-    ys = per_rank(values, name, dense.shape, "Run the exercise cell again.")
+    values = fetch(cluster, "Y_ex1", "dX_ex1")
+    ys = per_rank(values, "Y_ex1", dense.shape, "Run the exercise cell again.")
     if not all_close(ys, dense):
-        return say(False, f"the weights are placed right, but {name} differs from dense by up to "
+        return say(False, f"the weights are placed right, but Y_ex1 differs from dense by up to "
                           f"{worst(ys, dense):.1e}.")
-    dxs = per_rank(values, dx_name, dx_dense.shape, "Run the exercise cell again.")
+    dxs = per_rank(values, "dX_ex1", dx_dense.shape, "Run the exercise cell again.")
     if not all_close(dxs, dx_dense):
         return say(False, f"the output is right, but dL/dX differs from dense by up to {worst(dxs, dx_dense):.1e}.")
     try:
-        views = cluster.pull_dtensor(grads_name)
+        views = cluster.pull_dtensor("grads_ex1")
     except (NameError, ValueError, TypeError) as e:
-        return say(False, f"{grads_name} could not be read as DTensors on every rank ({e}); "
+        return say(False, f"grads_ex1 could not be read as DTensors on every rank ({e}); "
                           "run the exercise cell again.")
     for n, g in g_dense.items():
         if n not in views or not close(views[n].full(), g):
             how = "missing" if n not in views else f"off by up to {max_abs(views[n].full(), g):.1e}"
             return say(False, f"the output is right, but dL/d{n} is {how} (reassembled from its shards).")
-    return say(True, f"w1, w3 column-wise, w2 row-wise; {name}, dL/dX and every parameter gradient "
+    return say(True, f"w1, w3 column-wise, w2 row-wise; Y_ex1, dL/dX and every parameter gradient "
                      f"match the dense MLP on all {cluster.world_size} ranks "
                      f"(output max|Δ| {worst(ys, dense):.1e}).")
 

@@ -55,10 +55,9 @@ class DTensorView:
     def from_descriptions(cls, name: str, descs: list[dict]) -> "DTensorView":
         """From every rank's :func:`helpers.engine.dtensor.describe` (rank 0 first)."""
         first = descs[0]
-        for r, d in enumerate(descs[1:], start=1):
-            for key, mine, rank0 in (("shape", d["shape"], first["shape"]),
-                                     ("placements", d["placements"], first["placements"]),
-                                     ("mesh", d["mesh"]["ranks"], first["mesh"]["ranks"])):
+        facts = [(d["shape"], d["placements"], d["mesh"]["ranks"]) for d in descs]   # what every rank must agree on
+        for r, fact in enumerate(facts[1:], start=1):
+            for key, mine, rank0 in zip(("shape", "placements", "mesh"), fact, facts[0]):
                 if mine != rank0:
                     raise ValueError(f"{name}: rank {r} has {key} {mine} but rank 0 has {rank0}; "
                                      "every rank must describe the same DTensor")
@@ -95,15 +94,13 @@ class DTensorView:
 
     def region(self, rank: int) -> tuple[slice, ...]:
         """The slices of the global tensor that rank ``rank``'s local shard covers."""
-        ranges = [[0, n] for n in self.shape]
-        coord = self.coordinates[rank]
+        out = [slice(0, n) for n in self.shape]
         for mdim, (kind, dim) in enumerate(self.kinds):
-            if kind == "shard":
+            if kind == "shard":  # a piece of what the earlier mesh dims left this rank
                 d = dim % len(self.shape)
-                lo, hi = ranges[d]
-                a, b = chunk_range(hi - lo, self.mesh_shape[mdim], coord[mdim])
-                ranges[d] = [lo + a, lo + b]
-        return tuple(slice(lo, hi) for lo, hi in ranges)
+                a, b = chunk_range(out[d].stop - out[d].start, self.mesh_shape[mdim], self.coordinates[rank][mdim])
+                out[d] = slice(out[d].start + a, out[d].start + b)
+        return tuple(out)
 
     def full(self) -> torch.Tensor:
         """The global tensor (CPU, the DTensor's own dtype, like ``full_tensor()``), rebuilt from

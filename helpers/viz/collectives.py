@@ -132,7 +132,6 @@ def collective_chain(before: Sequence, steps: Sequence[tuple[str, Sequence]], *,
     return fig
 
 
-def collective_figure(op: str, before: Sequence, after: Sequence, *, root: int = 0,
-                      title: str | None = None) -> Figure:
+def collective_figure(op: str, before: Sequence, after: Sequence, *, root: int = 0) -> Figure:
     """One collective: every rank's data before and after ``op`` (one of :data:`OPS`)."""
-    return collective_chain(before, [(op, after)], root=root, title=title)
+    return collective_chain(before, [(op, after)], root=root)

@@ -1,6 +1,5 @@
 """Drawings of DTensors and of the collectives they ran: the real shards (what
-``cluster.pull_dtensor`` returned), the comm trace. Nothing here runs a collective.
-"""
+``cluster.pull_dtensor`` returned), the comm trace."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""Notebook 07's drawings: the KV cache by rank, decode vs prefill, the alpha-beta curve. Drawings
-only (the numbers come from the ranks); rank colours from :mod:`.figure`, the parts' from :mod:`.timing`.
-"""
+"""Notebook 07's drawings: the KV cache by rank, decode vs prefill, the alpha-beta curve."""
 
 from __future__ import annotations
 

@@ -14,8 +14,7 @@ from .figure import MUTED, REPLICATED_GREY, diagram_axes, new_axes, new_figure, 
 __all__ = ["plot_loss_curves", "plot_bytes", "plot_activation_memory", "plot_collectives", "sp_dataflow_figure"]
 
 
-def plot_loss_curves(dense: Sequence[float], tp: Sequence[float], tol: float,
-                     tp_label: str = "TP + SP (4 ranks)") -> Figure:
+def plot_loss_curves(dense: Sequence[float], tp: Sequence[float], tol: float) -> Figure:
     """Left: the dense loss and the TP loss per step, side by side. Right: |Δ| per step and the tolerance."""
     dense, tp = np.asarray(dense, float), np.asarray(tp, float)
     if dense.shape != tp.shape:
@@ -25,7 +24,7 @@ def plot_loss_curves(dense: Sequence[float], tp: Sequence[float], tol: float,
     a1, a2, a3 = fig.subplots(1, 3, subplot_kw=dict(xlabel="step"))
     a2.sharey(a1)  # one loss scale for the two curves
     for ax, y, color, marker, label in ((a1, dense, "#222222", "o", "dense (one process)"),
-                                        (a2, tp, rank_color(0), "s", tp_label)):
+                                        (a2, tp, rank_color(0), "s", "TP + SP (4 ranks)")):
         ax.plot(steps, y, color=color, lw=1.8, marker=marker, ms=3)
         ax.set_title(label, fontsize=10)
         ax.set_ylabel("cross-entropy loss")
@@ -52,13 +51,11 @@ def plot_bytes(values: Mapping[str, float], title: str) -> Figure:
     return fig
 
 
-def plot_activation_memory(measured: Mapping[str, Sequence[float]], formula: Mapping[str, float],
-                           title: str = "What one block keeps for the backward, per rank") -> Figure:
+def plot_activation_memory(measured: Mapping[str, Sequence[float]], formula: Mapping[str, float]) -> Figure:
     """Per-rank measured bytes (rank colours; 'dense' in grey) beside the formula (hatched)."""
     fig, ax = new_axes(8.0, 3.8)
     ticks = []
     for x0, (name, per_rank) in enumerate(measured.items()):
-        per_rank = list(per_rank)
         n = len(per_rank)
         w = 0.8 / (n + 1)
         ax.bar(x0 + w * np.arange(n), per_rank, w, color=[rank_color(r) for r in range(n)] if n > 1 else REPLICATED_GREY,
@@ -70,13 +67,13 @@ def plot_activation_memory(measured: Mapping[str, Sequence[float]], formula: Map
         ticks.append(x0 + n * w / 2)
     ax.set_xticks(ticks, list(measured))
     ax.set_ylabel("bytes saved for backward")
-    ax.set_title(title + "  (coloured: measured on each rank; hatched: formula)", fontsize=9.5)
+    ax.set_title("What one block keeps for the backward, per rank  (coloured: measured on each rank; hatched: formula)",
+                 fontsize=9.5)
     ax.grid(True, axis="y", color="#dddddd", lw=0.6)
     return fig
 
 
-def plot_collectives(summaries: Mapping[str, Mapping[str, Mapping[str, float]]], memory: Mapping[str, float],
-                     title: str = "One block, forward + backward, per rank") -> Figure:
+def plot_collectives(summaries: Mapping[str, Mapping[str, Mapping[str, float]]], memory: Mapping[str, float]) -> Figure:
     """Three panels: how many collectives of each kind, bytes each rank sends, activation bytes held.
 
     summaries: ``{"TP": {"all_reduce": {"count", "sent", ...}}, "TP + SP": {...}}``
@@ -104,7 +101,7 @@ def plot_collectives(summaries: Mapping[str, Mapping[str, Mapping[str, float]]],
         ax.set_ylim(0, max(bottom.max(), 1) * 1.2)
         ax.set_title(what, fontsize=10)
     axes[0].legend(fontsize=7.5, frameon=False, loc="upper left")
-    fig.suptitle(title, fontsize=10.5)
+    fig.suptitle("One block, forward + backward, per rank", fontsize=10.5)
     return fig
 
 

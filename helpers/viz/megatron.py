@@ -2,8 +2,7 @@
 
 Shoeybi et al. 2019, arXiv:1909.08053, Section 3 and Fig. 3a: the column-parallel layer is
 entered through *f* (identity forward, all-reduce backward), the row-parallel layer is left
-through *g* (all-reduce forward, identity backward). One row per rank, in the rank colours of
-:mod:`helpers.viz.figure`; grey is what every rank holds whole (replicated).
+through *g* (all-reduce forward, identity backward). One row per rank.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Pure drawing from plain data (a mesh shape, dim names, each rank's host and device); the groups
 come from :func:`helpers.common.topology.mesh_groups`, so the picture and the warning about TP groups
-that cross hosts (:func:`helpers.common.topology.tp_groups_across_hosts`) agree. Nothing runs a collective.
+that cross hosts (:func:`helpers.common.topology.tp_groups_across_hosts`) agree.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Notebook 08's drawings: a TP step's per-rank timeline (collective and matmul lanes) from
 timestamps taken on the ranks, and which shard of which parameter each rank wrote or read in a
-checkpoint. Drawings only: the numbers come from the engines."""
+checkpoint."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 and matmul efficiency next to the cited H100 reference table.
 
 Inputs are what ``cluster.pull(...)`` returned (a list, rank 0 first) of
-:meth:`helpers.measure.timer.StepTimer.split` dicts, keyed by TP degree. Nothing here runs a collective.
+:meth:`helpers.measure.timer.StepTimer.split` dicts, keyed by TP degree.
 The bars use no rank colour (the parts of a step are not ranks): greys for compute, amber for
 communication, hatching for modelled degrees.
 """
@@ -32,7 +32,6 @@ def summarize_splits(per_rank: Sequence[dict]) -> dict[int, dict[str, float]]:
     """Mean over ranks of each part of the median step, per degree: {p: {step, matmul, other,
     communication}} in seconds. (The ranks of one TP group wait for each other in every
     all-reduce, so their steps take the same time; the mean also averages the groups.)"""
-    per_rank = list(per_rank)
     if not per_rank:
         raise ValueError("no timings: expected one {degree: split} dict per rank")
     return {p: {k: float(np.mean([r[p][k] for r in per_rank if p in r]))
@@ -125,8 +124,7 @@ def efficiency_table(reference: dict, measured: dict | None = None, *, source: s
     return _HTML(table, "\n".join(lines) + (f"\nreference: {source}; {shape}" if source else ""))
 
 
-def efficiency_figure(reference: dict, measured: dict | None = None,
-                      title: str = "Matmul rate relative to p = 1 (one GPU's shard of the layer)") -> Figure:
+def efficiency_figure(reference: dict, measured: dict | None = None) -> Figure:
     """Rate at degree p relative to p = 1: the reference rows in grey, this machine's in black."""
     fig, ax = new_axes(6.4, 3.8)
     greys = ["#9a9a9a", "#b0b0b0", "#7f7f7f", "#c4c4c4", "#8c8c8c", "#a8a8a8"]
@@ -147,7 +145,7 @@ def efficiency_figure(reference: dict, measured: dict | None = None,
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("TP degree p (the shard is 1/p of the layer)")
     ax.set_ylabel("% of the rate at p = 1")
-    ax.set_title(title, fontsize=10.5)
+    ax.set_title("Matmul rate relative to p = 1 (one GPU's shard of the layer)", fontsize=10.5)
     ax.grid(True, color="#dddddd", lw=0.6)
     ax.legend(fontsize=7, frameon=False, ncol=2)
     return fig

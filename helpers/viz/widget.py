@@ -18,7 +18,7 @@ class FigureWidget(widgets.VBox):
     """A ``VBox`` of controls, ``image`` (an ``ipywidgets.Image``, PNG) and ``messages``.
 
     Subclasses build their controls, call :meth:`_assemble` and define :meth:`figure`.
-    Attributes: ``redraw_count`` (pictures drawn), ``png`` (the last picture's bytes).
+    ``redraw_count``: pictures drawn (the last one's PNG bytes are ``image.value``).
     """
 
     what = "figure"  # the message says "could not draw this <what>"
@@ -30,7 +30,6 @@ class FigureWidget(widgets.VBox):
             self.image.add_class(image_class)
         self.messages = widgets.Output()
         self.redraw_count = 0
-        self.png = b""
         super().__init__([widgets.HBox([widgets.VBox(c) for c in columns]), self.image, self.messages])
         self.add_class(css_class)
         self.redraw()
@@ -44,9 +43,8 @@ class FigureWidget(widgets.VBox):
         """Render :meth:`figure` for the current control values into ``self.image``."""
         self.messages.clear_output()
         try:
-            png = render_png(self.figure())
+            self.image.value = render_png(self.figure())
         except Exception as e:  # keep the widget alive; say what went wrong under the picture
             self.messages.append_stdout(f"could not draw this {self.what}: {type(e).__name__}: {e}\n")
             return
-        self.png = self.image.value = png
         self.redraw_count += 1
