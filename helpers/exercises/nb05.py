@@ -70,11 +70,13 @@ def check_sp_block_plan(cluster, dense_block, x) -> bool:
         return say(False, f"the output and dL/dx are right, but these parameter gradients differ from dense: "
                            f"{', '.join(bad)}.")
     partial = values[0].get("norm_partial_ex") or {}
-    n = min(partial, default=None)   # the first norm weight by name
-    note = (f" Each rank's own gradient of the norms' weights is only the sum over its T/p positions "
-            f"(rank 0's {n} is {max_abs(partial[n], want[n]):.1e} off dense): DTensor keeps it Partial() and reduces "
-            "it when it is read; a hand-written SP must all-reduce it, or the ranks' norm weights drift apart."
-            if partial else "")
+    note = ""
+    if partial:
+        n = min(partial)   # the first norm weight by name
+        note = (f" Each rank's own gradient of the norms' weights is only the sum over its T/p positions "
+                f"(rank 0's {n} is {max_abs(partial[n], want[n]):.1e} off dense): DTensor keeps it Partial() and "
+                "reduces it when it is read; a hand-written SP must all-reduce it, or the ranks' norm weights "
+                "drift apart.")
     return say(True, f"every rank's slice of the block output and of dL/dx, and all {len(want)} parameter "
                       f"gradients, match dense {io}{note}")
 
