@@ -14,8 +14,9 @@ from .figure import MUTED, REPLICATED_GREY, diagram_axes, new_axes, new_figure, 
 __all__ = ["plot_loss_curves", "plot_bytes", "plot_activation_memory", "plot_collectives", "sp_dataflow_figure"]
 
 
-def plot_loss_curves(dense: Sequence[float], tp: Sequence[float], tol: float) -> Figure:
-    """Left: the dense loss and the TP loss per step, side by side. Right: |Δ| per step and the tolerance."""
+def plot_loss_curves(dense: Sequence[float], tp: Sequence[float], tol: float, ranks: int) -> Figure:
+    """Left: the dense loss and the TP loss (on ``ranks`` ranks) per step, side by side. Right: |Δ| per
+    step and the tolerance."""
     dense, tp = np.asarray(dense, float), np.asarray(tp, float)
     if dense.shape != tp.shape:
         raise ValueError(f"the curves have {dense.size} and {tp.size} steps")
@@ -24,7 +25,7 @@ def plot_loss_curves(dense: Sequence[float], tp: Sequence[float], tol: float) ->
     a1, a2, a3 = fig.subplots(1, 3, subplot_kw=dict(xlabel="step"))
     a2.sharey(a1)  # one loss scale for the two curves
     for ax, y, color, marker, label in ((a1, dense, "#222222", "o", "dense (one process)"),
-                                        (a2, tp, rank_color(0), "s", "TP + SP (4 ranks)")):
+                                        (a2, tp, rank_color(0), "s", f"TP + SP ({ranks} ranks)")):
         ax.plot(steps, y, color=color, lw=1.8, marker=marker, ms=3)
         ax.set_title(label, fontsize=10)
         ax.set_ylabel("cross-entropy loss")
